@@ -1,0 +1,232 @@
+//! The management API (SPEC §7), behind the `admin` scope on the main listener.
+//!
+//! Writes go through the same locked, atomic `KeyStore::update` as the CLI, then this
+//! gateway reloads its index at once; other gateways watching the file follow by reload.
+//! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
+
+use crate::account::{Finish, UsageSnapshot};
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::gateway::json;
+use crate::index::KeyEntry;
+use crate::state::{Gateway, Live};
+use crate::store::{KeyFile, KeyLimits, NewKey, StoreError};
+use crate::time::Timestamp;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    expires_in_days: Option<u32>,
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    limits: KeyLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    grace_seconds: u64,
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> GatewayError {
+        match e {
+            StoreError::ReadOnly { .. } => GatewayError::ReadOnlyKeyStore,
+            StoreError::NotFound(id) => {
+                GatewayError::NotFound(format!("No API key with id `{id}`."))
+            }
+            StoreError::Rejected(m) => GatewayError::InvalidRequest(m),
+            other => {
+                tracing::error!(error = %other, "key store operation failed");
+                GatewayError::Internal(
+                    "The key store could not be updated; see the gateway log.".into(),
+                )
+            }
+        }
+    }
+}
+
+fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
+    live.keys.as_ref()?.by_id(id).map(|e| e.usage.snapshot())
+}
+
+async fn read_json<T: for<'de> Deserialize<'de> + Default>(
+    body: Incoming,
+    required: bool,
+) -> Result<T, GatewayError> {
+    let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| GatewayError::TooLarge(MAX_ADMIN_BODY as u64))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) && !required {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::InvalidRequest(format!("Invalid request body: {e}.")))
+}
+
+/// Runs a key-file change on a blocking thread, then reloads this gateway's index.
+async fn write<T: Send + 'static>(
+    gw: &Arc<Gateway>,
+    change: impl FnOnce(&mut KeyFile) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    let store = gw.store();
+    let gw2 = Arc::clone(gw);
+    tokio::task::spawn_blocking(move || {
+        let out = store.update(change)?;
+        if let Err(e) = gw2.reload_keys() {
+            tracing::error!(error = %e, "reload after a management write failed");
+        }
+        Ok::<T, StoreError>(out)
+    })
+    .await
+    .map_err(|e| GatewayError::Internal(e.to_string()))?
+    .map_err(GatewayError::from)
+}
+
+async fn read_file(gw: &Arc<Gateway>) -> Result<KeyFile, GatewayError> {
+    let store = gw.store();
+    tokio::task::spawn_blocking(move || store.load())
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+        .map_err(GatewayError::from)
+}
+
+fn audit(action: &str, id: &str, name: &str, by: &KeyEntry) {
+    tracing::info!(target: "keygate::audit", action, key_id = id, key_name = name, by = %format!("api:{}", by.id), "key {action}");
+}
+
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    live: &Live,
+    admin: &Arc<KeyEntry>,
+    req: Request<Incoming>,
+    finish: &mut Finish,
+) -> Result<http::Response<Body>, GatewayError> {
+    let prefix = live.config.keys.prefix.clone();
+    let now = Timestamp::now();
+    let rest = req.uri().path()["/v1/api-keys".len()..]
+        .trim_start_matches('/')
+        .to_string();
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    finish.route = "admin";
+    match (&method, segs.as_slice()) {
+        (&Method::POST, []) => {
+            let b: CreateBody = read_json(req.into_body(), true).await?;
+            let expires_at = match (b.expires_in_days, b.expires_at) {
+                (Some(_), Some(_)) => {
+                    return Err(GatewayError::InvalidRequest(
+                        "Give `expires_in_days` or `expires_at`, not both.".into(),
+                    ))
+                }
+                (Some(0), None) => {
+                    return Err(GatewayError::InvalidRequest(
+                        "`expires_in_days` must be at least 1.".into(),
+                    ))
+                }
+                (Some(d), None) => Some(now.plus(Duration::from_secs(u64::from(d) * 86_400))),
+                (None, at) => at,
+            };
+            let new = NewKey {
+                name: b.name,
+                scopes: b.scopes,
+                models: b.models,
+                expires_at,
+                limits: b.limits,
+            };
+            let p = prefix.clone();
+            let (rec, token) = write(gw, move |f| f.create(new, &p, now)).await?;
+            audit("created", &rec.id, &rec.name, admin);
+            let mut v = rec.view(&prefix, now, None);
+            v["key"] = token.plaintext.into();
+            Ok(no_store(json(StatusCode::CREATED, &v)))
+        }
+        (&Method::GET, []) => {
+            let file = read_file(gw).await?;
+            let data: Vec<_> = file
+                .keys
+                .iter()
+                .map(|k| k.view(&prefix, now, usage_of(live, &k.id).as_ref()))
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": data}),
+            ))
+        }
+        (&Method::GET, [id]) => {
+            let file = read_file(gw).await?;
+            let rec = file.get(id)?;
+            let usage = usage_of(live, id).unwrap_or_default();
+            let mut v = rec.view(&prefix, now, Some(&usage));
+            v["usage"] = serde_json::to_value(usage).unwrap_or_default();
+            Ok(json(StatusCode::OK, &v))
+        }
+        (&Method::POST, [id, "rotate"]) => {
+            let b: RotateBody = read_json(req.into_body(), false).await?;
+            let (id, p) = (id.to_string(), prefix.clone());
+            let (rec, token) = write(gw, move |f| f.rotate(&id, b.grace_seconds, &p, now)).await?;
+            audit("rotated", &rec.id, &rec.name, admin);
+            let mut v = rec.view(&prefix, now, usage_of(live, &rec.id).as_ref());
+            v["key"] = token.plaintext.into();
+            Ok(no_store(json(StatusCode::OK, &v)))
+        }
+        (&Method::DELETE, [id]) => {
+            let id = id.to_string();
+            let rec = write(gw, move |f| f.revoke(&id, now)).await?;
+            audit("revoked", &rec.id, &rec.name, admin);
+            Ok(json(
+                StatusCode::OK,
+                &rec.view(&prefix, now, usage_of(live, &rec.id).as_ref()),
+            ))
+        }
+        _ => Err(GatewayError::UnknownRoute(
+            method,
+            req.uri().path().to_string(),
+        )),
+    }
+}
+
+/// Answers carrying a plaintext key must never be cached by anything in between.
+fn no_store(mut r: http::Response<Body>) -> http::Response<Body> {
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// `GET /v1/usage`: per-key requests, errors and tokens since the counters began.
+pub fn usage(live: &Live, _caller: &KeyEntry) -> http::Response<Body> {
+    let mut data: Vec<serde_json::Value> = live
+        .keys
+        .iter()
+        .flat_map(|idx| idx.entries())
+        .map(|e| {
+            let mut v = serde_json::to_value(e.usage.snapshot()).unwrap_or_default();
+            v["id"] = e.id.to_string().into();
+            v["name"] = e.name.to_string().into();
+            v
+        })
+        .collect();
+    data.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data}),
+    )
+}

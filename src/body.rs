@@ -1,0 +1,257 @@
+//! The two bodies the gateway moves: the request going up and the response coming down.
+//!
+//! Both stream frame by frame. The response body carries the request's `Finish` record, so
+//! accounting, the in-flight slots and the access log are settled exactly when the client has
+//! the last byte, or has gone away, whichever comes first.
+
+use crate::account::Finish;
+use crate::account::UsageScanner;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body frame did not arrive within the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// The request body exceeded `server.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Polls `inner`, failing when no frame arrives for `idle`.
+pub struct Idle {
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Idle {
+    fn new(idle: Duration) -> Idle {
+        Idle {
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        inner: &mut Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                self.sleep.as_mut().reset(Instant::now() + self.idle);
+                Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                ready!(self.sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))))
+            }
+        }
+    }
+}
+
+/// The body sent upstream: bytes already read (to check the model), or the client's stream.
+pub enum UpBody {
+    Full(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        idle: Idle,
+        limit: u64,
+        seen: u64,
+    },
+}
+
+impl UpBody {
+    pub fn full(b: Bytes) -> UpBody {
+        UpBody::Full((!b.is_empty()).then_some(b))
+    }
+
+    pub fn stream(inner: Incoming, idle: Duration, limit: u64) -> UpBody {
+        UpBody::Stream {
+            inner,
+            idle: Idle::new(idle),
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl HttpBody for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream {
+                inner,
+                idle,
+                limit,
+                seen,
+            } => {
+                let frame = ready!(idle.poll_frame(inner, cx));
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            *seen += d.len() as u64;
+                            if *seen > *limit {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                            }
+                        }
+                        // Trailers from the client are never forwarded: a credential could
+                        // hide there, and no OpenAI endpoint uses them.
+                        if f.is_trailers() {
+                            return Poll::Ready(None);
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    other => Poll::Ready(other),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// The body sent to the client.
+pub struct Body {
+    kind: Kind,
+    finish: Option<Box<Finish>>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: Idle,
+        scanner: Option<UsageScanner>,
+    },
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        Body {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+            finish: None,
+        }
+    }
+
+    pub fn empty() -> Body {
+        Body::full(Bytes::new())
+    }
+
+    /// Streams an upstream answer; `scan` reads token usage as it passes.
+    pub fn upstream(inner: Incoming, idle: Duration, scan: bool) -> Body {
+        Body {
+            kind: Kind::Upstream {
+                inner,
+                idle: Idle::new(idle),
+                scanner: scan.then(UsageScanner::default),
+            },
+            finish: None,
+        }
+    }
+
+    pub fn set_finish(&mut self, f: Box<Finish>) {
+        self.finish = Some(f);
+    }
+
+    fn settle(&mut self, complete: bool) {
+        if let Some(mut f) = self.finish.take() {
+            if let Kind::Upstream { scanner, .. } = &self.kind {
+                f.tokens = scanner.as_ref().and_then(UsageScanner::tokens);
+            }
+            f.complete = complete;
+            drop(f); // Finish::drop records and logs
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body::full(b)
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let out = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream {
+                inner,
+                idle,
+                scanner,
+            } => {
+                let frame = ready!(idle.poll_frame(inner, cx));
+                if let (Some(Ok(f)), Some(s)) = (&frame, scanner.as_mut()) {
+                    if let Some(d) = f.data_ref() {
+                        s.feed(d);
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        };
+        match &out {
+            Poll::Ready(None) => this.settle(true),
+            Poll::Ready(Some(Err(_))) => this.settle(false),
+            _ => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // A full body is complete once handed over; an upstream one dropped early was cut
+        // short by the client.
+        let complete = matches!(self.kind, Kind::Full(_));
+        self.settle(complete);
+    }
+}

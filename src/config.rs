@@ -1,0 +1,640 @@
+//! `gateway.toml`: raw serde structs (every field optional, unknown keys rejected with their
+//! line) and the validated `Config` the rest of the program uses.
+//!
+//! Keeping the two apart means a value is checked once, at load, and a reload that fails
+//! validation never replaces the running configuration.
+
+use crate::authorize::{RouteRule, RouteTable};
+use crate::scope::Scopes;
+use http::Uri;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------- raw, as written by people
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    tls: Option<RawTls>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    max_body_bytes: Option<u64>,
+    max_headers: Option<usize>,
+    max_header_bytes: Option<usize>,
+    http2_max_concurrent_streams: Option<u32>,
+    http2_max_header_list_size: Option<u32>,
+    max_in_flight: Option<usize>,
+    shutdown_delay: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    file: Option<String>,
+    prefix: Option<String>,
+    reload: Option<bool>,
+    poll_interval: Option<String>,
+    state_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_per_minute: Option<u32>,
+    burst: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    max_in_flight: Option<u32>,
+    failed_auth_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Option<String>,
+    url: String,
+    models: Option<Vec<String>>,
+    api_key_env: Option<String>,
+    connect_timeout: Option<String>,
+    first_byte_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    method: Option<String>,
+    path: String,
+    scope: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    backend: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    per_key_labels: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+// ---------------------------------------------------------------- validated
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; relative paths inside it are resolved against its directory.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub keys: KeysConfig,
+    pub limits: LimitDefaults,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: RouteTable,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub header_read_timeout: Duration,
+    /// Longest gap allowed between two pieces of a request body from the client.
+    pub body_read_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_header_list_size: u32,
+    pub max_in_flight: usize,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeysConfig {
+    pub file: PathBuf,
+    pub prefix: String,
+    pub reload: bool,
+    pub poll_interval: Duration,
+    pub state_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitDefaults {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+    pub tokens_per_minute: Option<u64>,
+    pub max_in_flight: u32,
+    pub failed_auth_per_minute: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority, plus an optional base path prefixed to every request path.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub base_path: String,
+    pub models: globset::GlobSet,
+    pub model_patterns: Vec<String>,
+    /// The credential the gateway adds upstream, read from the environment at load.
+    pub api_key: Option<http::HeaderValue>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+    pub per_key_labels: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4142";
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Validates TOML text. Relative paths are resolved against `source`'s directory.
+    pub fn parse(text: &str, source: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = source.map_or_else(|| PathBuf::from("gateway.toml"), Path::to_path_buf);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        let base = source
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Validator { path: &path }.config(raw, &base, source)
+    }
+
+    /// Built-in defaults, as if from an empty file.
+    pub fn default_with_base(base: &Path) -> Config {
+        let v = Validator {
+            path: Path::new("(defaults)"),
+        };
+        v.config(RawConfig::default(), base, None)
+            .expect("the built-in defaults are valid")
+    }
+}
+
+/// toml's messages span several lines (a source excerpt); logs want one.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|" && !l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => crate::time::parse_duration(&s).map_err(|e| self.err(field, e)),
+        }
+    }
+
+    fn addr(&self, field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("`{s}` is not an address like 127.0.0.1:4142"),
+            )
+        })
+    }
+
+    fn positive<T: PartialOrd + Default + Copy>(
+        &self,
+        field: &str,
+        v: Option<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let v = v.unwrap_or(default);
+        if v <= T::default() {
+            return Err(self.err(field, "must be at least 1"));
+        }
+        Ok(v)
+    }
+
+    fn config(
+        &self,
+        raw: RawConfig,
+        base: &Path,
+        source: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let s = raw.server;
+        let server = ServerConfig {
+            listen: self.addr(
+                "server.listen",
+                s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+            )?,
+            tls: s.tls.map(|t| TlsConfig {
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+            }),
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                s.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            body_read_timeout: self.duration(
+                "server.body_read_timeout",
+                s.body_read_timeout,
+                Duration::from_secs(30),
+            )?,
+            max_body_bytes: self.positive(
+                "server.max_body_bytes",
+                s.max_body_bytes,
+                16 * 1024 * 1024,
+            )?,
+            max_headers: self.positive("server.max_headers", s.max_headers, 100)?,
+            max_header_bytes: self.positive(
+                "server.max_header_bytes",
+                s.max_header_bytes,
+                16 * 1024,
+            )?,
+            http2_max_concurrent_streams: self.positive(
+                "server.http2_max_concurrent_streams",
+                s.http2_max_concurrent_streams,
+                256,
+            )?,
+            http2_max_header_list_size: self.positive(
+                "server.http2_max_header_list_size",
+                s.http2_max_header_list_size,
+                16 * 1024,
+            )?,
+            max_in_flight: self.positive("server.max_in_flight", s.max_in_flight, 4096)?,
+            shutdown_delay: self.duration(
+                "server.shutdown_delay",
+                s.shutdown_delay,
+                Duration::from_secs(0),
+            )?,
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                s.drain_timeout,
+                Duration::from_secs(30),
+            )?,
+        };
+        if server.max_header_bytes < 8192 {
+            return Err(self.err("server.max_header_bytes", "must be at least 8192"));
+        }
+
+        let k = raw.keys;
+        let prefix = k.prefix.unwrap_or_else(|| "sk_kg".to_string());
+        if prefix.is_empty()
+            || prefix.len() > 32
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || prefix.ends_with('_')
+        {
+            return Err(self.err(
+                "keys.prefix",
+                "must be 1–32 letters, digits or `_`, not ending in `_`",
+            ));
+        }
+        let file = resolve(k.file.as_deref().unwrap_or("keys.json"));
+        let state_file = match k.state_file {
+            Some(p) => resolve(&p),
+            None => {
+                let mut name = file
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                name.push(".state");
+                file.with_file_name(name)
+            }
+        };
+        let keys = KeysConfig {
+            file,
+            prefix,
+            reload: k.reload.unwrap_or(true),
+            poll_interval: self.duration(
+                "keys.poll_interval",
+                k.poll_interval,
+                Duration::from_secs(2),
+            )?,
+            state_file,
+        };
+
+        let l = raw.limits;
+        let limits = LimitDefaults {
+            requests_per_minute: self.positive(
+                "limits.requests_per_minute",
+                l.requests_per_minute,
+                600,
+            )?,
+            burst: 0,
+            tokens_per_minute: l.tokens_per_minute.filter(|t| *t > 0),
+            max_in_flight: self.positive("limits.max_in_flight", l.max_in_flight, 64)?,
+            failed_auth_per_minute: self.positive(
+                "limits.failed_auth_per_minute",
+                l.failed_auth_per_minute,
+                30,
+            )?,
+        };
+        let limits = LimitDefaults {
+            burst: self.positive("limits.burst", l.burst, limits.requests_per_minute)?,
+            ..limits
+        };
+
+        let raw_upstreams = if raw.upstream.is_empty() {
+            vec![RawUpstream {
+                name: None,
+                url: "http://127.0.0.1:8000".into(),
+                models: None,
+                api_key_env: None,
+                connect_timeout: None,
+                first_byte_timeout: None,
+                idle_timeout: None,
+            }]
+        } else {
+            raw.upstream
+        };
+        let mut upstreams = Vec::with_capacity(raw_upstreams.len());
+        for (i, u) in raw_upstreams.into_iter().enumerate() {
+            upstreams.push(self.upstream(i, u)?);
+        }
+
+        let mut rules = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            let field = format!("route[{}]", i + 1);
+            let scope = Scopes::parse_one(&r.scope).map_err(|e| self.err(&field, e.to_string()))?;
+            let method = match r.method {
+                Some(m) if m != "*" => Some(
+                    http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| self.err(&field, format!("`{m}` is not an HTTP method")))?,
+                ),
+                _ => None,
+            };
+            let rule = RouteRule::new(method, &r.path, scope).map_err(|e| self.err(&field, e))?;
+            rules.push(rule);
+        }
+        let routes = RouteTable::with_extra(rules);
+
+        if let Some(b) = raw.cluster.backend.as_deref() {
+            if b != "local" {
+                return Err(self.err(
+                    "cluster.backend",
+                    format!("`{b}` is not supported by this build; use \"local\""),
+                ));
+            }
+        }
+
+        let metrics = MetricsConfig {
+            listen: raw
+                .metrics
+                .listen
+                .as_deref()
+                .map(|s| self.addr("metrics.listen", s))
+                .transpose()?,
+            per_key_labels: raw.metrics.per_key_labels.unwrap_or(false),
+        };
+        let log = LogConfig {
+            format: match raw.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(self.err("log.format", format!("`{other}` is not `text` or `json`")))
+                }
+            },
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(self.err(
+                "log.level",
+                format!("`{}` is not a log level or filter", log.level),
+            ));
+        }
+
+        Ok(Config {
+            source: source.map(Path::to_path_buf),
+            server,
+            keys,
+            limits,
+            upstreams,
+            routes,
+            metrics,
+            log,
+        })
+    }
+
+    fn upstream(&self, i: usize, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let field = |f: &str| format!("upstream[{}].{f}", i + 1);
+        let uri: Uri = u
+            .url
+            .parse()
+            .map_err(|_| self.err(&field("url"), format!("`{}` is not a URL", u.url)))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .filter(|s| *s == http::uri::Scheme::HTTP)
+            .ok_or_else(|| {
+                self.err(
+                    &field("url"),
+                    "must start with http:// (https upstreams need the TLS build)",
+                )
+            })?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| self.err(&field("url"), "has no host"))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let patterns = u.models.unwrap_or_else(|| vec!["*".into()]);
+        let mut set = globset::GlobSetBuilder::new();
+        for p in &patterns {
+            set.add(crate::authorize::compile_glob(p).map_err(|e| self.err(&field("models"), e))?);
+        }
+        let models = set
+            .build()
+            .map_err(|e| self.err(&field("models"), e.to_string()))?;
+        let api_key = match u.api_key_env {
+            None => None,
+            Some(var) => {
+                let v = std::env::var(&var).map_err(|_| {
+                    self.err(
+                        &field("api_key_env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?;
+                let mut hv =
+                    http::HeaderValue::try_from(format!("Bearer {}", v.trim())).map_err(|_| {
+                        self.err(
+                            &field("api_key_env"),
+                            format!("`{var}` holds characters not allowed in a header"),
+                        )
+                    })?;
+                hv.set_sensitive(true);
+                Some(hv)
+            }
+        };
+        Ok(UpstreamConfig {
+            name: u.name.unwrap_or_else(|| format!("upstream{}", i + 1)),
+            scheme,
+            authority,
+            base_path,
+            models,
+            model_patterns: patterns,
+            api_key,
+            connect_timeout: self.duration(
+                &field("connect_timeout"),
+                u.connect_timeout,
+                Duration::from_secs(2),
+            )?,
+            first_byte_timeout: self.duration(
+                &field("first_byte_timeout"),
+                u.first_byte_timeout,
+                Duration::from_secs(120),
+            )?,
+            idle_timeout: self.duration(
+                &field("idle_timeout"),
+                u.idle_timeout,
+                Duration::from_secs(60),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.keys.prefix, "sk_kg");
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.limits.burst, c.limits.requests_per_minute);
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let err = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = Config::parse("[[upstream]]\nurl = \"ftp://x\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream[1].url"), "{err}");
+        let err = Config::parse("[limits]\nrequests_per_minute = 0\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.requests_per_minute"), "{err}");
+    }
+}

@@ -1,0 +1,181 @@
+//! Every refusal the gateway makes, and the one place each becomes an HTTP answer (SPEC §3).
+//!
+//! Messages are written here, from the variant's fields, never from anything the client sent
+//! as a credential: an error can name a scope, a model or a limit, but never a key.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")]
+    MissingKey,
+    #[error("Incorrect API key provided: {0}.")]
+    InvalidKey(&'static str),
+    #[error("Incorrect API key provided: {0}.")]
+    MalformedKey(crate::key::ParseError),
+    #[error("{0}")]
+    ExpiredKey(String),
+    #[error("This API key has been revoked.")]
+    RevokedKey,
+    #[error("This API key does not have the `{0}` scope required for this route.")]
+    MissingScope(crate::scope::Scope),
+    #[error("This API key may not use the model `{0}`.")]
+    ModelNotAllowed(String),
+    #[error("Unknown route: {0} {1}.")]
+    UnknownRoute(http::Method, String),
+    #[error("The request body is larger than the limit of {0} bytes.")]
+    TooLarge(u64),
+    #[error("Rate limit reached: {limit} requests per minute. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    RateLimited { limit: u32, retry_after: Duration },
+    #[error("Too many requests in flight for this key (limit {0}). Retry when one finishes.")]
+    ConcurrencyLimited(u32),
+    #[error("Too many failed authentication attempts from this address. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    TooManyFailedAttempts { retry_after: Duration },
+    #[error("The upstream `{0}` is unavailable.")]
+    UpstreamUnavailable(String),
+    #[error("The upstream `{0}` did not answer in time.")]
+    UpstreamTimeout(String),
+    #[error("The gateway is not ready: the key index has not loaded yet.")]
+    NotReady,
+    #[error("The gateway is at capacity. Retry shortly.")]
+    Overloaded,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("The model `{0}` does not exist.")]
+    ModelNotFound(String),
+    #[error("The key file is read-only (for example a mounted Secret); manage keys where it is writable.")]
+    ReadOnlyKeyStore,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            MissingScope(_) | ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            UnknownRoute(..) | NotFound(_) | ModelNotFound(_) => StatusCode::NOT_FOUND,
+            TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited { .. } | ConcurrencyLimited(_) | TooManyFailedAttempts { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NotReady | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ReadOnlyKeyStore => StatusCode::CONFLICT,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidRequest(_) | UnknownRoute(..) | TooLarge(_) | NotFound(_) | ModelNotFound(_)
+            | ReadOnlyKeyStore => "invalid_request_error",
+            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
+                "authentication_error"
+            }
+            MissingScope(_) | ModelNotAllowed(_) => "permission_error",
+            RateLimited { .. } | ConcurrencyLimited(_) | TooManyFailedAttempts { .. } => {
+                "rate_limit_error"
+            }
+            UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
+            NotReady | Overloaded | Internal(_) => "server_error",
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            MissingKey => "missing_api_key",
+            InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
+            ExpiredKey(_) => "expired_api_key",
+            RevokedKey => "revoked_api_key",
+            MissingScope(_) => "insufficient_permissions",
+            ModelNotAllowed(_) => "model_not_allowed",
+            UnknownRoute(..) => "unknown_route",
+            NotFound(_) => "not_found",
+            ModelNotFound(_) => "model_not_found",
+            TooLarge(_) => "request_too_large",
+            RateLimited { .. } => "rate_limit_exceeded",
+            ConcurrencyLimited(_) => "concurrency_limit_exceeded",
+            TooManyFailedAttempts { .. } => "too_many_failed_attempts",
+            UpstreamUnavailable(_) => "upstream_unavailable",
+            UpstreamTimeout(_) => "upstream_timeout",
+            NotReady => "not_ready",
+            Overloaded => "overloaded",
+            ReadOnlyKeyStore => "read_only_key_store",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::TooManyFailedAttempts { retry_after } => Some(*retry_after),
+            GatewayError::ConcurrencyLimited(_) | GatewayError::Overloaded => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped answer. Callers add request-scoped headers (request id, limits).
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": null,
+                "code": self.code(),
+            }
+        });
+        let mut resp = Response::new(B::from(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status() == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(d) = self.retry_after() {
+            // Round up: a client that waits the whole seconds must not be refused again.
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            h.insert(
+                "retry-after-ms",
+                HeaderValue::from(d.as_millis().max(1) as u64),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn shape() {
+        let r: Response<Full<Bytes>> = GatewayError::MissingKey.to_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "missing_api_key");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert!(v["error"]["param"].is_null());
+    }
+}

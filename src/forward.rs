@@ -1,0 +1,181 @@
+//! Stage 5 of a request: send it to the upstream that serves its model, and bring the answer
+//! back as it streams.
+//!
+//! One pooled hyper client per upstream, HTTP/1.1 keep-alive with TCP_NODELAY. Time limits
+//! are split the way LLM servers fail: connect (server down), first byte (queued or stuck
+//! prefill), idle between body frames (a stream that stalls). A client that goes away drops
+//! the response body, which drops the upstream connection and so cancels the generation.
+
+use crate::body::{BodyTooLarge, UpBody};
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::headers;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::error::Error as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configured upstream with its connection pool.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub name: Arc<str>,
+    client: Client<HttpConnector, UpBody>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(http);
+        Upstream {
+            name: Arc::from(config.name.as_str()),
+            config,
+            client,
+        }
+    }
+
+    /// True when this upstream can reuse `other`'s pool (same address and connect timeout).
+    pub fn same_pool(&self, other: &UpstreamConfig) -> bool {
+        self.config.scheme == other.scheme
+            && self.config.authority == other.authority
+            && self.config.connect_timeout == other.connect_timeout
+    }
+
+    /// A clone sharing this pool, with new settings.
+    pub fn with_config(&self, config: UpstreamConfig) -> Upstream {
+        Upstream {
+            name: Arc::from(config.name.as_str()),
+            config,
+            client: self.client.clone(),
+        }
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.config.models.is_match(model)
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let pq = if self.config.base_path.is_empty() {
+            path_and_query.to_string()
+        } else {
+            format!("{}{}", self.config.base_path, path_and_query)
+        };
+        Uri::builder()
+            .scheme(self.config.scheme.clone())
+            .authority(self.config.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| {
+                GatewayError::InvalidRequest(format!("the request path is not valid: {e}"))
+            })
+    }
+
+    /// Sends `req` (already sanitized) and waits for the response head.
+    pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, GatewayError> {
+        let fut = self.client.request(req);
+        match tokio::time::timeout(self.config.first_byte_timeout, fut).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                if find_cause::<BodyTooLarge>(&e).is_some() {
+                    return Err(GatewayError::TooLarge(
+                        find_cause::<BodyTooLarge>(&e).map_or(0, |b| b.0),
+                    ));
+                }
+                if find_cause::<crate::body::IdleTimeout>(&e).is_some() {
+                    return Err(GatewayError::InvalidRequest(
+                        "The request body stopped arriving before it was complete.".into(),
+                    ));
+                }
+                tracing::warn!(upstream = %self.config.name, error = %error_chain(&e), "upstream request failed");
+                Err(GatewayError::UpstreamUnavailable(self.config.name.clone()))
+            }
+        }
+    }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What the gateway adds to a forwarded request.
+pub struct ForwardInfo<'a> {
+    pub client_ip: IpAddr,
+    pub https: bool,
+    pub key_id: &'a str,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Turns the client's request into the upstream's.
+pub fn upstream_request(
+    upstream: &Upstream,
+    parts: http::request::Parts,
+    body: UpBody,
+    info: &ForwardInfo<'_>,
+) -> Result<Request<UpBody>, GatewayError> {
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = upstream.uri(pq)?;
+    let mut headers = parts.headers;
+    headers::sanitize_request(&mut headers);
+    if let Some(k) = &upstream.config.api_key {
+        headers.insert(header::AUTHORIZATION, k.clone());
+    }
+    if let Ok(ip) = HeaderValue::from_str(&info.client_ip.to_string()) {
+        headers.insert("x-forwarded-for", ip);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if info.https { "https" } else { "http" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(info.key_id) {
+        headers.insert("x-keygate-key-id", v);
+    }
+    headers.insert("x-request-id", info.request_id.clone());
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}

@@ -1,0 +1,375 @@
+//! One request, start to finish, in the order of the stages:
+//! listener (`server`) → authenticate → authorize → limit → forward → account.
+//!
+//! `handle` never fails: every refusal is a `GatewayError` turned into its OpenAI-shaped
+//! answer in one place (`error.rs`), and every answer carries `x-request-id`, plus the
+//! `x-ratelimit-*` headers once the caller is authenticated.
+
+use crate::account::Finish;
+use crate::authenticate::{authenticate, credential};
+use crate::authorize::{body_facts, is_normal_path, BodyError, Handler, RouteMatch};
+use crate::body::{Body, UpBody};
+use crate::error::GatewayError;
+use crate::forward::{upstream_request, ForwardInfo};
+use crate::index::KeyEntry;
+use crate::limit::RateInfo;
+use crate::state::{Gateway, Live};
+use crate::time::{openai_duration, Timestamp};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Connection facts the listener knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// Answers one request.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| is_valid_request_id(v))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let mut finish = Box::new(Finish::new(request_id.clone(), req.method().clone()));
+    let mut rate = None;
+    let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut rate).await {
+        Ok(r) => r,
+        Err(e) => {
+            finish.error_code = Some(e.code());
+            e.to_response()
+        }
+    };
+    finish.status = resp.status().as_u16();
+    let h = resp.headers_mut();
+    h.insert("x-request-id", request_id);
+    if let Some(r) = rate {
+        set_rate_headers(h, &r);
+    }
+    resp.body_mut().set_finish(finish);
+    resp
+}
+
+fn set_rate_headers(h: &mut http::HeaderMap, r: &RateInfo) {
+    h.insert("x-ratelimit-limit-requests", HeaderValue::from(r.limit));
+    h.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(r.remaining),
+    );
+    if let Ok(v) = HeaderValue::from_str(&openai_duration(r.reset)) {
+        h.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+fn is_valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    static SEED: LazyLock<u64> = LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = format!("req_{:016x}{:08x}", *SEED, n);
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn pipeline(
+    gw: &Arc<Gateway>,
+    req: Request<Incoming>,
+    conn: Conn,
+    finish: &mut Finish,
+    rate: &mut Option<RateInfo>,
+) -> Result<Response<Body>, GatewayError> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/readyz") => {
+            return if gw.is_ready() {
+                Ok(text(StatusCode::OK, "ready\n"))
+            } else {
+                Err(GatewayError::NotReady)
+            };
+        }
+        _ => {}
+    }
+    if !is_normal_path(path) {
+        return Err(GatewayError::InvalidRequest(
+            "The request path is not in normal form (no `..`, `//` or encoded separators).".into(),
+        ));
+    }
+    let live = gw.live();
+    let route = live
+        .config
+        .routes
+        .resolve(req.method(), path)
+        .ok_or_else(|| GatewayError::UnknownRoute(req.method().clone(), path.to_string()))?;
+    finish.route = route.scope.name();
+    let index = live.keys.as_ref().ok_or(GatewayError::NotReady)?;
+    finish.guards.push(Box::new(gw.capacity.acquire()?));
+
+    // Authenticate.
+    let now = Timestamp::now();
+    let prefix = &live.config.keys.prefix;
+    let key = {
+        let cred = credential(req.headers(), req.uri().query(), prefix)?
+            .ok_or(GatewayError::MissingKey)?;
+        authenticate(index, &cred, prefix, conn.peer.ip(), &gw.failed_auth, now)?
+    };
+    finish.key = Some(Arc::clone(&key));
+    key.usage.touch(now);
+
+    // Authorize and limit. The rate cell is taken first so that every authenticated answer,
+    // a refusal included, reports the key's real rate state.
+    let info = key.rate.check();
+    *rate = Some(info);
+    if !key.scopes.contains(route.scope) {
+        return Err(GatewayError::MissingScope(route.scope));
+    }
+    info.into_result()?;
+    let slot = key
+        .in_flight
+        .acquire(key.max_in_flight)
+        .ok_or(GatewayError::ConcurrencyLimited(key.max_in_flight))?;
+    finish.guards.push(Box::new(slot));
+
+    match route.handler {
+        Handler::Forward => proxy(&live, &key, route, req, conn, finish).await,
+        Handler::RetrieveModel => {
+            let model = path["/v1/models/".len()..].to_string();
+            if !key.may_use_model(&model) {
+                return Err(GatewayError::ModelNotAllowed(model));
+            }
+            let upstream = live
+                .upstream_for(&model)
+                .ok_or_else(|| GatewayError::ModelNotFound(model.clone()))?;
+            finish.model = Some(model);
+            let upstream = Arc::clone(upstream);
+            send(
+                &upstream,
+                &key,
+                req,
+                UpBody::full(Bytes::new()),
+                conn,
+                finish,
+            )
+            .await
+        }
+        Handler::ListModels => list_models(&live, &key, conn, finish).await,
+        Handler::Admin => crate::admin::handle(gw, &live, &key, req, finish).await,
+        Handler::Usage => Ok(crate::admin::usage(&live, &key)),
+    }
+}
+
+/// Reads a whole request body, bounded in size and in time between frames.
+async fn read_body(
+    mut body: Incoming,
+    limit: u64,
+    idle: Duration,
+    size_hint: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(limit) as usize);
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| {
+                GatewayError::InvalidRequest(
+                    "The request body stopped arriving before it was complete.".into(),
+                )
+            })?;
+        match frame {
+            None => return Ok(buf.freeze()),
+            Some(Err(e)) => {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "The request body could not be read: {e}."
+                )))
+            }
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    if buf.len() as u64 + d.len() as u64 > limit {
+                        return Err(GatewayError::TooLarge(limit));
+                    }
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Forwards an inference request: checks the model when the key or routing needs it.
+async fn proxy(
+    live: &Live,
+    key: &Arc<KeyEntry>,
+    route: RouteMatch,
+    req: Request<Incoming>,
+    conn: Conn,
+    finish: &mut Finish,
+) -> Result<Response<Body>, GatewayError> {
+    let server = &live.config.server;
+    let (parts, body) = req.into_parts();
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Err(GatewayError::TooLarge(server.max_body_bytes));
+    }
+    let needs_model = route.has_model && (key.models.is_some() || live.upstreams.len() > 1);
+    let (upstream, upbody) = if needs_model {
+        let bytes = read_body(
+            body,
+            server.max_body_bytes,
+            server.body_read_timeout,
+            declared,
+        )
+        .await?;
+        let upstream = match body_facts(&bytes) {
+            Ok(facts) => {
+                let model = facts.model.as_deref().unwrap_or_default();
+                if !key.may_use_model(model) {
+                    return Err(GatewayError::ModelNotAllowed(model.to_string()));
+                }
+                let u = live
+                    .upstream_for(model)
+                    .ok_or_else(|| GatewayError::ModelNotFound(model.to_string()))?;
+                finish.model = Some(model.to_string());
+                u
+            }
+            Err(BodyError::NoModel) if key.models.is_none() => live
+                .default_upstream()
+                .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?,
+            Err(e) => return Err(GatewayError::InvalidRequest(e.to_string())),
+        };
+        (Arc::clone(upstream), UpBody::full(bytes))
+    } else {
+        let u = live
+            .default_upstream()
+            .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?;
+        (
+            Arc::clone(u),
+            UpBody::stream(body, server.body_read_timeout, server.max_body_bytes),
+        )
+    };
+    let req = Request::from_parts(parts, ());
+    send(&upstream, key, req, upbody, conn, finish).await
+}
+
+/// Sends to `upstream` and streams the answer back.
+async fn send<B>(
+    upstream: &crate::forward::Upstream,
+    key: &KeyEntry,
+    req: Request<B>,
+    body: UpBody,
+    conn: Conn,
+    finish: &mut Finish,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, _) = req.into_parts();
+    let info = ForwardInfo {
+        client_ip: conn.peer.ip(),
+        https: conn.https,
+        key_id: &key.id,
+        request_id: &finish.request_id,
+    };
+    let up = upstream_request(upstream, parts, body, &info)?;
+    finish.upstream = Some(Arc::clone(&upstream.name));
+    let sent = Instant::now();
+    let before = sent - finish.started;
+    let resp = upstream.send(up).await?;
+    let upstream_latency = sent.elapsed();
+    finish.upstream_latency = Some(upstream_latency);
+    let (mut parts, incoming) = resp.into_parts();
+    crate::headers::sanitize_response(&mut parts.headers);
+    let body = Body::upstream(incoming, upstream.config.idle_timeout, true);
+    finish.added_latency = Some(before + (sent.elapsed() - upstream_latency));
+    Ok(Response::from_parts(parts, body))
+}
+
+/// `GET /v1/models`: the union of the upstreams' models that this key may use.
+async fn list_models(
+    live: &Live,
+    key: &KeyEntry,
+    conn: Conn,
+    finish: &mut Finish,
+) -> Result<Response<Body>, GatewayError> {
+    let mut data: Vec<serde_json::Value> = Vec::new();
+    let mut answered = 0;
+    for u in live.upstreams.iter() {
+        let req = Request::get("/v1/models")
+            .body(())
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let resp = match send(u, key, req, UpBody::full(Bytes::new()), conn, finish).await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                tracing::warn!(upstream = %u.name, status = %r.status(), "upstream did not list its models");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %u.name, error = %e, "upstream did not list its models");
+                continue;
+            }
+        };
+        let collected = tokio::time::timeout(
+            u.config.first_byte_timeout,
+            http_body_util::Limited::new(resp.into_body(), 4 << 20).collect(),
+        )
+        .await;
+        let Ok(Ok(bytes)) = collected.map(|r| r.map(|c| c.to_bytes())) else {
+            continue;
+        };
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        answered += 1;
+        for m in list["data"].as_array().into_iter().flatten() {
+            let Some(id) = m["id"].as_str() else { continue };
+            if u.serves(id) && key.may_use_model(id) && !data.iter().any(|d| d["id"] == id) {
+                data.push(m.clone());
+            }
+        }
+    }
+    finish.upstream = None;
+    finish.upstream_latency = None;
+    finish.added_latency = None;
+    if answered == 0 {
+        let name = live
+            .default_upstream()
+            .map_or_else(String::new, |u| u.config.name.clone());
+        return Err(GatewayError::UpstreamUnavailable(name));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "object": "list", "data": data }),
+    ))
+}

@@ -1,0 +1,47 @@
+//! keygate: an API-key gateway for self-hosted, OpenAI-compatible inference servers.
+//!
+//! A request flows through these modules, in this order:
+//!
+//! | stage | module | does |
+//! |---|---|---|
+//! | listener | [`server`] | HTTP/1.1 + HTTP/2, limits, graceful shutdown |
+//! | (pipeline) | [`gateway`] | calls the stages below in order, one error mapping |
+//! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
+//! | authorize | [`authorize`] | route → scope, model allowlist |
+//! | limit | [`limit`] | per-key rate and in-flight caps, failed-auth guard |
+//! | forward | [`forward`] | pooled upstream client, header hygiene ([`headers`]) |
+//! | account | [`account`] | usage counters, token scan, access log |
+//!
+//! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
+//! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
+//! [`watch`] (reload on change), [`admin`] (management API), [`metrics`], [`usage`] (saved
+//! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
+//! (commands).
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod admin;
+pub mod authenticate;
+pub mod authorize;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod expiry;
+pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod index;
+pub mod key;
+pub mod limit;
+pub mod logging;
+pub mod metrics;
+pub mod mock;
+pub mod run;
+pub mod scope;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod time;
+pub mod usage;
+pub mod watch;

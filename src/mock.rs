@@ -1,0 +1,378 @@
+//! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
+//! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
+//! completions, embeddings, models, tokenize), and records every request it gets so tests can
+//! check exactly what crossed the gateway.
+//!
+//! Test hooks are request headers, which pass through the gateway untouched:
+//! `x-mock-status` (answer with that status), `x-mock-delay-ms` (wait before the head),
+//! `x-mock-interval-ms` (wait between SSE events), `x-mock-reply-bytes` (pad the reply).
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub type MockBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    pub models: Vec<String>,
+    /// Wait between SSE events unless the request says otherwise.
+    pub sse_interval: Duration,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            models: vec![
+                "llama-3.1-8b-instruct".into(),
+                "qwen2.5-7b-instruct".into(),
+                "bge-small-en".into(),
+            ],
+            sse_interval: Duration::from_millis(0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+
+impl Recorder {
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&self, r: Recorded) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a long benchmark must not grow memory.
+        if v.len() >= 10_000 {
+            v.remove(0);
+        }
+        v.push(r);
+    }
+}
+
+/// Serves the mock on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    opts: MockOptions,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()>,
+) {
+    let opts = Arc::new(opts);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+        };
+        let _ = stream.set_nodelay(true);
+        let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
+                async move { Ok::<_, Infallible>(answer(req, &opts, &recorder).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<MockBody> {
+    let mut r = Response::new(http_body_util::Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Response<MockBody> {
+    full(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<MockBody> {
+    json_resp(
+        status,
+        &json!({"error": {"message": msg, "type": "invalid_request_error", "param": null, "code": null}}),
+    )
+}
+
+fn words(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.split_whitespace().count() as u64,
+        Value::Array(a) => a.iter().map(words).sum(),
+        Value::Object(o) => o.get("content").map_or(0, words),
+        _ => 0,
+    }
+}
+
+fn last_user_text(body: &Value) -> String {
+    let from_messages = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str());
+    from_messages
+        .or_else(|| body["prompt"].as_str())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    opts: &MockOptions,
+    rec: &Recorder,
+) -> Response<MockBody> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::BAD_REQUEST, "body read failed"),
+    };
+    rec.push(Recorded {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let h = &parts.headers;
+    if let Some(ms) = header_num(h, "x-mock-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) =
+        header_num(h, "x-mock-status").and_then(|c| StatusCode::from_u16(c as u16).ok())
+    {
+        return error(code, "mock failure on request");
+    }
+    let interval =
+        header_num(h, "x-mock-interval-ms").map_or(opts.sse_interval, Duration::from_millis);
+    let pad = header_num(h, "x-mock-reply-bytes").unwrap_or(0) as usize;
+    let path = parts.uri.path();
+    let req_json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "body is not JSON"),
+        }
+    };
+    let model = req_json["model"].as_str().unwrap_or("").to_string();
+    match (&parts.method, path) {
+        (&Method::GET, "/v1/models") => {
+            let data: Vec<Value> = opts.models.iter().map(|m| model_obj(m)).collect();
+            json_resp(StatusCode::OK, &json!({"object": "list", "data": data}))
+        }
+        (&Method::GET, p) if p.starts_with("/v1/models/") => {
+            let id = &p["/v1/models/".len()..];
+            if opts.models.iter().any(|m| m == id) {
+                json_resp(StatusCode::OK, &model_obj(id))
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    &format!("The model `{id}` does not exist."),
+                )
+            }
+        }
+        (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
+            let chat = path == "/v1/chat/completions";
+            let mut reply = format!(
+                "Hello from the keygate mock. You said: {}",
+                last_user_text(&req_json)
+            );
+            if pad > reply.len() {
+                reply.extend(std::iter::repeat_n('x', pad - reply.len()));
+            }
+            let prompt_tokens = if chat {
+                words(&req_json["messages"])
+            } else {
+                words(&req_json["prompt"])
+            };
+            let completion_tokens = reply.split_whitespace().count() as u64;
+            let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+            if req_json["stream"] == true {
+                let include_usage = req_json["stream_options"]["include_usage"] == true;
+                sse(chat, &model, &reply, usage, include_usage, interval)
+            } else if chat {
+                json_resp(
+                    StatusCode::OK,
+                    &json!({
+                        "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                        "usage": usage,
+                    }),
+                )
+            } else {
+                json_resp(
+                    StatusCode::OK,
+                    &json!({
+                        "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
+                        "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
+                        "usage": usage,
+                    }),
+                )
+            }
+        }
+        (&Method::POST, "/v1/embeddings") => {
+            let inputs: Vec<String> = match &req_json["input"] {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or("").to_string())
+                    .collect(),
+                _ => return error(StatusCode::BAD_REQUEST, "`input` is required"),
+            };
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embed(s)}))
+                .collect();
+            let n = inputs
+                .iter()
+                .map(|s| s.split_whitespace().count() as u64)
+                .sum::<u64>();
+            json_resp(
+                StatusCode::OK,
+                &json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}),
+            )
+        }
+        (&Method::POST, "/tokenize") => {
+            let text = req_json["prompt"].as_str().unwrap_or("");
+            let tokens: Vec<u64> = text.split_whitespace().map(|w| w.len() as u64).collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({"count": tokens.len(), "max_model_len": 8192, "tokens": tokens}),
+            )
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("mock has no route {} {path}", parts.method),
+        ),
+    }
+}
+
+fn model_obj(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "keygate-mock"})
+}
+
+/// A deterministic 8-dimensional unit vector from the text.
+fn embed(s: &str) -> Vec<f64> {
+    let h = crate::key::hash_token(s);
+    let v: Vec<f64> = h[..8].iter().map(|b| f64::from(*b) / 255.0 - 0.5).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+fn sse(
+    chat: bool,
+    model: &str,
+    reply: &str,
+    usage: Value,
+    include_usage: bool,
+    interval: Duration,
+) -> Response<MockBody> {
+    let mut events: Vec<Value> = Vec::new();
+    let chunk = |choices: Value, usage: Option<&Value>| {
+        let mut v = json!({
+            "id": if chat { "chatcmpl-mock" } else { "cmpl-mock" },
+            "object": if chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": 0, "model": model, "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = u.clone();
+        }
+        v
+    };
+    if chat {
+        events.push(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]), None));
+    }
+    let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
+    for p in &pieces {
+        let choice = if chat {
+            json!([{"index": 0, "delta": {"content": p}, "finish_reason": null}])
+        } else {
+            json!([{"index": 0, "text": p, "finish_reason": null}])
+        };
+        events.push(chunk(choice, None));
+    }
+    let end = if chat {
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    } else {
+        json!([{"index": 0, "text": "", "finish_reason": "stop"}])
+    };
+    events.push(chunk(end, None));
+    if include_usage {
+        events.push(chunk(json!([]), Some(&usage)));
+    }
+    let mut frames: Vec<Bytes> = events
+        .iter()
+        .map(|e| Bytes::from(format!("data: {e}\n\n")))
+        .collect();
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let stream = futures_stream(frames, interval);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// Emits `frames` one by one with `interval` between them.
+fn futures_stream(
+    frames: Vec<Bytes>,
+    interval: Duration,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for (i, f) in frames.into_iter().enumerate() {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            if tx.send(Ok(Frame::data(f))).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

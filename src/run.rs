@@ -1,0 +1,317 @@
+//! Process-level wiring for `keygate serve`, `keygate demo` and `keygate mock`: runtime,
+//! logging, metrics listener, file watchers, usage flushing and signals.
+
+use crate::cli::{load_config, CliError};
+use crate::config::Config;
+use crate::state::Gateway;
+use crate::store::{KeyStore, NewKey};
+use crate::time::Timestamp;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Everything `serve` runs beside the listener; aborted when the server returns.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Loads keys, starts watchers, the metrics listener and the usage flusher.
+async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliError> {
+    let cfg = gw.config();
+    let mut tasks = Vec::new();
+    let restored = Arc::new(AtomicBool::new(false));
+    let state_file = cfg.keys.state_file.clone();
+
+    let load = {
+        let (gw, restored, state_file) =
+            (Arc::clone(gw), Arc::clone(&restored), state_file.clone());
+        move || match gw.reload_keys() {
+            Ok(n) => {
+                tracing::info!(keys = n, "key file loaded");
+                if !restored.swap(true, Ordering::AcqRel) {
+                    crate::usage::restore(&gw, &state_file);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key file not loaded; the last good keys keep serving")
+            }
+        }
+    };
+    let load = Arc::new(load);
+    if cfg.keys.reload {
+        let l = Arc::clone(&load);
+        tasks.push(crate::watch::spawn(
+            cfg.keys.file.clone(),
+            cfg.keys.poll_interval,
+            move || l(),
+        ));
+    }
+    let l = Arc::clone(&load);
+    let _ = tokio::task::spawn_blocking(move || l()).await;
+
+    if let (true, Some(path)) = (watch_config, cfg.source.clone()) {
+        let gw2 = Arc::clone(gw);
+        let p = path.clone();
+        tasks.push(crate::watch::spawn(path, cfg.keys.poll_interval, move || match Config::load(&p) {
+            Ok(next) => {
+                let level = next.log.level.clone();
+                let per_key = next.metrics.per_key_labels;
+                for r in gw2.apply_config(next) {
+                    tracing::warn!(change = %r, "this gateway.toml change needs a restart to take effect");
+                }
+                crate::logging::set_level(&level);
+                crate::metrics::set_per_key_labels(per_key);
+                tracing::info!("gateway.toml reloaded");
+            }
+            Err(e) => gw2.config_reload_failed(&e),
+        }));
+    }
+
+    if let Some(addr) = cfg.metrics.listen {
+        crate::metrics::install();
+        crate::metrics::set_per_key_labels(cfg.metrics.per_key_labels);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(gw),
+            std::future::pending(),
+        )));
+    }
+
+    let (gw2, restored2) = (Arc::clone(gw), Arc::clone(&restored));
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            flush_usage(&gw2, &restored2).await;
+            crate::expiry::warn_expiring(&gw2);
+            gw2.failed_auth.sweep();
+        }
+    }));
+    Ok(Background { tasks })
+}
+
+async fn flush_usage(gw: &Arc<Gateway>, restored: &AtomicBool) {
+    if !restored.load(Ordering::Acquire) {
+        return; // never overwrite saved usage before it was restored
+    }
+    let gw = Arc::clone(gw);
+    let path = gw.config().keys.state_file.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::usage::save_state(&gw, &path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save usage state");
+        }
+    })
+    .await;
+}
+
+/// Serves until a signal, then drains and saves usage.
+async fn serve_until_signal(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    watch_config: bool,
+) -> Result<(), CliError> {
+    let bg = start(&gw, watch_config).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    tracing::info!(%addr, "keygate listening");
+    println!("keygate listening on http://{addr}");
+    crate::server::run(listener, Arc::clone(&gw), shutdown_signal())
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    flush_usage(&gw, &AtomicBool::new(true)).await;
+    drop(bg);
+    tracing::info!("keygate stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
+}
+
+pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
+    let cfg = load_config(config)?;
+    crate::logging::init(&cfg.log);
+    runtime()?.block_on(async move {
+        let listener = bind(cfg.server.listen).await?;
+        let gw = Gateway::new(cfg);
+        serve_until_signal(gw, listener, true).await
+    })
+}
+
+/// The shipped gateway.toml, used by `demo` when none is in the working directory.
+const SHIPPED_CONFIG: &str = include_str!("../gateway.toml");
+
+pub fn demo(config: Option<PathBuf>, listen: Option<String>) -> Result<(), CliError> {
+    let mut cfg = match config {
+        Some(p) => Config::load(&p)?,
+        None if std::path::Path::new("gateway.toml").exists() => {
+            Config::load(std::path::Path::new("gateway.toml"))?
+        }
+        None => Config::parse(SHIPPED_CONFIG, None)?,
+    };
+    crate::logging::init(&cfg.log);
+    if let Some(l) = listen {
+        cfg.server.listen = l
+            .parse()
+            .map_err(|_| CliError::Usage(format!("`{l}` is not an address like 127.0.0.1:4142")))?;
+    }
+    let dir = tempfile::tempdir().map_err(|e| CliError::Runtime(e.to_string()))?;
+    cfg.keys.file = dir.path().join("keys.json");
+    cfg.keys.state_file = dir.path().join("keys.json.state");
+    cfg.source = None; // the demo's upstream is the mock: do not follow edits to the file
+    runtime()?.block_on(async move {
+        let mock_listener = bind(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| CliError::Usage("addr".into()))?,
+        )
+        .await?;
+        let mock_addr = mock_listener
+            .local_addr()
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        tokio::spawn(crate::mock::serve(
+            mock_listener,
+            crate::mock::MockOptions {
+                sse_interval: Duration::from_millis(60),
+                ..Default::default()
+            },
+            crate::mock::Recorder::default(),
+            std::future::pending(),
+        ));
+        let mock_cfg = Config::parse(
+            &format!("[[upstream]]\nname = \"mock\"\nurl = \"http://{mock_addr}\"\n"),
+            None,
+        )?;
+        cfg.upstreams = mock_cfg.upstreams;
+        let store = KeyStore::new(&cfg.keys.file);
+        let prefix = cfg.keys.prefix.clone();
+        let now = Timestamp::now();
+        let (_, demo_key) = store.update(|f| {
+            f.create(
+                NewKey {
+                    name: "demo".into(),
+                    ..Default::default()
+                },
+                &prefix,
+                now,
+            )
+        })?;
+        let (_, admin_key) = store.update(|f| {
+            f.create(
+                NewKey {
+                    name: "demo-admin".into(),
+                    scopes: vec!["admin".into(), "usage".into()],
+                    ..Default::default()
+                },
+                &prefix,
+                now,
+            )
+        })?;
+        let listener = bind(cfg.server.listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        print_demo(addr, &demo_key.plaintext, &admin_key.plaintext);
+        let gw = Gateway::new(cfg);
+        let r = serve_until_signal(gw, listener, false).await;
+        drop(dir);
+        r
+    })
+}
+
+fn print_demo(addr: SocketAddr, key: &str, admin: &str) {
+    println!(
+        r#"
+keygate demo: gateway on http://{addr}, forwarding to a built-in mock upstream.
+
+Demo key (inference scopes):  {key}
+Admin key (admin, usage):     {admin}
+(Keys live in a temporary directory and are gone when the demo stops.)
+
+Try it:
+
+  curl http://{addr}/v1/chat/completions \
+    -H "Authorization: Bearer {key}" \
+    -H "Content-Type: application/json" \
+    -d '{{"model": "llama-3.1-8b-instruct", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python3 - <<'EOF'
+  from openai import OpenAI
+  client = OpenAI(base_url="http://{addr}/v1", api_key="{key}")
+  r = client.chat.completions.create(model="llama-3.1-8b-instruct",
+                                     messages=[{{"role": "user", "content": "Hello"}}])
+  print(r.choices[0].message.content)
+  EOF
+
+  curl http://{addr}/v1/api-keys -H "Authorization: Bearer {admin}"
+
+Press Ctrl-C to stop.
+"#
+    );
+}
+
+pub fn mock(listen: &str) -> Result<(), CliError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| CliError::Usage(format!("`{listen}` is not an address")))?;
+    runtime()?.block_on(async move {
+        let listener = bind(addr).await?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!("keygate mock upstream listening on http://{local}");
+        crate::mock::serve(
+            listener,
+            Default::default(),
+            crate::mock::Recorder::default(),
+            shutdown_signal(),
+        )
+        .await;
+        Ok(())
+    })
+}

@@ -1,0 +1,124 @@
+//! Stage 1 of a request: the listener. HTTP/1.1 and HTTP/2 on one port, with explicit limits
+//! on headers, streams and time, and a graceful shutdown.
+//!
+//! `run` takes a listener that is already bound, so tests bind port 0 and read the address,
+//! and a shutdown future, so tests stop it without signals. On shutdown, readiness fails at
+//! once, new connections are still accepted for `shutdown_delay` (while load balancers
+//! notice), then the listener closes and in-flight requests and streams get `drain_timeout`.
+
+use crate::config::ServerConfig;
+use crate::gateway::{self, Conn};
+use crate::state::Gateway;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The HTTP server settings, all explicit rather than hyper's defaults.
+pub fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes)
+        .max_headers(s.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(s.http2_max_header_list_size)
+        // Rapid-reset (CVE-2023-44487) and error-reset floods end in GOAWAY.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = gw.config();
+    let builder = Arc::new(builder(&config.server));
+    let graceful = GracefulShutdown::new();
+    let https = false;
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, &graceful, https),
+        }
+    }
+
+    gw.draining.store(true, Ordering::Release);
+    let config = gw.config();
+    tracing::info!(
+        delay = ?config.server.shutdown_delay,
+        drain = ?config.server.drain_timeout,
+        "shutting down: readiness now fails"
+    );
+    let delay = tokio::time::sleep(config.server.shutdown_delay);
+    tokio::pin!(delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut delay => break,
+            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, &graceful, https),
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(config.server.drain_timeout) => {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+    }
+    Ok(())
+}
+
+fn serve_accepted(
+    accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+    gw: &Arc<Gateway>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    https: bool,
+) {
+    let (stream, peer) = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            // Out of descriptors and the like: back off briefly instead of spinning.
+            tracing::warn!(error = %e, "accept failed");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let conn = Conn { peer, https };
+    let gw = Arc::clone(gw);
+    let svc = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(gateway::handle(gw, req, conn).await) }
+    });
+    let fut = graceful.watch(
+        builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,193 @@
+//! The gateway's shared state. Everything a request reads that can change at runtime —
+//! configuration, key index with its limiters, upstream pools — is one `Live` value behind
+//! one `ArcSwap`: a request loads it once and sees a consistent whole.
+//!
+//! Reloads build the next `Live` off the request path and swap it in; one that fails leaves
+//! the current value serving and is logged and counted.
+
+use crate::config::{Config, ConfigError};
+use crate::forward::Upstream;
+use crate::index::KeyIndex;
+use crate::limit::{Capacity, FailedAuthGuard};
+use crate::store::{KeyStore, StoreError};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One consistent view of everything reloadable.
+pub struct Live {
+    pub config: Arc<Config>,
+    /// `None` until a key file has loaded: the gateway answers 503 `not_ready`.
+    pub keys: Option<Arc<KeyIndex>>,
+    pub upstreams: Arc<[Arc<Upstream>]>,
+}
+
+impl Live {
+    /// The upstream for a model: the first whose patterns match.
+    pub fn upstream_for(&self, model: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.serves(model))
+    }
+
+    pub fn default_upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstreams.first()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub key_reloads: AtomicU64,
+    pub key_reload_failures: AtomicU64,
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+    /// Unix seconds of the last successful key reload.
+    pub last_key_reload: AtomicU64,
+}
+
+pub struct Gateway {
+    live: ArcSwap<Live>,
+    pub failed_auth: FailedAuthGuard,
+    pub capacity: Arc<Capacity>,
+    pub draining: AtomicBool,
+    pub reloads: ReloadStats,
+    /// Serialises reloads so two never build from the same base.
+    reload_lock: Mutex<()>,
+}
+
+impl Gateway {
+    /// A gateway with `config`; the key file is loaded by `reload_keys`.
+    pub fn new(config: Config) -> Arc<Gateway> {
+        let upstreams = build_upstreams(&config, &[]);
+        let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
+        let capacity = Capacity::new(config.server.max_in_flight);
+        Arc::new(Gateway {
+            live: ArcSwap::from_pointee(Live {
+                config: Arc::new(config),
+                keys: None,
+                upstreams,
+            }),
+            failed_auth,
+            capacity,
+            draining: AtomicBool::new(false),
+            reloads: ReloadStats::default(),
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// The current state. Hold the `Arc` for the whole request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.live.load().config)
+    }
+
+    pub fn store(&self) -> KeyStore {
+        KeyStore::new(self.live.load().config.keys.file.clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.live.load().keys.is_some() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the key file and swaps in a new index. Blocking I/O: call it from a blocking
+    /// thread. On error the current index keeps serving.
+    pub fn reload_keys(&self) -> Result<usize, StoreError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.live.load_full();
+        let result = KeyStore::new(cur.config.keys.file.clone()).load_existing();
+        match result {
+            Ok(file) => {
+                let index = KeyIndex::build(&file, &cur.config.limits, cur.keys.as_deref());
+                let n = index.len();
+                self.live.store(Arc::new(Live {
+                    config: Arc::clone(&cur.config),
+                    keys: Some(Arc::new(index)),
+                    upstreams: Arc::clone(&cur.upstreams),
+                }));
+                self.reloads.key_reloads.fetch_add(1, Ordering::Relaxed);
+                self.reloads
+                    .last_key_reload
+                    .store(crate::time::Timestamp::now().0, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                self.reloads
+                    .key_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a new configuration: limits, routes, upstreams and log level take effect at
+    /// once; the returned list names changes that need a restart.
+    pub fn apply_config(&self, next: Config) -> Vec<String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.live.load_full();
+        let mut restart = Vec::new();
+        if next.server.listen != cur.config.server.listen {
+            restart.push(format!(
+                "server.listen changed to {} (still listening on {})",
+                next.server.listen, cur.config.server.listen
+            ));
+        }
+        if next.server.tls != cur.config.server.tls {
+            restart.push("server.tls changed".into());
+        }
+        if next.metrics.listen != cur.config.metrics.listen {
+            restart.push("metrics.listen changed".into());
+        }
+        if next.keys.file != cur.config.keys.file {
+            restart.push("keys.file changed".into());
+        }
+        let upstreams = build_upstreams(&next, &cur.upstreams);
+        let keys = cur.keys.as_ref().map(|idx| {
+            if next.limits == cur.config.limits {
+                Arc::clone(idx)
+            } else {
+                // Limits changed: rebuild so every key's effective quota is recomputed.
+                let file = KeyStore::new(cur.config.keys.file.clone()).load();
+                match file {
+                    Ok(f) => Arc::new(KeyIndex::build(&f, &next.limits, Some(idx))),
+                    Err(_) => Arc::clone(idx),
+                }
+            }
+        });
+        self.capacity.set_cap(next.server.max_in_flight);
+        let mut next = next;
+        // A restart-only setting keeps its running value so the state stays truthful.
+        next.server.listen = cur.config.server.listen;
+        next.keys.file = cur.config.keys.file.clone();
+        self.live.store(Arc::new(Live {
+            config: Arc::new(next),
+            keys,
+            upstreams,
+        }));
+        self.reloads.config_reloads.fetch_add(1, Ordering::Relaxed);
+        restart
+    }
+
+    /// Records a configuration reload that failed.
+    pub fn config_reload_failed(&self, e: &ConfigError) {
+        self.reloads
+            .config_reload_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "gateway.toml reload failed; the last good configuration keeps serving");
+    }
+}
+
+/// Builds upstreams, reusing connection pools of unchanged ones.
+fn build_upstreams(config: &Config, prev: &[Arc<Upstream>]) -> Arc<[Arc<Upstream>]> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let reused = prev.iter().find(|p| p.same_pool(u));
+            Arc::new(match reused {
+                Some(p) => p.with_config(u.clone()),
+                None => Upstream::new(u.clone()),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,131 @@
+//! Timestamps and human durations (`90d`, `24h`, `30m`), and OpenAI's reset-duration form.
+//!
+//! Times are whole seconds since the Unix epoch inside the program and RFC 3339 (UTC) in
+//! every file and API answer, so a key file can be read and diffed by a person.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    }
+
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(d.as_secs()))
+    }
+
+    pub fn parse(s: &str) -> Result<Timestamp, String> {
+        let t = humantime::parse_rfc3339_weak(s.trim())
+            .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))?;
+        Ok(Timestamp(
+            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        ))
+    }
+
+    /// Seconds from `self` until `later` (0 if `later` is not later).
+    pub fn until(self, later: Timestamp) -> u64 {
+        later.0.saturating_sub(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = UNIX_EPOCH + Duration::from_secs(self.0);
+        write!(f, "{}", humantime::format_rfc3339_seconds(t))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `90d`, `24h`, `30m`, `45s`, `2w` and combinations such as `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 90d, 24h or 30m ({e})"))
+}
+
+/// A short human form: `3d`, `5h`, `12m`, `40s`.
+pub fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
+pub fn openai_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    if secs < 60 {
+        let frac = ms % 1_000;
+        return if frac == 0 {
+            format!("{secs}s")
+        } else {
+            let s = format!("{secs}.{frac:03}");
+            format!("{}s", s.trim_end_matches('0'))
+        };
+    }
+    let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d").unwrap().as_secs(), 90 * 86_400);
+        assert_eq!(parse_duration("24h").unwrap().as_secs(), 86_400);
+        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1_800);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn openai_forms() {
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(openai_duration(Duration::from_millis(1_500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(openai_duration(Duration::from_secs(3_723)), "1h2m3s");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = Timestamp(1_700_000_000);
+        assert_eq!(t.to_string(), "2023-11-14T22:13:20Z");
+        assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
+    }
+}

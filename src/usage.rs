@@ -1,0 +1,78 @@
+//! Runtime state that must survive a restart but never goes in the key file: per-key usage
+//! and last-used times. Kept in memory by the request path (atomics in each key's entry) and
+//! written to `[keys] state_file` on an interval and at shutdown, atomically.
+
+use crate::account::UsageSnapshot;
+use crate::state::Gateway;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    saved_at: Option<Timestamp>,
+    keys: HashMap<String, UsageSnapshot>,
+}
+
+/// Reads a state file; a missing one is empty.
+pub fn load_state(path: &Path) -> std::io::Result<HashMap<String, UsageSnapshot>> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let f: StateFile = serde_json::from_slice(&b).map_err(std::io::Error::other)?;
+            Ok(f.keys)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the current counters of every key in the index.
+pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
+    let live = gw.live();
+    let Some(idx) = &live.keys else {
+        return Ok(());
+    };
+    let mut keys = load_state(path).unwrap_or_default();
+    for e in idx.entries() {
+        keys.insert(e.id.to_string(), e.usage.snapshot());
+    }
+    let file = StateFile {
+        version: 1,
+        saved_at: Some(Timestamp::now()),
+        keys,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".keygate-state")
+        .tempfile_in(dir)?;
+    serde_json::to_writer(&mut tmp, &file).map_err(std::io::Error::other)?;
+    tmp.write_all(b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Adds saved counters into the loaded index (once, at start).
+pub fn restore(gw: &Gateway, path: &Path) {
+    let saved = match load_state(path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "usage state file unreadable; starting from zero");
+            return;
+        }
+    };
+    let live = gw.live();
+    if let Some(idx) = &live.keys {
+        for (id, snap) in &saved {
+            if let Some(e) = idx.by_id(id) {
+                e.usage.restore(snap);
+            }
+        }
+    }
+}
