@@ -35,7 +35,7 @@ pub struct UsageSnapshot {
     pub rate_limited: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "last_used_at")]
     pub last_used: Option<Timestamp>,
 }
 
@@ -251,9 +251,9 @@ impl Drop for Finish {
             status = self.status,
             error = self.error_code.unwrap_or("-"),
             complete = self.complete,
-            latency_ms = total.as_secs_f64() * 1e3,
-            upstream_ms = self.upstream_latency.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            added_ms = added.as_secs_f64() * 1e3,
+            latency_us = total.as_micros() as u64,
+            upstream_us = self.upstream_latency.map_or(0, |d| d.as_micros() as u64),
+            added_us = added.as_micros() as u64,
             prompt_tokens = tokens.prompt,
             completion_tokens = tokens.completion,
             "request"

@@ -1,7 +1,7 @@
 //! The `keygate` binary: parses arguments and hands over to the library.
 #![forbid(unsafe_code)]
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use keygate::cli::{self, CreateArgs, ListArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,41 +13,27 @@ use std::process::ExitCode;
     about = "API-key gateway for OpenAI-compatible inference servers"
 )]
 struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Args, Clone)]
-struct ConfigArg {
     /// Path to gateway.toml (default: ./gateway.toml, or built-in defaults if it does not exist).
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Serve,
     /// Run the gateway with a built-in mock upstream and a demo key, for a first look.
     Demo {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Listen here instead of the configured address (e.g. 127.0.0.1:0 for any free port).
         #[arg(long)]
         listen: Option<String>,
     },
     /// Validate gateway.toml and the key file; exits non-zero with the reason.
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Check,
     /// Manage API keys in the key file.
     Keys {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -89,23 +75,19 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let c = cli.config;
     let result = match cli.command {
-        Command::Serve { config } => keygate::run::serve(config.config),
-        Command::Demo { config, listen } => keygate::run::demo(config.config, listen),
-        Command::Check { config } => cli::check(config.config),
+        Command::Serve => keygate::run::serve(c),
+        Command::Demo { listen } => keygate::run::demo(c, listen),
+        Command::Check => cli::check(c),
         Command::Mock { listen } => keygate::run::mock(&listen),
-        Command::Keys { config, command } => {
-            let c = config.config;
-            match command {
-                KeysCommand::Create(a) => cli::create(c, a),
-                KeysCommand::List(a) => cli::list(c, a),
-                KeysCommand::Show { id, json } => cli::show(c, &id, json),
-                KeysCommand::Rotate { id, grace, json } => {
-                    cli::rotate(c, &id, grace.as_deref(), json)
-                }
-                KeysCommand::Revoke { id, json } => cli::revoke(c, &id, json),
-            }
-        }
+        Command::Keys { command } => match command {
+            KeysCommand::Create(a) => cli::create(c, a),
+            KeysCommand::List(a) => cli::list(c, a),
+            KeysCommand::Show { id, json } => cli::show(c, &id, json),
+            KeysCommand::Rotate { id, grace, json } => cli::rotate(c, &id, grace.as_deref(), json),
+            KeysCommand::Revoke { id, json } => cli::revoke(c, &id, json),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

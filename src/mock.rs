@@ -51,29 +51,43 @@ impl Default for MockOptions {
     }
 }
 
+/// Keeps the last requests the mock received, when enabled (tests); off by default so that
+/// benchmarks measure forwarding, not recording.
 #[derive(Debug, Clone, Default)]
-pub struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+pub struct Recorder(Option<Arc<Mutex<std::collections::VecDeque<Recorded>>>>);
 
 impl Recorder {
+    pub fn enabled() -> Recorder {
+        Recorder(Some(Arc::default()))
+    }
+
     pub fn take(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        self.0.as_ref().map_or_else(Vec::new, |m| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect()
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.0
+            .as_ref()
+            .map_or(0, |m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn push(&self, r: Recorded) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a long benchmark must not grow memory.
-        if v.len() >= 10_000 {
-            v.remove(0);
+    fn push(&self, r: impl FnOnce() -> Recorded) {
+        if let Some(m) = &self.0 {
+            let mut v = m.lock().unwrap_or_else(|e| e.into_inner());
+            if v.len() >= 10_000 {
+                v.pop_front();
+            }
+            v.push_back(r());
         }
-        v.push(r);
     }
 }
 
@@ -166,7 +180,7 @@ async fn answer(
         Ok(b) => b.to_bytes(),
         Err(_) => return error(StatusCode::BAD_REQUEST, "body read failed"),
     };
-    rec.push(Recorded {
+    rec.push(|| Recorded {
         method: parts.method.clone(),
         path: parts.uri.path().to_string(),
         headers: parts.headers.clone(),

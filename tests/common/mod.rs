@@ -1,0 +1,257 @@
+//! Shared test harness: a real gateway on 127.0.0.1:0 in front of the project's mock upstream,
+//! with a key file in a temporary directory, and a small HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keygate::config::Config;
+use keygate::mock::{MockOptions, Recorder};
+use keygate::state::Gateway;
+use keygate::store::{KeyStore, NewKey};
+use keygate::time::Timestamp;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub recorder: Recorder,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn start_mock() -> Mock {
+    start_mock_with(MockOptions::default()).await
+}
+
+pub async fn start_mock_with(opts: MockOptions) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorder = Recorder::enabled();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(keygate::mock::serve(
+        listener,
+        opts,
+        recorder.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Mock {
+        addr,
+        recorder,
+        _stop: tx,
+    }
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gw: Arc<Gateway>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub mock: Mock,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A gateway whose only upstream is a fresh mock. `extra` is appended to gateway.toml.
+pub async fn start_gateway(extra: &str) -> TestGateway {
+    let mock = start_mock().await;
+    start_gateway_with_mock(mock, extra).await
+}
+
+pub async fn start_gateway_with_mock(mock: Mock, extra: &str) -> TestGateway {
+    let upstream = format!(
+        "[[upstream]]\nname = \"mock\"\nurl = \"http://{}\"\n",
+        mock.addr
+    );
+    start_gateway_raw(mock, &format!("{upstream}{extra}")).await
+}
+
+/// A gateway with exactly `toml` as its config (plus listen and key file set by the harness).
+pub async fn start_gateway_raw(mock: Mock, toml: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("gateway.toml");
+    let has_keys_section = toml.contains("[keys]");
+    let text = if has_keys_section {
+        toml.to_string()
+    } else {
+        format!("[keys]\nfile = \"keys.json\"\npoll_interval = \"200ms\"\n{toml}")
+    };
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    // An empty, valid key file so the gateway is ready.
+    if !config.keys.file.exists() {
+        KeyStore::new(&config.keys.file).update(|_| Ok(())).unwrap();
+    }
+    let gw = Gateway::new(config.clone());
+    let g2 = Arc::clone(&gw);
+    let watcher = keygate::watch::spawn(
+        config.keys.file.clone(),
+        config.keys.poll_interval,
+        move || {
+            let _ = g2.reload_keys();
+        },
+    );
+    gw.reload_keys().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(keygate::server::run(listener, Arc::clone(&gw), async {
+        let _ = rx.await;
+    }));
+    TestGateway {
+        addr,
+        gw,
+        dir,
+        config_path,
+        mock,
+        stop: Some(tx),
+        server: Some(server),
+        watchers: vec![watcher],
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn store(&self) -> KeyStore {
+        self.gw.store()
+    }
+
+    /// Creates a key in the file, reloads, and returns (id, plaintext).
+    pub fn create_key(&self, new: NewKey) -> (String, String) {
+        let prefix = self.gw.config().keys.prefix.clone();
+        let (rec, tok) = self
+            .store()
+            .update(|f| f.create(new, &prefix, Timestamp::now()))
+            .unwrap();
+        self.gw.reload_keys().unwrap();
+        (rec.id, tok.plaintext)
+    }
+
+    /// A key with the default (inference) scopes.
+    pub fn key(&self) -> String {
+        self.create_key(NewKey {
+            name: "test".into(),
+            ..Default::default()
+        })
+        .1
+    }
+
+    pub fn key_with_scopes(&self, scopes: &[&str]) -> String {
+        self.create_key(NewKey {
+            name: "test".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .1
+    }
+
+    /// Stops accepting, drains, and waits for the server to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            s.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts the SPEC §3 error shape and returns the code.
+    pub fn error_code(&self) -> String {
+        assert_eq!(
+            self.headers["content-type"], "application/json",
+            "errors are JSON"
+        );
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        assert!(e["param"].is_null(), "{v}");
+        e["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client()
+        .request(b.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+pub const CHAT: &str =
+    r#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"hello there"}]}"#;
+
+/// POST a chat completion with `key`.
+pub async fn chat(g: &TestGateway, key: &str, body: &str) -> Answer {
+    let auth = bearer(key);
+    send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
