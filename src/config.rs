@@ -10,6 +10,7 @@ use http::Uri;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,7 @@ struct RawUpstream {
     url: String,
     models: Option<Vec<String>>,
     api_key_env: Option<String>,
+    ca_file: Option<String>,
     connect_timeout: Option<String>,
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -203,6 +205,10 @@ pub struct UpstreamConfig {
     pub model_patterns: Vec<String>,
     /// The credential the gateway adds upstream, read from the environment at load.
     pub api_key: Option<http::HeaderValue>,
+    /// Extra trust root for an HTTPS upstream with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Client TLS settings (roots) for HTTPS upstreams.
+    pub tls: Arc<rustls::ClientConfig>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -454,6 +460,7 @@ impl Validator<'_> {
                 url: "http://127.0.0.1:8000".into(),
                 models: None,
                 api_key_env: None,
+                ca_file: None,
                 connect_timeout: None,
                 first_byte_timeout: None,
                 idle_timeout: None,
@@ -463,7 +470,7 @@ impl Validator<'_> {
         };
         let mut upstreams = Vec::with_capacity(raw_upstreams.len());
         for (i, u) in raw_upstreams.into_iter().enumerate() {
-            upstreams.push(self.upstream(i, u)?);
+            upstreams.push(self.upstream(i, u, base)?);
         }
 
         let mut rules = Vec::new();
@@ -529,7 +536,12 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream(&self, i: usize, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    fn upstream(
+        &self,
+        i: usize,
+        u: RawUpstream,
+        base: &Path,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let field = |f: &str| format!("upstream[{}].{f}", i + 1);
         let uri: Uri = u
             .url
@@ -538,13 +550,18 @@ impl Validator<'_> {
         let scheme = uri
             .scheme()
             .cloned()
-            .filter(|s| *s == http::uri::Scheme::HTTP)
-            .ok_or_else(|| {
-                self.err(
-                    &field("url"),
-                    "must start with http:// (https upstreams need the TLS build)",
-                )
-            })?;
+            .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)
+            .ok_or_else(|| self.err(&field("url"), "must start with http:// or https://"))?;
+        let ca_file = u.ca_file.map(|p| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        });
+        let tls = crate::tls::client_config(ca_file.as_deref())
+            .map_err(|e| self.err(&field("ca_file"), e.to_string()))?;
         let authority = uri
             .authority()
             .cloned()
@@ -586,6 +603,8 @@ impl Validator<'_> {
             models,
             model_patterns: patterns,
             api_key,
+            ca_file,
+            tls: Arc::new(tls),
             connect_timeout: self.duration(
                 &field("connect_timeout"),
                 u.connect_timeout,

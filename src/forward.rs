@@ -13,6 +13,7 @@ use crate::headers;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -25,7 +26,7 @@ use std::time::Duration;
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub name: Arc<str>,
-    client: Client<HttpConnector, UpBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpBody>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -41,13 +42,18 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        http.enforce_http(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*config.tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .build(http);
+            .build(connector);
         Upstream {
             name: Arc::from(config.name.as_str()),
             config,
@@ -60,6 +66,7 @@ impl Upstream {
         self.config.scheme == other.scheme
             && self.config.authority == other.authority
             && self.config.connect_timeout == other.connect_timeout
+            && self.config.ca_file == other.ca_file
     }
 
     /// A clone sharing this pool, with new settings.

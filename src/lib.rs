@@ -14,7 +14,7 @@
 //!
 //! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
 //! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
-//! [`watch`] (reload on change), [`admin`] (management API), [`metrics`], [`usage`] (saved
+//! [`watch`] (reload on change), [`tls`], [`admin`] (management API), [`metrics`], [`usage`] (saved
 //! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
 //! (commands).
 #![forbid(unsafe_code)]
@@ -43,5 +43,6 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod usage;
 pub mod watch;

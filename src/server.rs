@@ -9,10 +9,11 @@
 use crate::config::ServerConfig;
 use crate::gateway::{self, Conn};
 use crate::state::Gateway;
+use crate::tls::ServerTls;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -52,14 +53,20 @@ pub async fn run(
     let config = gw.config();
     let builder = Arc::new(builder(&config.server));
     let graceful = GracefulShutdown::new();
-    let https = false;
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(
+            ServerTls::load(&t.cert, &t.key).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    let _cert_watchers = CertWatchers::start(tls.as_ref(), config.keys.poll_interval);
 
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, &graceful, https),
+            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, graceful.watcher(), tls.as_ref()),
         }
     }
 
@@ -76,7 +83,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut delay => break,
-            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, &graceful, https),
+            accepted = listener.accept() => serve_accepted(accepted, &gw, &builder, graceful.watcher(), tls.as_ref()),
         }
     }
     drop(listener);
@@ -89,36 +96,98 @@ pub async fn run(
     Ok(())
 }
 
+/// Reloads the listener's certificate when its files change; stops with the server.
+struct CertWatchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl CertWatchers {
+    fn start(tls: Option<&Arc<ServerTls>>, poll: Duration) -> CertWatchers {
+        let Some(tls) = tls else {
+            return CertWatchers(Vec::new());
+        };
+        let tasks = [tls.cert.clone(), tls.key.clone()]
+            .into_iter()
+            .map(|path| {
+                let t = Arc::clone(tls);
+                crate::watch::spawn(path, poll, move || match t.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; the current one keeps serving"),
+                })
+            })
+            .collect();
+        CertWatchers(tasks)
+    }
+}
+
+impl Drop for CertWatchers {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 fn serve_accepted(
     accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
     gw: &Arc<Gateway>,
     builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-    https: bool,
+    watcher: Watcher,
+    tls: Option<&Arc<ServerTls>>,
 ) {
     let (stream, peer) = match accepted {
         Ok(a) => a,
         Err(e) => {
-            // Out of descriptors and the like: back off briefly instead of spinning.
             tracing::warn!(error = %e, "accept failed");
             return;
         }
     };
     let _ = stream.set_nodelay(true);
-    let conn = Conn { peer, https };
+    let conn = Conn {
+        peer,
+        https: tls.is_some(),
+    };
     let gw = Arc::clone(gw);
-    let svc = service_fn(move |req| {
-        let gw = Arc::clone(&gw);
-        async move { Ok::<_, Infallible>(gateway::handle(gw, req, conn).await) }
-    });
-    let fut = graceful.watch(
-        builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned(),
-    );
+    let builder = Arc::clone(builder);
+    let acceptor = tls.map(|t| t.acceptor());
     tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+        let handshake_timeout = gw.config().server.header_read_timeout;
+        let svc = service_fn(move |req| {
+            let gw = Arc::clone(&gw);
+            async move { Ok::<_, Infallible>(gateway::handle(gw, req, conn).await) }
+        });
+        let result = match acceptor {
+            None => {
+                watcher
+                    .watch(
+                        builder
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .into_owned(),
+                    )
+                    .await
+            }
+            Some(acceptor) => {
+                let tls_stream =
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                watcher
+                    .watch(
+                        builder
+                            .serve_connection(TokioIo::new(tls_stream), svc)
+                            .into_owned(),
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
 }
