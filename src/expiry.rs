@@ -10,10 +10,12 @@ const THRESHOLDS_DAYS: [u64; 3] = [1, 3, 7];
 
 static WARNED: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
 
-/// Logs each key that has crossed a threshold since the last call. Cheap: run it often.
-pub fn warn_expiring(gw: &Gateway) {
+/// Logs each key that has crossed a threshold since the last call, and returns them as
+/// (key id, days). Cheap: run it often.
+pub fn warn_expiring(gw: &Gateway) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
     let live = gw.live();
-    let Some(idx) = &live.keys else { return };
+    let Some(idx) = &live.keys else { return out };
     let now = Timestamp::now();
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     let warned = warned.get_or_insert_with(HashSet::new);
@@ -30,7 +32,9 @@ pub fn warn_expiring(gw: &Gateway) {
                     key_id = %e.id, key_name = %e.name, expires_at = %exp, days,
                     "API key expires within {days} day(s); rotate it or extend it"
                 );
+                out.push((e.id.to_string(), days));
             }
         }
     }
+    out
 }

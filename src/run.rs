@@ -87,21 +87,11 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
     let _ = tokio::task::spawn_blocking(move || l()).await;
 
     if let (true, Some(path)) = (watch_config, cfg.source.clone()) {
-        let gw2 = Arc::clone(gw);
-        let p = path.clone();
-        tasks.push(crate::watch::spawn(path, cfg.keys.poll_interval, move || match Config::load(&p) {
-            Ok(next) => {
-                let level = next.log.level.clone();
-                let per_key = next.metrics.per_key_labels;
-                for r in gw2.apply_config(next) {
-                    tracing::warn!(change = %r, "this gateway.toml change needs a restart to take effect");
-                }
-                crate::logging::set_level(&level);
-                crate::metrics::set_per_key_labels(per_key);
-                tracing::info!("gateway.toml reloaded");
-            }
-            Err(e) => gw2.config_reload_failed(&e),
-        }));
+        tasks.push(watch_config_file(
+            Arc::clone(gw),
+            path,
+            cfg.keys.poll_interval,
+        ));
     }
 
     if let Some(addr) = cfg.metrics.listen {
@@ -125,11 +115,33 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
         loop {
             tick.tick().await;
             flush_usage(&gw2, &restored2).await;
-            crate::expiry::warn_expiring(&gw2);
+            let _ = crate::expiry::warn_expiring(&gw2);
             gw2.failed_auth.sweep();
         }
     }));
     Ok(Background { tasks })
+}
+
+/// Applies edits to gateway.toml as they happen; a bad edit keeps the running configuration.
+pub fn watch_config_file(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    poll: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let p = path.clone();
+    crate::watch::spawn(path, poll, move || match Config::load(&p) {
+        Ok(next) => {
+            let level = next.log.level.clone();
+            let per_key = next.metrics.per_key_labels;
+            for r in gw.apply_config(next) {
+                tracing::warn!(change = %r, "this gateway.toml change needs a restart to take effect");
+            }
+            crate::logging::set_level(&level);
+            crate::metrics::set_per_key_labels(per_key);
+            tracing::info!("gateway.toml reloaded");
+        }
+        Err(e) => gw.config_reload_failed(&e),
+    })
 }
 
 async fn flush_usage(gw: &Arc<Gateway>, restored: &AtomicBool) {

@@ -1,0 +1,347 @@
+//! The management API (SPEC §7) through the real server, and the usage endpoint.
+
+mod common;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+async fn api(
+    g: &TestGateway,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+) -> Answer {
+    let auth = bearer(key);
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(
+        method,
+        &g.url(path),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn create_use_show_list_rotate_revoke() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({
+            "name": "svc", "scopes": ["chat", "models"], "models": ["llama-*"],
+            "expires_in_days": 30, "limits": {"requests_per_minute": 100, "max_in_flight": 4}
+        }),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let v = a.json();
+    let (id, key) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(v["scopes"], json!(["models", "chat"]));
+    assert_eq!(v["limits"]["requests_per_minute"], 100);
+    assert!(v["expires_at"].is_string());
+    assert_eq!(v["masked_key"], format!("sk_kg_…{}", &key[key.len() - 4..]));
+
+    // Works for inference at once, with its own limits.
+    let r = chat(&g, &key, CHAT).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("100"));
+
+    // List and show never carry the secret.
+    let list = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/api-keys",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(list.status, 200);
+    let text = String::from_utf8_lossy(&list.body).to_string();
+    assert!(
+        !text.contains(&key[6..]) && !text.contains("\"key\""),
+        "{text}"
+    );
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
+    let show = api(
+        &g,
+        &admin,
+        Method::GET,
+        &format!("/v1/api-keys/{id}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(show.status, 200);
+    let sv = show.json();
+    assert_eq!(sv["usage"]["requests"], 1);
+    assert!(sv["last_used_at"].is_string());
+    assert!(!String::from_utf8_lossy(&show.body).contains(&key[6..]));
+
+    // Rotate with grace: both work; then rotate without grace: the previous stops at once.
+    let r = api(
+        &g,
+        &admin,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+        json!({"grace_seconds": 3600}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let key2 = r.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["id"], id.as_str());
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    assert_eq!(chat(&g, &key2, CHAT).await.status, 200);
+    let r = api(
+        &g,
+        &admin,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let key3 = r.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(chat(&g, &key2, CHAT).await.error_code(), "expired_api_key");
+    assert_eq!(
+        chat(&g, &key, CHAT).await.status,
+        200,
+        "the first grace period still runs"
+    );
+    assert_eq!(chat(&g, &key3, CHAT).await.status, 200);
+
+    // Revoke: refused at once, every secret.
+    let r = api(
+        &g,
+        &admin,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "revoked");
+    assert_eq!(chat(&g, &key3, CHAT).await.error_code(), "revoked_api_key");
+    assert_eq!(chat(&g, &key, CHAT).await.error_code(), "revoked_api_key");
+}
+
+#[tokio::test]
+async fn refusals() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let inference = g.key();
+
+    let a = send(Method::GET, &g.url("/v1/api-keys"), &[], "").await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (401, "missing_api_key")
+    );
+    let a = api(
+        &g,
+        &inference,
+        Method::GET,
+        "/v1/api-keys",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (403, "insufficient_permissions")
+    );
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`admin`"));
+
+    for (body, needle) in [
+        (json!({"name": "x", "scopez": ["chat"]}), "scopez"),
+        (json!({"scopes": ["chat"]}), "name"),
+        (json!({"name": "x", "scopes": ["root"]}), "root"),
+        (
+            json!({"name": "x", "expires_in_days": 0}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "x", "expires_in_days": 1, "expires_at": "2030-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "limits": {"requests_per_minute": "many"}}),
+            "invalid type",
+        ),
+        (json!({"name": "x", "models": ["[unclosed"]}), "models"),
+    ] {
+        let a = api(&g, &admin, Method::POST, "/v1/api-keys", body.clone()).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert_eq!(a.error_code(), "invalid_request");
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let a = send(
+        Method::POST,
+        &g.url("/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        "{not json",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+
+    let a = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/api-keys/key_0000000000000000",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (404, "not_found")
+    );
+    let a = api(
+        &g,
+        &admin,
+        Method::DELETE,
+        "/v1/api-keys/key_0000000000000000",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    let a = api(
+        &g,
+        &admin,
+        Method::PATCH,
+        "/v1/api-keys/key_0000000000000000",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (404, "unknown_route")
+    );
+}
+
+#[tokio::test]
+async fn read_only_key_store_answers_409() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.json");
+    let store = keygate::store::KeyStore::new(&real);
+    let (_, admin) = store
+        .update(|f| {
+            f.create(
+                keygate::store::NewKey {
+                    name: "admin".into(),
+                    scopes: vec!["admin".into()],
+                    ..Default::default()
+                },
+                "sk_kg",
+                keygate::time::Timestamp::now(),
+            )
+        })
+        .unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("keys.json")).unwrap();
+    let toml = format!(
+        "[keys]\nfile = \"{}\"\n[[upstream]]\nurl = \"http://{}\"\n",
+        dir.path().join("keys.json").display(),
+        mock.addr
+    );
+    let g = start_gateway_raw(mock, &toml).await;
+    let a = api(
+        &g,
+        &admin.plaintext,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!(a.status, 409);
+    assert_eq!(a.error_code(), "read_only_key_store");
+    let a = api(
+        &g,
+        &admin.plaintext,
+        Method::GET,
+        "/v1/api-keys",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200, "reads still work");
+}
+
+#[tokio::test]
+async fn usage_endpoint_needs_the_usage_scope() {
+    let g = start_gateway("").await;
+    let (id, key) = g.create_key(keygate::store::NewKey {
+        name: "user".into(),
+        ..Default::default()
+    });
+    let analytics = g.key_with_scopes(&["analytics:read"]);
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    let a = api(&g, &key, Method::GET, "/v1/usage", serde_json::Value::Null).await;
+    assert_eq!(a.status, 403);
+    let a = api(
+        &g,
+        &analytics,
+        Method::GET,
+        "/v1/usage",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    let row = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["requests"], 2, "the refused call counts too");
+    assert_eq!(row["client_errors"], 1);
+    assert_eq!(row["prompt_tokens"], 2);
+    assert_eq!(row["completion_tokens"], 9);
+}
+
+#[tokio::test]
+async fn expiry_warnings_at_seven_three_and_one_days() {
+    let g = start_gateway("").await;
+    let now = keygate::time::Timestamp::now();
+    let mut ids = Vec::new();
+    for days in [10u64, 6, 2] {
+        let (id, _) = g.create_key(keygate::store::NewKey {
+            name: format!("in-{days}d"),
+            expires_at: Some(keygate::time::Timestamp(now.0 + days * 86_400 - 60)),
+            ..Default::default()
+        });
+        ids.push(id);
+    }
+    let warned = keygate::expiry::warn_expiring(&g.gw);
+    assert!(
+        !warned.iter().any(|(id, _)| *id == ids[0]),
+        "10 days out: no warning"
+    );
+    assert!(warned.contains(&(ids[1].clone(), 7)));
+    assert!(warned.contains(&(ids[2].clone(), 3)));
+    assert!(
+        keygate::expiry::warn_expiring(&g.gw)
+            .iter()
+            .all(|(id, _)| !ids.contains(id)),
+        "each warning once"
+    );
+}
