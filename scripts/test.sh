@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The one command that runs keygate's whole test suite:
+#   formatting, clippy, build, Rust tests, and the OpenAI-SDK end-to-end tests (pytest).
+#
+# Needs only the Rust toolchain (with rustfmt and clippy) and Python 3.11; installs
+# Python's venv module with apt-get if it is missing, and openai + pytest into .venv.
+# Idempotent: a rerun reuses .venv and skips pip when the packages are already there.
+# Every step runs even if an earlier one failed (pytest needs a successful build);
+# the script exits non-zero if any step failed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-300}"
+export KEYGATE_BIN="${KEYGATE_BIN:-target/debug/keygate}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+declare -a RESULTS=()
+FAILED=0
+APT_UPDATED=0
+
+header() {
+    printf '\n==================== %s ====================\n' "$1"
+}
+
+# step NAME CMD...: run CMD under a section header, record PASS/FAIL and the time taken.
+# (Called as `step ... || x`, so errexit is off inside: functions run by it check
+# their own commands.)
+step() {
+    local name="$1"
+    shift
+    header "$name"
+    echo "+ $*"
+    local t0=$SECONDS rc=0
+    "$@" || rc=$?
+    local dt=$((SECONDS - t0))
+    if [ "$rc" -eq 0 ]; then
+        RESULTS+=("PASS  ${name} (${dt}s)")
+    else
+        RESULTS+=("FAIL  ${name} (${dt}s, exit ${rc})")
+        FAILED=1
+    fi
+    return "$rc"
+}
+
+skip() {
+    header "$1"
+    echo "skipped: $2"
+    RESULTS+=("SKIP  $1 ($2)")
+    FAILED=1
+}
+
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+venv_ready() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<'EOF' 2>/dev/null
+import importlib.metadata as md
+import pytest
+import openai
+major, minor = (int(x) for x in md.version("openai").split(".")[:2])
+if (major, minor) < (1, 40):
+    raise SystemExit(1)
+print(f"openai {openai.__version__} / pytest {pytest.__version__}")
+EOF
+}
+
+setup_venv() {
+    local versions
+    if versions="$(venv_ready)"; then
+        echo "reusing $VENV ($versions)"
+        return 0
+    fi
+    if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+            echo "python venv module missing; installing it with apt-get"
+            local v
+            v="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+            apt_install "python${v}-venv" || apt_install python3-venv || return 1
+        fi
+        "$PYTHON" -m venv "$VENV" || return 1
+    fi
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1.40' pytest || return 1
+    versions="$(venv_ready)" || { echo "openai/pytest still not importable from $VENV"; return 1; }
+    echo "installed into $VENV: $versions"
+}
+
+T_ALL=$SECONDS
+header "environment"
+echo "repo: $ROOT"
+cargo --version
+rustc --version
+"$PYTHON" --version
+echo "jobs: $JOBS"
+
+step "cargo fmt --check" cargo fmt --all -- --check || true
+step "cargo clippy" cargo clippy --jobs "$JOBS" --all-targets -- -D warnings || true
+BUILD_OK=1
+step "cargo build" cargo build --jobs "$JOBS" || BUILD_OK=0
+step "cargo test" cargo test --jobs "$JOBS" || true
+
+VENV_OK=1
+step "python venv" setup_venv || VENV_OK=0
+if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
+    step "pytest tests/sdk (OpenAI SDK end to end)" \
+        timeout --kill-after=10 "$PYTEST_TIMEOUT" \
+        "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk || true
+else
+    skip "pytest tests/sdk (OpenAI SDK end to end)" "needs a successful cargo build and venv"
+fi
+
+header "summary"
+printf '%s\n' "${RESULTS[@]}"
+echo "total time: $((SECONDS - T_ALL))s"
+if [ "$FAILED" -ne 0 ]; then
+    echo "RESULT: FAILED"
+    exit 1
+fi
+echo "RESULT: OK"
