@@ -43,11 +43,20 @@ fn read_until(child: &mut Child, needle: &str) -> Vec<String> {
 }
 
 fn addr_of(line: &str) -> String {
-    line.split("http://").nth(1).unwrap().split(|c: char| c.is_whitespace() || c == ',').next().unwrap().to_string()
+    line.split("http://")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn sigterm(child: &Child) {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -61,13 +70,47 @@ async fn demo_serves_a_working_key() {
         .spawn()
         .unwrap();
     let lines = read_until(&mut child, "Press Ctrl-C");
-    let addr = addr_of(lines.iter().find(|l| l.contains("gateway on http://")).unwrap());
-    let key = lines.iter().find(|l| l.starts_with("Demo key")).unwrap().split_whitespace().last().unwrap().to_string();
-    let admin = lines.iter().find(|l| l.starts_with("Admin key")).unwrap().split_whitespace().last().unwrap().to_string();
-    let a = send(Method::POST, &format!("http://{addr}/v1/chat/completions"), &[("authorization", &bearer(&key))], CHAT).await;
+    let addr = addr_of(
+        lines
+            .iter()
+            .find(|l| l.contains("gateway on http://"))
+            .unwrap(),
+    );
+    let key = lines
+        .iter()
+        .find(|l| l.starts_with("Demo key"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let admin = lines
+        .iter()
+        .find(|l| l.starts_with("Admin key"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let a = send(
+        Method::POST,
+        &format!("http://{addr}/v1/chat/completions"),
+        &[("authorization", &bearer(&key))],
+        CHAT,
+    )
+    .await;
     assert_eq!(a.status, 200, "{:?}", a.body);
-    assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().contains("hello there"));
-    let a = send(Method::GET, &format!("http://{addr}/v1/api-keys"), &[("authorization", &bearer(&admin))], "").await;
+    assert!(a.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("hello there"));
+    let a = send(
+        Method::GET,
+        &format!("http://{addr}/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        "",
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["data"].as_array().unwrap().len(), 2);
     sigterm(&child);
@@ -78,7 +121,11 @@ async fn demo_serves_a_working_key() {
 #[tokio::test]
 async fn serve_reports_a_bad_config_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gateway.toml"), "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(dir.path().join("gateway.toml"))
@@ -99,19 +146,45 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nurl = \"http://{}\"\n", mock.addr),
     )
     .unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&cfg).args(["keys", "create", "--name", "u", "--json"]).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["keys", "create", "--name", "u", "--json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (key, id) = (v["key"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string());
+    let (key, id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
 
     for round in 1..=2u64 {
-        let mut child = Command::new(BIN).arg("serve").arg("--config").arg(&cfg).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let lines = read_until(&mut child, "listening on");
         let addr = addr_of(lines.last().unwrap());
-        let a = send(Method::POST, &format!("http://{addr}/v1/chat/completions"), &[("authorization", &bearer(&key))], CHAT).await;
+        let a = send(
+            Method::POST,
+            &format!("http://{addr}/v1/chat/completions"),
+            &[("authorization", &bearer(&key))],
+            CHAT,
+        )
+        .await;
         assert_eq!(a.status, 200);
         sigterm(&child);
         assert!(child.wait().unwrap().success());
-        let out = Command::new(BIN).arg("--config").arg(&cfg).args(["keys", "show", &id, "--json"]).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["keys", "show", &id, "--json"])
+            .output()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["usage"]["requests"], round, "{v}");
         assert_eq!(v["usage"]["prompt_tokens"], 2 * round);
