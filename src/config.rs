@@ -257,15 +257,6 @@ impl Config {
             .unwrap_or_default();
         Validator { path: &path }.config(raw, &base, source)
     }
-
-    /// Built-in defaults, as if from an empty file.
-    pub fn default_with_base(base: &Path) -> Config {
-        let v = Validator {
-            path: Path::new("(defaults)"),
-        };
-        v.config(RawConfig::default(), base, None)
-            .expect("the built-in defaults are valid")
-    }
 }
 
 /// toml's messages span several lines (a source excerpt); logs want one.

@@ -52,13 +52,6 @@ fn addr_of(line: &str) -> String {
         .to_string()
 }
 
-fn sigterm(child: &Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-}
-
 #[tokio::test]
 async fn demo_serves_a_working_key() {
     let dir = tempfile::tempdir().unwrap(); // no gateway.toml here: the shipped one is used
@@ -146,17 +139,7 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
         format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nurl = \"http://{}\"\n", mock.addr),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["keys", "create", "--name", "u", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (key, id) = (
-        v["key"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    );
+    let (key, id) = cli_create_key(&cfg, "u");
 
     for round in 1..=2u64 {
         let mut child = Command::new(BIN)

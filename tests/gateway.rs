@@ -16,22 +16,6 @@ fn new_key(name: &str) -> NewKey {
     }
 }
 
-/// Polls `cond` every 20 ms for up to `limit`; returns whether it became true.
-async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn chat_is_forwarded_with_request_id_and_rate_headers() {
     let g = start_gateway("").await;

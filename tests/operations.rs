@@ -8,24 +8,9 @@ use http::Method;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move() {
@@ -197,19 +182,8 @@ fn setup(
         format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n[log]\nformat = \"json\"\n[[upstream]]\nurl = \"http://{mock}\"\n"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["keys", "create", "--name", "logged", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        dir,
-        cfg,
-        v["key"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    )
+    let (key, id) = cli_create_key(&cfg, "logged");
+    (dir, cfg, key, id)
 }
 
 #[tokio::test]
@@ -266,10 +240,7 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
         }
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
     let lines = logs.lock().unwrap().clone();
     assert!(found, "{lines:?}");
@@ -333,10 +304,7 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
             .status,
         200
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(
         eventually(Duration::from_millis(900), || async {
             send(Method::GET, &format!("http://{addr}/readyz"), &[], "")
