@@ -122,6 +122,11 @@ async fn pipeline(
                 Err(GatewayError::NotReady)
             };
         }
+        (&Method::GET, p) if p.starts_with("/console") => {
+            if let Some(r) = crate::console::asset(p) {
+                return Ok(r);
+            }
+        }
         _ => {}
     }
     if !is_normal_path(path) {

@@ -14,7 +14,7 @@
 //!
 //! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
 //! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
-//! [`watch`] (reload on change), [`tls`], [`admin`] (management API), [`metrics`], [`usage`] (saved
+//! [`watch`] (reload on change), [`tls`], [`console`] (the embedded web page), [`admin`] (management API), [`metrics`], [`usage`] (saved
 //! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
 //! (commands).
 #![forbid(unsafe_code)]
@@ -26,6 +26,7 @@ pub mod authorize;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod expiry;
 pub mod forward;
