@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one command that runs keygate's whole test suite:
-#   formatting, clippy, build, Rust tests, and the OpenAI-SDK end-to-end tests (pytest).
+#   formatting, clippy, build, Rust tests, the OpenAI-SDK end-to-end tests (pytest),
+#   and the web console's browser tests (node --test, playwright-core driving Chromium).
 #
-# Needs only the Rust toolchain (with rustfmt and clippy) and Python 3.11; installs
-# Python's venv module with apt-get if it is missing, and openai + pytest into .venv.
-# Idempotent: a rerun reuses .venv and skips pip when the packages are already there.
+# Needs only the Rust toolchain (with rustfmt and clippy), Python 3.11 and Node.js (18+);
+# installs Python's venv module and Chromium with apt-get if they are missing, openai +
+# pytest into .venv, and playwright-core into tests/console/node_modules.
+# Idempotent: a rerun reuses .venv and node_modules and skips pip/npm when they are there.
 # Every step runs even if an earlier one failed (pytest needs a successful build);
 # the script exits non-zero if any step failed.
 set -euo pipefail
@@ -16,6 +18,8 @@ JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-300}"
+BROWSER_TIMEOUT="${BROWSER_TIMEOUT:-180}"
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export KEYGATE_BIN="${KEYGATE_BIN:-target/debug/keygate}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
@@ -95,6 +99,23 @@ setup_venv() {
     echo "installed into $VENV: $versions"
 }
 
+# The web console's browser tests: Chromium from apt, playwright-core from npm.
+browser_tests() {
+    if [ ! -x "$CHROMIUM" ]; then
+        echo "chromium missing; installing it with apt-get"
+        apt_install chromium || return 1
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "node/npm missing; installing them with apt-get"
+        apt_install nodejs npm || return 1
+    fi
+    if [ ! -d tests/console/node_modules ]; then
+        (cd tests/console && npm install --no-audit --no-fund) || return 1
+    fi
+    echo "node $(node --version), $("$CHROMIUM" --version 2>/dev/null | head -n1)"
+    timeout --kill-after=10 "$BROWSER_TIMEOUT" node --test tests/console/
+}
+
 T_ALL=$SECONDS
 header "environment"
 echo "repo: $ROOT"
@@ -117,6 +138,11 @@ if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
         "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk || true
 else
     skip "pytest tests/sdk (OpenAI SDK end to end)" "needs a successful cargo build and venv"
+fi
+if [ "$BUILD_OK" -eq 1 ]; then
+    step "browser tests (web console)" browser_tests || true
+else
+    skip "browser tests (web console)" "needs a successful cargo build"
 fi
 
 header "summary"

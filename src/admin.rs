@@ -140,7 +140,12 @@ pub async fn handle(
                         "`expires_in_days` must be at least 1.".into(),
                     ))
                 }
-                (Some(d), None) => Some(now.plus(Duration::from_secs(u64::from(d) * 86_400))),
+                (Some(d), None) => Some(
+                    now.checked_plus(Duration::from_secs(u64::from(d) * 86_400))
+                        .ok_or_else(|| {
+                            GatewayError::InvalidRequest("`expires_in_days` is too large.".into())
+                        })?,
+                ),
                 (None, at) => at,
             };
             let new = NewKey {

@@ -92,7 +92,12 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
     let expires_at = a
         .expires_in
         .as_deref()
-        .map(|d| time::parse_duration(d).map(|d| now.plus(d)))
+        .map(|d| {
+            time::parse_duration(d).and_then(|d| {
+                now.checked_plus(d)
+                    .ok_or_else(|| "the expiry must be before the year 10000".to_string())
+            })
+        })
         .transpose()
         .map_err(CliError::Usage)?;
     let new = NewKey {

@@ -317,6 +317,11 @@ impl KeyFile {
         prefix: &str,
         now: Timestamp,
     ) -> Result<(KeyRecord, NewToken), StoreError> {
+        let valid_until = now
+            .checked_plus(std::time::Duration::from_secs(grace_secs))
+            .ok_or_else(|| {
+                StoreError::Rejected("the grace period must end before the year 10000".into())
+            })?;
         let k = self.get_mut(id)?;
         if k.status(now) == Status::Revoked {
             return Err(StoreError::Rejected(format!(
@@ -329,7 +334,7 @@ impl KeyFile {
         k.previous.push(RetiredSecret {
             sha256: std::mem::replace(&mut k.sha256, hash_hex(&token.hash)),
             last4: std::mem::replace(&mut k.last4, token.last4.clone()),
-            valid_until: Timestamp(now.0 + grace_secs),
+            valid_until,
         });
         k.rotated_at = Some(now);
         Ok((k.clone(), token))

@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// 9999-12-31T23:59:59Z: the last time RFC 3339 can write.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799);
+
     pub fn now() -> Timestamp {
         Timestamp(
             SystemTime::now()
@@ -19,8 +22,14 @@ impl Timestamp {
         )
     }
 
+    /// `self + d`, or `None` past `Timestamp::MAX` (such a time cannot be written down).
+    pub fn checked_plus(self, d: Duration) -> Option<Timestamp> {
+        Some(Timestamp(self.0.checked_add(d.as_secs())?)).filter(|t| *t <= Timestamp::MAX)
+    }
+
+    /// `self + d`, saturating at `Timestamp::MAX`.
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_secs()))
+        self.checked_plus(d).unwrap_or(Timestamp::MAX)
     }
 
     pub fn parse(s: &str) -> Result<Timestamp, String> {
@@ -39,7 +48,8 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = UNIX_EPOCH + Duration::from_secs(self.0);
+        // Clamped so that formatting can never panic, whatever a caller computed.
+        let t = UNIX_EPOCH + Duration::from_secs(self.0.min(Timestamp::MAX.0));
         write!(f, "{}", humantime::format_rfc3339_seconds(t))
     }
 }
