@@ -22,15 +22,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("no data for {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
+/// The client's request body was malformed or broke off (a client fault, not the upstream's).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(pub String);
+
 /// The request body exceeded `server.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body over {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// Polls `inner`, failing when no frame arrives for `idle`.
+/// Polls `inner`, failing when no frame arrives for `idle`, or, with a total deadline, when
+/// the whole body has not arrived by then (a body dripped just under the idle gap).
 pub struct Idle {
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
+    total: Option<Pin<Box<Sleep>>>,
 }
 
 impl Idle {
@@ -38,6 +45,14 @@ impl Idle {
         Idle {
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            total: None,
+        }
+    }
+
+    fn with_total(idle: Duration, total: Duration) -> Idle {
+        Idle {
+            total: Some(Box::pin(tokio::time::sleep(total))),
+            ..Idle::new(idle)
         }
     }
 
@@ -52,7 +67,13 @@ impl Idle {
                 Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
-                ready!(self.sleep.as_mut().poll(cx));
+                let total_over = self
+                    .total
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                if !total_over {
+                    ready!(self.sleep.as_mut().poll(cx));
+                }
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))))
             }
         }
@@ -75,10 +96,11 @@ impl UpBody {
         UpBody::Full((!b.is_empty()).then_some(b))
     }
 
-    pub fn stream(inner: Incoming, idle: Duration, limit: u64) -> UpBody {
+    /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
+    pub fn stream(inner: Incoming, timeout: Duration, limit: u64) -> UpBody {
         UpBody::Stream {
             inner,
-            idle: Idle::new(idle),
+            idle: Idle::with_total(timeout, timeout),
             limit,
             seen: 0,
         }
@@ -117,7 +139,11 @@ impl HttpBody for UpBody {
                         }
                         Poll::Ready(Some(Ok(f)))
                     }
-                    other => Poll::Ready(other),
+                    Some(Err(e)) if e.is::<IdleTimeout>() => Poll::Ready(Some(Err(e))),
+                    Some(Err(e)) => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e.to_string())))))
+                    }
+                    None => Poll::Ready(None),
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! prefill), idle between body frames (a stream that stalls). A client that goes away drops
 //! the response body, which drops the upstream connection and so cancels the generation.
 
-use crate::body::{BodyTooLarge, UpBody};
+use crate::body::{BodyTooLarge, ClientBodyError, UpBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::headers;
@@ -105,14 +105,15 @@ impl Upstream {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
-                if find_cause::<BodyTooLarge>(&e).is_some() {
-                    return Err(GatewayError::TooLarge(
-                        find_cause::<BodyTooLarge>(&e).map_or(0, |b| b.0),
-                    ));
+                if let Some(b) = find_cause::<BodyTooLarge>(&e) {
+                    return Err(GatewayError::TooLarge(b.0));
+                }
+                if let Some(c) = find_cause::<ClientBodyError>(&e) {
+                    return Err(GatewayError::InvalidRequest(format!("{c}.")));
                 }
                 if find_cause::<crate::body::IdleTimeout>(&e).is_some() {
                     return Err(GatewayError::InvalidRequest(
-                        "The request body stopped arriving before it was complete.".into(),
+                        "The request body did not arrive in time.".into(),
                     ));
                 }
                 tracing::warn!(upstream = %self.config.name, error = %error_chain(&e), "upstream request failed");

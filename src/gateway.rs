@@ -129,6 +129,22 @@ async fn pipeline(
         }
         _ => {}
     }
+    if !matches!(
+        *req.method(),
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    ) {
+        // CONNECT would become a tunnel upstream and TRACE echoes headers: neither is an API.
+        return Err(GatewayError::UnknownRoute(
+            req.method().clone(),
+            path.to_string(),
+        ));
+    }
     if !is_normal_path(path) {
         return Err(GatewayError::InvalidRequest(
             "The request path is not in normal form (no `..`, `//` or encoded separators).".into(),
@@ -197,8 +213,21 @@ async fn pipeline(
     }
 }
 
-/// Reads a whole request body, bounded in size and in time between frames.
+/// Reads a whole request body, bounded in size, in time between frames, and in total time.
 async fn read_body(
+    body: Incoming,
+    limit: u64,
+    idle: Duration,
+    size_hint: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    tokio::time::timeout(idle, read_body_frames(body, limit, idle, size_hint))
+        .await
+        .map_err(|_| {
+            GatewayError::InvalidRequest("The request body did not arrive in time.".into())
+        })?
+}
+
+async fn read_body_frames(
     mut body: Incoming,
     limit: u64,
     idle: Duration,

@@ -165,8 +165,12 @@ impl Drop for CapacityGuard {
     }
 }
 
-type KeyedGcra =
-    RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+type KeyedGcra = RateLimiter<
+    IpAddr,
+    governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 /// Counts bad credentials per client address. Once an address is over its allowance it is
 /// refused before its credential is even parsed, let alone hashed (OWASP API2).
@@ -179,7 +183,12 @@ pub struct FailedAuthGuard {
 impl FailedAuthGuard {
     pub fn new(per_minute: u32) -> FailedAuthGuard {
         FailedAuthGuard {
-            failures: RateLimiter::keyed(Quota::per_minute(nz(per_minute))),
+            failures: RateLimiter::<
+                IpAddr,
+                governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+                DefaultClock,
+            >::keyed(Quota::per_minute(nz(per_minute)))
+            .with_middleware::<StateInformationMiddleware>(),
             blocked: dashmap::DashMap::new(),
             per_minute: AtomicU32::new(per_minute),
         }
@@ -207,12 +216,17 @@ impl FailedAuthGuard {
         }
     }
 
-    /// Records one bad credential from `ip`.
+    /// Records one bad credential from `ip`. The failure that uses up the allowance blocks
+    /// the address, so the next attempt is refused before any work.
     pub fn record_failure(&self, ip: IpAddr) {
-        if let Err(not_until) = self.failures.check_key(&ip) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            self.blocked.insert(ip, Instant::now() + wait);
-        }
+        let wait = match self.failures.check_key(&ip) {
+            Ok(snapshot) if snapshot.remaining_burst_capacity() == 0 => {
+                Duration::from_secs(60) / self.per_minute().max(1)
+            }
+            Ok(_) => return,
+            Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
+        };
+        self.blocked.insert(ip, Instant::now() + wait);
     }
 
     /// Drops state for addresses that have been quiet, so memory stays bounded.
@@ -256,12 +270,15 @@ mod tests {
     fn failed_auth_blocks_after_allowance() {
         let g = FailedAuthGuard::new(3);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        for _ in 0..3 {
+        for _ in 0..2 {
             g.record_failure(ip);
             assert!(g.check(ip).is_ok());
         }
         g.record_failure(ip);
-        assert!(g.check(ip).is_err());
+        assert!(
+            g.check(ip).is_err(),
+            "the third failure uses up the allowance"
+        );
         assert!(g.check("127.0.0.8".parse().unwrap()).is_ok());
     }
 }

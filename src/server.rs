@@ -16,10 +16,155 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+
+/// Length of the HTTP/2 connection preface.
+const PREFACE_LEN: usize = 24;
+
+/// Bounds the protocol-detection phase. hyper-util reads up to 24 bytes to tell HTTP/1.1
+/// from HTTP/2 with no timer, and hyper's own header timeout starts only after that, so a
+/// client that connects and sends nothing (or part of the HTTP/2 preface) would hold a
+/// descriptor forever. Reads fail with `TimedOut` if the preface is not complete by the
+/// deadline; the deadline is dropped once 24 bytes have arrived or the first byte shows the
+/// client speaks HTTP/1.1 (hyper's header timeout then applies).
+///
+/// It also ends a connection whose requests are cancelled by the client before they are
+/// answered, over and over (an HTTP/2 "rapid reset" after the server accepted each stream,
+/// which hyper's pending-reset limit does not see): see `Cancels`.
+struct Detect<I> {
+    inner: I,
+    deadline: Option<Pin<Box<Sleep>>>,
+    seen: usize,
+    cancels: Arc<Cancels>,
+}
+
+impl<I> Detect<I> {
+    fn new(inner: I, timeout: Duration, cancels: Arc<Cancels>) -> Detect<I> {
+        Detect {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            seen: 0,
+            cancels,
+        }
+    }
+}
+
+/// Requests on one connection that the client abandoned before their answer, against those
+/// answered. A client that cancels more than `CANCEL_LIMIT` requests, and more than it lets
+/// finish, is cut off: its next read fails and hyper closes the connection.
+#[derive(Default)]
+struct Cancels {
+    cancelled: std::sync::atomic::AtomicU32,
+    answered: std::sync::atomic::AtomicU32,
+}
+
+const CANCEL_LIMIT: u32 = 8;
+
+impl Cancels {
+    fn abusive(&self) -> bool {
+        let c = self.cancelled.load(Ordering::Relaxed);
+        c > CANCEL_LIMIT && c > self.answered.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as cancelled unless `answered` is called before it drops.
+struct CancelGuard(Option<Arc<Cancels>>);
+
+impl CancelGuard {
+    fn answered(mut self) {
+        if let Some(c) = self.0.take() {
+            c.answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Detect<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.cancels.abusive() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "too many requests cancelled before their answer",
+            )));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if this.deadline.is_some() {
+                    let new = &buf.filled()[before..];
+                    if this.seen == 0 && new.first().is_some_and(|b| *b != b'P') {
+                        this.deadline = None;
+                    }
+                    this.seen += new.len();
+                    if this.seen >= PREFACE_LEN {
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within the header read timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Detect<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// The HTTP server settings, all explicit rather than hyper's defaults.
 pub fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -150,16 +295,26 @@ fn serve_accepted(
     let acceptor = tls.map(|t| t.acceptor());
     tokio::spawn(async move {
         let handshake_timeout = gw.config().server.header_read_timeout;
+        let cancels = Arc::new(Cancels::default());
+        let counted = Arc::clone(&cancels);
         let svc = service_fn(move |req| {
             let gw = Arc::clone(&gw);
-            async move { Ok::<_, Infallible>(gateway::handle(gw, req, conn).await) }
+            let guard = CancelGuard(Some(Arc::clone(&counted)));
+            async move {
+                let resp = gateway::handle(gw, req, conn).await;
+                guard.answered();
+                Ok::<_, Infallible>(resp)
+            }
         });
         let result = match acceptor {
             None => {
                 watcher
                     .watch(
                         builder
-                            .serve_connection(TokioIo::new(stream), svc)
+                            .serve_connection(
+                                TokioIo::new(Detect::new(stream, handshake_timeout, cancels)),
+                                svc,
+                            )
                             .into_owned(),
                     )
                     .await
@@ -180,7 +335,10 @@ fn serve_accepted(
                 watcher
                     .watch(
                         builder
-                            .serve_connection(TokioIo::new(tls_stream), svc)
+                            .serve_connection(
+                                TokioIo::new(Detect::new(tls_stream, handshake_timeout, cancels)),
+                                svc,
+                            )
                             .into_owned(),
                     )
                     .await
