@@ -239,12 +239,11 @@ impl KeyFile {
                 return Err(at("`expires_at` is before `created_at`".into()));
             }
             let l = &k.limits;
-            if l.requests_per_minute == Some(0) || l.burst == Some(0) || l.max_in_flight == Some(0)
+            if l.requests_per_minute == Some(0)
+                || l.burst == Some(0)
+                || l.max_in_flight == Some(0)
+                || l.tokens_per_minute == Some(0)
             {
-                return Err(at(
-                    "`limits` values must be at least 1 (omit a limit to use the default)".into(),
-                ));
-            }
         }
         Ok(())
     }

@@ -1,0 +1,1016 @@
+//! The `keygate keys …` and `keygate check` commands, run as a user runs them: the real
+//! binary, a fresh directory with its own `gateway.toml` and key file per test.
+
+use keygate::key::{hash_token, Token};
+use keygate::store::{self, KeyFile, KeyStore, NewKey};
+use keygate::time::Timestamp;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "sk_kg";
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// One test's world: a temporary directory with `gateway.toml` naming `keys.json` beside it.
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    keys: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env::with_config("[keys]\nfile = \"keys.json\"\n")
+    }
+
+    fn with_config(toml: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        fs::write(&config, toml).unwrap();
+        let keys = dir.path().join("keys.json");
+        Env { dir, config, keys }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `keygate ARGS --config gateway.toml`.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`keygate {}` failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success(),
+            "`keygate {}` should have failed:\nstdout: {}\nstderr: {stderr}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+        );
+        assert!(
+            !stderr.trim().is_empty(),
+            "`keygate {}` failed without saying why on stderr",
+            args.join(" ")
+        );
+        stderr
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "`keygate {}` printed non-JSON ({e}):\n{out}",
+                args.join(" ")
+            )
+        })
+    }
+
+    /// `keys create --json` with extra arguments.
+    fn create(&self, name: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["keys", "create", "--name", name, "--json"];
+        args.extend_from_slice(extra);
+        self.json(&args)
+    }
+
+    fn key_text(&self) -> String {
+        fs::read_to_string(&self.keys).unwrap()
+    }
+
+    fn key_file(&self) -> KeyFile {
+        store::parse(&self.key_text(), &self.keys).unwrap()
+    }
+}
+
+fn s<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is not a string in {v}"))
+}
+
+fn string_set(v: &Value) -> HashSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn set(items: &[&str]) -> HashSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every scope `inference` stands for (SPEC §2).
+const INFERENCE: [&str; 10] = [
+    "models",
+    "chat",
+    "completions",
+    "embeddings",
+    "responses",
+    "audio",
+    "images",
+    "moderations",
+    "rerank",
+    "tokenize",
+];
+
+fn ts(v: &Value) -> Timestamp {
+    Timestamp::parse(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap()
+}
+
+fn assert_near(got: Timestamp, want: Timestamp, slack: u64, what: &str) {
+    assert!(
+        got.0.abs_diff(want.0) <= slack,
+        "{what}: got {got}, expected about {want}"
+    );
+}
+
+/// `output` holds neither the plaintext nor any run of more than 4 characters of its secret.
+fn assert_no_secret(output: &str, plaintext: &str, what: &str) {
+    assert!(
+        !output.contains(plaintext),
+        "{what} printed the plaintext key"
+    );
+    let secret = &plaintext[PREFIX.len() + 1..];
+    for w in secret.as_bytes().windows(5) {
+        let w = std::str::from_utf8(w).unwrap();
+        assert!(
+            !output.contains(w),
+            "{what} printed `{w}`, part of the secret beyond its last 4 characters:\n{output}"
+        );
+    }
+}
+
+fn mask(plaintext: &str) -> String {
+    format!("{PREFIX}_…{}", &plaintext[plaintext.len() - 4..])
+}
+
+// ------------------------------------------------------------------------------ create
+
+#[test]
+fn create_json_prints_a_valid_key_and_stores_only_its_hash() {
+    let env = Env::new();
+    let v = env.create("x", &[]);
+    for field in ["id", "name", "key", "scopes", "expires_at"] {
+        assert!(v.get(field).is_some(), "`{field}` missing from {v}");
+    }
+    assert_eq!(s(&v, "name"), "x");
+    assert!(keygate::key::is_valid_id(s(&v, "id")), "{v}");
+    assert!(
+        v["expires_at"].is_null(),
+        "no --expires-in means no expiry: {v}"
+    );
+    assert_eq!(string_set(&v["scopes"]), set(&INFERENCE), "default scopes");
+
+    let key = s(&v, "key");
+    let token =
+        Token::parse(key, PREFIX).expect("the printed key parses and its checksum verifies");
+    assert_eq!(token.hash(), hash_token(key));
+    assert_eq!(key.len(), "sk_kg_".len() + 32 + 6);
+
+    let text = env.key_text();
+    let hash = hex::encode(hash_token(key));
+    assert!(text.contains(&hash), "the key file holds the SHA-256 hex");
+    assert_no_secret(&text, key, "the key file");
+    let file = env.key_file();
+    assert_eq!(file.keys.len(), 1);
+    assert_eq!(file.keys[0].id, s(&v, "id"));
+    assert_eq!(file.keys[0].sha256, hash);
+    assert_eq!(file.keys[0].last4, key[key.len() - 4..]);
+
+    let mode = fs::metadata(&env.keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key file mode is {mode:o}");
+
+    // A second key keeps the first, and the mode.
+    let v2 = env.create("y", &[]);
+    assert_ne!(s(&v2, "id"), s(&v, "id"));
+    assert_ne!(s(&v2, "key"), key);
+    assert_eq!(env.key_file().keys.len(), 2);
+    let mode = fs::metadata(&env.keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key file mode after a rewrite is {mode:o}");
+}
+
+#[test]
+fn human_create_shows_the_key_once_and_lists_never_show_it() {
+    let env = Env::new();
+    let out = env.ok(&["keys", "create", "--name", "laptop"]);
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sk_kg_"))
+        .unwrap_or_else(|| panic!("no key on a line of its own:\n{out}"));
+    let key = line.to_string();
+    Token::parse(&key, PREFIX).expect("printed key parses");
+    assert_eq!(
+        out.matches(&key).count(),
+        1,
+        "the key is printed once:\n{out}"
+    );
+    let lower = out.to_lowercase();
+    assert!(
+        lower.contains("only time")
+            || lower.contains("shown once")
+            || lower.contains("not be shown again"),
+        "the output must say the key will not be shown again:\n{out}"
+    );
+    let id = env.key_file().keys[0].id.clone();
+    assert!(
+        out.contains(&id),
+        "the output names the new key's id:\n{out}"
+    );
+
+    let masked = mask(&key);
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "list", "--json"],
+        vec!["keys", "list", "--all"],
+        vec!["keys", "show", &id],
+        vec!["keys", "show", &id, "--json"],
+        vec!["check"],
+    ] {
+        let out = env.ok(&args);
+        assert_no_secret(&out, &key, &format!("`keygate {}`", args.join(" ")));
+        if args[0] == "keys" {
+            assert!(
+                out.contains(&masked),
+                "`keygate {}` shows the masked key {masked}:\n{out}",
+                args.join(" ")
+            );
+        }
+    }
+    let list = env.json(&["keys", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["masked_key"], masked.as_str());
+    let show = env.json(&["keys", "show", &id, "--json"]);
+    assert_eq!(show["id"], id.as_str());
+    assert_eq!(show["name"], "laptop");
+    assert_eq!(show["status"], "active");
+    assert!(
+        show.get("key").is_none(),
+        "show must not have a `key` field: {show}"
+    );
+}
+
+#[test]
+fn scopes_aliases_expiry_and_limits() {
+    let env = Env::new();
+    let before = Timestamp::now();
+    let v = env.create(
+        "svc",
+        &[
+            "--scopes",
+            "chat,inference:read",
+            "--expires-in",
+            "90d",
+            "--rpm",
+            "60",
+            "--tpm",
+            "10000",
+            "--max-in-flight",
+            "3",
+        ],
+    );
+    let after = Timestamp::now();
+    assert_eq!(string_set(&v["scopes"]), set(&["chat", "models"]), "{v}");
+    let expires = ts(&v["expires_at"]);
+    assert!(
+        expires.0 >= before.0 + 90 * 86_400 && expires.0 <= after.0 + 90 * 86_400,
+        "expires_at {expires} is not 90 days after {before}"
+    );
+    assert_eq!(v["limits"]["requests_per_minute"], 60, "{v}");
+    assert_eq!(v["limits"]["tokens_per_minute"], 10_000, "{v}");
+    assert_eq!(v["limits"]["max_in_flight"], 3, "{v}");
+
+    // What is stored is canonical, with the limits under `limits`.
+    let file = env.key_file();
+    let k = &file.keys[0];
+    assert_eq!(
+        set(&k.scopes.iter().map(String::as_str).collect::<Vec<_>>()),
+        set(&["chat", "models"])
+    );
+    assert_eq!(k.limits.requests_per_minute, Some(60));
+    assert_eq!(k.limits.tokens_per_minute, Some(10_000));
+    assert_eq!(k.limits.max_in_flight, Some(3));
+    assert_eq!(k.limits.burst, None);
+    assert_eq!(k.expires_at, Some(expires));
+    let raw: Value = serde_json::from_str(&env.key_text()).unwrap();
+    assert_eq!(raw["keys"][0]["limits"]["requests_per_minute"], 60);
+    assert_eq!(raw["keys"][0]["limits"]["max_in_flight"], 3);
+
+    // Every alias of SPEC §2 maps to its canonical scope.
+    for (alias, want) in [
+        ("inference:read", &["models"][..]),
+        ("inference:write", &INFERENCE[..]),
+        ("chat:read", &["chat"][..]),
+        ("embeddings:read", &["embeddings"][..]),
+        ("models:list", &["models"][..]),
+        ("analytics:read", &["usage"][..]),
+        ("inference", &INFERENCE[..]),
+        ("admin", &["admin"][..]),
+    ] {
+        let v = env.create(alias, &["--scopes", alias]);
+        assert_eq!(string_set(&v["scopes"]), set(want), "--scopes {alias}");
+    }
+}
+
+#[test]
+fn unknown_scope_is_refused_with_the_valid_ones() {
+    let env = Env::new();
+    let err = env.fails(&["keys", "create", "--name", "x", "--scopes", "chat,root"]);
+    assert!(err.contains("root"), "stderr names the bad scope: {err}");
+    for valid in [
+        "models",
+        "chat",
+        "embeddings",
+        "usage",
+        "admin",
+        "inference",
+    ] {
+        assert!(
+            err.contains(valid),
+            "stderr lists valid scope `{valid}`: {err}"
+        );
+    }
+    // Nothing was written.
+    if env.keys.exists() {
+        assert!(env.key_file().keys.is_empty());
+    }
+}
+
+// ------------------------------------------------------------------------------ rotate, revoke, list
+
+#[test]
+fn rotate_without_grace_retires_the_old_secret_now() {
+    let env = Env::new();
+    let v = env.create(
+        "app",
+        &[
+            "--scopes",
+            "chat,embeddings",
+            "--rpm",
+            "7",
+            "--models",
+            "llama-*",
+        ],
+    );
+    let old = s(&v, "key").to_string();
+    let id = s(&v, "id").to_string();
+
+    let before = Timestamp::now();
+    let r = env.json(&["keys", "rotate", &id, "--json"]);
+    let after = Timestamp::now();
+    let new = s(&r, "key").to_string();
+    assert_ne!(new, old);
+    Token::parse(&new, PREFIX).expect("rotated key parses");
+    assert_eq!(r["id"], v["id"]);
+    assert_eq!(r["name"], v["name"]);
+    assert_eq!(string_set(&r["scopes"]), string_set(&v["scopes"]));
+    assert_eq!(r["limits"], v["limits"]);
+    assert_eq!(r["models"], v["models"]);
+    assert_eq!(r["expires_at"], v["expires_at"]);
+
+    let file = env.key_file();
+    assert_eq!(file.keys.len(), 1);
+    let k = &file.keys[0];
+    assert_eq!(k.id, id);
+    assert_eq!(k.sha256, hex::encode(hash_token(&new)));
+    assert_eq!(k.limits.requests_per_minute, Some(7));
+    assert_eq!(k.previous.len(), 1, "{k:?}");
+    assert_eq!(k.previous[0].sha256, hex::encode(hash_token(&old)));
+    let until = k.previous[0].valid_until;
+    assert!(
+        until >= before && until <= after,
+        "valid_until {until} should be now ({before}..{after})"
+    );
+    let text = env.key_text();
+    assert_no_secret(&text, &old, "the key file after rotation (old key)");
+    assert_no_secret(&text, &new, "the key file after rotation (new key)");
+
+    // The old secret no longer shows anywhere as current.
+    let show = env.ok(&["keys", "show", &id]);
+    assert!(show.contains(&mask(&new)), "{show}");
+    assert_no_secret(&show, &new, "show after rotate");
+}
+
+#[test]
+fn rotate_with_grace_keeps_the_old_secret_for_that_long() {
+    let env = Env::new();
+    let v = env.create("app", &[]);
+    let old = s(&v, "key").to_string();
+    let id = s(&v, "id").to_string();
+    let now = Timestamp::now();
+    let r = env.json(&["keys", "rotate", &id, "--grace", "24h", "--json"]);
+    assert_ne!(s(&r, "key"), old);
+    let k = &env.key_file().keys[0];
+    assert_eq!(k.previous.len(), 1);
+    assert_eq!(k.previous[0].sha256, hex::encode(hash_token(&old)));
+    assert_near(
+        k.previous[0].valid_until,
+        now.plus(Duration::from_secs(86_400)),
+        5,
+        "valid_until",
+    );
+
+    // Human rotate prints the new key once and says what happens to the old one.
+    let out = env.ok(&["keys", "rotate", &id, "--grace", "1h"]);
+    let key = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sk_kg_"))
+        .unwrap_or_else(|| panic!("no key on a line of its own:\n{out}"))
+        .to_string();
+    Token::parse(&key, PREFIX).unwrap();
+    assert_eq!(out.matches(&key).count(), 1, "{out}");
+    assert_eq!(env.key_file().keys[0].previous.len(), 2);
+}
+
+#[test]
+fn revoke_hides_the_key_from_list_unless_all() {
+    let env = Env::new();
+    let a = env.create("keep", &[]);
+    let b = env.create("drop", &[]);
+    let (a_id, b_id) = (s(&a, "id").to_string(), s(&b, "id").to_string());
+    let out = env.ok(&["keys", "revoke", &b_id]);
+    assert!(out.contains(&b_id), "{out}");
+    assert_no_secret(&out, s(&b, "key"), "revoke output");
+
+    let show = env.json(&["keys", "show", &b_id, "--json"]);
+    assert_eq!(show["status"], "revoked", "{show}");
+    assert!(!show["revoked_at"].is_null(), "{show}");
+    assert!(env.key_file().get(&b_id).unwrap().revoked_at.is_some());
+
+    let ids = |v: Value| -> HashSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(env.json(&["keys", "list", "--json"])), set(&[&a_id]));
+    assert_eq!(
+        ids(env.json(&["keys", "list", "--json", "--all"])),
+        set(&[&a_id, &b_id])
+    );
+    let human = env.ok(&["keys", "list"]);
+    assert!(human.contains(&a_id) && !human.contains(&b_id), "{human}");
+    let human = env.ok(&["keys", "list", "--all"]);
+    assert!(human.contains(&a_id) && human.contains(&b_id), "{human}");
+    assert!(human.contains("revoked"), "{human}");
+
+    // A revoked key cannot be rotated back to life.
+    env.fails(&["keys", "rotate", &b_id]);
+}
+
+#[test]
+fn expiring_within_lists_only_keys_expiring_soon() {
+    let env = Env::new();
+    let soon = env.create("soon", &["--expires-in", "3d"]);
+    let later = env.create("later", &["--expires-in", "30d"]);
+    let never = env.create("never", &[]);
+    let edge = env.create("edge", &["--expires-in", "6d23h"]);
+    let revoked = env.create("revoked-soon", &["--expires-in", "1d"]);
+    env.ok(&["keys", "revoke", s(&revoked, "id")]);
+
+    let list = env.json(&["keys", "list", "--json", "--expiring-within", "7d"]);
+    let ids: HashSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, set(&[s(&soon, "id"), s(&edge, "id")]), "{list}");
+    let human = env.ok(&["keys", "list", "--expiring-within", "7d"]);
+    assert!(human.contains(s(&soon, "id")), "{human}");
+    assert!(!human.contains(s(&later, "id")), "{human}");
+    assert!(!human.contains(s(&never, "id")), "{human}");
+    let all = env.json(&["keys", "list", "--json"]);
+    assert_eq!(all.as_array().unwrap().len(), 4);
+}
+
+// ------------------------------------------------------------------------------ errors
+
+#[test]
+fn unknown_ids_and_bad_durations_fail_with_a_reason() {
+    let env = Env::new();
+    let v = env.create("x", &[]);
+    let id = s(&v, "id").to_string();
+    let before = env.key_text();
+
+    let missing = "key_0000000000000000";
+    for args in [
+        vec!["keys", "show", missing],
+        vec!["keys", "show", missing, "--json"],
+        vec!["keys", "rotate", missing],
+        vec!["keys", "rotate", missing, "--json"],
+        vec!["keys", "revoke", missing],
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.contains(missing),
+            "`keygate {}`: stderr names the id: {err}",
+            args.join(" ")
+        );
+    }
+    env.fails(&["keys", "show", "not-an-id"]);
+
+    for args in [
+        vec!["keys", "create", "--name", "y", "--expires-in", "soon"],
+        vec!["keys", "create", "--name", "y", "--expires-in", ""],
+        vec!["keys", "create", "--name", "y", "--expires-in", "90x"],
+        vec!["keys", "rotate", &id, "--grace", "tomorrow"],
+        vec!["keys", "list", "--expiring-within", "a week"],
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.to_lowercase().contains("duration") || err.contains("invalid value"),
+            "`keygate {}`: stderr says the duration is bad: {err}",
+            args.join(" ")
+        );
+    }
+    // Other refusals.
+    env.fails(&["keys", "create", "--name", "  "]);
+    env.fails(&["keys", "create", "--name", "y", "--rpm", "0"]);
+    env.fails(&["keys", "create", "--name", "y", "--rpm", "lots"]);
+    env.fails(&["keys", "create"]);
+    // None of the failures touched the file.
+    assert_eq!(env.key_text(), before);
+}
+
+#[test]
+fn a_missing_key_file_is_an_empty_list_but_check_fails() {
+    let env = Env::new();
+    let list = env.json(&["keys", "list", "--json"]);
+    assert_eq!(list, Value::Array(vec![]));
+    let err = env.fails(&["check"]);
+    assert!(err.contains("keys.json"), "{err}");
+    let err = env.fails(&["keys", "show", "key_0000000000000000"]);
+    assert!(err.contains("key_0000000000000000"), "{err}");
+}
+
+// ------------------------------------------------------------------------------ concurrency
+
+#[test]
+fn concurrent_creates_from_two_processes_all_land() {
+    let env = Env::new();
+    let env = &env;
+    let per_thread = 100;
+    let created: Vec<Vec<(String, String)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let v = env.create(&format!("t{t}-{i}"), &[]);
+                            (s(&v, "id").to_string(), s(&v, "key").to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let file = env.key_file();
+    assert_eq!(file.keys.len(), 2 * per_thread, "every create landed");
+    let names: HashSet<&str> = file.keys.iter().map(|k| k.name.as_str()).collect();
+    for t in 0..2 {
+        for i in 0..per_thread {
+            assert!(
+                names.contains(format!("t{t}-{i}").as_str()),
+                "t{t}-{i} lost"
+            );
+        }
+    }
+    for (id, key) in created.iter().flatten() {
+        let k = file.get(id).unwrap();
+        assert_eq!(k.sha256, hex::encode(hash_token(key)), "{id}");
+    }
+    let mode = fs::metadata(&env.keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+// ------------------------------------------------------------------------------ crash safety
+
+/// A small deterministic generator, so a failing run can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn spawn_create(env: &Env, name: &str) -> Child {
+    env.command(&["keys", "create", "--name", name, "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect()
+}
+
+#[test]
+fn a_writer_killed_at_any_point_leaves_the_old_or_the_new_file() {
+    let env = Env::new();
+    // A large file, so that a kill often lands in the middle of a write.
+    let now = Timestamp::now();
+    KeyStore::new(&env.keys)
+        .update(|f| {
+            for i in 0..2000 {
+                f.create(
+                    NewKey {
+                        name: format!("bulk-{i}"),
+                        scopes: vec!["chat".into(), "embeddings".into()],
+                        models: vec!["llama-*".into()],
+                        ..NewKey::default()
+                    },
+                    PREFIX,
+                    now,
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let size = fs::metadata(&env.keys).unwrap().len();
+
+    // How long an uninterrupted write takes here (median of 3): kills are spread over that.
+    let mut took: Vec<u64> = (0..3)
+        .map(|i| {
+            let started = Instant::now();
+            let status = spawn_create(&env, &format!("timing-{i}")).wait().unwrap();
+            assert!(status.success());
+            started.elapsed().as_micros() as u64
+        })
+        .collect();
+    took.sort_unstable();
+    let span_us = (took[1] * 6 / 5).max(15_000);
+
+    let seed = std::env::var("KEYGATE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!(
+        "crash test: file {size} bytes, one write {span_us} µs, seed {seed} (KEYGATE_CRASH_SEED)"
+    );
+    let mut rng = Rng(seed);
+
+    let mut current = env.key_file();
+    let (mut killed, mut completed, mut mid_write, mut landed_anyway) = (0, 0, 0, 0);
+    for round in 0..200 {
+        let mut child = spawn_create(&env, &format!("crash-{round}"));
+        std::thread::sleep(Duration::from_micros(rng.below(span_us)));
+        let _ = child.kill(); // SIGKILL; fails only if already reaped, which it is not
+        let status = child.wait().unwrap();
+        if status.success() {
+            completed += 1;
+        } else {
+            killed += 1;
+        }
+
+        if !temp_files(env.dir.path()).is_empty() {
+            mid_write += 1; // killed between creating the temp file and renaming it
+        }
+        let text = env.key_text();
+        let after = store::parse(&text, &env.keys).unwrap_or_else(|e| {
+            panic!("round {round} (seed {seed}): the key file is torn after a kill: {e}")
+        });
+        let n = current.keys.len();
+        assert_eq!(
+            after.keys[..n.min(after.keys.len())],
+            current.keys[..n.min(after.keys.len())],
+            "round {round}: existing keys changed"
+        );
+        match after.keys.len().checked_sub(n) {
+            Some(0) => assert_eq!(after, current, "round {round}"),
+            Some(1) => assert_eq!(
+                after.keys[n].name,
+                format!("crash-{round}"),
+                "round {round}"
+            ),
+            _ => panic!("round {round}: {n} keys became {}", after.keys.len()),
+        }
+        if status.success() {
+            assert_eq!(
+                after.keys.len(),
+                n + 1,
+                "round {round}: a finished create landed"
+            );
+        } else if after.keys.len() == n + 1 {
+            landed_anyway += 1; // killed after the rename
+        }
+        current = after;
+    }
+    eprintln!(
+        "crash test: {killed} writers killed ({mid_write} with a temp file written, \
+         {landed_anyway} after the rename), {completed} finished first"
+    );
+    assert!(
+        killed >= 20,
+        "only {killed} of 200 writers were killed before finishing: the test did not exercise crashes"
+    );
+
+    // Every key is still usable by a later writer, which also clears temp files left behind.
+    let before = current.keys.len();
+    let v = env.create("after-crashes", &[]);
+    let file = env.key_file();
+    assert_eq!(file.keys.len(), before + 1);
+    assert!(file.get(s(&v, "id")).is_ok());
+    assert_eq!(
+        temp_files(env.dir.path()),
+        Vec::<String>::new(),
+        "stale temp files left"
+    );
+    let mode = fs::metadata(&env.keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+// ------------------------------------------------------------------------------ check
+
+#[test]
+fn check_accepts_a_good_file() {
+    let env = Env::new();
+    env.create("a", &[]);
+    let b = env.create("b", &[]);
+    env.ok(&["keys", "revoke", s(&b, "id")]);
+    let out = env.ok(&["check"]);
+    assert!(out.to_lowercase().contains("ok"), "{out}");
+    assert!(out.contains("2 keys"), "{out}");
+}
+
+#[test]
+fn check_names_the_line_of_a_json_syntax_error() {
+    let env = Env::new();
+    env.create("a", &[]);
+    env.create("b", &[]);
+    let text = env.key_text();
+    let truncated = &text[..text.len() * 2 / 3];
+    fs::write(&env.keys, truncated).unwrap();
+    let want = serde_json::from_str::<Value>(truncated).unwrap_err();
+    let err = env.fails(&["check"]);
+    assert!(
+        err.contains(&format!("line {}", want.line()))
+            && err.contains(&format!("column {}", want.column())),
+        "stderr names line {} column {}: {err}",
+        want.line(),
+        want.column()
+    );
+    assert!(err.contains("keys.json"), "{err}");
+
+    // A stray character in the middle of an otherwise whole file.
+    let broken = text.replacen("\"name\"", "\"name\" x", 1);
+    fs::write(&env.keys, &broken).unwrap();
+    let want = serde_json::from_str::<Value>(&broken).unwrap_err();
+    let err = env.fails(&["check"]);
+    assert!(err.contains(&format!("line {}", want.line())), "{err}");
+
+    fs::write(&env.keys, "").unwrap();
+    env.fails(&["check"]);
+    // Every other command refuses the broken file too, without rewriting it.
+    fs::write(&env.keys, truncated).unwrap();
+    env.fails(&["keys", "list"]);
+    env.fails(&["keys", "create", "--name", "c"]);
+    assert_eq!(env.key_text(), truncated);
+}
+
+#[test]
+fn check_names_the_key_with_a_bad_field() {
+    let env = Env::new();
+    let a = env.create("a", &[]);
+    let b = env.create("b", &["--scopes", "chat"]);
+    let (a_id, b_id) = (s(&a, "id").to_string(), s(&b, "id").to_string());
+    let good = env.key_text();
+    let file = env.key_file();
+    let b_sha = file.get(&b_id).unwrap().sha256.clone();
+
+    let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
+        (
+            "short sha256",
+            good.replace(&b_sha, &b_sha[..40]),
+            &b_id,
+            vec!["sha256"],
+        ),
+        (
+            "non-hex sha256",
+            good.replace(&b_sha, &format!("zz{}", &b_sha[2..])),
+            &b_id,
+            vec!["sha256"],
+        ),
+        (
+            "unknown scope",
+            good.replace("\"chat\"\n", "\"root\"\n"),
+            &b_id,
+            vec!["root"],
+        ),
+        (
+            "duplicate id",
+            good.replace(&a_id, &b_id),
+            &b_id,
+            vec!["duplicate"],
+        ),
+        (
+            "bad last4",
+            good.replacen("\"last4\": \"", "\"last4\": \"!", 1),
+            &a_id,
+            vec!["last4"],
+        ),
+        (
+            "bad id",
+            good.replace(&a_id, "key_short"),
+            "key_short",
+            vec!["id"],
+        ),
+        (
+            "unknown field",
+            good.replacen("\"name\":", "\"nmae\": \"x\", \"name\":", 1),
+            "",
+            vec!["nmae", "line"],
+        ),
+    ];
+    for (what, text, names_id, words) in cases {
+        assert_ne!(text, good, "{what}: the corruption changed nothing");
+        fs::write(&env.keys, &text).unwrap();
+        let err = env.fails(&["check"]);
+        assert!(
+            err.contains(names_id),
+            "{what}: stderr names key {names_id}: {err}"
+        );
+        for w in words {
+            assert!(err.contains(w), "{what}: stderr mentions `{w}`: {err}");
+        }
+    }
+    fs::write(&env.keys, &good).unwrap();
+    env.ok(&["check"]);
+}
+
+#[test]
+fn check_names_the_line_of_an_unknown_config_key() {
+    let env = Env::with_config("[keys]\nfile = \"keys.json\"\nfiel = \"other.json\"\n");
+    let err = env.fails(&["check"]);
+    assert!(err.contains("line 3") && err.contains("fiel"), "{err}");
+    // The same refusal for every command that reads the config.
+    let err = env.fails(&["keys", "list"]);
+    assert!(err.contains("line 3"), "{err}");
+
+    let env =
+        Env::with_config("[keys]\nfile = \"keys.json\"\n\n[limits]\nrequests_per_minute = 0\n");
+    let err = env.fails(&["check"]);
+    assert!(err.contains("limits.requests_per_minute"), "{err}");
+
+    let env = Env::with_config("[keys\nfile = \"keys.json\"\n");
+    let err = env.fails(&["check"]);
+    assert!(err.contains("line 1"), "{err}");
+
+    let env = Env::new();
+    let missing = env.dir.path().join("nope.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn a_custom_prefix_from_the_config_is_used() {
+    let env = Env::with_config("[keys]\nfile = \"keys.json\"\nprefix = \"acme_live\"\n");
+    let v = env.create("x", &[]);
+    let key = s(&v, "key");
+    assert!(key.starts_with("acme_live_"), "{key}");
+    Token::parse(key, "acme_live").unwrap();
+    assert!(Token::parse(key, PREFIX).is_err());
+    let list = env.ok(&["keys", "list"]);
+    assert!(
+        list.contains(&format!("acme_live_…{}", &key[key.len() - 4..])),
+        "{list}"
+    );
+}
+
+// ------------------------------------------------------------------------------ read-only store
+
+#[test]
+fn a_symlinked_key_file_is_read_only() {
+    let env = Env::new();
+    let v = env.create("mounted", &[]);
+    let id = s(&v, "id").to_string();
+    // Lay the file out as Kubernetes mounts a Secret: keys.json -> ..data/keys.json.
+    let data = env.dir.path().join("..data");
+    fs::create_dir(&data).unwrap();
+    fs::rename(&env.keys, data.join("keys.json")).unwrap();
+    std::os::unix::fs::symlink("..data/keys.json", &env.keys).unwrap();
+    let before = fs::read_to_string(data.join("keys.json")).unwrap();
+
+    for args in [
+        vec!["keys", "create", "--name", "new"],
+        vec!["keys", "rotate", &id],
+        vec!["keys", "revoke", &id],
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.to_lowercase().contains("read-only"),
+            "`keygate {}`: stderr says the store is read-only: {err}",
+            args.join(" ")
+        );
+    }
+    assert!(
+        fs::symlink_metadata(&env.keys)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced"
+    );
+    assert_eq!(fs::read_to_string(data.join("keys.json")).unwrap(), before);
+
+    // Reading through the link works.
+    let list = env.json(&["keys", "list", "--json"]);
+    assert_eq!(list[0]["id"], id.as_str());
+    env.ok(&["check"]);
+}
+
+#[test]
+fn an_expiry_or_grace_beyond_year_9999_is_refused_without_a_panic() {
+    // Times are written as RFC 3339, which stops at 9999-12-31: a later time cannot be stored,
+    // so it must be refused with a reason, not crash the command.
+    let env = Env::new();
+    let v = env.create("x", &[]);
+    let id = s(&v, "id").to_string();
+    let before = env.key_text();
+    for args in [
+        vec!["keys", "create", "--name", "y", "--expires-in", "100000y"],
+        vec![
+            "keys",
+            "create",
+            "--name",
+            "y",
+            "--expires-in",
+            "500000000000y",
+        ],
+        vec!["keys", "rotate", &id, "--grace", "20000y"],
+        vec!["keys", "rotate", &id, "--grace", "20000y", "--json"],
+    ] {
+        let out = env.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code() != Some(101),
+            "`keygate {}` panicked instead of refusing: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            !out.status.success(),
+            "`keygate {}` succeeded",
+            args.join(" ")
+        );
+        assert!(stderr.contains("year"), "stderr says why: {stderr}");
+    }
+    assert_eq!(env.key_text(), before, "the key file changed");
+    env.ok(&["check"]);
+}
