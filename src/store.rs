@@ -244,6 +244,10 @@ impl KeyFile {
                 || l.max_in_flight == Some(0)
                 || l.tokens_per_minute == Some(0)
             {
+                return Err(at(
+                    "`limits` values must be at least 1 (omit a limit to use the default)".into(),
+                ));
+            }
         }
         Ok(())
     }
