@@ -128,6 +128,18 @@ step "cargo fmt --check" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --jobs "$JOBS" --all-targets -- -D warnings || true
 BUILD_OK=1
 step "cargo build" cargo build --jobs "$JOBS" || BUILD_OK=0
+# tests/cluster.rs starts a real redis-server on a free loopback port.
+install_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        redis-server --version
+        return 0
+    fi
+    echo "redis-server missing; installing Debian's redis-server"
+    apt_install redis-server || return 1
+    # The package may start a system instance on 6379; the tests use their own ports.
+    command -v redis-server >/dev/null 2>&1
+}
+step "redis-server (for cluster tests)" install_redis || true
 step "cargo test" cargo test --jobs "$JOBS" || true
 
 VENV_OK=1

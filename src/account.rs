@@ -204,6 +204,8 @@ pub struct Finish {
     /// False when the stream broke or the client left before the end.
     pub complete: bool,
     pub guards: Vec<Box<dyn Send + Sync>>,
+    /// Tokens reserved before forwarding, settled against the real usage.
+    pub token_charge: Option<crate::limit::TokenCharge>,
 }
 
 impl Finish {
@@ -223,12 +225,17 @@ impl Finish {
             tokens: None,
             complete: true,
             guards: Vec::new(),
+            token_charge: None,
         }
     }
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some(charge) = self.token_charge.take() {
+            let used = self.tokens.map(|t| t.prompt + t.completion);
+            charge.settle(used, (200..300).contains(&self.status) && self.complete);
+        }
         if let Some(k) = &self.key {
             k.usage.record_status(self.status);
             if let Some(t) = self.tokens {

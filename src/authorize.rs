@@ -195,6 +195,71 @@ pub struct BodyFacts<'a> {
     pub model: Option<Cow<'a, str>>,
     #[serde(default)]
     pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// A count the gateway only uses for estimates: anything that is not a whole number is
+/// left for the upstream to judge.
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_u64())
+}
+
+/// What the request path keeps of a body's facts, owned.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub wants_usage: bool,
+    /// `max_completion_tokens`, `max_tokens` or `max_output_tokens`, if given.
+    pub completion_budget: Option<u64>,
+}
+
+impl BodyFacts<'_> {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            model: self.model.as_deref().unwrap_or_default().to_string(),
+            stream: self.stream == Some(true),
+            wants_usage: self
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            completion_budget: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .or(self.max_output_tokens),
+        }
+    }
+}
+
+/// The same JSON body with `stream_options.include_usage = true`, or `None` if it is not
+/// a JSON object.
+pub fn with_stream_usage(body: &[u8]) -> Option<bytes::Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    if !opts.is_object() {
+        *opts = serde_json::json!({});
+    }
+    opts.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
 }
 
 /// Why a body cannot be checked.

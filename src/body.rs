@@ -96,6 +96,14 @@ impl UpBody {
         UpBody::Full((!b.is_empty()).then_some(b))
     }
 
+    /// The exact length when the body is held in full.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream { .. } => None,
+        }
+    }
+
     /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
     pub fn stream(inner: Incoming, timeout: Duration, limit: u64) -> UpBody {
         UpBody::Stream {
@@ -176,7 +184,58 @@ enum Kind {
         inner: Incoming,
         idle: Idle,
         scanner: Option<UsageScanner>,
+        strip: Option<UsageChunkFilter>,
     },
+}
+
+/// Removes the usage-only SSE event (`"choices":[]` with a `usage`) that the gateway asked
+/// the upstream for on the client's behalf. Events pass through as soon as they are
+/// complete; only an incomplete event's bytes wait for the rest of it.
+#[derive(Default)]
+struct UsageChunkFilter {
+    pending: bytes::BytesMut,
+}
+
+impl UsageChunkFilter {
+    /// The complete events of `data` (and of what was pending), minus the usage chunk.
+    fn filter(&mut self, data: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(data);
+        let mut out = bytes::BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            if !is_usage_only(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out.freeze()
+    }
+
+    fn rest(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+}
+
+/// Where the first complete SSE event ends (after its blank line), LF or CRLF.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_usage_only(event: &[u8]) -> bool {
+    if memchr::memmem::find(event, b"\"usage\"").is_none() {
+        return false;
+    }
+    let Some(json) = event.strip_prefix(b"data:") else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json.trim_ascii()) else {
+        return false;
+    };
+    v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object()
 }
 
 impl Body {
@@ -199,8 +258,16 @@ impl Body {
                 inner,
                 idle: Idle::new(idle),
                 scanner: scan.then(UsageScanner::default),
+                strip: None,
             },
             finish: None,
+        }
+    }
+
+    /// Hides the usage-only SSE event from the client (see `UsageChunkFilter`).
+    pub fn strip_usage_chunk(&mut self) {
+        if let Kind::Upstream { strip, .. } = &mut self.kind {
+            *strip = Some(UsageChunkFilter::default());
         }
     }
 
@@ -240,15 +307,39 @@ impl HttpBody for Body {
                 inner,
                 idle,
                 scanner,
-            } => {
+                strip,
+            } => loop {
                 let frame = ready!(idle.poll_frame(inner, cx));
                 if let (Some(Ok(f)), Some(s)) = (&frame, scanner.as_mut()) {
                     if let Some(d) = f.data_ref() {
                         s.feed(d);
                     }
                 }
-                Poll::Ready(frame)
-            }
+                let Some(filter) = strip.as_mut() else {
+                    break Poll::Ready(frame);
+                };
+                match frame {
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) => {
+                            let kept = filter.filter(&d);
+                            if !kept.is_empty() {
+                                break Poll::Ready(Some(Ok(Frame::data(kept))));
+                            }
+                        }
+                        Err(f) => break Poll::Ready(Some(Ok(f))),
+                    },
+                    None => {
+                        let rest = filter.rest();
+                        *strip = None;
+                        if rest.is_empty() {
+                            break Poll::Ready(None);
+                        }
+                        // The stream ends on the next poll (the filter is gone).
+                        break Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    other => break Poll::Ready(other),
+                }
+            },
         };
         match &out {
             Poll::Ready(None) => this.settle(true),

@@ -95,6 +95,7 @@ struct RawLimits {
     tokens_per_minute: Option<u64>,
     max_in_flight: Option<u32>,
     failed_auth_per_minute: Option<u32>,
+    estimated_completion_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,11 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     backend: Option<String>,
+    redis_url: Option<String>,
+    on_backend_error: Option<String>,
+    timeout: Option<String>,
+    key_prefix: Option<String>,
+    lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +155,8 @@ pub struct Config {
     pub limits: LimitDefaults,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: RouteTable,
+    /// `Some` in cluster mode (`[cluster] backend = "redis"`).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -192,6 +200,8 @@ pub struct LimitDefaults {
     pub tokens_per_minute: Option<u64>,
     pub max_in_flight: u32,
     pub failed_auth_per_minute: u32,
+    /// Tokens reserved for a completion whose request names no `max_tokens`.
+    pub estimated_completion_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -439,6 +449,11 @@ impl Validator<'_> {
                 l.failed_auth_per_minute,
                 30,
             )?,
+            estimated_completion_tokens: self.positive(
+                "limits.estimated_completion_tokens",
+                l.estimated_completion_tokens,
+                256,
+            )?,
         };
         let limits = LimitDefaults {
             burst: self.positive("limits.burst", l.burst, limits.requests_per_minute)?,
@@ -480,14 +495,47 @@ impl Validator<'_> {
         }
         let routes = RouteTable::with_extra(rules);
 
-        if let Some(b) = raw.cluster.backend.as_deref() {
-            if b != "local" {
+        let c = raw.cluster;
+        let cluster = match c.backend.as_deref() {
+            None | Some("local") => None,
+            Some("redis") => {
+                let url = c.redis_url.ok_or_else(|| {
+                    self.err("cluster.redis_url", "is required with backend = \"redis\"")
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(
+                        self.err("cluster.redis_url", "must start with redis:// or rediss://")
+                    );
+                }
+                Some(crate::cluster::ClusterConfig {
+                    redis_url: url,
+                    on_backend_error: match c.on_backend_error.as_deref() {
+                        None | Some("local") => crate::cluster::OnError::Local,
+                        Some("allow") => crate::cluster::OnError::Allow,
+                        Some("deny") => crate::cluster::OnError::Deny,
+                        Some(o) => {
+                            return Err(self.err(
+                                "cluster.on_backend_error",
+                                format!("`{o}` is not \"allow\", \"deny\" or \"local\""),
+                            ))
+                        }
+                    },
+                    timeout: self.duration(
+                        "cluster.timeout",
+                        c.timeout,
+                        Duration::from_millis(50),
+                    )?,
+                    key_prefix: c.key_prefix.unwrap_or_else(|| "keygate".into()),
+                    lease: self.duration("cluster.lease", c.lease, Duration::from_secs(600))?,
+                })
+            }
+            Some(b) => {
                 return Err(self.err(
                     "cluster.backend",
-                    format!("`{b}` is not supported by this build; use \"local\""),
-                ));
+                    format!("`{b}` is not \"local\" or \"redis\""),
+                ))
             }
-        }
+        };
 
         let metrics = MetricsConfig {
             listen: raw
@@ -522,6 +570,7 @@ impl Validator<'_> {
             limits,
             upstreams,
             routes,
+            cluster,
             metrics,
             log,
         })

@@ -31,6 +31,10 @@ pub enum GatewayError {
     TooLarge(u64),
     #[error("Rate limit reached: {limit} requests per minute. Retry in {}.", crate::time::openai_duration(*retry_after))]
     RateLimited { limit: u32, retry_after: Duration },
+    #[error("Rate limit reached: {limit} tokens per minute. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    TokenRateLimited { limit: u64, retry_after: Duration },
+    #[error("The rate-limit backend is unavailable and this gateway is set to refuse requests until it returns.")]
+    LimiterUnavailable,
     #[error("Too many requests in flight for this key (limit {0}). Retry when one finishes.")]
     ConcurrencyLimited(u32),
     #[error("Too many failed authentication attempts from this address. Retry in {}.", crate::time::openai_duration(*retry_after))]
@@ -64,9 +68,11 @@ impl GatewayError {
             MissingScope(_) | ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             UnknownRoute(..) | NotFound(_) | ModelNotFound(_) => StatusCode::NOT_FOUND,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited { .. } | ConcurrencyLimited(_) | TooManyFailedAttempts { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            RateLimited { .. }
+            | TokenRateLimited { .. }
+            | ConcurrencyLimited(_)
+            | TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotReady | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,11 +90,12 @@ impl GatewayError {
                 "authentication_error"
             }
             MissingScope(_) | ModelNotAllowed(_) => "permission_error",
-            RateLimited { .. } | ConcurrencyLimited(_) | TooManyFailedAttempts { .. } => {
-                "rate_limit_error"
-            }
+            RateLimited { .. }
+            | TokenRateLimited { .. }
+            | ConcurrencyLimited(_)
+            | TooManyFailedAttempts { .. } => "rate_limit_error",
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
-            NotReady | Overloaded | Internal(_) => "server_error",
+            NotReady | Overloaded | LimiterUnavailable | Internal(_) => "server_error",
         }
     }
 
@@ -106,7 +113,8 @@ impl GatewayError {
             NotFound(_) => "not_found",
             ModelNotFound(_) => "model_not_found",
             TooLarge(_) => "request_too_large",
-            RateLimited { .. } => "rate_limit_exceeded",
+            RateLimited { .. } | TokenRateLimited { .. } => "rate_limit_exceeded",
+            LimiterUnavailable => "overloaded",
             ConcurrencyLimited(_) => "concurrency_limit_exceeded",
             TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             UpstreamUnavailable(_) => "upstream_unavailable",
@@ -121,10 +129,11 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::TokenRateLimited { retry_after, .. }
             | GatewayError::TooManyFailedAttempts { retry_after } => Some(*retry_after),
-            GatewayError::ConcurrencyLimited(_) | GatewayError::Overloaded => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::ConcurrencyLimited(_)
+            | GatewayError::Overloaded
+            | GatewayError::LimiterUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

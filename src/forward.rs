@@ -180,6 +180,12 @@ pub fn upstream_request(
         headers.insert("x-keygate-key-id", v);
     }
     headers.insert("x-request-id", info.request_id.clone());
+    // A body the gateway read (and may have rewritten) goes up with its own exact length.
+    if let Some(n) = body.exact_len() {
+        if n > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     let mut req = Request::new(body);
     *req.method_mut() = parts.method;
     *req.uri_mut() = uri;

@@ -41,8 +41,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut finish = Box::new(Finish::new(request_id.clone(), req.method().clone()));
-    let mut rate = None;
-    let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut rate).await {
+    let mut limits = LimitState::default();
+    let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut limits).await {
         Ok(r) => r,
         Err(e) => {
             finish.error_code = Some(e.code());
@@ -52,11 +52,28 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     finish.status = resp.status().as_u16();
     let h = resp.headers_mut();
     h.insert("x-request-id", request_id);
-    if let Some(r) = rate {
+    if let Some(r) = limits.rate {
         set_rate_headers(h, &r);
+    }
+    if let Some(t) = limits.tokens {
+        h.insert("x-ratelimit-limit-tokens", HeaderValue::from(t.limit));
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from(t.remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&openai_duration(t.reset)) {
+            h.insert("x-ratelimit-reset-tokens", v);
+        }
     }
     resp.body_mut().set_finish(finish);
     resp
+}
+
+/// The limit state of an authenticated request, reported in `x-ratelimit-*` headers.
+#[derive(Default)]
+struct LimitState {
+    rate: Option<RateInfo>,
+    tokens: Option<crate::limit::TokenInfo>,
 }
 
 fn set_rate_headers(h: &mut http::HeaderMap, r: &RateInfo) {
@@ -110,7 +127,7 @@ async fn pipeline(
     req: Request<Incoming>,
     conn: Conn,
     finish: &mut Finish,
-    rate: &mut Option<RateInfo>,
+    limits: &mut LimitState,
 ) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path();
     match (req.method(), path) {
@@ -173,20 +190,19 @@ async fn pipeline(
 
     // Authorize and limit. The rate cell is taken first so that every authenticated answer,
     // a refusal included, reports the key's real rate state.
-    let info = key.rate.check();
-    *rate = Some(info);
+    let cluster = gw.cluster.as_ref();
+    let info = crate::limit::check_rate(cluster, &key).await?;
+    limits.rate = Some(info);
     if !key.scopes.contains(route.scope) {
         return Err(GatewayError::MissingScope(route.scope));
     }
     info.into_result()?;
-    let slot = key
-        .in_flight
-        .acquire(key.max_in_flight)
-        .ok_or(GatewayError::ConcurrencyLimited(key.max_in_flight))?;
-    finish.guards.push(Box::new(slot));
+    finish
+        .guards
+        .push(crate::limit::acquire_slot(cluster, &key).await?);
 
     match route.handler {
-        Handler::Forward => proxy(&live, &key, route, req, conn, finish).await,
+        Handler::Forward => proxy(&live, cluster, &key, route, req, conn, finish, limits).await,
         Handler::RetrieveModel => {
             let model = path["/v1/models/".len()..].to_string();
             if !key.may_use_model(&model) {
@@ -265,14 +281,18 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Forwards an inference request: checks the model when the key or routing needs it.
+/// Forwards an inference request: checks the model when the key or routing needs it, and
+/// reserves tokens when the key has a token limit.
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     live: &Live,
+    cluster: Option<&Arc<crate::cluster::Cluster>>,
     key: &Arc<KeyEntry>,
     route: RouteMatch,
     req: Request<Incoming>,
     conn: Conn,
     finish: &mut Finish,
+    limits: &mut LimitState,
 ) -> Result<Response<Body>, GatewayError> {
     let server = &live.config.server;
     let (parts, body) = req.into_parts();
@@ -280,32 +300,63 @@ async fn proxy(
     if declared.is_some_and(|n| n > server.max_body_bytes) {
         return Err(GatewayError::TooLarge(server.max_body_bytes));
     }
-    let needs_model = route.has_model && (key.models.is_some() || live.upstreams.len() > 1);
-    let (upstream, upbody) = if needs_model {
-        let bytes = read_body(
+    let needs_body = route.has_model
+        && (key.models.is_some() || live.upstreams.len() > 1 || key.tokens.is_some());
+    let mut strip_usage = false;
+    let (upstream, upbody) = if needs_body {
+        let mut bytes = read_body(
             body,
             server.max_body_bytes,
             server.body_read_timeout,
             declared,
         )
         .await?;
-        let upstream = match body_facts(&bytes) {
-            Ok(facts) => {
-                let model = facts.model.as_deref().unwrap_or_default();
-                if !key.may_use_model(model) {
-                    return Err(GatewayError::ModelNotAllowed(model.to_string()));
-                }
-                let u = live
-                    .upstream_for(model)
-                    .ok_or_else(|| GatewayError::ModelNotFound(model.to_string()))?;
-                finish.model = Some(model.to_string());
-                u
-            }
-            Err(BodyError::NoModel) if key.models.is_none() => live
-                .default_upstream()
-                .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?,
+        let facts = match body_facts(&bytes) {
+            Ok(f) => Some(f.summary()),
+            Err(BodyError::NoModel) if key.models.is_none() => None,
             Err(e) => return Err(GatewayError::InvalidRequest(e.to_string())),
         };
+        let upstream = match &facts {
+            Some(f) => {
+                if !key.may_use_model(&f.model) {
+                    return Err(GatewayError::ModelNotAllowed(f.model.clone()));
+                }
+                let u = live
+                    .upstream_for(&f.model)
+                    .ok_or_else(|| GatewayError::ModelNotFound(f.model.clone()))?;
+                finish.model = Some(f.model.clone());
+                u
+            }
+            None => live
+                .default_upstream()
+                .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?,
+        };
+        if key.tokens.is_some() {
+            let budget = facts
+                .as_ref()
+                .and_then(|f| f.completion_budget)
+                .unwrap_or(live.config.limits.estimated_completion_tokens);
+            let estimate = budget + bytes.len() as u64 / 4;
+            if let Some((info, charge)) =
+                crate::limit::reserve_tokens(cluster, key, estimate).await?
+            {
+                limits.tokens = Some(info);
+                info.into_result()?;
+                finish.token_charge = Some(charge);
+            }
+        }
+        // Exact accounting needs a stream's usage too: ask the upstream for it, and hide the
+        // extra chunk from a client that did not ask for it.
+        let completion = matches!(
+            route.scope,
+            crate::scope::Scope::Chat | crate::scope::Scope::Completions
+        );
+        if completion && facts.as_ref().is_some_and(|f| f.stream && !f.wants_usage) {
+            if let Some(rewritten) = crate::authorize::with_stream_usage(&bytes) {
+                bytes = rewritten;
+                strip_usage = true;
+            }
+        }
         (Arc::clone(upstream), UpBody::full(bytes))
     } else {
         let u = live
@@ -317,7 +368,11 @@ async fn proxy(
         )
     };
     let req = Request::from_parts(parts, ());
-    send(&upstream, key, req, upbody, conn, finish).await
+    let mut resp = send(&upstream, key, req, upbody, conn, finish).await?;
+    if strip_usage {
+        resp.body_mut().strip_usage_chunk();
+    }
+    Ok(resp)
 }
 
 /// Sends to `upstream` and streams the answer back.

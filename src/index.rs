@@ -8,7 +8,7 @@
 use crate::account::KeyUsage;
 use crate::config::LimitDefaults;
 use crate::key::KeyHash;
-use crate::limit::{InFlight, RateLimit};
+use crate::limit::{InFlight, RateLimit, TokenBucket};
 use crate::scope::Scopes;
 use crate::store::{self, KeyFile, KeyRecord};
 use crate::time::Timestamp;
@@ -26,6 +26,8 @@ pub struct KeyEntry {
     pub revoked_at: Option<Timestamp>,
     pub max_in_flight: u32,
     pub rate: Arc<RateLimit>,
+    /// Tokens per minute, when the key or `[limits]` sets one.
+    pub tokens: Option<Arc<TokenBucket>>,
     pub in_flight: Arc<InFlight>,
     pub usage: Arc<KeyUsage>,
 }
@@ -116,6 +118,11 @@ fn entry(rec: &KeyRecord, limits: &LimitDefaults, old: Option<&KeyEntry>) -> Key
         Some(o) if o.rate.per_minute == per_minute && o.rate.burst == burst => Arc::clone(&o.rate),
         _ => Arc::new(RateLimit::new(per_minute, burst)),
     };
+    let tpm = rec.limits.tokens_per_minute.or(limits.tokens_per_minute);
+    let tokens = tpm.map(|per_minute| match old.and_then(|o| o.tokens.as_ref()) {
+        Some(t) if t.per_minute == per_minute => Arc::clone(t),
+        _ => Arc::new(TokenBucket::new(per_minute)),
+    });
     KeyEntry {
         id: Arc::from(rec.id.as_str()),
         name: Arc::from(rec.name.as_str()),
@@ -127,6 +134,7 @@ fn entry(rec: &KeyRecord, limits: &LimitDefaults, old: Option<&KeyEntry>) -> Key
         revoked_at: rec.revoked_at,
         max_in_flight: rec.limits.max_in_flight.unwrap_or(limits.max_in_flight),
         rate,
+        tokens,
         in_flight: old.map_or_else(Default::default, |o| Arc::clone(&o.in_flight)),
         usage: old.map_or_else(Default::default, |o| Arc::clone(&o.usage)),
     }

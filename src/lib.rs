@@ -8,7 +8,7 @@
 //! | (pipeline) | [`gateway`] | calls the stages below in order, one error mapping |
 //! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
 //! | authorize | [`authorize`] | route → scope, model allowlist |
-//! | limit | [`limit`] | per-key rate and in-flight caps, failed-auth guard |
+//! | limit | [`limit`], [`cluster`] | per-key rate, token and in-flight caps (local or Redis), failed-auth guard |
 //! | forward | [`forward`] | pooled upstream client, header hygiene ([`headers`]) |
 //! | account | [`account`] | usage counters, token scan, access log |
 //!
@@ -25,6 +25,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod error;

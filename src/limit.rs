@@ -242,6 +242,219 @@ impl FailedAuthGuard {
     }
 }
 
+/// A per-key tokens-per-minute bucket. A request reserves an estimate before it is
+/// forwarded and is reconciled with the upstream's real `usage` afterwards, so the bucket
+/// ends up charged what was really used; while a request runs, its estimate holds capacity.
+#[derive(Debug)]
+pub struct TokenBucket {
+    pub per_minute: u64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+/// What the `x-ratelimit-*-tokens` headers report.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenInfo {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+    pub retry_after: Option<Duration>,
+}
+
+impl TokenBucket {
+    pub fn new(per_minute: u64) -> TokenBucket {
+        TokenBucket {
+            per_minute,
+            state: std::sync::Mutex::new((per_minute as f64, Instant::now())),
+        }
+    }
+
+    fn refill(&self, st: &mut (f64, Instant)) {
+        let now = Instant::now();
+        let rate = self.per_minute as f64 / 60.0;
+        st.0 = (st.0 + rate * now.duration_since(st.1).as_secs_f64()).min(self.per_minute as f64);
+        st.1 = now;
+    }
+
+    fn info(&self, tokens: f64, retry_after: Option<Duration>) -> TokenInfo {
+        let rate = self.per_minute as f64 / 60.0;
+        let missing = (self.per_minute as f64 - tokens).max(0.0);
+        TokenInfo {
+            limit: self.per_minute,
+            remaining: tokens.max(0.0) as u64,
+            reset: Duration::from_secs_f64(missing / rate),
+            retry_after,
+        }
+    }
+
+    /// Takes `cost` tokens (at most the whole bucket) if they are there.
+    pub fn reserve(&self, cost: u64) -> TokenInfo {
+        let cost = cost.min(self.per_minute) as f64;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.refill(&mut st);
+        if st.0 >= cost {
+            st.0 -= cost;
+            self.info(st.0, None)
+        } else {
+            let rate = self.per_minute as f64 / 60.0;
+            let wait = Duration::from_secs_f64((cost - st.0) / rate).max(Duration::from_millis(1));
+            self.info(st.0, Some(wait))
+        }
+    }
+
+    /// Gives back `refund` tokens (negative: charges more). The balance may go below zero:
+    /// a request that used more than it reserved is paid for by the next ones.
+    pub fn adjust(&self, refund: i64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.refill(&mut st);
+        st.0 = (st.0 + refund as f64).min(self.per_minute as f64);
+    }
+}
+
+impl TokenInfo {
+    pub fn into_result(self) -> Result<(), GatewayError> {
+        match self.retry_after {
+            None => Ok(()),
+            Some(retry_after) => Err(GatewayError::TokenRateLimited {
+                limit: self.limit,
+                retry_after,
+            }),
+        }
+    }
+}
+
+// ------------------------------------------------------------- the limit stage, local or shared
+
+use crate::cluster::{Cluster, OnError};
+use crate::index::KeyEntry;
+
+/// What the policy says when Redis cannot answer: `None` means "use the local limiter".
+fn unavailable(cluster: &Cluster) -> Result<Option<()>, GatewayError> {
+    match cluster.config.on_backend_error {
+        OnError::Allow => Ok(Some(())),
+        OnError::Deny => Err(GatewayError::LimiterUnavailable),
+        OnError::Local => Ok(None),
+    }
+}
+
+/// Takes one request cell of the key's rate: shared in cluster mode, else this process's.
+pub async fn check_rate(
+    cluster: Option<&Arc<Cluster>>,
+    key: &KeyEntry,
+) -> Result<RateInfo, GatewayError> {
+    let Some(c) = cluster else {
+        return Ok(key.rate.check());
+    };
+    if let Some(info) = c
+        .check_rate(&key.id, key.rate.per_minute, key.rate.burst)
+        .await
+    {
+        return Ok(info);
+    }
+    Ok(match unavailable(c)? {
+        Some(()) => RateInfo {
+            limit: key.rate.per_minute,
+            remaining: key.rate.burst,
+            reset: Duration::ZERO,
+            retry_after: None,
+        },
+        None => key.rate.check(),
+    })
+}
+
+/// Takes one of the key's in-flight slots; the returned guard gives it back when dropped.
+pub async fn acquire_slot(
+    cluster: Option<&Arc<Cluster>>,
+    key: &KeyEntry,
+) -> Result<Box<dyn Send + Sync>, GatewayError> {
+    let refused = || GatewayError::ConcurrencyLimited(key.max_in_flight);
+    if let Some(c) = cluster {
+        match c.acquire_slot(&key.id, key.max_in_flight).await {
+            Some(Some(lease)) => return Ok(Box::new(lease)),
+            Some(None) => return Err(refused()),
+            None => {
+                if unavailable(c)?.is_some() {
+                    return Ok(Box::new(()));
+                }
+            }
+        }
+    }
+    let slot = key
+        .in_flight
+        .acquire(key.max_in_flight)
+        .ok_or_else(refused)?;
+    Ok(Box::new(slot))
+}
+
+/// Tokens reserved for one request, settled against real usage when it ends.
+pub struct TokenCharge {
+    reserved: u64,
+    target: ChargeTarget,
+}
+
+enum ChargeTarget {
+    Local(Arc<TokenBucket>),
+    Shared(Arc<Cluster>, Arc<str>, u64),
+    None,
+}
+
+impl TokenCharge {
+    /// `used`: the upstream's real usage, if it reported one. Without it, a successful
+    /// answer keeps its estimate and a failed one is refunded.
+    pub fn settle(self, used: Option<u64>, success: bool) {
+        let refund = match used {
+            Some(u) => self.reserved as i64 - u as i64,
+            None if success => 0,
+            None => self.reserved as i64,
+        };
+        if refund == 0 {
+            return;
+        }
+        match self.target {
+            ChargeTarget::Local(b) => b.adjust(refund),
+            ChargeTarget::Shared(c, id, per_minute) => c.adjust_tokens(&id, per_minute, refund),
+            ChargeTarget::None => {}
+        }
+    }
+}
+
+/// Reserves `estimate` tokens from the key's bucket, if it has a token limit.
+pub async fn reserve_tokens(
+    cluster: Option<&Arc<Cluster>>,
+    key: &KeyEntry,
+    estimate: u64,
+) -> Result<Option<(TokenInfo, TokenCharge)>, GatewayError> {
+    let Some(bucket) = &key.tokens else {
+        return Ok(None);
+    };
+    let reserved = estimate.min(bucket.per_minute);
+    let local = |b: &Arc<TokenBucket>| {
+        let info = b.reserve(reserved);
+        let target = if info.retry_after.is_none() {
+            ChargeTarget::Local(Arc::clone(b))
+        } else {
+            ChargeTarget::None
+        };
+        (info, TokenCharge { reserved, target })
+    };
+    let Some(c) = cluster else {
+        return Ok(Some(local(bucket)));
+    };
+    match c.reserve_tokens(&key.id, bucket.per_minute, reserved).await {
+        Some(info) => {
+            let target = if info.retry_after.is_none() {
+                ChargeTarget::Shared(Arc::clone(c), Arc::clone(&key.id), bucket.per_minute)
+            } else {
+                ChargeTarget::None
+            };
+            Ok(Some((info, TokenCharge { reserved, target })))
+        }
+        None => match unavailable(c)? {
+            Some(()) => Ok(None),
+            None => Ok(Some(local(bucket))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +468,18 @@ mod tests {
         assert_eq!(infos[0].remaining, 9);
         let refused = infos[10];
         assert!(refused.retry_after.unwrap() > Duration::from_secs(5));
+    }
+
+    #[test]
+    fn token_bucket_reserves_and_reconciles() {
+        let b = TokenBucket::new(1000);
+        assert!(b.reserve(600).retry_after.is_none());
+        assert!(b.reserve(600).retry_after.is_some(), "only ~400 left");
+        b.adjust(500); // the first request used 100 of its 600
+        let i = b.reserve(600);
+        assert!(i.retry_after.is_none(), "{i:?}");
+        b.adjust(-2000); // far more than reserved: the balance goes negative
+        assert!(b.reserve(1).retry_after.is_some());
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct ReloadStats {
 
 pub struct Gateway {
     live: ArcSwap<Live>,
+    /// The shared limit backend in cluster mode (fixed at start: a change needs a restart).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub failed_auth: FailedAuthGuard,
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
@@ -59,7 +61,13 @@ impl Gateway {
         let upstreams = build_upstreams(&config, &[]);
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
+        let cluster = config.cluster.clone().and_then(|c| {
+            crate::cluster::Cluster::start(c)
+                .map_err(|e| tracing::error!(error = %e, "cluster backend not started"))
+                .ok()
+        });
         Arc::new(Gateway {
+            cluster,
             live: ArcSwap::from_pointee(Live {
                 config: Arc::new(config),
                 keys: None,
@@ -141,6 +149,9 @@ impl Gateway {
         if next.keys.file != cur.config.keys.file {
             restart.push("keys.file changed".into());
         }
+        if next.cluster != cur.config.cluster {
+            restart.push("cluster changed".into());
+        }
         let upstreams = build_upstreams(&next, &cur.upstreams);
         let keys = cur.keys.as_ref().map(|idx| {
             if next.limits == cur.config.limits {
@@ -159,6 +170,7 @@ impl Gateway {
         // A restart-only setting keeps its running value so the state stays truthful.
         next.server.listen = cur.config.server.listen;
         next.keys.file = cur.config.keys.file.clone();
+        next.cluster = cur.config.cluster.clone();
         self.live.store(Arc::new(Live {
             config: Arc::new(next),
             keys,
