@@ -1367,7 +1367,10 @@ async fn h2_rapid_reset_flood_from_the_h2_crate_ends_in_goaway() {
     );
     // Connections opened for requests cancelled before anything was sent carry no request
     // and are closed; the per-connection cancel limit (8) bounds them too.
-    assert!(conns <= 16, "{conns} upstream connections for one abusive client");
+    assert!(
+        conns <= 16,
+        "{conns} upstream connections for one abusive client"
+    );
 }
 
 /// One HTTP/2 frame.

@@ -1,0 +1,303 @@
+//! Micro-benchmarks of the per-request work that does not touch a socket:
+//!
+//! - `keycheck/full/{1k,100k,1M}`: what `authenticate` + the rate stage cost for an allowed
+//!   request — `Token::parse` (prefix, alphabet, CRC32 checksum), SHA-256 of the token,
+//!   `KeyIndex::lookup`, and the key's GCRA `rate.check()`. The presented tokens rotate over
+//!   1024 keys spread across the whole index, so at 1M keys the lookup pays real cache misses.
+//! - `keycheck/parts/*`: the same four steps one by one, to see where the time goes.
+//! - `route/resolve/*`: `RouteTable::default().resolve` for typical and missing routes.
+//! - `body_facts/*`: model extraction from a 4 KB and a 64 KB chat body, with `model` last
+//!   (the OpenAI Python SDK puts `messages` first) and first.
+//! - `usage_scanner/*`: `UsageScanner` over a realistic chat SSE stream, one event per chunk.
+//!
+//! Run: `cargo bench --bench keycheck` (about 2 minutes on 2 cores; the 1M-key index is built
+//! once and takes a few seconds). Filter with e.g. `cargo bench --bench keycheck -- keycheck/full`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::Method;
+use keygate::account::UsageScanner;
+use keygate::authorize::{body_facts, RouteTable};
+use keygate::config::LimitDefaults;
+use keygate::index::KeyIndex;
+use keygate::key::{self, Token};
+use keygate::scope::Scopes;
+use keygate::store::{self, KeyFile, KeyLimits, KeyRecord};
+use keygate::time::Timestamp;
+use std::hint::black_box;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const PREFIX: &str = "sk_kg";
+const SIZES: [(usize, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
+/// How many distinct tokens the benchmark presents, spread evenly over the key set.
+const PROBES: usize = 1024;
+
+/// The built-in `[limits]` defaults (parsed, so new fields need no change here).
+fn limits() -> LimitDefaults {
+    keygate::config::Config::parse("", None)
+        .expect("the empty configuration is valid")
+        .limits
+}
+
+/// 1M key records (hashes from `key::generate`) and every plaintext, built once.
+struct Keys {
+    records: Vec<KeyRecord>,
+    plaintexts: Vec<String>,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let n = SIZES[SIZES.len() - 1].0;
+        let started = std::time::Instant::now();
+        let now = Timestamp::now();
+        let scopes = Scopes::inference().names();
+        let mut records = Vec::with_capacity(n);
+        let mut plaintexts = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = key::generate(PREFIX).expect("OS random source");
+            records.push(KeyRecord {
+                id: format!("key_{i:016}"),
+                name: format!("bench-{i}"),
+                sha256: store::hash_hex(&t.hash),
+                last4: t.last4.clone(),
+                scopes: scopes.clone(),
+                models: Vec::new(),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+                rotated_at: None,
+                // High enough that the limiter is exercised but never refuses.
+                limits: KeyLimits {
+                    requests_per_minute: Some(100_000_000),
+                    ..KeyLimits::default()
+                },
+                previous: Vec::new(),
+            });
+            plaintexts.push(t.plaintext);
+        }
+        eprintln!(
+            "generated {n} keys in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        Keys {
+            records,
+            plaintexts,
+        }
+    })
+}
+
+/// The index over the first `n` keys, and `PROBES` tokens spread over them.
+fn index_of(n: usize) -> (KeyIndex, Vec<String>) {
+    let k = keys();
+    let file = KeyFile {
+        version: store::FILE_VERSION,
+        keys: k.records[..n].to_vec(),
+    };
+    let started = std::time::Instant::now();
+    let index = KeyIndex::build(&file, &limits(), None);
+    eprintln!(
+        "built index of {n} keys in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    let step = (n / PROBES).max(1);
+    let probes = (0..PROBES)
+        .map(|i| k.plaintexts[(i * step) % n].clone())
+        .collect();
+    (index, probes)
+}
+
+/// The whole check an allowed request pays before forwarding.
+#[inline]
+fn key_check(index: &KeyIndex, token: &str) -> u32 {
+    let t = Token::parse(token, PREFIX).expect("well-formed token");
+    let (entry, _secret) = index.lookup(&t.hash()).expect("known key");
+    let info = entry.rate.check();
+    debug_assert!(info.retry_after.is_none());
+    info.remaining
+}
+
+fn bench_keycheck(c: &mut Criterion) {
+    for (n, label) in SIZES {
+        let (index, probes) = index_of(n);
+        let mut g = c.benchmark_group("keycheck/full");
+        g.throughput(Throughput::Elements(1));
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(label), |b| {
+            b.iter(|| {
+                i = (i + 1) % PROBES;
+                black_box(key_check(&index, black_box(&probes[i])))
+            })
+        });
+        g.finish();
+        if n == SIZES[0].0 || n == SIZES[SIZES.len() - 1].0 {
+            // The lookup alone, at the smallest and largest size.
+            let hashes: Vec<key::KeyHash> = probes.iter().map(|p| key::hash_token(p)).collect();
+            let mut j = 0usize;
+            let mut g = c.benchmark_group("keycheck/parts");
+            g.bench_function(format!("lookup/{label}"), |b| {
+                b.iter(|| {
+                    j = (j + 1) % PROBES;
+                    black_box(index.lookup(black_box(&hashes[j])).is_some())
+                })
+            });
+            g.finish();
+        }
+    }
+
+    let token = keys().plaintexts[0].clone();
+    let mut g = c.benchmark_group("keycheck/parts");
+    g.bench_function("token_parse_checksum", |b| {
+        b.iter(|| Token::parse(black_box(&token), PREFIX).is_ok())
+    });
+    g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
+    let rate = keygate::limit::RateLimit::new(100_000_000, 100_000_000);
+    g.bench_function("rate_check", |b| {
+        b.iter(|| black_box(rate.check()).remaining)
+    });
+    g.finish();
+}
+
+fn bench_route(c: &mut Criterion) {
+    let t = RouteTable::default();
+    let mut g = c.benchmark_group("route/resolve");
+    for (name, m, p) in [
+        ("chat", Method::POST, "/v1/chat/completions"),
+        ("embeddings", Method::POST, "/v1/embeddings"),
+        (
+            "model_get",
+            Method::GET,
+            "/v1/models/meta-llama/Llama-3.1-8B",
+        ),
+        ("images", Method::POST, "/v1/images/generations"),
+        ("miss", Method::GET, "/metrics"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| t.resolve(black_box(&m), black_box(p)).map(|r| r.scope))
+        });
+    }
+    g.bench_function("is_normal_path", |b| {
+        b.iter(|| keygate::authorize::is_normal_path(black_box("/v1/chat/completions")))
+    });
+    g.finish();
+}
+
+/// A chat body of about `size` bytes: several turns with escapes and unicode, as clients send.
+fn chat_body(size: usize, model_first: bool) -> Vec<u8> {
+    let turn = "Please summarise the following text.\n\"Quoted\" words, tabs\tand unicode: \u{e9}t\u{e9}, \u{4e2d}\u{6587}. ";
+    let mut messages =
+        vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant."})];
+    let mut i = 0;
+    loop {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(serde_json::json!({"role": role, "content": turn.repeat(4)}));
+        i += 1;
+        let msgs = serde_json::Value::Array(messages.clone());
+        let body = if model_first {
+            format!(
+                r#"{{"model":"llama-3.1-8b-instruct","messages":{msgs},"temperature":0.7,"max_tokens":256,"stream":true}}"#
+            )
+        } else {
+            format!(
+                r#"{{"messages":{msgs},"temperature":0.7,"max_tokens":256,"stream":true,"model":"llama-3.1-8b-instruct"}}"#
+            )
+        }
+        .into_bytes();
+        if body.len() >= size {
+            return body;
+        }
+    }
+}
+
+fn bench_body(c: &mut Criterion) {
+    let mut g = c.benchmark_group("body_facts");
+    for (size, label) in [(4 << 10, "4KB"), (64 << 10, "64KB")] {
+        for model_first in [false, true] {
+            let body = chat_body(size, model_first);
+            assert_eq!(
+                body_facts(&body).unwrap().model.as_deref(),
+                Some("llama-3.1-8b-instruct")
+            );
+            g.throughput(Throughput::Bytes(body.len() as u64));
+            let where_ = if model_first {
+                "model_first"
+            } else {
+                "model_last"
+            };
+            g.bench_function(format!("{label}/{where_}"), |b| {
+                b.iter(|| body_facts(black_box(&body)).map(|f| f.stream))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A chat completion streamed as vLLM does: a role chunk, `tokens` content chunks, a finish
+/// chunk, the usage chunk and `[DONE]`, one event per element.
+fn sse_stream(tokens: usize) -> Vec<Vec<u8>> {
+    let head = r#"{"id":"chatcmpl-8f2a9c1e6b3d4f7a","object":"chat.completion.chunk","created":1718000000,"model":"llama-3.1-8b-instruct","#;
+    let mut ev = vec![format!(
+        r#"data: {head}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}"#
+    )];
+    for i in 0..tokens {
+        ev.push(format!(
+            r#"data: {head}"choices":[{{"index":0,"delta":{{"content":" word{i}"}},"logprobs":null,"finish_reason":null}}]}}"#
+        ));
+    }
+    ev.push(format!(
+        r#"data: {head}"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}"#
+    ));
+    ev.push(format!(
+        r#"data: {head}"choices":[],"usage":{{"prompt_tokens":1234,"total_tokens":{},"completion_tokens":{tokens}}}}}"#,
+        1234 + tokens
+    ));
+    ev.push("data: [DONE]".into());
+    ev.into_iter()
+        .map(|e| format!("{e}\n\n").into_bytes())
+        .collect()
+}
+
+fn bench_usage(c: &mut Criterion) {
+    let mut g = c.benchmark_group("usage_scanner");
+    for tokens in [16usize, 256] {
+        let events = sse_stream(tokens);
+        let bytes: usize = events.iter().map(Vec::len).sum();
+        let mut check = UsageScanner::default();
+        events.iter().for_each(|e| check.feed(e));
+        assert_eq!(check.tokens().map(|t| t.completion), Some(tokens as u64));
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(format!("stream_{tokens}_events/per_event_chunks"), |b| {
+            b.iter(|| {
+                let mut s = UsageScanner::default();
+                for e in &events {
+                    s.feed(black_box(e));
+                }
+                s.tokens()
+            })
+        });
+        let whole: Vec<u8> = events.concat();
+        g.bench_function(format!("stream_{tokens}_events/one_chunk"), |b| {
+            b.iter(|| {
+                let mut s = UsageScanner::default();
+                s.feed(black_box(&whole));
+                s.tokens()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_route, bench_body, bench_usage, bench_keycheck
+}
+criterion_main!(benches);
