@@ -150,6 +150,8 @@ fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
 /// What the gateway adds to a forwarded request.
 pub struct ForwardInfo<'a> {
     pub client_ip: IpAddr,
+    /// The credential the client presented: no header carrying it goes upstream.
+    pub credential: &'a str,
     pub https: bool,
     pub key_id: &'a str,
     pub request_id: &'a HeaderValue,
@@ -166,6 +168,7 @@ pub fn upstream_request(
     let uri = upstream.uri(pq)?;
     let mut headers = parts.headers;
     headers::sanitize_request(&mut headers);
+    headers::remove_containing(&mut headers, info.credential);
     if let Some(k) = &upstream.config.api_key {
         headers.insert(header::AUTHORIZATION, k.clone());
     }

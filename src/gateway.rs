@@ -25,6 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+/// An authenticated caller: its connection, and the credential it presented, kept only so
+/// the forward stage can make sure no copy of it goes upstream. Never logged.
+pub struct Caller {
+    pub conn: Conn,
+    credential: String,
+}
+
 /// Connection facts the listener knows.
 #[derive(Debug, Clone, Copy)]
 pub struct Conn {
@@ -180,10 +187,15 @@ async fn pipeline(
     // Authenticate.
     let now = Timestamp::now();
     let prefix = &live.config.keys.prefix;
-    let key = {
+    let (key, caller) = {
         let cred = credential(req.headers(), req.uri().query(), prefix)?
             .ok_or(GatewayError::MissingKey)?;
-        authenticate(index, &cred, prefix, conn.peer.ip(), &gw.failed_auth, now)?
+        let key = authenticate(index, &cred, prefix, conn.peer.ip(), &gw.failed_auth, now)?;
+        let caller = Caller {
+            conn,
+            credential: cred.as_str().to_owned(),
+        };
+        (key, caller)
     };
     finish.key = Some(Arc::clone(&key));
     key.usage.touch(now);
@@ -202,7 +214,7 @@ async fn pipeline(
         .push(crate::limit::acquire_slot(cluster, &key).await?);
 
     match route.handler {
-        Handler::Forward => proxy(&live, cluster, &key, route, req, conn, finish, limits).await,
+        Handler::Forward => proxy(&live, cluster, &key, route, req, &caller, finish, limits).await,
         Handler::RetrieveModel => {
             let model = path["/v1/models/".len()..].to_string();
             if !key.may_use_model(&model) {
@@ -218,12 +230,12 @@ async fn pipeline(
                 &key,
                 req,
                 UpBody::full(Bytes::new()),
-                conn,
+                &caller,
                 finish,
             )
             .await
         }
-        Handler::ListModels => list_models(&live, &key, conn, finish).await,
+        Handler::ListModels => list_models(&live, &key, &caller, finish).await,
         Handler::Admin => crate::admin::handle(gw, &live, &key, req, finish).await,
         Handler::Usage => Ok(crate::admin::usage(&live, &key)),
     }
@@ -290,7 +302,7 @@ async fn proxy(
     key: &Arc<KeyEntry>,
     route: RouteMatch,
     req: Request<Incoming>,
-    conn: Conn,
+    caller: &Caller,
     finish: &mut Finish,
     limits: &mut LimitState,
 ) -> Result<Response<Body>, GatewayError> {
@@ -368,7 +380,7 @@ async fn proxy(
         )
     };
     let req = Request::from_parts(parts, ());
-    let mut resp = send(&upstream, key, req, upbody, conn, finish).await?;
+    let mut resp = send(&upstream, key, req, upbody, caller, finish).await?;
     if strip_usage {
         resp.body_mut().strip_usage_chunk();
     }
@@ -381,13 +393,14 @@ async fn send<B>(
     key: &KeyEntry,
     req: Request<B>,
     body: UpBody,
-    conn: Conn,
+    caller: &Caller,
     finish: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, _) = req.into_parts();
     let info = ForwardInfo {
-        client_ip: conn.peer.ip(),
-        https: conn.https,
+        client_ip: caller.conn.peer.ip(),
+        https: caller.conn.https,
+        credential: &caller.credential,
         key_id: &key.id,
         request_id: &finish.request_id,
     };
@@ -409,7 +422,7 @@ async fn send<B>(
 async fn list_models(
     live: &Live,
     key: &KeyEntry,
-    conn: Conn,
+    caller: &Caller,
     finish: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {
     let mut data: Vec<serde_json::Value> = Vec::new();
@@ -418,7 +431,7 @@ async fn list_models(
         let req = Request::get("/v1/models")
             .body(())
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let resp = match send(u, key, req, UpBody::full(Bytes::new()), conn, finish).await {
+        let resp = match send(u, key, req, UpBody::full(Bytes::new()), caller, finish).await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 tracing::warn!(upstream = %u.name, status = %r.status(), "upstream did not list its models");

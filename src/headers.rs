@@ -58,6 +58,23 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
     headers.remove(header::HOST);
 }
 
+/// Removes every header whose value contains `secret`: a client that sends its key twice
+/// (`Authorization` and Azure-style `api-key`, or any custom header) must not leak the copy.
+pub fn remove_containing(headers: &mut HeaderMap, secret: &str) {
+    if secret.len() < 8 {
+        return; // not a real key: nothing a substring search could protect
+    }
+    let finder = memchr::memmem::Finder::new(secret.as_bytes());
+    let leaking: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in leaking {
+        headers.remove(&name);
+    }
+}
+
 /// Prepares an upstream's headers for the client.
 pub fn sanitize_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
@@ -87,6 +104,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn copies_of_the_credential_are_removed_whatever_the_header() {
+        let mut h = HeaderMap::new();
+        h.append("api-key", HeaderValue::from_static("sk_kg_SECRETSECRET"));
+        h.append(
+            "truthorization",
+            HeaderValue::from_static("b Bearer sk_kg_SECRETSECRET"),
+        );
+        h.append("x-other", HeaderValue::from_static("fine"));
+        remove_containing(&mut h, "sk_kg_SECRETSECRET");
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-other"]);
     }
 
     #[test]

@@ -581,13 +581,31 @@ async fn canary_no_credential_or_hop_header_reaches_upstream() {
         200
     );
 
+    // Found by the request_path fuzzer: the key copied into other headers (Azure-style
+    // `api-key`, or anything else) must not ride along.
+    let copy = format!("b Bearer {key}");
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("x-api-key", &key),
+            ("api-key", &key),
+            ("truthorization", &copy),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
     let seen = g.mock.recorder.take();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 4);
     for r in &seen {
         let h = &r.headers;
         for name in [
             "authorization",
             "x-api-key",
+            "api-key",
+            "truthorization",
             "proxy-authorization",
             "connection",
             "x-hop-secret",
