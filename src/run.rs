@@ -144,6 +144,9 @@ pub fn watch_config_file(
     })
 }
 
+/// The usage fingerprint at the last save (see `usage::save_if_changed`).
+static SAVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn flush_usage(gw: &Arc<Gateway>, restored: &AtomicBool) {
     if !restored.load(Ordering::Acquire) {
         return; // never overwrite saved usage before it was restored
@@ -151,7 +154,7 @@ async fn flush_usage(gw: &Arc<Gateway>, restored: &AtomicBool) {
     let gw = Arc::clone(gw);
     let path = gw.config().keys.state_file.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = crate::usage::save_state(&gw, &path) {
+        if let Err(e) = crate::usage::save_if_changed(&gw, &path, &SAVED) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save usage state");
         }
     })

@@ -29,7 +29,37 @@ pub fn load_state(path: &Path) -> std::io::Result<HashMap<String, UsageSnapshot>
     }
 }
 
-/// Writes the current counters of every key in the index.
+/// A cheap summary of all counters: when it has not moved, there is nothing to save.
+fn fingerprint(gw: &Gateway) -> u64 {
+    let live = gw.live();
+    live.keys.as_ref().map_or(0, |idx| {
+        idx.entries().fold(0u64, |acc, e| {
+            let u = &e.usage;
+            acc.wrapping_add(u.requests.load(std::sync::atomic::Ordering::Relaxed))
+                .wrapping_add(u.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed))
+                .wrapping_add(u.completion_tokens.load(std::sync::atomic::Ordering::Relaxed))
+        })
+    })
+}
+
+/// Writes the counters of every key that has been used, unless nothing changed since the
+/// write that left `last` (a fingerprint this function keeps up to date). Returns whether it
+/// wrote.
+pub fn save_if_changed(
+    gw: &Gateway,
+    path: &Path,
+    last: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<bool> {
+    let now = fingerprint(gw);
+    if now == last.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(false);
+    }
+    save_state(gw, path)?;
+    last.store(now, std::sync::atomic::Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Writes the current counters of every key in the index that has been used.
 pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
     let live = gw.live();
     let Some(idx) = &live.keys else {
@@ -37,7 +67,10 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
     };
     let mut keys = load_state(path).unwrap_or_default();
     for e in idx.entries() {
-        keys.insert(e.id.to_string(), e.usage.snapshot());
+        let snap = e.usage.snapshot();
+        if snap != crate::account::UsageSnapshot::default() {
+            keys.insert(e.id.to_string(), snap);
+        }
     }
     let file = StateFile {
         version: 1,
