@@ -4,7 +4,9 @@
 //!   request — `Token::parse` (prefix, alphabet, CRC32 checksum), SHA-256 of the token,
 //!   `KeyIndex::lookup`, and the key's GCRA `rate.check()`. The presented tokens rotate over
 //!   1024 keys spread across the whole index, so at 1M keys the lookup pays real cache misses.
-//! - `keycheck/parts/*`: the same four steps one by one, to see where the time goes.
+//! - `keycheck/parts/*`: the same four steps one by one, to see where the time goes, and the
+//!   rate check's refused (429) path.
+//! - `keycheck/index_build/10k_keys`: building the index (what a reload or start-up pays).
 //! - `route/resolve/*`: `RouteTable::default().resolve` for typical and missing routes.
 //! - `body_facts/*`: model extraction from a 4 KB and a 64 KB chat body, with `model` last
 //!   (the OpenAI Python SDK puts `messages` first) and first.
@@ -95,16 +97,32 @@ fn index_of(n: usize) -> (KeyIndex, Vec<String>) {
         keys: k.records[..n].to_vec(),
     };
     let started = std::time::Instant::now();
+    let rss_before = rss_kb();
     let index = KeyIndex::build(&file, &limits(), None);
+    let grown = rss_kb().saturating_sub(rss_before);
     eprintln!(
-        "built index of {n} keys in {:.3}s",
-        started.elapsed().as_secs_f64()
+        "built index of {n} keys in {:.3}s; RSS grew {:.1} MB ({} bytes per key)",
+        started.elapsed().as_secs_f64(),
+        grown as f64 / 1024.0,
+        grown * 1024 / n as u64
     );
     let step = (n / PROBES).max(1);
     let probes = (0..PROBES)
         .map(|i| k.plaintexts[(i * step) % n].clone())
         .collect();
     (index, probes)
+}
+
+/// This process's resident set (Linux), to see what the index itself costs per key.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The whole check an allowed request pays before forwarding.
@@ -151,9 +169,29 @@ fn bench_keycheck(c: &mut Criterion) {
         b.iter(|| Token::parse(black_box(&token), PREFIX).is_ok())
     });
     g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
-    let rate = keygate::limit::RateLimit::new(100_000_000, 100_000_000);
-    g.bench_function("rate_check", |b| {
+    // A burst no benchmark run can drain: every check is allowed.
+    let rate = keygate::limit::RateLimit::new(100_000_000, u32::MAX);
+    g.bench_function("rate_check/allowed", |b| {
         b.iter(|| black_box(rate.check()).remaining)
+    });
+    // One cell a minute, already taken: every check is refused (the 429 path).
+    let refused = keygate::limit::RateLimit::new(1, 1);
+    let _ = refused.check();
+    g.bench_function("rate_check/refused", |b| {
+        b.iter(|| black_box(refused.check()).retry_after)
+    });
+    g.finish();
+
+    // What a reload or start-up pays per key: one `KeyIndex` entry (limiter included).
+    let file = KeyFile {
+        version: store::FILE_VERSION,
+        keys: keys().records[..10_000].to_vec(),
+    };
+    let mut g = c.benchmark_group("keycheck/index_build");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(file.keys.len() as u64));
+    g.bench_function("10k_keys", |b| {
+        b.iter(|| KeyIndex::build(black_box(&file), &limits(), None).len())
     });
     g.finish();
 }

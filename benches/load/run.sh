@@ -1,0 +1,632 @@
+#!/usr/bin/env bash
+# keygate load harness: one command, writes benches/RESULTS.md. See benches/load/README.md.
+#
+#   benches/load/run.sh
+#
+# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), MICRO (1: also run the criterion
+# benches; 0: reuse target/criterion results if any), BIG_KEYS (1000000: the large key
+# set for the memory test), WORK (work dir, default a new
+# /tmp/keygate-load.*), OUT (benches/RESULTS.md), NO_INSTALL=1 (never apt-get),
+# OHA (path to oha; else looked up in PATH and ~/.cargo/bin), NO_BUILD=1 (use the existing
+# target/release/keygate).
+#
+# Everything listens on and targets 127.0.0.1 only; every wait is bounded; every process
+# started here is killed on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+ROUNDS=${ROUNDS:-3}
+DUR=${DUR:-5}
+MICRO=${MICRO:-1}
+BIG_KEYS=${BIG_KEYS:-1000000}
+BIG_LABEL=$([[ $BIG_KEYS == 1000000 ]] && echo "1M keys" || echo "$BIG_KEYS keys")
+OUT=${OUT:-$ROOT/benches/RESULTS.md}
+WORK=${WORK:-$(mktemp -d /tmp/keygate-load.XXXXXX)}
+mkdir -p "$WORK"
+RES=$WORK/results.jsonl
+: >"$RES"
+PY=${PYTHON:-python3}
+TOOLS="$ROOT/benches/load/tools.py"
+T() { "$PY" "$TOOLS" "$@"; }
+BIN=$ROOT/target/release/keygate
+PROXY_CPU=0
+LOAD_CPU=1
+P_MOCK=18080 P_KG=18081 P_HA=18082 P_NG=18083 P_KG100K=18085 P_MEM=18086
+STARTED=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ------------------------------------------------------------------ process bookkeeping
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]:-}"; do
+        [[ -n "$p" ]] && kill -TERM "$p" 2>/dev/null || true
+    done
+    sleep 0.5
+    for p in "${PIDS[@]:-}"; do
+        [[ -n "$p" ]] && kill -KILL "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU CMD...: starts CMD pinned to CPU, logs to $WORK/NAME.log, sets $LAST_PID.
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+stop() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 200); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# wait_http URL SECS [EXPECT]: polls until URL answers (status EXPECT, default any).
+wait_http() {
+    local url=$1 secs=$2 expect=${3:-} end code
+    end=$(($(date +%s) + secs))
+    while (($(date +%s) < end)); do
+        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" || true)
+        if [[ "$code" != "000" && (-z "$expect" || "$code" == "$expect") ]]; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    log "timed out waiting for $url"
+    return 1
+}
+
+# ------------------------------------------------------------------ tools
+need_install=()
+command -v wrk >/dev/null || need_install+=(wrk)
+command -v haproxy >/dev/null || need_install+=(haproxy)
+command -v nginx >/dev/null || need_install+=(nginx-light)
+if ((${#need_install[@]})) && [[ "${NO_INSTALL:-0}" != 1 ]] && [[ $(id -u) == 0 ]]; then
+    log "installing ${need_install[*]} with apt-get"
+    apt-get update >"$WORK/apt.log" 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_install[@]}" >>"$WORK/apt.log" 2>&1 ||
+        log "apt-get install failed; continuing with what is there"
+fi
+command -v wrk >/dev/null || {
+    log "wrk is required"
+    exit 1
+}
+HAVE_HA=0 HAVE_NG=0
+command -v haproxy >/dev/null && HAVE_HA=1
+command -v nginx >/dev/null && HAVE_NG=1
+OHA=${OHA:-$(command -v oha || true)}
+[[ -z "$OHA" && -x "$HOME/.cargo/bin/oha" ]] && OHA=$HOME/.cargo/bin/oha
+[[ -n "$OHA" && -x "$OHA" ]] || OHA=""
+
+if [[ "${NO_BUILD:-0}" == 1 && -x "$BIN" ]]; then
+    log "NO_BUILD=1: using the existing $BIN"
+else
+    log "building release"
+    cargo build --release --bin keygate >"$WORK/build.log" 2>&1 || {
+        tail -30 "$WORK/build.log"
+        exit 1
+    }
+fi
+# The micro-benchmark binary is built now, from the same sources, and run at the end.
+MICRO_EXE=""
+if [[ "$MICRO" == 1 ]]; then
+    log "building the micro-benchmarks (cargo bench --bench keycheck --no-run)"
+    if cargo bench --bench keycheck --no-run >"$WORK/micro-build.log" 2>&1; then
+        MICRO_EXE=$(sed -n 's/.*Executable .*(\(.*\)).*/\1/p' "$WORK/micro-build.log" | tail -1)
+        [[ "$MICRO_EXE" == /* ]] || MICRO_EXE="$ROOT/$MICRO_EXE"
+    else
+        log "cargo bench --no-run failed (see $WORK/micro-build.log); micro-benchmarks skipped"
+    fi
+fi
+
+# ------------------------------------------------------------------ keys and configs
+BODY='{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Say hello in five words, please."}],"max_tokens":16}'
+
+# gateway_toml DIR PORT: writes DIR/gateway.toml (keys in DIR/keys.json).
+gateway_toml() {
+    mkdir -p "$1"
+    cat >"$1/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+max_in_flight = 100000
+
+[keys]
+file = "keys.json"
+prefix = "sk_kg"
+reload = true
+poll_interval = "1s"
+
+[limits]
+requests_per_minute = 100000000
+max_in_flight = 100000
+failed_auth_per_minute = 1000000000
+
+[[upstream]]
+name = "mock"
+url = "http://127.0.0.1:$P_MOCK"
+models = ["*"]
+
+[log]
+level = "warn"
+EOF
+}
+
+# new_key DIR NAME RPM: creates a key with the CLI, prints its plaintext.
+new_key() {
+    "$BIN" --config "$1/gateway.toml" keys create --name "$2" --rpm "$3" --json |
+        "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+
+# lua FILE [KEY]: a wrk script that POSTs the chat body, with the key when given.
+lua() {
+    {
+        echo 'wrk.method = "POST"'
+        echo 'wrk.path = "/v1/chat/completions"'
+        echo "wrk.body = '$BODY'"
+        echo 'wrk.headers["Content-Type"] = "application/json"'
+        [[ -n "${2:-}" ]] && echo "wrk.headers[\"Authorization\"] = \"Bearer $2\""
+        true
+    } >"$1"
+}
+
+KEYS_MAIN=1000
+log "creating keys (work dir $WORK)"
+gateway_toml "$WORK/kg" $P_KG
+KEY=$(new_key "$WORK/kg" bench 100000000)
+KEY_LIMITED=$(new_key "$WORK/kg" limited 1)
+T filler "$WORK/kg/keys.json" $((KEYS_MAIN - 2))
+gateway_toml "$WORK/junk" 1
+BADKEY=$(new_key "$WORK/junk" unknown 1) # well-formed, valid checksum, in no key file we serve
+lua "$WORK/key.lua" "$KEY"
+lua "$WORK/nokey.lua"
+lua "$WORK/badkey.lua" "$BADKEY"
+lua "$WORK/limited.lua" "$KEY_LIMITED"
+
+# HAProxy: SHA-256 (upper-case hex, as the `hex` converter prints it) of every key.
+"$PY" -c 'import json,sys; [print(k["sha256"].upper()) for k in json.load(open(sys.argv[1]))["keys"]]' \
+    "$WORK/kg/keys.json" >"$WORK/haproxy-keys.lst"
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 1800
+    log stderr format raw local0 err
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+
+backend per_key_rate
+    stick-table type string len 64 size 2m expire 60s store http_req_rate(60s)
+
+frontend fe
+    bind 127.0.0.1:$P_HA
+    http-request set-var(txn.kh) req.hdr(authorization),word(2,' '),sha2(256),hex
+    acl key_ok var(txn.kh) -m str -f $WORK/haproxy-keys.lst
+    http-request deny deny_status 401 unless key_ok
+    http-request track-sc0 var(txn.kh) table per_key_rate
+    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 100000000 }
+    default_backend mock
+
+backend mock
+    http-reuse always
+    server mock 127.0.0.1:$P_MOCK
+EOF
+
+# nginx: `map` on the whole Authorization header (the bench key plus fillers of the same
+# shape, as many as keygate has keys), per-key limit_req, keep-alive upstream.
+mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+{
+    echo "    \"Bearer $KEY\" 1;"
+    echo "    \"Bearer $KEY_LIMITED\" 1;"
+    "$PY" -c '
+import secrets,sys
+B="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+for _ in range(int(sys.argv[1])):
+    print("    \"Bearer sk_kg_" + "".join(secrets.choice(B) for _ in range(38)) + "\" 1;")
+' $((KEYS_MAIN - 2))
+} >"$WORK/nginx/keys.map"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 2000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    map_hash_bucket_size 128;
+    map \$http_authorization \$key_ok {
+        default 0;
+        include $WORK/nginx/keys.map;
+    }
+    limit_req_zone \$http_authorization zone=per_key:32m rate=1000000r/s;
+    upstream mock {
+        server 127.0.0.1:$P_MOCK;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NG;
+        location / {
+            if (\$key_ok = 0) { return 401; }
+            limit_req zone=per_key burst=1000000 nodelay;
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+
+# ------------------------------------------------------------------ start everything
+log "starting mock, keygate$( ((HAVE_HA)) && echo ', haproxy')$( ((HAVE_NG)) && echo ', nginx')"
+TOKIO_WORKER_THREADS=1 start mock $LOAD_CPU "$BIN" mock --listen 127.0.0.1:$P_MOCK
+MOCK_PID=$LAST_PID
+wait_http "http://127.0.0.1:$P_MOCK/v1/models" 30
+TOKIO_WORKER_THREADS=1 start keygate $PROXY_CPU "$BIN" serve --config "$WORK/kg/gateway.toml"
+KG_PID=$LAST_PID
+wait_http "http://127.0.0.1:$P_KG/readyz" 60 200
+if ((HAVE_HA)); then
+    haproxy -c -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 || {
+        cat "$WORK/haproxy-check.log"
+        exit 1
+    }
+    start haproxy $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg"
+    HA_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$P_HA/" 30
+fi
+if ((HAVE_NG)); then
+    nginx -t -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx-check.log" 2>&1 || {
+        cat "$WORK/nginx-check.log"
+        exit 1
+    }
+    start nginx $PROXY_CPU nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+    NG_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$P_NG/" 30
+fi
+
+# Sanity: every contender forwards the bench key and refuses a missing one.
+for t in "direct $P_MOCK" "keygate $P_KG" "haproxy $P_HA" "nginx $P_NG"; do
+    set -- $t
+    [[ $1 == haproxy && $HAVE_HA == 0 ]] && continue
+    [[ $1 == nginx && $HAVE_NG == 0 ]] && continue
+    ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions")
+    no=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" \
+        "http://127.0.0.1:$2/v1/chat/completions")
+    log "sanity $1: with key $ok, without key $no"
+    [[ $ok == 200 ]] || {
+        log "$1 does not forward; see $WORK/*.log"
+        exit 1
+    }
+done
+
+# ------------------------------------------------------------------ measurement helpers
+declare -A URL=([direct]="http://127.0.0.1:$P_MOCK/v1/chat/completions"
+    [keygate]="http://127.0.0.1:$P_KG/v1/chat/completions"
+    [haproxy]="http://127.0.0.1:$P_HA/v1/chat/completions"
+    [nginx]="http://127.0.0.1:$P_NG/v1/chat/completions")
+declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [haproxy]=${HA_PID:-} [nginx]=${NG_PID:-})
+CONTENDERS=(direct keygate)
+((HAVE_HA)) && CONTENDERS+=(haproxy)
+((HAVE_NG)) && CONTENDERS+=(nginx)
+
+# emit JSON_FROM_TOOL EXTRA_JSON: merges and appends one record to results.jsonl.
+emit() {
+    "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(json.loads(sys.argv[2])); print(json.dumps(d))' \
+        "$1" "$2" >>"$RES"
+}
+
+# wrk_run OUTFILE SCRIPT URL [SECS]
+wrk_run() {
+    taskset -c $LOAD_CPU timeout $((${4:-$DUR} + 20)) wrk -t1 -c32 -d"${4:-$DUR}"s --timeout 5s --latency -s "$2" "$3" >"$1" 2>&1 || true
+}
+
+# mtime of keygate's usage state file: it is rewritten every 10 s, and a run during which
+# that happened is flagged, since the rewrite costs CPU on the same core.
+state_mtime() { stat -c %Y "$WORK/kg/keys.json.state" 2>/dev/null || echo 0; }
+
+throughput() { # NAME ROUND
+    local name=$1 round=$2 f="$WORK/wrk-$1-r$2.txt" c0 c1 m0 m1
+    c0=$(T cpu ${PID_OF[$name]})
+    m0=$(state_mtime)
+    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}"
+    m1=$(state_mtime)
+    c1=$(T cpu ${PID_OF[$name]})
+    emit "$(T throughput "$f" "$name" "$round" "$c0" "$c1")" "{\"state_flush\":$([[ $name == keygate && $m0 != "$m1" ]] && echo true || echo false)}"
+    log "  $name r$round: $(tail -1 "$RES")"
+}
+
+fixed_rate() { # NAME ROUND RATE SECS CONNS
+    local name=$1 round=$2 rate=$3 secs=$4 conns=$5 f="$WORK/oha-$1-$3-r$2.json"
+    taskset -c $LOAD_CPU timeout $((secs + 30)) "$OHA" -z "${secs}s" -q "$rate" -c "$conns" --latency-correction \
+        --no-tui --output-format json -m POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d "$BODY" "${URL[$name]}" >"$f" 2>"$f.err" || true
+    emit "$(T oha "$f")" "{\"kind\":\"fixed_rate\",\"target\":\"$name\",\"round\":$round,\"rate\":$rate}"
+}
+
+# ------------------------------------------------------------------ memory (before the rounds)
+mem_instance() { # LABEL DIR PORT WINDOW -> record; leaves the instance running with $LAST_PID
+    local label=$1 dir=$2 port=$3 window=$4 t0 t1 r c0 c1
+    t0=$(date +%s.%N)
+    TOKIO_WORKER_THREADS=1 start "kg-$port" $PROXY_CPU "$BIN" serve --config "$dir/gateway.toml"
+    MEM_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$port/readyz" 180 200
+    t1=$(date +%s.%N)
+    sleep 1
+    c0=$(T cpu "$MEM_PID")
+    sleep "$window"
+    c1=$(T cpu "$MEM_PID")
+    r=$(T rss "$MEM_PID")
+    emit "{\"kind\":\"memory\",\"label\":\"$label\"}" "$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); print(json.dumps({'rss_kb':d['VmRSS'],'hwm_kb':d['VmHWM'],'ready_s':$t1-$t0,'idle_cpu_ms':($c1-$c0)*1000,'idle_window_s':$window}))" "$r")"
+    log "  $label: $(tail -1 "$RES")"
+}
+
+log "memory: 1 key"
+gateway_toml "$WORK/m1" $P_MEM
+new_key "$WORK/m1" one 100000000 >/dev/null
+mem_instance "1 key" "$WORK/m1" $P_MEM 5
+before=$(T rss "$MEM_PID")
+T idle 127.0.0.1 $P_MEM 1000 6 >"$WORK/idle.out" &
+IDLE_PID=$!
+PIDS+=("$IDLE_PID")
+for _ in $(seq 100); do [[ -s "$WORK/idle.out" ]] && break; sleep 0.1; done
+sleep 1
+after=$(T rss "$MEM_PID")
+wait "$IDLE_PID" || true
+"$PY" -c "import json,sys; b=json.loads(sys.argv[1]); a=json.loads(sys.argv[2]); print(json.dumps({'kind':'conns','n':1000,'ok':int(open(sys.argv[3]).read().split()[0] or 0),'before_kb':b['VmRSS'],'after_kb':a['VmRSS'],'delta_kb':a['VmRSS']-b['VmRSS']}))" \
+    "$before" "$after" "$WORK/idle.out" >>"$RES"
+log "  conns: $(tail -1 "$RES")"
+stop "$MEM_PID"
+
+log "memory: $BIG_LABEL (generating the key file)"
+gateway_toml "$WORK/m1m" $P_MEM
+new_key "$WORK/m1m" bench 100000000 >/dev/null
+T filler "$WORK/m1m/keys.json" $((BIG_KEYS - 1))
+echo "{\"kind\":\"keyfile\",\"label\":\"$BIG_LABEL\",\"bytes\":$(stat -c %s "$WORK/m1m/keys.json")}" >>"$RES"
+mem_instance "$BIG_LABEL" "$WORK/m1m" $P_MEM 11
+stop "$MEM_PID"
+rm -f "$WORK/m1m/keys.json" "$WORK/m1m/keys.json.state"
+
+log "memory: 100k keys (kept running for the reload test)"
+gateway_toml "$WORK/k100" $P_KG100K
+KEY100=$(new_key "$WORK/k100" bench 100000000)
+T filler "$WORK/k100/keys.json" 99999
+echo "{\"kind\":\"keyfile\",\"label\":\"100k keys\",\"bytes\":$(stat -c %s "$WORK/k100/keys.json")}" >>"$RES"
+mem_instance "100k keys" "$WORK/k100" $P_KG100K 11
+K100_PID=$MEM_PID
+lua "$WORK/key100.lua" "$KEY100"
+URL100="http://127.0.0.1:$P_KG100K/v1/chat/completions"
+
+# ------------------------------------------------------------------ rounds
+log "warm-up"
+for n in "${CONTENDERS[@]}"; do wrk_run "$WORK/warm-$n.txt" "$WORK/key.lua" "${URL[$n]}" 2; done
+wrk_run "$WORK/warm-k100.txt" "$WORK/key100.lua" "$URL100" 2
+FIXED_NOTE=""
+if [[ -z "$OHA" ]]; then
+    FIXED_NOTE="oha is not installed (\`cargo install oha --locked\`, about 15 minutes to build) and Debian has no wrk2 package; wrk is closed-loop and cannot hold a fixed rate, so open-loop latency at 1k and 1 req/s was not measured."
+fi
+
+for round in $(seq "$ROUNDS"); do
+    # Rotate the order each round so no contender always runs first or last.
+    k=$(((round - 1) % ${#CONTENDERS[@]}))
+    order=("${CONTENDERS[@]:k}" "${CONTENDERS[@]:0:k}")
+    log "round $round/$ROUNDS: throughput (${order[*]})"
+    for n in "${order[@]}"; do throughput "$n" "$round"; done
+
+    log "round $round: rejections"
+    for c in no_key:nokey invalid_key:badkey rate_limited:limited; do
+        f="$WORK/wrk-reject-${c%%:*}-r$round.txt"
+        c0=$(T cpu "$KG_PID")
+        m0=$(state_mtime)
+        wrk_run "$f" "$WORK/${c##*:}.lua" "${URL[keygate]}"
+        m1=$(state_mtime)
+        c1=$(T cpu "$KG_PID")
+        emit "$(T throughput "$f" keygate "$round" "$c0" "$c1")" "{\"kind\":\"reject\",\"case\":\"${c%%:*}\",\"state_flush\":$([[ $m0 != "$m1" ]] && echo true || echo false)}"
+        log "  ${c%%:*}: $(tail -1 "$RES")"
+    done
+
+    if [[ -n "$OHA" ]]; then
+        log "round $round: fixed-rate latency (oha)"
+        for n in "${order[@]}"; do fixed_rate "$n" "$round" 1000 6 16; done
+        # 1 req/s: direct and keygate side by side (the machine is idle between requests).
+        fixed_rate direct "$round" 1 15 1 &
+        FR_PID=$!
+        PIDS+=("$FR_PID")
+        fixed_rate keygate "$round" 1 15 1
+        wait "$FR_PID" || true
+    fi
+
+    log "round $round: SSE"
+    for n in direct keygate; do
+        taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" sse "${URL[$n]}" "$([[ $n == keygate ]] && echo "$KEY")" 8 "$WORK/sse.jsonl" \
+            "{\"kind\":\"sse\",\"target\":\"$n\",\"round\":$round}" || true
+    done
+
+    log "round $round: reload of the 100k-key file under load"
+    fb="$WORK/wrk-k100-base-r$round.txt"
+    fd="$WORK/wrk-k100-reload-r$round.txt"
+    wrk_run "$fb" "$WORK/key100.lua" "$URL100"
+    wrk_run "$fd" "$WORK/key100.lua" "$URL100" &
+    WRK_BG=$!
+    PIDS+=("$WRK_BG")
+    sleep 1.5
+    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$BIN" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-r$round.json" || true
+    wait "$WRK_BG" || true
+    "$PY" - "$WORK/reload-r$round.json" "$fb" "$fd" "$round" "$TOOLS" >>"$RES" <<'EOF'
+import json,sys,importlib.util
+spec=importlib.util.spec_from_file_location("tools",sys.argv[5]); t=importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
+try:
+    r=json.load(open(sys.argv[1]))
+except Exception as e:
+    r={"cli_s":None,"works_after_cli_s":None,"works_after_start_s":None,"error":str(e)}
+b=t.parse_wrk(open(sys.argv[2]).read()); d=t.parse_wrk(open(sys.argv[3]).read())
+import re
+m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(sys.argv[3]).read())
+r.update({"kind":"reload","round":int(sys.argv[4]),"base_p99_ms":b["p99_ms"],"during_p99_ms":d["p99_ms"],
+          "base_rps":b["rps"],"during_rps":d["rps"],"during_max_ms":t.to_ms(m.group(1)) if m else None})
+print(json.dumps(r))
+EOF
+    log "  reload: $(tail -1 "$RES")"
+done
+cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
+
+# ------------------------------------------------------------------ profile
+# 1) syscalls per request (strace -c, attached for the length of a 3 s wrk run: strace slows
+#    the process, but the count per request does not depend on speed);
+# 2) perf sampling (cpu-clock, the only event this VM offers) of keygate under wrk.
+PROFILE_FILE="$WORK/profile.txt"
+: >"$PROFILE_FILE"
+PROFILE_NOTE=""
+if command -v strace >/dev/null; then
+    log "profile: syscalls per request (strace -c)"
+    {
+        echo "Syscalls per request (\`strace -c -f\` on the proxy's processes during a 3 s \`wrk -c32\` run; counts ÷ requests):"
+        echo
+        echo "| contender / case | requests | syscalls per request | top calls per request |"
+        echo "|---|---|---|---|"
+    } >>"$PROFILE_FILE"
+    for spec in keygate:key keygate:limited keygate:badkey haproxy:key nginx:key; do
+        n=${spec%%:*} s=${spec##*:}
+        [[ -n "${PID_OF[$n]}" ]] || continue
+        pargs=()
+        for p in $("$PY" -c 'import sys,importlib.util as u; s=u.spec_from_file_location("t",sys.argv[1]); t=u.module_from_spec(s); s.loader.exec_module(t); print(" ".join(map(str,t.tree(int(sys.argv[2])))))' "$TOOLS" "${PID_OF[$n]}"); do
+            pargs+=(-p "$p")
+        done
+        if [[ $n == keygate ]]; then
+            # Start just after a usage-state rewrite (every 10 s) so none falls in the window.
+            m0=$(state_mtime)
+            for _ in $(seq 120); do [[ $(state_mtime) != "$m0" ]] && break; sleep 0.1; done
+            sleep 0.5
+        fi
+        m0=$(state_mtime)
+        timeout -s INT 5 strace -c -f "${pargs[@]}" -o "$WORK/strace-$n-$s.txt" 2>/dev/null &
+        SPID=$!
+        PIDS+=("$SPID")
+        sleep 0.7
+        wrk_run "$WORK/wrk-strace-$n-$s.txt" "$WORK/$s.lua" "${URL[$n]}" 3
+        wait "$SPID" 2>/dev/null || true
+        flush=""
+        [[ $n == keygate && $m0 != "$(state_mtime)" ]] && flush=" ¹"
+        "$PY" - "$WORK/strace-$n-$s.txt" "$WORK/wrk-strace-$n-$s.txt" "$n ($s)$flush" "$TOOLS" >>"$PROFILE_FILE" <<'EOF' || true
+import sys,re,importlib.util as u
+s=u.spec_from_file_location("t",sys.argv[4]); t=u.module_from_spec(s); s.loader.exec_module(t)
+req=t.parse_wrk(open(sys.argv[2]).read())["requests"] or 0
+calls={}
+for line in open(sys.argv[1]):
+    f=line.split()
+    if len(f)>=5 and f[0][0].isdigit() and f[-1] not in ("total",):
+        calls[f[-1]]=int(f[3])
+tot=sum(calls.values())
+top=sorted(calls.items(),key=lambda x:-x[1])[:4]
+name=sys.argv[3].replace("(key)","(forwarded)").replace("(limited)","(429)").replace("(badkey)","(401 unknown key)")
+print(f"| {name} | {req} | {tot/req:.2f} | " + ", ".join(f"{k} {v/req:.2f}" for k,v in top) + " |" if req else f"| {name} | 0 | – | – |")
+EOF
+    done
+    {
+        echo
+        echo "¹ keygate rewrote its usage state file during this run (every 10 s): its \`read\`, \`write\` and \`statx\` calls are that rewrite and the key-file watchers it wakes, not the request path."
+        echo
+    } >>"$PROFILE_FILE"
+fi
+if command -v perf >/dev/null && perf record -e cpu-clock -o "$WORK/perf-probe.data" true >/dev/null 2>&1; then
+    log "profile: perf record -e cpu-clock on keygate under wrk"
+    wrk_run "$WORK/wrk-profile.txt" "$WORK/key.lua" "${URL[keygate]}" 6 &
+    WRK_BG=$!
+    PIDS+=("$WRK_BG")
+    sleep 1
+    taskset -c $LOAD_CPU timeout 20 perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "$KG_PID" \
+        -o "$WORK/perf.data" -- sleep 3 >"$WORK/perf-record.log" 2>&1 || true
+    wait "$WRK_BG" || true
+    rep() { perf report -i "$WORK/perf.data" --stdio -g none "$@" 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/ *- *- *$//' | cut -c1-170; }
+    {
+        echo "perf (\`perf record -e cpu-clock -F 1999 --call-graph dwarf\`, 3 s of keygate under \`wrk -c32\`; full data in the work directory):"
+        echo
+        echo "Self time by shared object:"
+        echo '```'
+        rep --no-children --sort dso | head -8
+        echo '```'
+        echo "Self time by symbol, top 25:"
+        echo '```'
+        rep --no-children --sort dso,symbol | head -25
+        echo '```'
+        echo "Inclusive time of keygate's own functions and the main library layers:"
+        echo '```'
+        rep --children --sort symbol | grep -E '\] (keygate::|<keygate::|hyper::proto::h1::(role|io|conn|dispatch)::[A-Za-z<>,: ]*::(poll_write|poll_read_head|encode|parse|poll_flush)|hyper_util::client::legacy::client::Client|__GI___writev|__libc_recv|malloc$|_int_free|tracing|metrics::)' | head -30
+        echo '```'
+    } >>"$PROFILE_FILE" 2>/dev/null || true
+else
+    PROFILE_NOTE="perf could not sample here (perf record -e cpu-clock failed)."
+fi
+
+# ------------------------------------------------------------------ micro-benchmarks
+MICRO_JSON="$WORK/micro.json"
+MICRO_SINCE=0
+if [[ -n "$MICRO_EXE" && -x "$MICRO_EXE" ]]; then
+    log "micro-benchmarks: $MICRO_EXE --bench (shortened: 0.5 s warm-up, 2 s measurement)"
+    MICRO_SINCE=$(date +%s)
+    taskset -c $PROXY_CPU timeout 600 "$MICRO_EXE" --bench --warm-up-time 0.5 --measurement-time 2 >"$WORK/micro.log" 2>&1 ||
+        log "micro-benchmarks failed; see $WORK/micro.log"
+fi
+"$PY" - "$ROOT/target/criterion" "$MICRO_SINCE" >"$MICRO_JSON" <<'EOF'
+import json,os,sys
+root=sys.argv[1]; since=float(sys.argv[2]); out=[]
+for d,_,files in os.walk(root):
+    if d.endswith("/new") and "estimates.json" in files and "benchmark.json" in files:
+        if os.path.getmtime(os.path.join(d,"estimates.json")) < since:
+            continue  # from an earlier run
+        b=json.load(open(os.path.join(d,"benchmark.json"))); e=json.load(open(os.path.join(d,"estimates.json")))
+        out.append((b["full_id"], e["median"]["point_estimate"]))
+order=["keycheck/full","keycheck/parts","keycheck/index_build","route","body_facts","usage_scanner"]
+out=[x for x in out if any(x[0].startswith(p) for p in order)]
+size=lambda n:{"1k":1,"100k":2,"1M":3}.get(n.rsplit("/",1)[-1],0)
+out.sort(key=lambda x:(next((i for i,p in enumerate(order) if x[0].startswith(p)),9),x[0].rsplit("/",1)[0],size(x[0]),x[0]))
+print(json.dumps(out))
+EOF
+
+# ------------------------------------------------------------------ report
+ELAPSED=$(($(date +%s) - STARTED))
+"$PY" - "$WORK/meta.json" <<EOF
+import json,subprocess,sys,datetime,os
+def sh(c):
+    try: return subprocess.run(c,shell=True,capture_output=True,text=True,timeout=20).stdout.strip() or subprocess.run(c,shell=True,capture_output=True,text=True,timeout=20).stderr.strip()
+    except Exception as e: return f"n/a ({e})"
+cpu=[l.split(":",1)[1].strip() for l in sh("lscpu").splitlines() if l.startswith("Model name")]
+profile=open("$PROFILE_FILE").read() if os.path.exists("$PROFILE_FILE") else ""
+micro=json.load(open("$MICRO_JSON")) if os.path.exists("$MICRO_JSON") else []
+meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR MICRO=$MICRO)"),
+      "date":datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "elapsed_s":$ELAPSED,"rounds":$ROUNDS,"keys_main":$KEYS_MAIN,
+      "nproc":sh("nproc"),"cpu":cpu[0] if cpu else "n/a","kernel":sh("uname -r"),
+      "rustc":sh("rustc -V"),"haproxy":sh("haproxy -v | head -1"),"nginx":sh("nginx -v 2>&1"),
+      "wrk":sh("wrk -v 2>&1 | head -1"),"oha":sh("$OHA --version") if "$OHA" else "not installed",
+      "python":sh("$PY -V"),
+      "load average (1/5/15 min) at start":"$LOAD_START","load average at end":sh("cut -d' ' -f1-3 /proc/loadavg"),
+      "fixed_rate_tool":"oha -q RATE -c CONNS --latency-correction" if "$OHA" else "",
+      "fixed_rate_note":"""$FIXED_NOTE""",
+      "profile":profile,"profile_note":"""$PROFILE_NOTE""",
+      "micro":micro,"raw":"$RES"}
+json.dump(meta,open(sys.argv[1],"w"))
+EOF
+T report "$RES" "$WORK/meta.json" "$OUT"
+log "wrote $OUT (work dir $WORK, ${ELAPSED}s)"
