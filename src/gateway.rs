@@ -107,8 +107,17 @@ fn new_request_id() -> HeaderValue {
     });
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("req_{:016x}{:08x}", *SEED, n);
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    // `req_` + 16 hex of a per-process seed + 8 hex of a counter, without formatting machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 28];
+    id[..4].copy_from_slice(b"req_");
+    for (i, shift) in (0..16).rev().enumerate() {
+        id[4 + i] = HEX[((*SEED >> (shift * 4)) & 0xf) as usize];
+    }
+    for (i, shift) in (0..8).rev().enumerate() {
+        id[20 + i] = HEX[((n >> (shift * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -67,7 +67,7 @@ pub fn remove_containing(headers: &mut HeaderMap, secret: &str) {
     let finder = memchr::memmem::Finder::new(secret.as_bytes());
     let leaking: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+        .filter(|(_, v)| v.len() >= secret.len() && finder.find(v.as_bytes()).is_some())
         .map(|(n, _)| n.clone())
         .collect();
     for name in leaking {

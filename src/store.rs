@@ -218,13 +218,13 @@ impl KeyFile {
             let secrets = std::iter::once((&k.sha256, &k.last4))
                 .chain(k.previous.iter().map(|p| (&p.sha256, &p.last4)));
             for (sha, last4) in secrets {
-                if parse_hash(sha).is_none() {
+                let Some(hash) = parse_hash(sha) else {
                     return Err(at(format!(
                         "`sha256` must be 64 hex digits, got {} characters",
                         sha.len()
                     )));
-                }
-                if !hashes.insert(sha.to_ascii_lowercase()) {
+                };
+                if !hashes.insert(hash) {
                     return Err(at("the same `sha256` appears twice in the file".into()));
                 }
                 if !is_last4(last4) {

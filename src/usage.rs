@@ -37,7 +37,10 @@ fn fingerprint(gw: &Gateway) -> u64 {
             let u = &e.usage;
             acc.wrapping_add(u.requests.load(std::sync::atomic::Ordering::Relaxed))
                 .wrapping_add(u.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed))
-                .wrapping_add(u.completion_tokens.load(std::sync::atomic::Ordering::Relaxed))
+                .wrapping_add(
+                    u.completion_tokens
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
         })
     })
 }
