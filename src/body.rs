@@ -247,10 +247,6 @@ impl Body {
         }
     }
 
-    pub fn empty() -> Body {
-        Body::full(Bytes::new())
-    }
-
     /// Streams an upstream answer; `scan` reads token usage as it passes.
     pub fn upstream(inner: Incoming, idle: Duration, scan: bool) -> Body {
         Body {
@@ -352,13 +348,17 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream { inner, strip, .. } => {
+                inner.is_end_stream() && strip.as_ref().is_none_or(|f| f.pending.is_empty())
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            // Filtering changes the length: no promise then.
+            Kind::Upstream { strip: Some(_), .. } => SizeHint::default(),
             Kind::Upstream { inner, .. } => inner.size_hint(),
         }
     }

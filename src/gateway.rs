@@ -391,6 +391,7 @@ async fn proxy(
     let req = Request::from_parts(parts, ());
     let mut resp = send(&upstream, key, req, upbody, caller, finish).await?;
     if strip_usage {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
         resp.body_mut().strip_usage_chunk();
     }
     Ok(resp)
