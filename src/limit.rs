@@ -1,8 +1,11 @@
-//! Stage 4 of a request: per-key rate (GCRA), per-key and gateway-wide in-flight caps, and
-//! the per-address failed-authentication guard.
+//! Stage 4 of a request: per-key rate (GCRA), tokens per minute, per-key and gateway-wide
+//! in-flight caps, and the per-address failed-authentication guard. `check_rate`,
+//! `acquire_slot` and `reserve_tokens` are what the pipeline calls: they use this process's
+//! limiters, or the shared ones of `cluster` in cluster mode, with its failure policy.
 //!
-//! Every limiter here is lock-free on the path of an allowed request: a GCRA cell is one
-//! atomic compare-and-swap and an in-flight slot one atomic add. A key's limiter lives in the
+//! The local request limiters are lock-free on the path of an allowed request: a GCRA cell
+//! is one atomic compare-and-swap and an in-flight slot one atomic add (a token bucket, only
+//! for keys with a token limit, takes a short per-key lock). A key's limiter lives in the
 //! key index and is carried over a reload when its quota is unchanged, so editing the key file
 //! does not hand every key a fresh burst.
 
