@@ -125,7 +125,7 @@ impl UsageScanner {
             // Only the seam needs joining: the carried tail plus the head of this chunk.
             let mut seam = std::mem::take(&mut self.carry);
             seam.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            self.scan_seam(&seam);
+            self.scan(&seam);
             self.scan(chunk);
         }
         let tail = chunk.len().saturating_sub(CARRY);
@@ -133,17 +133,14 @@ impl UsageScanner {
         self.carry.extend_from_slice(&chunk[tail..]);
     }
 
-    fn scan_seam(&mut self, seam: &[u8]) {
-        if let Some(v) = last_number(&PROMPT, seam) {
+    /// Takes the last complete counts in `hay`.
+    fn scan(&mut self, hay: &[u8]) {
+        if let Some(v) = last_number(&PROMPT, hay) {
             self.prompt = Some(v);
         }
-        if let Some(v) = last_number(&COMPLETION, seam) {
+        if let Some(v) = last_number(&COMPLETION, hay) {
             self.completion = Some(v);
         }
-    }
-
-    fn scan(&mut self, chunk: &[u8]) {
-        self.scan_seam(chunk);
     }
 
     /// The counts seen, if the stream carried any.

@@ -246,7 +246,7 @@ async fn pipeline(
         }
         Handler::ListModels => list_models(&live, &key, &caller, finish).await,
         Handler::Admin => crate::admin::handle(gw, &live, &key, req, finish).await,
-        Handler::Usage => Ok(crate::admin::usage(&live, &key)),
+        Handler::Usage => Ok(crate::admin::usage(&live)),
     }
 }
 

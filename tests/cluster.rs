@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use http::Method;
 use keygate::store::{KeyLimits, NewKey};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -109,46 +108,25 @@ async fn pair(redis: &Redis, policy: &str) -> (TestGateway, TestGateway) {
     (a, b)
 }
 
-fn limited(g: &TestGateway, limits: KeyLimits) -> String {
-    let (_, key) = g.create_key(NewKey {
-        name: "shared".into(),
-        limits,
-        ..Default::default()
-    });
-    key
-}
-
 #[tokio::test]
 async fn two_gateways_share_one_request_limit() {
     let redis = Redis::start().await;
     let (a, b) = pair(&redis, "deny").await;
-    let key = limited(
-        &a,
-        KeyLimits {
-            requests_per_minute: Some(20),
-            ..Default::default()
-        },
-    );
+    let key = a.key_with_limits(KeyLimits {
+        requests_per_minute: Some(20),
+        ..Default::default()
+    });
     b.gw.reload_keys().unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let url = if i % 2 == 0 {
-            a.url("/v1/chat/completions")
-        } else {
-            b.url("/v1/chat/completions")
-        };
-        let auth = bearer(&key);
-        tasks.push(tokio::spawn(async move {
-            send(Method::POST, &url, &[("authorization", &auth)], CHAT)
-                .await
-                .status
-                .as_u16()
-        }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.unwrap());
-    }
+    let urls = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.url("/v1/chat/completions")
+            } else {
+                b.url("/v1/chat/completions")
+            }
+        })
+        .collect();
+    let codes = parallel_chat_statuses(urls, &key).await;
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 20, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 20);
 }
@@ -157,13 +135,10 @@ async fn two_gateways_share_one_request_limit() {
 async fn in_flight_cap_holds_across_both() {
     let redis = Redis::start().await;
     let (a, b) = pair(&redis, "deny").await;
-    let key = limited(
-        &a,
-        KeyLimits {
-            max_in_flight: Some(2),
-            ..Default::default()
-        },
-    );
+    let key = a.key_with_limits(KeyLimits {
+        max_in_flight: Some(2),
+        ..Default::default()
+    });
     b.gw.reload_keys().unwrap();
     let stream = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c"}]}"#;
     let hold = |g: &TestGateway| {
@@ -200,13 +175,10 @@ async fn redis_down_follows_the_policy_and_recovers() {
     let local = pair(&redis, "local").await.0;
     let k_deny = deny.key();
     let k_allow = allow.key();
-    let k_local = limited(
-        &local,
-        KeyLimits {
-            requests_per_minute: Some(3),
-            ..Default::default()
-        },
-    );
+    let k_local = local.key_with_limits(KeyLimits {
+        requests_per_minute: Some(3),
+        ..Default::default()
+    });
     assert_eq!(chat(&deny, &k_deny, CHAT).await.status, 200);
 
     redis.kill();
@@ -358,13 +330,10 @@ async fn token_limit_refuses_with_429_and_token_headers() {
 async fn token_buckets_are_shared_through_redis() {
     let redis = Redis::start().await;
     let (a, b) = pair(&redis, "deny").await;
-    let key = limited(
-        &a,
-        KeyLimits {
-            tokens_per_minute: Some(100),
-            ..Default::default()
-        },
-    );
+    let key = a.key_with_limits(KeyLimits {
+        tokens_per_minute: Some(100),
+        ..Default::default()
+    });
     b.gw.reload_keys().unwrap();
     let body = r#"{"model":"m","max_tokens":90,"messages":[{"role":"user","content":"hi"}]}"#;
     assert_eq!(chat(&a, &key, body).await.status, 200);

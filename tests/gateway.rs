@@ -316,12 +316,8 @@ async fn body_over_limit_is_413_before_forwarding() {
 #[tokio::test]
 async fn rate_limit_429_with_retry_headers() {
     let g = start_gateway("").await;
-    let (_, key) = g.create_key(NewKey {
-        name: "slow".into(),
-        limits: KeyLimits {
-            requests_per_minute: Some(2),
-            ..Default::default()
-        },
+    let key = g.key_with_limits(KeyLimits {
+        requests_per_minute: Some(2),
         ..Default::default()
     });
     assert_eq!(chat(&g, &key, CHAT).await.status, 200);
@@ -342,28 +338,12 @@ async fn rate_limit_429_with_retry_headers() {
 #[tokio::test]
 async fn fifty_parallel_on_a_limit_of_ten_let_exactly_ten_through() {
     let g = start_gateway("").await;
-    let (_, key) = g.create_key(NewKey {
-        name: "ten".into(),
-        limits: KeyLimits {
-            requests_per_minute: Some(10),
-            ..Default::default()
-        },
+    let key = g.key_with_limits(KeyLimits {
+        requests_per_minute: Some(10),
         ..Default::default()
     });
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (url, auth) = (g.url("/v1/chat/completions"), bearer(&key));
-        tasks.push(tokio::spawn(async move {
-            send(Method::POST, &url, &[("authorization", &auth)], CHAT)
-                .await
-                .status
-                .as_u16()
-        }));
-    }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.unwrap());
-    }
+    let urls = vec![g.url("/v1/chat/completions"); 50];
+    let codes = parallel_chat_statuses(urls, &key).await;
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 10, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 40);
 }
@@ -371,12 +351,8 @@ async fn fifty_parallel_on_a_limit_of_ten_let_exactly_ten_through() {
 #[tokio::test]
 async fn concurrency_cap_and_gateway_capacity() {
     let g = start_gateway("[server]\nmax_in_flight = 2\n").await;
-    let (_, one) = g.create_key(NewKey {
-        name: "one".into(),
-        limits: KeyLimits {
-            max_in_flight: Some(1),
-            ..Default::default()
-        },
+    let one = g.key_with_limits(KeyLimits {
+        max_in_flight: Some(1),
         ..Default::default()
     });
     let other = g.key();

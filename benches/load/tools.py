@@ -318,7 +318,7 @@ def report(results_path, meta_path, out):
           f"{mmm(ratio(n, 'keygate'), 3)} | {mmm([r.get('cpu_ms_per_1k') for r in rs], 1)} |")
     fl = [r for r in tp + by("reject") if r.get("state_flush")]
     if fl:
-        w("\nRuns during which keygate rewrote its usage state file (every 10 s, all keys, on a "
+        w("\nRuns during which keygate rewrote its usage state file (every 10 s when counters moved, keys that were used, on a "
           "blocking thread of the same pinned core): " + ", ".join(
               f"{r.get('case', r['target'])} r{r['round']}" for r in fl) + ".")
     bad = [r for r in tp if r.get("non2xx") or r.get("socket_errors")]
@@ -486,7 +486,7 @@ def report(results_path, meta_path, out):
             w(f"\nPer key: ({b['label']} − {a['label']}) RSS ÷ keys = **{per:,.0f} bytes per key** "
               "(the key file's text is parsed into `KeyRecord`s, then the index is built; the idle "
               "figure is after both, the peak is VmHWM). Idle CPU over the window includes the "
-              "usage-state rewrite that runs every 10 s for every key.")
+              "usage-state rewrite (every 10 s when counters moved).")
         conns = by("conns")
         for r in conns:
             w(f"\nIdle keep-alive connections: {r['n']} open ({r['ok']} answered) added "

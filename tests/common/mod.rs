@@ -146,6 +146,16 @@ impl TestGateway {
         .1
     }
 
+    /// A key with default scopes and these per-key limits.
+    pub fn key_with_limits(&self, limits: keygate::store::KeyLimits) -> String {
+        self.create_key(NewKey {
+            name: "limited".into(),
+            limits,
+            ..Default::default()
+        })
+        .1
+    }
+
     pub fn key_with_scopes(&self, scopes: &[&str]) -> String {
         self.create_key(NewKey {
             name: "test".into(),
@@ -298,4 +308,25 @@ pub fn sigterm(child: &std::process::Child) {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
+}
+
+/// Sends one chat completion per URL, all at once, with `key`; returns the statuses.
+pub async fn parallel_chat_statuses(urls: Vec<String>, key: &str) -> Vec<u16> {
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let auth = bearer(key);
+            tokio::spawn(async move {
+                send(Method::POST, &url, &[("authorization", &auth)], CHAT)
+                    .await
+                    .status
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut codes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes
 }
