@@ -35,8 +35,8 @@ fn bench(c: &mut Criterion) {
             Timestamp::now(),
         )
         .unwrap();
-    let index = KeyIndex::build(&file, &config.limits, None);
-    let key = index.by_id(&rec.id).unwrap().clone();
+    let index = std::sync::Arc::new(KeyIndex::build(&file, &config.limits, None));
+    let key = index.by_id(&rec.id).unwrap();
 
     let mut g = c.benchmark_group("limit_check");
     g.measurement_time(Duration::from_secs(3)).sample_size(30);

@@ -2,7 +2,7 @@
 //!
 //! - `keycheck/full/{1k,100k,1M}`: what `authenticate` + the rate stage cost for an allowed
 //!   request — `Token::parse` (prefix, alphabet, CRC32 checksum), SHA-256 of the token,
-//!   `KeyIndex::lookup`, and the key's GCRA `rate.check()`. The presented tokens rotate over
+//!   `KeyIndex::lookup`, and the key's GCRA cell (`RateCell::check`). The presented tokens rotate over
 //!   1024 keys spread across the whole index, so at 1M keys the lookup pays real cache misses.
 //! - `keycheck/parts/*`: the same four steps one by one, to see where the time goes, and the
 //!   rate check's refused (429) path.
@@ -26,7 +26,7 @@ use keygate::scope::Scopes;
 use keygate::store::{self, KeyFile, KeyLimits, KeyRecord};
 use keygate::time::Timestamp;
 use std::hint::black_box;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 const PREFIX: &str = "sk_kg";
@@ -90,7 +90,7 @@ fn keys() -> &'static Keys {
 }
 
 /// The index over the first `n` keys, and `PROBES` tokens spread over them.
-fn index_of(n: usize) -> (KeyIndex, Vec<String>) {
+fn index_of(n: usize) -> (Arc<KeyIndex>, Vec<String>) {
     let k = keys();
     let file = KeyFile {
         version: store::FILE_VERSION,
@@ -98,7 +98,8 @@ fn index_of(n: usize) -> (KeyIndex, Vec<String>) {
     };
     let started = std::time::Instant::now();
     let rss_before = rss_kb();
-    let index = KeyIndex::build(&file, &limits(), None);
+    let index = Arc::new(KeyIndex::build(&file, &limits(), None));
+    drop(file);
     let grown = rss_kb().saturating_sub(rss_before);
     eprintln!(
         "built index of {n} keys in {:.3}s; RSS grew {:.1} MB ({} bytes per key)",
@@ -127,10 +128,10 @@ fn rss_kb() -> u64 {
 
 /// The whole check an allowed request pays before forwarding.
 #[inline]
-fn key_check(index: &KeyIndex, token: &str) -> u32 {
+fn key_check(index: &Arc<KeyIndex>, token: &str) -> u32 {
     let t = Token::parse(token, PREFIX).expect("well-formed token");
-    let (entry, _secret) = index.lookup(&t.hash()).expect("known key");
-    let info = entry.rate.check();
+    let (key, _secret) = index.lookup(&t.hash()).expect("known key");
+    let info = key.state().rate.check(key.per_minute, key.burst);
     debug_assert!(info.retry_after.is_none());
     info.remaining
 }
@@ -170,19 +171,19 @@ fn bench_keycheck(c: &mut Criterion) {
     });
     g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
     // A burst no benchmark run can drain: every check is allowed.
-    let rate = keygate::limit::RateLimit::new(100_000_000, u32::MAX);
+    let rate = keygate::limit::RateCell::default();
     g.bench_function("rate_check/allowed", |b| {
-        b.iter(|| black_box(rate.check()).remaining)
+        b.iter(|| black_box(rate.check(100_000_000, u32::MAX)).remaining)
     });
     // One cell a minute, already taken: every check is refused (the 429 path).
-    let refused = keygate::limit::RateLimit::new(1, 1);
-    let _ = refused.check();
+    let refused = keygate::limit::RateCell::default();
+    let _ = refused.check(1, 1);
     g.bench_function("rate_check/refused", |b| {
-        b.iter(|| black_box(refused.check()).retry_after)
+        b.iter(|| black_box(refused.check(1, 1)).retry_after)
     });
     g.finish();
 
-    // What a reload or start-up pays per key: one `KeyIndex` entry (limiter included).
+    // What a reload or start-up pays per key: one `KeyIndex` entry (runtime state is created on first use).
     let file = KeyFile {
         version: store::FILE_VERSION,
         keys: keys().records[..10_000].to_vec(),

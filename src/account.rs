@@ -184,7 +184,7 @@ fn trim_ws(b: &[u8]) -> &[u8] {
 /// request that ends by error, by completion or by the client leaving is counted once.
 pub struct Finish {
     pub request_id: http::HeaderValue,
-    pub key: Option<std::sync::Arc<crate::index::KeyEntry>>,
+    pub key: Option<crate::index::KeyRef>,
     pub method: http::Method,
     pub route: &'static str,
     pub model: Option<String>,
@@ -200,7 +200,9 @@ pub struct Finish {
     pub tokens: Option<Tokens>,
     /// False when the stream broke or the client left before the end.
     pub complete: bool,
-    pub guards: Vec<Box<dyn Send + Sync>>,
+    /// The gateway-wide and the per-key in-flight slots, given back when this drops.
+    pub capacity: Option<crate::limit::CapacityGuard>,
+    pub slot: Option<crate::limit::Slot>,
     /// Tokens reserved before forwarding, settled against the real usage.
     pub token_charge: Option<crate::limit::TokenCharge>,
 }
@@ -221,7 +223,8 @@ impl Finish {
             upstream: None,
             tokens: None,
             complete: true,
-            guards: Vec::new(),
+            capacity: None,
+            slot: None,
             token_charge: None,
         }
     }
@@ -234,9 +237,10 @@ impl Drop for Finish {
             charge.settle(used, (200..300).contains(&self.status) && self.complete);
         }
         if let Some(k) = &self.key {
-            k.usage.record_status(self.status);
+            let usage = &k.state().usage;
+            usage.record_status(self.status);
             if let Some(t) = self.tokens {
-                k.usage.add_tokens(t);
+                usage.add_tokens(t);
             }
         }
         let total = self.started.elapsed();

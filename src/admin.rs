@@ -8,7 +8,7 @@ use crate::account::{Finish, UsageSnapshot};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::gateway::json;
-use crate::index::KeyEntry;
+use crate::index::{KeyEntry, KeyRef};
 use crate::state::{Gateway, Live};
 use crate::store::{KeyFile, KeyLimits, NewKey, StoreError};
 use crate::time::Timestamp;
@@ -61,7 +61,13 @@ impl From<StoreError> for GatewayError {
 }
 
 fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
-    live.keys.as_ref()?.by_id(id).map(|e| e.usage.snapshot())
+    let idx = live.keys.as_ref()?;
+    idx.by_id(id)?;
+    Some(
+        idx.state_of(id)
+            .map(|s| s.usage.snapshot())
+            .unwrap_or_default(),
+    )
 }
 
 async fn read_json<T: for<'de> Deserialize<'de> + Default>(
@@ -114,7 +120,7 @@ fn audit(action: &str, id: &str, name: &str, by: &KeyEntry) {
 pub async fn handle(
     gw: &Arc<Gateway>,
     live: &Live,
-    admin: &Arc<KeyEntry>,
+    admin: &KeyRef,
     req: Request<Incoming>,
     finish: &mut Finish,
 ) -> Result<http::Response<Body>, GatewayError> {
@@ -221,9 +227,10 @@ pub fn usage(live: &Live) -> http::Response<Body> {
     let mut data: Vec<serde_json::Value> = live
         .keys
         .iter()
-        .flat_map(|idx| idx.entries())
-        .map(|e| {
-            let mut v = serde_json::to_value(e.usage.snapshot()).unwrap_or_default();
+        .flat_map(|idx| idx.entries().map(move |e| (e, idx.state_of(&e.id))))
+        .map(|(e, state)| {
+            let snapshot = state.map(|s| s.usage.snapshot()).unwrap_or_default();
+            let mut v = serde_json::to_value(snapshot).unwrap_or_default();
             v["id"] = e.id.to_string().into();
             v["name"] = e.name.to_string().into();
             v

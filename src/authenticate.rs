@@ -5,7 +5,7 @@
 //! checksum are verified without touching the index; only then is it hashed and looked up.
 
 use crate::error::GatewayError;
-use crate::index::{KeyEntry, KeyIndex, Secret};
+use crate::index::{KeyIndex, KeyRef, Secret};
 use crate::key::Token;
 use crate::limit::FailedAuthGuard;
 use crate::time::Timestamp;
@@ -105,13 +105,13 @@ impl Credential<'_> {
 /// Finds the key for a credential. Every failure that looks like guessing is counted
 /// against the client's address.
 pub fn authenticate(
-    index: &KeyIndex,
+    index: &Arc<KeyIndex>,
     cred: &Credential<'_>,
     prefix: &str,
     ip: IpAddr,
     guard: &FailedAuthGuard,
     now: Timestamp,
-) -> Result<Arc<KeyEntry>, GatewayError> {
+) -> Result<KeyRef, GatewayError> {
     guard.check(ip)?;
     let token = match Token::parse(cred.as_str(), prefix) {
         Ok(t) => t,
@@ -133,13 +133,13 @@ pub fn authenticate(
         )));
     }
     if let Secret::Retired { valid_until } = secret {
-        if *valid_until <= now {
+        if valid_until <= now {
             return Err(GatewayError::ExpiredKey(format!(
                 "This API key was rotated; the old secret stopped working at {valid_until}. Use the new key."
             )));
         }
     }
-    Ok(Arc::clone(entry))
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::authorize::{body_facts, is_normal_path, BodyError, Handler, RouteMatc
 use crate::body::{Body, UpBody};
 use crate::error::GatewayError;
 use crate::forward::{upstream_request, ForwardInfo};
-use crate::index::KeyEntry;
+use crate::index::KeyRef;
 use crate::limit::RateInfo;
 use crate::state::{Gateway, Live};
 use crate::time::{openai_duration, Timestamp};
@@ -191,7 +191,7 @@ async fn pipeline(
         .ok_or_else(|| GatewayError::UnknownRoute(req.method().clone(), path.to_string()))?;
     finish.route = route.scope.name();
     let index = live.keys.as_ref().ok_or(GatewayError::NotReady)?;
-    finish.guards.push(Box::new(gw.capacity.acquire()?));
+    finish.capacity = Some(gw.capacity.acquire()?);
 
     // Authenticate.
     let now = Timestamp::now();
@@ -206,8 +206,8 @@ async fn pipeline(
         };
         (key, caller)
     };
-    finish.key = Some(Arc::clone(&key));
-    key.usage.touch(now);
+    finish.key = Some(key.clone());
+    key.state().usage.touch(now);
 
     // Authorize and limit. The rate cell is taken first so that every authenticated answer,
     // a refusal included, reports the key's real rate state.
@@ -218,9 +218,7 @@ async fn pipeline(
         return Err(GatewayError::MissingScope(route.scope));
     }
     info.into_result()?;
-    finish
-        .guards
-        .push(crate::limit::acquire_slot(cluster, &key).await?);
+    finish.slot = Some(crate::limit::acquire_slot(cluster, &key).await?);
 
     match route.handler {
         Handler::Forward => proxy(&live, cluster, &key, route, req, &caller, finish, limits).await,
@@ -308,7 +306,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 async fn proxy(
     live: &Live,
     cluster: Option<&Arc<crate::cluster::Cluster>>,
-    key: &Arc<KeyEntry>,
+    key: &KeyRef,
     route: RouteMatch,
     req: Request<Incoming>,
     caller: &Caller,
@@ -322,7 +320,7 @@ async fn proxy(
         return Err(GatewayError::TooLarge(server.max_body_bytes));
     }
     let needs_body = route.has_model
-        && (key.models.is_some() || live.upstreams.len() > 1 || key.tokens.is_some());
+        && (key.models.is_some() || live.upstreams.len() > 1 || key.tokens_per_minute().is_some());
     let mut strip_usage = false;
     let (upstream, upbody) = if needs_body {
         let mut bytes = read_body(
@@ -352,7 +350,7 @@ async fn proxy(
                 .default_upstream()
                 .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?,
         };
-        if key.tokens.is_some() {
+        if key.tokens_per_minute().is_some() {
             let budget = facts
                 .as_ref()
                 .and_then(|f| f.completion_budget)
@@ -400,7 +398,7 @@ async fn proxy(
 /// Sends to `upstream` and streams the answer back.
 async fn send<B>(
     upstream: &crate::forward::Upstream,
-    key: &KeyEntry,
+    key: &crate::index::KeyEntry,
     req: Request<B>,
     body: UpBody,
     caller: &Caller,
@@ -431,7 +429,7 @@ async fn send<B>(
 /// `GET /v1/models`: the union of the upstreams' models that this key may use.
 async fn list_models(
     live: &Live,
-    key: &KeyEntry,
+    key: &crate::index::KeyEntry,
     caller: &Caller,
     finish: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {

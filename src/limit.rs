@@ -10,24 +10,25 @@
 //! does not hand every key a fresh burst.
 
 use crate::error::GatewayError;
+use crate::index::{KeyRef, KeyState};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// One key's request-rate limiter.
-#[derive(Debug)]
-pub struct RateLimit {
-    gcra: Gcra,
-    pub per_minute: u32,
-    pub burst: u32,
+/// One key's request-rate cell: GCRA, whose whole state is one "theoretical arrival time".
+/// The quota is not part of the state but passed in, so the state is 8 bytes, a changed
+/// quota applies at once without handing the key a fresh burst, and the cell needs no
+/// allocation of its own (a million keys: see `index`). governor, used for the failed-auth
+/// guard, keeps quota, clock and state together in one larger limiter.
+#[derive(Debug, Default)]
+pub struct RateCell {
+    /// Nanoseconds since `EPOCH`; 0 for a cell never used.
+    tat: AtomicU64,
 }
 
 /// The outcome of one rate check, with what the `x-ratelimit-*` headers report.
@@ -42,45 +43,55 @@ pub struct RateInfo {
 }
 
 /// One clock for every limiter. Creating a `quanta` clock calibrates it (CPUID, slow in a
-/// VM: ~20 µs), so it is done once, not per key or per refused request.
-static CLOCK: std::sync::LazyLock<DefaultClock> = std::sync::LazyLock::new(DefaultClock::default);
+/// VM: ~20 µs), so it is done once, not per refused request.
+static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
+
+/// The origin of the rate cells' monotonic time.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-impl RateLimit {
-    pub fn new(per_minute: u32, burst: u32) -> RateLimit {
-        let quota = Quota::per_minute(nz(per_minute)).allow_burst(nz(burst));
-        RateLimit {
-            gcra: RateLimiter::direct_with_clock(quota, CLOCK.clone())
-                .with_middleware::<StateInformationMiddleware>(),
-            per_minute,
-            burst,
-        }
+impl RateCell {
+    /// Takes one request's cell under a quota of `per_minute` with bursts of `burst`.
+    pub fn check(&self, per_minute: u32, burst: u32) -> RateInfo {
+        let now = EPOCH.elapsed().as_nanos() as u64;
+        self.check_at(now, per_minute, burst)
     }
 
-    /// Takes one request's cell.
-    pub fn check(&self) -> RateInfo {
-        let interval = Duration::from_secs(60) / self.per_minute.max(1);
-        match self.gcra.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                RateInfo {
-                    limit: self.per_minute,
-                    remaining,
-                    reset: interval * self.burst.saturating_sub(remaining),
-                    retry_after: None,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                RateInfo {
-                    limit: self.per_minute,
+    fn check_at(&self, now: u64, per_minute: u32, burst: u32) -> RateInfo {
+        let interval = 60_000_000_000 / u64::from(per_minute.max(1));
+        let tolerance = interval.saturating_mul(u64::from(burst.max(1)));
+        let mut cur = self.tat.load(Ordering::Acquire);
+        loop {
+            let tat = cur.max(now);
+            let ahead = tat.saturating_add(interval) - now;
+            if ahead > tolerance {
+                return RateInfo {
+                    limit: per_minute,
                     remaining: 0,
-                    reset: interval * self.burst,
-                    retry_after: Some(wait.max(Duration::from_millis(1))),
+                    reset: Duration::from_nanos(tat - now),
+                    retry_after: Some(
+                        Duration::from_nanos(ahead - tolerance).max(Duration::from_millis(1)),
+                    ),
+                };
+            }
+            match self.tat.compare_exchange_weak(
+                cur,
+                now + ahead,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return RateInfo {
+                        limit: per_minute,
+                        remaining: ((tolerance - ahead) / interval).min(u64::from(u32::MAX)) as u32,
+                        reset: Duration::from_nanos(ahead),
+                        retry_after: None,
+                    }
                 }
+                Err(v) => cur = v,
             }
         }
     }
@@ -105,20 +116,19 @@ pub struct InFlight {
     count: AtomicU32,
 }
 
+/// One key's in-flight slot.
 pub struct InFlightGuard {
-    owner: Arc<InFlight>,
+    owner: Arc<KeyState>,
 }
 
 impl InFlight {
-    pub fn acquire(self: &Arc<Self>, cap: u32) -> Option<InFlightGuard> {
+    fn try_take(&self, cap: u32) -> bool {
         let prev = self.count.fetch_add(1, Ordering::AcqRel);
         if prev >= cap {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return false;
         }
-        Some(InFlightGuard {
-            owner: Arc::clone(self),
-        })
+        true
     }
 
     pub fn current(&self) -> u32 {
@@ -126,9 +136,17 @@ impl InFlight {
     }
 }
 
+impl InFlightGuard {
+    pub fn acquire(state: &Arc<KeyState>, cap: u32) -> Option<InFlightGuard> {
+        state.in_flight.try_take(cap).then(|| InFlightGuard {
+            owner: Arc::clone(state),
+        })
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.owner.count.fetch_sub(1, Ordering::AcqRel);
+        self.owner.in_flight.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -252,10 +270,10 @@ impl FailedAuthGuard {
 /// A per-key tokens-per-minute bucket. A request reserves an estimate before it is
 /// forwarded and is reconciled with the upstream's real `usage` afterwards, so the bucket
 /// ends up charged what was really used; while a request runs, its estimate holds capacity.
-#[derive(Debug)]
+/// The quota is passed in; the state starts full on first use.
+#[derive(Debug, Default)]
 pub struct TokenBucket {
-    pub per_minute: u64,
-    state: std::sync::Mutex<(f64, Instant)>,
+    state: std::sync::Mutex<Option<(f64, Instant)>>,
 }
 
 /// What the `x-ratelimit-*-tokens` headers report.
@@ -268,25 +286,22 @@ pub struct TokenInfo {
 }
 
 impl TokenBucket {
-    pub fn new(per_minute: u64) -> TokenBucket {
-        TokenBucket {
-            per_minute,
-            state: std::sync::Mutex::new((per_minute as f64, Instant::now())),
-        }
-    }
-
-    fn refill(&self, st: &mut (f64, Instant)) {
+    /// Runs `f` on the balance, refilled up to now.
+    fn with<T>(&self, per_minute: u64, f: impl FnOnce(&mut f64) -> T) -> T {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let rate = self.per_minute as f64 / 60.0;
-        st.0 = (st.0 + rate * now.duration_since(st.1).as_secs_f64()).min(self.per_minute as f64);
-        st.1 = now;
+        let (balance, at) = st.get_or_insert((per_minute as f64, now));
+        let rate = per_minute as f64 / 60.0;
+        *balance = (*balance + rate * now.duration_since(*at).as_secs_f64()).min(per_minute as f64);
+        *at = now;
+        f(balance)
     }
 
-    fn info(&self, tokens: f64, retry_after: Option<Duration>) -> TokenInfo {
-        let rate = self.per_minute as f64 / 60.0;
-        let missing = (self.per_minute as f64 - tokens).max(0.0);
+    fn info(per_minute: u64, tokens: f64, retry_after: Option<Duration>) -> TokenInfo {
+        let rate = per_minute as f64 / 60.0;
+        let missing = (per_minute as f64 - tokens).max(0.0);
         TokenInfo {
-            limit: self.per_minute,
+            limit: per_minute,
             remaining: tokens.max(0.0) as u64,
             reset: Duration::from_secs_f64(missing / rate),
             retry_after,
@@ -294,26 +309,29 @@ impl TokenBucket {
     }
 
     /// Takes `cost` tokens (at most the whole bucket) if they are there.
-    pub fn reserve(&self, cost: u64) -> TokenInfo {
-        let cost = cost.min(self.per_minute) as f64;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.refill(&mut st);
-        if st.0 >= cost {
-            st.0 -= cost;
-            self.info(st.0, None)
-        } else {
-            let rate = self.per_minute as f64 / 60.0;
-            let wait = Duration::from_secs_f64((cost - st.0) / rate).max(Duration::from_millis(1));
-            self.info(st.0, Some(wait))
-        }
+    pub fn reserve(&self, per_minute: u64, cost: u64) -> TokenInfo {
+        let per_minute = per_minute.max(1);
+        let cost = cost.min(per_minute) as f64;
+        self.with(per_minute, |balance| {
+            if *balance >= cost {
+                *balance -= cost;
+                Self::info(per_minute, *balance, None)
+            } else {
+                let rate = per_minute as f64 / 60.0;
+                let wait =
+                    Duration::from_secs_f64((cost - *balance) / rate).max(Duration::from_millis(1));
+                Self::info(per_minute, *balance, Some(wait))
+            }
+        })
     }
 
     /// Gives back `refund` tokens (negative: charges more). The balance may go below zero:
     /// a request that used more than it reserved is paid for by the next ones.
-    pub fn adjust(&self, refund: i64) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.refill(&mut st);
-        st.0 = (st.0 + refund as f64).min(self.per_minute as f64);
+    pub fn adjust(&self, per_minute: u64, refund: i64) {
+        let per_minute = per_minute.max(1);
+        self.with(per_minute, |balance| {
+            *balance = (*balance + refund as f64).min(per_minute as f64);
+        });
     }
 }
 
@@ -332,7 +350,6 @@ impl TokenInfo {
 // ------------------------------------------------------------- the limit stage, local or shared
 
 use crate::cluster::{Cluster, OnError};
-use crate::index::KeyEntry;
 
 /// What the policy says when Redis cannot answer: `None` means "use the local limiter".
 fn unavailable(cluster: &Cluster) -> Result<Option<()>, GatewayError> {
@@ -346,61 +363,67 @@ fn unavailable(cluster: &Cluster) -> Result<Option<()>, GatewayError> {
 /// Takes one request cell of the key's rate: shared in cluster mode, else this process's.
 pub async fn check_rate(
     cluster: Option<&Arc<Cluster>>,
-    key: &KeyEntry,
+    key: &KeyRef,
 ) -> Result<RateInfo, GatewayError> {
+    let local = || key.state().rate.check(key.per_minute, key.burst);
     let Some(c) = cluster else {
-        return Ok(key.rate.check());
+        return Ok(local());
     };
-    if let Some(info) = c
-        .check_rate(&key.id, key.rate.per_minute, key.rate.burst)
-        .await
-    {
+    if let Some(info) = c.check_rate(&key.id, key.per_minute, key.burst).await {
         return Ok(info);
     }
     Ok(match unavailable(c)? {
         Some(()) => RateInfo {
-            limit: key.rate.per_minute,
-            remaining: key.rate.burst,
+            limit: key.per_minute,
+            remaining: key.burst,
             reset: Duration::ZERO,
             retry_after: None,
         },
-        None => key.rate.check(),
+        None => local(),
     })
+}
+
+/// A held in-flight slot: this process's or a lease in Redis. Gives the slot back on drop.
+#[allow(dead_code)] // each variant is held for its `Drop`
+pub enum Slot {
+    Local(InFlightGuard),
+    Shared(crate::cluster::SlotLease),
+    /// Redis could not answer and the policy let the request through.
+    Unlimited,
 }
 
 /// Takes one of the key's in-flight slots; the returned guard gives it back when dropped.
 pub async fn acquire_slot(
     cluster: Option<&Arc<Cluster>>,
-    key: &KeyEntry,
-) -> Result<Box<dyn Send + Sync>, GatewayError> {
+    key: &KeyRef,
+) -> Result<Slot, GatewayError> {
     let refused = || GatewayError::ConcurrencyLimited(key.max_in_flight);
     if let Some(c) = cluster {
         match c.acquire_slot(&key.id, key.max_in_flight).await {
-            Some(Some(lease)) => return Ok(Box::new(lease)),
+            Some(Some(lease)) => return Ok(Slot::Shared(lease)),
             Some(None) => return Err(refused()),
             None => {
                 if unavailable(c)?.is_some() {
-                    return Ok(Box::new(()));
+                    return Ok(Slot::Unlimited);
                 }
             }
         }
     }
-    let slot = key
-        .in_flight
-        .acquire(key.max_in_flight)
-        .ok_or_else(refused)?;
-    Ok(Box::new(slot))
+    InFlightGuard::acquire(key.state(), key.max_in_flight)
+        .map(Slot::Local)
+        .ok_or_else(refused)
 }
 
 /// Tokens reserved for one request, settled against real usage when it ends.
 pub struct TokenCharge {
     reserved: u64,
+    per_minute: u64,
     target: ChargeTarget,
 }
 
 enum ChargeTarget {
-    Local(Arc<TokenBucket>),
-    Shared(Arc<Cluster>, Arc<str>, u64),
+    Local(Arc<KeyState>),
+    Shared(Arc<Cluster>, Arc<str>),
     None,
 }
 
@@ -417,8 +440,8 @@ impl TokenCharge {
             return;
         }
         match self.target {
-            ChargeTarget::Local(b) => b.adjust(refund),
-            ChargeTarget::Shared(c, id, per_minute) => c.adjust_tokens(&id, per_minute, refund),
+            ChargeTarget::Local(s) => s.tokens.adjust(self.per_minute, refund),
+            ChargeTarget::Shared(c, id) => c.adjust_tokens(&id, self.per_minute, refund),
             ChargeTarget::None => {}
         }
     }
@@ -427,37 +450,39 @@ impl TokenCharge {
 /// Reserves `estimate` tokens from the key's bucket, if it has a token limit.
 pub async fn reserve_tokens(
     cluster: Option<&Arc<Cluster>>,
-    key: &KeyEntry,
+    key: &KeyRef,
     estimate: u64,
 ) -> Result<Option<(TokenInfo, TokenCharge)>, GatewayError> {
-    let Some(bucket) = &key.tokens else {
+    let Some(per_minute) = key.tokens_per_minute() else {
         return Ok(None);
     };
-    let reserved = estimate.min(bucket.per_minute);
-    let local = |b: &Arc<TokenBucket>| {
-        let info = b.reserve(reserved);
-        let target = if info.retry_after.is_none() {
-            ChargeTarget::Local(Arc::clone(b))
+    let reserved = estimate.min(per_minute);
+    let charge = |info: &TokenInfo, target: ChargeTarget| TokenCharge {
+        reserved,
+        per_minute,
+        target: if info.retry_after.is_none() {
+            target
         } else {
             ChargeTarget::None
-        };
-        (info, TokenCharge { reserved, target })
+        },
+    };
+    let local = || {
+        let state = key.state();
+        let info = state.tokens.reserve(per_minute, reserved);
+        let charge = charge(&info, ChargeTarget::Local(Arc::clone(state)));
+        (info, charge)
     };
     let Some(c) = cluster else {
-        return Ok(Some(local(bucket)));
+        return Ok(Some(local()));
     };
-    match c.reserve_tokens(&key.id, bucket.per_minute, reserved).await {
+    match c.reserve_tokens(&key.id, per_minute, reserved).await {
         Some(info) => {
-            let target = if info.retry_after.is_none() {
-                ChargeTarget::Shared(Arc::clone(c), Arc::clone(&key.id), bucket.per_minute)
-            } else {
-                ChargeTarget::None
-            };
-            Ok(Some((info, TokenCharge { reserved, target })))
+            let target = ChargeTarget::Shared(Arc::clone(c), Arc::from(key.id.as_str()));
+            Ok(Some((info, charge(&info, target))))
         }
         None => match unavailable(c)? {
             Some(()) => Ok(None),
-            None => Ok(Some(local(bucket))),
+            None => Ok(Some(local())),
         },
     }
 }
@@ -468,34 +493,42 @@ mod tests {
 
     #[test]
     fn gcra_allows_burst_then_refuses() {
-        let l = RateLimit::new(10, 10);
-        let infos: Vec<_> = (0..11).map(|_| l.check()).collect();
+        let l = RateCell::default();
+        let infos: Vec<_> = (0..11).map(|_| l.check_at(1_000, 10, 10)).collect();
         assert!(infos[..10].iter().all(|i| i.retry_after.is_none()));
         assert_eq!(infos[9].remaining, 0);
         assert_eq!(infos[0].remaining, 9);
         let refused = infos[10];
-        assert!(refused.retry_after.unwrap() > Duration::from_secs(5));
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(6)));
+        // One interval later, one cell is back.
+        let later = l.check_at(1_000 + 6_000_000_000, 10, 10);
+        assert_eq!((later.retry_after, later.remaining), (None, 0));
+        // A changed quota applies to the same state at once.
+        assert!(l
+            .check_at(1_000 + 6_000_000_000, 600, 1)
+            .retry_after
+            .is_some());
     }
 
     #[test]
     fn token_bucket_reserves_and_reconciles() {
-        let b = TokenBucket::new(1000);
-        assert!(b.reserve(600).retry_after.is_none());
-        assert!(b.reserve(600).retry_after.is_some(), "only ~400 left");
-        b.adjust(500); // the first request used 100 of its 600
-        let i = b.reserve(600);
+        let b = TokenBucket::default();
+        assert!(b.reserve(1000, 600).retry_after.is_none());
+        assert!(b.reserve(1000, 600).retry_after.is_some(), "only ~400 left");
+        b.adjust(1000, 500); // the first request used 100 of its 600
+        let i = b.reserve(1000, 600);
         assert!(i.retry_after.is_none(), "{i:?}");
-        b.adjust(-2000); // far more than reserved: the balance goes negative
-        assert!(b.reserve(1).retry_after.is_some());
+        b.adjust(1000, -2000); // far more than reserved: the balance goes negative
+        assert!(b.reserve(1000, 1).retry_after.is_some());
     }
 
     #[test]
     fn in_flight_caps_and_releases() {
-        let f = Arc::new(InFlight::default());
-        let a = f.acquire(1).unwrap();
-        assert!(f.acquire(1).is_none());
+        let s = Arc::new(KeyState::default());
+        let a = InFlightGuard::acquire(&s, 1).unwrap();
+        assert!(InFlightGuard::acquire(&s, 1).is_none());
         drop(a);
-        assert!(f.acquire(1).is_some());
+        assert!(InFlightGuard::acquire(&s, 1).is_some());
     }
 
     #[test]

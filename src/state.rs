@@ -103,10 +103,16 @@ impl Gateway {
     pub fn reload_keys(&self) -> Result<usize, StoreError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.live.load_full();
-        let result = KeyStore::new(cur.config.keys.file.clone()).load_existing();
+        let store = KeyStore::new(cur.config.keys.file.clone());
+        // One pass over the text: no parsed `KeyFile` of a million records is ever built.
+        let result = store
+            .read_text()
+            .and_then(|text| text.ok_or_else(|| store.not_found()))
+            .and_then(|text| {
+                KeyIndex::load(store.path(), &text, &cur.config.limits, cur.keys.as_deref())
+            });
         match result {
-            Ok(file) => {
-                let index = KeyIndex::build(&file, &cur.config.limits, cur.keys.as_deref());
+            Ok(index) => {
                 let n = index.len();
                 self.live.store(Arc::new(Live {
                     config: Arc::clone(&cur.config),

@@ -149,12 +149,7 @@ pub enum StoreError {
 
 /// Parses and validates key-file text. `path` is only used in messages.
 pub fn parse(text: &str, path: &Path) -> Result<KeyFile, StoreError> {
-    let file: KeyFile = serde_json::from_str(text).map_err(|e| StoreError::Syntax {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: strip_position(&e.to_string()),
-    })?;
+    let file: KeyFile = serde_json::from_str(text).map_err(|e| syntax_error(path, &e))?;
     file.validate().map_err(|problem| StoreError::Invalid {
         path: path.to_path_buf(),
         problem,
@@ -162,10 +157,66 @@ pub fn parse(text: &str, path: &Path) -> Result<KeyFile, StoreError> {
     Ok(file)
 }
 
+pub(crate) fn syntax_error(path: &Path, e: &serde_json::Error) -> StoreError {
+    StoreError::Syntax {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e.to_string()),
+    }
+}
+
 fn strip_position(msg: &str) -> String {
     msg.rsplit_once(" at line ")
         .map_or(msg, |(head, _)| head)
         .to_string()
+}
+
+pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the file";
+
+/// Checks one record on its own (`KeyFile::validate` adds what needs the whole file: unique
+/// ids and secrets). `i` is its position, for the message.
+pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
+    let at = |problem: String| format!("key #{} ({}): {problem}", i + 1, k.id);
+    if !key::is_valid_id(&k.id) {
+        return Err(at(
+            "`id` must be `key_` followed by 16 letters or digits".into()
+        ));
+    }
+    if k.name.trim().is_empty() {
+        return Err(at("`name` is empty".into()));
+    }
+    let secrets = std::iter::once((&k.sha256, &k.last4))
+        .chain(k.previous.iter().map(|p| (&p.sha256, &p.last4)));
+    for (sha, last4) in secrets {
+        if parse_hash(sha).is_none() {
+            return Err(at(format!(
+                "`sha256` must be 64 hex digits, got {} characters",
+                sha.len()
+            )));
+        }
+        if !is_last4(last4) {
+            return Err(at("`last4` must be 4 letters or digits".into()));
+        }
+    }
+    Scopes::parse_list(&k.scopes).map_err(|e| at(format!("`scopes`: {e}")))?;
+    for m in &k.models {
+        crate::authorize::compile_glob(m).map_err(|e| at(format!("`models`: {e}")))?;
+    }
+    if k.expires_at.is_some_and(|e| e < k.created_at) {
+        return Err(at("`expires_at` is before `created_at`".into()));
+    }
+    let l = &k.limits;
+    if l.requests_per_minute == Some(0)
+        || l.burst == Some(0)
+        || l.max_in_flight == Some(0)
+        || l.tokens_per_minute == Some(0)
+    {
+        return Err(at(
+            "`limits` values must be at least 1 (omit a limit to use the default)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 as stored in the file.
@@ -203,50 +254,16 @@ impl KeyFile {
         let mut ids = HashSet::new();
         let mut hashes = HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
-            let at = |problem: String| format!("key #{} ({}): {problem}", i + 1, k.id);
-            if !key::is_valid_id(&k.id) {
-                return Err(at(
-                    "`id` must be `key_` followed by 16 letters or digits".into()
-                ));
-            }
+            validate_record(i, k)?;
+            let at = |problem: &str| format!("key #{} ({}): {problem}", i + 1, k.id);
             if !ids.insert(k.id.as_str()) {
-                return Err(at("duplicate `id`".into()));
+                return Err(at("duplicate `id`"));
             }
-            if k.name.trim().is_empty() {
-                return Err(at("`name` is empty".into()));
-            }
-            let secrets = std::iter::once((&k.sha256, &k.last4))
-                .chain(k.previous.iter().map(|p| (&p.sha256, &p.last4)));
-            for (sha, last4) in secrets {
-                let Some(hash) = parse_hash(sha) else {
-                    return Err(at(format!(
-                        "`sha256` must be 64 hex digits, got {} characters",
-                        sha.len()
-                    )));
-                };
+            let secrets = std::iter::once(&k.sha256).chain(k.previous.iter().map(|p| &p.sha256));
+            for hash in secrets.filter_map(|s| parse_hash(s)) {
                 if !hashes.insert(hash) {
-                    return Err(at("the same `sha256` appears twice in the file".into()));
+                    return Err(at(DUPLICATE_HASH));
                 }
-                if !is_last4(last4) {
-                    return Err(at("`last4` must be 4 letters or digits".into()));
-                }
-            }
-            Scopes::parse_list(&k.scopes).map_err(|e| at(format!("`scopes`: {e}")))?;
-            for m in &k.models {
-                crate::authorize::compile_glob(m).map_err(|e| at(format!("`models`: {e}")))?;
-            }
-            if k.expires_at.is_some_and(|e| e < k.created_at) {
-                return Err(at("`expires_at` is before `created_at`".into()));
-            }
-            let l = &k.limits;
-            if l.requests_per_minute == Some(0)
-                || l.burst == Some(0)
-                || l.max_in_flight == Some(0)
-                || l.tokens_per_minute == Some(0)
-            {
-                return Err(at(
-                    "`limits` values must be at least 1 (omit a limit to use the default)".into(),
-                ));
             }
         }
         Ok(())
@@ -427,13 +444,18 @@ impl KeyStore {
     pub fn load_existing(&self) -> Result<KeyFile, StoreError> {
         match self.read_text()? {
             Some(text) => parse(&text, &self.path),
-            None => Err(StoreError::Read {
-                path: self.path.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the file does not exist yet (create a key with `keygate keys create`)",
-                ),
-            }),
+            None => Err(self.not_found()),
+        }
+    }
+
+    /// The error for a key file that does not exist yet.
+    pub fn not_found(&self) -> StoreError {
+        StoreError::Read {
+            path: self.path.clone(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                "the file does not exist yet (create a key with `keygate keys create`)",
+            ),
         }
     }
 

@@ -33,8 +33,8 @@ pub fn load_state(path: &Path) -> std::io::Result<HashMap<String, UsageSnapshot>
 fn fingerprint(gw: &Gateway) -> u64 {
     let live = gw.live();
     live.keys.as_ref().map_or(0, |idx| {
-        idx.entries().fold(0u64, |acc, e| {
-            let u = &e.usage;
+        idx.used().iter().fold(0u64, |acc, (_, s)| {
+            let u = &s.usage;
             acc.wrapping_add(u.requests.load(std::sync::atomic::Ordering::Relaxed))
                 .wrapping_add(u.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed))
                 .wrapping_add(
@@ -69,10 +69,10 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
         return Ok(());
     };
     let mut keys = load_state(path).unwrap_or_default();
-    for e in idx.entries() {
-        let snap = e.usage.snapshot();
+    for (id, state) in idx.used() {
+        let snap = state.usage.snapshot();
         if snap != crate::account::UsageSnapshot::default() {
-            keys.insert(e.id.to_string(), snap);
+            keys.insert(id.to_string(), snap);
         }
     }
     let file = StateFile {
@@ -106,8 +106,8 @@ pub fn restore(gw: &Gateway, path: &Path) {
     let live = gw.live();
     if let Some(idx) = &live.keys {
         for (id, snap) in &saved {
-            if let Some(e) = idx.by_id(id) {
-                e.usage.restore(snap);
+            if let Some(state) = idx.state_for(id) {
+                state.usage.restore(snap);
             }
         }
     }

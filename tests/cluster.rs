@@ -267,7 +267,7 @@ async fn token_limits_charge_real_usage_for_plain_and_streamed_requests() {
             .keys
             .as_ref()
             .unwrap()
-            .by_id(&id)
+            .state_of(&id)
             .unwrap()
             .usage
             .snapshot();
@@ -288,7 +288,7 @@ async fn token_limits_charge_real_usage_for_plain_and_streamed_requests() {
             .keys
             .as_ref()
             .unwrap()
-            .by_id(&id)
+            .state_of(&id)
             .unwrap()
             .usage
             .snapshot();

@@ -332,7 +332,12 @@ async fn rate_limit_429_with_retry_headers() {
     assert!(retry_ms > 0 && retry_ms <= retry * 1000, "{retry_ms}");
     assert_eq!(a.header("x-ratelimit-limit-requests"), Some("2"));
     assert_eq!(a.header("x-ratelimit-remaining-requests"), Some("0"));
-    assert_eq!(a.header("x-ratelimit-reset-requests"), Some("1m0s"));
+    // Until both cells are back: one minute less the few milliseconds this test took.
+    let reset = a.header("x-ratelimit-reset-requests").unwrap();
+    assert!(
+        reset == "1m0s" || (reset.starts_with("59.") && reset.ends_with('s')),
+        "{reset}"
+    );
 }
 
 #[tokio::test]
@@ -750,7 +755,7 @@ async fn streamed_and_plain_usage_is_counted_for_the_key() {
         .keys
         .as_ref()
         .unwrap()
-        .by_id(&id)
+        .state_of(&id)
         .unwrap()
         .usage
         .snapshot();
