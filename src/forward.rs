@@ -18,7 +18,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as _;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,24 @@ use std::time::Duration;
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub name: Arc<str>,
+    /// The `Host` the upstream gets (port omitted when it is the scheme's default), built
+    /// once rather than formatted by the client on every request.
+    host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, UpBody>,
+}
+
+fn host_header(config: &UpstreamConfig) -> HeaderValue {
+    let a = &config.authority;
+    let default_port = if config.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let text = match a.port_u16() {
+        Some(p) if p == default_port => a.host(),
+        _ => a.as_str(),
+    };
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 impl std::fmt::Debug for Upstream {
@@ -56,6 +72,7 @@ impl Upstream {
             .build(connector);
         Upstream {
             name: Arc::from(config.name.as_str()),
+            host: host_header(&config),
             config,
             client,
         }
@@ -73,6 +90,7 @@ impl Upstream {
     pub fn with_config(&self, config: UpstreamConfig) -> Upstream {
         Upstream {
             name: Arc::from(config.name.as_str()),
+            host: host_header(&config),
             config,
             client: self.client.clone(),
         }
@@ -82,20 +100,24 @@ impl Upstream {
         self.config.models.is_match(model)
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let pq = if self.config.base_path.is_empty() {
-            path_and_query.to_string()
-        } else {
-            format!("{}{}", self.config.base_path, path_and_query)
-        };
-        Uri::builder()
-            .scheme(self.config.scheme.clone())
-            .authority(self.config.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| {
+    /// The upstream's URI for the client's. Without a base path the client's path and query
+    /// are reused as they are (no copy, no re-parse).
+    fn uri(&self, client: Uri) -> Result<Uri, GatewayError> {
+        let mut parts = client.into_parts();
+        if !self.config.base_path.is_empty() {
+            let pq = parts.path_and_query.as_ref().map_or("/", |pq| pq.as_str());
+            let joined = format!("{}{}", self.config.base_path, pq);
+            parts.path_and_query = Some(joined.try_into().map_err(|e| {
                 GatewayError::InvalidRequest(format!("the request path is not valid: {e}"))
-            })
+            })?);
+        } else if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.scheme = Some(self.config.scheme.clone());
+        parts.authority = Some(self.config.authority.clone());
+        Uri::from_parts(parts).map_err(|e| {
+            GatewayError::InvalidRequest(format!("the request path is not valid: {e}"))
+        })
     }
 
     /// Sends `req` (already sanitized) and waits for the response head.
@@ -149,7 +171,8 @@ fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
 
 /// What the gateway adds to a forwarded request.
 pub struct ForwardInfo<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, as `x-forwarded-for` carries it.
+    pub forwarded_for: &'a HeaderValue,
     /// The credential the client presented: no header carrying it goes upstream.
     pub credential: &'a str,
     pub https: bool,
@@ -164,25 +187,23 @@ pub fn upstream_request(
     body: UpBody,
     info: &ForwardInfo<'_>,
 ) -> Result<Request<UpBody>, GatewayError> {
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = upstream.uri(pq)?;
+    let uri = upstream.uri(parts.uri)?;
     let mut headers = parts.headers;
     headers::sanitize_request(&mut headers);
     headers::remove_containing(&mut headers, info.credential);
+    headers.insert(header::HOST, upstream.host.clone());
     if let Some(k) = &upstream.config.api_key {
         headers.insert(header::AUTHORIZATION, k.clone());
     }
-    if let Ok(ip) = HeaderValue::from_str(&info.client_ip.to_string()) {
-        headers.insert("x-forwarded-for", ip);
-    }
+    headers.insert(headers::X_FORWARDED_FOR, info.forwarded_for.clone());
     headers.insert(
-        "x-forwarded-proto",
+        headers::X_FORWARDED_PROTO,
         HeaderValue::from_static(if info.https { "https" } else { "http" }),
     );
     if let Ok(v) = HeaderValue::from_str(info.key_id) {
-        headers.insert("x-keygate-key-id", v);
+        headers.insert(headers::X_KEYGATE_KEY_ID, v);
     }
-    headers.insert("x-request-id", info.request_id.clone());
+    headers.insert(headers::X_REQUEST_ID, info.request_id.clone());
     // A body the gateway read (and may have rewritten) goes up with its own exact length.
     if let Some(n) = body.exact_len() {
         if n > 0 || headers.contains_key(header::CONTENT_LENGTH) {

@@ -33,17 +33,31 @@ pub struct Caller {
 }
 
 /// Connection facts the listener knows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub https: bool,
+    /// The peer's address as `x-forwarded-for` carries it: formatted once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, https: bool) -> Conn {
+        let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            peer,
+            https,
+            forwarded_for,
+        }
+    }
 }
 
 /// Answers one request.
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(crate::headers::X_REQUEST_ID)
         .filter(|v| is_valid_request_id(v))
         .cloned()
         .unwrap_or_else(new_request_id);
@@ -58,18 +72,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     };
     finish.status = resp.status().as_u16();
     let h = resp.headers_mut();
-    h.insert("x-request-id", request_id);
+    h.insert(crate::headers::X_REQUEST_ID, request_id);
     if let Some(r) = limits.rate {
         set_rate_headers(h, &r);
     }
     if let Some(t) = limits.tokens {
-        h.insert("x-ratelimit-limit-tokens", HeaderValue::from(t.limit));
+        h.insert(crate::headers::LIMIT_TOKENS, HeaderValue::from(t.limit));
         h.insert(
-            "x-ratelimit-remaining-tokens",
+            crate::headers::REMAINING_TOKENS,
             HeaderValue::from(t.remaining),
         );
         if let Ok(v) = HeaderValue::from_str(&openai_duration(t.reset)) {
-            h.insert("x-ratelimit-reset-tokens", v);
+            h.insert(crate::headers::RESET_TOKENS, v);
         }
     }
     resp.body_mut().set_finish(finish);
@@ -84,13 +98,13 @@ struct LimitState {
 }
 
 fn set_rate_headers(h: &mut http::HeaderMap, r: &RateInfo) {
-    h.insert("x-ratelimit-limit-requests", HeaderValue::from(r.limit));
+    h.insert(crate::headers::LIMIT_REQUESTS, HeaderValue::from(r.limit));
     h.insert(
-        "x-ratelimit-remaining-requests",
+        crate::headers::REMAINING_REQUESTS,
         HeaderValue::from(r.remaining),
     );
     if let Ok(v) = HeaderValue::from_str(&openai_duration(r.reset)) {
-        h.insert("x-ratelimit-reset-requests", v);
+        h.insert(crate::headers::RESET_REQUESTS, v);
     }
 }
 
@@ -406,7 +420,7 @@ async fn send<B>(
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, _) = req.into_parts();
     let info = ForwardInfo {
-        client_ip: caller.conn.peer.ip(),
+        forwarded_for: &caller.conn.forwarded_for,
         https: caller.conn.https,
         credential: &caller.credential,
         key_id: &key.id,

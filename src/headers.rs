@@ -7,6 +7,20 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
+// Names the gateway sets, parsed once: a `&str` name is parsed and hashed again on every use.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+pub const REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Always hop-by-hop, whatever `Connection` says.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -25,15 +39,31 @@ const CLIENT_ONLY: [HeaderName; 9] = [
     HeaderName::from_static("x-api-key"),
     header::COOKIE,
     header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-keygate-key-id"),
+    X_KEYGATE_KEY_ID,
 ];
 
 /// Removes hop-by-hop headers, including those listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(listed) = headers.get(header::CONNECTION) {
+        // The common cases name nothing but the connection's own state.
+        let v = listed.as_bytes();
+        let plain = v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
+        if !plain || headers.get_all(header::CONNECTION).iter().count() > 1 {
+            strip_connection_named(headers);
+        }
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    // `Proxy-Connection` is a non-standard hop-by-hop header some clients still send.
+    headers.remove(PROXY_CONNECTION);
+}
+
+fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -41,11 +71,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
         headers.remove(name);
     }
-    // `Proxy-Connection` is a non-standard hop-by-hop header some clients still send.
-    headers.remove("proxy-connection");
 }
 
 /// Prepares a client's headers for the upstream: hop-by-hop, credentials and spoofable
@@ -63,6 +91,10 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
 pub fn remove_containing(headers: &mut HeaderMap, secret: &str) {
     if secret.len() < 8 {
         return; // not a real key: nothing a substring search could protect
+    }
+    // Most values are shorter than a key: only build the searcher when one is not.
+    if !headers.values().any(|v| v.len() >= secret.len()) {
+        return;
     }
     let finder = memchr::memmem::Finder::new(secret.as_bytes());
     let leaking: Vec<HeaderName> = headers

@@ -260,7 +260,7 @@ impl<'a> Builder<'a> {
             ..
         } = self;
         entries.shrink_to_fit();
-        current.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        current.sort_unstable_by_key(|c| c.0);
         let twice = |pos: u32, problem: &str| {
             let id = entries.get(pos as usize).map_or("?", |e| e.id.as_str());
             format!("key #{} ({id}): {problem}", pos + 1)
@@ -606,5 +606,67 @@ mod tests {
         smaller.keys.retain(|k| k.id != a.id);
         let last = KeyIndex::build(&smaller, &limits(), Some(&next));
         assert!(last.state_of(&a.id).is_none(), "a removed key's state goes");
+    }
+
+    #[test]
+    fn streaming_load_refuses_what_validation_refuses() {
+        let mut file = KeyFile::empty();
+        let now = Timestamp::now();
+        for name in ["a", "b"] {
+            let new = NewKey {
+                name: name.into(),
+                ..Default::default()
+            };
+            file.create(new, "sk_kg", now).unwrap();
+        }
+        let path = std::path::Path::new("keys.json");
+        let load = |f: &KeyFile| {
+            let text = serde_json::to_string(f).unwrap();
+            KeyIndex::load(path, &text, &limits(), None)
+        };
+        assert_eq!(load(&file).unwrap().len(), 2);
+        let invalid = |r: Result<KeyIndex, store::StoreError>| match r {
+            Err(store::StoreError::Invalid { problem, .. }) => problem,
+            other => panic!("{:?}", other.map(|i| i.len())),
+        };
+        let mut dup_id = file.clone();
+        dup_id.keys[1].id = dup_id.keys[0].id.clone();
+        assert!(
+            invalid(load(&dup_id)).starts_with("key #2 ("),
+            "the later one"
+        );
+        let mut dup_hash = file.clone();
+        dup_hash.keys[1].sha256 = dup_hash.keys[0].sha256.clone();
+        assert!(invalid(load(&dup_hash)).contains("appears twice"));
+        let mut retired_copy = file.clone();
+        retired_copy.keys[1].previous.push(store::RetiredSecret {
+            sha256: file.keys[0].sha256.clone(),
+            last4: "abcd".into(),
+            valid_until: now,
+        });
+        assert!(invalid(load(&retired_copy)).contains("appears twice"));
+        let mut empty_name = file.clone();
+        empty_name.keys[0].name = " ".into();
+        assert!(invalid(load(&empty_name)).contains("`name` is empty"));
+        let mut version = file.clone();
+        version.version = 9;
+        assert!(invalid(load(&version)).contains("unsupported version 9"));
+        for bad in [
+            "{\"version\":1,\"keys\":[",
+            "{\"version\":1,\"extra\":0}",
+            "{\"keys\":[]}",
+        ] {
+            assert!(
+                matches!(
+                    KeyIndex::load(path, bad, &limits(), None),
+                    Err(store::StoreError::Syntax { .. })
+                ),
+                "{bad}"
+            );
+        }
+        // The whole-file validator agrees on every case.
+        for f in [&dup_id, &dup_hash, &retired_copy, &empty_name, &version] {
+            assert!(f.validate().is_err());
+        }
     }
 }

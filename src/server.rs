@@ -286,10 +286,7 @@ fn serve_accepted(
         }
     };
     let _ = stream.set_nodelay(true);
-    let conn = Conn {
-        peer,
-        https: tls.is_some(),
-    };
+    let conn = Conn::new(peer, tls.is_some());
     let gw = Arc::clone(gw);
     let builder = Arc::clone(builder);
     let acceptor = tls.map(|t| t.acceptor());
@@ -300,6 +297,7 @@ fn serve_accepted(
         let svc = service_fn(move |req| {
             let gw = Arc::clone(&gw);
             let guard = CancelGuard(Some(Arc::clone(&counted)));
+            let conn = conn.clone();
             async move {
                 let resp = gateway::handle(gw, req, conn).await;
                 guard.answered();
