@@ -546,10 +546,10 @@ def report(results_path, meta_path, out):
             targets.append(("full key check at 1M ≤ 1.5× the 1k time", f"{b / a:.2f}×", b / a <= 1.5,
                             f"over by {b / a - 1.5:.2f}×" if b / a > 1.5 else ""))
         w("\n`full` = `Token::parse` (prefix, alphabet, CRC32) + SHA-256 + `KeyIndex::lookup` + "
-          "the key's `rate.check()`, presenting 1024 different keys spread over the index. "
-          "`rate_check/refused` is the same call on a key over its limit (the 429 path); "
-          "`index_build` is `KeyIndex::build` for 10k keys with no previous index (start-up; a "
-          "reload reuses the limiters of unchanged keys).\n")
+          "the key's GCRA cell (`RateCell::check`), presenting 1024 different keys spread over "
+          "the index. `rate_check/refused` is the same call on a key over its limit (the 429 "
+          "path); `index_build` is `KeyIndex::build` for 10k already-parsed keys (runtime "
+          "state is created on a key's first use, not here).\n")
     else:
         w("Not run in this harness invocation (run `cargo bench --bench keycheck`; set "
           "`MICRO=1` to include it here).\n")
