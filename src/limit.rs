@@ -5,8 +5,8 @@
 //!
 //! The local request limiters are lock-free on the path of an allowed request: a GCRA cell
 //! is one atomic compare-and-swap and an in-flight slot one atomic add (a token bucket, only
-//! for keys with a token limit, takes a short per-key lock). A key's limiter lives in the
-//! key index and is carried over a reload when its quota is unchanged, so editing the key file
+//! for keys with a token limit, takes a short per-key lock). A key's cells live in its
+//! `index::KeyState`, created on first use and shared across reloads, so editing the key file
 //! does not hand every key a fresh burst.
 
 use crate::error::GatewayError;
