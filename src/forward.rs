@@ -217,3 +217,26 @@ pub fn upstream_request(
     *req.headers_mut() = headers;
     Ok(req)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> UpstreamConfig {
+        let toml = format!("[[upstream]]\nname = \"u\"\nurl = \"{url}\"\nmodels = [\"*\"]\n");
+        crate::config::Config::parse(&toml, None)
+            .unwrap()
+            .upstreams
+            .remove(0)
+    }
+
+    #[test]
+    fn host_header_omits_only_the_default_port() {
+        let host = |url| host_header(&upstream(url));
+        assert_eq!(host("http://127.0.0.1:8000"), "127.0.0.1:8000");
+        assert_eq!(host("http://vllm.internal:80"), "vllm.internal");
+        assert_eq!(host("https://gpu.example.com:443/v1"), "gpu.example.com");
+        assert_eq!(host("https://gpu.example.com:8443"), "gpu.example.com:8443");
+        assert_eq!(host("http://vllm.internal"), "vllm.internal");
+    }
+}

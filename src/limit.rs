@@ -130,10 +130,6 @@ impl InFlight {
         }
         true
     }
-
-    pub fn current(&self) -> u32 {
-        self.count.load(Ordering::Acquire)
-    }
 }
 
 impl InFlightGuard {

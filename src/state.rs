@@ -103,14 +103,11 @@ impl Gateway {
     pub fn reload_keys(&self) -> Result<usize, StoreError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.live.load_full();
-        let store = KeyStore::new(cur.config.keys.file.clone());
-        // One pass over the text: no parsed `KeyFile` of a million records is ever built.
-        let result = store
-            .read_text()
-            .and_then(|text| text.ok_or_else(|| store.not_found()))
-            .and_then(|text| {
-                KeyIndex::load(store.path(), &text, &cur.config.limits, cur.keys.as_deref())
-            });
+        let result = load_index(
+            &cur.config.keys.file,
+            &cur.config.limits,
+            cur.keys.as_deref(),
+        );
         match result {
             Ok(index) => {
                 let n = index.len();
@@ -164,9 +161,8 @@ impl Gateway {
                 Arc::clone(idx)
             } else {
                 // Limits changed: rebuild so every key's effective quota is recomputed.
-                let file = KeyStore::new(cur.config.keys.file.clone()).load();
-                match file {
-                    Ok(f) => Arc::new(KeyIndex::build(&f, &next.limits, Some(idx))),
+                match load_index(&cur.config.keys.file, &next.limits, Some(idx)) {
+                    Ok(rebuilt) => Arc::new(rebuilt),
                     Err(_) => Arc::clone(idx),
                 }
             }
@@ -193,6 +189,18 @@ impl Gateway {
             .fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, "gateway.toml reload failed; the last good configuration keeps serving");
     }
+}
+
+/// Reads the key file, which must exist, and indexes it in one streaming pass: no parsed
+/// `KeyFile` of a million records is ever built.
+fn load_index(
+    file: &std::path::Path,
+    limits: &crate::config::LimitDefaults,
+    previous: Option<&KeyIndex>,
+) -> Result<KeyIndex, StoreError> {
+    let store = KeyStore::new(file.to_path_buf());
+    let text = store.read_text()?.ok_or_else(|| store.not_found())?;
+    KeyIndex::load(store.path(), &text, limits, previous)
 }
 
 /// Builds upstreams, reusing connection pools of unchanged ones.
