@@ -182,7 +182,11 @@ enum Kind {
     Full(Option<Bytes>),
     Upstream {
         inner: Incoming,
+        /// The upstream connection `inner` arrives on, polled by this body.
+        lease: crate::pool::Lease,
         idle: Idle,
+        /// An upstream error held back for one poll (see `poll_frame`).
+        broken: Option<BoxError>,
         scanner: Option<UsageScanner>,
         strip: Option<UsageChunkFilter>,
     },
@@ -247,12 +251,19 @@ impl Body {
         }
     }
 
-    /// Streams an upstream answer; `scan` reads token usage as it passes.
-    pub fn upstream(inner: Incoming, idle: Duration, scan: bool) -> Body {
+    /// Streams an upstream answer arriving on `lease`; `scan` reads token usage as it passes.
+    pub fn upstream(
+        inner: Incoming,
+        lease: crate::pool::Lease,
+        idle: Duration,
+        scan: bool,
+    ) -> Body {
         Body {
             kind: Kind::Upstream {
                 inner,
+                lease,
                 idle: Idle::new(idle),
+                broken: None,
                 scanner: scan.then(UsageScanner::default),
                 strip: None,
             },
@@ -301,11 +312,29 @@ impl HttpBody for Body {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream {
                 inner,
+                lease,
                 idle,
+                broken,
                 scanner,
                 strip,
             } => loop {
+                if let Some(e) = broken.take() {
+                    break Poll::Ready(Some(Err(e)));
+                }
+                lease.drive(cx);
                 let frame = ready!(idle.poll_frame(inner, cx));
+                if let Some(Err(e)) = frame {
+                    // The upstream broke off. hyper cuts the client's connection at a body
+                    // error without flushing what it has buffered, and the frames before
+                    // the break may have arrived in the same read: yield once so they go
+                    // out first, then report the error.
+                    *broken = Some(e);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if frame.is_none() {
+                    lease.release();
+                }
                 if let (Some(Ok(f)), Some(s)) = (&frame, scanner.as_mut()) {
                     if let Some(d) = f.data_ref() {
                         s.feed(d);
@@ -366,9 +395,19 @@ impl HttpBody for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        // A full body is complete once handed over; an upstream one dropped early was cut
-        // short by the client.
-        let complete = matches!(self.kind, Kind::Full(_));
+        // A full body is complete once handed over. An upstream one is complete when it was
+        // read to its end: hyper stops polling (and drops the body) as soon as the last frame
+        // of a known length is out. Dropped before that, the client cut it short, and its
+        // connection closes with it.
+        let complete = match &mut self.kind {
+            Kind::Full(_) => true,
+            Kind::Upstream { inner, lease, .. } => {
+                if inner.is_end_stream() {
+                    lease.release();
+                }
+                self.is_end_stream()
+            }
+        };
         self.settle(complete);
     }
 }

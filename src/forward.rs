@@ -1,25 +1,22 @@
 //! Stage 5 of a request: send it to the upstream that serves its model, and bring the answer
 //! back as it streams.
 //!
-//! One pooled hyper client per upstream, HTTP/1.1 keep-alive with TCP_NODELAY. Time limits
-//! are split the way LLM servers fail: connect (server down), first byte (queued or stuck
-//! prefill), idle between body frames (a stream that stalls). A client that goes away drops
-//! the response body, which drops the upstream connection and so cancels the generation.
+//! One connection pool per upstream ([`crate::pool`]), HTTP/1.1 keep-alive with TCP_NODELAY.
+//! Time limits are split the way LLM servers fail: connect (server down), first byte (queued
+//! or stuck prefill), idle between body frames (a stream that stalls). A client that goes
+//! away drops the response body, which drops the upstream connection and so cancels the
+//! generation.
 
 use crate::body::{BodyTooLarge, ClientBodyError, UpBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::headers;
+use crate::pool::{Lease, Pool, SendError};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A configured upstream with its connection pool.
 pub struct Upstream {
@@ -28,7 +25,7 @@ pub struct Upstream {
     /// The `Host` the upstream gets (port omitted when it is the scheme's default), built
     /// once rather than formatted by the client on every request.
     host: HeaderValue,
-    client: Client<HttpsConnector<HttpConnector>, UpBody>,
+    pool: Arc<Pool>,
 }
 
 fn host_header(config: &UpstreamConfig) -> HeaderValue {
@@ -55,26 +52,22 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Upstream {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*config.tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let https = config.scheme == http::uri::Scheme::HTTPS;
+        let port = config
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let pool = Pool::new(
+            config.authority.host(),
+            port,
+            https.then(|| Arc::clone(&config.tls)),
+            config.connect_timeout,
+        );
         Upstream {
             name: Arc::from(config.name.as_str()),
             host: host_header(&config),
             config,
-            client,
+            pool: Arc::new(pool),
         }
     }
 
@@ -92,7 +85,7 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             host: host_header(&config),
             config,
-            client: self.client.clone(),
+            pool: Arc::clone(&self.pool),
         }
     }
 
@@ -100,29 +93,30 @@ impl Upstream {
         self.config.models.is_match(model)
     }
 
-    /// The upstream's URI for the client's. Without a base path the client's path and query
-    /// are reused as they are (no copy, no re-parse).
+    /// The origin-form target (`/v1/...?query`) the upstream gets for the client's URI.
+    /// Without a base path the client's path and query are reused as they are (no copy, no
+    /// re-parse).
     fn uri(&self, client: Uri) -> Result<Uri, GatewayError> {
-        let mut parts = client.into_parts();
-        if !self.config.base_path.is_empty() {
-            let pq = parts.path_and_query.as_ref().map_or("/", |pq| pq.as_str());
+        let pq = client.into_parts().path_and_query;
+        let pq = if self.config.base_path.is_empty() {
+            pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+        } else {
+            let pq = pq.as_ref().map_or("/", |pq| pq.as_str());
             let joined = format!("{}{}", self.config.base_path, pq);
-            parts.path_and_query = Some(joined.try_into().map_err(|e| {
+            joined.try_into().map_err(|e| {
                 GatewayError::InvalidRequest(format!("the request path is not valid: {e}"))
-            })?);
-        } else if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.scheme = Some(self.config.scheme.clone());
-        parts.authority = Some(self.config.authority.clone());
-        Uri::from_parts(parts).map_err(|e| {
-            GatewayError::InvalidRequest(format!("the request path is not valid: {e}"))
-        })
+            })?
+        };
+        Ok(Uri::from(pq))
     }
 
-    /// Sends `req` (already sanitized) and waits for the response head.
-    pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, GatewayError> {
-        let fut = self.client.request(req);
+    /// Sends `req` (already sanitized) and waits for the response head. The lease carries the
+    /// connection the body arrives on.
+    pub async fn send(
+        &self,
+        req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
+        let fut = self.pool.send(req);
         match tokio::time::timeout(self.config.first_byte_timeout, fut).await {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
             Ok(Ok(resp)) => Ok(resp),
@@ -158,7 +152,7 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
+fn error_chain(e: &SendError) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

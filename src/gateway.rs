@@ -430,12 +430,12 @@ async fn send<B>(
     finish.upstream = Some(Arc::clone(&upstream.name));
     let sent = Instant::now();
     let before = sent - finish.started;
-    let resp = upstream.send(up).await?;
+    let (resp, lease) = upstream.send(up).await?;
     let upstream_latency = sent.elapsed();
     finish.upstream_latency = Some(upstream_latency);
     let (mut parts, incoming) = resp.into_parts();
     crate::headers::sanitize_response(&mut parts.headers);
-    let body = Body::upstream(incoming, upstream.config.idle_timeout, true);
+    let body = Body::upstream(incoming, lease, upstream.config.idle_timeout, true);
     finish.added_latency = Some(before + (sent.elapsed() - upstream_latency));
     Ok(Response::from_parts(parts, body))
 }

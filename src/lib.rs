@@ -9,7 +9,7 @@
 //! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
 //! | authorize | [`authorize`] | route → scope, model allowlist |
 //! | limit | [`limit`], [`cluster`] | per-key rate, token and in-flight caps (local or Redis), failed-auth guard |
-//! | forward | [`forward`] | pooled upstream client, header hygiene ([`headers`]) |
+//! | forward | [`forward`], [`pool`] | upstream request, header hygiene ([`headers`]), connections leased per request |
 //! | account | [`account`] | usage counters, token scan, access log |
 //!
 //! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
@@ -39,6 +39,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod pool;
 pub mod run;
 pub mod scope;
 pub mod server;

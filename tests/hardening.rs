@@ -1668,6 +1668,26 @@ async fn upstream_reset_mid_stream_is_an_error_for_the_client() {
 }
 
 #[tokio::test]
+async fn upstream_connection_is_reused_after_a_complete_answer() {
+    let _serial = SERIAL.lock().await;
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    // Sequential requests, from one client connection and from fresh ones: each answer is
+    // read to its end, so its upstream connection goes back to the pool and serves the next.
+    for i in 0..6 {
+        let mut c = Raw::connect(g.addr).await;
+        for j in 0..2 {
+            c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+            let r = c.response().await.unwrap();
+            assert_eq!(r.status(), 200, "request {i}.{j}: {r:?}");
+        }
+    }
+    assert_eq!(m.requests(), 12);
+    assert_eq!(m.connections(), 1, "the upstream connection was not reused");
+}
+
+#[tokio::test]
 async fn stale_pooled_upstream_connection_is_retried_once() {
     let _serial = SERIAL.lock().await;
     let m = RawMock::start(Mode::CloseWhenIdle(ms(100))).await;

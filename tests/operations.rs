@@ -259,6 +259,8 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
     assert_eq!(ok["route"], "chat");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["prompt_tokens"], 2);
+    // A JSON answer of known length, read to its end, is complete.
+    assert_eq!(ok["complete"], true);
     assert!(ok["upstream_us"].as_u64().is_some() && ok["added_us"].as_u64().is_some());
     assert_eq!(access[1]["error"], "invalid_api_key");
     for l in &lines {
