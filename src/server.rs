@@ -175,7 +175,8 @@ pub fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_buf_size(s.max_header_bytes)
         .max_headers(s.max_headers)
         .keep_alive(true)
-        .half_close(false);
+        .half_close(false)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.http2_max_concurrent_streams)
