@@ -131,7 +131,7 @@ fn rss_kb() -> u64 {
 fn key_check(index: &Arc<KeyIndex>, token: &str) -> u32 {
     let t = Token::parse(token, PREFIX).expect("well-formed token");
     let (key, _secret) = index.lookup(&t.hash()).expect("known key");
-    let info = key.state().rate.check(key.per_minute, key.burst);
+    let info = key.state().rate.check(&key.rate);
     debug_assert!(info.retry_after.is_none());
     info.remaining
 }
@@ -172,14 +172,16 @@ fn bench_keycheck(c: &mut Criterion) {
     g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
     // A burst no benchmark run can drain: every check is allowed.
     let rate = keygate::limit::RateCell::default();
+    let quota_open = keygate::limit::Quota::new(100_000_000, u32::MAX);
     g.bench_function("rate_check/allowed", |b| {
-        b.iter(|| black_box(rate.check(100_000_000, u32::MAX)).remaining)
+        b.iter(|| black_box(rate.check(&quota_open)).remaining)
     });
     // One cell a minute, already taken: every check is refused (the 429 path).
     let refused = keygate::limit::RateCell::default();
-    let _ = refused.check(1, 1);
+    let quota_1 = keygate::limit::Quota::new(1, 1);
+    let _ = refused.check(&quota_1);
     g.bench_function("rate_check/refused", |b| {
-        b.iter(|| black_box(refused.check(1, 1)).retry_after)
+        b.iter(|| black_box(refused.check(&quota_1)).retry_after)
     });
     g.finish();
 

@@ -127,8 +127,7 @@ pub struct KeyEntry {
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
     pub max_in_flight: u32,
-    pub per_minute: u32,
-    pub burst: u32,
+    pub rate: crate::limit::Quota,
     /// Tokens per minute, 0 when neither the key nor `[limits]` sets one.
     tokens_per_minute: u64,
     state: OnceLock<Arc<KeyState>>,
@@ -523,8 +522,7 @@ fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
         expires_at: rec.expires_at,
         revoked_at: rec.revoked_at,
         max_in_flight: rec.limits.max_in_flight.unwrap_or(limits.max_in_flight),
-        per_minute,
-        burst,
+        rate: crate::limit::Quota::new(per_minute, burst),
         tokens_per_minute: rec
             .limits
             .tokens_per_minute

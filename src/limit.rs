@@ -13,7 +13,7 @@ use crate::error::GatewayError;
 use crate::index::{KeyRef, KeyState};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::{Quota, RateLimiter};
+use governor::RateLimiter;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -53,23 +53,46 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
+/// A request quota with the GCRA figures it implies, worked out once per key (at index
+/// build), not on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub per_minute: u32,
+    pub burst: u32,
+    /// Nanoseconds between requests at the steady rate.
+    interval: u64,
+    /// How far ahead of now the arrival time may run: `burst` intervals.
+    tolerance: u64,
+}
+
+impl Quota {
+    pub fn new(per_minute: u32, burst: u32) -> Quota {
+        let interval = 60_000_000_000 / u64::from(per_minute.max(1));
+        Quota {
+            per_minute,
+            burst,
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst.max(1))),
+        }
+    }
+}
+
 impl RateCell {
-    /// Takes one request's cell under a quota of `per_minute` with bursts of `burst`.
-    pub fn check(&self, per_minute: u32, burst: u32) -> RateInfo {
+    /// Takes one request's cell under `quota`.
+    pub fn check(&self, quota: &Quota) -> RateInfo {
         let now = EPOCH.elapsed().as_nanos() as u64;
-        self.check_at(now, per_minute, burst)
+        self.check_at(now, quota)
     }
 
-    fn check_at(&self, now: u64, per_minute: u32, burst: u32) -> RateInfo {
-        let interval = 60_000_000_000 / u64::from(per_minute.max(1));
-        let tolerance = interval.saturating_mul(u64::from(burst.max(1)));
+    fn check_at(&self, now: u64, q: &Quota) -> RateInfo {
+        let (interval, tolerance) = (q.interval, q.tolerance);
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let tat = cur.max(now);
             let ahead = tat.saturating_add(interval) - now;
             if ahead > tolerance {
                 return RateInfo {
-                    limit: per_minute,
+                    limit: q.per_minute,
                     remaining: 0,
                     reset: Duration::from_nanos(tat - now),
                     retry_after: Some(
@@ -85,7 +108,7 @@ impl RateCell {
             ) {
                 Ok(_) => {
                     return RateInfo {
-                        limit: per_minute,
+                        limit: q.per_minute,
                         remaining: ((tolerance - ahead) / interval).min(u64::from(u32::MAX)) as u32,
                         reset: Duration::from_nanos(ahead),
                         retry_after: None,
@@ -206,7 +229,7 @@ impl FailedAuthGuard {
     pub fn new(per_minute: u32) -> FailedAuthGuard {
         FailedAuthGuard {
             failures: KeyedGcra::new(
-                Quota::per_minute(nz(per_minute)),
+                governor::Quota::per_minute(nz(per_minute)),
                 governor::state::keyed::DefaultKeyedStateStore::<IpAddr>::default(),
                 CLOCK.clone(),
             ),
@@ -361,17 +384,20 @@ pub async fn check_rate(
     cluster: Option<&Arc<Cluster>>,
     key: &KeyRef,
 ) -> Result<RateInfo, GatewayError> {
-    let local = || key.state().rate.check(key.per_minute, key.burst);
+    let local = || key.state().rate.check(&key.rate);
     let Some(c) = cluster else {
         return Ok(local());
     };
-    if let Some(info) = c.check_rate(&key.id, key.per_minute, key.burst).await {
+    if let Some(info) = c
+        .check_rate(&key.id, key.rate.per_minute, key.rate.burst)
+        .await
+    {
         return Ok(info);
     }
     Ok(match unavailable(c)? {
         Some(()) => RateInfo {
-            limit: key.per_minute,
-            remaining: key.burst,
+            limit: key.rate.per_minute,
+            remaining: key.rate.burst,
             reset: Duration::ZERO,
             retry_after: None,
         },
@@ -490,18 +516,20 @@ mod tests {
     #[test]
     fn gcra_allows_burst_then_refuses() {
         let l = RateCell::default();
-        let infos: Vec<_> = (0..11).map(|_| l.check_at(1_000, 10, 10)).collect();
+        let infos: Vec<_> = (0..11)
+            .map(|_| l.check_at(1_000, &Quota::new(10, 10)))
+            .collect();
         assert!(infos[..10].iter().all(|i| i.retry_after.is_none()));
         assert_eq!(infos[9].remaining, 0);
         assert_eq!(infos[0].remaining, 9);
         let refused = infos[10];
         assert_eq!(refused.retry_after, Some(Duration::from_secs(6)));
         // One interval later, one cell is back.
-        let later = l.check_at(1_000 + 6_000_000_000, 10, 10);
+        let later = l.check_at(1_000 + 6_000_000_000, &Quota::new(10, 10));
         assert_eq!((later.retry_after, later.remaining), (None, 0));
         // A changed quota applies to the same state at once.
         assert!(l
-            .check_at(1_000 + 6_000_000_000, 600, 1)
+            .check_at(1_000 + 6_000_000_000, &Quota::new(600, 1))
             .retry_after
             .is_some());
     }
