@@ -466,12 +466,14 @@ for round in $(seq "$ROUNDS"); do
     log "round $round: reload of the 100k-key file under load"
     fb="$WORK/wrk-k100-base-r$round.txt"
     fd="$WORK/wrk-k100-reload-r$round.txt"
+    stage="$WORK/k100-stage-r$round"
+    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload-stage "$BIN" "$WORK/k100/gateway.toml" "$stage" || true
     wrk_run "$fb" "$WORK/key100.lua" "$URL100"
     wrk_run "$fd" "$WORK/key100.lua" "$URL100" &
     WRK_BG=$!
     PIDS+=("$WRK_BG")
     sleep 1.5
-    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$BIN" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-r$round.json" || true
+    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$stage" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-r$round.json" || true
     wait "$WRK_BG" || true
     "$PY" - "$WORK/reload-r$round.json" "$fb" "$fd" "$round" "$TOOLS" >>"$RES" <<'EOF'
 import json,sys,importlib.util
@@ -479,7 +481,7 @@ spec=importlib.util.spec_from_file_location("tools",sys.argv[5]); t=importlib.ut
 try:
     r=json.load(open(sys.argv[1]))
 except Exception as e:
-    r={"cli_s":None,"works_after_cli_s":None,"works_after_start_s":None,"error":str(e)}
+    r={"cli_s":None,"works_after_swap_s":None,"error":str(e)}
 b=t.parse_wrk(open(sys.argv[2]).read()); d=t.parse_wrk(open(sys.argv[3]).read())
 import re
 m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(sys.argv[3]).read())
