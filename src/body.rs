@@ -33,25 +33,32 @@ pub struct ClientBodyError(pub String);
 pub struct BodyTooLarge(pub u64);
 
 /// Polls `inner`, failing when no frame arrives for `idle`, or, with a total deadline, when
-/// the whole body has not arrived by then (a body dripped just under the idle gap).
+/// the whole body has not arrived by then (a body dripped just under the idle gap). The
+/// timers are created only once `inner` makes the caller wait: a body whose frames are
+/// already there (most answers) never touches the timer wheel.
 pub struct Idle {
     idle: Duration,
-    sleep: Pin<Box<Sleep>>,
-    total: Option<Pin<Box<Sleep>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame came since `sleep` was set: the next wait sets it again.
+    rearm: bool,
+    total: Option<Instant>,
+    total_sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Idle {
     fn new(idle: Duration) -> Idle {
         Idle {
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
+            rearm: false,
             total: None,
+            total_sleep: None,
         }
     }
 
     fn with_total(idle: Duration, total: Duration) -> Idle {
         Idle {
-            total: Some(Box::pin(tokio::time::sleep(total))),
+            total: Some(Instant::now() + total),
             ..Idle::new(idle)
         }
     }
@@ -63,17 +70,30 @@ impl Idle {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                self.sleep.as_mut().reset(Instant::now() + self.idle);
+                // The gap starts again at the next wait.
+                self.rearm = true;
                 Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
-                let total_over = self
-                    .total
-                    .as_mut()
-                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                if !total_over {
-                    ready!(self.sleep.as_mut().poll(cx));
+                if let Some(deadline) = self.total {
+                    let total = self
+                        .total_sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if total.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
+                    }
                 }
+                let idle = self.idle;
+                let sleep = match &mut self.sleep {
+                    Some(s) => {
+                        if std::mem::take(&mut self.rearm) {
+                            s.as_mut().reset(Instant::now() + idle);
+                        }
+                        s
+                    }
+                    None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))))
             }
         }

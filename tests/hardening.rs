@@ -1746,6 +1746,52 @@ async fn client_gone_before_first_byte_closes_upstream() {
 }
 
 #[tokio::test]
+async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    // Gaps under the idle timeout, a stream longer than it: the timer restarts at each event.
+    let m = RawMock::start(Mode::Sse {
+        interval: ms(150),
+        count: 4,
+    })
+    .await;
+    let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    let r = c
+        .response()
+        .await
+        .expect("a stream with short gaps completes");
+    assert_eq!(r.status(), 200);
+    assert!(
+        contains(&r.body, "w3 "),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // A gap over it: the stream is cut, the client sees a broken body, not a clean end.
+    let m = RawMock::start(Mode::Sse {
+        interval: ms(1500),
+        count: 2,
+    })
+    .await;
+    let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
+    let mut c = Raw::connect(g.addr).await;
+    let start = Instant::now();
+    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    let r = c.response().await;
+    let took = start.elapsed();
+    eprintln!("stalled upstream stream: {r:?} after {took:?}");
+    let err = r.expect_err("a stalled stream read as complete");
+    assert!(err.contains("terminating chunk"), "{err}");
+    assert!(String::from_utf8_lossy(&c.buf).starts_with("HTTP/1.1 200"));
+    assert!(took >= ms(400) && took < ms(1400), "{took:?}");
+    assert!(
+        m.wait(SEC, |e| matches!(e, Event::Eof(_))).await.is_some(),
+        "the stalled upstream connection stayed open"
+    );
+}
+
+#[tokio::test]
 async fn client_gone_mid_sse_closes_upstream() {
     let _serial = SERIAL.lock().await;
     let m = RawMock::start(Mode::Sse {
