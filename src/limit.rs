@@ -16,7 +16,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::RateLimiter;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -222,6 +222,9 @@ type KeyedGcra = RateLimiter<
 pub struct FailedAuthGuard {
     failures: KeyedGcra,
     blocked: dashmap::DashMap<IpAddr, Instant>,
+    /// False only while `blocked` is empty: the request path reads one flag instead of
+    /// asking every shard of the map.
+    any_blocked: AtomicBool,
     per_minute: AtomicU32,
 }
 
@@ -234,6 +237,7 @@ impl FailedAuthGuard {
                 CLOCK.clone(),
             ),
             blocked: dashmap::DashMap::new(),
+            any_blocked: AtomicBool::new(false),
             per_minute: AtomicU32::new(per_minute),
         }
     }
@@ -242,9 +246,9 @@ impl FailedAuthGuard {
         self.per_minute.load(Ordering::Relaxed)
     }
 
-    /// Refuses an address that is blocked. Cheap when nobody is: one empty-map check.
+    /// Refuses an address that is blocked. Cheap when nobody is: one flag.
     pub fn check(&self, ip: IpAddr) -> Result<(), GatewayError> {
-        if self.blocked.is_empty() {
+        if !self.any_blocked.load(Ordering::Acquire) {
             return Ok(());
         }
         let now = Instant::now();
@@ -271,6 +275,7 @@ impl FailedAuthGuard {
             Err(not_until) => not_until.wait_time_from(self.failures.clock().now()),
         };
         self.blocked.insert(ip, Instant::now() + wait);
+        self.any_blocked.store(true, Ordering::Release);
     }
 
     /// Drops state for addresses that have been quiet, so memory stays bounded.
@@ -279,6 +284,11 @@ impl FailedAuthGuard {
         self.failures.shrink_to_fit();
         let now = Instant::now();
         self.blocked.retain(|_, until| *until > now);
+        // Cleared first, then set again if an entry is there (one added meanwhile included).
+        self.any_blocked.store(false, Ordering::Release);
+        if !self.blocked.is_empty() {
+            self.any_blocked.store(true, Ordering::Release);
+        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -569,5 +579,28 @@ mod tests {
             "the third failure uses up the allowance"
         );
         assert!(g.check("127.0.0.8".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn sweep_drops_expired_blocks() {
+        // 60k a minute: a block lasts 1 ms. (The failure counts are kept until they are back
+        // to full, a minute here: governor's `retain_recent`.)
+        let g = FailedAuthGuard::new(60_000);
+        let ip: IpAddr = "127.0.0.7".parse().unwrap();
+        while g.check(ip).is_ok() {
+            g.record_failure(ip);
+        }
+        assert_eq!(g.tracked(), 2, "the failure count and the block");
+        std::thread::sleep(Duration::from_millis(20));
+        g.sweep();
+        assert_eq!(g.tracked(), 1, "the expired block was kept");
+        assert!(g.blocked.is_empty());
+        assert!(g.check(ip).is_ok());
+        assert!(!g.any_blocked.load(Ordering::Acquire));
+        // Blocking again after a sweep still works.
+        while g.check(ip).is_ok() {
+            g.record_failure(ip);
+        }
+        assert!(g.check(ip).is_err());
     }
 }
