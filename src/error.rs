@@ -140,15 +140,19 @@ impl GatewayError {
 
     /// The OpenAI-shaped answer. Callers add request-scoped headers (request id, limits).
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        let body = serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "type": self.kind(),
-                "param": null,
-                "code": self.code(),
-            }
-        });
-        let mut resp = Response::new(B::from(Bytes::from(body.to_string())));
+        // Written directly rather than through a `serde_json::Value`: refusals are the
+        // gateway's cheapest answers and must stay so (401 and 429 at ≥ 2× the proxied rate).
+        let message = self.to_string();
+        let mut body = Vec::with_capacity(96 + message.len());
+        body.extend_from_slice(b"{\"error\":{\"message\":");
+        // A string always serializes; the writer is a Vec.
+        let _ = serde_json::to_writer(&mut body, message.as_str());
+        body.extend_from_slice(b",\"type\":\"");
+        body.extend_from_slice(self.kind().as_bytes());
+        body.extend_from_slice(b"\",\"param\":null,\"code\":\"");
+        body.extend_from_slice(self.code().as_bytes());
+        body.extend_from_slice(b"\"}}");
+        let mut resp = Response::new(B::from(Bytes::from(body)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(
@@ -163,7 +167,7 @@ impl GatewayError {
             let secs = d.as_millis().div_ceil(1000).max(1);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
             h.insert(
-                "retry-after-ms",
+                crate::headers::RETRY_AFTER_MS,
                 HeaderValue::from(d.as_millis().max(1) as u64),
             );
         }
@@ -186,5 +190,18 @@ mod tests {
         assert_eq!(v["error"]["code"], "missing_api_key");
         assert_eq!(v["error"]["type"], "authentication_error");
         assert!(v["error"]["param"].is_null());
+        assert_eq!(v["error"]["message"], GatewayError::MissingKey.to_string());
+        // A message with quotes and control characters stays valid JSON.
+        let e = GatewayError::InvalidRequest("a \"quoted\"\n\\ path".into());
+        let body = e
+            .to_response::<Full<Bytes>>()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["message"], e.to_string());
+        assert_eq!(v["error"]["code"], "invalid_request");
     }
 }

@@ -89,6 +89,11 @@ impl Upstream {
         }
     }
 
+    /// The upstream's connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub fn serves(&self, model: &str) -> bool {
         self.config.models.is_match(model)
     }

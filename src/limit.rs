@@ -53,27 +53,28 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-/// A request quota with the GCRA figures it implies, worked out once per key (at index
-/// build), not on every request.
+/// A request quota with its GCRA interval worked out once per key (at index build): the
+/// division is not paid on every request. 16 bytes, kept in every key entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     pub per_minute: u32,
     pub burst: u32,
     /// Nanoseconds between requests at the steady rate.
     interval: u64,
-    /// How far ahead of now the arrival time may run: `burst` intervals.
-    tolerance: u64,
 }
 
 impl Quota {
     pub fn new(per_minute: u32, burst: u32) -> Quota {
-        let interval = 60_000_000_000 / u64::from(per_minute.max(1));
         Quota {
             per_minute,
             burst,
-            interval,
-            tolerance: interval.saturating_mul(u64::from(burst.max(1))),
+            interval: 60_000_000_000 / u64::from(per_minute.max(1)),
         }
+    }
+
+    /// How far ahead of now the arrival time may run: `burst` intervals.
+    fn tolerance(&self) -> u64 {
+        self.interval.saturating_mul(u64::from(self.burst.max(1)))
     }
 }
 
@@ -85,7 +86,7 @@ impl RateCell {
     }
 
     fn check_at(&self, now: u64, q: &Quota) -> RateInfo {
-        let (interval, tolerance) = (q.interval, q.tolerance);
+        let (interval, tolerance) = (q.interval, q.tolerance());
         let mut cur = self.tat.load(Ordering::Acquire);
         loop {
             let tat = cur.max(now);

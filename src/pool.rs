@@ -163,6 +163,29 @@ impl Pool {
         None
     }
 
+    /// Closes idle connections that expired or that the upstream closed, so a pool that
+    /// traffic has left does not hold sockets the other side has given up on. Run on a timer.
+    pub fn sweep(&self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::mem::take(&mut *idle);
+        let mut gone = Vec::new();
+        for (since, mut conn) in before {
+            if since.elapsed() < IDLE_FOR && conn.usable(&mut cx) {
+                idle.push((since, conn));
+            } else {
+                gone.push(conn);
+            }
+        }
+        drop(idle);
+        drop(gone);
+    }
+
+    /// Idle connections held.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn put(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {

@@ -117,6 +117,9 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
             flush_usage(&gw2, &restored2).await;
             let _ = crate::expiry::warn_expiring(&gw2);
             gw2.failed_auth.sweep();
+            for u in gw2.live().upstreams.iter() {
+                u.pool().sweep();
+            }
         }
     }));
     Ok(Background { tasks })

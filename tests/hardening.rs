@@ -1688,6 +1688,38 @@ async fn upstream_connection_is_reused_after_a_complete_answer() {
 }
 
 #[tokio::test]
+async fn pool_sweep_closes_idle_connections_the_upstream_closed() {
+    let _serial = SERIAL.lock().await;
+    let m = RawMock::start(Mode::CloseWhenIdle(ms(100))).await;
+    let g = gateway_for(&m, "", "").await;
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status(), 200);
+    let live = g.gw.live();
+    let pool = live.upstreams[0].pool();
+    assert_eq!(
+        pool.idle(),
+        1,
+        "the answered request's connection went back to the pool"
+    );
+    pool.sweep();
+    assert_eq!(pool.idle(), 1, "an open idle connection was swept");
+    assert!(
+        m.wait(2 * SEC, |e| matches!(e, Event::MockClosed(_)))
+            .await
+            .is_some(),
+        "the mock did not close"
+    );
+    // With no traffic at all, the periodic sweep is what lets the socket go.
+    let swept = eventually(2 * SEC, || async {
+        pool.sweep();
+        pool.idle() == 0
+    })
+    .await;
+    assert!(swept, "a connection the upstream closed stayed in the pool");
+}
+
+#[tokio::test]
 async fn stale_pooled_upstream_connection_is_retried_once() {
     let _serial = SERIAL.lock().await;
     let m = RawMock::start(Mode::CloseWhenIdle(ms(100))).await;
