@@ -29,15 +29,15 @@ pub enum GatewayError {
     UnknownRoute(http::Method, String),
     #[error("The request body is larger than the limit of {0} bytes.")]
     TooLarge(u64),
-    #[error("Rate limit reached: {limit} requests per minute. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    #[error("Rate limit reached: {limit} requests per minute. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
     RateLimited { limit: u32, retry_after: Duration },
-    #[error("Rate limit reached: {limit} tokens per minute. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    #[error("Rate limit reached: {limit} tokens per minute. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
     TokenRateLimited { limit: u64, retry_after: Duration },
     #[error("The rate-limit backend is unavailable and this gateway is set to refuse requests until it returns.")]
     LimiterUnavailable,
     #[error("Too many requests in flight for this key (limit {0}). Retry when one finishes.")]
     ConcurrencyLimited(u32),
-    #[error("Too many failed authentication attempts from this address. Retry in {}.", crate::time::openai_duration(*retry_after))]
+    #[error("Too many failed authentication attempts from this address. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
     TooManyFailedAttempts { retry_after: Duration },
     #[error("The upstream `{0}` is unavailable.")]
     UpstreamUnavailable(String),

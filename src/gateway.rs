@@ -14,7 +14,7 @@ use crate::forward::{upstream_request, ForwardInfo};
 use crate::index::KeyRef;
 use crate::limit::RateInfo;
 use crate::state::{Gateway, Live};
-use crate::time::{openai_duration, Timestamp};
+use crate::time::{OpenAiDuration, Timestamp};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -82,7 +82,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             crate::headers::REMAINING_TOKENS,
             HeaderValue::from(t.remaining),
         );
-        if let Ok(v) = HeaderValue::from_str(&openai_duration(t.reset)) {
+        if let Some(v) = OpenAiDuration(t.reset).header_value() {
             h.insert(crate::headers::RESET_TOKENS, v);
         }
     }
@@ -103,7 +103,7 @@ fn set_rate_headers(h: &mut http::HeaderMap, r: &RateInfo) {
         crate::headers::REMAINING_REQUESTS,
         HeaderValue::from(r.remaining),
     );
-    if let Ok(v) = HeaderValue::from_str(&openai_duration(r.reset)) {
+    if let Some(v) = OpenAiDuration(r.reset).header_value() {
         h.insert(crate::headers::RESET_REQUESTS, v);
     }
 }

@@ -214,7 +214,11 @@ impl Pool {
             addr: addr(),
             source,
         })?;
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        let (sender, conn) = http1::Builder::new()
+            // One buffer, one send(2) per request, as on the server side.
+            .writev(false)
+            .handshake(TokioIo::new(io))
+            .await?;
         Ok(Box::new(Conn {
             sender,
             conn,

@@ -89,25 +89,52 @@ pub fn human_secs(secs: u64) -> String {
 
 /// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
 pub fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1_000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    if secs < 60 {
-        let frac = ms % 1_000;
-        return if frac == 0 {
-            format!("{secs}s")
+    OpenAiDuration(d).to_string()
+}
+
+/// `openai_duration` as a `Display`, so an error message or a header is written without an
+/// intermediate `String` (the 429 path writes it twice).
+pub struct OpenAiDuration(pub Duration);
+
+impl fmt::Display for OpenAiDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let ms = d.as_millis();
+        if ms < 1_000 {
+            return write!(f, "{ms}ms");
+        }
+        let secs = d.as_secs();
+        if secs < 60 {
+            let frac = (ms % 1_000) as u32;
+            if frac == 0 {
+                return write!(f, "{secs}s");
+            }
+            // Milliseconds without trailing zeros: 1.5s, 1.25s, 1.125s.
+            let (mut frac, mut width) = (frac, 3);
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            return write!(f, "{secs}.{frac:0width$}s");
+        }
+        let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
+        if h > 0 {
+            write!(f, "{h}h{m}m{s}s")
         } else {
-            let s = format!("{secs}.{frac:03}");
-            format!("{}s", s.trim_end_matches('0'))
-        };
+            write!(f, "{m}m{s}s")
+        }
     }
-    let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else {
-        format!("{m}m{s}s")
+}
+
+impl OpenAiDuration {
+    /// The header value, formatted on the stack.
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        write!(cur, "{self}").ok()?;
+        let n = cur.position() as usize;
+        http::HeaderValue::from_bytes(&buf[..n]).ok()
     }
 }
 
@@ -130,6 +157,15 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(1_500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(openai_duration(Duration::from_secs(3_723)), "1h2m3s");
+        assert_eq!(openai_duration(Duration::from_millis(1_250)), "1.25s");
+        assert_eq!(openai_duration(Duration::from_millis(59_005)), "59.005s");
+        assert_eq!(openai_duration(Duration::from_millis(999)), "999ms");
+        assert_eq!(
+            OpenAiDuration(Duration::from_millis(1_050))
+                .header_value()
+                .unwrap(),
+            "1.05s"
+        );
     }
 
     #[test]
