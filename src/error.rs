@@ -140,18 +140,29 @@ impl GatewayError {
 
     /// The OpenAI-shaped answer. Callers add request-scoped headers (request id, limits).
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        // Written directly rather than through a `serde_json::Value`: refusals are the
-        // gateway's cheapest answers and must stay so (401 and 429 at ≥ 2× the proxied rate).
+        // Serialized from borrowed fields rather than built as a `serde_json::Value` tree:
+        // refusals are the gateway's cheapest answers and must stay so.
+        #[derive(serde::Serialize)]
+        struct Detail<'a> {
+            message: &'a str,
+            r#type: &'a str,
+            param: (),
+            code: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            error: Detail<'a>,
+        }
         let message = self.to_string();
-        let mut body = Vec::with_capacity(96 + message.len());
-        body.extend_from_slice(b"{\"error\":{\"message\":");
-        // A string always serializes; the writer is a Vec.
-        let _ = serde_json::to_writer(&mut body, message.as_str());
-        body.extend_from_slice(b",\"type\":\"");
-        body.extend_from_slice(self.kind().as_bytes());
-        body.extend_from_slice(b"\",\"param\":null,\"code\":\"");
-        body.extend_from_slice(self.code().as_bytes());
-        body.extend_from_slice(b"\"}}");
+        let body = serde_json::to_vec(&Envelope {
+            error: Detail {
+                message: &message,
+                r#type: self.kind(),
+                param: (),
+                code: self.code(),
+            },
+        })
+        .unwrap_or_default();
         let mut resp = Response::new(B::from(Bytes::from(body)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

@@ -28,15 +28,22 @@ pub struct Upstream {
     pool: Arc<Pool>,
 }
 
-fn host_header(config: &UpstreamConfig) -> HeaderValue {
-    let a = &config.authority;
-    let default_port = if config.scheme == http::uri::Scheme::HTTPS {
+fn is_https(config: &UpstreamConfig) -> bool {
+    config.scheme == http::uri::Scheme::HTTPS
+}
+
+fn default_port(config: &UpstreamConfig) -> u16 {
+    if is_https(config) {
         443
     } else {
         80
-    };
+    }
+}
+
+fn host_header(config: &UpstreamConfig) -> HeaderValue {
+    let a = &config.authority;
     let text = match a.port_u16() {
-        Some(p) if p == default_port => a.host(),
+        Some(p) if p == default_port(config) => a.host(),
         _ => a.as_str(),
     };
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
@@ -52,15 +59,13 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Upstream {
-        let https = config.scheme == http::uri::Scheme::HTTPS;
-        let port = config
-            .authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
         let pool = Pool::new(
             config.authority.host(),
-            port,
-            https.then(|| Arc::clone(&config.tls)),
+            config
+                .authority
+                .port_u16()
+                .unwrap_or_else(|| default_port(&config)),
+            is_https(&config).then(|| Arc::clone(&config.tls)),
             config.connect_timeout,
         );
         Upstream {

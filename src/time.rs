@@ -87,13 +87,8 @@ pub fn human_secs(secs: u64) -> String {
     }
 }
 
-/// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
-pub fn openai_duration(d: Duration) -> String {
-    OpenAiDuration(d).to_string()
-}
-
-/// `openai_duration` as a `Display`, so an error message or a header is written without an
-/// intermediate `String` (the 429 path writes it twice).
+/// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`. A `Display`, so an error
+/// message or a header is written without an intermediate `String` (a 429 writes it twice).
 pub struct OpenAiDuration(pub Duration);
 
 impl fmt::Display for OpenAiDuration {
@@ -148,6 +143,10 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap().as_secs(), 86_400);
         assert_eq!(parse_duration("30m").unwrap().as_secs(), 1_800);
         assert!(parse_duration("soon").is_err());
+    }
+
+    fn openai_duration(d: Duration) -> String {
+        OpenAiDuration(d).to_string()
     }
 
     #[test]

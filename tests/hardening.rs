@@ -1780,15 +1780,18 @@ async fn client_gone_before_first_byte_closes_upstream() {
 #[tokio::test]
 async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
     let _serial = SERIAL.lock().await;
+    /// A chat request through a gateway with a 400 ms idle timeout to an SSE upstream.
+    async fn stream(interval: Duration, count: usize) -> (RawMock, TestGateway, Raw, Instant) {
+        let m = RawMock::start(Mode::Sse { interval, count }).await;
+        let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
+        let mut c = Raw::connect(g.addr).await;
+        let start = Instant::now();
+        c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+        (m, g, c, start)
+    }
+
     // Gaps under the idle timeout, a stream longer than it: the timer restarts at each event.
-    let m = RawMock::start(Mode::Sse {
-        interval: ms(150),
-        count: 4,
-    })
-    .await;
-    let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
-    let mut c = Raw::connect(g.addr).await;
-    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    let (_m, _g, mut c, _) = stream(ms(150), 4).await;
     let r = c
         .response()
         .await
@@ -1801,15 +1804,7 @@ async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
     );
 
     // A gap over it: the stream is cut, the client sees a broken body, not a clean end.
-    let m = RawMock::start(Mode::Sse {
-        interval: ms(1500),
-        count: 2,
-    })
-    .await;
-    let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
-    let mut c = Raw::connect(g.addr).await;
-    let start = Instant::now();
-    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    let (m, _g, mut c, start) = stream(ms(1500), 2).await;
     let r = c.response().await;
     let took = start.elapsed();
     eprintln!("stalled upstream stream: {r:?} after {took:?}");
