@@ -73,12 +73,12 @@ fn bench(c: &mut Criterion) {
             timeout: Duration::from_millis(200),
             key_prefix: "bench".into(),
             lease: Duration::from_secs(60),
-        })
-        .unwrap();
+            tls: Default::default(),
+        });
         for _ in 0..200 {
             if keygate::limit::check_rate(Some(&cluster), &key)
                 .await
-                .is_ok()
+                .is_ok_and(|i| i.retry_after.is_none())
             {
                 break;
             }

@@ -128,6 +128,9 @@ struct RawCluster {
     timeout: Option<String>,
     key_prefix: Option<String>,
     lease: Option<String>,
+    ca_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -507,7 +510,19 @@ impl Validator<'_> {
                         self.err("cluster.redis_url", "must start with redis:// or rediss://")
                     );
                 }
-                Some(crate::cluster::ClusterConfig {
+                if c.client_cert_file.is_some() != c.client_key_file.is_some() {
+                    let field = if c.client_cert_file.is_some() {
+                        "cluster.client_key_file"
+                    } else {
+                        "cluster.client_cert_file"
+                    };
+                    return Err(self.err(field, "client_cert_file and client_key_file go together"));
+                }
+                let lease = self.duration("cluster.lease", c.lease, Duration::from_secs(30))?;
+                if lease < Duration::from_secs(1) {
+                    return Err(self.err("cluster.lease", "must be at least 1s"));
+                }
+                let cluster = crate::cluster::ClusterConfig {
                     redis_url: url,
                     on_backend_error: match c.on_backend_error.as_deref() {
                         None | Some("local") => crate::cluster::OnError::Local,
@@ -526,8 +541,16 @@ impl Validator<'_> {
                         Duration::from_millis(50),
                     )?,
                     key_prefix: c.key_prefix.unwrap_or_else(|| "keygate".into()),
-                    lease: self.duration("cluster.lease", c.lease, Duration::from_secs(600))?,
-                })
+                    lease,
+                    tls: crate::cluster::RedisTls {
+                        ca_file: c.ca_file.as_deref().map(resolve),
+                        client_cert_file: c.client_cert_file.as_deref().map(resolve),
+                        client_key_file: c.client_key_file.as_deref().map(resolve),
+                    },
+                };
+                // Built once here so that `check` and `serve` refuse what cannot work.
+                crate::cluster::client(&cluster).map_err(|e| self.err(e.field(), e.to_string()))?;
+                Some(cluster)
             }
             Some(b) => {
                 return Err(self.err(
@@ -695,5 +718,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.requests_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn cluster_backend_is_built_at_load() {
+        let cluster = |url: &str, extra: &str| {
+            Config::parse(
+                &format!("[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{extra}"),
+                None,
+            )
+        };
+        let c = cluster("rediss://127.0.0.1:6380/", "")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.lease, Duration::from_secs(30));
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not PEM").unwrap();
+        let ca = format!("ca_file = \"{}\"\n", garbage.display());
+        for (url, extra, field) in [
+            ("redis://127.0.0.1:port/", "", "cluster.redis_url"),
+            ("rediss://127.0.0.1:6380/#insecure", "", "cluster.redis_url"),
+            ("rediss://127.0.0.1:6380/", ca.as_str(), "cluster.ca_file"),
+            ("redis://127.0.0.1:6380/", ca.as_str(), "cluster.redis_url"),
+            (
+                "rediss://h/",
+                "client_cert_file = \"c.pem\"\n",
+                "cluster.client_key_file",
+            ),
+            ("redis://h/", "lease = \"500ms\"\n", "cluster.lease"),
+        ] {
+            let err = cluster(url, extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{url} {extra}: {err}");
+        }
     }
 }

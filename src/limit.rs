@@ -40,6 +40,9 @@ pub struct RateInfo {
     pub reset: Duration,
     /// `Some` when this request is refused, with how long to wait.
     pub retry_after: Option<Duration>,
+    /// Set when the shared backend could not answer and the `deny` policy refuses: the
+    /// answer is then 503, not 429, with the same headers.
+    pub unavailable: bool,
 }
 
 /// One clock for every limiter. Creating a `quanta` clock calibrates it (CPUID, slow in a
@@ -99,6 +102,7 @@ impl RateCell {
                     retry_after: Some(
                         Duration::from_nanos(ahead - tolerance).max(Duration::from_millis(1)),
                     ),
+                    unavailable: false,
                 };
             }
             match self.tat.compare_exchange_weak(
@@ -113,6 +117,7 @@ impl RateCell {
                         remaining: ((tolerance - ahead) / interval).min(u64::from(u32::MAX)) as u32,
                         reset: Duration::from_nanos(ahead),
                         retry_after: None,
+                        unavailable: false,
                     }
                 }
                 Err(v) => cur = v,
@@ -122,9 +127,22 @@ impl RateCell {
 }
 
 impl RateInfo {
+    /// What the `deny` policy reports while the shared backend cannot answer: nothing left,
+    /// retry when the policy's own hint says.
+    fn backend_down(limit: u32) -> RateInfo {
+        RateInfo {
+            limit,
+            remaining: 0,
+            reset: UNAVAILABLE_RETRY,
+            retry_after: Some(UNAVAILABLE_RETRY),
+            unavailable: true,
+        }
+    }
+
     pub fn into_result(self) -> Result<(), GatewayError> {
         match self.retry_after {
             None => Ok(()),
+            Some(_) if self.unavailable => Err(GatewayError::LimiterUnavailable),
             Some(retry_after) => Err(GatewayError::RateLimited {
                 limit: self.limit,
                 retry_after,
@@ -313,6 +331,8 @@ pub struct TokenInfo {
     pub remaining: u64,
     pub reset: Duration,
     pub retry_after: Option<Duration>,
+    /// As `RateInfo`'s.
+    pub unavailable: bool,
 }
 
 impl TokenBucket {
@@ -335,6 +355,7 @@ impl TokenBucket {
             remaining: tokens.max(0.0) as u64,
             reset: Duration::from_secs_f64(missing / rate),
             retry_after,
+            unavailable: false,
         }
     }
 
@@ -369,6 +390,7 @@ impl TokenInfo {
     pub fn into_result(self) -> Result<(), GatewayError> {
         match self.retry_after {
             None => Ok(()),
+            Some(_) if self.unavailable => Err(GatewayError::LimiterUnavailable),
             Some(retry_after) => Err(GatewayError::TokenRateLimited {
                 limit: self.limit,
                 retry_after,
@@ -379,18 +401,15 @@ impl TokenInfo {
 
 // ------------------------------------------------------------- the limit stage, local or shared
 
-use crate::cluster::{Cluster, OnError};
+use crate::cluster::{Acquired, Cluster, OnError};
 
-/// What the policy says when Redis cannot answer: `None` means "use the local limiter".
-fn unavailable(cluster: &Cluster) -> Result<Option<()>, GatewayError> {
-    match cluster.config.on_backend_error {
-        OnError::Allow => Ok(Some(())),
-        OnError::Deny => Err(GatewayError::LimiterUnavailable),
-        OnError::Local => Ok(None),
-    }
-}
+/// The retry hint of a `deny` refusal while the shared backend cannot answer (the same as
+/// the 503's `retry-after`).
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// Takes one request cell of the key's rate: shared in cluster mode, else this process's.
+/// When Redis cannot answer, the policy decides; a `deny` refusal still reports the key's
+/// limit (`RateInfo::into_result` turns it into the 503).
 pub async fn check_rate(
     cluster: Option<&Arc<Cluster>>,
     key: &KeyRef,
@@ -405,14 +424,16 @@ pub async fn check_rate(
     {
         return Ok(info);
     }
-    Ok(match unavailable(c)? {
-        Some(()) => RateInfo {
+    Ok(match c.config.on_backend_error {
+        OnError::Allow => RateInfo {
             limit: key.rate.per_minute,
             remaining: key.rate.burst,
             reset: Duration::ZERO,
             retry_after: None,
+            unavailable: false,
         },
-        None => local(),
+        OnError::Deny => RateInfo::backend_down(key.rate.per_minute),
+        OnError::Local => local(),
     })
 }
 
@@ -433,13 +454,13 @@ pub async fn acquire_slot(
     let refused = || GatewayError::ConcurrencyLimited(key.max_in_flight);
     if let Some(c) = cluster {
         match c.acquire_slot(&key.id, key.max_in_flight).await {
-            Some(Some(lease)) => return Ok(Slot::Shared(lease)),
-            Some(None) => return Err(refused()),
-            None => {
-                if unavailable(c)?.is_some() {
-                    return Ok(Slot::Unlimited);
-                }
-            }
+            Acquired::Slot(lease) => return Ok(Slot::Shared(lease)),
+            Acquired::Full => return Err(refused()),
+            Acquired::Unavailable => match c.config.on_backend_error {
+                OnError::Allow => return Ok(Slot::Unlimited),
+                OnError::Deny => return Err(GatewayError::LimiterUnavailable),
+                OnError::Local => {}
+            },
         }
     }
     InFlightGuard::acquire(key.state(), key.max_in_flight)
@@ -513,10 +534,20 @@ pub async fn reserve_tokens(
             let target = ChargeTarget::Shared(Arc::clone(c), Arc::from(key.id.as_str()));
             Ok(Some((info, charge(&info, target))))
         }
-        None => match unavailable(c)? {
-            Some(()) => Ok(None),
-            None => Ok(Some(local())),
-        },
+        None => Ok(match c.config.on_backend_error {
+            OnError::Allow => None,
+            OnError::Deny => {
+                let info = TokenInfo {
+                    limit: per_minute,
+                    remaining: 0,
+                    reset: UNAVAILABLE_RETRY,
+                    retry_after: Some(UNAVAILABLE_RETRY),
+                    unavailable: true,
+                };
+                Some((info, charge(&info, ChargeTarget::None)))
+            }
+            OnError::Local => Some(local()),
+        }),
     }
 }
 

@@ -61,11 +61,7 @@ impl Gateway {
         let upstreams = build_upstreams(&config, &[]);
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
-        let cluster = config.cluster.clone().and_then(|c| {
-            crate::cluster::Cluster::start(c)
-                .map_err(|e| tracing::error!(error = %e, "cluster backend not started"))
-                .ok()
-        });
+        let cluster = config.cluster.clone().map(crate::cluster::Cluster::start);
         Arc::new(Gateway {
             cluster,
             live: ArcSwap::from_pointee(Live {

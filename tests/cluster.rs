@@ -1,6 +1,8 @@
 //! Cluster mode against a real `redis-server` on a free loopback port: limits held jointly by
-//! two gateways, the failure policies when Redis dies and recovery when it returns, and token
-//! limits (local and shared) charged with real usage, streams included.
+//! two gateways (over TLS too), the failure policies when Redis dies or stalls and recovery
+//! when it returns, in-flight leases renewed while held and freed after a crash, the breaker's
+//! single probe, what is logged, and token limits (local and shared) charged with real usage,
+//! streams included.
 
 mod common;
 
@@ -12,40 +14,131 @@ use std::time::Duration;
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// Extra `redis-server` arguments, e.g. `--requirepass`.
+    extra: Vec<String>,
+    /// Serve TLS only, with these certificate files.
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS Redis, all issued by one test CA.
+struct TlsFiles {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, from rcgen.
+    fn new() -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "keygate test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names.clone()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, names[0].as_str());
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["keygate".into()]);
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        TlsFiles {
+            ca: write("ca.pem", &ca.pem()),
+            cert: write("redis.pem", &cert),
+            key: write("redis.key", &key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            _dir: dir,
+        }
+    }
 }
 
 impl Redis {
     async fn start() -> Redis {
+        Redis::start_with(&[], None).await
+    }
+
+    async fn start_with(extra: &[&str], tls: Option<TlsFiles>) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = Redis { child: None, port };
+        let mut r = Redis {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
+        };
         r.spawn().await;
         r
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(t) => {
+                let p = |p: &std::path::Path| p.display().to_string();
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port,
+                    "--tls-cert-file".into(),
+                    p(&t.cert),
+                    "--tls-key-file".into(),
+                    p(&t.key),
+                    "--tls-ca-cert-file".into(),
+                    p(&t.ca),
+                ]
+            }
+        };
+        args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from));
+        args.extend(self.extra.iter().cloned());
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let port = self.port;
+        let tls = self.tls.is_some();
         assert!(
-            eventually(Duration::from_secs(10), || async move { ping(port).await }).await,
+            eventually(Duration::from_secs(10), || async move {
+                if tls {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                } else {
+                    // Any answer: a Redis with a password answers `-NOAUTH`.
+                    command(port, &["PING"], Duration::from_secs(1))
+                        .await
+                        .is_some()
+                }
+            })
+            .await,
             "redis-server did not start"
         );
     }
@@ -57,35 +150,77 @@ impl Redis {
         }
     }
 
+    /// Sends `signal` (e.g. STOP, CONT) to the redis-server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // Never leave a stopped process behind (a stopped one ignores nothing but KILL,
+            // yet a test may have failed between STOP and CONT).
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
         self.kill();
     }
 }
 
-async fn ping(port: u16) -> bool {
+/// One command over a fresh connection; its reply, or `None` without one within `wait`.
+async fn command(port: u16, args: &[&str], wait: Duration) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(b"PING\r\n").await.is_err() {
-        return false;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
-    let mut buf = [0u8; 7];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"+PONG\r\n"
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(wait, s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn ping(port: u16, wait: Duration) -> bool {
+    command(port, &["PING"], wait).await.as_deref() == Some("+PONG\r\n")
+}
+
+/// The `[cluster]` section for `url` with `policy`, plus `extra` lines.
+fn cluster_toml(url: &str, policy: &str, extra: &str) -> String {
+    format!("[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_backend_error = \"{policy}\"\n{extra}")
 }
 
 /// Two gateways on one key file, sharing `redis` with `policy`.
 async fn pair(redis: &Redis, policy: &str) -> (TestGateway, TestGateway) {
-    let cluster = format!("[cluster]\nbackend = \"redis\"\nredis_url = \"{}\"\non_backend_error = \"{policy}\"\ntimeout = \"100ms\"\n", redis.url());
+    pair_with(&redis.url(), policy, "timeout = \"100ms\"\n").await
+}
+
+/// Two gateways on one key file, sharing the Redis at `url` with `policy` and `extra`
+/// `[cluster]` lines.
+async fn pair_with(url: &str, policy: &str, extra: &str) -> (TestGateway, TestGateway) {
+    let cluster = cluster_toml(url, policy, extra);
     let a = start_gateway(&cluster).await;
     let keys = a.gw.config().keys.file.clone();
     let mock_b = start_mock().await;
@@ -341,4 +476,470 @@ async fn token_buckets_are_shared_through_redis() {
     let r = chat(&b, &key, body).await;
     assert_eq!(r.status, 429, "B sees what A reserved and used");
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100"));
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn cap_one() -> KeyLimits {
+    KeyLimits {
+        max_in_flight: Some(1),
+        ..Default::default()
+    }
+}
+
+/// A request that holds its slot for `ms` (the mock waits that long before answering).
+async fn slow_chat(url: String, key: &str, ms: u64) -> Option<u16> {
+    let req = http::Request::post(url)
+        .header("authorization", bearer(key))
+        .header("x-mock-delay-ms", ms.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::from(CHAT)))
+        .unwrap();
+    client()
+        .request(req)
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn a_redis_stall_leaves_no_phantom_in_flight_slot() {
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"], None).await;
+    // The default timeout (50 ms) and lease (30 s): a slot left behind would outlive the test.
+    let g = start_gateway(&cluster_toml(&redis.url(), "allow", "")).await;
+    let port = redis.port;
+    for stall in ["DEBUG SLEEP", "SIGSTOP"] {
+        let key = g.key_with_limits(cap_one());
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                chat(&g, &key, CHAT).await.status == 200
+            })
+            .await
+        );
+        let sleeper = match stall {
+            "DEBUG SLEEP" => Some(tokio::spawn(async move {
+                command(port, &["DEBUG", "SLEEP", "0.6"], Duration::from_secs(10)).await
+            })),
+            _ => {
+                redis.signal("STOP");
+                None
+            }
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                !ping(port, Duration::from_millis(30)).await
+            })
+            .await,
+            "{stall}: Redis stalls"
+        );
+        // Both calls time out (the policy lets the request through), but the acquire was
+        // written: Redis runs it when it resumes.
+        let during = chat(&g, &key, CHAT).await;
+        assert_eq!(during.status, 200, "{stall}");
+        match sleeper {
+            Some(s) => assert_eq!(s.await.unwrap().as_deref(), Some("+OK\r\n")),
+            None => redis.signal("CONT"),
+        }
+        assert!(ping(port, Duration::from_secs(5)).await);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                chat(&g, &key, CHAT).await.status == 200
+            })
+            .await,
+            "{stall}: the cap-1 key is usable again (no slot left behind for the lease)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_long_request_keeps_its_slot_and_a_killed_gateway_frees_it() {
+    let redis = Redis::start().await;
+    let cluster = cluster_toml(&redis.url(), "deny", "lease = \"1s\"\n");
+    let a = start_gateway(&cluster).await;
+    let key = a.key_with_limits(cap_one());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&a, &key, CHAT).await.status == 200
+        })
+        .await
+    );
+    // Gateway B: the real binary on the same key file and Redis.
+    let mock = start_mock().await;
+    let cfg = a.dir.path().join("b.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[[upstream]]\nurl = \"http://{}\"\n{cluster}",
+            a.gw.config().keys.file.display(),
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let mut b = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let b_addr = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(b.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().rsplit("http://").next().unwrap().to_string()
+    };
+    let b_url = format!("http://{b_addr}/v1/chat/completions");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            send(
+                http::Method::POST,
+                &b_url,
+                &[("authorization", &bearer(&key))],
+                CHAT,
+            )
+            .await
+            .status
+                == 200
+        })
+        .await,
+        "B is connected to Redis"
+    );
+    // A request on B that lasts many leases.
+    let long = tokio::spawn({
+        let (url, key) = (b_url.clone(), key.clone());
+        async move { slow_chat(url, &key, 8_000).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            chat(&a, &key, CHAT).await.status == 429
+        })
+        .await,
+        "B's request holds the key's one slot"
+    );
+    // Nothing to await here: the slot must survive several leases.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let r = chat(&a, &key, CHAT).await;
+    assert_eq!(r.status, 429, "renewed while the request runs");
+    assert_eq!(r.error_code(), "concurrency_limit_exceeded");
+    assert!(!long.is_finished());
+
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            chat(&a, &key, CHAT).await.status == 200
+        })
+        .await,
+        "a killed gateway's slot frees within about one lease"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(6));
+    long.abort();
+}
+
+#[tokio::test]
+async fn limits_are_shared_over_rediss() {
+    let redis = Redis::start_with(&["--tls-auth-clients", "no"], Some(TlsFiles::new())).await;
+    let ca = redis.tls.as_ref().unwrap().ca.display().to_string();
+    let (a, b) = pair_with(&redis.url(), "deny", &format!("ca_file = \"{ca}\"\n")).await;
+    let key = a.key_with_limits(KeyLimits {
+        requests_per_minute: Some(20),
+        ..Default::default()
+    });
+    b.gw.reload_keys().unwrap();
+    let urls = (0..40)
+        .map(|i| {
+            let g = if i % 2 == 0 { &a } else { &b };
+            g.url("/v1/chat/completions")
+        })
+        .collect();
+    let codes = parallel_chat_statuses(urls, &key).await;
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 20, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 20);
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_redis_asks() {
+    let redis = Redis::start_with(&["--tls-auth-clients", "yes"], Some(TlsFiles::new())).await;
+    let t = redis.tls.as_ref().unwrap();
+    let ca = format!("ca_file = \"{}\"\n", t.ca.display());
+    let with_cert = format!(
+        "{ca}client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        t.client_cert.display(),
+        t.client_key.display()
+    );
+    let g = start_gateway(&cluster_toml(&redis.url(), "deny", &with_cert)).await;
+    let key = g.key();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&g, &key, CHAT).await.status == 200
+        })
+        .await,
+        "connected with the client certificate"
+    );
+    let without = start_gateway(&cluster_toml(&redis.url(), "deny", &ca)).await;
+    let key = without.key();
+    let r = chat(&without, &key, CHAT).await;
+    assert_eq!(
+        r.status, 503,
+        "without one, Redis refuses and `deny` applies"
+    );
+    assert_eq!(r.error_code(), "overloaded");
+}
+
+#[tokio::test]
+async fn a_backend_that_cannot_be_built_stops_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let cases = [
+        (
+            "redis://127.0.0.1:notaport/",
+            String::new(),
+            "cluster.redis_url",
+        ),
+        (
+            "rediss://127.0.0.1:6379/",
+            format!("ca_file = \"{}\"\n", garbage.display()),
+            "cluster.ca_file",
+        ),
+        (
+            "rediss://127.0.0.1:6379/#insecure",
+            String::new(),
+            "cluster.redis_url",
+        ),
+    ];
+    for (url, extra, field) in cases {
+        let cfg = dir.path().join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+                cluster_toml(url, "deny", &extra)
+            ),
+        )
+        .unwrap();
+        let check = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(!check.status.success(), "check passed {url}");
+        assert!(err.contains(field), "{url}: {err}");
+        // `serve` refuses too, before listening: no silent per-process limits.
+        let serve = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&serve.stderr);
+        assert!(!serve.status.success(), "serve ran with {url}");
+        assert!(err.contains(field), "{url}: {err}");
+        assert!(String::from_utf8_lossy(&serve.stdout).is_empty());
+    }
+}
+
+/// A TCP proxy in front of Redis that records when each script call (`EVALSHA`) passes, and
+/// can swallow everything (a Redis that no longer answers).
+struct Proxy {
+    port: u16,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn proxy(to: u16) -> Proxy {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = Proxy {
+        port: listener.local_addr().unwrap().port(),
+        calls: Default::default(),
+        blackhole: Default::default(),
+    };
+    let (calls, blackhole) = (p.calls.clone(), p.blackhole.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            });
+            let (calls, blackhole) = (calls.clone(), blackhole.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut window: Vec<u8> = Vec::new();
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // Count across reads: keep the last bytes of the previous one.
+                    window.extend_from_slice(&buf[..n]);
+                    let found = window.windows(7).filter(|w| w == b"EVALSHA").count();
+                    {
+                        let mut c = calls.lock().unwrap();
+                        for _ in 0..found {
+                            c.push(std::time::Instant::now());
+                        }
+                    }
+                    let keep = window.len().min(6);
+                    window.drain(..window.len() - keep);
+                    if !blackhole.load(Ordering::Relaxed) && uw.write_all(&buf[..n]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    p
+}
+
+#[tokio::test]
+async fn an_open_breaker_lets_one_probe_through_per_interval_and_deny_reports_the_limit() {
+    use std::sync::atomic::Ordering;
+    let redis = Redis::start().await;
+    let proxy = proxy(redis.port).await;
+    let g = start_gateway(&cluster_toml(
+        &format!("redis://127.0.0.1:{}/", proxy.port),
+        "deny",
+        "",
+    ))
+    .await;
+    let key = g.key_with_limits(KeyLimits {
+        requests_per_minute: Some(600),
+        ..Default::default()
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&g, &key, CHAT).await.status == 200
+        })
+        .await
+    );
+    // Redis stops answering; four callers keep asking for 5 s (two and a half intervals).
+    proxy.blackhole.store(true, Ordering::Relaxed);
+    proxy.calls.lock().unwrap().clear();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, auth) = (g.url("/v1/chat/completions"), bearer(&key));
+            tokio::spawn(async move {
+                let mut last = None;
+                while std::time::Instant::now() < until {
+                    let a = send(http::Method::POST, &url, &[("authorization", &auth)], CHAT).await;
+                    last = Some(a);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                last.unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in callers {
+        answers.push(c.await.unwrap());
+    }
+    // Calls close together belong to one moment: the failures that opened the breaker, then
+    // one group per interval, which must be a single probe.
+    let calls = proxy.calls.lock().unwrap().clone();
+    let mut groups: Vec<Vec<std::time::Instant>> = Vec::new();
+    for t in calls {
+        match groups.last_mut() {
+            Some(g) if t - *g.last().unwrap() < Duration::from_millis(500) => g.push(t),
+            _ => groups.push(vec![t]),
+        }
+    }
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    assert!(sizes.len() >= 2, "no probe in 5 s: {sizes:?}");
+    assert!(
+        sizes[1..].iter().all(|n| *n == 1),
+        "one probe per open interval: {sizes:?}"
+    );
+    // The `deny` refusal carries the key's limit headers, like every authenticated answer.
+    let r = &answers[0];
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "overloaded");
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("600"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert!(r.header("x-ratelimit-reset-requests").is_some());
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_missing_redis_password_is_logged_once_with_its_reason() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret-pass"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock().await;
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[log]\nformat = \"json\"\n[[upstream]]\nurl = \"http://{}\"\n{}",
+            mock.addr,
+            cluster_toml(&redis.url(), "deny", "")
+        ),
+    )
+    .unwrap();
+    let (key, _) = cli_create_key(&cfg, "nopass");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        use std::io::BufRead;
+        let err = child.stderr.take().unwrap();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+    }
+    let addr = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().rsplit("http://").next().unwrap().to_string()
+    };
+    // Requests for three breaker intervals: every probe fails the same way.
+    let url = format!("http://{addr}/v1/chat/completions");
+    let until = std::time::Instant::now() + Duration::from_millis(6_500);
+    while std::time::Instant::now() < until {
+        let r = send(
+            http::Method::POST,
+            &url,
+            &[("authorization", &bearer(&key))],
+            CHAT,
+        )
+        .await;
+        assert_eq!(r.status, 503);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lines = logs.lock().unwrap().clone();
+    let loud: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            matches!(v["level"].as_str(), Some("WARN" | "ERROR")) && l.contains("NOAUTH")
+        })
+        .collect();
+    assert_eq!(loud.len(), 1, "the reason, once: {lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("s3cret-pass")));
 }
