@@ -22,6 +22,9 @@ pub struct KeyUsage {
     pub rate_limited: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Of `prompt_tokens + completion_tokens`, how many the gateway estimated (a stream cut
+    /// short before the upstream reported its usage) rather than read from the upstream.
+    pub estimated_tokens: AtomicU64,
     /// Unix seconds of the last authenticated request, 0 for never.
     pub last_used: AtomicU64,
 }
@@ -35,6 +38,9 @@ pub struct UsageSnapshot {
     pub rate_limited: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of the tokens above, how many are the gateway's estimates (see `KeyUsage`).
+    #[serde(default)]
+    pub estimated_tokens: u64,
     #[serde(default, rename = "last_used_at")]
     pub last_used: Option<Timestamp>,
 }
@@ -56,10 +62,15 @@ impl KeyUsage {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn add_tokens(&self, t: Tokens) {
+    /// Adds a request's tokens; `estimated` when the gateway counted them, not the upstream.
+    pub fn add_tokens(&self, t: Tokens, estimated: bool) {
         self.prompt_tokens.fetch_add(t.prompt, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(t.completion, Ordering::Relaxed);
+        if estimated {
+            self.estimated_tokens
+                .fetch_add(t.prompt + t.completion, Ordering::Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> UsageSnapshot {
@@ -71,6 +82,7 @@ impl KeyUsage {
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            estimated_tokens: self.estimated_tokens.load(Ordering::Relaxed),
             last_used: (last > 0).then_some(Timestamp(last)),
         }
     }
@@ -88,6 +100,8 @@ impl KeyUsage {
             .fetch_add(s.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(s.completion_tokens, Ordering::Relaxed);
+        self.estimated_tokens
+            .fetch_add(s.estimated_tokens, Ordering::Relaxed);
         if let Some(t) = s.last_used {
             self.last_used.fetch_max(t.0, Ordering::Relaxed);
         }
@@ -180,6 +194,187 @@ fn trim_ws(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// The JSON fields whose string values are generated text: chat deltas and messages
+/// (`content`, `reasoning_content`, `reasoning`, `refusal`, tool-call `arguments`),
+/// completions (`text`) and the Responses API's text deltas (`delta`).
+const CONTENT_FIELDS: [&[u8]; 7] = [
+    b"content",
+    b"reasoning_content",
+    b"reasoning",
+    b"refusal",
+    b"arguments",
+    b"text",
+    b"delta",
+];
+const LONGEST_FIELD: usize = 17;
+
+/// Characters a token stands for, in the estimate of a stream cut short.
+pub const CHARS_PER_TOKEN: u64 = 4;
+
+/// Estimates the completion tokens of the text an event stream has relayed so far, for a
+/// stream that ends before the upstream reports its usage (the client left, the upstream
+/// broke, the key was revoked).
+///
+/// Each non-empty string value of a `CONTENT_FIELDS` field counts one token per 4
+/// characters, and at least one: a streamed event usually carries one token, often of fewer
+/// than 4 characters. A byte scan, not a JSON parse: it jumps from quote to quote with
+/// `memchr`, keeps its place across chunk boundaries (no carried bytes, nothing counted
+/// twice), and treats a raw newline, which a JSON string cannot hold, as the end of any
+/// string, so a stray quote in an SSE comment cannot throw it off for longer than a line.
+/// Characters are UTF-8 characters; an escape (`\n`, `\"`) counts as one, and the digits
+/// of a `\uXXXX` escape are counted as well (an overestimate, on the safe side).
+#[derive(Debug, Default)]
+pub struct ContentCounter {
+    lex: Lex,
+    /// The start of the string being read, while it may still be a field name.
+    name: [u8; LONGEST_FIELD],
+    name_len: usize,
+    /// Characters of the content value being read.
+    chars: u64,
+    tokens: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Between strings, nothing pending.
+    #[default]
+    Out,
+    /// A content field's name closed: a `:` makes the next string its value.
+    AfterName,
+    /// `"name":` seen: the next string is counted.
+    BeforeValue,
+    /// In a string that may be a field name (collected in `name`).
+    Name { escape: bool },
+    /// In a string that is not counted.
+    Skip { escape: bool },
+    /// In a content value.
+    Value { escape: bool },
+}
+
+impl ContentCounter {
+    pub fn feed(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            buf = match self.lex {
+                Lex::Out => match memchr::memchr(b'"', buf) {
+                    Some(i) => {
+                        self.start_string(false);
+                        &buf[i + 1..]
+                    }
+                    None => &[],
+                },
+                Lex::AfterName | Lex::BeforeValue => {
+                    let b = buf[0];
+                    match (self.lex, b) {
+                        (_, b' ' | b'\t' | b'\r' | b'\n') => {}
+                        (Lex::AfterName, b':') => self.lex = Lex::BeforeValue,
+                        (Lex::BeforeValue, b'"') => self.start_string(true),
+                        (_, b'"') => self.start_string(false),
+                        _ => self.lex = Lex::Out,
+                    }
+                    &buf[1..]
+                }
+                Lex::Name { escape } | Lex::Skip { escape } | Lex::Value { escape } => {
+                    let mut rest = buf;
+                    if escape {
+                        // The escaped byte (one character, counted with its backslash).
+                        rest = &rest[1..];
+                        self.set_escape(false);
+                    }
+                    self.in_string(rest)
+                }
+            };
+        }
+    }
+
+    fn start_string(&mut self, value: bool) {
+        if value {
+            self.chars = 0;
+            self.lex = Lex::Value { escape: false };
+        } else {
+            self.name_len = 0;
+            self.lex = Lex::Name { escape: false };
+        }
+    }
+
+    fn set_escape(&mut self, on: bool) {
+        self.lex = match self.lex {
+            Lex::Name { .. } | Lex::Skip { .. } => Lex::Skip { escape: on },
+            Lex::Value { .. } => Lex::Value { escape: on },
+            other => other,
+        };
+    }
+
+    /// Reads string bytes up to the closing quote, a backslash or a raw newline; returns the
+    /// rest of `buf`.
+    fn in_string<'a>(&mut self, buf: &'a [u8]) -> &'a [u8] {
+        let end = memchr::memchr3(b'"', b'\\', b'\n', buf);
+        let span = &buf[..end.unwrap_or(buf.len())];
+        match self.lex {
+            Lex::Name { .. } => {
+                match self.name.get_mut(self.name_len..self.name_len + span.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(span);
+                        self.name_len += span.len();
+                    }
+                    None => self.lex = Lex::Skip { escape: false },
+                }
+            }
+            Lex::Value { .. } => {
+                // UTF-8 characters: every byte but continuation bytes.
+                self.chars += span.iter().filter(|b| (**b as i8) >= -0x40).count() as u64;
+            }
+            _ => {}
+        }
+        let Some(i) = end else {
+            return &[];
+        };
+        match buf[i] {
+            b'\\' => {
+                if matches!(self.lex, Lex::Value { .. }) {
+                    self.chars += 1;
+                }
+                self.set_escape(true);
+            }
+            b'"' => self.close_string(),
+            // A raw newline cannot be inside a JSON string: we are out of step; start over.
+            _ => {
+                self.end_value();
+                self.lex = Lex::Out;
+            }
+        }
+        &buf[i + 1..]
+    }
+
+    fn close_string(&mut self) {
+        self.lex = match self.lex {
+            Lex::Name { .. } if CONTENT_FIELDS.contains(&&self.name[..self.name_len]) => {
+                Lex::AfterName
+            }
+            Lex::Value { .. } => {
+                self.end_value();
+                Lex::Out
+            }
+            _ => Lex::Out,
+        };
+    }
+
+    fn end_value(&mut self) {
+        if matches!(self.lex, Lex::Value { .. }) && self.chars > 0 {
+            self.tokens += (self.chars / CHARS_PER_TOKEN).max(1);
+        }
+        self.chars = 0;
+    }
+
+    /// The estimate so far, a value cut off mid-string included.
+    pub fn tokens(&self) -> u64 {
+        let open = match self.lex {
+            Lex::Value { .. } if self.chars > 0 => (self.chars / CHARS_PER_TOKEN).max(1),
+            _ => 0,
+        };
+        self.tokens + open
+    }
+}
+
 /// Everything known about one request when its answer is done: settled once, on drop, so a
 /// request that ends by error, by completion or by the client leaving is counted once.
 pub struct Finish {
@@ -198,8 +393,21 @@ pub struct Finish {
     pub added_latency: Option<std::time::Duration>,
     pub upstream: Option<std::sync::Arc<str>>,
     pub tokens: Option<Tokens>,
+    /// `tokens` are the gateway's estimate (see `Finish::estimate`), not the upstream's.
+    pub tokens_estimated: bool,
+    /// Completion tokens estimated from the text an event stream relayed (`ContentCounter`);
+    /// `None` when the answer was not an event stream.
+    pub relayed_tokens: Option<u64>,
     /// False when the stream broke or the client left before the end.
     pub complete: bool,
+    /// Response body bytes handed to the client's connection (the client may not have read
+    /// the last of them if it left).
+    pub bytes_sent: u64,
+    /// Request body bytes received from the client.
+    pub bytes_received: u64,
+    /// Counts a request body streamed upstream as it goes (read into `bytes_received` at the
+    /// end); `None` when the gateway read the body itself.
+    pub received: Option<std::sync::Arc<AtomicU64>>,
     /// The gateway-wide and the per-key in-flight slots, given back when this drops.
     pub capacity: Option<crate::limit::CapacityGuard>,
     pub slot: Option<crate::limit::Slot>,
@@ -207,7 +415,13 @@ pub struct Finish {
     pub token_charge: Option<crate::limit::TokenCharge>,
 }
 
+/// The status of a request whose client left before its answer's head (nginx's "client
+/// closed request"). A client that leaves during the body keeps the status it was sent,
+/// with `complete = false`, as nginx logs it.
+pub const CLIENT_CLOSED: u16 = 499;
+
 impl Finish {
+    /// A request not answered yet: should it be dropped as it is, its client left.
     pub fn new(request_id: http::HeaderValue, method: http::Method) -> Finish {
         Finish {
             request_id,
@@ -215,32 +429,76 @@ impl Finish {
             method,
             route: "-",
             model: None,
-            status: 0,
+            status: CLIENT_CLOSED,
             error_code: None,
             started: std::time::Instant::now(),
             upstream_latency: None,
             added_latency: None,
             upstream: None,
             tokens: None,
-            complete: true,
+            tokens_estimated: false,
+            relayed_tokens: None,
+            complete: false,
+            bytes_sent: 0,
+            bytes_received: 0,
+            received: None,
             capacity: None,
             slot: None,
             token_charge: None,
         }
     }
+
+    /// What a request that ended without the upstream's usage is known to have used, so
+    /// that leaving early is never free: an event stream cut short (client gone, upstream
+    /// broken, key revoked) used its prompt and the text it relayed; a request whose client
+    /// left after it was forwarded, before the head, used its prompt. The prompt is
+    /// estimated as the reservation does: one token per 4 bytes of request body.
+    fn estimate(&self) -> Option<Tokens> {
+        let prompt = self.bytes_received / CHARS_PER_TOKEN;
+        let t = match self.relayed_tokens {
+            Some(relayed) if (200..300).contains(&self.status) && !self.complete => Tokens {
+                prompt,
+                completion: relayed,
+            },
+            _ if self.status == CLIENT_CLOSED
+                && self.upstream.is_some()
+                && self.upstream_latency.is_none() =>
+            {
+                Tokens {
+                    prompt,
+                    completion: 0,
+                }
+            }
+            _ => return None,
+        };
+        (t.prompt + t.completion > 0).then_some(t)
+    }
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some(c) = &self.received {
+            self.bytes_received = c.load(Ordering::Relaxed);
+        }
+        if self.tokens.is_none() {
+            self.tokens = self.estimate();
+            self.tokens_estimated = self.tokens.is_some();
+        }
         if let Some(charge) = self.token_charge.take() {
-            let used = self.tokens.map(|t| t.prompt + t.completion);
-            charge.settle(used, (200..300).contains(&self.status) && self.complete);
+            use crate::limit::Used;
+            let used = match self.tokens {
+                Some(t) if self.tokens_estimated => Used::Estimated(t.prompt + t.completion),
+                Some(t) => Used::Reported(t.prompt + t.completion),
+                None if (200..300).contains(&self.status) => Used::Reservation,
+                None => Used::Nothing,
+            };
+            charge.settle(used);
         }
         if let Some(k) = &self.key {
             let usage = &k.state().usage;
             usage.record_status(self.status);
             if let Some(t) = self.tokens {
-                usage.add_tokens(t);
+                usage.add_tokens(t, self.tokens_estimated);
             }
         }
         let total = self.started.elapsed();
@@ -264,6 +522,9 @@ impl Drop for Finish {
             added_us = added.as_micros() as u64,
             prompt_tokens = tokens.prompt,
             completion_tokens = tokens.completion,
+            tokens_estimated = self.tokens_estimated,
+            bytes_sent = self.bytes_sent,
+            bytes_received = self.bytes_received,
             "request"
         );
     }
@@ -306,6 +567,64 @@ data: [DONE]
                 "cut at {cut}"
             );
         }
+    }
+
+    fn count(chunks: &[&[u8]]) -> u64 {
+        let mut c = ContentCounter::default();
+        for ch in chunks {
+            c.feed(ch);
+        }
+        c.tokens()
+    }
+
+    #[test]
+    fn content_counter_counts_relayed_text_wherever_the_chunks_split() {
+        let stream: &[u8] = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+            ": keep-alive \"stray quote\n",
+            "data: {\"choices\":[{\"delta\": {\"content\" : \" wonderful\"}}]}\n\n",
+            "data: {\"choices\":[{\"text\":\"a\\\"b\\\\c\",\"type\":\"text\"}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"\u{65e5}\u{672c}\u{8a9e}\u{3067}\u{3059}\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":null,\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .as_bytes();
+        // "Hello" 1; " wonderful" (10 chars) 2; `a\"b\\c` (5 chars, escapes as one) 1;
+        // five CJK characters 1; `{\"city\":\"Paris\"}` (16 chars) 4; empty and null: 0.
+        let want = 1 + 2 + 1 + 1 + 4;
+        assert_eq!(count(&[stream]), want);
+        for cut in 1..stream.len() {
+            assert_eq!(
+                count(&[&stream[..cut], &stream[cut..]]),
+                want,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(count(&bytes), want, "byte by byte");
+    }
+
+    #[test]
+    fn content_counter_edge_cases() {
+        // A value cut off mid-string counts what arrived.
+        assert_eq!(count(&[b"data: {\"content\":\"abcdefghij"]), 2);
+        // Only string values of content fields, not names, other fields or array members.
+        assert_eq!(
+            count(&[br#"{"type":"content","content":["abcdefgh"],"x":"content"}"#]),
+            0
+        );
+        // A name longer than any content field is skipped, not overflowed.
+        assert_eq!(
+            count(&[br#"{"an_extremely_long_field_name_here":"content","text":"abcd"}"#]),
+            1
+        );
+        // A whole plain JSON answer: one value, 4 characters a token.
+        assert_eq!(
+            count(&[br#"{"choices":[{"message":{"role":"assistant","content":"0123456789abcdefghij"}}]}"#]),
+            5
+        );
     }
 
     #[test]

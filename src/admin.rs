@@ -73,12 +73,14 @@ fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
 async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     body: Incoming,
     required: bool,
+    finish: &mut Finish,
 ) -> Result<T, GatewayError> {
     let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
         .map_err(|_| GatewayError::TooLarge(MAX_ADMIN_BODY as u64))?
         .to_bytes();
+    finish.bytes_received = bytes.len() as u64;
     if bytes.iter().all(u8::is_ascii_whitespace) && !required {
         return Ok(T::default());
     }
@@ -134,7 +136,7 @@ pub async fn handle(
     finish.route = "admin";
     match (&method, segs.as_slice()) {
         (&Method::POST, []) => {
-            let b: CreateBody = read_json(req.into_body(), true).await?;
+            let b: CreateBody = read_json(req.into_body(), true, finish).await?;
             let expires_at = match (b.expires_in_days, b.expires_at) {
                 (Some(_), Some(_)) => {
                     return Err(GatewayError::InvalidRequest(
@@ -189,7 +191,7 @@ pub async fn handle(
             Ok(json(StatusCode::OK, &v))
         }
         (&Method::POST, [id, "rotate"]) => {
-            let b: RotateBody = read_json(req.into_body(), false).await?;
+            let b: RotateBody = read_json(req.into_body(), false, finish).await?;
             let (id, p) = (id.to_string(), prefix.clone());
             let (rec, token) = write(gw, move |f| f.rotate(&id, b.grace_seconds, &p, now)).await?;
             audit("rotated", &rec.id, &rec.name, admin);

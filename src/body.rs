@@ -2,17 +2,22 @@
 //!
 //! Both stream frame by frame. The response body carries the request's `Finish` record, so
 //! accounting, the in-flight slots and the access log are settled exactly when the client has
-//! the last byte, or has gone away, whichever comes first.
+//! the last byte, or has gone away, whichever comes first. An upstream answer also counts
+//! what it relays (bytes, and an event stream's text, for a stream cut short) and ends with
+//! an error when its key is revoked.
 
-use crate::account::Finish;
-use crate::account::UsageScanner;
+use crate::account::{ContentCounter, Finish, UsageScanner};
+use crate::index::KeyState;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,7 +112,8 @@ pub enum UpBody {
         inner: Incoming,
         idle: Idle,
         limit: u64,
-        seen: u64,
+        /// Bytes received so far, shared with the request's `Finish` (`bytes_received`).
+        seen: Arc<AtomicU64>,
     },
 }
 
@@ -125,12 +131,13 @@ impl UpBody {
     }
 
     /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
-    pub fn stream(inner: Incoming, timeout: Duration, limit: u64) -> UpBody {
+    /// `seen` counts the bytes as they pass.
+    pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
         UpBody::Stream {
             inner,
             idle: Idle::with_total(timeout, timeout),
             limit,
-            seen: 0,
+            seen,
         }
     }
 }
@@ -155,8 +162,8 @@ impl HttpBody for UpBody {
                 match frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
-                            *seen += d.len() as u64;
-                            if *seen > *limit {
+                            let len = d.len() as u64;
+                            if seen.fetch_add(len, Ordering::Relaxed) + len > *limit {
                                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                             }
                         }
@@ -192,10 +199,42 @@ impl HttpBody for UpBody {
     }
 }
 
-/// The body sent to the client.
-pub struct Body {
-    kind: Kind,
-    finish: Option<Box<Finish>>,
+/// The key of an answer was revoked (or left the key file) while the answer streamed.
+#[derive(Debug, thiserror::Error)]
+#[error("the API key was revoked")]
+pub struct KeyRevoked;
+
+pin_project_lite::pin_project! {
+    /// The body sent to the client.
+    pub struct Body {
+        kind: Kind,
+        finish: Option<Box<Finish>>,
+        // Data bytes handed to the client's connection so far.
+        sent: u64,
+        // Ends an upstream answer when its key is revoked.
+        #[pin]
+        revoke: Option<RevokeWatch>,
+    }
+
+    impl PinnedDrop for Body {
+        fn drop(this: Pin<&mut Self>) {
+            // A full body is complete once handed over. An upstream one is complete when it
+            // was read to its end: hyper stops polling (and drops the body) as soon as the
+            // last frame of a known length is out. Dropped before that, the client cut it
+            // short, and its connection closes with it.
+            let this = this.project();
+            if let Kind::Upstream { inner, lease, .. } = &mut *this.kind {
+                if inner.is_end_stream() {
+                    lease.release();
+                }
+            }
+            let complete = match &*this.kind {
+                Kind::Full(_) => true,
+                upstream => upstream.is_end_stream(),
+            };
+            settle(this.kind, this.finish, *this.sent, complete);
+        }
+    }
 }
 
 enum Kind {
@@ -208,8 +247,68 @@ enum Kind {
         /// An upstream error held back for one poll (see `poll_frame`).
         broken: Option<BoxError>,
         scanner: Option<UsageScanner>,
+        /// Counts the text an event stream relayed, for a stream cut short (boxed: only
+        /// event streams have one, and it would double the size of every other body).
+        content: Option<Box<ContentCounter>>,
         strip: Option<UsageChunkFilter>,
     },
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, strip, .. } => {
+                inner.is_end_stream() && strip.as_ref().is_none_or(|f| f.pending.is_empty())
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Wakes a waiting response body when its key is revoked. The wake-up is registered only
+    /// once the body has to wait (not for an answer whose frames are already there), and again
+    /// only when the waiting task changes: one lock of the key's waiter list per stream, plus
+    /// one when it ends. While frames flow, each poll reads the flag.
+    struct RevokeWatch {
+        state: Arc<KeyState>,
+        #[pin]
+        woken: Option<OwnedNotified>,
+        waker: Option<Waker>,
+    }
+}
+
+impl RevokeWatch {
+    fn is_revoked(&self) -> bool {
+        self.state.revocation.is_revoked()
+    }
+
+    /// `Ready` once the key is revoked; otherwise registers `cx` to be woken when it is.
+    fn poll_revoked(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let revocation = &this.state.revocation;
+        if revocation.is_revoked() {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        if this.woken.is_none() {
+            this.woken.set(Some(revocation.watch()));
+        }
+        if let Some(woken) = this.woken.as_mut().as_pin_mut() {
+            if woken.poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        *this.waker = Some(cx.waker().clone());
+        // Revoked between the first check and the registration: seen here.
+        if revocation.is_revoked() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Removes the usage-only SSE event (`"choices":[]` with a `usage`) that the gateway asked
@@ -268,15 +367,19 @@ impl Body {
         Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             finish: None,
+            sent: 0,
+            revoke: None,
         }
     }
 
-    /// Streams an upstream answer arriving on `lease`; `scan` reads token usage as it passes.
+    /// Streams an upstream answer arriving on `lease`; `scan` reads token usage as it
+    /// passes, and for an `event_stream` the text relayed is counted too.
     pub fn upstream(
         inner: Incoming,
         lease: crate::pool::Lease,
         idle: Duration,
         scan: bool,
+        event_stream: bool,
     ) -> Body {
         Body {
             kind: Kind::Upstream {
@@ -285,9 +388,23 @@ impl Body {
                 idle: Idle::new(idle),
                 broken: None,
                 scanner: scan.then(UsageScanner::default),
+                content: (scan && event_stream).then(Box::default),
                 strip: None,
             },
             finish: None,
+            sent: 0,
+            revoke: None,
+        }
+    }
+
+    /// Ends the answer with an error as soon as the key whose state this is is revoked.
+    pub fn end_on_revoke(&mut self, state: &Arc<KeyState>) {
+        if let Kind::Upstream { .. } = self.kind {
+            self.revoke = Some(RevokeWatch {
+                state: Arc::clone(state),
+                woken: None,
+                waker: None,
+            });
         }
     }
 
@@ -301,15 +418,22 @@ impl Body {
     pub fn set_finish(&mut self, f: Box<Finish>) {
         self.finish = Some(f);
     }
+}
 
-    fn settle(&mut self, complete: bool) {
-        if let Some(mut f) = self.finish.take() {
-            if let Kind::Upstream { scanner, .. } = &self.kind {
-                f.tokens = scanner.as_ref().and_then(UsageScanner::tokens);
-            }
-            f.complete = complete;
-            drop(f); // Finish::drop records and logs
+/// Hands the request's record what the body knows, and drops it (`Finish::drop` records and
+/// logs). Once only: later calls find no record.
+fn settle(kind: &Kind, finish: &mut Option<Box<Finish>>, sent: u64, complete: bool) {
+    if let Some(mut f) = finish.take() {
+        if let Kind::Upstream {
+            scanner, content, ..
+        } = kind
+        {
+            f.tokens = scanner.as_ref().and_then(UsageScanner::tokens);
+            f.relayed_tokens = content.as_deref().map(ContentCounter::tokens);
         }
+        f.bytes_sent = sent;
+        f.complete = complete;
+        drop(f);
     }
 }
 
@@ -327,8 +451,9 @@ impl HttpBody for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let out = match &mut this.kind {
+        let this = self.project();
+        let mut revoke = this.revoke;
+        let out = match &mut *this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream {
                 inner,
@@ -336,13 +461,32 @@ impl HttpBody for Body {
                 idle,
                 broken,
                 scanner,
+                content,
                 strip,
             } => loop {
                 if let Some(e) = broken.take() {
                     break Poll::Ready(Some(Err(e)));
                 }
+                if revoke
+                    .as_ref()
+                    .get_ref()
+                    .as_ref()
+                    .is_some_and(RevokeWatch::is_revoked)
+                {
+                    break revoked(this.finish);
+                }
                 lease.drive(cx);
-                let frame = ready!(idle.poll_frame(inner, cx));
+                let frame = match idle.poll_frame(inner, cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        if let Some(watch) = revoke.as_mut().as_pin_mut() {
+                            if watch.poll_revoked(cx).is_ready() {
+                                break revoked(this.finish);
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
                 if let Some(Err(e)) = frame {
                     // The upstream broke off. hyper cuts the client's connection at a body
                     // error without flushing what it has buffered, and the frames before
@@ -355,9 +499,14 @@ impl HttpBody for Body {
                 if frame.is_none() {
                     lease.release();
                 }
-                if let (Some(Ok(f)), Some(s)) = (&frame, scanner.as_mut()) {
+                if let Some(Ok(f)) = &frame {
                     if let Some(d) = f.data_ref() {
-                        s.feed(d);
+                        if let Some(s) = scanner.as_mut() {
+                            s.feed(d);
+                        }
+                        if let Some(c) = content.as_mut() {
+                            c.feed(d);
+                        }
                     }
                 }
                 let Some(filter) = strip.as_mut() else {
@@ -387,20 +536,20 @@ impl HttpBody for Body {
             },
         };
         match &out {
-            Poll::Ready(None) => this.settle(true),
-            Poll::Ready(Some(Err(_))) => this.settle(false),
-            _ => {}
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => settle(this.kind, this.finish, *this.sent, true),
+            Poll::Ready(Some(Err(_))) => settle(this.kind, this.finish, *this.sent, false),
+            Poll::Pending => {}
         }
         out
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, strip, .. } => {
-                inner.is_end_stream() && strip.as_ref().is_none_or(|f| f.pending.is_empty())
-            }
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -413,21 +562,11 @@ impl HttpBody for Body {
     }
 }
 
-impl Drop for Body {
-    fn drop(&mut self) {
-        // A full body is complete once handed over. An upstream one is complete when it was
-        // read to its end: hyper stops polling (and drops the body) as soon as the last frame
-        // of a known length is out. Dropped before that, the client cut it short, and its
-        // connection closes with it.
-        let complete = match &mut self.kind {
-            Kind::Full(_) => true,
-            Kind::Upstream { inner, lease, .. } => {
-                if inner.is_end_stream() {
-                    lease.release();
-                }
-                self.is_end_stream()
-            }
-        };
-        self.settle(complete);
+/// Ends an answer whose key was revoked: an error, so the client sees a broken stream, not
+/// a clean end; the record names the reason.
+fn revoked(finish: &mut Option<Box<Finish>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if let Some(f) = finish.as_mut() {
+        f.error_code = Some(crate::error::GatewayError::RevokedKey.code());
     }
+    Poll::Ready(Some(Err(Box::new(KeyRevoked))))
 }

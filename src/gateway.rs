@@ -344,6 +344,7 @@ async fn proxy(
             declared,
         )
         .await?;
+        finish.bytes_received = bytes.len() as u64;
         let facts = match body_facts(&bytes) {
             Ok(f) => Some(f.summary()),
             Err(BodyError::NoModel) if key.models.is_none() => None,
@@ -395,9 +396,11 @@ async fn proxy(
         let u = live
             .default_upstream()
             .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?;
+        let seen = Arc::new(AtomicU64::new(0));
+        finish.received = Some(Arc::clone(&seen));
         (
             Arc::clone(u),
-            UpBody::stream(body, server.body_read_timeout, server.max_body_bytes),
+            UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen),
         )
     };
     let req = Request::from_parts(parts, ());
@@ -409,10 +412,12 @@ async fn proxy(
     Ok(resp)
 }
 
-/// Sends to `upstream` and streams the answer back.
+/// Sends to `upstream` and streams the answer back. A revoke of the key ends the wait for
+/// the head (401 `revoked_api_key`; dropping the send closes the upstream connection) and
+/// the answer's body.
 async fn send<B>(
     upstream: &crate::forward::Upstream,
-    key: &crate::index::KeyEntry,
+    key: &KeyRef,
     req: Request<B>,
     body: UpBody,
     caller: &Caller,
@@ -430,12 +435,28 @@ async fn send<B>(
     finish.upstream = Some(Arc::clone(&upstream.name));
     let sent = Instant::now();
     let before = sent - finish.started;
-    let (resp, lease) = upstream.send(up).await?;
+    let state = key.state();
+    let (resp, lease) = tokio::select! {
+        biased;
+        () = state.revocation.revoked() => return Err(GatewayError::RevokedKey),
+        r = upstream.send(up) => r?,
+    };
     let upstream_latency = sent.elapsed();
     finish.upstream_latency = Some(upstream_latency);
     let (mut parts, incoming) = resp.into_parts();
     crate::headers::sanitize_response(&mut parts.headers);
-    let body = Body::upstream(incoming, lease, upstream.config.idle_timeout, true);
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut body = Body::upstream(
+        incoming,
+        lease,
+        upstream.config.idle_timeout,
+        true,
+        event_stream,
+    );
+    body.end_on_revoke(state);
     finish.added_latency = Some(before + (sent.elapsed() - upstream_latency));
     Ok(Response::from_parts(parts, body))
 }
@@ -443,7 +464,7 @@ async fn send<B>(
 /// `GET /v1/models`: the union of the upstreams' models that this key may use.
 async fn list_models(
     live: &Live,
-    key: &crate::index::KeyEntry,
+    key: &KeyRef,
     caller: &Caller,
     finish: &mut Finish,
 ) -> Result<Response<Body>, GatewayError> {

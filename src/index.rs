@@ -18,7 +18,10 @@ use crate::scope::Scopes;
 use crate::store::{self, KeyFile, KeyRecord};
 use crate::time::Timestamp;
 use ahash::AHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 /// A key id (`key_` + 16 letters or digits, checked when the file is validated), stored
 /// inline so a million of them need no allocation.
@@ -115,6 +118,64 @@ pub struct KeyState {
     pub in_flight: InFlight,
     pub tokens: TokenBucket,
     pub usage: KeyUsage,
+    pub revocation: Revocation,
+}
+
+/// Ends a key's running requests when a reload finds it revoked or gone from the file.
+///
+/// A flag every response body checks on each poll (one atomic load), and a `Notify` that
+/// wakes the requests that are waiting (for the upstream's head, or for the next frame of a
+/// stream), created the first time someone needs it. A request registers only while it
+/// waits, so the cost on the request path is a load, and a lock of this key's list of
+/// waiters when a request first waits and when it ends.
+#[derive(Debug, Default)]
+pub struct Revocation {
+    revoked: AtomicBool,
+    notify: OnceLock<Arc<Notify>>,
+}
+
+impl Revocation {
+    fn notify(&self) -> &Arc<Notify> {
+        self.notify.get_or_init(Default::default)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+
+    /// Marks the key revoked and wakes everything waiting on it. The flag is stored before
+    /// the wake-up and read after a waiter registered (both sequentially consistent, as are
+    /// `Notify`'s own counters), so a request registering at the same moment either sees the
+    /// flag or is woken.
+    fn revoke(&self) {
+        if !self.revoked.swap(true, Ordering::SeqCst) {
+            self.notify().notify_waiters();
+        }
+    }
+
+    /// The key is active again (its `revoked_at` was removed by hand): new requests run.
+    fn restore(&self) {
+        if self.revoked.load(Ordering::Relaxed) {
+            self.revoked.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Completes once the key is revoked.
+    pub async fn revoked(&self) {
+        loop {
+            let woken = self.notify().notified();
+            if self.is_revoked() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// A wake-up for a response body to hold (and poll while it waits); it fires on the
+    /// next `revoke`.
+    pub fn watch(&self) -> OwnedNotified {
+        Arc::clone(self.notify()).notified_owned()
+    }
 }
 
 /// One key as the request path needs it.
@@ -302,10 +363,28 @@ impl<'a> Builder<'a> {
             by_id,
             states,
         };
-        // Forget the state of keys that left the file.
+        // End the running requests of keys revoked or gone, and forget the state of keys
+        // that left the file. (Only keys that have been used have state: this visits those.)
+        let now = Timestamp::now();
         index
             .states
-            .retain(|id, _| index.position(id.as_str()).is_some());
+            .retain(|id, state| match index.position(id.as_str()) {
+                None => {
+                    state.revocation.revoke();
+                    false
+                }
+                Some(pos) => {
+                    let revoked = index.entries[pos as usize]
+                        .revoked_at
+                        .is_some_and(|t| t <= now);
+                    if revoked {
+                        state.revocation.revoke();
+                    } else {
+                        state.revocation.restore();
+                    }
+                    true
+                }
+            });
         Ok(index)
     }
 }
@@ -604,6 +683,44 @@ mod tests {
         smaller.keys.retain(|k| k.id != a.id);
         let last = KeyIndex::build(&smaller, &limits(), Some(&next));
         assert!(last.state_of(&a.id).is_none(), "a removed key's state goes");
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_ends_the_requests_of_keys_revoked_or_removed() {
+        let mut file = KeyFile::empty();
+        let now = Timestamp::now();
+        let new = |name: &str| NewKey {
+            name: name.into(),
+            ..Default::default()
+        };
+        let (a, _) = file.create(new("a"), "sk_kg", now).unwrap();
+        let (b, _) = file.create(new("b"), "sk_kg", now).unwrap();
+        let idx = Arc::new(KeyIndex::build(&file, &limits(), None));
+        let (sa, sb) = (
+            Arc::clone(idx.by_id(&a.id).unwrap().state()),
+            Arc::clone(idx.by_id(&b.id).unwrap().state()),
+        );
+        let waiting = tokio::spawn({
+            let sa = Arc::clone(&sa);
+            async move { sa.revocation.revoked().await }
+        });
+        tokio::task::yield_now().await;
+        file.revoke(&a.id, now).unwrap();
+        let idx = Arc::new(KeyIndex::build(&file, &limits(), Some(&idx)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("a request waiting on the revoked key was not woken")
+            .unwrap();
+        assert!(sa.revocation.is_revoked());
+        assert!(!sb.revocation.is_revoked(), "only the revoked key");
+        // Revoked by hand-editing `revoked_at` away: the key works again.
+        file.keys[0].revoked_at = None;
+        let idx = Arc::new(KeyIndex::build(&file, &limits(), Some(&idx)));
+        assert!(!sa.revocation.is_revoked());
+        // Removed from the file: its running requests end too.
+        file.keys.retain(|k| k.id != b.id);
+        KeyIndex::build(&file, &limits(), Some(&idx));
+        assert!(sb.revocation.is_revoked());
     }
 
     #[test]

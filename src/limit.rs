@@ -481,14 +481,29 @@ enum ChargeTarget {
     None,
 }
 
+/// What a finished request used, as far as the gateway knows; what its reservation is
+/// settled against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Used {
+    /// The upstream's own usage (prompt + completion).
+    Reported(u64),
+    /// The gateway's estimate for a request that ended before the upstream reported usage
+    /// (`account::Finish::estimate`): charged like a report, so never refunded to zero.
+    Estimated(u64),
+    /// A successful answer that reported nothing: its reservation stands.
+    Reservation,
+    /// Nothing was used (an error answer): the reservation is refunded.
+    Nothing,
+}
+
 impl TokenCharge {
-    /// `used`: the upstream's real usage, if it reported one. Without it, a successful
-    /// answer keeps its estimate and a failed one is refunded.
-    pub fn settle(self, used: Option<u64>, success: bool) {
+    /// Gives back what was reserved and not used, or charges what was used beyond it, on
+    /// this process's bucket or on Redis alike.
+    pub fn settle(self, used: Used) {
         let refund = match used {
-            Some(u) => self.reserved as i64 - u as i64,
-            None if success => 0,
-            None => self.reserved as i64,
+            Used::Reported(u) | Used::Estimated(u) => self.reserved as i64 - u as i64,
+            Used::Reservation => 0,
+            Used::Nothing => self.reserved as i64,
         };
         if refund == 0 {
             return;
@@ -586,6 +601,32 @@ mod tests {
         assert!(i.retry_after.is_none(), "{i:?}");
         b.adjust(1000, -2000); // far more than reserved: the balance goes negative
         assert!(b.reserve(1000, 1).retry_after.is_some());
+    }
+
+    #[test]
+    fn settle_charges_reports_and_estimates_refunds_failures() {
+        let state = Arc::new(KeyState::default());
+        let remaining = || state.tokens.reserve(1000, 0).remaining;
+        let charge = |reserved: u64| {
+            assert!(state.tokens.reserve(1000, reserved).retry_after.is_none());
+            TokenCharge {
+                reserved,
+                per_minute: 1000,
+                target: ChargeTarget::Local(Arc::clone(&state)),
+            }
+        };
+        let near = |a: u64, b: u64| a.abs_diff(b) <= 2; // the bucket refills as time passes
+        charge(300).settle(Used::Estimated(120));
+        assert!(near(remaining(), 880), "{}", remaining());
+        charge(300).settle(Used::Reported(20));
+        assert!(near(remaining(), 860), "{}", remaining());
+        charge(300).settle(Used::Nothing);
+        assert!(near(remaining(), 860), "{}", remaining());
+        charge(300).settle(Used::Reservation);
+        assert!(near(remaining(), 560), "{}", remaining());
+        // An estimate over the reservation charges the difference.
+        charge(100).settle(Used::Estimated(400));
+        assert!(near(remaining(), 160), "{}", remaining());
     }
 
     #[test]
