@@ -196,6 +196,9 @@ impl HttpBody for UpBody {
 pub struct Body {
     kind: Kind,
     finish: Option<Box<Finish>>,
+    /// The request's place on its connection: tells the connection's driver whether this
+    /// answer is waiting on the client (see `crate::conn`). Dropped with the body.
+    stream: Option<crate::conn::Stream>,
 }
 
 enum Kind {
@@ -268,6 +271,7 @@ impl Body {
         Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             finish: None,
+            stream: None,
         }
     }
 
@@ -288,6 +292,7 @@ impl Body {
                 strip: None,
             },
             finish: None,
+            stream: None,
         }
     }
 
@@ -300,6 +305,13 @@ impl Body {
 
     pub fn set_finish(&mut self, f: Box<Finish>) {
         self.finish = Some(f);
+    }
+
+    /// Ties the body to its connection; from now until hyper first polls it, it waits on the
+    /// client (an HTTP/2 stream without send window is never polled at all).
+    pub fn set_stream(&mut self, mut s: crate::conn::Stream) {
+        s.handed();
+        self.stream = Some(s);
     }
 
     fn settle(&mut self, complete: bool) {
@@ -328,6 +340,9 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(s) = this.stream.as_mut() {
+            s.polled();
+        }
         let out = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream {
@@ -389,7 +404,12 @@ impl HttpBody for Body {
         match &out {
             Poll::Ready(None) => this.settle(true),
             Poll::Ready(Some(Err(_))) => this.settle(false),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(s) = this.stream.as_mut() {
+                    s.handed();
+                }
+            }
+            Poll::Pending => {}
         }
         out
     }
