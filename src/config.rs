@@ -759,7 +759,10 @@ mod tests {
             ("idle_timeout = \"0s\"", "server.idle_timeout"),
             ("write_timeout = \"0s\"", "server.write_timeout"),
             ("write_timeout = \"soon\"", "server.write_timeout"),
-            ("max_connections_per_ip = 0", "server.max_connections_per_ip"),
+            (
+                "max_connections_per_ip = 0",
+                "server.max_connections_per_ip",
+            ),
         ] {
             let err = Config::parse(&format!("[server]\n{text}\n"), None)
                 .unwrap_err()

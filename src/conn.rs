@@ -186,7 +186,8 @@ where
         graceful(conn.as_mut());
         closing = Some(Instant::now());
     }
-    let timer = tokio::time::sleep_until(next_check);
+    // The first wake works out the first deadline.
+    let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     loop {
         tokio::select! {
@@ -207,8 +208,14 @@ where
                     next_check = now + check_every;
                 }
                 let mut wake = next_check;
-                if let Some(idle) = activity.idle_since() {
-                    match closing {
+                match activity.idle_since() {
+                    // Busy: whenever its last request ends, a deadline counts from then, so
+                    // none can come sooner than a whole one from now.
+                    None => {
+                        let soonest = if closing.is_some() { d.header_read } else { d.idle };
+                        wake = wake.min(now + soonest);
+                    }
+                    Some(idle) => match closing {
                         Some(asked) => {
                             let give_up = asked.max(idle) + d.header_read;
                             if now >= give_up {
@@ -231,7 +238,7 @@ where
                                 wake = wake.min(deadline);
                             }
                         }
-                    }
+                    },
                 }
                 timer.as_mut().reset(wake);
             }

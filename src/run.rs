@@ -203,7 +203,11 @@ fn raise_open_file_limit() {
             tracing::info!(from = soft, to = now, hard, "raised the open-file limit");
         }
         (Ok((soft, hard)), Ok(_)) => {
-            tracing::info!(limit = soft, hard, "open-file limit unchanged (at the hard limit)");
+            tracing::info!(
+                limit = soft,
+                hard,
+                "open-file limit unchanged (at the hard limit)"
+            );
         }
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot raise the open-file limit; keeping it as it is");
