@@ -134,7 +134,13 @@ pub async fn handle(
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     finish.route = "admin";
-    match (&method, segs.as_slice()) {
+    // HEAD reads like GET (the gateway drops the body).
+    let matched = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    match (&matched, segs.as_slice()) {
         (&Method::POST, []) => {
             let b: CreateBody = read_json(req.into_body(), true, finish).await?;
             let expires_at = match (b.expires_in_days, b.expires_at) {

@@ -66,7 +66,9 @@ impl RouteRule {
     }
 
     fn matches(&self, method: &Method, path: &str) -> bool {
-        self.method.as_ref().is_none_or(|m| m == method)
+        self.method
+            .as_ref()
+            .is_none_or(|m| m == method || (*m == Method::GET && *method == Method::HEAD))
             && if self.prefix {
                 under(path, &self.path)
             } else {
@@ -116,7 +118,8 @@ impl RouteTable {
             });
         }
         let post = *method == Method::POST;
-        let get = *method == Method::GET;
+        // HEAD goes wherever GET does.
+        let get = *method == Method::GET || *method == Method::HEAD;
         let fwd = |scope, has_model| {
             Some(RouteMatch {
                 scope,
@@ -307,6 +310,11 @@ mod tests {
         assert_eq!(r(Method::GET, "/v1/chat/completions"), None);
         assert_eq!(r(Method::POST, "/v1/responsesX"), None);
         assert_eq!(r(Method::GET, "/metrics"), None);
+        // HEAD wherever GET.
+        assert_eq!(r(Method::HEAD, "/v1/models"), Some(Scope::Models));
+        assert_eq!(r(Method::HEAD, "/v1/models/m"), Some(Scope::Models));
+        assert_eq!(r(Method::HEAD, "/v1/usage"), Some(Scope::Usage));
+        assert_eq!(r(Method::HEAD, "/v1/chat/completions"), None);
     }
 
     #[test]
@@ -328,6 +336,15 @@ mod tests {
             t.resolve(&Method::GET, "/pooling/x").unwrap().scope,
             Scope::Embeddings
         );
+        let get = RouteRule::new(
+            Some(Method::GET),
+            "/v1/score",
+            Scopes::EMPTY.with(Scope::Rerank),
+        )
+        .unwrap();
+        let t = RouteTable::with_extra(vec![get]);
+        assert!(t.resolve(&Method::HEAD, "/v1/score").is_some());
+        assert!(t.resolve(&Method::POST, "/v1/score").is_none());
         assert!(RouteRule::new(None, "/x", Scopes::inference()).is_err());
     }
 

@@ -214,6 +214,9 @@ pin_project_lite::pin_project! {
         // Ends an upstream answer when its key is revoked.
         #[pin]
         revoke: Option<RevokeWatch>,
+        // The request's place on its connection: tells the connection's driver whether this
+        // answer is waiting on the client (see `crate::conn`). Dropped with the body.
+        stream: Option<crate::conn::Stream>,
     }
 
     impl PinnedDrop for Body {
@@ -369,6 +372,7 @@ impl Body {
             finish: None,
             sent: 0,
             revoke: None,
+            stream: None,
         }
     }
 
@@ -394,6 +398,7 @@ impl Body {
             finish: None,
             sent: 0,
             revoke: None,
+            stream: None,
         }
     }
 
@@ -413,6 +418,13 @@ impl Body {
         if let Kind::Upstream { strip, .. } = &mut self.kind {
             *strip = Some(UsageChunkFilter::default());
         }
+    }
+
+    /// Ties the body to its connection; from now until hyper first polls it, it waits on the
+    /// client (an HTTP/2 stream without send window is never polled at all).
+    pub fn set_stream(&mut self, mut s: crate::conn::Stream) {
+        s.handed();
+        self.stream = Some(s);
     }
 
     pub fn set_finish(&mut self, f: Box<Finish>) {
@@ -453,6 +465,9 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let mut revoke = this.revoke;
+        if let Some(s) = this.stream.as_mut() {
+            s.polled();
+        }
         let out = match &mut *this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream {
@@ -539,6 +554,9 @@ impl HttpBody for Body {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     *this.sent += d.len() as u64;
+                }
+                if let Some(s) = this.stream.as_mut() {
+                    s.handed();
                 }
             }
             Poll::Ready(None) => settle(this.kind, this.finish, *this.sent, true),

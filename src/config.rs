@@ -68,6 +68,9 @@ struct RawServer {
     max_in_flight: Option<usize>,
     shutdown_delay: Option<String>,
     drain_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +182,12 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// A connection with no request in progress is closed after this (GOAWAY on HTTP/2).
+    pub idle_timeout: Duration,
+    /// A response the client does not take for this long ends its connection.
+    pub write_timeout: Duration,
+    /// Open connections allowed from one client address; `None`: no limit.
+    pub max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -306,6 +315,20 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration that must be more than zero (a zero timeout would end every connection).
+    fn nonzero_duration(
+        &self,
+        field: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, v, default)?;
+        if d.is_zero() {
+            return Err(self.err(field, "must be more than 0"));
+        }
+        Ok(d)
+    }
+
     fn addr(&self, field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|_| {
             self.err(
@@ -394,6 +417,26 @@ impl Validator<'_> {
                 s.drain_timeout,
                 Duration::from_secs(30),
             )?,
+            idle_timeout: self.nonzero_duration(
+                "server.idle_timeout",
+                s.idle_timeout,
+                Duration::from_secs(75),
+            )?,
+            write_timeout: self.nonzero_duration(
+                "server.write_timeout",
+                s.write_timeout,
+                Duration::from_secs(60),
+            )?,
+            max_connections_per_ip: match s.max_connections_per_ip {
+                None => None,
+                Some(0) => {
+                    return Err(self.err(
+                        "server.max_connections_per_ip",
+                        "must be at least 1 (leave it out for no limit)",
+                    ))
+                }
+                Some(n) => Some(n),
+            },
         };
         if server.max_header_bytes < 8192 {
             return Err(self.err("server.max_header_bytes", "must be at least 8192"));
@@ -751,6 +794,37 @@ mod tests {
         ] {
             let err = cluster(url, extra).unwrap_err().to_string();
             assert!(err.contains(field), "{url} {extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_name_the_field() {
+        let c = Config::parse("", None).unwrap().server;
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.write_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections_per_ip, None);
+        let c = Config::parse(
+            "[server]\nidle_timeout = \"5s\"\nwrite_timeout = \"2s\"\nmax_connections_per_ip = 3\n",
+            None,
+        )
+        .unwrap()
+        .server;
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.write_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_connections_per_ip, Some(3));
+        for (text, field) in [
+            ("idle_timeout = \"0s\"", "server.idle_timeout"),
+            ("write_timeout = \"0s\"", "server.write_timeout"),
+            ("write_timeout = \"soon\"", "server.write_timeout"),
+            (
+                "max_connections_per_ip = 0",
+                "server.max_connections_per_ip",
+            ),
+        ] {
+            let err = Config::parse(&format!("[server]\n{text}\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
         }
     }
 }

@@ -63,6 +63,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
         .unwrap_or_else(new_request_id);
     let mut finish = Box::new(Finish::new(request_id.clone(), req.method().clone()));
     let mut limits = LimitState::default();
+    let head = req.method() == Method::HEAD;
     let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut limits).await {
         Ok(r) => r,
         Err(e) => {
@@ -70,6 +71,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
             e.to_response()
         }
     };
+    if head {
+        without_body(&mut resp);
+    }
     finish.status = resp.status().as_u16();
     let h = resp.headers_mut();
     h.insert(crate::headers::X_REQUEST_ID, request_id);
@@ -88,6 +92,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     }
     resp.body_mut().set_finish(finish);
     resp
+}
+
+/// The answer to a HEAD request: the GET answer's head, with its length, and no body. hyper
+/// leaves the body out of an HTTP/1.1 HEAD answer but not out of an HTTP/2 one.
+fn without_body(resp: &mut Response<Body>) {
+    if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
+        if n > 0 && !resp.headers().contains_key(header::CONTENT_LENGTH) {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    *resp.body_mut() = Body::full(Bytes::new());
 }
 
 /// The limit state of an authenticated request, reported in `x-ratelimit-*` headers.
@@ -160,16 +176,18 @@ async fn pipeline(
     limits: &mut LimitState,
 ) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path();
-    match (req.method(), path) {
-        (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, "/readyz") => {
+    // HEAD is answered as GET (`handle` drops the body).
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match (get, path) {
+        (true, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
+        (true, "/readyz") => {
             return if gw.is_ready() {
                 Ok(text(StatusCode::OK, "ready\n"))
             } else {
                 Err(GatewayError::NotReady)
             };
         }
-        (&Method::GET, p) if p.starts_with("/console") => {
+        (true, p) if p.starts_with("/console") => {
             if let Some(r) = crate::console::asset(p) {
                 return Ok(r);
             }

@@ -4,7 +4,7 @@
 //!
 //! | stage | module | does |
 //! |---|---|---|
-//! | listener | [`server`] | HTTP/1.1 + HTTP/2, limits, graceful shutdown |
+//! | listener | [`server`], [`conn`] | HTTP/1.1 + HTTP/2, limits, connection deadlines, graceful shutdown |
 //! | (pipeline) | [`gateway`] | calls the stages below in order, one error mapping |
 //! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
 //! | authorize | [`authorize`] | route → scope, model allowlist |
@@ -27,6 +27,7 @@ pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod error;
 pub mod expiry;

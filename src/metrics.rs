@@ -137,15 +137,14 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         return;
     };
     tokio::pin!(shutdown);
+    let mut acceptor = crate::server::Acceptor::new("metrics");
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(_) => continue,
-            },
+            accepted = acceptor.accept(&listener) => accepted,
         };
         let gw = Arc::clone(&gw);
+        let freed = acceptor.freed();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = Arc::clone(&gw);
@@ -172,6 +171,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            freed.notify_one();
         });
     }
 }

@@ -100,13 +100,15 @@ pub async fn serve(
 ) {
     let opts = Arc::new(opts);
     tokio::pin!(shutdown);
+    let mut acceptor = crate::server::Acceptor::new("mock");
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
-            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            accepted = acceptor.accept(&listener) => accepted,
         };
         let _ = stream.set_nodelay(true);
         let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
+        let freed = acceptor.freed();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
@@ -115,6 +117,7 @@ pub async fn serve(
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            freed.notify_one();
         });
     }
 }
@@ -208,7 +211,13 @@ async fn answer(
         }
     };
     let model = req_json["model"].as_str().unwrap_or("").to_string();
-    match (&parts.method, path) {
+    // HEAD is answered as GET; hyper leaves the body out.
+    let method = if parts.method == Method::HEAD {
+        &Method::GET
+    } else {
+        &parts.method
+    };
+    match (method, path) {
         (&Method::GET, "/v1/models") => {
             let data: Vec<Value> = opts.models.iter().map(|m| model_obj(m)).collect();
             json_resp(StatusCode::OK, &json!({"object": "list", "data": data}))

@@ -191,9 +191,34 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
 }
 
+/// Raises the soft open-file limit to the hard one, and logs what it did.
+///
+/// Every client connection and every upstream connection is a descriptor, and the usual soft
+/// limit (1024) is reached long before memory or CPU are: the hard limit is what the operator
+/// (systemd's `LimitNOFILE`, `ulimit -Hn`) actually allows.
+fn raise_open_file_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok((soft, hard)), Ok(now)) if now > soft => {
+            tracing::info!(from = soft, to = now, hard, "raised the open-file limit");
+        }
+        (Ok((soft, hard)), Ok(_)) => {
+            tracing::info!(
+                limit = soft,
+                hard,
+                "open-file limit unchanged (at the hard limit)"
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; keeping it as it is");
+        }
+    }
+}
+
 pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
     crate::logging::init(&cfg.log);
+    raise_open_file_limit();
     runtime()?.block_on(async move {
         let listener = bind(cfg.server.listen).await?;
         let gw = Gateway::new(cfg);
@@ -213,6 +238,7 @@ pub fn demo(config: Option<PathBuf>, listen: Option<String>) -> Result<(), CliEr
         None => Config::parse(SHIPPED_CONFIG, None)?,
     };
     crate::logging::init(&cfg.log);
+    raise_open_file_limit();
     if let Some(l) = listen {
         cfg.server.listen = l
             .parse()
