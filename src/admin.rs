@@ -8,9 +8,10 @@ use crate::account::{Finish, UsageSnapshot};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::gateway::json;
-use crate::index::{KeyEntry, KeyRef};
+use crate::index::KeyRef;
+use crate::logging::{Audit, AuditEvent};
 use crate::state::{Gateway, Live};
-use crate::store::{KeyFile, KeyLimits, NewKey, StoreError};
+use crate::store::{KeyFile, KeyLimits, KeyRecord, NewKey, StoreError};
 use crate::time::Timestamp;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -50,6 +51,10 @@ impl From<StoreError> for GatewayError {
                 GatewayError::NotFound(format!("No API key with id `{id}`."))
             }
             StoreError::Rejected(m) => GatewayError::InvalidRequest(m),
+            StoreError::Field(f) => GatewayError::InvalidParam {
+                param: f.field.to_string(),
+                message: format!("{f}."),
+            },
             other => {
                 tracing::error!(error = %other, "key store operation failed");
                 GatewayError::Internal(
@@ -84,27 +89,115 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) && !required {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::InvalidRequest(format!("Invalid request body: {e}.")))
+    // serde would take an array as a struct's fields in order: only an object names fields.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(GatewayError::InvalidRequest(
+            "The request body must be a JSON object.".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
+    de.end().map_err(|e| {
+        GatewayError::InvalidRequest(format!(
+            "Invalid request body: {} after the JSON object.",
+            crate::store::strip_position(&e.to_string())
+        ))
+    })?;
+    Ok(value)
 }
 
-/// Runs a key-file change on a blocking thread, then reloads this gateway's index.
+/// A body that does not deserialize, with the field it is about named in the message and in
+/// `param` (`limits.requests_per_minute`), or a plain 400 when it is not JSON at all.
+fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
+    let inner = e.inner();
+    let message = crate::store::strip_position(&inner.to_string());
+    if inner.is_syntax() || inner.is_eof() {
+        return GatewayError::InvalidRequest(format!(
+            "Invalid request body: {message} at line {}, column {}.",
+            inner.line(),
+            inner.column()
+        ));
+    }
+    let path = e.path().to_string();
+    let at = |field: &str| match path.as_str() {
+        "." => field.to_string(),
+        p => format!("{p}.{field}"),
+    };
+    // serde names a missing or unknown field only in its message; the path is the object's.
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, rest)| (field.to_string(), rest.to_string()))
+    };
+    if let Some((field, _)) = named("missing field `") {
+        let param = at(&field);
+        return GatewayError::InvalidParam {
+            message: format!("The request body lacks the required field `{param}`."),
+            param,
+        };
+    }
+    if let Some((field, rest)) = named("unknown field `") {
+        // Here the path already ends at the unknown field.
+        let param = if path.ends_with(field.as_str()) {
+            path.clone()
+        } else {
+            at(&field)
+        };
+        return GatewayError::InvalidParam {
+            message: format!("Unknown field `{param}` in the request body{rest}."),
+            param,
+        };
+    }
+    if path == "." {
+        return GatewayError::InvalidRequest(format!("Invalid request body: {message}."));
+    }
+    GatewayError::InvalidParam {
+        message: format!("Invalid `{path}` in the request body: {message}."),
+        param: path,
+    }
+}
+
+/// Runs a key-file change on a blocking thread, records it in the audit trail as `action` by
+/// `admin`, then reloads this gateway's index. `changed` picks the changed key out of the
+/// result. No change is made when the audit file cannot be opened.
 async fn write<T: Send + 'static>(
     gw: &Arc<Gateway>,
+    admin: &KeyRef,
+    action: &'static str,
     change: impl FnOnce(&mut KeyFile) -> Result<T, StoreError> + Send + 'static,
+    changed: fn(&T) -> &KeyRecord,
 ) -> Result<T, GatewayError> {
     let store = gw.store();
+    let audit_file = gw.config().log.audit_file.clone();
+    let by = format!("api:{}", admin.id);
     let gw2 = Arc::clone(gw);
     tokio::task::spawn_blocking(move || {
+        let mut audit = Audit::open(audit_file.as_deref()).map_err(|e| {
+            tracing::error!(error = %e, "key change refused: its audit record could not be written");
+            GatewayError::Internal(
+                "The audit file cannot be written, so no change was made; see the gateway log."
+                    .into(),
+            )
+        })?;
         let out = store.update(change)?;
+        let rec = changed(&out);
+        let event = AuditEvent {
+            action,
+            key_id: &rec.id,
+            key_name: &rec.name,
+            by: &by,
+        };
+        if let Err(e) = audit.record(&event) {
+            tracing::error!(error = %e, key_id = %rec.id, "key {action} but its audit record was not written");
+        }
         if let Err(e) = gw2.reload_keys() {
             tracing::error!(error = %e, "reload after a management write failed");
         }
-        Ok::<T, StoreError>(out)
+        Ok::<T, GatewayError>(out)
     })
     .await
     .map_err(|e| GatewayError::Internal(e.to_string()))?
-    .map_err(GatewayError::from)
 }
 
 async fn read_file(gw: &Arc<Gateway>) -> Result<KeyFile, GatewayError> {
@@ -113,10 +206,6 @@ async fn read_file(gw: &Arc<Gateway>) -> Result<KeyFile, GatewayError> {
         .await
         .map_err(|e| GatewayError::Internal(e.to_string()))?
         .map_err(GatewayError::from)
-}
-
-fn audit(action: &str, id: &str, name: &str, by: &KeyEntry) {
-    tracing::info!(target: "keygate::audit", action, key_id = id, key_name = name, by = %format!("api:{}", by.id), "key {action}");
 }
 
 pub async fn handle(
@@ -145,19 +234,22 @@ pub async fn handle(
             let b: CreateBody = read_json(req.into_body(), true, finish).await?;
             let expires_at = match (b.expires_in_days, b.expires_at) {
                 (Some(_), Some(_)) => {
-                    return Err(GatewayError::InvalidRequest(
-                        "Give `expires_in_days` or `expires_at`, not both.".into(),
-                    ))
+                    return Err(GatewayError::InvalidParam {
+                        param: "expires_at".into(),
+                        message: "Give `expires_in_days` or `expires_at`, not both.".into(),
+                    })
                 }
                 (Some(0), None) => {
-                    return Err(GatewayError::InvalidRequest(
-                        "`expires_in_days` must be at least 1.".into(),
-                    ))
+                    return Err(GatewayError::InvalidParam {
+                        param: "expires_in_days".into(),
+                        message: "`expires_in_days` must be at least 1.".into(),
+                    })
                 }
                 (Some(d), None) => Some(
                     now.checked_plus(Duration::from_secs(u64::from(d) * 86_400))
-                        .ok_or_else(|| {
-                            GatewayError::InvalidRequest("`expires_in_days` is too large.".into())
+                        .ok_or_else(|| GatewayError::InvalidParam {
+                            param: "expires_in_days".into(),
+                            message: "`expires_in_days` is too large.".into(),
                         })?,
                 ),
                 (None, at) => at,
@@ -170,8 +262,14 @@ pub async fn handle(
                 limits: b.limits,
             };
             let p = prefix.clone();
-            let (rec, token) = write(gw, move |f| f.create(new, &p, now)).await?;
-            audit("created", &rec.id, &rec.name, admin);
+            let (rec, token) = write(
+                gw,
+                admin,
+                "created",
+                move |f| f.create(new, &p, now),
+                |(rec, _)| rec,
+            )
+            .await?;
             let mut v = rec.view(&prefix, now, None);
             v["key"] = token.plaintext.into();
             Ok(no_store(json(StatusCode::CREATED, &v)))
@@ -199,16 +297,21 @@ pub async fn handle(
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req.into_body(), false, finish).await?;
             let (id, p) = (id.to_string(), prefix.clone());
-            let (rec, token) = write(gw, move |f| f.rotate(&id, b.grace_seconds, &p, now)).await?;
-            audit("rotated", &rec.id, &rec.name, admin);
+            let (rec, token) = write(
+                gw,
+                admin,
+                "rotated",
+                move |f| f.rotate(&id, b.grace_seconds, &p, now),
+                |(rec, _)| rec,
+            )
+            .await?;
             let mut v = rec.view(&prefix, now, usage_of(live, &rec.id).as_ref());
             v["key"] = token.plaintext.into();
             Ok(no_store(json(StatusCode::OK, &v)))
         }
         (&Method::DELETE, [id]) => {
             let id = id.to_string();
-            let rec = write(gw, move |f| f.revoke(&id, now)).await?;
-            audit("revoked", &rec.id, &rec.name, admin);
+            let rec = write(gw, admin, "revoked", move |f| f.revoke(&id, now), |rec| rec).await?;
             Ok(json(
                 StatusCode::OK,
                 &rec.view(&prefix, now, usage_of(live, &rec.id).as_ref()),

@@ -28,6 +28,10 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// Refused on reload: an empty file is far more often a truncation or a half-finished
+    /// write than a wish to go back to every default (and to upstream 127.0.0.1:8000).
+    #[error("{path} is empty (nothing but whitespace or comments); not applied")]
+    Empty { path: PathBuf },
 }
 
 // ---------------------------------------------------------------- raw, as written by people
@@ -88,6 +92,7 @@ struct RawKeys {
     reload: Option<bool>,
     poll_interval: Option<String>,
     state_file: Option<String>,
+    unready_on_load_error: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +153,7 @@ struct RawMetrics {
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
+    audit_file: Option<String>,
 }
 
 // ---------------------------------------------------------------- validated
@@ -203,6 +209,10 @@ pub struct KeysConfig {
     pub reload: bool,
     pub poll_interval: Duration,
     pub state_file: PathBuf,
+    /// `/readyz` answers 503 while the key file cannot be loaded (unreadable or invalid), so
+    /// an orchestrator takes a replica whose keys may be stale out of service. Off by default:
+    /// a glitch in a shared Secret would otherwise take every replica out at once.
+    pub unready_on_load_error: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +262,17 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Where every key change (CLI or API) is also appended as one JSON line, fsynced.
+    pub audit_file: Option<PathBuf>,
+}
+
+/// What `keygate keys …` needs from gateway.toml: the key file and the log settings. The
+/// rest of the file must parse, but is not validated and nothing it names is read (an
+/// upstream's `api_key_env`, a CA file): managing keys does not talk to upstreams.
+#[derive(Debug, Clone)]
+pub struct KeyCommandsConfig {
+    pub keys: KeysConfig,
+    pub log: LogConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4142";
@@ -266,18 +287,77 @@ impl Config {
         Config::parse(&text, Some(path))
     }
 
+    /// Reads a file for a live reload: like `load`, but an empty file is refused.
+    pub fn reload(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if is_blank(&text) {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Config::parse(&text, Some(path))
+    }
+
     /// Validates TOML text. Relative paths are resolved against `source`'s directory.
     pub fn parse(text: &str, source: Option<&Path>) -> Result<Config, ConfigError> {
-        let path = source.map_or_else(|| PathBuf::from("gateway.toml"), Path::to_path_buf);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            message: one_line(&e.to_string()),
-        })?;
-        let base = source
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let (raw, path, base) = parse_raw(text, source)?;
         Validator { path: &path }.config(raw, &base, source)
+    }
+}
+
+impl KeyCommandsConfig {
+    /// Reads a file; see [`KeyCommandsConfig`] for what is checked.
+    pub fn load(path: &Path) -> Result<KeyCommandsConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        KeyCommandsConfig::parse(&text, Some(path))
+    }
+
+    pub fn parse(text: &str, source: Option<&Path>) -> Result<KeyCommandsConfig, ConfigError> {
+        let (raw, path, base) = parse_raw(text, source)?;
+        let v = Validator { path: &path };
+        Ok(KeyCommandsConfig {
+            keys: v.keys(raw.keys, &base)?,
+            log: v.log(raw.log, &base)?,
+        })
+    }
+}
+
+/// Whether TOML text sets nothing at all: empty, or only whitespace and comments.
+pub fn is_blank(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty())
+}
+
+/// TOML text as the raw structs (syntax and unknown keys checked), with the name to use in
+/// messages and the directory relative paths start from.
+fn parse_raw(
+    text: &str,
+    source: Option<&Path>,
+) -> Result<(RawConfig, PathBuf, PathBuf), ConfigError> {
+    let path = source.map_or_else(|| PathBuf::from("gateway.toml"), Path::to_path_buf);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: one_line(&e.to_string()),
+    })?;
+    let base = source
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok((raw, path, base))
+}
+
+/// A path from the file, relative to the file's directory unless absolute.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
     }
 }
 
@@ -357,14 +437,7 @@ impl Validator<'_> {
         base: &Path,
         source: Option<&Path>,
     ) -> Result<Config, ConfigError> {
-        let resolve = |p: &str| {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &str| resolve(base, p);
         let s = raw.server;
         let server = ServerConfig {
             listen: self.addr(
@@ -442,43 +515,7 @@ impl Validator<'_> {
             return Err(self.err("server.max_header_bytes", "must be at least 8192"));
         }
 
-        let k = raw.keys;
-        let prefix = k.prefix.unwrap_or_else(|| "sk_kg".to_string());
-        if prefix.is_empty()
-            || prefix.len() > 32
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            || prefix.ends_with('_')
-        {
-            return Err(self.err(
-                "keys.prefix",
-                "must be 1–32 letters, digits or `_`, not ending in `_`",
-            ));
-        }
-        let file = resolve(k.file.as_deref().unwrap_or("keys.json"));
-        let state_file = match k.state_file {
-            Some(p) => resolve(&p),
-            None => {
-                let mut name = file
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
-                name.push(".state");
-                file.with_file_name(name)
-            }
-        };
-        let keys = KeysConfig {
-            file,
-            prefix,
-            reload: k.reload.unwrap_or(true),
-            poll_interval: self.duration(
-                "keys.poll_interval",
-                k.poll_interval,
-                Duration::from_secs(2),
-            )?,
-            state_file,
-        };
+        let keys = self.keys(raw.keys, base)?;
 
         let l = raw.limits;
         let limits = LimitDefaults {
@@ -612,22 +649,7 @@ impl Validator<'_> {
                 .transpose()?,
             per_key_labels: raw.metrics.per_key_labels.unwrap_or(false),
         };
-        let log = LogConfig {
-            format: match raw.log.format.as_deref() {
-                None | Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(self.err("log.format", format!("`{other}` is not `text` or `json`")))
-                }
-            },
-            level: raw.log.level.unwrap_or_else(|| "info".into()),
-        };
-        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-            return Err(self.err(
-                "log.level",
-                format!("`{}` is not a log level or filter", log.level),
-            ));
-        }
+        let log = self.log(raw.log, base)?;
 
         Ok(Config {
             source: source.map(Path::to_path_buf),
@@ -640,6 +662,71 @@ impl Validator<'_> {
             metrics,
             log,
         })
+    }
+
+    /// `[keys]`.
+    fn keys(&self, k: RawKeys, base: &Path) -> Result<KeysConfig, ConfigError> {
+        let resolve = |p: &str| resolve(base, p);
+        let prefix = k.prefix.unwrap_or_else(|| "sk_kg".to_string());
+        if prefix.is_empty()
+            || prefix.len() > 32
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || prefix.ends_with('_')
+        {
+            return Err(self.err(
+                "keys.prefix",
+                "must be 1–32 letters, digits or `_`, not ending in `_`",
+            ));
+        }
+        let file = resolve(k.file.as_deref().unwrap_or("keys.json"));
+        let state_file = match k.state_file {
+            Some(p) => resolve(&p),
+            None => {
+                let mut name = file
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                name.push(".state");
+                file.with_file_name(name)
+            }
+        };
+        let keys = KeysConfig {
+            file,
+            prefix,
+            reload: k.reload.unwrap_or(true),
+            poll_interval: self.duration(
+                "keys.poll_interval",
+                k.poll_interval,
+                Duration::from_secs(2),
+            )?,
+            state_file,
+            unready_on_load_error: k.unready_on_load_error.unwrap_or(false),
+        };
+        Ok(keys)
+    }
+
+    /// `[log]`.
+    fn log(&self, l: RawLog, base: &Path) -> Result<LogConfig, ConfigError> {
+        let log = LogConfig {
+            format: match l.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(self.err("log.format", format!("`{other}` is not `text` or `json`")))
+                }
+            },
+            level: l.level.unwrap_or_else(|| "info".into()),
+            audit_file: l.audit_file.map(|p| resolve(base, &p)),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(self.err(
+                "log.level",
+                format!("`{}` is not a log level or filter", log.level),
+            ));
+        }
+        Ok(log)
     }
 
     fn upstream(
@@ -658,14 +745,7 @@ impl Validator<'_> {
             .cloned()
             .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)
             .ok_or_else(|| self.err(&field("url"), "must start with http:// or https://"))?;
-        let ca_file = u.ca_file.map(|p| {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            }
-        });
+        let ca_file = u.ca_file.map(|p| resolve(base, &p));
         let tls = crate::tls::client_config(ca_file.as_deref())
             .map_err(|e| self.err(&field("ca_file"), e.to_string()))?;
         let authority = uri

@@ -11,6 +11,10 @@ use std::time::Duration;
 pub enum GatewayError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request body field is wrong; `param` names it (as OpenAI's `param` does), e.g.
+    /// `name` or `limits.requests_per_minute`.
+    #[error("{message}")]
+    InvalidParam { param: String, message: String },
     #[error("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")]
     MissingKey,
     #[error("Incorrect API key provided: {0}.")]
@@ -61,7 +65,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | InvalidParam { .. } => StatusCode::BAD_REQUEST,
             MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
                 StatusCode::UNAUTHORIZED
             }
@@ -84,7 +88,12 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) | UnknownRoute(..) | TooLarge(_) | NotFound(_) | ModelNotFound(_)
+            InvalidRequest(_)
+            | InvalidParam { .. }
+            | UnknownRoute(..)
+            | TooLarge(_)
+            | NotFound(_)
+            | ModelNotFound(_)
             | ReadOnlyKeyStore => "invalid_request_error",
             MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
                 "authentication_error"
@@ -102,7 +111,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) => "invalid_request",
+            InvalidRequest(_) | InvalidParam { .. } => "invalid_request",
             MissingKey => "missing_api_key",
             InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
             ExpiredKey(_) => "expired_api_key",
@@ -126,6 +135,14 @@ impl GatewayError {
         }
     }
 
+    /// The request field the error is about; `None` (JSON `null`) for every other error.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. }
@@ -146,7 +163,7 @@ impl GatewayError {
         struct Detail<'a> {
             message: &'a str,
             r#type: &'a str,
-            param: (),
+            param: Option<&'a str>,
             code: &'a str,
         }
         #[derive(serde::Serialize)]
@@ -158,7 +175,7 @@ impl GatewayError {
             error: Detail {
                 message: &message,
                 r#type: self.kind(),
-                param: (),
+                param: self.param(),
                 code: self.code(),
             },
         })
@@ -213,6 +230,18 @@ mod tests {
             .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["message"], e.to_string());
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert!(v["error"]["param"].is_null());
+        // A field error names the field in `param`.
+        let e = GatewayError::InvalidParam {
+            param: "limits.burst".into(),
+            message: "`limits.burst` must be at least 1.".into(),
+        };
+        let r = e.to_response::<Full<Bytes>>();
+        assert_eq!(r.status(), 400);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["param"], "limits.burst");
         assert_eq!(v["error"]["code"], "invalid_request");
     }
 }

@@ -16,7 +16,7 @@
 //! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
 //! [`watch`] (reload on change), [`tls`], [`console`] (the embedded web page), [`admin`] (management API), [`metrics`], [`usage`] (saved
 //! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
-//! (commands).
+//! (commands), [`text`] (control characters in names, on input and on terminals).
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -46,6 +46,7 @@ pub mod scope;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod tls;
 pub mod usage;

@@ -1,20 +1,26 @@
 //! The `keygate` binary: parses arguments and hands over to the library.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
-use keygate::cli::{self, CreateArgs, ListArgs};
+use clap::{CommandFactory, Parser, Subcommand};
+use keygate::cli::{self, key_id_arg, CreateArgs, ListArgs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+const EXIT_STATUS: &str = "Exit status: 0 success; 1 the command failed (configuration, key file, \
+                           disk, network); 2 usage error (an unknown flag or a bad value).";
 
 #[derive(Parser)]
 #[command(
     name = "keygate",
     version,
-    about = "API-key gateway for OpenAI-compatible inference servers"
+    about = "API-key gateway for OpenAI-compatible inference servers",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// Path to gateway.toml (default: ./gateway.toml, or built-in defaults if it does not exist).
-    #[arg(long, short = 'c', global = true)]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -27,10 +33,11 @@ enum Command {
     /// Run the gateway with a built-in mock upstream and a demo key, for a first look.
     Demo {
         /// Listen here instead of the configured address (e.g. 127.0.0.1:0 for any free port).
-        #[arg(long)]
-        listen: Option<String>,
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
-    /// Validate gateway.toml and the key file; exits non-zero with the reason.
+    /// Validate gateway.toml (including upstream credentials from the environment) and the
+    /// key file; exits non-zero with the reason.
     Check,
     /// Manage API keys in the key file.
     Keys {
@@ -39,8 +46,15 @@ enum Command {
     },
     /// Run only the mock OpenAI-compatible upstream (for benchmarks and experiments).
     Mock {
-        #[arg(long, default_value = "127.0.0.1:8000")]
-        listen: String,
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
+    /// Print a shell completion script, e.g. `keygate completions bash > ~/.local/share/bash-completion/completions/keygate`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -50,24 +64,33 @@ enum KeysCommand {
     Create(CreateArgs),
     /// List keys (masked).
     List(ListArgs),
-    /// Show one key (masked).
+    /// Show one key (masked), with its saved usage.
     Show {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Give a key a new secret; the old one stops now or after --grace.
     Rotate {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
         id: String,
         /// How long the old secret keeps working, e.g. 24h (default: it stops at once).
-        #[arg(long)]
-        grace: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = cli::duration_arg)]
+        grace: Option<Duration>,
+        /// Print the rotated key as JSON (with its new plaintext in `key`) instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key at once.
+    /// Revoke a key at once, with every secret it had.
     Revoke {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
         id: String,
+        /// Print the revoked key as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -80,20 +103,30 @@ fn main() -> ExitCode {
         Command::Serve => keygate::run::serve(c),
         Command::Demo { listen } => keygate::run::demo(c, listen),
         Command::Check => cli::check(c),
-        Command::Mock { listen } => keygate::run::mock(&listen),
+        Command::Mock { listen } => keygate::run::mock(listen),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keygate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Keys { command } => match command {
             KeysCommand::Create(a) => cli::create(c, a),
             KeysCommand::List(a) => cli::list(c, a),
             KeysCommand::Show { id, json } => cli::show(c, &id, json),
-            KeysCommand::Rotate { id, grace, json } => cli::rotate(c, &id, grace.as_deref(), json),
+            KeysCommand::Rotate { id, grace, json } => cli::rotate(c, &id, grace, json),
             KeysCommand::Revoke { id, json } => cli::revoke(c, &id, json),
         },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            // Messages can quote the key file (a hand-edited name or id): never raw.
+            eprintln!("error: {}", keygate::text::escape(&e.to_string()));
+            ExitCode::from(e.exit_code())
         }
     }
 }

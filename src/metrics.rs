@@ -102,6 +102,11 @@ fn refresh_gauges(gw: &Gateway) {
         .absolute(r.config_reloads.load(Ordering::Relaxed));
     metrics::counter!("keygate_config_reloads_total", "result" => "error")
         .absolute(r.config_reload_failures.load(Ordering::Relaxed));
+    metrics::gauge!("keygate_key_file_healthy").set(if r.key_file_ok.load(Ordering::Acquire) {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("keygate_key_reload_last_success_timestamp_seconds")
         .set(r.last_key_reload.load(Ordering::Relaxed) as f64);
     metrics::gauge!("keygate_failed_auth_tracked_addresses").set(gw.failed_auth.tracked() as f64);

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::state::Gateway;
 use crate::store::{KeyStore, NewKey};
 use crate::time::Timestamp;
+use crate::watch::{FailureLatch, Loaded};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,29 +63,46 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
     let load = {
         let (gw, restored, state_file) =
             (Arc::clone(gw), Arc::clone(&restored), state_file.clone());
+        let failures = FailureLatch::default();
         move || match gw.reload_keys() {
             Ok(n) => {
-                tracing::info!(keys = n, "key file loaded");
+                if failures.succeeded() {
+                    tracing::info!(
+                        keys = n,
+                        "key file loaded again; the keys in force are current"
+                    );
+                } else {
+                    tracing::info!(keys = n, "key file loaded");
+                }
                 if !restored.swap(true, Ordering::AcqRel) {
                     crate::usage::restore(&gw, &state_file);
                 }
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, "key file not loaded; the last good keys keep serving")
+                // Loud once, quiet while the same error repeats at every retry.
+                if failures.failed(&e.to_string()) {
+                    tracing::error!(error = %e, "key file not loaded: the last good keys keep serving, so a change (a revoke) is not in force; retried at every poll");
+                }
+                false
             }
         }
     };
     let load = Arc::new(load);
-    if cfg.keys.reload {
-        let l = Arc::clone(&load);
-        tasks.push(crate::watch::spawn(
-            cfg.keys.file.clone(),
-            cfg.keys.poll_interval,
-            move || l(),
-        ));
-    }
+    // The watch starts from the file as it is before the first load, so a change during
+    // that load is not missed.
+    let watch = cfg
+        .keys
+        .reload
+        .then(|| crate::watch::Watch::new(cfg.keys.file.clone()));
     let l = Arc::clone(&load);
-    let _ = tokio::task::spawn_blocking(move || l()).await;
+    let first = tokio::task::spawn_blocking(move || l())
+        .await
+        .unwrap_or(false);
+    if let Some(w) = watch {
+        let first = if first { Loaded::Yes } else { Loaded::No };
+        tasks.push(w.spawn(cfg.keys.poll_interval, first, move || load()));
+    }
 
     if let (true, Some(path)) = (watch_config, cfg.source.clone()) {
         tasks.push(watch_config_file(
@@ -132,7 +150,8 @@ pub fn watch_config_file(
     poll: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let p = path.clone();
-    crate::watch::spawn(path, poll, move || match Config::load(&p) {
+    let failures = FailureLatch::default();
+    crate::watch::spawn(path, poll, move || match Config::reload(&p) {
         Ok(next) => {
             let level = next.log.level.clone();
             let per_key = next.metrics.per_key_labels;
@@ -141,9 +160,17 @@ pub fn watch_config_file(
             }
             crate::logging::set_level(&level);
             crate::metrics::set_per_key_labels(per_key);
+            failures.succeeded();
             tracing::info!("gateway.toml reloaded");
+            true
         }
-        Err(e) => gw.config_reload_failed(&e),
+        Err(e) => {
+            gw.config_reload_failed();
+            if failures.failed(&e.to_string()) {
+                tracing::error!(error = %e, "gateway.toml reload failed; the last good configuration keeps serving");
+            }
+            false
+        }
     })
 }
 
@@ -219,6 +246,11 @@ pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
     crate::logging::init(&cfg.log);
     raise_open_file_limit();
+    if let Some(src) = &cfg.source {
+        if std::fs::read_to_string(src).is_ok_and(|t| crate::config::is_blank(&t)) {
+            tracing::warn!(config = %src.display(), "gateway.toml is empty: every setting is its default, including the upstream 127.0.0.1:8000");
+        }
+    }
     runtime()?.block_on(async move {
         let listener = bind(cfg.server.listen).await?;
         let gw = Gateway::new(cfg);
@@ -229,7 +261,7 @@ pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
 /// The shipped gateway.toml, used by `demo` when none is in the working directory.
 const SHIPPED_CONFIG: &str = include_str!("../gateway.toml");
 
-pub fn demo(config: Option<PathBuf>, listen: Option<String>) -> Result<(), CliError> {
+pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), CliError> {
     let mut cfg = match config {
         Some(p) => Config::load(&p)?,
         None if std::path::Path::new("gateway.toml").exists() => {
@@ -240,21 +272,14 @@ pub fn demo(config: Option<PathBuf>, listen: Option<String>) -> Result<(), CliEr
     crate::logging::init(&cfg.log);
     raise_open_file_limit();
     if let Some(l) = listen {
-        cfg.server.listen = l
-            .parse()
-            .map_err(|_| CliError::Usage(format!("`{l}` is not an address like 127.0.0.1:4142")))?;
+        cfg.server.listen = l;
     }
     let dir = tempfile::tempdir().map_err(|e| CliError::Runtime(e.to_string()))?;
     cfg.keys.file = dir.path().join("keys.json");
     cfg.keys.state_file = dir.path().join("keys.json.state");
     cfg.source = None; // the demo's upstream is the mock: do not follow edits to the file
     runtime()?.block_on(async move {
-        let mock_listener = bind(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| CliError::Usage("addr".into()))?,
-        )
-        .await?;
+        let mock_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let mock_addr = mock_listener
             .local_addr()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -339,10 +364,7 @@ Press Ctrl-C to stop.
     );
 }
 
-pub fn mock(listen: &str) -> Result<(), CliError> {
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| CliError::Usage(format!("`{listen}` is not an address")))?;
+pub fn mock(addr: SocketAddr) -> Result<(), CliError> {
     runtime()?.block_on(async move {
         let listener = bind(addr).await?;
         let local = listener

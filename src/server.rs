@@ -437,9 +437,19 @@ impl CertWatchers {
             .into_iter()
             .map(|path| {
                 let t = Arc::clone(tls);
+                let failures = crate::watch::FailureLatch::default();
                 crate::watch::spawn(path, poll, move || match t.reload() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; the current one keeps serving"),
+                    Ok(()) => {
+                        failures.succeeded();
+                        tracing::info!("TLS certificate reloaded");
+                        true
+                    }
+                    Err(e) => {
+                        if failures.failed(&e.to_string()) {
+                            tracing::error!(error = %e, "TLS certificate reload failed; the current one keeps serving (retried at every poll)");
+                        }
+                        false
+                    }
                 })
             })
             .collect();

@@ -5,7 +5,7 @@
 //! Reloads build the next `Live` off the request path and swap it in; one that fails leaves
 //! the current value serving and is logged and counted.
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::forward::Upstream;
 use crate::index::KeyIndex;
 use crate::limit::{Capacity, FailedAuthGuard};
@@ -41,6 +41,9 @@ pub struct ReloadStats {
     pub config_reload_failures: AtomicU64,
     /// Unix seconds of the last successful key reload.
     pub last_key_reload: AtomicU64,
+    /// Whether the last attempt to load the key file succeeded. While it is false the keys
+    /// in force may be stale (a revoke not applied): `keygate_key_file_healthy`.
+    pub key_file_ok: AtomicBool,
 }
 
 pub struct Gateway {
@@ -90,8 +93,14 @@ impl Gateway {
         KeyStore::new(self.live.load().config.keys.file.clone())
     }
 
+    /// Ready: keys loaded, not draining, and, with `[keys] unready_on_load_error`, the key
+    /// file's last load succeeded.
     pub fn is_ready(&self) -> bool {
-        self.live.load().keys.is_some() && !self.draining.load(Ordering::Acquire)
+        let live = self.live.load();
+        live.keys.is_some()
+            && !self.draining.load(Ordering::Acquire)
+            && (!live.config.keys.unready_on_load_error
+                || self.reloads.key_file_ok.load(Ordering::Acquire))
     }
 
     /// Re-reads the key file and swaps in a new index. Blocking I/O: call it from a blocking
@@ -116,12 +125,14 @@ impl Gateway {
                 self.reloads
                     .last_key_reload
                     .store(crate::time::Timestamp::now().0, Ordering::Relaxed);
+                self.reloads.key_file_ok.store(true, Ordering::Release);
                 Ok(n)
             }
             Err(e) => {
                 self.reloads
                     .key_reload_failures
                     .fetch_add(1, Ordering::Relaxed);
+                self.reloads.key_file_ok.store(false, Ordering::Release);
                 Err(e)
             }
         }
@@ -178,12 +189,11 @@ impl Gateway {
         restart
     }
 
-    /// Records a configuration reload that failed.
-    pub fn config_reload_failed(&self, e: &ConfigError) {
+    /// Counts a configuration reload that failed (the caller logs it, once per new error).
+    pub fn config_reload_failed(&self) {
         self.reloads
             .config_reload_failures
             .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %e, "gateway.toml reload failed; the last good configuration keeps serving");
     }
 }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub const FILE_VERSION: u32 = 1;
@@ -143,8 +144,30 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Rejected(String),
+    /// A value given for a new key is invalid; names the field.
+    #[error(transparent)]
+    Field(#[from] FieldError),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
+}
+
+/// A value given for one field of a new key is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct FieldError {
+    /// As the API names it: `name`, `scopes`, `limits.requests_per_minute`, …
+    pub field: &'static str,
+    /// A predicate on the field, e.g. "must be at least 1".
+    pub problem: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, problem: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            problem: problem.into(),
+        }
+    }
 }
 
 /// Parses and validates key-file text. `path` is only used in messages.
@@ -166,7 +189,7 @@ pub(crate) fn syntax_error(path: &Path, e: &serde_json::Error) -> StoreError {
     }
 }
 
-fn strip_position(msg: &str) -> String {
+pub(crate) fn strip_position(msg: &str) -> String {
     msg.rsplit_once(" at line ")
         .map_or(msg, |(head, _)| head)
         .to_string()
@@ -290,20 +313,7 @@ impl KeyFile {
         prefix: &str,
         now: Timestamp,
     ) -> Result<(KeyRecord, NewToken), StoreError> {
-        if req.name.trim().is_empty() {
-            return Err(StoreError::Rejected("`name` must not be empty".into()));
-        }
-        let scopes =
-            Scopes::parse_list(&req.scopes).map_err(|e| StoreError::Rejected(e.to_string()))?;
-        for m in &req.models {
-            crate::authorize::compile_glob(m)
-                .map_err(|e| StoreError::Rejected(format!("`models`: {e}")))?;
-        }
-        if req.expires_at.is_some_and(|e| e <= now) {
-            return Err(StoreError::Rejected(
-                "the expiry must be in the future".into(),
-            ));
-        }
+        let scopes = req.validate(now)?;
         let token = key::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
         let id = loop {
             let id = key::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
@@ -417,6 +427,48 @@ pub struct NewKey {
     pub limits: KeyLimits,
 }
 
+impl NewKey {
+    /// Checks every field as the API names it; what the CLI and the API both call before a
+    /// key is made, so both refuse the same things with the same words. Returns the scopes.
+    pub fn validate(&self, now: Timestamp) -> Result<Scopes, FieldError> {
+        let text = |field: &'static str, value: &str| {
+            crate::text::check(field, value).map_err(|e| FieldError::new(field, e.problem()))
+        };
+        text("name", &self.name)?;
+        if self.name.trim().is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        let scopes = Scopes::parse_list(&self.scopes)
+            .map_err(|e| FieldError::new("scopes", format!("has an {e}")))?;
+        for m in &self.models {
+            text("models", m)?;
+            crate::authorize::compile_glob(m)
+                .map_err(|e| FieldError::new("models", format!("is invalid: {e}")))?;
+        }
+        if self.expires_at.is_some_and(|e| e <= now) {
+            return Err(FieldError::new("expires_at", "must be in the future"));
+        }
+        let l = &self.limits;
+        for (field, zero) in [
+            (
+                "limits.requests_per_minute",
+                l.requests_per_minute == Some(0),
+            ),
+            ("limits.burst", l.burst == Some(0)),
+            ("limits.tokens_per_minute", l.tokens_per_minute == Some(0)),
+            ("limits.max_in_flight", l.max_in_flight == Some(0)),
+        ] {
+            if zero {
+                return Err(FieldError::new(
+                    field,
+                    "must be at least 1 (omit it to use the gateway's default)",
+                ));
+            }
+        }
+        Ok(scopes)
+    }
+}
+
 /// A key file on disk.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
@@ -518,7 +570,7 @@ impl KeyStore {
                 reason: "it is a symbolic link, as in a mounted Secret".into(),
             });
         }
-        OpenOptions::new()
+        let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -534,7 +586,15 @@ impl KeyStore {
                     path: self.path.clone(),
                     source: e,
                 },
-            })
+            })?;
+        // A lock file first made by root would shut the file's owner (the gateway's user) out
+        // of writing through the API: give it the key file's owner. Best effort: only root can.
+        if let (Ok(key), Ok(mine)) = (fs::metadata(&self.path), lock.metadata()) {
+            if (key.uid(), key.gid()) != (mine.uid(), mine.gid()) {
+                let _ = std::os::unix::fs::fchown(&lock, Some(key.uid()), Some(key.gid()));
+            }
+        }
+        Ok(lock)
     }
 
     fn write_atomically(&self, bytes: &[u8]) -> io::Result<()> {
@@ -549,11 +609,37 @@ impl KeyStore {
         let mut tmp = tempfile::Builder::new()
             .prefix(&tmp_prefix)
             .tempfile_in(&dir)?; // created with mode 0600
+        if let Ok(old) = fs::metadata(&self.path) {
+            keep_owner_and_mode(tmp.as_file(), &old)?;
+        }
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
         File::open(&dir)?.sync_all()
     }
+}
+
+/// Gives the replacement file the owner and mode of the file it replaces. Without this a
+/// rewrite by another user (root running the CLI) leaves a file the gateway's own user cannot
+/// read, and every later change, a revoke included, is silently not applied. A writer that may
+/// not give the file its owner fails here, before anything is replaced.
+fn keep_owner_and_mode(tmp: &File, old: &fs::Metadata) -> io::Result<()> {
+    let mine = tmp.metadata()?;
+    let uid = (mine.uid() != old.uid()).then_some(old.uid());
+    let gid = (mine.gid() != old.gid()).then_some(old.gid());
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(tmp, uid, gid).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot keep the file's owner (uid {}, gid {}): {e}; run this as that user",
+                    old.uid(),
+                    old.gid()
+                ),
+            )
+        })?;
+    }
+    tmp.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
 }
 
 /// Temp files a killed writer left behind. Only called under the lock, so none is in use.

@@ -345,3 +345,228 @@ async fn expiry_warnings_at_seven_three_and_one_days() {
         "each warning once"
     );
 }
+
+/// POST /v1/api-keys with `body` (raw text); returns the answer.
+async fn create_raw(g: &TestGateway, admin: &str, body: &str) -> Answer {
+    send(
+        Method::POST,
+        &g.url("/v1/api-keys"),
+        &[
+            ("authorization", &bearer(admin)),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn body_errors_name_the_field_in_the_message_and_in_param() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    for (body, param) in [
+        (r#"{"name": 42}"#, "name"),
+        (r#"{"scopes": ["chat"]}"#, "name"),
+        (r#"{"name": "x", "scopez": ["chat"]}"#, "scopez"),
+        (r#"{"name": "x", "scopes": "chat"}"#, "scopes"),
+        (r#"{"name": "x", "scopes": ["root"]}"#, "scopes"),
+        (r#"{"name": "x", "models": ["[unclosed"]}"#, "models"),
+        (r#"{"name": "  "}"#, "name"),
+        (
+            r#"{"name": "x", "limits": {"requests_per_minute": "many"}}"#,
+            "limits.requests_per_minute",
+        ),
+        (
+            r#"{"name": "x", "limits": {"requests_per_minute": 0}}"#,
+            "limits.requests_per_minute",
+        ),
+        (r#"{"name": "x", "limits": {"burst": 0}}"#, "limits.burst"),
+        (r#"{"name": "x", "limits": {"rpm": 5}}"#, "limits.rpm"),
+        (r#"{"name": "x", "expires_in_days": -1}"#, "expires_in_days"),
+        (r#"{"name": "x", "expires_in_days": 0}"#, "expires_in_days"),
+        (
+            r#"{"name": "x", "expires_at": "2001-01-01T00:00:00Z"}"#,
+            "expires_at",
+        ),
+        (r#"{"name": "x", "expires_at": "tomorrow"}"#, "expires_at"),
+    ] {
+        let a = create_raw(&g, &admin, body).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert_eq!(a.error_code(), "invalid_request", "{body}");
+        let e = &a.json()["error"];
+        assert_eq!(e["param"], param, "{body}: {e}");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("`{param}`")), "{body}: {msg}");
+        assert!(!msg.contains("key #"), "{body}: {msg}");
+    }
+    // The rotate body too.
+    let (id, _) = g.create_key(keygate::store::NewKey {
+        name: "r".into(),
+        ..Default::default()
+    });
+    let a = send(
+        Method::POST,
+        &g.url(&format!("/v1/api-keys/{id}/rotate")),
+        &[("authorization", &bearer(&admin))],
+        r#"{"grace_seconds": "soon"}"#,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["error"]["param"].clone()),
+        (400, json!("grace_seconds"))
+    );
+    // Not JSON at all, or not an object: no field to name.
+    for body in ["{not json", "[1, 2]", r#"{"name": "x"} trailing"#] {
+        let a = create_raw(&g, &admin, body).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert!(a.json()["error"]["param"].is_null(), "{body}");
+    }
+    // Every other error keeps `param: null`.
+    let a = send(Method::GET, &g.url("/v1/api-keys"), &[], "").await;
+    assert_eq!(a.status, 401);
+    assert!(a.json()["error"]["param"].is_null());
+    let a = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/api-keys/key_0000000000000000",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 404);
+    assert!(a.json()["error"]["param"].is_null());
+}
+
+#[tokio::test]
+async fn control_characters_in_names_are_refused() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    for name in [
+        "evil\u{1b}[2J",
+        "a\rb",
+        "new\nline",
+        "c1\u{9b}31m",
+        "del\u{7f}",
+        "rtl\u{202e}cod.exe",
+    ] {
+        let a = api(
+            &g,
+            &admin,
+            Method::POST,
+            "/v1/api-keys",
+            json!({ "name": name }),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{name:?}");
+        let e = &a.json()["error"];
+        assert_eq!(e["param"], "name", "{name:?}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("control character"),
+            "{name:?}: {e}"
+        );
+    }
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "x", "models": ["llama-\u{1b}*"]}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "models");
+    // Nothing was created; ordinary Unicode is fine.
+    let list = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/api-keys",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 1);
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "Zoë's app 名前"}),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+}
+
+#[tokio::test]
+async fn api_changes_are_appended_to_the_audit_file_and_keep_the_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let g = start_gateway("[log]\naudit_file = \"audit.log\"\n").await;
+    let (admin_id, admin) = g.create_key(keygate::store::NewKey {
+        name: "admin".into(),
+        scopes: vec!["admin".into()],
+        ..Default::default()
+    });
+    // The key file belongs to another user, readable by its group.
+    let keys = g.gw.config().keys.file.clone();
+    std::os::unix::fs::chown(&keys, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "svc"}),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = api(
+        &g,
+        &admin,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+
+    let m = std::fs::metadata(&keys).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (65534, 65534, 0o640));
+
+    let text = std::fs::read_to_string(g.dir.path().join("audit.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (line, action) in lines.iter().zip(["created", "rotated", "revoked"]) {
+        assert_eq!(line["action"], action);
+        assert_eq!(line["key_id"], id.as_str());
+        assert_eq!(line["key_name"], "svc");
+        assert_eq!(line["by"], format!("api:{admin_id}"));
+        assert!(line["timestamp"].is_string());
+    }
+    // Refused changes leave no record.
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": ""}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        std::fs::read_to_string(g.dir.path().join("audit.log")).unwrap(),
+        text
+    );
+}

@@ -1014,3 +1014,426 @@ fn an_expiry_or_grace_beyond_year_9999_is_refused_without_a_panic() {
     assert_eq!(env.key_text(), before, "the key file changed");
     env.ok(&["check"]);
 }
+
+// ------------------------------------------------------------------------------ terminal safety
+
+/// Whether `s` holds anything that drives a terminal: C0/C1 controls (but newline), DEL,
+/// or bidirectional overrides.
+fn has_terminal_control(s: &str) -> bool {
+    s.chars().any(|c| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[test]
+fn control_characters_are_refused_in_names_and_escaped_on_output() {
+    let env = Env::new();
+    let v = env.create("x", &[]);
+    let id = s(&v, "id").to_string();
+    let before = env.key_text();
+
+    // Refused at the CLI, naming the flag, without echoing the control character.
+    for name in [
+        "evil\u{1b}[2J",
+        "a\rb",
+        "tab\there",
+        "c1\u{9b}31m",
+        "rtl\u{202e}gnp.exe",
+    ] {
+        let out = env.run(&["keys", "create", "--name", name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name:?}: {stderr}");
+        assert!(
+            stderr.contains("`--name`") && stderr.contains("control character"),
+            "{name:?}: {stderr}"
+        );
+        assert!(
+            !has_terminal_control(&stderr),
+            "{name:?}: raw in {stderr:?}"
+        );
+    }
+    assert_eq!(env.key_text(), before, "nothing was written");
+
+    // A hand-edited file is trusted, but what it holds reaches the terminal escaped.
+    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}";
+    let mut file = env.key_file();
+    file.keys[0].name = evil.to_string();
+    file.keys[0].models = vec!["llama-\u{1b}\u{9b}5m*".into()];
+    fs::write(&env.keys, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "list", "--all"],
+        vec!["keys", "show", &id],
+        vec!["keys", "list", "--json"],
+        vec!["keys", "show", &id, "--json"],
+        vec!["keys", "rotate", &id],
+        vec!["keys", "rotate", &id, "--json"],
+        vec!["keys", "revoke", &id],
+    ] {
+        let out = env.ok(&args);
+        assert!(
+            !has_terminal_control(&out),
+            "`keygate {}` printed a control character raw: {out:?}",
+            args.join(" ")
+        );
+        if !args.contains(&"--json") {
+            assert!(out.contains("evil\\u{1b}"), "{}: {out}", args.join(" "));
+        }
+    }
+    // JSON stays exact: the escapes decode to the name as stored.
+    let list = env.json(&["keys", "list", "--all", "--json"]);
+    assert_eq!(list[0]["name"], evil);
+    // So do errors that quote the file.
+    let mut file = env.key_file();
+    file.keys[0].id = "key_\u{1b}[2Jxxxxxxxxxxxx".into();
+    fs::write(&env.keys, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let err = env.fails(&["check"]);
+    assert!(!has_terminal_control(&err), "{err:?}");
+}
+
+// ------------------------------------------------------------------------------ what key commands need
+
+#[test]
+fn key_commands_do_not_need_the_upstream_credential() {
+    let env = Env::with_config(
+        "[keys]\nfile = \"keys.json\"\n[[upstream]]\nurl = \"http://127.0.0.1:9\"\n\
+         api_key_env = \"KEYGATE_TEST_NEVER_SET\"\nca_file = \"missing-ca.pem\"\n",
+    );
+    let run = |args: &[&str]| {
+        let mut c = env.command(args);
+        c.env_remove("KEYGATE_TEST_NEVER_SET");
+        c.output().unwrap()
+    };
+    let out = run(&["keys", "create", "--name", "x", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = s(&v, "id").to_string();
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "show", &id],
+        vec!["keys", "rotate", &id],
+        vec!["keys", "revoke", &id],
+    ] {
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "`keygate {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `check` is where a missing credential must be reported.
+    let text = fs::read_to_string(&env.config).unwrap();
+    fs::write(
+        &env.config,
+        text.replace("ca_file = \"missing-ca.pem\"\n", ""),
+    )
+    .unwrap();
+    let out = run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("KEYGATE_TEST_NEVER_SET"), "{stderr}");
+}
+
+// ------------------------------------------------------------------------------ audit
+
+#[test]
+fn every_cli_change_is_audited_on_stderr_and_in_the_audit_file() {
+    let env = Env::with_config(
+        "[keys]\nfile = \"keys.json\"\n[log]\nformat = \"json\"\naudit_file = \"audit.log\"\n",
+    );
+    let audit_path = env.dir.path().join("audit.log");
+    let mut ids = Vec::new();
+    let mut stderr_records = Vec::new();
+    let created = env.run(&["keys", "create", "--name", "audited", "--json"]);
+    assert!(created.status.success());
+    let id = s(&serde_json::from_slice(&created.stdout).unwrap(), "id").to_string();
+    stderr_records.push(created.stderr);
+    for args in [vec!["keys", "rotate", &id], vec!["keys", "revoke", &id]] {
+        let out = env.run(&args);
+        assert!(out.status.success());
+        stderr_records.push(out.stderr);
+    }
+    for (stderr, action) in stderr_records.iter().zip(["created", "rotated", "revoked"]) {
+        let stderr = String::from_utf8_lossy(stderr);
+        let rec = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["target"] == "keygate::audit")
+            .unwrap_or_else(|| panic!("no audit record on stderr for {action}: {stderr}"));
+        assert_eq!(rec["action"], action);
+        assert_eq!(rec["key_id"], id.as_str());
+        assert_eq!(rec["key_name"], "audited");
+        assert!(s(&rec, "by").starts_with("cli:"), "{rec}");
+        ids.push(rec["key_id"].clone());
+    }
+    let lines: Vec<Value> = fs::read_to_string(&audit_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, action) in lines.iter().zip(["created", "rotated", "revoked"]) {
+        assert_eq!(line["action"], action);
+        assert_eq!(line["key_id"], id.as_str());
+        assert_eq!(line["key_name"], "audited");
+        assert!(s(line, "by").starts_with("cli:"), "{line}");
+        ts(&line["timestamp"]);
+    }
+    // Reading is not a change.
+    env.ok(&["keys", "list"]);
+    env.ok(&["keys", "show", &id]);
+    assert_eq!(fs::read_to_string(&audit_path).unwrap().lines().count(), 3);
+
+    // No audit trail, no change.
+    let env = Env::with_config(
+        "[keys]\nfile = \"keys.json\"\n[log]\naudit_file = \"no/such/dir/audit.log\"\n",
+    );
+    let err = env.fails(&["keys", "create", "--name", "unaudited"]);
+    assert!(err.contains("audit"), "{err}");
+    assert!(!env.keys.exists() || env.key_file().keys.is_empty());
+}
+
+// ------------------------------------------------------------------------------ owner and mode
+
+#[test]
+fn a_cli_rewrite_keeps_the_owner_and_mode_of_the_key_file() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let v = env.create("svc", &[]);
+    let id = s(&v, "id").to_string();
+    // The file belongs to the gateway's user (65534); the CLI runs as root.
+    std::os::unix::fs::chown(&env.keys, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&env.keys, fs::Permissions::from_mode(0o640)).unwrap();
+    for args in [
+        vec!["keys", "create", "--name", "other"],
+        vec!["keys", "rotate", &id],
+        vec!["keys", "revoke", &id],
+    ] {
+        env.ok(&args);
+        let m = fs::metadata(&env.keys).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (65534, 65534, 0o640),
+            "after `keygate {}`",
+            args.join(" ")
+        );
+    }
+    assert_eq!(env.key_file().keys.len(), 2);
+}
+
+// ------------------------------------------------------------------------------ empty config
+
+#[test]
+fn check_warns_on_an_empty_config() {
+    let env = Env::new();
+    env.create("a", &[]);
+    fs::write(&env.config, "# all defaults?\n\n").unwrap();
+    let out = env.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("empty"),
+        "{stderr}"
+    );
+    // A config that sets something is not warned about.
+    fs::write(&env.config, "[keys]\nfile = \"keys.json\"\n").unwrap();
+    let out = env.run(&["check"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+// ------------------------------------------------------------------------------ help, completions, exit codes
+
+/// `keygate ARGS -h` for every command: every option, argument and subcommand has a line of
+/// help.
+#[test]
+fn help_documents_every_command_and_flag() {
+    let env = Env::new();
+    let commands: [&[&str]; 12] = [
+        &[],
+        &["serve"],
+        &["demo"],
+        &["check"],
+        &["mock"],
+        &["completions"],
+        &["keys"],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "show"],
+        &["keys", "rotate"],
+        &["keys", "revoke"],
+    ];
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.push("-h");
+        let out = env.ok(&args);
+        let mut section = "";
+        for line in out.lines() {
+            if !line.starts_with(' ') {
+                section = line; // a heading, or text that ends the section
+                continue;
+            }
+            if !matches!(section, "Options:" | "Arguments:" | "Commands:") || line.trim().is_empty()
+            {
+                continue;
+            }
+            // "  --json   Print …": the entry, then at least two spaces, then its help.
+            let entry = line.trim_start();
+            let help = entry.split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
+            assert!(
+                !help.is_empty(),
+                "`keygate {}` has no help for `{entry}`:\n{out}",
+                args.join(" ")
+            );
+        }
+    }
+    // --scopes lists every scope with what it allows.
+    let long = env.ok(&["keys", "create", "--help"]);
+    for scope in keygate::scope::Scope::ALL {
+        let line = format!("{}: ", scope.name());
+        assert!(
+            long.lines()
+                .any(|l| l.contains(&line) && l.contains(scope.description())),
+            "--help lacks `{}` with its description:\n{long}",
+            scope.name()
+        );
+    }
+    assert!(long.contains("inference"), "{long}");
+    // The exit codes are stated.
+    let top = env.ok(&["--help"]);
+    assert!(
+        top.contains("Exit status") && top.contains("2 usage"),
+        "{top}"
+    );
+}
+
+#[test]
+fn shell_completions_are_generated() {
+    let env = Env::new();
+    let bash = env.ok(&["completions", "bash"]);
+    for word in [
+        "keygate",
+        "create",
+        "rotate",
+        "--scopes",
+        "--expires-in",
+        "embeddings",
+    ] {
+        assert!(bash.contains(word), "bash completion lacks `{word}`");
+    }
+    // The script loads in bash and registers a completion for keygate.
+    let script = env.dir.path().join("keygate.bash");
+    fs::write(&script, &bash).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p keygate",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("keygate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zsh = env.ok(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef keygate"), "{zsh}");
+    let fish = env.ok(&["completions", "fish"]);
+    assert!(fish.contains("complete -c keygate"), "{fish}");
+    let out = env.run(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_what_was_typed() {
+    let env = Env::new();
+    let v = env.create("x", &[]);
+    let id = s(&v, "id").to_string();
+    let before = env.key_text();
+    let usage = |args: &[&str], needle: &str| {
+        let out = env.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "`keygate {}` is a usage error: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            stderr.contains(needle),
+            "`keygate {}`: stderr names `{needle}`: {stderr}",
+            args.join(" ")
+        );
+        assert!(!stderr.contains("key #"), "{stderr}");
+    };
+    usage(
+        &["keys", "create", "--name", "y", "--rpm", "0"],
+        "`--rpm` must be at least 1",
+    );
+    usage(
+        &["keys", "create", "--name", "y", "--burst", "0"],
+        "`--burst` must be at least 1",
+    );
+    usage(
+        &["keys", "create", "--name", "y", "--tpm", "0"],
+        "`--tpm` must be at least 1",
+    );
+    usage(
+        &["keys", "create", "--name", "y", "--max-in-flight", "0"],
+        "`--max-in-flight` must be at least 1",
+    );
+    usage(&["keys", "create", "--name", "  "], "`--name`");
+    usage(
+        &["keys", "create", "--name", "y", "--scopes", "root"],
+        "--scopes",
+    );
+    usage(
+        &["keys", "create", "--name", "y", "--models", "[x"],
+        "`--models`",
+    );
+    usage(&["keys", "create", "--name", "y", "--rpm", "lots"], "--rpm");
+    usage(
+        &["keys", "create", "--name", "y", "--expires-in", "soon"],
+        "--expires-in",
+    );
+    usage(
+        &["keys", "create", "--name", "y", "--expires-in", "100000y"],
+        "`--expires-in`",
+    );
+    usage(&["keys", "rotate", &id, "--grace", "20000y"], "`--grace`");
+    usage(
+        &["keys", "list", "--expiring-within", "a week"],
+        "--expiring-within",
+    );
+    usage(&["keys", "show", "not-an-id"], "not-an-id");
+    usage(&["keys", "create", "--nmae", "y"], "--nmae");
+    usage(&["keys", "create"], "--name");
+    assert_eq!(env.key_text(), before, "no usage error touched the file");
+
+    // Everything else that fails is status 1.
+    let runtime = |args: &[&str]| {
+        let out = env.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "`keygate {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    runtime(&["keys", "show", "key_0000000000000000"]);
+    runtime(&["keys", "revoke", "key_0000000000000000"]);
+    env.ok(&["keys", "revoke", &id]);
+    runtime(&["keys", "rotate", &id]);
+    fs::write(&env.keys, "{").unwrap();
+    runtime(&["keys", "list"]);
+    runtime(&["check"]);
+}
