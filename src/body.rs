@@ -56,14 +56,14 @@ impl Idle {
         }
     }
 
-    fn with_total(idle: Duration, total: Duration) -> Idle {
+    pub(crate) fn with_total(idle: Duration, total: Duration) -> Idle {
         Idle {
             total: Some(Instant::now() + total),
             ..Idle::new(idle)
         }
     }
 
-    fn poll_frame(
+    pub(crate) fn poll_frame(
         &mut self,
         inner: &mut Incoming,
         cx: &mut Context<'_>,
@@ -100,7 +100,8 @@ impl Idle {
     }
 }
 
-/// The body sent upstream: bytes already read (to check the model), or the client's stream.
+/// The body sent upstream: bytes already read (to check the model), the client's stream,
+/// or a multipart upload whose `model` was read while it streams.
 pub enum UpBody {
     Full(Option<Bytes>),
     Stream {
@@ -109,6 +110,7 @@ pub enum UpBody {
         limit: u64,
         seen: u64,
     },
+    Multipart(Box<crate::multipart::MultipartBody>),
 }
 
 impl UpBody {
@@ -120,8 +122,13 @@ impl UpBody {
     pub fn exact_len(&self) -> Option<u64> {
         match self {
             UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { .. } => None,
+            UpBody::Stream { .. } | UpBody::Multipart(_) => None,
         }
+    }
+
+    /// A multipart upload, forwarded as it streams (see `multipart`).
+    pub fn multipart(body: crate::multipart::MultipartBody) -> UpBody {
+        UpBody::Multipart(Box::new(body))
     }
 
     /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
@@ -174,6 +181,7 @@ impl HttpBody for UpBody {
                     None => Poll::Ready(None),
                 }
             }
+            UpBody::Multipart(m) => m.poll_frame(cx),
         }
     }
 
@@ -181,6 +189,7 @@ impl HttpBody for UpBody {
         match self {
             UpBody::Full(b) => b.is_none(),
             UpBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpBody::Multipart(m) => m.is_end_stream(),
         }
     }
 
@@ -188,6 +197,7 @@ impl HttpBody for UpBody {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             UpBody::Stream { inner, .. } => inner.size_hint(),
+            UpBody::Multipart(_) => SizeHint::default(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod multipart;
 pub mod pool;
 pub mod run;
 pub mod scope;
