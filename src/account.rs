@@ -379,6 +379,8 @@ impl ContentCounter {
 /// request that ends by error, by completion or by the client leaving is counted once.
 pub struct Finish {
     pub request_id: http::HeaderValue,
+    /// The client's address: the peer's, or behind a trusted proxy the forwarded one.
+    pub client: std::net::IpAddr,
     pub key: Option<crate::index::KeyRef>,
     pub method: http::Method,
     pub route: &'static str,
@@ -422,9 +424,14 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 impl Finish {
     /// A request not answered yet: should it be dropped as it is, its client left.
-    pub fn new(request_id: http::HeaderValue, method: http::Method) -> Finish {
+    pub fn new(
+        request_id: http::HeaderValue,
+        method: http::Method,
+        client: std::net::IpAddr,
+    ) -> Finish {
         Finish {
             request_id,
+            client,
             key: None,
             method,
             route: "-",
@@ -508,6 +515,7 @@ impl Drop for Finish {
         tracing::info!(
             target: "keygate::access",
             request_id = self.request_id.to_str().unwrap_or("-"),
+            client_addr = %self.client,
             key_id = self.key.as_ref().map_or("-", |k| &*k.id),
             key_name = self.key.as_ref().map_or("-", |k| &*k.name),
             method = %self.method,

@@ -2,7 +2,7 @@
 //!
 //! Deny by default: a method and path that match no route are refused before anything is
 //! forwarded, and so is a path that an upstream might normalise into a different route
-//! (`..`, `//`, encoded slashes and dots).
+//! (`..`, `//`, encoded slashes and dots, `;` path parameters).
 
 use crate::scope::{Scope, Scopes};
 use http::Method;
@@ -28,7 +28,9 @@ pub enum Handler {
 pub struct RouteMatch {
     pub scope: Scope,
     pub handler: Handler,
-    /// Whether the JSON body carries a `model` to check and route by.
+    /// Whether the body (JSON, multipart or form) carries a `model` to check and route by: a
+    /// key with a model allowlist must name one here. Bodies on other routes are checked for
+    /// a `model` too, but may go without one.
     pub has_model: bool,
 }
 
@@ -91,16 +93,43 @@ fn under(path: &str, base: &str) -> bool {
 
 /// Rejects paths an upstream could read differently from us.
 pub fn is_normal_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
-        return false;
+    path_problem(path).is_none()
+}
+
+/// Why a path could be read differently by an upstream, or `None` for a path in normal form.
+/// Allocation-free: the encoded forms are looked for only when the path has a `%`.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    const SEPARATORS: &str =
+        "The request path is not in normal form (no `..`, `//` or encoded separators).";
+    let b = path.as_bytes();
+    if !path.starts_with('/') || memchr::memmem::find(b, b"//").is_some() || b.contains(&b'\\') {
+        return Some(SEPARATORS);
+    }
+    // `/a/..;/b` is `/a/..` to a servlet container and `/b` to others: a path parameter is
+    // no part of any API route.
+    if b.contains(&b';') {
+        return Some("The request path contains `;` (a path parameter); no API route has one.");
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return false;
+        return Some(SEPARATORS);
     }
-    let lower = path.to_ascii_lowercase();
-    !["%2f", "%2e", "%5c", "%00"]
-        .iter()
-        .any(|e| lower.contains(e))
+    if memchr::memchr(b'%', b).is_some() {
+        let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
+        if encoded(b"%3b") {
+            return Some(
+                "The request path contains an encoded `;` (a path parameter); no API route has one.",
+            );
+        }
+        if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
+            return Some(SEPARATORS);
+        }
+    }
+    None
+}
+
+/// `path` without one trailing `/`.
+fn trim_slash(path: &str) -> &str {
+    path.strip_suffix('/').unwrap_or(path)
 }
 
 impl RouteTable {
@@ -156,12 +185,25 @@ impl RouteTable {
                     has_model: false,
                 })
             }
-            p if under(p, "/v1/responses") => fwd(Scope::Responses, post && p == "/v1/responses"),
-            // Audio uploads are multipart: their model is not checked (see README).
-            p if p.starts_with("/v1/audio/") => fwd(Scope::Audio, false),
-            p if p.starts_with("/v1/images/") => {
-                fwd(Scope::Images, post && p == "/v1/images/generations")
+            // Under the prefix routes, a trailing `/` is the same endpoint to many servers:
+            // it carries the model too. Any other body is still checked for one (`gateway`).
+            p if under(p, "/v1/responses") => {
+                fwd(Scope::Responses, post && trim_slash(p) == "/v1/responses")
             }
+            p if p.starts_with("/v1/audio/") => fwd(
+                Scope::Audio,
+                post && matches!(
+                    trim_slash(p),
+                    "/v1/audio/speech" | "/v1/audio/transcriptions" | "/v1/audio/translations"
+                ),
+            ),
+            p if p.starts_with("/v1/images/") => fwd(
+                Scope::Images,
+                post && matches!(
+                    trim_slash(p),
+                    "/v1/images/generations" | "/v1/images/edits" | "/v1/images/variations"
+                ),
+            ),
             _ => None,
         }
     }
@@ -272,6 +314,91 @@ pub enum BodyError {
     NotJson(String),
     #[error("the request body has no `model` field (a string naming the model)")]
     NoModel,
+    #[error("the request body has more than one `model` field")]
+    TwoModels,
+    #[error("the request has more than one Content-Type header")]
+    TwoContentTypes,
+    #[error("the Content-Type header cannot be read (a multipart/form-data body needs exactly one `boundary`)")]
+    BadContentType,
+    #[error("the request body is compressed (`Content-Encoding`); send it uncompressed so that its `model` can be checked")]
+    Compressed,
+    #[error("the form body contains a raw `;`, which form parsers split differently; percent-encode it as %3B")]
+    FormSemicolon,
+    #[error("the form body has a field named like `model` but spelled differently; name it exactly `model`")]
+    FormAmbiguous,
+}
+
+/// How a request body is encoded, for finding its `model`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyKind {
+    /// JSON, and anything that is not a form: upstreams such as llama.cpp read a body as JSON
+    /// whatever its Content-Type says, so a body that is not JSON cannot pass as "no model".
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `multipart/form-data`, read as it streams (`multipart`).
+    Multipart { boundary: String },
+}
+
+/// The body's kind from its headers. A second Content-Type, or a multipart one with two
+/// boundaries, is refused: the upstream might take the other one.
+pub fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, BodyError> {
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    if headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(BodyError::Compressed);
+    }
+    let mut all = headers.get_all(CONTENT_TYPE).iter();
+    let Some(ct) = all.next() else {
+        return Ok(BodyKind::Json);
+    };
+    if all.next().is_some() {
+        return Err(BodyError::TwoContentTypes);
+    }
+    let ct = ct.to_str().map_err(|_| BodyError::BadContentType)?;
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("multipart/form-data") {
+        // (A boundary has no `;`: RFC 2046 `bchars`.)
+        let boundaries = ct
+            .split(';')
+            .filter(|p| {
+                p.split_once('=')
+                    .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("boundary"))
+            })
+            .count();
+        if boundaries != 1 {
+            return Err(BodyError::BadContentType);
+        }
+        let boundary = multer::parse_boundary(ct).map_err(|_| BodyError::BadContentType)?;
+        return Ok(BodyKind::Multipart { boundary });
+    }
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Ok(BodyKind::Form);
+    }
+    Ok(BodyKind::Json)
+}
+
+/// The `model` of a form-urlencoded body, `None` when it has none (or an empty one).
+pub fn form_model(body: &[u8]) -> Result<Option<String>, BodyError> {
+    // Some parsers also split pairs on `;` (older Python): refuse what they would read
+    // differently from `&`-only parsers.
+    if body.contains(&b';') {
+        return Err(BodyError::FormSemicolon);
+    }
+    let mut model = None;
+    for (name, value) in form_urlencoded::parse(body) {
+        if name == "model" {
+            if model.replace(value).is_some() {
+                return Err(BodyError::TwoModels);
+            }
+        } else if name.trim().eq_ignore_ascii_case("model") {
+            return Err(BodyError::FormAmbiguous);
+        }
+    }
+    Ok(model.filter(|m| !m.is_empty()).map(|m| m.into_owned()))
 }
 
 /// Reads the `model` (and `stream`) of a JSON body.
@@ -315,6 +442,84 @@ mod tests {
         assert_eq!(r(Method::HEAD, "/v1/models/m"), Some(Scope::Models));
         assert_eq!(r(Method::HEAD, "/v1/usage"), Some(Scope::Usage));
         assert_eq!(r(Method::HEAD, "/v1/chat/completions"), None);
+        let carries = |p: &str| t.resolve(&Method::POST, p).unwrap().has_model;
+        for p in [
+            "/v1/responses",
+            "/v1/responses/",
+            "/v1/audio/speech",
+            "/v1/audio/transcriptions/",
+            "/v1/audio/translations",
+            "/v1/images/generations/",
+            "/v1/images/edits",
+            "/v1/images/variations",
+        ] {
+            assert!(carries(p), "{p}");
+        }
+        assert!(!carries("/v1/responses/resp_1/cancel"));
+        assert!(!t.resolve(&Method::GET, "/v1/responses").unwrap().has_model);
+    }
+
+    #[test]
+    fn body_kinds() {
+        let kind = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            body_kind(&h)
+        };
+        assert_eq!(kind(&[]), Ok(BodyKind::Json));
+        assert_eq!(kind(&[("content-type", "text/plain")]), Ok(BodyKind::Json));
+        assert_eq!(
+            kind(&[(
+                "content-type",
+                "Application/X-WWW-Form-Urlencoded; charset=utf-8"
+            )]),
+            Ok(BodyKind::Form)
+        );
+        assert_eq!(
+            kind(&[(
+                "content-type",
+                "multipart/form-data; boundary=\"a-boundary\""
+            )]),
+            Ok(BodyKind::Multipart {
+                boundary: "a-boundary".into()
+            })
+        );
+        for bad in [
+            "multipart/form-data",
+            "multipart/form-data; boundary=a; boundary=b",
+            "multipart/form-data; boundary=a; BOUNDARY=b",
+        ] {
+            let h = [("content-type", bad)];
+            assert_eq!(kind(&h), Err(BodyError::BadContentType), "{bad}");
+        }
+        assert_eq!(
+            kind(&[("content-type", "a/b"), ("content-type", "c/d")]),
+            Err(BodyError::TwoContentTypes)
+        );
+        assert_eq!(
+            kind(&[("content-encoding", "gzip")]),
+            Err(BodyError::Compressed)
+        );
+        assert_eq!(
+            kind(&[("content-encoding", "identity")]),
+            Ok(BodyKind::Json)
+        );
+    }
+
+    #[test]
+    fn form_models() {
+        assert_eq!(form_model(b"model=llama-3&x=1"), Ok(Some("llama-3".into())));
+        assert_eq!(form_model(b"mod%65l=gpt%2D4"), Ok(Some("gpt-4".into())));
+        assert_eq!(form_model(b"x=1"), Ok(None));
+        assert_eq!(form_model(b"model="), Ok(None));
+        assert_eq!(form_model(b"model=a&model=b"), Err(BodyError::TwoModels));
+        assert_eq!(
+            form_model(b"model=a;model=b"),
+            Err(BodyError::FormSemicolon)
+        );
+        assert_eq!(form_model(b"Model=gpt-4"), Err(BodyError::FormAmbiguous));
     }
 
     #[test]
@@ -356,10 +561,17 @@ mod tests {
             "/v1/x%2F..",
             "/v1/./models",
             "/a\\b",
+            "/v1/audio/..;/chat/completions",
+            "/v1/audio/x;y/speech",
+            "/v1/chat/completions;",
+            "/v1/audio/..%3B/chat/completions",
+            "/v1/audio/..%3b/chat/completions",
         ] {
             assert!(!is_normal_path(p), "{p}");
         }
+        assert!(path_problem("/v1/audio/..;/chat").unwrap().contains("`;`"));
         assert!(is_normal_path("/v1/models/meta-llama/Llama-3.1-8B"));
+        assert!(is_normal_path("/v1/models/a%20b"));
     }
 
     #[test]

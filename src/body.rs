@@ -61,14 +61,14 @@ impl Idle {
         }
     }
 
-    fn with_total(idle: Duration, total: Duration) -> Idle {
+    pub(crate) fn with_total(idle: Duration, total: Duration) -> Idle {
         Idle {
             total: Some(Instant::now() + total),
             ..Idle::new(idle)
         }
     }
 
-    fn poll_frame(
+    pub(crate) fn poll_frame(
         &mut self,
         inner: &mut Incoming,
         cx: &mut Context<'_>,
@@ -105,7 +105,8 @@ impl Idle {
     }
 }
 
-/// The body sent upstream: bytes already read (to check the model), or the client's stream.
+/// The body sent upstream: bytes already read (to check the model), the client's stream,
+/// or a multipart upload whose `model` was read while it streams.
 pub enum UpBody {
     Full(Option<Bytes>),
     Stream {
@@ -115,6 +116,7 @@ pub enum UpBody {
         /// Bytes received so far, shared with the request's `Finish` (`bytes_received`).
         seen: Arc<AtomicU64>,
     },
+    Multipart(Box<crate::multipart::MultipartBody>),
 }
 
 impl UpBody {
@@ -126,8 +128,13 @@ impl UpBody {
     pub fn exact_len(&self) -> Option<u64> {
         match self {
             UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { .. } => None,
+            UpBody::Stream { .. } | UpBody::Multipart(_) => None,
         }
+    }
+
+    /// A multipart upload, forwarded as it streams (see `multipart`).
+    pub fn multipart(body: crate::multipart::MultipartBody) -> UpBody {
+        UpBody::Multipart(Box::new(body))
     }
 
     /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
@@ -181,6 +188,7 @@ impl HttpBody for UpBody {
                     None => Poll::Ready(None),
                 }
             }
+            UpBody::Multipart(m) => m.poll_frame(cx),
         }
     }
 
@@ -188,6 +196,7 @@ impl HttpBody for UpBody {
         match self {
             UpBody::Full(b) => b.is_none(),
             UpBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpBody::Multipart(m) => m.is_end_stream(),
         }
     }
 
@@ -195,6 +204,7 @@ impl HttpBody for UpBody {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             UpBody::Stream { inner, .. } => inner.size_hint(),
+            UpBody::Multipart(_) => SizeHint::default(),
         }
     }
 }

@@ -75,6 +75,7 @@ struct RawServer {
     idle_timeout: Option<String>,
     write_timeout: Option<String>,
     max_connections_per_ip: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +195,40 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Open connections allowed from one client address; `None`: no limit.
     pub max_connections_per_ip: Option<u32>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` name the client (none by default).
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The networks of the proxies in front of the gateway (`[server] trusted_proxies`). A
+/// request from one of them is attributed to the right-most address of its forwarding
+/// chain that is not itself a trusted proxy (`headers::client_addr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// `10.0.0.0/8`, `2001:db8::/32`, or one address (`10.1.2.3`).
+    fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        entries
+            .iter()
+            .map(|e| {
+                let e = e.trim();
+                e.parse::<ipnet::IpNet>()
+                    .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| format!("`{e}` is not a CIDR like 10.0.0.0/8 or an address"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -510,6 +545,8 @@ impl Validator<'_> {
                 }
                 Some(n) => Some(n),
             },
+            trusted_proxies: TrustedProxies::parse(&s.trusted_proxies.unwrap_or_default())
+                .map_err(|e| self.err("server.trusted_proxies", e))?,
         };
         if server.max_header_bytes < 8192 {
             return Err(self.err("server.max_header_bytes", "must be at least 8192"));
@@ -841,6 +878,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.requests_per_minute"), "{err}");
+        let err = Config::parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.trusted_proxies") && err.contains("`nope`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        assert!(Config::parse("", None)
+            .unwrap()
+            .server
+            .trusted_proxies
+            .is_empty());
+        let c = Config::parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\"]\n",
+            None,
+        )
+        .unwrap();
+        let t = &c.server.trusted_proxies;
+        for ip in ["10.9.8.7", "192.168.1.7", "fd00::1", "::ffff:10.1.1.1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["11.0.0.1", "192.168.1.8", "fe80::1"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub enum GatewayError {
     ModelNotAllowed(String),
     #[error("Unknown route: {0} {1}.")]
     UnknownRoute(http::Method, String),
+    /// A known route without its `/v1`: the client's base URL lacks it.
+    #[error("Unknown route: {0} {1}. The route exists as {0} /v1{1}: the client's `base_url` should end in `/v1` (for example `http://127.0.0.1:4142/v1`).")]
+    RouteUnderV1(http::Method, String),
+    /// A refusal whose details would have repeated an API key (the one presented, or
+    /// anything shaped like one): the details are withheld.
+    #[error("The request carries an API key outside the credential header (in the URL, the body or another field); it is refused, and not repeated here. Send the key only in `Authorization`.")]
+    KeyElsewhere,
     #[error("The request body is larger than the limit of {0} bytes.")]
     TooLarge(u64),
     #[error("Rate limit reached: {limit} requests per minute. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
@@ -70,7 +77,10 @@ impl GatewayError {
                 StatusCode::UNAUTHORIZED
             }
             MissingScope(_) | ModelNotAllowed(_) => StatusCode::FORBIDDEN,
-            UnknownRoute(..) | NotFound(_) | ModelNotFound(_) => StatusCode::NOT_FOUND,
+            UnknownRoute(..) | RouteUnderV1(..) | NotFound(_) | ModelNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            KeyElsewhere => StatusCode::BAD_REQUEST,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. }
             | TokenRateLimited { .. }
@@ -91,10 +101,12 @@ impl GatewayError {
             InvalidRequest(_)
             | InvalidParam { .. }
             | UnknownRoute(..)
+            | RouteUnderV1(..)
             | TooLarge(_)
             | NotFound(_)
             | ModelNotFound(_)
-            | ReadOnlyKeyStore => "invalid_request_error",
+            | ReadOnlyKeyStore
+            | KeyElsewhere => "invalid_request_error",
             MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
                 "authentication_error"
             }
@@ -111,14 +123,14 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) | InvalidParam { .. } => "invalid_request",
+            InvalidRequest(_) | InvalidParam { .. } | KeyElsewhere => "invalid_request",
             MissingKey => "missing_api_key",
             InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
             ExpiredKey(_) => "expired_api_key",
             RevokedKey => "revoked_api_key",
             MissingScope(_) => "insufficient_permissions",
             ModelNotAllowed(_) => "model_not_allowed",
-            UnknownRoute(..) => "unknown_route",
+            UnknownRoute(..) | RouteUnderV1(..) => "unknown_route",
             NotFound(_) => "not_found",
             ModelNotFound(_) => "model_not_found",
             TooLarge(_) => "request_too_large",
@@ -139,6 +151,21 @@ impl GatewayError {
     pub fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// The text from the client that this error's message repeats, if any (a path, a model,
+    /// a parser's excerpt of the body): what must be searched for a key before answering.
+    pub fn client_text(&self) -> Option<&str> {
+        use GatewayError::*;
+        match self {
+            InvalidRequest(s)
+            | InvalidParam { message: s, .. }
+            | ModelNotAllowed(s)
+            | ModelNotFound(s)
+            | NotFound(s) => Some(s),
+            UnknownRoute(_, s) | RouteUnderV1(_, s) => Some(s),
             _ => None,
         }
     }

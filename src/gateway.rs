@@ -6,8 +6,13 @@
 //! `x-ratelimit-*` headers once the caller is authenticated.
 
 use crate::account::Finish;
-use crate::authenticate::{authenticate, credential};
-use crate::authorize::{body_facts, is_normal_path, BodyError, Handler, RouteMatch};
+use crate::authenticate::{
+    authenticate, contains_secret, credential, holds_key, key_in_url, looks_like_key, url_has_key,
+    url_has_secret,
+};
+use crate::authorize::{
+    body_facts, body_kind, path_problem, BodyError, BodyKind, Handler, RouteMatch,
+};
 use crate::body::{Body, UpBody};
 use crate::error::GatewayError;
 use crate::forward::{upstream_request, ForwardInfo};
@@ -54,19 +59,36 @@ impl Conn {
 }
 
 /// Answers one request.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, mut conn: Conn) -> Response<Body> {
+    let live = gw.live();
+    let prefix = live.config.keys.prefix.as_str();
+    let client = crate::headers::client_addr(
+        conn.peer.ip(),
+        req.headers(),
+        &live.config.server.trusted_proxies,
+    );
+    if client != conn.peer.ip() {
+        conn.forwarded_for = HeaderValue::from_str(&client.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    }
+    // A request id that looks like a key is replaced, never logged, echoed or forwarded
+    // (one that holds the presented credential is replaced once that is known).
     let request_id = req
         .headers()
         .get(crate::headers::X_REQUEST_ID)
-        .filter(|v| is_valid_request_id(v))
+        .filter(|v| is_valid_request_id(v) && !looks_like_key(v.as_bytes(), prefix))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut finish = Box::new(Finish::new(request_id.clone(), req.method().clone()));
+    let mut finish = Box::new(Finish::new(request_id, req.method().clone(), client));
     let mut limits = LimitState::default();
     let head = req.method() == Method::HEAD;
-    let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut limits).await {
+    let mut caller = None;
+    let answer = pipeline(&gw, &live, req, conn, &mut finish, &mut limits, &mut caller).await;
+    let mut resp = match answer {
         Ok(r) => r,
         Err(e) => {
+            let credential = caller.as_ref().map(|c: &Caller| c.credential.as_str());
+            let e = withhold_keys(e, prefix, credential);
             finish.error_code = Some(e.code());
             e.to_response()
         }
@@ -76,7 +98,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
     }
     finish.status = resp.status().as_u16();
     let h = resp.headers_mut();
-    h.insert(crate::headers::X_REQUEST_ID, request_id);
+    h.insert(crate::headers::X_REQUEST_ID, finish.request_id.clone());
     if let Some(r) = limits.rate {
         set_rate_headers(h, &r);
     }
@@ -104,6 +126,57 @@ fn without_body(resp: &mut Response<Body>) {
         }
     }
     *resp.body_mut() = Body::full(Bytes::new());
+}
+
+/// An error whose message would repeat client text holding a key (the presented one, or
+/// anything shaped like one: a model name, a path, a JSON parser's excerpt of the body)
+/// becomes one that repeats nothing. Only errors that carry client text are searched, so
+/// the cheap refusals (429, 401) stay cheap.
+fn withhold_keys(e: GatewayError, prefix: &str, credential: Option<&str>) -> GatewayError {
+    match e.client_text() {
+        Some(t)
+            if holds_key(t, prefix)
+                || credential.is_some_and(|c| contains_secret(t.as_bytes(), c)) =>
+        {
+            GatewayError::KeyElsewhere
+        }
+        _ => e,
+    }
+}
+
+/// The 404 for a path no route matches, with a hint when the path is a route without its
+/// `/v1` (a client whose `base_url` lacks it).
+fn unknown_route(live: &Live, req: &Request<Incoming>) -> GatewayError {
+    let (method, path) = (req.method(), req.uri().path());
+    // A credential that is not key-shaped could still be in the path: never repeat it.
+    if let Ok(Some(c)) = credential(req.headers()) {
+        if url_has_secret(path, None, c.as_str()) {
+            return GatewayError::KeyElsewhere;
+        }
+    }
+    if !path.starts_with("/v1/")
+        && live
+            .config
+            .routes
+            .resolve(method, &format!("/v1{path}"))
+            .is_some()
+    {
+        return GatewayError::RouteUnderV1(method.clone(), path.to_string());
+    }
+    GatewayError::UnknownRoute(method.clone(), path.to_string())
+}
+
+/// Refuses a model name that holds a key: it would be logged and could be echoed.
+fn check_model_text(model: &str, prefix: &str, caller: &Caller) -> Result<(), GatewayError> {
+    if looks_like_key(model.as_bytes(), prefix)
+        || contains_secret(model.as_bytes(), &caller.credential)
+    {
+        return Err(GatewayError::InvalidRequest(
+            "The `model` holds an API key; name a model there, and send the key only in `Authorization`."
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The limit state of an authenticated request, reported in `x-ratelimit-*` headers.
@@ -170,10 +243,12 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 
 async fn pipeline(
     gw: &Arc<Gateway>,
+    live: &Live,
     req: Request<Incoming>,
     conn: Conn,
     finish: &mut Finish,
     limits: &mut LimitState,
+    caller_slot: &mut Option<Caller>,
 ) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path();
     // HEAD is answered as GET (`handle` drops the body).
@@ -210,33 +285,37 @@ async fn pipeline(
             path.to_string(),
         ));
     }
-    if !is_normal_path(path) {
-        return Err(GatewayError::InvalidRequest(
-            "The request path is not in normal form (no `..`, `//` or encoded separators).".into(),
-        ));
+    if let Some(problem) = path_problem(path) {
+        return Err(GatewayError::InvalidRequest(problem.into()));
     }
-    let live = gw.live();
-    let route = live
-        .config
-        .routes
-        .resolve(req.method(), path)
-        .ok_or_else(|| GatewayError::UnknownRoute(req.method().clone(), path.to_string()))?;
+    let prefix = &live.config.keys.prefix;
+    // Before routing, so that no answer (a 404 included) repeats the URL's key.
+    if url_has_key(path, req.uri().query(), prefix) {
+        return Err(key_in_url());
+    }
+    let Some(route) = live.config.routes.resolve(req.method(), path) else {
+        return Err(unknown_route(live, &req));
+    };
     finish.route = route.scope.name();
     let index = live.keys.as_ref().ok_or(GatewayError::NotReady)?;
     finish.capacity = Some(gw.capacity.acquire()?);
 
     // Authenticate.
     let now = Timestamp::now();
-    let prefix = &live.config.keys.prefix;
     let (key, caller) = {
-        let cred = credential(req.headers(), req.uri().query(), prefix)?
-            .ok_or(GatewayError::MissingKey)?;
-        let key = authenticate(index, &cred, prefix, conn.peer.ip(), &gw.failed_auth, now)?;
-        let caller = Caller {
+        let cred = credential(req.headers())?.ok_or(GatewayError::MissingKey)?;
+        if url_has_secret(path, req.uri().query(), cred.as_str()) {
+            return Err(key_in_url());
+        }
+        if contains_secret(finish.request_id.as_bytes(), cred.as_str()) {
+            finish.request_id = new_request_id();
+        }
+        let key = authenticate(index, &cred, prefix, finish.client, &gw.failed_auth, now)?;
+        let caller = caller_slot.insert(Caller {
             conn,
             credential: cred.as_str().to_owned(),
-        };
-        (key, caller)
+        });
+        (key, &*caller)
     };
     finish.key = Some(key.clone());
     key.state().usage.touch(now);
@@ -253,9 +332,19 @@ async fn pipeline(
     finish.slot = Some(crate::limit::acquire_slot(cluster, &key).await?);
 
     match route.handler {
-        Handler::Forward => proxy(&live, cluster, &key, route, req, &caller, finish, limits).await,
+        Handler::Forward => proxy(live, cluster, &key, route, req, caller, finish, limits).await,
         Handler::RetrieveModel => {
-            let model = path["/v1/models/".len()..].to_string();
+            // The upstream decodes the path: check (and log) the name it will see.
+            let raw = &path["/v1/models/".len()..];
+            let model = percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| {
+                    GatewayError::InvalidRequest(
+                        "The model name in the path is not UTF-8 once percent-decoded.".into(),
+                    )
+                })?
+                .into_owned();
+            check_model_text(&model, prefix, caller)?;
             if !key.may_use_model(&model) {
                 return Err(GatewayError::ModelNotAllowed(model));
             }
@@ -269,14 +358,14 @@ async fn pipeline(
                 &key,
                 req,
                 UpBody::full(Bytes::new()),
-                &caller,
+                caller,
                 finish,
             )
             .await
         }
-        Handler::ListModels => list_models(&live, &key, &caller, finish).await,
-        Handler::Admin => crate::admin::handle(gw, &live, &key, req, finish).await,
-        Handler::Usage => Ok(crate::admin::usage(&live)),
+        Handler::ListModels => list_models(live, &key, caller, finish).await,
+        Handler::Admin => crate::admin::handle(gw, live, &key, req, finish).await,
+        Handler::Usage => Ok(crate::admin::usage(live)),
     }
 }
 
@@ -332,8 +421,12 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Forwards an inference request: checks the model when the key or routing needs it, and
-/// reserves tokens when the key has a token limit.
+/// Forwards a request on a forward route. Its body is read for a `model` when the key has a
+/// model allowlist (on every route and method: a body that names a model is checked, and
+/// on a route that carries one it must name one), when several upstreams are chosen
+/// between by model, or when a token limit needs an estimate. JSON and form bodies are read
+/// whole, bounded by `max_body_bytes`; a multipart upload only up to its `model` field, then
+/// streamed on through the parser (`multipart`). Other bodies stream untouched.
 #[allow(clippy::too_many_arguments)]
 async fn proxy(
     live: &Live,
@@ -351,76 +444,122 @@ async fn proxy(
     if declared.is_some_and(|n| n > server.max_body_bytes) {
         return Err(GatewayError::TooLarge(server.max_body_bytes));
     }
-    let needs_body = route.has_model
-        && (key.models.is_some() || live.upstreams.len() > 1 || key.tokens_per_minute().is_some());
-    let mut strip_usage = false;
-    let (upstream, upbody) = if needs_body {
-        let mut bytes = read_body(
-            body,
-            server.max_body_bytes,
-            server.body_read_timeout,
-            declared,
-        )
-        .await?;
-        finish.bytes_received = bytes.len() as u64;
-        let facts = match body_facts(&bytes) {
-            Ok(f) => Some(f.summary()),
-            Err(BodyError::NoModel) if key.models.is_none() => None,
-            Err(e) => return Err(GatewayError::InvalidRequest(e.to_string())),
-        };
-        let upstream = match &facts {
-            Some(f) => {
-                if !key.may_use_model(&f.model) {
-                    return Err(GatewayError::ModelNotAllowed(f.model.clone()));
-                }
-                let u = live
-                    .upstream_for(&f.model)
-                    .ok_or_else(|| GatewayError::ModelNotFound(f.model.clone()))?;
-                finish.model = Some(f.model.clone());
-                u
-            }
-            None => live
-                .default_upstream()
-                .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?,
-        };
-        if key.tokens_per_minute().is_some() {
-            let budget = facts
-                .as_ref()
-                .and_then(|f| f.completion_budget)
-                .unwrap_or(live.config.limits.estimated_completion_tokens);
-            let estimate = budget + bytes.len() as u64 / 4;
-            if let Some((info, charge)) =
-                crate::limit::reserve_tokens(cluster, key, estimate).await?
-            {
-                limits.tokens = Some(info);
-                info.into_result()?;
-                finish.token_charge = Some(charge);
-            }
+    let invalid = |e: BodyError| GatewayError::InvalidRequest(e.to_string());
+    let default = || {
+        live.default_upstream()
+            .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))
+    };
+    let restricted = key.models.is_some();
+    let by_model = route.has_model && live.upstreams.len() > 1;
+    let count_tokens = route.has_model && key.tokens_per_minute().is_some();
+    // A body streamed upstream is counted as it goes (for the access log and the prompt
+    // estimate of an answer that ends without usage).
+    let streamed = |body, finish: &mut Finish| {
+        let seen = Arc::new(AtomicU64::new(0));
+        finish.received = Some(Arc::clone(&seen));
+        UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen)
+    };
+    let empty = http_body::Body::is_end_stream(&body);
+    if empty || !(restricted || by_model || count_tokens) {
+        if empty && restricted && route.has_model {
+            return Err(invalid(BodyError::NoModel));
         }
-        // Exact accounting needs a stream's usage too: ask the upstream for it, and hide the
-        // extra chunk from a client that did not ask for it.
-        let completion = matches!(
-            route.scope,
-            crate::scope::Scope::Chat | crate::scope::Scope::Completions
-        );
-        if completion && facts.as_ref().is_some_and(|f| f.stream && !f.wants_usage) {
-            if let Some(rewritten) = crate::authorize::with_stream_usage(&bytes) {
-                bytes = rewritten;
+        let upstream = Arc::clone(default()?);
+        let req = Request::from_parts(parts, ());
+        let upbody = streamed(body, finish);
+        return send(&upstream, key, req, upbody, caller, finish).await;
+    }
+
+    // The body's model, and the body as it will go upstream.
+    let mut read = None; // a JSON or form body read whole
+    let mut facts = None;
+    let (model, mut upbody) = match body_kind(&parts.headers).map_err(invalid)? {
+        BodyKind::Multipart { boundary } if restricted || by_model => {
+            let mut m = crate::multipart::MultipartBody::new(
+                body,
+                boundary,
+                server.body_read_timeout,
+                server.max_body_bytes,
+            );
+            (m.find_model().await?, UpBody::multipart(m))
+        }
+        // Only a token estimate wanted it, and a multipart upload gives none.
+        BodyKind::Multipart { .. } => (None, streamed(body, finish)),
+        kind => {
+            let bytes = read_body(
+                body,
+                server.max_body_bytes,
+                server.body_read_timeout,
+                declared,
+            )
+            .await?;
+            let model = if kind == BodyKind::Form {
+                crate::authorize::form_model(&bytes).map_err(invalid)?
+            } else if bytes.is_empty() {
+                None
+            } else {
+                match body_facts(&bytes) {
+                    Ok(f) => {
+                        let f = f.summary();
+                        let model = f.model.clone();
+                        facts = Some(f);
+                        Some(model)
+                    }
+                    Err(BodyError::NoModel) => None,
+                    Err(e) => return Err(invalid(e)),
+                }
+            };
+            read = Some(bytes.len());
+            finish.bytes_received = bytes.len() as u64;
+            (model, UpBody::full(bytes))
+        }
+    };
+    let upstream = match &model {
+        Some(m) => {
+            check_model_text(m, &live.config.keys.prefix, caller)?;
+            if !key.may_use_model(m) {
+                return Err(GatewayError::ModelNotAllowed(m.clone()));
+            }
+            let u = if route.has_model {
+                live.upstream_for(m)
+                    .ok_or_else(|| GatewayError::ModelNotFound(m.clone()))?
+            } else {
+                default()?
+            };
+            finish.model = Some(m.clone());
+            u
+        }
+        None if restricted && route.has_model => return Err(invalid(BodyError::NoModel)),
+        None => default()?,
+    };
+    if let (true, Some(len)) = (count_tokens, read) {
+        let budget = facts
+            .as_ref()
+            .and_then(|f| f.completion_budget)
+            .unwrap_or(live.config.limits.estimated_completion_tokens);
+        let estimate = budget + len as u64 / 4;
+        if let Some((info, charge)) = crate::limit::reserve_tokens(cluster, key, estimate).await? {
+            limits.tokens = Some(info);
+            info.into_result()?;
+            finish.token_charge = Some(charge);
+        }
+    }
+    // Exact accounting needs a stream's usage too: ask the upstream for it, and hide the
+    // extra chunk from a client that did not ask for it.
+    let completion = matches!(
+        route.scope,
+        crate::scope::Scope::Chat | crate::scope::Scope::Completions
+    );
+    let mut strip_usage = false;
+    if completion && facts.as_ref().is_some_and(|f| f.stream && !f.wants_usage) {
+        if let UpBody::Full(Some(bytes)) = &upbody {
+            if let Some(rewritten) = crate::authorize::with_stream_usage(bytes) {
+                upbody = UpBody::full(rewritten);
                 strip_usage = true;
             }
         }
-        (Arc::clone(upstream), UpBody::full(bytes))
-    } else {
-        let u = live
-            .default_upstream()
-            .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?;
-        let seen = Arc::new(AtomicU64::new(0));
-        finish.received = Some(Arc::clone(&seen));
-        (
-            Arc::clone(u),
-            UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen),
-        )
-    };
+    }
+    let upstream = Arc::clone(upstream);
     let req = Request::from_parts(parts, ());
     let mut resp = send(&upstream, key, req, upbody, caller, finish).await?;
     if strip_usage {

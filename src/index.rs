@@ -228,8 +228,10 @@ pub struct KeyIndex {
     dir_bits: u32,
     /// In key-file order.
     entries: Vec<KeyEntry>,
-    /// Secrets replaced by rotation and still in their grace period (few).
-    retired: AHashMap<KeyHash, (u32, Timestamp)>,
+    /// Secrets replaced by rotation and still in their grace period (few), sorted;
+    /// `retired_at[i]` is the key and end of grace of `retired[i]`.
+    retired: Vec<KeyHash>,
+    retired_at: Vec<(u32, Timestamp)>,
     /// Positions sorted by key id.
     by_id: Vec<u32>,
     states: Arc<Registry>,
@@ -275,6 +277,22 @@ fn bucket(hash: &KeyHash, bits: u32) -> usize {
         return 0;
     }
     (u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) >> (32 - bits)) as usize
+}
+
+/// Where `hash` is in `sorted`, the final equality compared in constant time
+/// (`subtle::ConstantTimeEq`).
+///
+/// The search before it (directory bucket, then `partition_point`) compares in variable
+/// time, which is safe: what it compares are SHA-256 digests, and a caller chooses only the
+/// preimage. Its timing can tell at most how the digest of a guess orders against stored
+/// digests, and that says nothing about any key's text; a guess only gets in by hashing to a
+/// stored digest exactly, which no ordering information helps to aim at. The one comparison
+/// that decides "this is the key" is the one kept free of data-dependent timing.
+fn ct_position(sorted: &[KeyHash], hash: &KeyHash) -> Option<usize> {
+    use subtle::ConstantTimeEq;
+    let i = sorted.partition_point(|h| h < hash);
+    let candidate = sorted.get(i)?;
+    bool::from(candidate.ct_eq(hash)).then_some(i)
 }
 
 /// Collects keys one record at a time, so a large file never exists as parsed records.
@@ -335,6 +353,10 @@ impl<'a> Builder<'a> {
                 return Err(twice(pos, store::DUPLICATE_HASH));
             }
         }
+        let mut retired: Vec<(KeyHash, (u32, Timestamp))> = retired_map.into_iter().collect();
+        retired.sort_unstable_by_key(|r| r.0);
+        let (retired, retired_at): (Vec<KeyHash>, Vec<(u32, Timestamp)>) =
+            retired.into_iter().unzip();
         let mut by_id: Vec<u32> = (0..entries.len() as u32).collect();
         by_id.sort_unstable_by(|a, b| entries[*a as usize].id.cmp(&entries[*b as usize].id));
         if let Some(w) = by_id
@@ -359,7 +381,8 @@ impl<'a> Builder<'a> {
             dir,
             dir_bits: bits,
             entries,
-            retired: retired_map,
+            retired,
+            retired_at,
             by_id,
             states,
         };
@@ -446,7 +469,7 @@ impl KeyIndex {
     fn find(&self, hash: &KeyHash) -> Option<u32> {
         let b = bucket(hash, self.dir_bits);
         let (lo, hi) = (*self.dir.get(b)? as usize, *self.dir.get(b + 1)? as usize);
-        let i = self.hashes.get(lo..hi)?.binary_search(hash).ok()?;
+        let i = ct_position(self.hashes.get(lo..hi)?, hash)?;
         self.hash_pos.get(lo + i).copied()
     }
 
@@ -454,7 +477,8 @@ impl KeyIndex {
         let (pos, secret) = match self.find(hash) {
             Some(pos) => (pos, Secret::Current),
             None => {
-                let (pos, valid_until) = *self.retired.get(hash)?;
+                let i = ct_position(&self.retired, hash)?;
+                let (pos, valid_until) = *self.retired_at.get(i)?;
                 (pos, Secret::Retired { valid_until })
             }
         };
@@ -659,6 +683,56 @@ mod tests {
         }
         assert!(idx.lookup(&[0xff; 32]).is_none());
         assert!(idx.by_id("key_0000000000000000").is_none());
+    }
+
+    #[test]
+    fn constant_time_final_match() {
+        let mut sorted: Vec<KeyHash> = (0u8..40).map(|i| [i.wrapping_mul(7); 32]).collect();
+        sorted.sort_unstable();
+        for (i, h) in sorted.iter().enumerate() {
+            assert_eq!(ct_position(&sorted, h), Some(i));
+            // One bit off in the last byte, or past either end: no match.
+            let mut near = *h;
+            near[31] ^= 1;
+            assert_eq!(ct_position(&sorted, &near), None);
+        }
+        assert_eq!(ct_position(&sorted, &[0xff; 32]), None);
+        assert_eq!(ct_position(&[], &[0; 32]), None);
+    }
+
+    #[test]
+    fn retired_secrets_are_found_until_replaced() {
+        let mut file = KeyFile::empty();
+        let now = Timestamp::now();
+        let mut old = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let new = NewKey {
+                name: format!("r{i}"),
+                ..Default::default()
+            };
+            let (rec, tok) = file.create(new, "sk_kg", now).unwrap();
+            old.push(tok);
+            ids.push(rec.id);
+        }
+        let mut new = Vec::new();
+        for id in &ids {
+            let (_, tok) = file.rotate(id, 3600, "sk_kg", now).unwrap();
+            new.push(tok);
+        }
+        let idx = Arc::new(KeyIndex::build(&file, &limits(), None));
+        for ((id, old), new) in ids.iter().zip(&old).zip(&new) {
+            let (k, s) = idx.lookup(&old.hash).expect("retired secret");
+            assert_eq!(
+                (k.id.as_str(), matches!(s, Secret::Retired { .. })),
+                (id.as_str(), true)
+            );
+            let (k, s) = idx.lookup(&new.hash).expect("current secret");
+            assert_eq!((k.id.as_str(), s), (id.as_str(), Secret::Current));
+            let mut near = old.hash;
+            near[31] ^= 0x80;
+            assert!(idx.lookup(&near).is_none());
+        }
     }
 
     #[test]

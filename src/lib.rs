@@ -7,7 +7,7 @@
 //! | listener | [`server`], [`conn`] | HTTP/1.1 + HTTP/2, limits, connection deadlines, graceful shutdown |
 //! | (pipeline) | [`gateway`] | calls the stages below in order, one error mapping |
 //! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
-//! | authorize | [`authorize`] | route → scope, model allowlist |
+//! | authorize | [`authorize`], [`multipart`] | route → scope, model allowlist (multipart uploads read as they stream) |
 //! | limit | [`limit`], [`cluster`] | per-key rate, token and in-flight caps (local or Redis), failed-auth guard |
 //! | forward | [`forward`], [`pool`] | upstream request, header hygiene ([`headers`]), connections leased per request |
 //! | account | [`account`] | usage counters, token scan, access log |
@@ -40,6 +40,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod multipart;
 pub mod pool;
 pub mod run;
 pub mod scope;

@@ -236,8 +236,10 @@ type KeyedGcra = RateLimiter<
     StateInformationMiddleware,
 >;
 
-/// Counts bad credentials per client address. Once an address is over its allowance it is
-/// refused before its credential is even parsed, let alone hashed (OWASP API2).
+/// Counts bad credentials per client address. Once an address is over its allowance its
+/// bad credentials are refused with 429, and each one extends the block (OWASP API2); a
+/// valid key from the same address is still served, since behind a proxy or NAT one address
+/// is many clients, and refusing them all would hand any of them a lock-out of the rest.
 pub struct FailedAuthGuard {
     failures: KeyedGcra,
     blocked: dashmap::DashMap<IpAddr, Instant>,
@@ -265,36 +267,49 @@ impl FailedAuthGuard {
         self.per_minute.load(Ordering::Relaxed)
     }
 
-    /// Refuses an address that is blocked. Cheap when nobody is: one flag.
-    pub fn check(&self, ip: IpAddr) -> Result<(), GatewayError> {
+    /// True while `ip` is over its allowance. Cheap when nobody is: one flag.
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
         if !self.any_blocked.load(Ordering::Acquire) {
-            return Ok(());
+            return false;
         }
         let now = Instant::now();
         match self.blocked.get(&ip).map(|until| *until) {
-            Some(until) if until > now => Err(GatewayError::TooManyFailedAttempts {
-                retry_after: until - now,
-            }),
+            Some(until) if until > now => true,
             Some(_) => {
-                self.blocked.remove(&ip);
-                Ok(())
+                self.blocked.remove_if(&ip, |_, until| *until <= now);
+                false
             }
-            None => Ok(()),
+            None => false,
         }
     }
 
     /// Records one bad credential from `ip`. The failure that uses up the allowance blocks
-    /// the address, so the next attempt is refused before any work.
-    pub fn record_failure(&self, ip: IpAddr) {
-        let wait = match self.failures.check_key(&ip) {
-            Ok(snapshot) if snapshot.remaining_burst_capacity() == 0 => {
-                Duration::from_secs(60) / self.per_minute().max(1)
-            }
-            Ok(_) => return,
-            Err(not_until) => not_until.wait_time_from(self.failures.clock().now()),
+    /// the address; every failure while it is blocked pushes the end of the block to at
+    /// least one allowance interval later. Returns how long the block now lasts, if any.
+    pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
+        let now = Instant::now();
+        let interval = Duration::from_secs(60) / self.per_minute().max(1);
+        let over = match self.failures.check_key(&ip) {
+            Ok(snapshot) => (snapshot.remaining_burst_capacity() == 0).then_some(interval),
+            Err(not_until) => Some(
+                not_until
+                    .wait_time_from(self.failures.clock().now())
+                    .max(interval),
+            ),
         };
-        self.blocked.insert(ip, Instant::now() + wait);
+        let until = match self.blocked.entry(ip) {
+            dashmap::Entry::Occupied(mut e) => {
+                let cur = e.get_mut();
+                if over.is_none() && *cur <= now {
+                    return None; // an expired block, and this failure is within allowance
+                }
+                *cur = (*cur).max(now + over.unwrap_or(interval));
+                *cur
+            }
+            dashmap::Entry::Vacant(e) => *e.insert(now + over?),
+        };
         self.any_blocked.store(true, Ordering::Release);
+        Some(until - now)
     }
 
     /// Drops state for addresses that have been quiet, so memory stays bounded.
@@ -643,15 +658,19 @@ mod tests {
         let g = FailedAuthGuard::new(3);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         for _ in 0..2 {
-            g.record_failure(ip);
-            assert!(g.check(ip).is_ok());
+            assert_eq!(g.record_failure(ip), None);
+            assert!(!g.is_blocked(ip));
         }
-        g.record_failure(ip);
+        let first = g.record_failure(ip).expect("blocked");
+        assert!(g.is_blocked(ip), "the third failure uses up the allowance");
+        assert!(!g.is_blocked("127.0.0.8".parse().unwrap()));
+        // Failures while blocked keep the block at least one interval (20 s here) ahead.
+        let again = g.record_failure(ip).expect("still blocked");
         assert!(
-            g.check(ip).is_err(),
-            "the third failure uses up the allowance"
+            again >= Duration::from_secs(19) && again <= Duration::from_secs(20),
+            "{again:?}"
         );
-        assert!(g.check("127.0.0.8".parse().unwrap()).is_ok());
+        assert!(first <= Duration::from_secs(20), "{first:?}");
     }
 
     #[test]
@@ -660,7 +679,7 @@ mod tests {
         // to full, a minute here: governor's `retain_recent`.)
         let g = FailedAuthGuard::new(60_000);
         let ip: IpAddr = "127.0.0.7".parse().unwrap();
-        while g.check(ip).is_ok() {
+        while !g.is_blocked(ip) {
             g.record_failure(ip);
         }
         assert_eq!(g.tracked(), 2, "the failure count and the block");
@@ -668,12 +687,12 @@ mod tests {
         g.sweep();
         assert_eq!(g.tracked(), 1, "the expired block was kept");
         assert!(g.blocked.is_empty());
-        assert!(g.check(ip).is_ok());
+        assert!(!g.is_blocked(ip));
         assert!(!g.any_blocked.load(Ordering::Acquire));
         // Blocking again after a sweep still works.
-        while g.check(ip).is_ok() {
+        while !g.is_blocked(ip) {
             g.record_failure(ip);
         }
-        assert!(g.check(ip).is_err());
+        assert!(g.is_blocked(ip));
     }
 }

@@ -1529,7 +1529,7 @@ async fn connect_and_trace_are_refused_not_forwarded() {
 // ------------------------------------------------------------------ 8. failed-auth guard
 
 #[tokio::test]
-async fn failed_auth_guard_over_raw_tcp_blocks_even_a_valid_key() {
+async fn failed_auth_guard_over_raw_tcp_refuses_bad_keys_but_serves_a_valid_one() {
     let _serial = SERIAL.lock().await;
     let m = RawMock::start(Mode::Answer).await;
     let g = gateway_for(&m, "", "[limits]\nfailed_auth_per_minute = 5\n").await;
@@ -1552,8 +1552,8 @@ async fn failed_auth_guard_over_raw_tcp_blocks_even_a_valid_key() {
         "the 6th bad key was evaluated although the allowance is 5 per minute: {statuses:?}"
     );
     assert!(statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
-
-    c.send(chat_req(Some(&good), "", CHAT)).await.unwrap();
+    let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+    c.send(chat_req(Some(&bogus), "", CHAT)).await.unwrap();
     let r = c.response().await.unwrap();
     assert_eq!(r.status(), 429, "{r:?}");
     assert_eq!(r.error_code(), "too_many_failed_attempts");
@@ -1561,6 +1561,13 @@ async fn failed_auth_guard_over_raw_tcp_blocks_even_a_valid_key() {
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     assert!(r.header("retry-after-ms").is_some());
     assert_eq!(m.connections(), 0, "the upstream saw something");
+
+    // The same address, still blocked, with a valid key: served (a lock-out of everyone
+    // behind one address is what the guard must not hand out).
+    c.send(chat_req(Some(&good), "", CHAT)).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(m.requests(), 1);
 }
 
 // ------------------------------------------------------------------ 9-12. upstream faults
