@@ -155,8 +155,9 @@ pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Gateway
     ))
 }
 
-/// The key in a decoded Basic credential: the user name or the password, whichever is the
-/// one that is not empty (`curl -u KEY:` and `curl -u :KEY` both work).
+/// The key in a decoded Basic credential: the password (the contract's form, `user:KEY`, for
+/// tools that need a user name), or the user name when the password is empty (`curl -u KEY:`,
+/// as Stripe-style tools send it).
 fn basic_key(mut decoded: String) -> Result<String, GatewayError> {
     let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
     match (user.is_empty(), password.is_empty()) {
@@ -165,12 +166,12 @@ fn basic_key(mut decoded: String) -> Result<String, GatewayError> {
             decoded.truncate(n);
             Ok(decoded)
         }
-        (true, false) => Ok(decoded.split_off(1)),
+        (_, false) => {
+            let n = user.len() + 1;
+            Ok(decoded.split_off(n))
+        }
         (true, true) => Err(GatewayError::InvalidKey(
-            "the Basic credential is empty; send the key as the user name (`curl -u KEY:`)",
-        )),
-        (false, false) => Err(GatewayError::InvalidKey(
-            "the Basic credential has both a user name and a password; send the key as one of them and leave the other empty (`curl -u KEY:`)",
+            "the Basic credential is empty; send the key as the user name (`curl -u KEY:`) or the password",
         )),
     }
 }
@@ -275,15 +276,11 @@ mod tests {
     }
 
     #[test]
-    fn basic_with_both_or_neither_says_what_to_change() {
-        let both = basic("user:sk_kg_z").unwrap_err().to_string();
-        assert!(
-            both.contains("both a user name and a password") && both.contains("-u KEY:"),
-            "{both}"
-        );
-        assert!(!both.contains("sk_kg_z"));
+    fn basic_with_both_takes_the_password_and_with_neither_says_what_to_change() {
+        assert_eq!(basic("user:sk_kg_z").unwrap(), "sk_kg_z");
+        assert_eq!(basic("sk_kg_z:x").unwrap(), "x", "the password wins");
         let none = basic(":").unwrap_err().to_string();
-        assert!(none.contains("empty"), "{none}");
+        assert!(none.contains("empty") && none.contains("-u KEY:"), "{none}");
     }
 
     const KEY: &str = "sk_kg_0123456789ABCDEFabcdef0123456789XYZabc";
