@@ -205,6 +205,26 @@ pub struct Finish {
     pub slot: Option<crate::limit::Slot>,
     /// Tokens reserved before forwarding, settled against the real usage.
     pub token_charge: Option<crate::limit::TokenCharge>,
+    /// Where the metrics and the access line go (absent in unit tests).
+    pub gateway: Option<std::sync::Arc<crate::state::Gateway>>,
+    /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
+    pub probe: bool,
+    /// The peer's address.
+    pub client_addr: Option<std::net::IpAddr>,
+    /// The request's path and query (only the path is logged).
+    pub path: Option<http::uri::PathAndQuery>,
+    pub version: http::Version,
+    pub user_agent: Option<http::HeaderValue>,
+    /// Response body bytes handed to the client.
+    pub bytes_sent: u64,
+    /// Request body bytes read from the client, when the gateway read the body itself.
+    pub bytes_received: u64,
+    /// Request body bytes streamed upstream, counted as they pass.
+    pub received_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// The upstream's metric handles, when the request was forwarded.
+    pub upstream_series: Option<std::sync::Arc<crate::metrics::UpstreamSeries>>,
+    /// How the upstream's response stream failed, if it did.
+    pub stream_error: Option<crate::metrics::UpstreamError>,
 }
 
 impl Finish {
@@ -226,7 +246,25 @@ impl Finish {
             capacity: None,
             slot: None,
             token_charge: None,
+            gateway: None,
+            probe: false,
+            client_addr: None,
+            path: None,
+            version: http::Version::HTTP_11,
+            user_agent: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            received_counter: None,
+            upstream_series: None,
+            stream_error: None,
         }
+    }
+
+    /// Request body bytes received, whichever way the body went.
+    pub fn received(&self) -> u64 {
+        self.received_counter
+            .as_ref()
+            .map_or(self.bytes_received, |c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -245,27 +283,16 @@ impl Drop for Finish {
         }
         let total = self.started.elapsed();
         let added = self.added_latency.unwrap_or(total);
-        crate::metrics::record_request(self, total, added);
-        let tokens = self.tokens.unwrap_or_default();
-        tracing::info!(
-            target: "keygate::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            key_id = self.key.as_ref().map_or("-", |k| &*k.id),
-            key_name = self.key.as_ref().map_or("-", |k| &*k.name),
-            method = %self.method,
-            route = self.route,
-            model = self.model.as_deref().unwrap_or("-"),
-            upstream = self.upstream.as_deref().unwrap_or("-"),
-            status = self.status,
-            error = self.error_code.unwrap_or("-"),
-            complete = self.complete,
-            latency_us = total.as_micros() as u64,
-            upstream_us = self.upstream_latency.map_or(0, |d| d.as_micros() as u64),
-            added_us = added.as_micros() as u64,
-            prompt_tokens = tokens.prompt,
-            completion_tokens = tokens.completion,
-            "request"
-        );
+        let Some(gw) = self.gateway.take() else {
+            return;
+        };
+        gw.metrics.record_request(self, total, added);
+        if let Some(log) = gw.logging.get() {
+            let config = gw.config();
+            if !self.probe || config.log.probes {
+                log.access(self, total, added, &config.keys.prefix);
+            }
+        }
     }
 }
 

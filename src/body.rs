@@ -108,6 +108,8 @@ pub enum UpBody {
         idle: Idle,
         limit: u64,
         seen: u64,
+        /// `seen`, readable by the access log after hyper has dropped this body.
+        counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
     },
 }
 
@@ -131,6 +133,15 @@ impl UpBody {
             idle: Idle::with_total(timeout, timeout),
             limit,
             seen: 0,
+            counter: Default::default(),
+        }
+    }
+
+    /// The count of bytes streamed so far, shared, for a streamed body.
+    pub fn counter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        match self {
+            UpBody::Full(_) => None,
+            UpBody::Stream { counter, .. } => Some(std::sync::Arc::clone(counter)),
         }
     }
 }
@@ -150,12 +161,14 @@ impl HttpBody for UpBody {
                 idle,
                 limit,
                 seen,
+                counter,
             } => {
                 let frame = ready!(idle.poll_frame(inner, cx));
                 match frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
                             *seen += d.len() as u64;
+                            counter.store(*seen, std::sync::atomic::Ordering::Relaxed);
                             if *seen > *limit {
                                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                             }
@@ -196,6 +209,8 @@ impl HttpBody for UpBody {
 pub struct Body {
     kind: Kind,
     finish: Option<Box<Finish>>,
+    /// Data bytes handed to the client so far.
+    sent: u64,
 }
 
 enum Kind {
@@ -268,6 +283,7 @@ impl Body {
         Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             finish: None,
+            sent: 0,
         }
     }
 
@@ -288,6 +304,7 @@ impl Body {
                 strip: None,
             },
             finish: None,
+            sent: 0,
         }
     }
 
@@ -308,6 +325,7 @@ impl Body {
                 f.tokens = scanner.as_ref().and_then(UsageScanner::tokens);
             }
             f.complete = complete;
+            f.bytes_sent = self.sent;
             drop(f); // Finish::drop records and logs
         }
     }
@@ -387,8 +405,23 @@ impl HttpBody for Body {
             },
         };
         match &out {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+            }
             Poll::Ready(None) => this.settle(true),
-            Poll::Ready(Some(Err(_))) => this.settle(false),
+            Poll::Ready(Some(Err(e))) => {
+                // Only an upstream body fails here: it broke off or stalled.
+                if let Some(f) = this.finish.as_mut() {
+                    f.stream_error = Some(if e.is::<IdleTimeout>() {
+                        crate::metrics::UpstreamError::IdleTimeout
+                    } else {
+                        crate::metrics::UpstreamError::StreamBroken
+                    });
+                }
+                this.settle(false)
+            }
             _ => {}
         }
         out

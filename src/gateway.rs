@@ -62,6 +62,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: Conn) -> Res
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut finish = Box::new(Finish::new(request_id.clone(), req.method().clone()));
+    finish.gateway = Some(Arc::clone(&gw));
+    finish.client_addr = Some(conn.peer.ip());
+    finish.path = req.uri().path_and_query().cloned();
+    finish.version = req.version();
+    finish.user_agent = req.headers().get(header::USER_AGENT).cloned();
     let mut limits = LimitState::default();
     let mut resp = match pipeline(&gw, req, conn, &mut finish, &mut limits).await {
         Ok(r) => r,
@@ -161,16 +166,20 @@ async fn pipeline(
 ) -> Result<Response<Body>, GatewayError> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "/healthz") => {
+            finish.probe = true;
+            return Ok(text(StatusCode::OK, "ok\n"));
+        }
         (&Method::GET, "/readyz") => {
-            return if gw.is_ready() {
-                Ok(text(StatusCode::OK, "ready\n"))
-            } else {
-                Err(GatewayError::NotReady)
+            finish.probe = true;
+            return match gw.not_ready() {
+                None => Ok(text(StatusCode::OK, "ready\n")),
+                Some(why) => Err(GatewayError::Unready(why)),
             };
         }
         (&Method::GET, p) if p.starts_with("/console") => {
             if let Some(r) = crate::console::asset(p) {
+                finish.probe = true;
                 return Ok(r);
             }
         }
@@ -344,6 +353,7 @@ async fn proxy(
             declared,
         )
         .await?;
+        finish.bytes_received = bytes.len() as u64;
         let facts = match body_facts(&bytes) {
             Ok(f) => Some(f.summary()),
             Err(BodyError::NoModel) if key.models.is_none() => None,
@@ -395,10 +405,9 @@ async fn proxy(
         let u = live
             .default_upstream()
             .ok_or_else(|| GatewayError::Internal("no upstream configured".into()))?;
-        (
-            Arc::clone(u),
-            UpBody::stream(body, server.body_read_timeout, server.max_body_bytes),
-        )
+        let upbody = UpBody::stream(body, server.body_read_timeout, server.max_body_bytes);
+        finish.received_counter = upbody.counter();
+        (Arc::clone(u), upbody)
     };
     let req = Request::from_parts(parts, ());
     let mut resp = send(&upstream, key, req, upbody, caller, finish).await?;
@@ -428,6 +437,7 @@ async fn send<B>(
     };
     let up = upstream_request(upstream, parts, body, &info)?;
     finish.upstream = Some(Arc::clone(&upstream.name));
+    finish.upstream_series = Some(Arc::clone(&upstream.series));
     let sent = Instant::now();
     let before = sent - finish.started;
     let (resp, lease) = upstream.send(up).await?;
@@ -461,6 +471,15 @@ async fn list_models(
             }
             Err(e) => {
                 tracing::warn!(upstream = %u.name, error = %e, "upstream did not list its models");
+                match e {
+                    GatewayError::UpstreamUnavailable(_) => {
+                        u.series.error(crate::metrics::UpstreamError::Unavailable)
+                    }
+                    GatewayError::UpstreamTimeout(_) => {
+                        u.series.error(crate::metrics::UpstreamError::Timeout)
+                    }
+                    _ => {}
+                }
                 continue;
             }
         };
@@ -484,6 +503,7 @@ async fn list_models(
         }
     }
     finish.upstream = None;
+    finish.upstream_series = None;
     finish.upstream_latency = None;
     finish.added_latency = None;
     if answered == 0 {
