@@ -623,6 +623,7 @@ mod tests {
             E::UpstreamUnavailable(String::new()),
             E::UpstreamTimeout(String::new()),
             E::NotReady,
+            E::Unready(crate::state::NotReady::Draining),
             E::Overloaded,
             E::NotFound(String::new()),
             E::ModelNotFound(String::new()),
