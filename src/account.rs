@@ -415,6 +415,18 @@ pub struct Finish {
     pub slot: Option<crate::limit::Slot>,
     /// Tokens reserved before forwarding, settled against the real usage.
     pub token_charge: Option<crate::limit::TokenCharge>,
+    /// Where the metrics and the access line go (absent in unit tests).
+    pub gateway: Option<std::sync::Arc<crate::state::Gateway>>,
+    /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
+    pub probe: bool,
+    /// The request's path and query (only the path is logged).
+    pub path: Option<http::uri::PathAndQuery>,
+    pub version: http::Version,
+    pub user_agent: Option<http::HeaderValue>,
+    /// The upstream's metric handles, when the request was forwarded.
+    pub upstream_series: Option<std::sync::Arc<crate::metrics::UpstreamSeries>>,
+    /// How the upstream's response stream failed, if it did.
+    pub stream_error: Option<crate::metrics::UpstreamError>,
 }
 
 /// The status of a request whose client left before its answer's head (nginx's "client
@@ -452,6 +464,13 @@ impl Finish {
             capacity: None,
             slot: None,
             token_charge: None,
+            gateway: None,
+            probe: false,
+            path: None,
+            version: http::Version::HTTP_11,
+            user_agent: None,
+            upstream_series: None,
+            stream_error: None,
         }
     }
 
@@ -510,31 +529,16 @@ impl Drop for Finish {
         }
         let total = self.started.elapsed();
         let added = self.added_latency.unwrap_or(total);
-        crate::metrics::record_request(self, total, added);
-        let tokens = self.tokens.unwrap_or_default();
-        tracing::info!(
-            target: "keygate::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            client_addr = %self.client,
-            key_id = self.key.as_ref().map_or("-", |k| &*k.id),
-            key_name = self.key.as_ref().map_or("-", |k| &*k.name),
-            method = %self.method,
-            route = self.route,
-            model = self.model.as_deref().unwrap_or("-"),
-            upstream = self.upstream.as_deref().unwrap_or("-"),
-            status = self.status,
-            error = self.error_code.unwrap_or("-"),
-            complete = self.complete,
-            latency_us = total.as_micros() as u64,
-            upstream_us = self.upstream_latency.map_or(0, |d| d.as_micros() as u64),
-            added_us = added.as_micros() as u64,
-            prompt_tokens = tokens.prompt,
-            completion_tokens = tokens.completion,
-            tokens_estimated = self.tokens_estimated,
-            bytes_sent = self.bytes_sent,
-            bytes_received = self.bytes_received,
-            "request"
-        );
+        let Some(gw) = self.gateway.take() else {
+            return;
+        };
+        gw.metrics.record_request(self, total, added);
+        if let Some(log) = gw.logging.get() {
+            let config = gw.config();
+            if !self.probe || config.log.probes {
+                log.access(self, total, added, &config.keys.prefix);
+            }
+        }
     }
 }
 

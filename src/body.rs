@@ -570,7 +570,18 @@ impl HttpBody for Body {
                 }
             }
             Poll::Ready(None) => settle(this.kind, this.finish, *this.sent, true),
-            Poll::Ready(Some(Err(_))) => settle(this.kind, this.finish, *this.sent, false),
+            Poll::Ready(Some(Err(e))) => {
+                // Only an upstream body fails here: it broke off, stalled, or its key was
+                // revoked.
+                if let Some(f) = this.finish.as_mut() {
+                    if e.is::<IdleTimeout>() {
+                        f.stream_error = Some(crate::metrics::UpstreamError::IdleTimeout);
+                    } else if !e.is::<KeyRevoked>() {
+                        f.stream_error = Some(crate::metrics::UpstreamError::StreamBroken);
+                    }
+                }
+                settle(this.kind, this.finish, *this.sent, false)
+            }
             Poll::Pending => {}
         }
         out

@@ -226,7 +226,7 @@ fn audited<T>(
     change: impl FnOnce(&mut crate::store::KeyFile) -> Result<T, StoreError>,
     changed: impl Fn(&T) -> &KeyRecord,
 ) -> Result<(T, Result<(), AuditError>), CliError> {
-    crate::logging::init(&cfg.log);
+    let logging = crate::logging::init(&cfg.log);
     let mut audit = Audit::open(cfg.log.audit_file.as_deref())?;
     let out = KeyStore::new(&cfg.keys.file).update(change)?;
     let rec = changed(&out);
@@ -237,6 +237,10 @@ fn audited<T>(
         key_name: &rec.name,
         by: &by,
     });
+    // The log line goes through the writer thread: let it out before the process exits.
+    if let Some(l) = &logging {
+        l.flush();
+    }
     Ok((out, recorded))
 }
 

@@ -118,6 +118,8 @@ struct RawUpstream {
     connect_timeout: Option<String>,
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
+    health: Option<String>,
+    health_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +157,7 @@ struct RawLog {
     format: Option<String>,
     level: Option<String>,
     audit_file: Option<String>,
+    probes: Option<bool>,
 }
 
 // ---------------------------------------------------------------- validated
@@ -279,6 +282,16 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Checked in the background for readiness (`health`, `health_interval`).
+    pub health: Option<HealthCheck>,
+}
+
+/// An upstream's health check: `GET path` every `interval`; a 2xx within the interval is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The upstream URL's base path joined with `health`, as sent.
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,6 +312,9 @@ pub struct LogConfig {
     pub level: String,
     /// Where every key change (CLI or API) is also appended as one JSON line, fsynced.
     pub audit_file: Option<PathBuf>,
+    /// Access lines for `/healthz`, `/readyz` and the console's files too (off: probes every
+    /// few seconds would drown the lines that matter).
+    pub probes: bool,
 }
 
 /// What `keygate keys …` needs from gateway.toml: the key file and the log settings. The
@@ -590,6 +606,8 @@ impl Validator<'_> {
                 connect_timeout: None,
                 first_byte_timeout: None,
                 idle_timeout: None,
+                health: None,
+                health_interval: None,
             }]
         } else {
             raw.upstream
@@ -756,6 +774,7 @@ impl Validator<'_> {
             },
             level: l.level.unwrap_or_else(|| "info".into()),
             audit_file: l.audit_file.map(|p| resolve(base, &p)),
+            probes: l.probes.unwrap_or(false),
         };
         if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
             return Err(self.err(
@@ -818,7 +837,34 @@ impl Validator<'_> {
                 Some(hv)
             }
         };
+        let health_interval = self.duration(
+            &field("health_interval"),
+            u.health_interval,
+            Duration::from_secs(5),
+        )?;
+        if health_interval < Duration::from_millis(100) {
+            return Err(self.err(&field("health_interval"), "must be at least 100ms"));
+        }
+        let health = match u.health {
+            None => None,
+            Some(p) => {
+                if !p.starts_with('/') {
+                    return Err(self.err(
+                        &field("health"),
+                        format!("`{p}` is not a path starting with `/` (for example \"/health\")"),
+                    ));
+                }
+                let path = format!("{base_path}{p}").parse().map_err(|_| {
+                    self.err(&field("health"), format!("`{p}` is not a valid URL path"))
+                })?;
+                Some(HealthCheck {
+                    path,
+                    interval: health_interval,
+                })
+            }
+        };
         Ok(UpstreamConfig {
+            health,
             name: u.name.unwrap_or_else(|| format!("upstream{}", i + 1)),
             scheme,
             authority,
@@ -866,6 +912,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn upstream_health_check_is_parsed_under_the_base_path() {
+        let c = Config::parse(
+            "[[upstream]]\nurl = \"http://h:1/vllm\"\nhealth = \"/health\"\nhealth_interval = \"2s\"\n",
+            None,
+        )
+        .unwrap();
+        let h = c.upstreams[0].health.as_ref().unwrap();
+        assert_eq!(h.path.as_str(), "/vllm/health");
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert!(Config::parse("", None).unwrap().upstreams[0]
+            .health
+            .is_none());
+        assert!(!Config::parse("", None).unwrap().log.probes);
+        let err = Config::parse(
+            "[[upstream]]\nurl = \"http://h:1\"\nhealth = \"health\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstream[1].health"), "{err}");
+        let err = Config::parse(
+            "[[upstream]]\nurl = \"http://h:1\"\nhealth = \"/h\"\nhealth_interval = \"1ms\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstream[1].health_interval"), "{err}");
     }
 
     #[test]

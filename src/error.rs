@@ -56,6 +56,9 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("The gateway is not ready: the key index has not loaded yet.")]
     NotReady,
+    /// `/readyz` with its reason.
+    #[error("The gateway is not ready: {0}.")]
+    Unready(crate::state::NotReady),
     #[error("The gateway is at capacity. Retry shortly.")]
     Overloaded,
     #[error("{0}")]
@@ -89,7 +92,7 @@ impl GatewayError {
             LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            NotReady | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | Unready(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ReadOnlyKeyStore => StatusCode::CONFLICT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,7 +119,7 @@ impl GatewayError {
             | ConcurrencyLimited(_)
             | TooManyFailedAttempts { .. } => "rate_limit_error",
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
-            NotReady | Overloaded | LimiterUnavailable | Internal(_) => "server_error",
+            NotReady | Unready(_) | Overloaded | LimiterUnavailable | Internal(_) => "server_error",
         }
     }
 
@@ -140,7 +143,7 @@ impl GatewayError {
             TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
-            NotReady => "not_ready",
+            NotReady | Unready(_) => "not_ready",
             Overloaded => "overloaded",
             ReadOnlyKeyStore => "read_only_key_store",
             Internal(_) => "internal_error",

@@ -26,6 +26,10 @@ pub struct Upstream {
     /// once rather than formatted by the client on every request.
     host: HeaderValue,
     pool: Arc<Pool>,
+    /// Metric handles resolved once for this upstream.
+    pub series: Arc<crate::metrics::UpstreamSeries>,
+    /// The cached health-check result, when `health` is set.
+    health: Option<Arc<crate::health::HealthState>>,
 }
 
 fn is_https(config: &UpstreamConfig) -> bool {
@@ -58,7 +62,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Upstream {
+    pub fn new(config: UpstreamConfig, series: Arc<crate::metrics::UpstreamSeries>) -> Upstream {
         let pool = Pool::new(
             config.authority.host(),
             config
@@ -71,8 +75,10 @@ impl Upstream {
         Upstream {
             name: Arc::from(config.name.as_str()),
             host: host_header(&config),
+            health: config.health.as_ref().map(|_| Arc::default()),
             config,
             pool: Arc::new(pool),
+            series,
         }
     }
 
@@ -84,14 +90,81 @@ impl Upstream {
             && self.config.ca_file == other.ca_file
     }
 
-    /// A clone sharing this pool, with new settings.
-    pub fn with_config(&self, config: UpstreamConfig) -> Upstream {
+    /// A clone sharing this pool, with new settings. The health state carries over when
+    /// the check is the same, so a reload does not make a healthy upstream unknown again.
+    pub fn with_config(
+        &self,
+        config: UpstreamConfig,
+        series: Arc<crate::metrics::UpstreamSeries>,
+    ) -> Upstream {
+        let health = match (&self.health, &config.health) {
+            (Some(h), Some(c)) if self.config.health.as_ref() == Some(c) => Some(Arc::clone(h)),
+            (_, Some(_)) => Some(Arc::default()),
+            (_, None) => None,
+        };
         Upstream {
             name: Arc::from(config.name.as_str()),
             host: host_header(&config),
             config,
             pool: Arc::clone(&self.pool),
+            series,
+            health,
         }
+    }
+
+    /// The cached health-check result, when this upstream has a check.
+    pub fn health(&self) -> Option<&Arc<crate::health::HealthState>> {
+        self.health.as_ref()
+    }
+
+    /// Ready as far as this upstream is concerned: no check, or its last check passed.
+    pub fn is_healthy(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_none_or(|h| h.status() == crate::health::Status::Up)
+    }
+
+    /// Runs the health check once: `GET` the check's path on a pooled connection, a 2xx
+    /// within the interval is up. The body is read (bounded) so the connection is reused.
+    pub async fn check_health(&self) -> Result<(), crate::health::CheckError> {
+        use crate::health::CheckError;
+        use http_body_util::BodyExt;
+        let Some(check) = &self.config.health else {
+            return Ok(());
+        };
+        let mut req = Request::new(crate::body::UpBody::full(bytes::Bytes::new()));
+        *req.uri_mut() = Uri::from(check.path.clone());
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("keygate-health/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(k) = &self.config.api_key {
+            h.insert(header::AUTHORIZATION, k.clone());
+        }
+        let attempt = async {
+            let (resp, lease) = self
+                .pool
+                .send(req)
+                .await
+                .map_err(|e| CheckError::Send(error_chain(&e)))?;
+            let status = resp.status();
+            let body =
+                crate::body::Body::upstream(resp.into_body(), lease, check.interval, false, false);
+            // Up to 64 KiB is read so the connection goes back to the pool; more is dropped.
+            let _ = http_body_util::Limited::new(body, 64 * 1024)
+                .collect()
+                .await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(CheckError::Status(status))
+            }
+        };
+        tokio::time::timeout(check.interval, attempt)
+            .await
+            .map_err(|_| CheckError::Timeout(check.interval))?
     }
 
     /// The upstream's connection pool.

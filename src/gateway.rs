@@ -80,6 +80,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, mut conn: Conn) ->
         .cloned()
         .unwrap_or_else(new_request_id);
     let mut finish = Box::new(Finish::new(request_id, req.method().clone(), client));
+    finish.gateway = Some(Arc::clone(&gw));
+    finish.path = req.uri().path_and_query().cloned();
+    finish.version = req.version();
+    finish.user_agent = req.headers().get(header::USER_AGENT).cloned();
     let mut limits = LimitState::default();
     let head = req.method() == Method::HEAD;
     let mut caller = None;
@@ -254,16 +258,20 @@ async fn pipeline(
     // HEAD is answered as GET (`handle` drops the body).
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match (get, path) {
-        (true, "/healthz") => return Ok(text(StatusCode::OK, "ok\n")),
+        (true, "/healthz") => {
+            finish.probe = true;
+            return Ok(text(StatusCode::OK, "ok\n"));
+        }
         (true, "/readyz") => {
-            return if gw.is_ready() {
-                Ok(text(StatusCode::OK, "ready\n"))
-            } else {
-                Err(GatewayError::NotReady)
+            finish.probe = true;
+            return match gw.not_ready() {
+                None => Ok(text(StatusCode::OK, "ready\n")),
+                Some(why) => Err(GatewayError::Unready(why)),
             };
         }
         (true, p) if p.starts_with("/console") => {
             if let Some(r) = crate::console::asset(p) {
+                finish.probe = true;
                 return Ok(r);
             }
         }
@@ -590,6 +598,7 @@ async fn send<B>(
     };
     let up = upstream_request(upstream, parts, body, &info)?;
     finish.upstream = Some(Arc::clone(&upstream.name));
+    finish.upstream_series = Some(Arc::clone(&upstream.series));
     let sent = Instant::now();
     let before = sent - finish.started;
     let state = key.state();
@@ -639,6 +648,15 @@ async fn list_models(
             }
             Err(e) => {
                 tracing::warn!(upstream = %u.name, error = %e, "upstream did not list its models");
+                match e {
+                    GatewayError::UpstreamUnavailable(_) => {
+                        u.series.error(crate::metrics::UpstreamError::Unavailable)
+                    }
+                    GatewayError::UpstreamTimeout(_) => {
+                        u.series.error(crate::metrics::UpstreamError::Timeout)
+                    }
+                    _ => {}
+                }
                 continue;
             }
         };
@@ -662,6 +680,7 @@ async fn list_models(
         }
     }
     finish.upstream = None;
+    finish.upstream_series = None;
     finish.upstream_latency = None;
     finish.added_latency = None;
     if answered == 0 {

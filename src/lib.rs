@@ -14,7 +14,7 @@
 //!
 //! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
 //! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
-//! [`watch`] (reload on change), [`tls`], [`console`] (the embedded web page), [`admin`] (management API), [`metrics`], [`usage`] (saved
+//! [`watch`] (reload on change), [`health`] (upstream checks for readiness), [`tls`], [`console`] (the embedded web page), [`admin`] (management API), [`metrics`], [`usage`] (saved
 //! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
 //! (commands), [`text`] (control characters in names, on input and on terminals).
 #![forbid(unsafe_code)]
@@ -34,6 +34,7 @@ pub mod expiry;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod health;
 pub mod index;
 pub mod key;
 pub mod limit;

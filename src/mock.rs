@@ -1,6 +1,6 @@
 //! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
 //! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
-//! completions, embeddings, models, tokenize), and records every request it gets so tests can
+//! completions, embeddings as floats or base64, models, tokenize), and records every request it gets so tests can
 //! check exactly what crossed the gateway.
 //!
 //! Test hooks are request headers, which pass through the gateway untouched:
@@ -281,10 +281,31 @@ async fn answer(
                     .collect(),
                 _ => return error(StatusCode::BAD_REQUEST, "`input` is required"),
             };
+            // As OpenAI does: floats by default, or with `encoding_format: "base64"` the
+            // little-endian f32 bytes in base64 (what the Node SDK asks for by default).
+            let base64 = match &req_json["encoding_format"] {
+                Value::Null => false,
+                Value::String(f) if f == "float" => false,
+                Value::String(f) if f == "base64" => true,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "`encoding_format` must be \"float\" or \"base64\"",
+                    )
+                }
+            };
             let data: Vec<Value> = inputs
                 .iter()
                 .enumerate()
-                .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embed(s)}))
+                .map(|(i, s)| {
+                    let v = embed(s);
+                    let embedding = if base64 {
+                        Value::String(embedding_base64(&v))
+                    } else {
+                        json!(v)
+                    };
+                    json!({"object": "embedding", "index": i, "embedding": embedding})
+                })
                 .collect();
             let n = inputs
                 .iter()
@@ -314,12 +335,19 @@ fn model_obj(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "keygate-mock"})
 }
 
-/// A deterministic 8-dimensional unit vector from the text.
-fn embed(s: &str) -> Vec<f64> {
+/// A deterministic 8-dimensional unit vector from the text, in f32 as embeddings are.
+fn embed(s: &str) -> Vec<f32> {
     let h = crate::key::hash_token(s);
     let v: Vec<f64> = h[..8].iter().map(|b| f64::from(*b) / 255.0 - 0.5).collect();
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
-    v.into_iter().map(|x| x / norm).collect()
+    v.into_iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// An embedding as OpenAI's `encoding_format: "base64"` sends it: little-endian f32 bytes.
+fn embedding_base64(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn sse(

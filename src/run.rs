@@ -112,9 +112,9 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
         ));
     }
 
+    tasks.push(tokio::spawn(crate::health::run(Arc::clone(gw))));
+
     if let Some(addr) = cfg.metrics.listen {
-        crate::metrics::install();
-        crate::metrics::set_per_key_labels(cfg.metrics.per_key_labels);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::Runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
@@ -135,6 +135,7 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
             flush_usage(&gw2, &restored2).await;
             let _ = crate::expiry::warn_expiring(&gw2);
             gw2.failed_auth.sweep();
+            gw2.metrics.upkeep();
             for u in gw2.live().upstreams.iter() {
                 u.pool().sweep();
             }
@@ -154,12 +155,12 @@ pub fn watch_config_file(
     crate::watch::spawn(path, poll, move || match Config::reload(&p) {
         Ok(next) => {
             let level = next.log.level.clone();
-            let per_key = next.metrics.per_key_labels;
             for r in gw.apply_config(next) {
                 tracing::warn!(change = %r, "this gateway.toml change needs a restart to take effect");
             }
-            crate::logging::set_level(&level);
-            crate::metrics::set_per_key_labels(per_key);
+            if let Some(l) = gw.logging.get() {
+                l.set_level(&level);
+            }
             failures.succeeded();
             tracing::info!("gateway.toml reloaded");
             true
@@ -244,18 +245,29 @@ fn raise_open_file_limit() {
 
 pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
-    crate::logging::init(&cfg.log);
+    let logging = crate::logging::init(&cfg.log);
     raise_open_file_limit();
     if let Some(src) = &cfg.source {
         if std::fs::read_to_string(src).is_ok_and(|t| crate::config::is_blank(&t)) {
             tracing::warn!(config = %src.display(), "gateway.toml is empty: every setting is its default, including the upstream 127.0.0.1:8000");
         }
     }
-    runtime()?.block_on(async move {
+    let result = runtime()?.block_on(async {
         let listener = bind(cfg.server.listen).await?;
         let gw = Gateway::new(cfg);
+        attach(&gw, logging.as_ref());
         serve_until_signal(gw, listener, true).await
-    })
+    });
+    if let Some(l) = &logging {
+        l.flush();
+    }
+    result
+}
+
+fn attach(gw: &Gateway, logging: Option<&crate::logging::Logging>) {
+    if let Some(l) = logging {
+        let _ = gw.logging.set(l.clone());
+    }
 }
 
 /// The shipped gateway.toml, used by `demo` when none is in the working directory.
@@ -269,7 +281,7 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
         }
         None => Config::parse(SHIPPED_CONFIG, None)?,
     };
-    crate::logging::init(&cfg.log);
+    let logging = crate::logging::init(&cfg.log);
     raise_open_file_limit();
     if let Some(l) = listen {
         cfg.server.listen = l;
@@ -278,7 +290,7 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
     cfg.keys.file = dir.path().join("keys.json");
     cfg.keys.state_file = dir.path().join("keys.json.state");
     cfg.source = None; // the demo's upstream is the mock: do not follow edits to the file
-    runtime()?.block_on(async move {
+    let result = runtime()?.block_on(async {
         let mock_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let mock_addr = mock_listener
             .local_addr()
@@ -327,12 +339,18 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         print_demo(addr, &demo_key.plaintext, &admin_key.plaintext);
         let gw = Gateway::new(cfg);
-        let r = serve_until_signal(gw, listener, false).await;
-        drop(dir);
-        r
-    })
+        attach(&gw, logging.as_ref());
+        serve_until_signal(gw, listener, false).await
+    });
+    drop(dir);
+    if let Some(l) = &logging {
+        l.flush();
+    }
+    result
 }
 
+/// The demo's instructions. The snippets start at the first column so they run when pasted
+/// as they are (a heredoc's end marker and Python code must not be indented).
 fn print_demo(addr: SocketAddr, key: &str, admin: &str) {
     println!(
         r#"
@@ -342,22 +360,30 @@ Demo key (inference scopes):  {key}
 Admin key (admin, usage):     {admin}
 (Keys live in a temporary directory and are gone when the demo stops.)
 
-Try it:
+Web console: http://{addr}/console  (sign in with the admin key)
 
-  curl http://{addr}/v1/chat/completions \
-    -H "Authorization: Bearer {key}" \
-    -H "Content-Type: application/json" \
-    -d '{{"model": "llama-3.1-8b-instruct", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+Try it with curl:
 
-  python3 - <<'EOF'
-  from openai import OpenAI
-  client = OpenAI(base_url="http://{addr}/v1", api_key="{key}")
-  r = client.chat.completions.create(model="llama-3.1-8b-instruct",
-                                     messages=[{{"role": "user", "content": "Hello"}}])
-  print(r.choices[0].message.content)
-  EOF
+curl http://{addr}/v1/chat/completions \
+  -H "Authorization: Bearer {key}" \
+  -H "Content-Type: application/json" \
+  -d '{{"model": "llama-3.1-8b-instruct", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-  curl http://{addr}/v1/api-keys -H "Authorization: Bearer {admin}"
+With the OpenAI Python SDK (pip install openai):
+
+python3 - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="http://{addr}/v1", api_key="{key}")
+r = client.chat.completions.create(
+    model="llama-3.1-8b-instruct",
+    messages=[{{"role": "user", "content": "Hello"}}],
+)
+print(r.choices[0].message.content)
+EOF
+
+List the keys with the admin key:
+
+curl http://{addr}/v1/api-keys -H "Authorization: Bearer {admin}"
 
 Press Ctrl-C to stop.
 "#

@@ -54,6 +54,11 @@ pub struct Gateway {
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
     pub reloads: ReloadStats,
+    /// The gateway's metrics (its own recorder; rendered by `metrics::serve`).
+    pub metrics: crate::metrics::Metrics,
+    /// The log writer, once `logging::init` has run (not in tests that skip it): access
+    /// lines go there, and its level follows config reloads.
+    pub logging: std::sync::OnceLock<crate::logging::Logging>,
     /// Serialises reloads so two never build from the same base.
     reload_lock: Mutex<()>,
 }
@@ -61,7 +66,8 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with `config`; the key file is loaded by `reload_keys`.
     pub fn new(config: Config) -> Arc<Gateway> {
-        let upstreams = build_upstreams(&config, &[]);
+        let metrics = crate::metrics::Metrics::new(config.metrics.per_key_labels);
+        let upstreams = build_upstreams(&config, &[], &metrics);
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
         let cluster = config.cluster.clone().map(crate::cluster::Cluster::start);
@@ -76,6 +82,8 @@ impl Gateway {
             capacity,
             draining: AtomicBool::new(false),
             reloads: ReloadStats::default(),
+            metrics,
+            logging: std::sync::OnceLock::new(),
             reload_lock: Mutex::new(()),
         })
     }
@@ -96,11 +104,28 @@ impl Gateway {
     /// Ready: keys loaded, not draining, and, with `[keys] unready_on_load_error`, the key
     /// file's last load succeeded.
     pub fn is_ready(&self) -> bool {
+        self.not_ready().is_none()
+    }
+
+    /// Why `/readyz` fails now, if it does: every health-checked upstream must have passed
+    /// its last check (see `health`).
+    pub fn not_ready(&self) -> Option<NotReady> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some(NotReady::Draining);
+        }
         let live = self.live.load();
-        live.keys.is_some()
-            && !self.draining.load(Ordering::Acquire)
-            && (!live.config.keys.unready_on_load_error
-                || self.reloads.key_file_ok.load(Ordering::Acquire))
+        if live.keys.is_none() {
+            return Some(NotReady::NoKeys);
+        }
+        if live.config.keys.unready_on_load_error
+            && !self.reloads.key_file_ok.load(Ordering::Acquire)
+        {
+            return Some(NotReady::KeyFile);
+        }
+        live.upstreams
+            .iter()
+            .find(|u| !u.is_healthy())
+            .map(|u| NotReady::Upstream(Arc::clone(&u.name)))
     }
 
     /// Re-reads the key file and swaps in a new index. Blocking I/O: call it from a blocking
@@ -162,7 +187,8 @@ impl Gateway {
         if next.cluster != cur.config.cluster {
             restart.push("cluster changed".into());
         }
-        let upstreams = build_upstreams(&next, &cur.upstreams);
+        let upstreams = build_upstreams(&next, &cur.upstreams, &self.metrics);
+        self.metrics.set_per_key_labels(next.metrics.per_key_labels);
         let keys = cur.keys.as_ref().map(|idx| {
             if next.limits == cur.config.limits {
                 Arc::clone(idx)
@@ -210,16 +236,49 @@ fn load_index(
 }
 
 /// Builds upstreams, reusing connection pools of unchanged ones.
-fn build_upstreams(config: &Config, prev: &[Arc<Upstream>]) -> Arc<[Arc<Upstream>]> {
+fn build_upstreams(
+    config: &Config,
+    prev: &[Arc<Upstream>],
+    metrics: &crate::metrics::Metrics,
+) -> Arc<[Arc<Upstream>]> {
     config
         .upstreams
         .iter()
         .map(|u| {
             let reused = prev.iter().find(|p| p.same_pool(u));
+            let series = metrics.upstream(&u.name, u.health.is_some());
             Arc::new(match reused {
-                Some(p) => p.with_config(u.clone()),
-                None => Upstream::new(u.clone()),
+                Some(p) => p.with_config(u.clone(), series),
+                None => Upstream::new(u.clone(), series),
             })
         })
         .collect()
+}
+
+/// Why the gateway is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The key file has not loaded yet.
+    NoKeys,
+    /// `[keys] unready_on_load_error` and the key file's last load failed.
+    KeyFile,
+    /// Shutting down: load balancers should stop sending.
+    Draining,
+    /// This upstream has not passed its last health check.
+    Upstream(Arc<str>),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::NoKeys => f.write_str("the key file has not loaded yet"),
+            NotReady::KeyFile => f.write_str(
+                "the key file cannot be loaded (the last good keys are serving; see the log)",
+            ),
+            NotReady::Draining => f.write_str("shutting down"),
+            NotReady::Upstream(u) => {
+                write!(f, "the upstream `{u}` has not passed its health check")
+            }
+        }
+    }
 }

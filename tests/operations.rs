@@ -15,7 +15,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move() {
     let g = start_gateway("").await;
-    keygate::metrics::install().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
     tokio::spawn(keygate::metrics::serve(
@@ -200,21 +199,20 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
         .unwrap();
     let logs = capture_stderr(&mut child);
     let addr = listening_addr(&mut child);
-    let url = format!("http://{addr}/v1/chat/completions");
-    assert_eq!(
-        send(
-            Method::POST,
-            &url,
-            &[
-                ("authorization", &bearer(&key)),
-                ("x-request-id", "trace-1")
-            ],
-            CHAT
-        )
-        .await
-        .status,
-        200
-    );
+    // The query is never logged: it could carry a secret.
+    let url = format!("http://{addr}/v1/chat/completions?session=query-secret");
+    let ok = send(
+        Method::POST,
+        &url,
+        &[
+            ("authorization", &bearer(&key)),
+            ("x-request-id", "trace-1"),
+            ("user-agent", "OpenAI/Python 1.50.0"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
     let wrong = keygate::key::generate("sk_kg").unwrap().plaintext;
     assert_eq!(
         send(
@@ -227,6 +225,11 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
         .status,
         401
     );
+    // Probes and the console's files leave no access line by default.
+    for path in ["/healthz", "/readyz", "/console", "/console/console.js"] {
+        let a = send(Method::GET, &format!("http://{addr}{path}"), &[], "").await;
+        assert_eq!(a.status, 200, "{path}");
+    }
     // A bad config edit is logged with its line.
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{text}\nbroken = [\n")).unwrap();
@@ -246,29 +249,158 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
     assert!(found, "{lines:?}");
     let reload = lines.iter().find(|l| l.contains("reload failed")).unwrap();
     assert!(reload.contains("line"), "{reload}");
+    for l in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "every line is JSON: {l}"
+        );
+    }
     let access: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "keygate::access")
         .collect();
-    assert_eq!(access.len(), 2, "{lines:?}");
-    let ok = &access[0];
-    assert_eq!(ok["request_id"], "trace-1");
-    assert_eq!(ok["key_id"], id.as_str());
-    assert_eq!(ok["key_name"], "logged");
-    assert_eq!(ok["route"], "chat");
-    assert_eq!(ok["status"], 200);
-    assert_eq!(ok["prompt_tokens"], 2);
+    assert_eq!(access.len(), 2, "no probe lines: {lines:?}");
+    let a = &access[0];
+    assert_eq!(a["level"], "INFO");
+    assert!(a["timestamp"].as_str().unwrap().ends_with('Z'), "{a}");
+    assert_eq!(a["request_id"], "trace-1");
+    assert_eq!(a["client_addr"], "127.0.0.1");
+    assert_eq!(a["method"], "POST");
+    assert_eq!(a["path"], "/v1/chat/completions");
+    assert_eq!(a["protocol"], "HTTP/1.1");
+    assert_eq!(a["user_agent"], "OpenAI/Python 1.50.0");
+    assert_eq!(a["key_id"], id.as_str());
+    assert_eq!(a["key_name"], "logged");
+    assert_eq!(a["route"], "chat");
+    // One upstream and no model allowlist: the body streamed through unread, model unknown.
+    assert!(a["model"].is_null(), "{a}");
+    assert!(a["upstream"].is_string());
+    assert_eq!(a["status"], 200);
+    assert!(a["error"].is_null(), "{a}");
+    assert_eq!(a["prompt_tokens"], 2);
+    assert!(a["completion_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(a["bytes_received"], CHAT.len() as u64);
+    assert_eq!(a["bytes_sent"], ok.body.len() as u64);
     // A JSON answer of known length, read to its end, is complete.
-    assert_eq!(ok["complete"], true);
-    assert!(ok["upstream_us"].as_u64().is_some() && ok["added_us"].as_u64().is_some());
-    assert_eq!(access[1]["error"], "invalid_api_key");
+    assert_eq!(a["complete"], true);
+    for f in ["latency_us", "upstream_us", "added_us"] {
+        assert!(a[f].as_u64().is_some(), "{f}: {a}");
+    }
+    // Absent values are null, not "-".
+    let refused = &access[1];
+    assert_eq!(refused["error"], "invalid_api_key");
+    assert_eq!(refused["status"], 401);
+    assert!(refused["user_agent"].is_null(), "{refused}");
+    for f in [
+        "key_id",
+        "key_name",
+        "model",
+        "upstream",
+        "upstream_us",
+        "prompt_tokens",
+        "completion_tokens",
+    ] {
+        assert!(refused[f].is_null(), "{f}: {refused}");
+    }
     for l in &lines {
         assert!(
-            !l.contains(&key[6..]) && !l.contains(&wrong[6..]),
-            "a key was logged: {l}"
+            !l.contains(&key[6..]) && !l.contains(&wrong[6..]) && !l.contains("query-secret"),
+            "a secret was logged: {l}"
         );
+        assert!(!l.contains("\"-\""), "a dash for an absent value: {l}");
     }
+}
+
+/// Text logs written to a file (as `kubectl logs` and log shippers see them): no colour
+/// codes, the access line's fields as `key=value`, and probe lines when `[log] probes`.
+#[tokio::test]
+async fn text_log_in_a_file_has_no_colour_and_the_access_fields() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[log]\nformat = \"text\"\nprobes = true\n[[upstream]]\nname = \"mock\"\nurl = \"http://{}\"\n", mock.addr),
+    )
+    .unwrap();
+    let (key, _) = cli_create_key(&cfg, "texty");
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    let a = send(
+        Method::POST,
+        &format!("http://{addr}/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("user-agent", "my app/1.0 \"beta\""),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // HTTP/2 (prior knowledge) is logged as such.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = h2
+        .request(
+            http::Request::get(format!("http://{addr}/v1/models"))
+                .header("authorization", bearer(&key))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    {
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.unwrap();
+    }
+    drop(h2);
+    assert_eq!(
+        send(Method::GET, &format!("http://{addr}/healthz"), &[], "")
+            .await
+            .status,
+        200
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.contains('\u{1b}'), "colour codes in a file:\n{text}");
+    let access: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("keygate::access"))
+        .collect();
+    assert_eq!(access.len(), 3, "{text}");
+    let chat = access[0];
+    for field in [
+        " INFO keygate::access: request ",
+        " client_addr=127.0.0.1 ",
+        " method=POST ",
+        " path=/v1/chat/completions ",
+        " protocol=HTTP/1.1 ",
+        r#" user_agent="my app/1.0 \"beta\"" "#,
+        " key_name=texty ",
+        " route=chat ",
+        " status=200 ",
+        " error=- ",
+        &format!(" bytes_received={} ", CHAT.len()),
+        &format!(" bytes_sent={}", a.body.len()),
+    ] {
+        assert!(chat.contains(field), "{field:?} missing in {chat}");
+    }
+    assert!(access[1].contains(" protocol=HTTP/2 "), "{}", access[1]);
+    assert!(access[1].contains(" path=/v1/models "), "{}", access[1]);
+    assert!(access[2].contains(" path=/healthz "), "{}", access[2]);
+    assert!(access[2].contains(" route=- "), "{}", access[2]);
 }
 
 #[tokio::test]
@@ -320,4 +452,339 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
     let body = stream.await.unwrap().expect("the stream completed");
     assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
     assert!(child.wait().unwrap().success(), "exit 0");
+}
+
+/// Starts `keygate serve` with JSON logs; returns the child, its address and its log lines.
+fn serve_json(cfg: &std::path::Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = capture_stderr(&mut child);
+    let addr = listening_addr(&mut child);
+    (child, addr, logs)
+}
+
+/// The value of `field` in the first JSON log line whose message is `message`.
+async fn logged(logs: &Arc<Mutex<Vec<String>>>, message: &str, field: &str) -> String {
+    let mut found = None;
+    eventually(Duration::from_secs(5), || {
+        let v = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == message)
+            .and_then(|v| v[field].as_str().map(str::to_string));
+        found = v;
+        std::future::ready(found.is_some())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no {message:?} line: {:?}", logs.lock().unwrap()))
+}
+
+fn sample(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+/// Scrapes `/metrics`: the parsed scrape and the raw text.
+async fn scrape(maddr: &str) -> (prometheus_parse::Scrape, String) {
+    let a = send(Method::GET, &format!("http://{maddr}/metrics"), &[], "").await;
+    assert_eq!(a.status, 200);
+    let text = String::from_utf8(a.body.to_vec()).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    (
+        prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text"),
+        text,
+    )
+}
+
+#[tokio::test]
+async fn metrics_through_the_binary_are_described_exist_from_the_start_and_span_minutes() {
+    let mock = start_mock().await;
+    // A second upstream that refuses connections: a port that was free a moment ago.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+             [[upstream]]\nname = \"down\"\nurl = \"http://{closed}\"\nmodels = [\"down-*\"]\n\
+             [[upstream]]\nname = \"mock\"\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let (key, _) = cli_create_key(&cfg, "metered");
+    let (child, addr, logs) = serve_json(&cfg);
+    let maddr = logged(&logs, "metrics listening", "addr").await;
+
+    // Before any traffic.
+    let (s, text) = scrape(&maddr).await;
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 20, "{families:?}");
+    for f in &families {
+        assert!(s.docs.contains_key(*f), "no # HELP for {f}");
+    }
+    for x in &s.samples {
+        let family = ["_sum", "_count"]
+            .iter()
+            .find_map(|sfx| x.metric.strip_suffix(sfx))
+            .filter(|f| families.contains(f))
+            .unwrap_or(&x.metric);
+        assert!(
+            families.contains(&family),
+            "sample {} has no # TYPE",
+            x.metric
+        );
+    }
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            sample(&s, name, labels),
+            Some(0.0),
+            "{name}{labels:?} at zero before traffic"
+        );
+    };
+    zero(
+        "keygate_requests_total",
+        &[("route", "chat"), ("status_class", "2xx"), ("code", "")],
+    );
+    zero(
+        "keygate_requests_total",
+        &[
+            ("route", "embeddings"),
+            ("status_class", "5xx"),
+            ("code", ""),
+        ],
+    );
+    zero(
+        "keygate_rate_limited_total",
+        &[("code", "rate_limit_exceeded")],
+    );
+    for u in ["down", "mock"] {
+        for code in [
+            "upstream_unavailable",
+            "upstream_timeout",
+            "upstream_status_5xx",
+        ] {
+            zero(
+                "keygate_upstream_errors_total",
+                &[("upstream", u), ("code", code)],
+            );
+        }
+    }
+    zero("keygate_tokens_total", &[("kind", "prompt")]);
+    zero("keygate_log_lines_dropped_total", &[]);
+    // Duration buckets reach LLM-stream lengths (ten minutes and more).
+    let top_bucket = |name: &str| -> f64 {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == name)
+            .filter_map(|x| match &x.value {
+                prometheus_parse::Value::Histogram(h) => Some(
+                    h.iter()
+                        .map(|b| b.less_than)
+                        .filter(|le| le.is_finite())
+                        .fold(0.0, f64::max),
+                ),
+                _ => None,
+            })
+            .fold(0.0, f64::max)
+    };
+    assert!(top_bucket("keygate_request_duration_seconds") >= 600.0);
+    assert!(top_bucket("keygate_upstream_latency_seconds") >= 600.0);
+    let build = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "keygate_build_info")
+        .expect("build info");
+    assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert!(sample(&s, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(sample(&s, "process_open_fds", &[]).unwrap() >= 3.0);
+    assert!(sample(&s, "process_cpu_seconds_total", &[]).is_some());
+
+    // Traffic moves them; an unreachable upstream is counted by name and kind.
+    let auth = bearer(&key);
+    let url = format!("http://{addr}/v1/chat/completions");
+    assert_eq!(
+        send(Method::POST, &url, &[("authorization", &auth)], CHAT)
+            .await
+            .status,
+        200
+    );
+    let down = r#"{"model":"down-1","messages":[{"role":"user","content":"x"}]}"#;
+    let a = send(Method::POST, &url, &[("authorization", &auth)], down).await;
+    assert_eq!(a.status, 502);
+    let (s, _) = scrape(&maddr).await;
+    assert_eq!(
+        sample(
+            &s,
+            "keygate_requests_total",
+            &[("route", "chat"), ("status_class", "2xx"), ("code", "")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "keygate_upstream_errors_total",
+            &[("upstream", "down"), ("code", "upstream_unavailable")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "keygate_upstream_errors_total",
+            &[("upstream", "mock"), ("code", "upstream_unavailable")]
+        ),
+        Some(0.0)
+    );
+    assert!(sample(&s, "keygate_tokens_total", &[("kind", "prompt")]).unwrap() >= 2.0);
+    assert!(
+        sample(&s, "keygate_request_duration_seconds", &[("route", "chat")]).unwrap() >= 2.0,
+        "two chat requests in the histogram"
+    );
+    sigterm(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+}
+
+/// An upstream whose `/health` answers 503 until `healthy` is set; counts the checks.
+async fn flip_upstream(
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (healthy, checks) = (Arc::clone(&healthy), Arc::clone(&checks));
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (healthy, checks) = (Arc::clone(&healthy), Arc::clone(&checks));
+                        async move {
+                            let status = if req.uri().path() == "/health" {
+                                checks.fetch_add(1, Ordering::SeqCst);
+                                if healthy.load(Ordering::SeqCst) {
+                                    200
+                                } else {
+                                    503
+                                }
+                            } else {
+                                404
+                            };
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"{}"),
+                            ));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let healthy = Arc::new(AtomicBool::new(false));
+    let checks = Arc::new(AtomicUsize::new(0));
+    let up = flip_upstream(Arc::clone(&healthy), Arc::clone(&checks)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[log]\nformat = \"json\"\n[[upstream]]\nname = \"vllm\"\nurl = \"http://{up}\"\nhealth = \"/health\"\nhealth_interval = \"200ms\"\n"),
+    )
+    .unwrap();
+    cli_create_key(&cfg, "k");
+    let (mut child, addr, logs) = serve_json(&cfg);
+    let readyz = format!("http://{addr}/readyz");
+
+    // The model is still loading: its health check fails, and so does readiness.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            checks.load(Ordering::SeqCst) >= 2
+        })
+        .await
+    );
+    let a = send(Method::GET, &readyz, &[], "").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.error_code(), "not_ready");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`vllm`"),
+        "{:?}",
+        a.body
+    );
+    // Probes read the cached result: fifty of them cause no fifty checks.
+    let before = checks.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(send(Method::GET, &readyz, &[], "").await.status, 503);
+    }
+    let intervals = (started.elapsed().as_millis() / 200) as usize;
+    let during = checks.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= intervals + 2,
+        "{during} checks in {intervals} intervals for 50 probes"
+    );
+    // The model has loaded: readiness follows within an interval or so.
+    healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            send(Method::GET, &readyz, &[], "").await.status == 200
+        })
+        .await,
+        "ready once the upstream answers its health check"
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let lines = logs.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("upstream health check fails")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("upstream health check passes")),
+        "{lines:?}"
+    );
 }
