@@ -203,6 +203,16 @@ pub fn init(cfg: &LogConfig) -> Option<Logging> {
 }
 
 impl Logging {
+    /// A logger whose access lines go to `out` through its own writer thread, with no global
+    /// subscriber installed (tests and embedders attach it to a `Gateway`).
+    pub fn to_writer(out: Box<dyn Write + Send>, format: LogFormat) -> std::io::Result<Logging> {
+        Ok(Logging {
+            sink: Sink::spawn(out, QUEUE_LINES)?,
+            format,
+            level: None,
+        })
+    }
+
     /// Applies a new `[log] level` from a config reload (not when `RUST_LOG` rules).
     pub fn set_level(&self, level: &str) {
         if std::env::var_os("RUST_LOG").is_some() {

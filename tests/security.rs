@@ -687,6 +687,20 @@ fn logs() -> String {
     String::from_utf8_lossy(&buf.lock().unwrap()).to_string()
 }
 
+/// Sends `g`'s access lines (written by the gateway's own log writer, not through tracing)
+/// to the same buffer as `logs()`.
+fn capture_access(g: &TestGateway) {
+    logs();
+    if let Some(buf) = LOGS.get() {
+        let l = keygate::logging::Logging::to_writer(
+            Box::new(LogWriter(Arc::clone(buf))),
+            keygate::config::LogFormat::Text,
+        )
+        .unwrap();
+        let _ = g.gw.logging.set(l);
+    }
+}
+
 async fn logged(needle: &str) -> bool {
     eventually(Duration::from_secs(5), || {
         let found = logs().contains(needle);
@@ -697,8 +711,8 @@ async fn logged(needle: &str) -> bool {
 
 #[tokio::test]
 async fn a_key_in_the_request_id_is_replaced() {
-    logs();
     let g = start_gateway("").await;
+    capture_access(&g);
     let key = g.key();
     for id in [key.clone(), format!("trace-{key}-1")] {
         let auth = bearer(&key);
@@ -744,8 +758,8 @@ async fn a_key_in_the_request_id_is_replaced() {
 
 #[tokio::test]
 async fn a_key_as_path_or_model_is_refused_and_never_logged_or_echoed() {
-    logs();
     let g = start_gateway("").await;
+    capture_access(&g);
     let key = g.key();
     let limited = allowlisted(&g, &["llama-*"]);
     let auth = bearer(&key);
@@ -913,6 +927,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_counted_logged_and_forwa
         "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n[limits]\nfailed_auth_per_minute = 2\n",
     )
     .await;
+    capture_access(&g);
     let good = g.key();
     let xff = |client: &str| format!("6.6.6.6, {client}, 10.1.2.3");
     let as_client = |client: &str, key: &str| {
