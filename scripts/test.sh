@@ -140,16 +140,22 @@ install_redis() {
     command -v redis-server >/dev/null 2>&1
 }
 step "redis-server (for cluster tests)" install_redis || true
-step "cargo test" cargo test --jobs "$JOBS" || true
-
+# The venv comes first: tests/demo.rs runs the demo's printed Python snippet with it.
 VENV_OK=1
 step "python venv" setup_venv || VENV_OK=0
+step "cargo test" cargo test --jobs "$JOBS" || true
+
 if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
     step "pytest tests/sdk (OpenAI SDK end to end)" \
         timeout --kill-after=10 "$PYTEST_TIMEOUT" \
         "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk || true
 else
     skip "pytest tests/sdk (OpenAI SDK end to end)" "needs a successful cargo build and venv"
+fi
+if [ "$VENV_OK" -eq 1 ]; then
+    step "kubernetes manifests (schema + Pod Security)" bash scripts/validate-k8s.sh || true
+else
+    skip "kubernetes manifests (schema + Pod Security)" "needs the venv"
 fi
 if [ "$BUILD_OK" -eq 1 ]; then
     step "browser tests (web console)" browser_tests || true
