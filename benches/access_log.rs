@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("access_line/direct_json", |b| {
         b.iter(|| {
             let mut line = Vec::with_capacity(512);
-            keygate::logging::format_access(
+            keygate::ops::logging::format_access(
                 &mut line,
                 LogFormat::Json,
                 SystemTime::now(),
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("access_line/direct_text", |b| {
         b.iter(|| {
             let mut line = Vec::with_capacity(512);
-            keygate::logging::format_access(
+            keygate::ops::logging::format_access(
                 &mut line,
                 LogFormat::Text,
                 SystemTime::now(),

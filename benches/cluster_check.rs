@@ -5,10 +5,10 @@
 //! lease acquire+release, on a current-thread runtime. Run: `cargo bench --bench cluster_check`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keygate::cluster::{Cluster, ClusterConfig, OnError};
 use keygate::config::Config;
-use keygate::index::KeyIndex;
-use keygate::store::{KeyFile, NewKey};
+use keygate::keys::index::KeyIndex;
+use keygate::keys::store::{KeyFile, NewKey};
+use keygate::limit::redis::{Cluster, ClusterConfig, OnError};
 use keygate::time::Timestamp;
 use std::process::{Command, Stdio};
 use std::time::Duration;

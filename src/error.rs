@@ -20,13 +20,13 @@ pub enum GatewayError {
     #[error("Incorrect API key provided: {0}.")]
     InvalidKey(&'static str),
     #[error("Incorrect API key provided: {0}.")]
-    MalformedKey(crate::key::ParseError),
+    MalformedKey(crate::keys::token::ParseError),
     #[error("{0}")]
     ExpiredKey(String),
     #[error("This API key has been revoked.")]
     RevokedKey,
     #[error("This API key does not have the `{0}` scope required for this route.")]
-    MissingScope(crate::scope::Scope),
+    MissingScope(crate::keys::scope::Scope),
     #[error("This API key may not use the model `{0}`.")]
     ModelNotAllowed(String),
     #[error("Unknown route: {0} {1}.")]
@@ -58,7 +58,7 @@ pub enum GatewayError {
     NotReady,
     /// `/readyz` with its reason.
     #[error("The gateway is not ready: {0}.")]
-    Unready(crate::state::NotReady),
+    Unready(crate::gateway::NotReady),
     #[error("The gateway is at capacity. Retry shortly.")]
     Overloaded,
     #[error("{0}")]
@@ -225,7 +225,7 @@ impl GatewayError {
             let secs = d.as_millis().div_ceil(1000).max(1);
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
             h.insert(
-                crate::headers::RETRY_AFTER_MS,
+                crate::proxy::headers::RETRY_AFTER_MS,
                 HeaderValue::from(d.as_millis().max(1) as u64),
             );
         }

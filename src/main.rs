@@ -100,10 +100,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let c = cli.config;
     let result = match cli.command {
-        Command::Serve => keygate::run::serve(c),
-        Command::Demo { listen } => keygate::run::demo(c, listen),
+        Command::Serve => keygate::cli::serve::serve(c),
+        Command::Demo { listen } => keygate::cli::serve::demo(c, listen),
         Command::Check => cli::check(c),
-        Command::Mock { listen } => keygate::run::mock(listen),
+        Command::Mock { listen } => keygate::cli::serve::mock(listen),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

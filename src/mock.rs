@@ -337,7 +337,7 @@ fn model_obj(id: &str) -> Value {
 
 /// A deterministic 8-dimensional unit vector from the text, in f32 as embeddings are.
 fn embed(s: &str) -> Vec<f32> {
-    let h = crate::key::hash_token(s);
+    let h = crate::keys::token::hash_token(s);
     let v: Vec<f64> = h[..8].iter().map(|b| f64::from(*b) / 255.0 - 0.5).collect();
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
     v.into_iter().map(|x| (x / norm) as f32).collect()

@@ -1,8 +1,8 @@
 //! The `keygate keys …` and `keygate check` commands, run as a user runs them: the real
 //! binary, a fresh directory with its own `gateway.toml` and key file per test.
 
-use keygate::key::{hash_token, Token};
-use keygate::store::{self, KeyFile, KeyStore, NewKey};
+use keygate::keys::store::{self, KeyFile, KeyStore, NewKey};
+use keygate::keys::token::{hash_token, Token};
 use keygate::time::Timestamp;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -182,7 +182,7 @@ fn create_json_prints_a_valid_key_and_stores_only_its_hash() {
         assert!(v.get(field).is_some(), "`{field}` missing from {v}");
     }
     assert_eq!(s(&v, "name"), "x");
-    assert!(keygate::key::is_valid_id(s(&v, "id")), "{v}");
+    assert!(keygate::keys::token::is_valid_id(s(&v, "id")), "{v}");
     assert!(
         v["expires_at"].is_null(),
         "no --expires-in means no expiry: {v}"
@@ -1296,7 +1296,7 @@ fn help_documents_every_command_and_flag() {
     }
     // --scopes lists every scope with what it allows.
     let long = env.ok(&["keys", "create", "--help"]);
-    for scope in keygate::scope::Scope::ALL {
+    for scope in keygate::keys::scope::Scope::ALL {
         let line = format!("{}: ", scope.name());
         assert!(
             long.lines()

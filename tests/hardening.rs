@@ -10,7 +10,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use keygate::store::{KeyLimits, NewKey};
+use keygate::keys::store::{KeyLimits, NewKey};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1537,7 +1537,7 @@ async fn failed_auth_guard_over_raw_tcp_refuses_bad_keys_but_serves_a_valid_one(
     let mut c = Raw::connect(g.addr).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+        let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
         c.send(chat_req(Some(&bogus), "", CHAT)).await.unwrap();
         let r = c.response().await.unwrap();
         if r.status() == 401 {
@@ -1552,7 +1552,7 @@ async fn failed_auth_guard_over_raw_tcp_refuses_bad_keys_but_serves_a_valid_one(
         "the 6th bad key was evaluated although the allowance is 5 per minute: {statuses:?}"
     );
     assert!(statuses[6..].iter().all(|s| *s == 429), "{statuses:?}");
-    let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     c.send(chat_req(Some(&bogus), "", CHAT)).await.unwrap();
     let r = c.response().await.unwrap();
     assert_eq!(r.status(), 429, "{r:?}");

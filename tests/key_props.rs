@@ -2,8 +2,10 @@
 //! way, every single-character change is caught by the checksum before any lookup, and no
 //! input at all makes the parser panic.
 
-use keygate::key::{self, hash_token, ParseError, Token, BASE62, CHECK_LEN, SECRET_LEN};
-use keygate::store::{hash_hex, parse_hash};
+use keygate::keys::store::{hash_hex, parse_hash};
+use keygate::keys::token::{
+    self as key, hash_token, ParseError, Token, BASE62, CHECK_LEN, SECRET_LEN,
+};
 use proptest::prelude::*;
 
 /// Prefixes `gateway.toml` accepts: 1–32 letters, digits or `_`, not ending in `_`.

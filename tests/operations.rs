@@ -17,7 +17,7 @@ async fn metrics_parse_as_prometheus_text_and_move() {
     let g = start_gateway("").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
-    tokio::spawn(keygate::metrics::serve(
+    tokio::spawn(keygate::ops::metrics::serve(
         listener,
         g.gw.clone(),
         std::future::pending(),
@@ -87,7 +87,7 @@ async fn metrics_parse_as_prometheus_text_and_move() {
 #[tokio::test]
 async fn gateway_toml_edits_apply_live_and_bad_edits_keep_the_old_config() {
     let g = start_gateway("").await;
-    let _w = keygate::run::watch_config_file(
+    let _w = keygate::cli::serve::watch_config_file(
         g.gw.clone(),
         g.config_path.clone(),
         Duration::from_millis(100),
@@ -213,7 +213,7 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
     )
     .await;
     assert_eq!(ok.status, 200);
-    let wrong = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let wrong = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     assert_eq!(
         send(
             Method::POST,

@@ -161,7 +161,7 @@ async fn trace_logging_into_the_key_directory_does_not_feed_itself() {
 async fn a_slow_in_place_rewrite_of_gateway_toml_is_applied_whole() {
     // The limit comes last, so the first half of the file is a valid config without it.
     let g = start_gateway("[limits]\nrequests_per_minute = 7\n").await;
-    let _w = keygate::run::watch_config_file(
+    let _w = keygate::cli::serve::watch_config_file(
         g.gw.clone(),
         g.config_path.clone(),
         Duration::from_millis(100),
@@ -542,9 +542,9 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
 #[tokio::test]
 async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
     let g = start_gateway("").await;
-    let (_, key) = g.create_key(keygate::store::NewKey {
+    let (_, key) = g.create_key(keygate::keys::store::NewKey {
         name: "edited".into(),
-        limits: keygate::store::KeyLimits {
+        limits: keygate::keys::store::KeyLimits {
             requests_per_minute: Some(100),
             ..Default::default()
         },

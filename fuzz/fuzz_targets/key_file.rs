@@ -4,8 +4,8 @@
 #![no_main]
 
 use keygate::config::Config;
-use keygate::index::KeyIndex;
-use keygate::store;
+use keygate::keys::index::KeyIndex;
+use keygate::keys::store;
 use keygate::time::Timestamp;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;

@@ -6,8 +6,8 @@
 #![no_main]
 
 use keygate::mock::{MockOptions, Recorder};
-use keygate::state::Gateway;
-use keygate::store::{KeyStore, NewKey};
+use keygate::gateway::Gateway;
+use keygate::keys::store::{KeyStore, NewKey};
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -8,9 +8,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keygate::config::Config;
+use keygate::gateway::Gateway;
+use keygate::keys::store::{KeyStore, NewKey};
 use keygate::mock::{MockOptions, Recorder};
-use keygate::state::Gateway;
-use keygate::store::{KeyStore, NewKey};
 use keygate::time::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,7 +145,7 @@ impl TestGateway {
     }
 
     /// A key with default scopes and these per-key limits.
-    pub fn key_with_limits(&self, limits: keygate::store::KeyLimits) -> String {
+    pub fn key_with_limits(&self, limits: keygate::keys::store::KeyLimits) -> String {
         self.create_key(NewKey {
             name: "limited".into(),
             limits,

@@ -10,8 +10,8 @@
 //! that describe state (index size, reload status, expiry, process) are set when scraped.
 
 use crate::account::Finish;
-use crate::scope::Scope;
-use crate::state::Gateway;
+use crate::gateway::Gateway;
+use crate::keys::scope::Scope;
 use crate::time::Timestamp;
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -632,7 +632,7 @@ mod tests {
             E::UpstreamUnavailable(String::new()),
             E::UpstreamTimeout(String::new()),
             E::NotReady,
-            E::Unready(crate::state::NotReady::Draining),
+            E::Unready(crate::gateway::NotReady::Draining),
             E::Overloaded,
             E::NotFound(String::new()),
             E::ModelNotFound(String::new()),

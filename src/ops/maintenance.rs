@@ -1,7 +1,7 @@
 //! Warnings before keys expire: one log line per key at 7, 3 and 1 days before its expiry,
 //! so an operator hears about it before its users do.
 
-use crate::state::Gateway;
+use crate::gateway::Gateway;
 use crate::time::Timestamp;
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -15,8 +15,8 @@
 //! `NAME=`, two names, two headers) is refused, since the upstream's parser might read it
 //! the other way.
 
-use crate::body::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
 use crate::error::GatewayError;
+use crate::proxy::response_body::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
 use bytes::Bytes;
 use http::header::{HeaderMap, CONTENT_DISPOSITION};
 use http_body::Frame;

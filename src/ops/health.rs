@@ -8,8 +8,8 @@
 //! model server in the same pod) and which it can (a shared one elsewhere). A failing check
 //! only affects readiness: requests are still forwarded and fail or succeed on their own.
 
-use crate::forward::Upstream;
-use crate::state::Gateway;
+use crate::gateway::Gateway;
+use crate::proxy::upstream::Upstream;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

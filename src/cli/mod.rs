@@ -4,11 +4,13 @@
 //! stderr with a non-zero exit (see `main`). A plaintext key is printed once, by `create` or
 //! `rotate`, and nowhere else.
 
+pub mod serve;
+
 use crate::account::UsageSnapshot;
 use crate::config::{Config, ConfigError, KeyCommandsConfig};
-use crate::logging::{Audit, AuditError, AuditEvent};
-use crate::scope::Scope;
-use crate::store::{FieldError, KeyLimits, KeyRecord, KeyStore, NewKey, Status, StoreError};
+use crate::keys::scope::Scope;
+use crate::keys::store::{FieldError, KeyLimits, KeyRecord, KeyStore, NewKey, Status, StoreError};
+use crate::ops::logging::{Audit, AuditError, AuditEvent};
 use crate::text::{self, Escaped};
 use crate::time::{self, Timestamp};
 use clap::builder::{PossibleValue, TypedValueParser};
@@ -94,7 +96,7 @@ pub fn duration_arg(s: &str) -> Result<Duration, String> {
 
 /// A key id argument: `key_` and 16 letters or digits.
 pub fn key_id_arg(s: &str) -> Result<String, String> {
-    if crate::key::is_valid_id(s) {
+    if crate::keys::token::is_valid_id(s) {
         Ok(s.to_string())
     } else {
         Err("a key id is `key_` followed by 16 letters or digits (see `keygate keys list`)".into())
@@ -125,7 +127,7 @@ impl TypedValueParser for ScopeParser {
         let s = value
             .to_str()
             .ok_or_else(|| fail(format!("`{flag}` must be UTF-8")))?;
-        crate::scope::Scopes::parse_one(s)
+        crate::keys::scope::Scopes::parse_one(s)
             .map(|_| s.trim().to_string())
             .map_err(|e| fail(format!("`{flag}` {}", Escaped(&format!("has an {e}")))))
     }
@@ -223,10 +225,10 @@ fn cli_user() -> String {
 fn audited<T>(
     cfg: &KeyCommandsConfig,
     action: &str,
-    change: impl FnOnce(&mut crate::store::KeyFile) -> Result<T, StoreError>,
+    change: impl FnOnce(&mut crate::keys::store::KeyFile) -> Result<T, StoreError>,
     changed: impl Fn(&T) -> &KeyRecord,
 ) -> Result<(T, Result<(), AuditError>), CliError> {
-    let logging = crate::logging::init(&cfg.log);
+    let logging = crate::ops::logging::init(&cfg.log);
     let mut audit = Audit::open(cfg.log.audit_file.as_deref())?;
     let out = KeyStore::new(&cfg.keys.file).update(change)?;
     let rec = changed(&out);
@@ -279,7 +281,7 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
 
 /// Last-used times and usage saved by a gateway that shares this key file.
 fn saved_usage(cfg: &KeyCommandsConfig) -> std::collections::HashMap<String, UsageSnapshot> {
-    crate::usage::load_state(&cfg.keys.state_file).unwrap_or_default()
+    crate::ops::usage_state::load_state(&cfg.keys.state_file).unwrap_or_default()
 }
 
 pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
@@ -324,7 +326,7 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
         rows.push([
             k.id.clone(),
             k.name.clone(),
-            crate::key::mask(prefix, &k.last4),
+            crate::keys::token::mask(prefix, &k.last4),
             k.scopes.join(","),
             ago(now, Some(k.created_at)),
             ago(now, last),

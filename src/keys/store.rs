@@ -10,8 +10,8 @@
 //! file, never a torn one. Runtime state (last use, usage) never goes here: the file may be a
 //! read-only Kubernetes Secret.
 
-use crate::key::{self, KeyHash, NewToken};
-use crate::scope::Scopes;
+use crate::keys::scope::Scopes;
+use crate::keys::token::{self, KeyHash, NewToken};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -201,7 +201,7 @@ pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the 
 /// ids and secrets). `i` is its position, for the message.
 pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
     let at = |problem: String| format!("key #{} ({}): {problem}", i + 1, k.id);
-    if !key::is_valid_id(&k.id) {
+    if !token::is_valid_id(&k.id) {
         return Err(at(
             "`id` must be `key_` followed by 16 letters or digits".into()
         ));
@@ -314,9 +314,9 @@ impl KeyFile {
         now: Timestamp,
     ) -> Result<(KeyRecord, NewToken), StoreError> {
         let scopes = req.validate(now)?;
-        let token = key::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
+        let token = token::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
         let id = loop {
-            let id = key::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
+            let id = token::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
             if self.keys.iter().all(|k| k.id != id) {
                 break id;
             }
@@ -358,7 +358,7 @@ impl KeyFile {
                 "key `{id}` is revoked and cannot be rotated"
             )));
         }
-        let token = key::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
+        let token = token::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
         k.previous
             .retain(|p| p.valid_until.0 + KEEP_RETIRED_SECS > now.0);
         k.previous.push(RetiredSecret {
@@ -393,7 +393,7 @@ impl KeyRecord {
             "object": "api_key",
             "id": self.id,
             "name": self.name,
-            "masked_key": key::mask(prefix, &self.last4),
+            "masked_key": token::mask(prefix, &self.last4),
             "scopes": self.scopes,
             "models": self.models,
             "status": self.status(now).as_str(),
@@ -408,7 +408,7 @@ impl KeyRecord {
             .previous
             .iter()
             .filter(|p| p.valid_until > now)
-            .map(|p| serde_json::json!({"masked_key": key::mask(prefix, &p.last4), "valid_until": p.valid_until}))
+            .map(|p| serde_json::json!({"masked_key": token::mask(prefix, &p.last4), "valid_until": p.valid_until}))
             .collect();
         if !grace.is_empty() {
             v["previous_keys_valid"] = serde_json::Value::Array(grace);

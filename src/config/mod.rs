@@ -5,7 +5,7 @@
 //! validation never replaces the running configuration.
 
 use crate::authorize::{RouteRule, RouteTable};
-use crate::scope::Scopes;
+use crate::keys::scope::Scopes;
 use http::Uri;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -172,7 +172,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: RouteTable,
     /// `Some` in cluster mode (`[cluster] backend = "redis"`).
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<crate::limit::redis::ClusterConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -657,12 +657,12 @@ impl Validator<'_> {
                 if lease < Duration::from_secs(1) {
                     return Err(self.err("cluster.lease", "must be at least 1s"));
                 }
-                let cluster = crate::cluster::ClusterConfig {
+                let cluster = crate::limit::redis::ClusterConfig {
                     redis_url: url,
                     on_backend_error: match c.on_backend_error.as_deref() {
-                        None | Some("local") => crate::cluster::OnError::Local,
-                        Some("allow") => crate::cluster::OnError::Allow,
-                        Some("deny") => crate::cluster::OnError::Deny,
+                        None | Some("local") => crate::limit::redis::OnError::Local,
+                        Some("allow") => crate::limit::redis::OnError::Allow,
+                        Some("deny") => crate::limit::redis::OnError::Deny,
                         Some(o) => {
                             return Err(self.err(
                                 "cluster.on_backend_error",
@@ -677,14 +677,15 @@ impl Validator<'_> {
                     )?,
                     key_prefix: c.key_prefix.unwrap_or_else(|| "keygate".into()),
                     lease,
-                    tls: crate::cluster::RedisTls {
+                    tls: crate::limit::redis::RedisTls {
                         ca_file: c.ca_file.as_deref().map(resolve),
                         client_cert_file: c.client_cert_file.as_deref().map(resolve),
                         client_key_file: c.client_key_file.as_deref().map(resolve),
                     },
                 };
                 // Built once here so that `check` and `serve` refuse what cannot work.
-                crate::cluster::client(&cluster).map_err(|e| self.err(e.field(), e.to_string()))?;
+                crate::limit::redis::client(&cluster)
+                    .map_err(|e| self.err(e.field(), e.to_string()))?;
                 Some(cluster)
             }
             Some(b) => {
@@ -802,7 +803,7 @@ impl Validator<'_> {
             .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)
             .ok_or_else(|| self.err(&field("url"), "must start with http:// or https://"))?;
         let ca_file = u.ca_file.map(|p| resolve(base, &p));
-        let tls = crate::tls::client_config(ca_file.as_deref())
+        let tls = crate::server::tls::client_config(ca_file.as_deref())
             .map_err(|e| self.err(&field("ca_file"), e.to_string()))?;
         let authority = uri
             .authority()

@@ -1,17 +1,17 @@
 //! Stage 5 of a request: send it to the upstream that serves its model, and bring the answer
 //! back as it streams.
 //!
-//! One connection pool per upstream ([`crate::pool`]), HTTP/1.1 keep-alive with TCP_NODELAY.
+//! One connection pool per upstream ([`crate::proxy::pool`]), HTTP/1.1 keep-alive with TCP_NODELAY.
 //! Time limits are split the way LLM servers fail: connect (server down), first byte (queued
 //! or stuck prefill), idle between body frames (a stream that stalls). A client that goes
 //! away drops the response body, which drops the upstream connection and so cancels the
 //! generation.
 
-use crate::body::{BodyTooLarge, ClientBodyError, UpBody};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::headers;
-use crate::pool::{Lease, Pool, SendError};
+use crate::proxy::headers;
+use crate::proxy::pool::{Lease, Pool, SendError};
+use crate::proxy::response_body::{BodyTooLarge, ClientBodyError, UpBody};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -27,9 +27,9 @@ pub struct Upstream {
     host: HeaderValue,
     pool: Arc<Pool>,
     /// Metric handles resolved once for this upstream.
-    pub series: Arc<crate::metrics::UpstreamSeries>,
+    pub series: Arc<crate::ops::metrics::UpstreamSeries>,
     /// The cached health-check result, when `health` is set.
-    health: Option<Arc<crate::health::HealthState>>,
+    health: Option<Arc<crate::ops::health::HealthState>>,
 }
 
 fn is_https(config: &UpstreamConfig) -> bool {
@@ -62,7 +62,10 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, series: Arc<crate::metrics::UpstreamSeries>) -> Upstream {
+    pub fn new(
+        config: UpstreamConfig,
+        series: Arc<crate::ops::metrics::UpstreamSeries>,
+    ) -> Upstream {
         let pool = Pool::new(
             config.authority.host(),
             config
@@ -95,7 +98,7 @@ impl Upstream {
     pub fn with_config(
         &self,
         config: UpstreamConfig,
-        series: Arc<crate::metrics::UpstreamSeries>,
+        series: Arc<crate::ops::metrics::UpstreamSeries>,
     ) -> Upstream {
         let health = match (&self.health, &config.health) {
             (Some(h), Some(c)) if self.config.health.as_ref() == Some(c) => Some(Arc::clone(h)),
@@ -113,7 +116,7 @@ impl Upstream {
     }
 
     /// The cached health-check result, when this upstream has a check.
-    pub fn health(&self) -> Option<&Arc<crate::health::HealthState>> {
+    pub fn health(&self) -> Option<&Arc<crate::ops::health::HealthState>> {
         self.health.as_ref()
     }
 
@@ -121,18 +124,20 @@ impl Upstream {
     pub fn is_healthy(&self) -> bool {
         self.health
             .as_ref()
-            .is_none_or(|h| h.status() == crate::health::Status::Up)
+            .is_none_or(|h| h.status() == crate::ops::health::Status::Up)
     }
 
     /// Runs the health check once: `GET` the check's path on a pooled connection, a 2xx
     /// within the interval is up. The body is read (bounded) so the connection is reused.
-    pub async fn check_health(&self) -> Result<(), crate::health::CheckError> {
-        use crate::health::CheckError;
+    pub async fn check_health(&self) -> Result<(), crate::ops::health::CheckError> {
+        use crate::ops::health::CheckError;
         use http_body_util::BodyExt;
         let Some(check) = &self.config.health else {
             return Ok(());
         };
-        let mut req = Request::new(crate::body::UpBody::full(bytes::Bytes::new()));
+        let mut req = Request::new(crate::proxy::response_body::UpBody::full(
+            bytes::Bytes::new(),
+        ));
         *req.uri_mut() = Uri::from(check.path.clone());
         let h = req.headers_mut();
         h.insert(header::HOST, self.host.clone());
@@ -150,8 +155,13 @@ impl Upstream {
                 .await
                 .map_err(|e| CheckError::Send(error_chain(&e)))?;
             let status = resp.status();
-            let body =
-                crate::body::Body::upstream(resp.into_body(), lease, check.interval, false, false);
+            let body = crate::proxy::response_body::Body::upstream(
+                resp.into_body(),
+                lease,
+                check.interval,
+                false,
+                false,
+            );
             // Up to 64 KiB is read so the connection goes back to the pool; more is dropped.
             let _ = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
@@ -210,7 +220,7 @@ impl Upstream {
                 if let Some(c) = find_cause::<ClientBodyError>(&e) {
                     return Err(GatewayError::InvalidRequest(format!("{c}.")));
                 }
-                if find_cause::<crate::body::IdleTimeout>(&e).is_some() {
+                if find_cause::<crate::proxy::response_body::IdleTimeout>(&e).is_some() {
                     return Err(GatewayError::InvalidRequest(
                         "The request body did not arrive in time.".into(),
                     ));

@@ -381,7 +381,7 @@ pub struct Finish {
     pub request_id: http::HeaderValue,
     /// The client's address: the peer's, or behind a trusted proxy the forwarded one.
     pub client: std::net::IpAddr,
-    pub key: Option<crate::index::KeyRef>,
+    pub key: Option<crate::keys::index::KeyRef>,
     pub method: http::Method,
     pub route: &'static str,
     pub model: Option<String>,
@@ -416,7 +416,7 @@ pub struct Finish {
     /// Tokens reserved before forwarding, settled against the real usage.
     pub token_charge: Option<crate::limit::TokenCharge>,
     /// Where the metrics and the access line go (absent in unit tests).
-    pub gateway: Option<std::sync::Arc<crate::state::Gateway>>,
+    pub gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
     /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
     pub probe: bool,
     /// The request's path and query (only the path is logged).
@@ -424,9 +424,9 @@ pub struct Finish {
     pub version: http::Version,
     pub user_agent: Option<http::HeaderValue>,
     /// The upstream's metric handles, when the request was forwarded.
-    pub upstream_series: Option<std::sync::Arc<crate::metrics::UpstreamSeries>>,
+    pub upstream_series: Option<std::sync::Arc<crate::ops::metrics::UpstreamSeries>>,
     /// How the upstream's response stream failed, if it did.
-    pub stream_error: Option<crate::metrics::UpstreamError>,
+    pub stream_error: Option<crate::ops::metrics::UpstreamError>,
 }
 
 /// The status of a request whose client left before its answer's head (nginx's "client

@@ -6,15 +6,18 @@
 //! once, new connections are still accepted for `shutdown_delay` (while load balancers
 //! notice), then the listener closes and in-flight requests and streams get `drain_timeout`.
 //!
-//! Each connection is run by [`crate::conn::drive`], which closes idle connections and those
+//! Each connection is run by [`crate::server::connection::drive`], which closes idle connections and those
 //! whose client stops reading. Accepting pauses while the process is out of descriptors
 //! ([`Acceptor`]), and `max_connections_per_ip` bounds one address's share ([`PerIp`]).
 
+pub mod connection;
+pub mod tls;
+
 use crate::config::ServerConfig;
-use crate::conn::{Activity, Cut, Deadlines, Ended};
-use crate::gateway::{self, Conn};
-use crate::state::Gateway;
-use crate::tls::ServerTls;
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Conn};
+use crate::server::connection::{Activity, Cut, Deadlines, Ended};
+use crate::server::tls::ServerTls;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -541,7 +544,7 @@ async fn serve_io<I>(
         let conn = conn.clone();
         let stream = requests.begin();
         async move {
-            let mut resp = gateway::handle(gw, req, conn).await;
+            let mut resp = pipeline::handle(gw, req, conn).await;
             guard.answered();
             resp.body_mut().set_stream(stream);
             Ok::<_, Infallible>(resp)
@@ -552,7 +555,7 @@ async fn serve_io<I>(
         svc,
     );
     tokio::pin!(http);
-    let ended = crate::conn::drive(
+    let ended = crate::server::connection::drive(
         http.as_mut(),
         |c| c.graceful_shutdown(),
         &activity,

@@ -12,10 +12,10 @@
 
 use crate::account::KeyUsage;
 use crate::config::LimitDefaults;
-use crate::key::KeyHash;
+use crate::keys::scope::Scopes;
+use crate::keys::store::{self, KeyFile, KeyRecord};
+use crate::keys::token::KeyHash;
 use crate::limit::{InFlight, RateCell, TokenBucket};
-use crate::scope::Scopes;
-use crate::store::{self, KeyFile, KeyRecord};
 use crate::time::Timestamp;
 use ahash::AHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -638,7 +638,7 @@ fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewKey;
+    use crate::keys::store::NewKey;
 
     fn limits() -> LimitDefaults {
         crate::config::Config::parse("", None).unwrap().limits
@@ -665,7 +665,7 @@ mod tests {
         let idx = Arc::new(KeyIndex::build(&file, &limits(), None));
         assert_eq!(idx.len(), 300);
         for (id, token) in &tokens {
-            let t = crate::key::Token::parse(&token.plaintext, "sk_kg").unwrap();
+            let t = crate::keys::token::Token::parse(&token.plaintext, "sk_kg").unwrap();
             let (k, secret) = idx.lookup(&t.hash()).expect("indexed");
             assert_eq!(k.id.as_str(), id);
             assert_eq!(secret, Secret::Current);

@@ -8,8 +8,8 @@
 //! proxy, many clients can share one address.
 
 use crate::error::GatewayError;
-use crate::index::{KeyIndex, KeyRef, Secret};
-use crate::key::Token;
+use crate::keys::index::{KeyIndex, KeyRef, Secret};
+use crate::keys::token::Token;
 use crate::limit::FailedAuthGuard;
 use crate::time::Timestamp;
 use base64::Engine;

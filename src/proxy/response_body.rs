@@ -7,7 +7,7 @@
 //! an error when its key is revoked.
 
 use crate::account::{ContentCounter, Finish, UsageScanner};
-use crate::index::KeyState;
+use crate::keys::index::KeyState;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -116,7 +116,7 @@ pub enum UpBody {
         /// Bytes received so far, shared with the request's `Finish` (`bytes_received`).
         seen: Arc<AtomicU64>,
     },
-    Multipart(Box<crate::multipart::MultipartBody>),
+    Multipart(Box<crate::authorize::multipart::MultipartBody>),
 }
 
 impl UpBody {
@@ -133,7 +133,7 @@ impl UpBody {
     }
 
     /// A multipart upload, forwarded as it streams (see `multipart`).
-    pub fn multipart(body: crate::multipart::MultipartBody) -> UpBody {
+    pub fn multipart(body: crate::authorize::multipart::MultipartBody) -> UpBody {
         UpBody::Multipart(Box::new(body))
     }
 
@@ -225,8 +225,8 @@ pin_project_lite::pin_project! {
         #[pin]
         revoke: Option<RevokeWatch>,
         // The request's place on its connection: tells the connection's driver whether this
-        // answer is waiting on the client (see `crate::conn`). Dropped with the body.
-        stream: Option<crate::conn::Stream>,
+        // answer is waiting on the client (see `crate::server::connection`). Dropped with the body.
+        stream: Option<crate::server::connection::Stream>,
     }
 
     impl PinnedDrop for Body {
@@ -255,7 +255,7 @@ enum Kind {
     Upstream {
         inner: Incoming,
         /// The upstream connection `inner` arrives on, polled by this body.
-        lease: crate::pool::Lease,
+        lease: crate::proxy::pool::Lease,
         idle: Idle,
         /// An upstream error held back for one poll (see `poll_frame`).
         broken: Option<BoxError>,
@@ -390,7 +390,7 @@ impl Body {
     /// passes, and for an `event_stream` the text relayed is counted too.
     pub fn upstream(
         inner: Incoming,
-        lease: crate::pool::Lease,
+        lease: crate::proxy::pool::Lease,
         idle: Duration,
         scan: bool,
         event_stream: bool,
@@ -432,7 +432,7 @@ impl Body {
 
     /// Ties the body to its connection; from now until hyper first polls it, it waits on the
     /// client (an HTTP/2 stream without send window is never polled at all).
-    pub fn set_stream(&mut self, mut s: crate::conn::Stream) {
+    pub fn set_stream(&mut self, mut s: crate::server::connection::Stream) {
         s.handed();
         self.stream = Some(s);
     }
@@ -575,9 +575,9 @@ impl HttpBody for Body {
                 // revoked.
                 if let Some(f) = this.finish.as_mut() {
                     if e.is::<IdleTimeout>() {
-                        f.stream_error = Some(crate::metrics::UpstreamError::IdleTimeout);
+                        f.stream_error = Some(crate::ops::metrics::UpstreamError::IdleTimeout);
                     } else if !e.is::<KeyRevoked>() {
-                        f.stream_error = Some(crate::metrics::UpstreamError::StreamBroken);
+                        f.stream_error = Some(crate::ops::metrics::UpstreamError::StreamBroken);
                     }
                 }
                 settle(this.kind, this.finish, *this.sent, false)

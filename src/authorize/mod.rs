@@ -4,7 +4,9 @@
 //! forwarded, and so is a path that an upstream might normalise into a different route
 //! (`..`, `//`, encoded slashes and dots, `;` path parameters).
 
-use crate::scope::{Scope, Scopes};
+pub mod multipart;
+
+use crate::keys::scope::{Scope, Scopes};
 use http::Method;
 use serde::Deserialize;
 use std::borrow::Cow;

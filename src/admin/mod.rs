@@ -4,14 +4,16 @@
 //! gateway reloads its index at once; other gateways watching the file follow by reload.
 //! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
 
+pub mod console;
+
 use crate::account::{Finish, UsageSnapshot};
-use crate::body::Body;
 use crate::error::GatewayError;
-use crate::gateway::json;
-use crate::index::KeyRef;
-use crate::logging::{Audit, AuditEvent};
-use crate::state::{Gateway, Live};
-use crate::store::{KeyFile, KeyLimits, KeyRecord, NewKey, StoreError};
+use crate::gateway::{Gateway, Live};
+use crate::keys::index::KeyRef;
+use crate::keys::store::{KeyFile, KeyLimits, KeyRecord, NewKey, StoreError};
+use crate::ops::logging::{Audit, AuditEvent};
+use crate::pipeline::json;
+use crate::proxy::response_body::Body;
 use crate::time::Timestamp;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -100,7 +102,7 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     de.end().map_err(|e| {
         GatewayError::InvalidRequest(format!(
             "Invalid request body: {} after the JSON object.",
-            crate::store::strip_position(&e.to_string())
+            crate::keys::store::strip_position(&e.to_string())
         ))
     })?;
     Ok(value)
@@ -110,7 +112,7 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
 /// `param` (`limits.requests_per_minute`), or a plain 400 when it is not JSON at all.
 fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
     let inner = e.inner();
-    let message = crate::store::strip_position(&inner.to_string());
+    let message = crate::keys::store::strip_position(&inner.to_string());
     if inner.is_syntax() || inner.is_eof() {
         return GatewayError::InvalidRequest(format!(
             "Invalid request body: {message} at line {}, column {}.",

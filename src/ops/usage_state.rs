@@ -3,7 +3,7 @@
 //! written to `[keys] state_file` on an interval and at shutdown, atomically.
 
 use crate::account::UsageSnapshot;
-use crate::state::Gateway;
+use crate::gateway::Gateway;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

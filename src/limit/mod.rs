@@ -9,8 +9,10 @@
 //! `index::KeyState`, created on first use and shared across reloads, so editing the key file
 //! does not hand every key a fresh burst.
 
+pub mod redis;
+
 use crate::error::GatewayError;
-use crate::index::{KeyRef, KeyState};
+use crate::keys::index::{KeyRef, KeyState};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::RateLimiter;
@@ -416,7 +418,7 @@ impl TokenInfo {
 
 // ------------------------------------------------------------- the limit stage, local or shared
 
-use crate::cluster::{Acquired, Cluster, OnError};
+use crate::limit::redis::{Acquired, Cluster, OnError};
 
 /// The retry hint of a `deny` refusal while the shared backend cannot answer (the same as
 /// the 503's `retry-after`).
@@ -456,7 +458,7 @@ pub async fn check_rate(
 #[allow(dead_code)] // each variant is held for its `Drop`
 pub enum Slot {
     Local(InFlightGuard),
-    Shared(crate::cluster::SlotLease),
+    Shared(crate::limit::redis::SlotLease),
     /// Redis could not answer and the policy let the request through.
     Unlimited,
 }

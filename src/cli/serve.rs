@@ -3,8 +3,8 @@
 
 use crate::cli::{load_config, CliError};
 use crate::config::Config;
-use crate::state::Gateway;
-use crate::store::{KeyStore, NewKey};
+use crate::gateway::Gateway;
+use crate::keys::store::{KeyStore, NewKey};
 use crate::time::Timestamp;
 use crate::watch::{FailureLatch, Loaded};
 use std::net::SocketAddr;
@@ -75,7 +75,7 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
                     tracing::info!(keys = n, "key file loaded");
                 }
                 if !restored.swap(true, Ordering::AcqRel) {
-                    crate::usage::restore(&gw, &state_file);
+                    crate::ops::usage_state::restore(&gw, &state_file);
                 }
                 true
             }
@@ -112,14 +112,14 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
         ));
     }
 
-    tasks.push(tokio::spawn(crate::health::run(Arc::clone(gw))));
+    tasks.push(tokio::spawn(crate::ops::health::run(Arc::clone(gw))));
 
     if let Some(addr) = cfg.metrics.listen {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::Runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening");
-        tasks.push(tokio::spawn(crate::metrics::serve(
+        tasks.push(tokio::spawn(crate::ops::metrics::serve(
             listener,
             Arc::clone(gw),
             std::future::pending(),
@@ -133,7 +133,7 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
         loop {
             tick.tick().await;
             flush_usage(&gw2, &restored2).await;
-            let _ = crate::expiry::warn_expiring(&gw2);
+            let _ = crate::ops::maintenance::warn_expiring(&gw2);
             gw2.failed_auth.sweep();
             gw2.metrics.upkeep();
             for u in gw2.live().upstreams.iter() {
@@ -185,7 +185,7 @@ async fn flush_usage(gw: &Arc<Gateway>, restored: &AtomicBool) {
     let gw = Arc::clone(gw);
     let path = gw.config().keys.state_file.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = crate::usage::save_if_changed(&gw, &path, &SAVED) {
+        if let Err(e) = crate::ops::usage_state::save_if_changed(&gw, &path, &SAVED) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save usage state");
         }
     })
@@ -245,7 +245,7 @@ fn raise_open_file_limit() {
 
 pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
-    let logging = crate::logging::init(&cfg.log);
+    let logging = crate::ops::logging::init(&cfg.log);
     raise_open_file_limit();
     if let Some(src) = &cfg.source {
         if std::fs::read_to_string(src).is_ok_and(|t| crate::config::is_blank(&t)) {
@@ -264,14 +264,14 @@ pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     result
 }
 
-fn attach(gw: &Gateway, logging: Option<&crate::logging::Logging>) {
+fn attach(gw: &Gateway, logging: Option<&crate::ops::logging::Logging>) {
     if let Some(l) = logging {
         let _ = gw.logging.set(l.clone());
     }
 }
 
 /// The shipped gateway.toml, used by `demo` when none is in the working directory.
-const SHIPPED_CONFIG: &str = include_str!("../gateway.toml");
+const SHIPPED_CONFIG: &str = include_str!("../../gateway.toml");
 
 pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), CliError> {
     let mut cfg = match config {
@@ -281,7 +281,7 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
         }
         None => Config::parse(SHIPPED_CONFIG, None)?,
     };
-    let logging = crate::logging::init(&cfg.log);
+    let logging = crate::ops::logging::init(&cfg.log);
     raise_open_file_limit();
     if let Some(l) = listen {
         cfg.server.listen = l;

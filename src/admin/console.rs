@@ -3,13 +3,13 @@
 //! offers is a call to the management API, authorized there by the admin key the user types
 //! in (kept in the tab's `sessionStorage` only).
 
-use crate::body::Body;
+use crate::proxy::response_body::Body;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-const INDEX: &str = include_str!("../console/index.html");
-const SCRIPT: &str = include_str!("../console/console.js");
-const STYLE: &str = include_str!("../console/console.css");
+const INDEX: &str = include_str!("../../console/index.html");
+const SCRIPT: &str = include_str!("../../console/console.js");
+const STYLE: &str = include_str!("../../console/console.css");
 
 /// No inline script or style, no third-party origin, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

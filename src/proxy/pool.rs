@@ -12,7 +12,7 @@
 //! connection is dropped, and the next one is tried. A request that could not be written on a
 //! reused connection is sent again on another.
 
-use crate::body::UpBody;
+use crate::proxy::response_body::UpBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
