@@ -1,18 +1,28 @@
-//! The gateway's shared state. Everything a request reads that can change at runtime —
-//! configuration, key index with its limiters, upstream pools — is one `Live` value behind
-//! one `ArcSwap`: a request loads it once and sees a consistent whole.
+//! The gateway: what lives as long as the process serves — the limiters that are not per key,
+//! the Redis backend, the metrics, the log writer, the request ids — and `Live`, everything a
+//! request reads that can change at runtime (configuration, key index with its limiters,
+//! upstream pools), one value behind one `ArcSwap`: a request loads it once and sees a
+//! consistent whole.
 //!
 //! Reloads build the next `Live` off the request path and swap it in; one that fails leaves
 //! the current value serving and is logged and counted.
 
 use crate::config::Config;
+use crate::error::NotReady;
+use crate::keys::file::StoreError;
 use crate::keys::index::KeyIndex;
-use crate::keys::store::{KeyStore, StoreError};
-use crate::limit::{Capacity, FailedAuthGuard};
+use crate::keys::store::KeyStore;
+use crate::limit::failed_auth::FailedAuthGuard;
+use crate::limit::inflight::Capacity;
+use crate::limit::redis::RedisBackend;
+use crate::ops::logging::Logging;
+use crate::ops::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
+use crate::server::request_id::RequestIds;
+use crate::watch::Fingerprint;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One consistent view of everything reloadable.
 pub struct Live {
@@ -49,33 +59,33 @@ pub struct ReloadStats {
 pub struct Gateway {
     live: ArcSwap<Live>,
     /// The shared limit backend in cluster mode (fixed at start: a change needs a restart).
-    pub cluster: Option<Arc<crate::limit::redis::Cluster>>,
+    pub redis: Option<Arc<RedisBackend>>,
     pub failed_auth: FailedAuthGuard,
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
     pub reloads: ReloadStats,
-    /// The gateway's metrics (its own recorder; rendered by `metrics::serve`).
-    pub metrics: crate::ops::metrics::Metrics,
+    /// The gateway's metrics (its own recorder; rendered by `ops::metrics::scrape`).
+    pub metrics: Metrics,
     /// The log writer, once `logging::init` has run (not in tests that skip it): access
     /// lines go there, and its level follows config reloads.
-    pub logging: std::sync::OnceLock<crate::ops::logging::Logging>,
-    /// Serialises reloads so two never build from the same base.
-    reload_lock: Mutex<()>,
+    pub logging: OnceLock<Logging>,
+    /// The gateway's own request ids.
+    pub request_ids: RequestIds,
+    /// Serialises reloads so two never build from the same base, and holds the fingerprint
+    /// of the key file the index in force was read from (see `reload_keys_if_changed`).
+    reload_lock: Mutex<Option<Fingerprint>>,
 }
 
 impl Gateway {
     /// A gateway with `config`; the key file is loaded by `reload_keys`.
     pub fn new(config: Config) -> Arc<Gateway> {
-        let metrics = crate::ops::metrics::Metrics::new(config.metrics.per_key_labels);
+        let metrics = Metrics::new(config.metrics.per_key_labels);
         let upstreams = build_upstreams(&config, &[], &metrics);
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
-        let cluster = config
-            .cluster
-            .clone()
-            .map(crate::limit::redis::Cluster::start);
+        let redis = config.cluster.clone().map(RedisBackend::start);
         Arc::new(Gateway {
-            cluster,
+            redis,
             live: ArcSwap::from_pointee(Live {
                 config: Arc::new(config),
                 keys: None,
@@ -86,8 +96,9 @@ impl Gateway {
             draining: AtomicBool::new(false),
             reloads: ReloadStats::default(),
             metrics,
-            logging: std::sync::OnceLock::new(),
-            reload_lock: Mutex::new(()),
+            logging: OnceLock::new(),
+            request_ids: RequestIds::default(),
+            reload_lock: Mutex::new(None),
         })
     }
 
@@ -134,8 +145,30 @@ impl Gateway {
     /// Re-reads the key file and swaps in a new index. Blocking I/O: call it from a blocking
     /// thread. On error the current index keeps serving.
     pub fn reload_keys(&self) -> Result<usize, StoreError> {
-        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_keys_locked(&mut loaded)
+    }
+
+    /// `reload_keys`, unless the index in force was read from the file as it is now (same
+    /// fingerprint) and that load succeeded: what the key-file watcher calls, so a change
+    /// this gateway has applied itself (a management write) is not applied twice.
+    pub fn reload_keys_if_changed(&self) -> Result<usize, StoreError> {
+        let mut loaded = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.live.load();
+        if let (Some(index), Some(seen)) = (cur.keys.as_ref(), *loaded) {
+            if self.reloads.key_file_ok.load(Ordering::Acquire)
+                && Fingerprint::of(&cur.config.keys.file) == Some(seen)
+            {
+                return Ok(index.len());
+            }
+        }
+        self.reload_keys_locked(&mut loaded)
+    }
+
+    fn reload_keys_locked(&self, loaded: &mut Option<Fingerprint>) -> Result<usize, StoreError> {
         let cur = self.live.load_full();
+        // Taken before the read: a change during it makes the next look differ.
+        let fingerprint = Fingerprint::of(&cur.config.keys.file);
         let result = load_index(
             &cur.config.keys.file,
             &cur.config.limits,
@@ -154,6 +187,7 @@ impl Gateway {
                     .last_key_reload
                     .store(crate::time::Timestamp::now().0, Ordering::Relaxed);
                 self.reloads.key_file_ok.store(true, Ordering::Release);
+                *loaded = fingerprint;
                 Ok(n)
             }
             Err(e) => {
@@ -242,7 +276,7 @@ fn load_index(
 fn build_upstreams(
     config: &Config,
     prev: &[Arc<Upstream>],
-    metrics: &crate::ops::metrics::Metrics,
+    metrics: &Metrics,
 ) -> Arc<[Arc<Upstream>]> {
     config
         .upstreams
@@ -256,32 +290,4 @@ fn build_upstreams(
             })
         })
         .collect()
-}
-
-/// Why the gateway is not ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotReady {
-    /// The key file has not loaded yet.
-    NoKeys,
-    /// `[keys] unready_on_load_error` and the key file's last load failed.
-    KeyFile,
-    /// Shutting down: load balancers should stop sending.
-    Draining,
-    /// This upstream has not passed its last health check.
-    Upstream(Arc<str>),
-}
-
-impl std::fmt::Display for NotReady {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotReady::NoKeys => f.write_str("the key file has not loaded yet"),
-            NotReady::KeyFile => f.write_str(
-                "the key file cannot be loaded (the last good keys are serving; see the log)",
-            ),
-            NotReady::Draining => f.write_str("shutting down"),
-            NotReady::Upstream(u) => {
-                write!(f, "the upstream `{u}` has not passed its health check")
-            }
-        }
-    }
 }

@@ -100,7 +100,7 @@ pub async fn serve(
 ) {
     let opts = Arc::new(opts);
     tokio::pin!(shutdown);
-    let mut acceptor = crate::server::Acceptor::new("mock");
+    let mut acceptor = crate::server::accept::Acceptor::new("mock");
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,

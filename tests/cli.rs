@@ -1,7 +1,9 @@
 //! The `keygate keys …` and `keygate check` commands, run as a user runs them: the real
 //! binary, a fresh directory with its own `gateway.toml` and key file per test.
 
-use keygate::keys::store::{self, KeyFile, KeyStore, NewKey};
+use keygate::keys::file::KeyFile;
+use keygate::keys::record::NewKey;
+use keygate::keys::store::KeyStore;
 use keygate::keys::token::{hash_token, Token};
 use keygate::time::Timestamp;
 use serde_json::Value;
@@ -105,7 +107,7 @@ impl Env {
     }
 
     fn key_file(&self) -> KeyFile {
-        store::parse(&self.key_text(), &self.keys).unwrap()
+        KeyFile::parse(&self.key_text(), &self.keys).unwrap()
     }
 }
 
@@ -720,7 +722,7 @@ fn a_writer_killed_at_any_point_leaves_the_old_or_the_new_file() {
             mid_write += 1; // killed between creating the temp file and renaming it
         }
         let text = env.key_text();
-        let after = store::parse(&text, &env.keys).unwrap_or_else(|e| {
+        let after = KeyFile::parse(&text, &env.keys).unwrap_or_else(|e| {
             panic!("round {round} (seed {seed}): the key file is torn after a kill: {e}")
         });
         let n = current.keys.len();

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use keygate::keys::store::{KeyLimits, NewKey};
+use keygate::keys::record::{KeyLimits, NewKey};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

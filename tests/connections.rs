@@ -10,7 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::Method;
-use keygate::keys::store::KeyLimits;
+use keygate::keys::record::KeyLimits;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use http::Method;
-use keygate::keys::store::{KeyLimits, NewKey};
+use keygate::keys::record::{KeyLimits, NewKey};
 use keygate::time::Timestamp;
 use std::time::{Duration, Instant};
 
@@ -830,7 +830,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
     // Writes to a mounted Secret are refused as read-only.
     let err = g.store().update(|_| Ok(())).unwrap_err();
     assert!(
-        matches!(err, keygate::keys::store::StoreError::ReadOnly { .. }),
+        matches!(err, keygate::keys::file::StoreError::ReadOnly { .. }),
         "{err}"
     );
 }

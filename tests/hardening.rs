@@ -10,7 +10,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use keygate::keys::store::{KeyLimits, NewKey};
+use keygate::keys::record::{KeyLimits, NewKey};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;

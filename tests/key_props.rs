@@ -2,7 +2,7 @@
 //! way, every single-character change is caught by the checksum before any lookup, and no
 //! input at all makes the parser panic.
 
-use keygate::keys::store::{hash_hex, parse_hash};
+use keygate::keys::record::{hash_hex, parse_hash};
 use keygate::keys::token::{
     self as key, hash_token, ParseError, Token, BASE62, CHECK_LEN, SECRET_LEN,
 };

@@ -17,7 +17,7 @@ async fn metrics_parse_as_prometheus_text_and_move() {
     let g = start_gateway("").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
-    tokio::spawn(keygate::ops::metrics::serve(
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
         listener,
         g.gw.clone(),
         std::future::pending(),

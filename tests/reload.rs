@@ -542,9 +542,9 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
 #[tokio::test]
 async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
     let g = start_gateway("").await;
-    let (_, key) = g.create_key(keygate::keys::store::NewKey {
+    let (_, key) = g.create_key(keygate::keys::record::NewKey {
         name: "edited".into(),
-        limits: keygate::keys::store::KeyLimits {
+        limits: keygate::keys::record::KeyLimits {
             requests_per_minute: Some(100),
             ..Default::default()
         },

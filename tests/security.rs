@@ -10,7 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::Method;
-use keygate::keys::store::NewKey;
+use keygate::keys::record::NewKey;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use http::Method;
 use http_body_util::BodyExt;
-use keygate::keys::store::{KeyLimits, NewKey};
+use keygate::keys::record::{KeyLimits, NewKey};
 use keygate::mock::MockOptions;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,387 +1,32 @@
-//! Stage 6 of a request: what each key used, read from the upstream's own `usage` as the
-//! response streams past.
+//! Stage 6 of a request: what it used and how it went, settled once when its answer ends.
 //!
-//! Counters are atomics owned by the key's runtime state, so accounting takes no lock on the
-//! request path. Token counts come from a scanner that watches the bytes for
-//! `"prompt_tokens":N` and `"completion_tokens":N` without buffering the response: inside a
-//! JSON string a quote is always escaped, so those byte sequences can only be real fields,
-//! whether in a plain JSON answer or in the last SSE chunk of a stream.
+//! The request's `RequestRecord` travels with its answer's body and is dropped when the
+//! client has the last byte, or has gone away: then the key's token reservation is settled,
+//! its usage counted (atomics in the key's runtime state, no lock on the request path), the
+//! metrics recorded and the access line written (`access_log`). Token counts come from the
+//! upstream's own `usage`, read as the answer streams past (`scanner`).
 
+pub mod access_log;
+pub mod scanner;
+
+use crate::gateway::Gateway;
+use crate::keys::index::KeyRef;
+use crate::keys::usage::Tokens;
+use crate::limit::inflight::CapacityGuard;
+use crate::limit::{Slot, TokenCharge, Used};
+use crate::ops::metrics::{RequestSample, UpstreamError, UpstreamSeries};
 use crate::time::Timestamp;
-use memchr::memmem;
-use serde::Serialize;
+use scanner::CHARS_PER_TOKEN;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
-
-/// Per-key counters, kept across key-file reloads by key id.
-#[derive(Debug, Default)]
-pub struct KeyUsage {
-    pub requests: AtomicU64,
-    pub client_errors: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-    /// Of `prompt_tokens + completion_tokens`, how many the gateway estimated (a stream cut
-    /// short before the upstream reported its usage) rather than read from the upstream.
-    pub estimated_tokens: AtomicU64,
-    /// Unix seconds of the last authenticated request, 0 for never.
-    pub last_used: AtomicU64,
-}
-
-/// A point-in-time copy for APIs and the state file.
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct UsageSnapshot {
-    pub requests: u64,
-    pub client_errors: u64,
-    pub upstream_errors: u64,
-    pub rate_limited: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    /// Of the tokens above, how many are the gateway's estimates (see `KeyUsage`).
-    #[serde(default)]
-    pub estimated_tokens: u64,
-    #[serde(default, rename = "last_used_at")]
-    pub last_used: Option<Timestamp>,
-}
-
-impl KeyUsage {
-    pub fn touch(&self, now: Timestamp) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_used.fetch_max(now.0, Ordering::Relaxed);
-    }
-
-    /// Counts a finished answer by its status class.
-    pub fn record_status(&self, status: u16) {
-        let counter = match status {
-            429 => &self.rate_limited,
-            400..=499 => &self.client_errors,
-            500..=599 => &self.upstream_errors,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds a request's tokens; `estimated` when the gateway counted them, not the upstream.
-    pub fn add_tokens(&self, t: Tokens, estimated: bool) {
-        self.prompt_tokens.fetch_add(t.prompt, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(t.completion, Ordering::Relaxed);
-        if estimated {
-            self.estimated_tokens
-                .fetch_add(t.prompt + t.completion, Ordering::Relaxed);
-        }
-    }
-
-    pub fn snapshot(&self) -> UsageSnapshot {
-        let last = self.last_used.load(Ordering::Relaxed);
-        UsageSnapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            client_errors: self.client_errors.load(Ordering::Relaxed),
-            upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
-            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
-            estimated_tokens: self.estimated_tokens.load(Ordering::Relaxed),
-            last_used: (last > 0).then_some(Timestamp(last)),
-        }
-    }
-
-    /// Restores counters saved by an earlier run (added, so nothing counted since is lost).
-    pub fn restore(&self, s: &UsageSnapshot) {
-        self.requests.fetch_add(s.requests, Ordering::Relaxed);
-        self.client_errors
-            .fetch_add(s.client_errors, Ordering::Relaxed);
-        self.upstream_errors
-            .fetch_add(s.upstream_errors, Ordering::Relaxed);
-        self.rate_limited
-            .fetch_add(s.rate_limited, Ordering::Relaxed);
-        self.prompt_tokens
-            .fetch_add(s.prompt_tokens, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(s.completion_tokens, Ordering::Relaxed);
-        self.estimated_tokens
-            .fetch_add(s.estimated_tokens, Ordering::Relaxed);
-        if let Some(t) = s.last_used {
-            self.last_used.fetch_max(t.0, Ordering::Relaxed);
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    pub prompt: u64,
-    pub completion: u64,
-}
-
-static PROMPT: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"prompt_tokens\""));
-static COMPLETION: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"completion_tokens\""));
-
-/// How many bytes of one chunk are carried into the next, so a field split across two
-/// chunks is still seen: the longest name, a colon, spaces and a 20-digit number.
-const CARRY: usize = 48;
-
-/// Finds the last `usage` token counts in a byte stream fed chunk by chunk.
-#[derive(Debug, Default)]
-pub struct UsageScanner {
-    carry: Vec<u8>,
-    prompt: Option<u64>,
-    completion: Option<u64>,
-}
-
-impl UsageScanner {
-    pub fn feed(&mut self, chunk: &[u8]) {
-        if self.carry.is_empty() {
-            self.scan(chunk);
-        } else {
-            // Only the seam needs joining: the carried tail plus the head of this chunk.
-            let mut seam = std::mem::take(&mut self.carry);
-            seam.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            self.scan(&seam);
-            self.scan(chunk);
-        }
-        let tail = chunk.len().saturating_sub(CARRY);
-        self.carry.clear();
-        self.carry.extend_from_slice(&chunk[tail..]);
-    }
-
-    /// Takes the last complete counts in `hay`.
-    fn scan(&mut self, hay: &[u8]) {
-        if let Some(v) = last_number(&PROMPT, hay) {
-            self.prompt = Some(v);
-        }
-        if let Some(v) = last_number(&COMPLETION, hay) {
-            self.completion = Some(v);
-        }
-    }
-
-    /// The counts seen, if the stream carried any.
-    pub fn tokens(&self) -> Option<Tokens> {
-        if self.prompt.is_none() && self.completion.is_none() {
-            return None;
-        }
-        Some(Tokens {
-            prompt: self.prompt.unwrap_or(0),
-            completion: self.completion.unwrap_or(0),
-        })
-    }
-}
-
-/// The number after the last complete `"name": N` in `hay`.
-fn last_number(finder: &memmem::Finder<'_>, hay: &[u8]) -> Option<u64> {
-    let mut found = None;
-    for pos in finder.find_iter(hay) {
-        let rest = &hay[pos + finder.needle().len()..];
-        let rest = trim_ws(rest);
-        let Some(rest) = rest.strip_prefix(b":") else {
-            continue;
-        };
-        let rest = trim_ws(rest);
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        // A number that runs to the end of the chunk may continue in the next one.
-        if digits == 0 || digits == rest.len() || digits > 19 {
-            continue;
-        }
-        found = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
-    }
-    found
-}
-
-fn trim_ws(b: &[u8]) -> &[u8] {
-    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
-    &b[n..]
-}
-
-/// The JSON fields whose string values are generated text: chat deltas and messages
-/// (`content`, `reasoning_content`, `reasoning`, `refusal`, tool-call `arguments`),
-/// completions (`text`) and the Responses API's text deltas (`delta`).
-const CONTENT_FIELDS: [&[u8]; 7] = [
-    b"content",
-    b"reasoning_content",
-    b"reasoning",
-    b"refusal",
-    b"arguments",
-    b"text",
-    b"delta",
-];
-const LONGEST_FIELD: usize = 17;
-
-/// Characters a token stands for, in the estimate of a stream cut short.
-pub const CHARS_PER_TOKEN: u64 = 4;
-
-/// Estimates the completion tokens of the text an event stream has relayed so far, for a
-/// stream that ends before the upstream reports its usage (the client left, the upstream
-/// broke, the key was revoked).
-///
-/// Each non-empty string value of a `CONTENT_FIELDS` field counts one token per 4
-/// characters, and at least one: a streamed event usually carries one token, often of fewer
-/// than 4 characters. A byte scan, not a JSON parse: it jumps from quote to quote with
-/// `memchr`, keeps its place across chunk boundaries (no carried bytes, nothing counted
-/// twice), and treats a raw newline, which a JSON string cannot hold, as the end of any
-/// string, so a stray quote in an SSE comment cannot throw it off for longer than a line.
-/// Characters are UTF-8 characters; an escape (`\n`, `\"`) counts as one, and the digits
-/// of a `\uXXXX` escape are counted as well (an overestimate, on the safe side).
-#[derive(Debug, Default)]
-pub struct ContentCounter {
-    lex: Lex,
-    /// The start of the string being read, while it may still be a field name.
-    name: [u8; LONGEST_FIELD],
-    name_len: usize,
-    /// Characters of the content value being read.
-    chars: u64,
-    tokens: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Lex {
-    /// Between strings, nothing pending.
-    #[default]
-    Out,
-    /// A content field's name closed: a `:` makes the next string its value.
-    AfterName,
-    /// `"name":` seen: the next string is counted.
-    BeforeValue,
-    /// In a string that may be a field name (collected in `name`).
-    Name { escape: bool },
-    /// In a string that is not counted.
-    Skip { escape: bool },
-    /// In a content value.
-    Value { escape: bool },
-}
-
-impl ContentCounter {
-    pub fn feed(&mut self, mut buf: &[u8]) {
-        while !buf.is_empty() {
-            buf = match self.lex {
-                Lex::Out => match memchr::memchr(b'"', buf) {
-                    Some(i) => {
-                        self.start_string(false);
-                        &buf[i + 1..]
-                    }
-                    None => &[],
-                },
-                Lex::AfterName | Lex::BeforeValue => {
-                    let b = buf[0];
-                    match (self.lex, b) {
-                        (_, b' ' | b'\t' | b'\r' | b'\n') => {}
-                        (Lex::AfterName, b':') => self.lex = Lex::BeforeValue,
-                        (Lex::BeforeValue, b'"') => self.start_string(true),
-                        (_, b'"') => self.start_string(false),
-                        _ => self.lex = Lex::Out,
-                    }
-                    &buf[1..]
-                }
-                Lex::Name { escape } | Lex::Skip { escape } | Lex::Value { escape } => {
-                    let mut rest = buf;
-                    if escape {
-                        // The escaped byte (one character, counted with its backslash).
-                        rest = &rest[1..];
-                        self.set_escape(false);
-                    }
-                    self.in_string(rest)
-                }
-            };
-        }
-    }
-
-    fn start_string(&mut self, value: bool) {
-        if value {
-            self.chars = 0;
-            self.lex = Lex::Value { escape: false };
-        } else {
-            self.name_len = 0;
-            self.lex = Lex::Name { escape: false };
-        }
-    }
-
-    fn set_escape(&mut self, on: bool) {
-        self.lex = match self.lex {
-            Lex::Name { .. } | Lex::Skip { .. } => Lex::Skip { escape: on },
-            Lex::Value { .. } => Lex::Value { escape: on },
-            other => other,
-        };
-    }
-
-    /// Reads string bytes up to the closing quote, a backslash or a raw newline; returns the
-    /// rest of `buf`.
-    fn in_string<'a>(&mut self, buf: &'a [u8]) -> &'a [u8] {
-        let end = memchr::memchr3(b'"', b'\\', b'\n', buf);
-        let span = &buf[..end.unwrap_or(buf.len())];
-        match self.lex {
-            Lex::Name { .. } => {
-                match self.name.get_mut(self.name_len..self.name_len + span.len()) {
-                    Some(dst) => {
-                        dst.copy_from_slice(span);
-                        self.name_len += span.len();
-                    }
-                    None => self.lex = Lex::Skip { escape: false },
-                }
-            }
-            Lex::Value { .. } => {
-                // UTF-8 characters: every byte but continuation bytes.
-                self.chars += span.iter().filter(|b| (**b as i8) >= -0x40).count() as u64;
-            }
-            _ => {}
-        }
-        let Some(i) = end else {
-            return &[];
-        };
-        match buf[i] {
-            b'\\' => {
-                if matches!(self.lex, Lex::Value { .. }) {
-                    self.chars += 1;
-                }
-                self.set_escape(true);
-            }
-            b'"' => self.close_string(),
-            // A raw newline cannot be inside a JSON string: we are out of step; start over.
-            _ => {
-                self.end_value();
-                self.lex = Lex::Out;
-            }
-        }
-        &buf[i + 1..]
-    }
-
-    fn close_string(&mut self) {
-        self.lex = match self.lex {
-            Lex::Name { .. } if CONTENT_FIELDS.contains(&&self.name[..self.name_len]) => {
-                Lex::AfterName
-            }
-            Lex::Value { .. } => {
-                self.end_value();
-                Lex::Out
-            }
-            _ => Lex::Out,
-        };
-    }
-
-    fn end_value(&mut self) {
-        if matches!(self.lex, Lex::Value { .. }) && self.chars > 0 {
-            self.tokens += (self.chars / CHARS_PER_TOKEN).max(1);
-        }
-        self.chars = 0;
-    }
-
-    /// The estimate so far, a value cut off mid-string included.
-    pub fn tokens(&self) -> u64 {
-        let open = match self.lex {
-            Lex::Value { .. } if self.chars > 0 => (self.chars / CHARS_PER_TOKEN).max(1),
-            _ => 0,
-        };
-        self.tokens + open
-    }
-}
+use std::sync::Arc;
 
 /// Everything known about one request when its answer is done: settled once, on drop, so a
 /// request that ends by error, by completion or by the client leaving is counted once.
-pub struct Finish {
+pub struct RequestRecord {
     pub request_id: http::HeaderValue,
     /// The client's address: the peer's, or behind a trusted proxy the forwarded one.
     pub client: std::net::IpAddr,
-    pub key: Option<crate::keys::index::KeyRef>,
+    pub key: Option<KeyRef>,
     pub method: http::Method,
     pub route: &'static str,
     pub model: Option<String>,
@@ -394,9 +39,8 @@ pub struct Finish {
     /// was forwarded).
     pub added_latency: Option<std::time::Duration>,
     pub upstream: Option<std::sync::Arc<str>>,
-    pub tokens: Option<Tokens>,
-    /// `tokens` are the gateway's estimate (see `Finish::estimate`), not the upstream's.
-    pub tokens_estimated: bool,
+    /// The tokens the request used, and who counted them.
+    pub tokens: Option<TokenUsage>,
     /// Completion tokens estimated from the text an event stream relayed (`ContentCounter`);
     /// `None` when the answer was not an event stream.
     pub relayed_tokens: Option<u64>,
@@ -411,12 +55,12 @@ pub struct Finish {
     /// end); `None` when the gateway read the body itself.
     pub received: Option<std::sync::Arc<AtomicU64>>,
     /// The gateway-wide and the per-key in-flight slots, given back when this drops.
-    pub capacity: Option<crate::limit::CapacityGuard>,
-    pub slot: Option<crate::limit::Slot>,
+    pub capacity: Option<CapacityGuard>,
+    pub slot: Option<Slot>,
     /// Tokens reserved before forwarding, settled against the real usage.
-    pub token_charge: Option<crate::limit::TokenCharge>,
+    pub token_charge: Option<TokenCharge>,
     /// Where the metrics and the access line go (absent in unit tests).
-    pub gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
+    pub gateway: Option<Arc<Gateway>>,
     /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
     pub probe: bool,
     /// The request's path and query (only the path is logged).
@@ -424,9 +68,31 @@ pub struct Finish {
     pub version: http::Version,
     pub user_agent: Option<http::HeaderValue>,
     /// The upstream's metric handles, when the request was forwarded.
-    pub upstream_series: Option<std::sync::Arc<crate::ops::metrics::UpstreamSeries>>,
+    pub upstream_series: Option<Arc<UpstreamSeries>>,
     /// How the upstream's response stream failed, if it did.
-    pub stream_error: Option<crate::ops::metrics::UpstreamError>,
+    pub stream_error: Option<UpstreamError>,
+}
+
+/// A request's token usage, and who counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUsage {
+    /// The upstream's own `usage`.
+    Reported(Tokens),
+    /// The gateway's estimate, for a request that ended before the upstream reported its
+    /// usage (see `RequestRecord::estimate`).
+    Estimated(Tokens),
+}
+
+impl TokenUsage {
+    pub fn tokens(self) -> Tokens {
+        match self {
+            TokenUsage::Reported(t) | TokenUsage::Estimated(t) => t,
+        }
+    }
+
+    pub fn is_estimated(self) -> bool {
+        matches!(self, TokenUsage::Estimated(_))
+    }
 }
 
 /// The status of a request whose client left before its answer's head (nginx's "client
@@ -434,14 +100,37 @@ pub struct Finish {
 /// with `complete = false`, as nginx logs it.
 pub const CLIENT_CLOSED: u16 = 499;
 
-impl Finish {
+impl RequestRecord {
+    /// The record of a request that has just arrived on `gw` from `client`, with the request
+    /// facts the access line logs.
+    pub fn begin<B>(
+        gw: &Arc<Gateway>,
+        req: &http::Request<B>,
+        request_id: http::HeaderValue,
+        client: std::net::IpAddr,
+    ) -> Box<RequestRecord> {
+        let mut record = Box::new(RequestRecord::new(request_id, req.method().clone(), client));
+        record.gateway = Some(Arc::clone(gw));
+        record.path = req.uri().path_and_query().cloned();
+        record.version = req.version();
+        record.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        record
+    }
+
+    /// Counts the request against its key (usage, last used), and keeps the key for the
+    /// access line and the settlement.
+    pub fn count_use(&mut self, key: &KeyRef, now: Timestamp) {
+        self.key = Some(key.clone());
+        key.state().usage.touch(now);
+    }
+
     /// A request not answered yet: should it be dropped as it is, its client left.
     pub fn new(
         request_id: http::HeaderValue,
         method: http::Method,
         client: std::net::IpAddr,
-    ) -> Finish {
-        Finish {
+    ) -> RequestRecord {
+        RequestRecord {
             request_id,
             client,
             key: None,
@@ -455,7 +144,6 @@ impl Finish {
             added_latency: None,
             upstream: None,
             tokens: None,
-            tokens_estimated: false,
             relayed_tokens: None,
             complete: false,
             bytes_sent: 0,
@@ -501,20 +189,18 @@ impl Finish {
     }
 }
 
-impl Drop for Finish {
+impl Drop for RequestRecord {
     fn drop(&mut self) {
         if let Some(c) = &self.received {
             self.bytes_received = c.load(Ordering::Relaxed);
         }
         if self.tokens.is_none() {
-            self.tokens = self.estimate();
-            self.tokens_estimated = self.tokens.is_some();
+            self.tokens = self.estimate().map(TokenUsage::Estimated);
         }
         if let Some(charge) = self.token_charge.take() {
-            use crate::limit::Used;
             let used = match self.tokens {
-                Some(t) if self.tokens_estimated => Used::Estimated(t.prompt + t.completion),
-                Some(t) => Used::Reported(t.prompt + t.completion),
+                Some(TokenUsage::Estimated(t)) => Used::Estimated(t.prompt + t.completion),
+                Some(TokenUsage::Reported(t)) => Used::Reported(t.prompt + t.completion),
                 None if (200..300).contains(&self.status) => Used::Reservation,
                 None => Used::Nothing,
             };
@@ -524,7 +210,7 @@ impl Drop for Finish {
             let usage = &k.state().usage;
             usage.record_status(self.status);
             if let Some(t) = self.tokens {
-                usage.add_tokens(t, self.tokens_estimated);
+                usage.add_tokens(t.tokens(), t.is_estimated());
             }
         }
         let total = self.started.elapsed();
@@ -532,117 +218,25 @@ impl Drop for Finish {
         let Some(gw) = self.gateway.take() else {
             return;
         };
-        gw.metrics.record_request(self, total, added);
+        gw.metrics.record_request(&RequestSample {
+            route: self.route,
+            status: self.status,
+            code: self.error_code,
+            key_id: self.key.as_ref().map(|k| k.id.as_str()),
+            total,
+            added,
+            upstream: self
+                .upstream_series
+                .as_deref()
+                .map(|s| (s, self.upstream_latency)),
+            stream_error: self.stream_error,
+            tokens: self.tokens.map(TokenUsage::tokens),
+        });
         if let Some(log) = gw.logging.get() {
             let config = gw.config();
             if !self.probe || config.log.probes {
-                log.access(self, total, added, &config.keys.prefix);
+                access_log::write(log, self, total, added, &config.keys.prefix);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_json_usage() {
-        let mut s = UsageScanner::default();
-        s.feed(br#"{"choices":[{"text":"\"prompt_tokens\": 99"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#);
-        assert_eq!(
-            s.tokens(),
-            Some(Tokens {
-                prompt: 12,
-                completion: 7
-            })
-        );
-    }
-
-    #[test]
-    fn split_across_chunks_at_every_point() {
-        let body = br#"data: {"choices":[],"usage":{"prompt_tokens":123,"completion_tokens":4567}}
-
-data: [DONE]
-
-"#;
-        for cut in 1..body.len() {
-            let mut s = UsageScanner::default();
-            s.feed(&body[..cut]);
-            s.feed(&body[cut..]);
-            assert_eq!(
-                s.tokens(),
-                Some(Tokens {
-                    prompt: 123,
-                    completion: 4567
-                }),
-                "cut at {cut}"
-            );
-        }
-    }
-
-    fn count(chunks: &[&[u8]]) -> u64 {
-        let mut c = ContentCounter::default();
-        for ch in chunks {
-            c.feed(ch);
-        }
-        c.tokens()
-    }
-
-    #[test]
-    fn content_counter_counts_relayed_text_wherever_the_chunks_split() {
-        let stream: &[u8] = concat!(
-            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
-            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n",
-            ": keep-alive \"stray quote\n",
-            "data: {\"choices\":[{\"delta\": {\"content\" : \" wonderful\"}}]}\n\n",
-            "data: {\"choices\":[{\"text\":\"a\\\"b\\\\c\",\"type\":\"text\"}]}\n\n",
-            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"\u{65e5}\u{672c}\u{8a9e}\u{3067}\u{3059}\"}}]}\n\n",
-            "data: {\"choices\":[{\"delta\":{\"content\":null,\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}}]}\n\n",
-            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
-            "data: [DONE]\n\n",
-        )
-        .as_bytes();
-        // "Hello" 1; " wonderful" (10 chars) 2; `a\"b\\c` (5 chars, escapes as one) 1;
-        // five CJK characters 1; `{\"city\":\"Paris\"}` (16 chars) 4; empty and null: 0.
-        let want = 1 + 2 + 1 + 1 + 4;
-        assert_eq!(count(&[stream]), want);
-        for cut in 1..stream.len() {
-            assert_eq!(
-                count(&[&stream[..cut], &stream[cut..]]),
-                want,
-                "cut at {cut}"
-            );
-        }
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(count(&bytes), want, "byte by byte");
-    }
-
-    #[test]
-    fn content_counter_edge_cases() {
-        // A value cut off mid-string counts what arrived.
-        assert_eq!(count(&[b"data: {\"content\":\"abcdefghij"]), 2);
-        // Only string values of content fields, not names, other fields or array members.
-        assert_eq!(
-            count(&[br#"{"type":"content","content":["abcdefgh"],"x":"content"}"#]),
-            0
-        );
-        // A name longer than any content field is skipped, not overflowed.
-        assert_eq!(
-            count(&[br#"{"an_extremely_long_field_name_here":"content","text":"abcd"}"#]),
-            1
-        );
-        // A whole plain JSON answer: one value, 4 characters a token.
-        assert_eq!(
-            count(&[br#"{"choices":[{"message":{"role":"assistant","content":"0123456789abcdefghij"}}]}"#]),
-            5
-        );
-    }
-
-    #[test]
-    fn no_usage() {
-        let mut s = UsageScanner::default();
-        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
-        assert_eq!(s.tokens(), None);
     }
 }

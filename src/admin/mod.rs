@@ -1,19 +1,21 @@
 //! The management API (SPEC §7), behind the `admin` scope on the main listener.
 //!
 //! Writes go through the same locked, atomic `KeyStore::update` as the CLI, then this
-//! gateway reloads its index at once; other gateways watching the file follow by reload.
+//! gateway reloads its index at once (once: its own watcher then finds the file it loaded);
+//! other gateways watching the file follow by reload.
 //! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
 
 pub mod console;
 
-use crate::account::{Finish, UsageSnapshot};
+use crate::account::RequestRecord;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
+use crate::keys::file::{KeyFile, StoreError};
 use crate::keys::index::KeyRef;
-use crate::keys::store::{KeyFile, KeyLimits, KeyRecord, NewKey, StoreError};
-use crate::ops::logging::{Audit, AuditEvent};
-use crate::pipeline::json;
-use crate::proxy::response_body::Body;
+use crate::keys::record::{KeyLimits, KeyRecord, NewKey};
+use crate::keys::usage::UsageSnapshot;
+use crate::ops::audit::{Audit, AuditEvent};
+use crate::proxy::response_body::{json, Body};
 use crate::time::Timestamp;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -45,28 +47,6 @@ struct RotateBody {
     grace_seconds: u64,
 }
 
-impl From<StoreError> for GatewayError {
-    fn from(e: StoreError) -> GatewayError {
-        match e {
-            StoreError::ReadOnly { .. } => GatewayError::ReadOnlyKeyStore,
-            StoreError::NotFound(id) => {
-                GatewayError::NotFound(format!("No API key with id `{id}`."))
-            }
-            StoreError::Rejected(m) => GatewayError::InvalidRequest(m),
-            StoreError::Field(f) => GatewayError::InvalidParam {
-                param: f.field.to_string(),
-                message: format!("{f}."),
-            },
-            other => {
-                tracing::error!(error = %other, "key store operation failed");
-                GatewayError::Internal(
-                    "The key store could not be updated; see the gateway log.".into(),
-                )
-            }
-        }
-    }
-}
-
 fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
     let idx = live.keys.as_ref()?;
     idx.by_id(id)?;
@@ -80,14 +60,14 @@ fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
 async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     body: Incoming,
     required: bool,
-    finish: &mut Finish,
+    record: &mut RequestRecord,
 ) -> Result<T, GatewayError> {
     let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
         .collect()
         .await
         .map_err(|_| GatewayError::TooLarge(MAX_ADMIN_BODY as u64))?
         .to_bytes();
-    finish.bytes_received = bytes.len() as u64;
+    record.bytes_received = bytes.len() as u64;
     if bytes.iter().all(u8::is_ascii_whitespace) && !required {
         return Ok(T::default());
     }
@@ -98,66 +78,9 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
-    de.end().map_err(|e| {
-        GatewayError::InvalidRequest(format!(
-            "Invalid request body: {} after the JSON object.",
-            crate::keys::store::strip_position(&e.to_string())
-        ))
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(GatewayError::json_body)?;
+    de.end().map_err(|e| GatewayError::json_trailing(&e))?;
     Ok(value)
-}
-
-/// A body that does not deserialize, with the field it is about named in the message and in
-/// `param` (`limits.requests_per_minute`), or a plain 400 when it is not JSON at all.
-fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> GatewayError {
-    let inner = e.inner();
-    let message = crate::keys::store::strip_position(&inner.to_string());
-    if inner.is_syntax() || inner.is_eof() {
-        return GatewayError::InvalidRequest(format!(
-            "Invalid request body: {message} at line {}, column {}.",
-            inner.line(),
-            inner.column()
-        ));
-    }
-    let path = e.path().to_string();
-    let at = |field: &str| match path.as_str() {
-        "." => field.to_string(),
-        p => format!("{p}.{field}"),
-    };
-    // serde names a missing or unknown field only in its message; the path is the object's.
-    let named = |prefix: &str| {
-        message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(field, rest)| (field.to_string(), rest.to_string()))
-    };
-    if let Some((field, _)) = named("missing field `") {
-        let param = at(&field);
-        return GatewayError::InvalidParam {
-            message: format!("The request body lacks the required field `{param}`."),
-            param,
-        };
-    }
-    if let Some((field, rest)) = named("unknown field `") {
-        // Here the path already ends at the unknown field.
-        let param = if path.ends_with(field.as_str()) {
-            path.clone()
-        } else {
-            at(&field)
-        };
-        return GatewayError::InvalidParam {
-            message: format!("Unknown field `{param}` in the request body{rest}."),
-            param,
-        };
-    }
-    if path == "." {
-        return GatewayError::InvalidRequest(format!("Invalid request body: {message}."));
-    }
-    GatewayError::InvalidParam {
-        message: format!("Invalid `{path}` in the request body: {message}."),
-        param: path,
-    }
 }
 
 /// Runs a key-file change on a blocking thread, records it in the audit trail as `action` by
@@ -215,7 +138,7 @@ pub async fn handle(
     live: &Live,
     admin: &KeyRef,
     req: Request<Incoming>,
-    finish: &mut Finish,
+    record: &mut RequestRecord,
 ) -> Result<http::Response<Body>, GatewayError> {
     let prefix = live.config.keys.prefix.clone();
     let now = Timestamp::now();
@@ -224,7 +147,7 @@ pub async fn handle(
         .to_string();
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    finish.route = "admin";
+    record.route = "admin";
     // HEAD reads like GET (the gateway drops the body).
     let matched = if method == Method::HEAD {
         Method::GET
@@ -233,7 +156,7 @@ pub async fn handle(
     };
     match (&matched, segs.as_slice()) {
         (&Method::POST, []) => {
-            let b: CreateBody = read_json(req.into_body(), true, finish).await?;
+            let b: CreateBody = read_json(req.into_body(), true, record).await?;
             let expires_at = match (b.expires_in_days, b.expires_at) {
                 (Some(_), Some(_)) => {
                     return Err(GatewayError::InvalidParam {
@@ -297,7 +220,7 @@ pub async fn handle(
             Ok(json(StatusCode::OK, &v))
         }
         (&Method::POST, [id, "rotate"]) => {
-            let b: RotateBody = read_json(req.into_body(), false, finish).await?;
+            let b: RotateBody = read_json(req.into_body(), false, record).await?;
             let (id, p) = (id.to_string(), prefix.clone());
             let (rec, token) = write(
                 gw,

@@ -16,7 +16,7 @@
 //! the other way.
 
 use crate::error::GatewayError;
-use crate::proxy::response_body::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
+use crate::proxy::idle::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
 use bytes::Bytes;
 use http::header::{HeaderMap, CONTENT_DISPOSITION};
 use http_body::Frame;
@@ -202,15 +202,8 @@ impl MultipartBody {
     /// The refusal for a parser error before anything was forwarded.
     fn gateway_error(&self, e: &multer::Error) -> GatewayError {
         match lock(&self.source).failure.take() {
-            Some(f) => {
-                if let Some(t) = f.downcast_ref::<BodyTooLarge>() {
-                    GatewayError::TooLarge(t.0)
-                } else if f.is::<IdleTimeout>() {
-                    GatewayError::InvalidRequest("The request body did not arrive in time.".into())
-                } else {
-                    GatewayError::InvalidRequest(format!("{f}."))
-                }
-            }
+            Some(f) => GatewayError::client_body(&*f)
+                .unwrap_or_else(|| GatewayError::InvalidRequest(format!("{f}."))),
             None => GatewayError::InvalidRequest(format!(
                 "The multipart/form-data body is malformed: {}.",
                 malformed(e)

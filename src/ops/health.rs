@@ -1,4 +1,4 @@
-//! Upstream health checks, for readiness: an upstream with `health = "/health"` is asked on
+//! Running the upstream health checks (`proxy::health`), for readiness: an upstream with `health = "/health"` is asked on
 //! its own interval, in the background, and `/readyz` reads the cached answer. A probe never
 //! causes a request upstream, however often the kubelet or a load balancer asks.
 //!
@@ -9,95 +9,16 @@
 //! only affects readiness: requests are still forwarded and fail or succeed on their own.
 
 use crate::gateway::Gateway;
-use crate::proxy::upstream::Upstream;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::proxy::health::{CheckError, HealthState, Status};
+use crate::proxy::request_body::UpBody;
+use crate::proxy::response_body::Body;
+use crate::proxy::upstream::{error_chain, Upstream};
+use http::header::{self, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::BodyExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// What the last check said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Status {
-    /// Not checked yet (at start, or since the check was configured).
-    Unknown = 0,
-    Up = 1,
-    Down = 2,
-}
-
-/// The cached result of an upstream's health check, shared across config reloads that keep
-/// the same upstream and check.
-#[derive(Debug)]
-pub struct HealthState {
-    status: AtomicU8,
-    /// A check is running: the next is not started until it ends.
-    checking: AtomicBool,
-    next: Mutex<Option<Instant>>,
-}
-
-impl Default for HealthState {
-    fn default() -> Self {
-        HealthState {
-            status: AtomicU8::new(Status::Unknown as u8),
-            checking: AtomicBool::new(false),
-            next: Mutex::new(None),
-        }
-    }
-}
-
-impl HealthState {
-    pub fn status(&self) -> Status {
-        match self.status.load(Ordering::Acquire) {
-            1 => Status::Up,
-            2 => Status::Down,
-            _ => Status::Unknown,
-        }
-    }
-
-    /// `Some(up)` once checked.
-    pub fn is_up(&self) -> Option<bool> {
-        match self.status() {
-            Status::Unknown => None,
-            s => Some(s == Status::Up),
-        }
-    }
-
-    /// Claims the next check if it is due at `now`; returns when the one after is due.
-    fn claim(&self, now: Instant, interval: Duration) -> (bool, Instant) {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let due = next.unwrap_or(now);
-        if due > now || self.checking.load(Ordering::Acquire) {
-            return (false, due.max(now + Duration::from_millis(10)));
-        }
-        self.checking.store(true, Ordering::Release);
-        let after = now + interval;
-        *next = Some(after);
-        (true, after)
-    }
-
-    /// Records a result; returns the previous status.
-    fn record(&self, up: bool) -> Status {
-        let s = if up { Status::Up } else { Status::Down };
-        let before = self.status.swap(s as u8, Ordering::AcqRel);
-        self.checking.store(false, Ordering::Release);
-        match before {
-            1 => Status::Up,
-            2 => Status::Down,
-            _ => Status::Unknown,
-        }
-    }
-}
-
-/// Why an upstream failed its check, for the log.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error("answered {0}")]
-    Status(http::StatusCode),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Send(String),
-}
 
 /// Checks every upstream with a health check when it is due, until the task is aborted.
 /// Reads the live upstream list each round, so a config reload that adds, changes or removes
@@ -121,7 +42,7 @@ pub async fn run(gw: Arc<Gateway>) {
 }
 
 async fn check_one(u: Arc<Upstream>, state: Arc<HealthState>) {
-    let result = u.check_health().await;
+    let result = check(&u).await;
     let before = state.record(result.is_ok());
     u.series.set_up(result.is_ok());
     match (before, result) {
@@ -134,23 +55,42 @@ async fn check_one(u: Arc<Upstream>, state: Arc<HealthState>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_check_is_claimed_once_per_interval_and_never_twice_at_once() {
-        let s = HealthState::default();
-        let t0 = Instant::now();
-        let i = Duration::from_secs(5);
-        assert_eq!(s.claim(t0, i), (true, t0 + i));
-        // Due again only after the interval, and only once the running check ended.
-        assert!(!s.claim(t0 + Duration::from_secs(1), i).0);
-        assert!(!s.claim(t0 + i, i).0, "still checking");
-        assert_eq!(s.record(false), Status::Unknown);
-        assert_eq!(s.is_up(), Some(false));
-        assert!(s.claim(t0 + i, i).0);
-        assert_eq!(s.record(true), Status::Down);
-        assert_eq!(s.status(), Status::Up);
+/// Runs `u`'s health check once: `GET` the check's path on a pooled connection, a 2xx within
+/// the interval is up. The body is read (bounded) so the connection is reused.
+pub async fn check(u: &Upstream) -> Result<(), CheckError> {
+    let Some(check) = &u.config.health else {
+        return Ok(());
+    };
+    let mut req = Request::new(UpBody::full(bytes::Bytes::new()));
+    *req.uri_mut() = Uri::from(check.path.clone());
+    let h = req.headers_mut();
+    h.insert(header::HOST, u.host().clone());
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("keygate-health/", env!("CARGO_PKG_VERSION"))),
+    );
+    if let Some(k) = &u.config.api_key {
+        h.insert(header::AUTHORIZATION, k.clone());
     }
+    let attempt = async {
+        let (resp, lease) = u
+            .pool()
+            .send(req)
+            .await
+            .map_err(|e| CheckError::Send(error_chain(&e)))?;
+        let status = resp.status();
+        let body = Body::upstream(resp.into_body(), lease, check.interval, false, false);
+        // Up to 64 KiB is read so the connection goes back to the pool; more is dropped.
+        let _ = http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(CheckError::Status(status))
+        }
+    };
+    tokio::time::timeout(check.interval, attempt)
+        .await
+        .map_err(|_| CheckError::Timeout(check.interval))?
 }

@@ -1,5 +1,5 @@
-//! Logs on stderr, text or JSON, with a level that a config reload can change; and the
-//! audit trail of key changes.
+//! Logs on stderr, text or JSON, with a level that a config reload can change. (The access
+//! line is formatted by `account::access_log`, the audit trail written by `ops::audit`.)
 //!
 //! Nothing is written on the request path: every line goes through a bounded queue to one
 //! writer thread, which writes whatever has queued in one batch (one `write` for many lines).
@@ -11,11 +11,8 @@
 //!
 //! Colour codes only when stderr is a terminal, never in a file, a pipe or `kubectl logs`.
 
-use crate::account::Finish;
 use crate::config::{LogConfig, LogFormat};
-use std::fs::{File, OpenOptions};
-use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -30,10 +27,6 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 const QUEUE_LINES: usize = 16 * 1024;
 /// The writer writes at least this much at once when that much has queued.
 const BATCH_BYTES: usize = 64 * 1024;
-/// Free-form values (user agent, model, key name) are cut to this many bytes.
-const MAX_FIELD: usize = 256;
-/// A path is cut to this many bytes.
-const MAX_PATH: usize = 2048;
 
 enum Msg {
     Line(Vec<u8>),
@@ -233,266 +226,15 @@ impl Logging {
         self.sink.flush(Duration::from_secs(2));
     }
 
-    /// Queues the access line for `f`, if `keygate::access` is enabled at info.
-    pub fn access(&self, f: &Finish, total: Duration, added: Duration, key_prefix: &str) {
-        if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
-            return;
-        }
-        let mut line = Vec::with_capacity(512);
-        format_access(
-            &mut line,
-            self.format,
-            std::time::SystemTime::now(),
-            f,
-            total,
-            added,
-            key_prefix,
-        );
+    /// The format of the lines.
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    /// Queues an access line (`account::access_log`): dropped, and counted, when the writer
+    /// cannot keep up, rather than making the request wait.
+    pub fn offer_access(&self, line: Vec<u8>) {
         self.sink.offer(line);
-    }
-}
-
-/// One field writer for either format: text is `key=value` (quoted and escaped when the value
-/// needs it, `-` when absent), JSON is an object member (`null` when absent).
-struct Fields<'a> {
-    out: &'a mut Vec<u8>,
-    json: bool,
-}
-
-impl Fields<'_> {
-    fn key(&mut self, k: &str) {
-        if self.json {
-            self.out.extend_from_slice(b",\"");
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.extend_from_slice(b"\":");
-        } else {
-            self.out.push(b' ');
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.push(b'=');
-        }
-    }
-
-    fn absent(&mut self) {
-        let v: &[u8] = if self.json { b"null" } else { b"-" };
-        self.out.extend_from_slice(v);
-    }
-
-    fn str(&mut self, k: &str, v: Option<&str>) {
-        self.key(k);
-        match v {
-            None => self.absent(),
-            Some(v) if self.json => {
-                let _ = serde_json::to_writer(&mut *self.out, v);
-            }
-            Some(v) if is_bare(v) => self.out.extend_from_slice(v.as_bytes()),
-            Some(v) => {
-                let _ = write!(self.out, "{v:?}");
-            }
-        }
-    }
-
-    fn num(&mut self, k: &str, v: Option<u64>) {
-        self.key(k);
-        match v {
-            None => self.absent(),
-            Some(n) => {
-                let _ = write!(self.out, "{n}");
-            }
-        }
-    }
-
-    fn bool(&mut self, k: &str, v: bool) {
-        self.key(k);
-        let v: &[u8] = if v { b"true" } else { b"false" };
-        self.out.extend_from_slice(v);
-    }
-}
-
-/// A text value that needs no quotes: printable ASCII without quote, backslash or `=`.
-fn is_bare(v: &str) -> bool {
-    !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=')
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-fn protocol(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_11 => "HTTP/1.1",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP",
-    }
-}
-
-/// The path as logged: never the query (it can carry a key or other secrets), and a path
-/// segment that holds something shaped like one of our keys (`<prefix>_…`) is replaced.
-fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str> {
-    let path = clip(path, MAX_PATH);
-    let mut needle = String::with_capacity(key_prefix.len() + 1);
-    needle.push_str(key_prefix);
-    needle.push('_');
-    if key_prefix.is_empty() || memchr::memmem::find(path.as_bytes(), needle.as_bytes()).is_none() {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let redacted: Vec<&str> = path
-        .split('/')
-        .map(|seg| {
-            if seg.contains(needle.as_str()) {
-                "[redacted]"
-            } else {
-                seg
-            }
-        })
-        .collect();
-    std::borrow::Cow::Owned(redacted.join("/"))
-}
-
-/// Formats the access line for `f` into `out` (one line, newline included).
-pub fn format_access(
-    out: &mut Vec<u8>,
-    format: LogFormat,
-    at: std::time::SystemTime,
-    f: &Finish,
-    total: Duration,
-    added: Duration,
-    key_prefix: &str,
-) {
-    let json = format == LogFormat::Json;
-    let ts = humantime::format_rfc3339_micros(at);
-    if json {
-        let _ = write!(
-            out,
-            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"target\":\"keygate::access\",\"message\":\"request\""
-        );
-    } else {
-        let _ = write!(out, "{ts}  INFO keygate::access: request");
-    }
-    let mut w = Fields { out, json };
-    w.str("request_id", f.request_id.to_str().ok());
-    let client = f.client.to_string();
-    w.str("client_addr", Some(&client));
-    w.str("method", Some(f.method.as_str()));
-    let path = f.path.as_ref().map(|p| logged_path(p.path(), key_prefix));
-    w.str("path", path.as_deref());
-    w.str("protocol", Some(protocol(f.version)));
-    let ua = f
-        .user_agent
-        .as_ref()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()));
-    w.str("user_agent", ua.as_deref().map(|s| clip(s, MAX_FIELD)));
-    w.str("key_id", f.key.as_ref().map(|k| &*k.id));
-    w.str("key_name", f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)));
-    w.str("route", (f.route != "-").then_some(f.route));
-    w.str("model", f.model.as_deref().map(|m| clip(m, MAX_FIELD)));
-    w.str("upstream", f.upstream.as_deref());
-    w.num("status", Some(u64::from(f.status)));
-    w.str("error", f.error_code.or(f.stream_error.map(|e| e.code())));
-    w.bool("complete", f.complete);
-    w.num("latency_us", Some(total.as_micros() as u64));
-    w.num(
-        "upstream_us",
-        f.upstream_latency.map(|d| d.as_micros() as u64),
-    );
-    w.num("added_us", Some(added.as_micros() as u64));
-    w.num("prompt_tokens", f.tokens.map(|t| t.prompt));
-    w.num("completion_tokens", f.tokens.map(|t| t.completion));
-    w.bool("tokens_estimated", f.tokens_estimated);
-    w.num("bytes_received", Some(f.bytes_received));
-    w.num("bytes_sent", Some(f.bytes_sent));
-    if json {
-        out.push(b'}');
-    }
-    out.push(b'\n');
-}
-
-/// One key change: who did what to which key.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditEvent<'a> {
-    pub action: &'a str,
-    pub key_id: &'a str,
-    pub key_name: &'a str,
-    /// `cli:<user>` or `api:<admin key id>`.
-    pub by: &'a str,
-}
-
-/// Where audit records go: always the log (`keygate::audit` on stderr), and `[log] audit_file`
-/// when set. Opened before a change is made, so a change is refused rather than made
-/// unaudited when the audit file cannot be written.
-pub struct Audit {
-    file: Option<(PathBuf, File)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the audit file {path}: {source}")]
-pub struct AuditError {
-    pub path: PathBuf,
-    pub source: io::Error,
-}
-
-impl Audit {
-    /// Opens `audit_file` for appending (created 0600 if missing).
-    pub fn open(audit_file: Option<&Path>) -> Result<Audit, AuditError> {
-        let file = match audit_file {
-            None => None,
-            Some(path) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|source| AuditError {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                Some((path.to_path_buf(), f))
-            }
-        };
-        Ok(Audit { file })
-    }
-
-    /// Logs `e` and appends it to the audit file as one JSON line, fsynced. The log line has
-    /// the name escaped (it may reach a terminal; a hand-edited file can hold anything); the
-    /// audit file has it exactly.
-    pub fn record(&mut self, e: &AuditEvent<'_>) -> Result<(), AuditError> {
-        tracing::info!(target: "keygate::audit", action = %e.action, key_id = %e.key_id, key_name = %crate::text::Escaped(e.key_name), by = %e.by, "key {}", e.action);
-        let Some((path, file)) = &mut self.file else {
-            return Ok(());
-        };
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            timestamp: crate::time::Timestamp,
-            #[serde(flatten)]
-            event: &'a AuditEvent<'a>,
-        }
-        let err = |source: io::Error| AuditError {
-            path: path.clone(),
-            source,
-        };
-        let mut line = serde_json::to_vec(&Line {
-            timestamp: crate::time::Timestamp::now(),
-            event: e,
-        })
-        .map_err(|e| err(io::Error::other(e)))?;
-        line.push(b'\n');
-        // One write of the whole line, so lines from concurrent writers (O_APPEND) never mix.
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .map_err(err)
     }
 }
 
@@ -557,32 +299,5 @@ mod tests {
         assert!(text.ends_with("audit\n"), "{text}");
         assert_eq!(text.matches("access\n").count(), offered);
         assert_eq!(sink.dropped(), 2);
-    }
-
-    #[test]
-    fn text_values_are_quoted_only_when_needed() {
-        let mut out = Vec::new();
-        let mut w = Fields {
-            out: &mut out,
-            json: false,
-        };
-        w.str("a", Some("plain/1.0"));
-        w.str("b", Some("two words \"q\"\nx"));
-        w.str("c", None);
-        w.str("d", Some(""));
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#" a=plain/1.0 b="two words \"q\"\nx" c=- d="""#
-        );
-    }
-
-    #[test]
-    fn paths_never_carry_a_key() {
-        assert_eq!(
-            logged_path("/v1/chat/completions", "sk_kg"),
-            "/v1/chat/completions"
-        );
-        assert_eq!(logged_path("/v1/sk_kg_abc/x", "sk_kg"), "/v1/[redacted]/x");
-        assert_eq!(clip("héllo", 2), "h");
     }
 }

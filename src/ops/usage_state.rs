@@ -2,8 +2,8 @@
 //! and last-used times. Kept in memory by the request path (atomics in each key's entry) and
 //! written to `[keys] state_file` on an interval and at shutdown, atomically.
 
-use crate::account::UsageSnapshot;
 use crate::gateway::Gateway;
+use crate::keys::usage::UsageSnapshot;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -46,19 +46,15 @@ fn fingerprint(gw: &Gateway) -> u64 {
 }
 
 /// Writes the counters of every key that has been used, unless nothing changed since the
-/// write that left `last` (a fingerprint this function keeps up to date). Returns whether it
-/// wrote.
-pub fn save_if_changed(
-    gw: &Gateway,
-    path: &Path,
-    last: &std::sync::atomic::AtomicU64,
-) -> std::io::Result<bool> {
+/// write that left `last` (a fingerprint of the counters, which this function keeps up to
+/// date; its owner is the maintenance task). Returns whether it wrote.
+pub fn save_if_changed(gw: &Gateway, path: &Path, last: &mut u64) -> std::io::Result<bool> {
     let now = fingerprint(gw);
-    if now == last.load(std::sync::atomic::Ordering::Relaxed) {
+    if now == *last {
         return Ok(false);
     }
     save_state(gw, path)?;
-    last.store(now, std::sync::atomic::Ordering::Relaxed);
+    *last = now;
     Ok(true)
 }
 
@@ -71,7 +67,7 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
     let mut keys = load_state(path).unwrap_or_default();
     for (id, state) in idx.used() {
         let snap = state.usage.snapshot();
-        if snap != crate::account::UsageSnapshot::default() {
+        if snap != UsageSnapshot::default() {
             keys.insert(id.to_string(), snap);
         }
     }

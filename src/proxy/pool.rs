@@ -12,7 +12,7 @@
 //! connection is dropped, and the next one is tried. A request that could not be written on a
 //! reused connection is sent again on another.
 
-use crate::proxy::response_body::UpBody;
+use crate::proxy::request_body::UpBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -56,7 +56,7 @@ pub struct Pool {
     /// reported when a request tries to connect).
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(Instant, Box<Conn>)>>,
+    idle: Mutex<Vec<(Instant, Box<UpstreamConn>)>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -141,7 +141,7 @@ impl Pool {
     }
 
     /// An idle connection that is still open, if there is one.
-    async fn checkout(&self) -> Option<Box<Conn>> {
+    async fn checkout(&self) -> Option<Box<UpstreamConn>> {
         loop {
             let mut conn = self.pop()?;
             if poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
@@ -150,7 +150,7 @@ impl Pool {
         }
     }
 
-    fn pop(&self) -> Option<Box<Conn>> {
+    fn pop(&self) -> Option<Box<UpstreamConn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let (since, conn) = idle.pop()?;
         if since.elapsed() < IDLE_FOR {
@@ -186,14 +186,14 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn put(&self, conn: Box<Conn>) {
+    fn put(&self, conn: Box<UpstreamConn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), conn));
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, SendError> {
+    async fn connect(&self) -> Result<Box<UpstreamConn>, SendError> {
         let addr = || format!("{}:{}", self.host, self.port);
         let tls = match &self.tls {
             None => None,
@@ -204,8 +204,10 @@ impl Pool {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
             Ok::<_, io::Error>(match tls {
-                None => Stream::Plain(tcp),
-                Some((tls, name)) => Stream::Tls(Box::new(tls.connect(name.clone(), tcp).await?)),
+                None => Transport::Plain(tcp),
+                Some((tls, name)) => {
+                    Transport::Tls(Box::new(tls.connect(name.clone(), tcp).await?))
+                }
             })
         })
         .await
@@ -219,7 +221,7 @@ impl Pool {
             .writev(false)
             .handshake(TokioIo::new(io))
             .await?;
-        Ok(Box::new(Conn {
+        Ok(Box::new(UpstreamConn {
             sender,
             conn,
             done: false,
@@ -228,13 +230,13 @@ impl Pool {
 }
 
 /// One HTTP/1.1 connection: the half that takes requests and the half that does the I/O.
-struct Conn {
+struct UpstreamConn {
     sender: http1::SendRequest<UpBody>,
-    conn: http1::Connection<TokioIo<Stream>, UpBody>,
+    conn: http1::Connection<TokioIo<Transport>, UpBody>,
     done: bool,
 }
 
-impl Conn {
+impl UpstreamConn {
     /// Moves the connection along (writes, reads, notices a hangup); false once it has ended.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.done {
@@ -256,7 +258,7 @@ impl Conn {
 /// A connection in use by one request. Dropped before the response ended, it closes the
 /// connection (which is how a generation is cancelled when the client leaves).
 pub struct Lease {
-    conn: Option<Box<Conn>>,
+    conn: Option<Box<UpstreamConn>>,
     pool: Arc<Pool>,
 }
 
@@ -279,33 +281,33 @@ impl Lease {
 }
 
 /// Plain TCP or TLS, as the upstream's URL says.
-enum Stream {
+enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for Stream {
+impl AsyncRead for Transport {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl AsyncWrite for Transport {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -315,29 +317,29 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

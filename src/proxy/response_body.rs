@@ -1,213 +1,31 @@
-//! The two bodies the gateway moves: the request going up and the response coming down.
+//! The body sent to the client, as it streams: a whole answer the gateway wrote, or an
+//! upstream's answer frame by frame.
 //!
-//! Both stream frame by frame. The response body carries the request's `Finish` record, so
-//! accounting, the in-flight slots and the access log are settled exactly when the client has
-//! the last byte, or has gone away, whichever comes first. An upstream answer also counts
-//! what it relays (bytes, and an event stream's text, for a stream cut short) and ends with
-//! an error when its key is revoked.
+//! It carries the request's `RequestRecord`, so accounting, the in-flight slots and the access
+//! log are settled exactly when the client has the last byte, or has gone away, whichever
+//! comes first. An upstream answer also counts what it relays (bytes, and an event stream's
+//! text, for a stream cut short) and ends with an error when its key is revoked.
 
-use crate::account::{ContentCounter, Finish, UsageScanner};
-use crate::keys::index::KeyState;
+use crate::account::scanner::{ContentCounter, UsageScanner};
+use crate::account::{RequestRecord, TokenUsage};
+use crate::error::GatewayError;
+use crate::keys::state::KeyState;
+use crate::ops::metrics::UpstreamError;
+use crate::proxy::idle::{BoxError, Idle, IdleTimeout};
+use crate::proxy::pool::Lease;
+use crate::proxy::stream_usage::UsageChunkFilter;
+use crate::server::connection::Exchange;
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Sleep};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A body frame did not arrive within the idle timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("no data for {0:?}")]
-pub struct IdleTimeout(pub Duration);
-
-/// The client's request body was malformed or broke off (a client fault, not the upstream's).
-#[derive(Debug, thiserror::Error)]
-#[error("the request body could not be read: {0}")]
-pub struct ClientBodyError(pub String);
-
-/// The request body exceeded `server.max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body over {0} bytes")]
-pub struct BodyTooLarge(pub u64);
-
-/// Polls `inner`, failing when no frame arrives for `idle`, or, with a total deadline, when
-/// the whole body has not arrived by then (a body dripped just under the idle gap). The
-/// timers are created only once `inner` makes the caller wait: a body whose frames are
-/// already there (most answers) never touches the timer wheel.
-pub struct Idle {
-    idle: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// A frame came since `sleep` was set: the next wait sets it again.
-    rearm: bool,
-    total: Option<Instant>,
-    total_sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Idle {
-    fn new(idle: Duration) -> Idle {
-        Idle {
-            idle,
-            sleep: None,
-            rearm: false,
-            total: None,
-            total_sleep: None,
-        }
-    }
-
-    pub(crate) fn with_total(idle: Duration, total: Duration) -> Idle {
-        Idle {
-            total: Some(Instant::now() + total),
-            ..Idle::new(idle)
-        }
-    }
-
-    pub(crate) fn poll_frame(
-        &mut self,
-        inner: &mut Incoming,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(r) => {
-                // The gap starts again at the next wait.
-                self.rearm = true;
-                Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
-            }
-            Poll::Pending => {
-                if let Some(deadline) = self.total {
-                    let total = self
-                        .total_sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if total.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
-                    }
-                }
-                let idle = self.idle;
-                let sleep = match &mut self.sleep {
-                    Some(s) => {
-                        if std::mem::take(&mut self.rearm) {
-                            s.as_mut().reset(Instant::now() + idle);
-                        }
-                        s
-                    }
-                    None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
-                };
-                ready!(sleep.as_mut().poll(cx));
-                Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))))
-            }
-        }
-    }
-}
-
-/// The body sent upstream: bytes already read (to check the model), the client's stream,
-/// or a multipart upload whose `model` was read while it streams.
-pub enum UpBody {
-    Full(Option<Bytes>),
-    Stream {
-        inner: Incoming,
-        idle: Idle,
-        limit: u64,
-        /// Bytes received so far, shared with the request's `Finish` (`bytes_received`).
-        seen: Arc<AtomicU64>,
-    },
-    Multipart(Box<crate::authorize::multipart::MultipartBody>),
-}
-
-impl UpBody {
-    pub fn full(b: Bytes) -> UpBody {
-        UpBody::Full((!b.is_empty()).then_some(b))
-    }
-
-    /// The exact length when the body is held in full.
-    pub fn exact_len(&self) -> Option<u64> {
-        match self {
-            UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { .. } | UpBody::Multipart(_) => None,
-        }
-    }
-
-    /// A multipart upload, forwarded as it streams (see `multipart`).
-    pub fn multipart(body: crate::authorize::multipart::MultipartBody) -> UpBody {
-        UpBody::Multipart(Box::new(body))
-    }
-
-    /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
-    /// `seen` counts the bytes as they pass.
-    pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
-        UpBody::Stream {
-            inner,
-            idle: Idle::with_total(timeout, timeout),
-            limit,
-            seen,
-        }
-    }
-}
-
-impl HttpBody for UpBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream {
-                inner,
-                idle,
-                limit,
-                seen,
-            } => {
-                let frame = ready!(idle.poll_frame(inner, cx));
-                match frame {
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            let len = d.len() as u64;
-                            if seen.fetch_add(len, Ordering::Relaxed) + len > *limit {
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
-                            }
-                        }
-                        // Trailers from the client are never forwarded: a credential could
-                        // hide there, and no OpenAI endpoint uses them.
-                        if f.is_trailers() {
-                            return Poll::Ready(None);
-                        }
-                        Poll::Ready(Some(Ok(f)))
-                    }
-                    Some(Err(e)) if e.is::<IdleTimeout>() => Poll::Ready(Some(Err(e))),
-                    Some(Err(e)) => {
-                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e.to_string())))))
-                    }
-                    None => Poll::Ready(None),
-                }
-            }
-            UpBody::Multipart(m) => m.poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Full(b) => b.is_none(),
-            UpBody::Stream { inner, .. } => inner.is_end_stream(),
-            UpBody::Multipart(m) => m.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { inner, .. } => inner.size_hint(),
-            UpBody::Multipart(_) => SizeHint::default(),
-        }
-    }
-}
 
 /// The key of an answer was revoked (or left the key file) while the answer streamed.
 #[derive(Debug, thiserror::Error)]
@@ -218,15 +36,15 @@ pin_project_lite::pin_project! {
     /// The body sent to the client.
     pub struct Body {
         kind: Kind,
-        finish: Option<Box<Finish>>,
+        record: Option<Box<RequestRecord>>,
         // Data bytes handed to the client's connection so far.
         sent: u64,
         // Ends an upstream answer when its key is revoked.
         #[pin]
         revoke: Option<RevokeWatch>,
         // The request's place on its connection: tells the connection's driver whether this
-        // answer is waiting on the client (see `crate::server::connection`). Dropped with the body.
-        stream: Option<crate::server::connection::Stream>,
+        // answer is waiting on the client (see `server::connection`). Dropped with the body.
+        exchange: Option<Exchange>,
     }
 
     impl PinnedDrop for Body {
@@ -245,7 +63,7 @@ pin_project_lite::pin_project! {
                 Kind::Full(_) => true,
                 upstream => upstream.is_end_stream(),
             };
-            settle(this.kind, this.finish, *this.sent, complete);
+            settle(this.kind, this.record, *this.sent, complete);
         }
     }
 }
@@ -255,7 +73,7 @@ enum Kind {
     Upstream {
         inner: Incoming,
         /// The upstream connection `inner` arrives on, polled by this body.
-        lease: crate::proxy::pool::Lease,
+        lease: Lease,
         idle: Idle,
         /// An upstream error held back for one poll (see `poll_frame`).
         broken: Option<BoxError>,
@@ -272,7 +90,7 @@ impl Kind {
         match self {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream { inner, strip, .. } => {
-                inner.is_end_stream() && strip.as_ref().is_none_or(|f| f.pending.is_empty())
+                inner.is_end_stream() && strip.as_ref().is_none_or(UsageChunkFilter::is_empty)
             }
         }
     }
@@ -324,65 +142,15 @@ impl RevokeWatch {
     }
 }
 
-/// Removes the usage-only SSE event (`"choices":[]` with a `usage`) that the gateway asked
-/// the upstream for on the client's behalf. Events pass through as soon as they are
-/// complete; only an incomplete event's bytes wait for the rest of it.
-#[derive(Default)]
-struct UsageChunkFilter {
-    pending: bytes::BytesMut,
-}
-
-impl UsageChunkFilter {
-    /// The complete events of `data` (and of what was pending), minus the usage chunk.
-    fn filter(&mut self, data: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(data);
-        let mut out = bytes::BytesMut::new();
-        while let Some(end) = event_end(&self.pending) {
-            let event = self.pending.split_to(end);
-            if !is_usage_only(&event) {
-                out.extend_from_slice(&event);
-            }
-        }
-        out.freeze()
-    }
-
-    fn rest(&mut self) -> Bytes {
-        self.pending.split().freeze()
-    }
-}
-
-/// Where the first complete SSE event ends (after its blank line), LF or CRLF.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn is_usage_only(event: &[u8]) -> bool {
-    if memchr::memmem::find(event, b"\"usage\"").is_none() {
-        return false;
-    }
-    let Some(json) = event.strip_prefix(b"data:") else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json.trim_ascii()) else {
-        return false;
-    };
-    v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object()
-}
-
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Body {
         let b = b.into();
         Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
-            finish: None,
+            record: None,
             sent: 0,
             revoke: None,
-            stream: None,
+            exchange: None,
         }
     }
 
@@ -390,7 +158,7 @@ impl Body {
     /// passes, and for an `event_stream` the text relayed is counted too.
     pub fn upstream(
         inner: Incoming,
-        lease: crate::proxy::pool::Lease,
+        lease: Lease,
         idle: Duration,
         scan: bool,
         event_stream: bool,
@@ -405,10 +173,10 @@ impl Body {
                 content: (scan && event_stream).then(Box::default),
                 strip: None,
             },
-            finish: None,
+            record: None,
             sent: 0,
             revoke: None,
-            stream: None,
+            exchange: None,
         }
     }
 
@@ -432,25 +200,28 @@ impl Body {
 
     /// Ties the body to its connection; from now until hyper first polls it, it waits on the
     /// client (an HTTP/2 stream without send window is never polled at all).
-    pub fn set_stream(&mut self, mut s: crate::server::connection::Stream) {
-        s.handed();
-        self.stream = Some(s);
+    pub fn set_exchange(&mut self, mut e: Exchange) {
+        e.handed();
+        self.exchange = Some(e);
     }
 
-    pub fn set_finish(&mut self, f: Box<Finish>) {
-        self.finish = Some(f);
+    pub fn set_record(&mut self, f: Box<RequestRecord>) {
+        self.record = Some(f);
     }
 }
 
-/// Hands the request's record what the body knows, and drops it (`Finish::drop` records and
+/// Hands the request's record what the body knows, and drops it (`RequestRecord::drop` records and
 /// logs). Once only: later calls find no record.
-fn settle(kind: &Kind, finish: &mut Option<Box<Finish>>, sent: u64, complete: bool) {
-    if let Some(mut f) = finish.take() {
+fn settle(kind: &Kind, record: &mut Option<Box<RequestRecord>>, sent: u64, complete: bool) {
+    if let Some(mut f) = record.take() {
         if let Kind::Upstream {
             scanner, content, ..
         } = kind
         {
-            f.tokens = scanner.as_ref().and_then(UsageScanner::tokens);
+            f.tokens = scanner
+                .as_ref()
+                .and_then(UsageScanner::tokens)
+                .map(TokenUsage::Reported);
             f.relayed_tokens = content.as_deref().map(ContentCounter::tokens);
         }
         f.bytes_sent = sent;
@@ -475,8 +246,8 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let mut revoke = this.revoke;
-        if let Some(s) = this.stream.as_mut() {
-            s.polled();
+        if let Some(e) = this.exchange.as_mut() {
+            e.polled();
         }
         let out = match &mut *this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -498,7 +269,7 @@ impl HttpBody for Body {
                     .as_ref()
                     .is_some_and(RevokeWatch::is_revoked)
                 {
-                    break revoked(this.finish);
+                    break revoked(this.record);
                 }
                 lease.drive(cx);
                 let frame = match idle.poll_frame(inner, cx) {
@@ -506,7 +277,7 @@ impl HttpBody for Body {
                     Poll::Pending => {
                         if let Some(watch) = revoke.as_mut().as_pin_mut() {
                             if watch.poll_revoked(cx).is_ready() {
-                                break revoked(this.finish);
+                                break revoked(this.record);
                             }
                         }
                         return Poll::Pending;
@@ -565,22 +336,22 @@ impl HttpBody for Body {
                 if let Some(d) = f.data_ref() {
                     *this.sent += d.len() as u64;
                 }
-                if let Some(s) = this.stream.as_mut() {
-                    s.handed();
+                if let Some(e) = this.exchange.as_mut() {
+                    e.handed();
                 }
             }
-            Poll::Ready(None) => settle(this.kind, this.finish, *this.sent, true),
+            Poll::Ready(None) => settle(this.kind, this.record, *this.sent, true),
             Poll::Ready(Some(Err(e))) => {
                 // Only an upstream body fails here: it broke off, stalled, or its key was
                 // revoked.
-                if let Some(f) = this.finish.as_mut() {
+                if let Some(f) = this.record.as_mut() {
                     if e.is::<IdleTimeout>() {
-                        f.stream_error = Some(crate::ops::metrics::UpstreamError::IdleTimeout);
+                        f.stream_error = Some(UpstreamError::IdleTimeout);
                     } else if !e.is::<KeyRevoked>() {
-                        f.stream_error = Some(crate::ops::metrics::UpstreamError::StreamBroken);
+                        f.stream_error = Some(UpstreamError::StreamBroken);
                     }
                 }
-                settle(this.kind, this.finish, *this.sent, false)
+                settle(this.kind, this.record, *this.sent, false)
             }
             Poll::Pending => {}
         }
@@ -603,9 +374,43 @@ impl HttpBody for Body {
 
 /// Ends an answer whose key was revoked: an error, so the client sees a broken stream, not
 /// a clean end; the record names the reason.
-fn revoked(finish: &mut Option<Box<Finish>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    if let Some(f) = finish.as_mut() {
-        f.error_code = Some(crate::error::GatewayError::RevokedKey.code());
+fn revoked(
+    record: &mut Option<Box<RequestRecord>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if let Some(f) = record.as_mut() {
+        f.error_code = Some(GatewayError::RevokedKey.code());
     }
     Poll::Ready(Some(Err(Box::new(KeyRevoked))))
+}
+
+/// A whole answer the gateway writes itself: `text/plain`.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// A whole answer the gateway writes itself: JSON.
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The answer to a HEAD request: the GET answer's head, with its length, and no body. hyper
+/// leaves the body out of an HTTP/1.1 HEAD answer but not out of an HTTP/2 one.
+pub fn without_body(resp: &mut Response<Body>) {
+    if let Some(n) = HttpBody::size_hint(resp.body()).exact() {
+        if n > 0 && !resp.headers().contains_key(header::CONTENT_LENGTH) {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    *resp.body_mut() = Body::full(Bytes::new());
 }

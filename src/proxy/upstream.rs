@@ -1,5 +1,5 @@
-//! Stage 5 of a request: send it to the upstream that serves its model, and bring the answer
-//! back as it streams.
+//! A configured upstream: its connection pool, how a client's request becomes its request, and
+//! the wait for its answer's head.
 //!
 //! One connection pool per upstream ([`crate::proxy::pool`]), HTTP/1.1 keep-alive with TCP_NODELAY.
 //! Time limits are split the way LLM servers fail: connect (server down), first byte (queued
@@ -10,8 +10,9 @@
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::proxy::headers;
+use crate::proxy::health::{HealthState, Status};
 use crate::proxy::pool::{Lease, Pool, SendError};
-use crate::proxy::response_body::{BodyTooLarge, ClientBodyError, UpBody};
+use crate::proxy::request_body::UpBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -29,7 +30,7 @@ pub struct Upstream {
     /// Metric handles resolved once for this upstream.
     pub series: Arc<crate::ops::metrics::UpstreamSeries>,
     /// The cached health-check result, when `health` is set.
-    health: Option<Arc<crate::ops::health::HealthState>>,
+    health: Option<Arc<HealthState>>,
 }
 
 fn is_https(config: &UpstreamConfig) -> bool {
@@ -116,7 +117,7 @@ impl Upstream {
     }
 
     /// The cached health-check result, when this upstream has a check.
-    pub fn health(&self) -> Option<&Arc<crate::ops::health::HealthState>> {
+    pub fn health(&self) -> Option<&Arc<HealthState>> {
         self.health.as_ref()
     }
 
@@ -124,62 +125,17 @@ impl Upstream {
     pub fn is_healthy(&self) -> bool {
         self.health
             .as_ref()
-            .is_none_or(|h| h.status() == crate::ops::health::Status::Up)
-    }
-
-    /// Runs the health check once: `GET` the check's path on a pooled connection, a 2xx
-    /// within the interval is up. The body is read (bounded) so the connection is reused.
-    pub async fn check_health(&self) -> Result<(), crate::ops::health::CheckError> {
-        use crate::ops::health::CheckError;
-        use http_body_util::BodyExt;
-        let Some(check) = &self.config.health else {
-            return Ok(());
-        };
-        let mut req = Request::new(crate::proxy::response_body::UpBody::full(
-            bytes::Bytes::new(),
-        ));
-        *req.uri_mut() = Uri::from(check.path.clone());
-        let h = req.headers_mut();
-        h.insert(header::HOST, self.host.clone());
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("keygate-health/", env!("CARGO_PKG_VERSION"))),
-        );
-        if let Some(k) = &self.config.api_key {
-            h.insert(header::AUTHORIZATION, k.clone());
-        }
-        let attempt = async {
-            let (resp, lease) = self
-                .pool
-                .send(req)
-                .await
-                .map_err(|e| CheckError::Send(error_chain(&e)))?;
-            let status = resp.status();
-            let body = crate::proxy::response_body::Body::upstream(
-                resp.into_body(),
-                lease,
-                check.interval,
-                false,
-                false,
-            );
-            // Up to 64 KiB is read so the connection goes back to the pool; more is dropped.
-            let _ = http_body_util::Limited::new(body, 64 * 1024)
-                .collect()
-                .await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(CheckError::Status(status))
-            }
-        };
-        tokio::time::timeout(check.interval, attempt)
-            .await
-            .map_err(|_| CheckError::Timeout(check.interval))?
+            .is_none_or(|h| h.status() == Status::Up)
     }
 
     /// The upstream's connection pool.
-    pub fn pool(&self) -> &Pool {
+    pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// The `Host` header the upstream gets.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     pub fn serves(&self, model: &str) -> bool {
@@ -214,16 +170,9 @@ impl Upstream {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
-                if let Some(b) = find_cause::<BodyTooLarge>(&e) {
-                    return Err(GatewayError::TooLarge(b.0));
-                }
-                if let Some(c) = find_cause::<ClientBodyError>(&e) {
-                    return Err(GatewayError::InvalidRequest(format!("{c}.")));
-                }
-                if find_cause::<crate::proxy::response_body::IdleTimeout>(&e).is_some() {
-                    return Err(GatewayError::InvalidRequest(
-                        "The request body did not arrive in time.".into(),
-                    ));
+                // The client's body failed on its way in: the client's fault, not the upstream's.
+                if let Some(refusal) = GatewayError::client_body(&e) {
+                    return Err(refusal);
                 }
                 tracing::warn!(upstream = %self.config.name, error = %error_chain(&e), "upstream request failed");
                 Err(GatewayError::UpstreamUnavailable(self.config.name.clone()))
@@ -232,20 +181,7 @@ impl Upstream {
     }
 }
 
-fn find_cause<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-fn error_chain(e: &SendError) -> String {
+pub(crate) fn error_chain(e: &SendError) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

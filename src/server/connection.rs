@@ -65,11 +65,11 @@ impl Activity {
         })
     }
 
-    /// A request begins: the connection is busy until the returned `Stream` is dropped.
-    pub fn begin(self: &Arc<Self>) -> Stream {
+    /// A request begins: the connection is busy until the returned `Exchange` is dropped.
+    pub fn begin(self: &Arc<Self>) -> Exchange {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.used.store(true, Ordering::Release);
-        Stream {
+        Exchange {
             activity: Arc::clone(self),
             waiting: None,
         }
@@ -103,14 +103,14 @@ impl Activity {
 /// One request on a connection, held by its response body: marks the connection busy, and
 /// tells the driver when the body waits on the client.
 #[derive(Debug)]
-pub struct Stream {
+pub struct Exchange {
     activity: Arc<Activity>,
     /// The slot this response counts in while hyper holds a frame of it and has not asked for
     /// the next one.
     waiting: Option<usize>,
 }
 
-impl Stream {
+impl Exchange {
     /// hyper has the response (or its latest frame) and has not asked for more yet.
     pub fn handed(&mut self) {
         if self.waiting.is_none() {
@@ -128,7 +128,7 @@ impl Stream {
     }
 }
 
-impl Drop for Stream {
+impl Drop for Exchange {
     fn drop(&mut self) {
         self.polled();
         let a = &self.activity;

@@ -1,10 +1,16 @@
-//! Every refusal the gateway makes, and the one place each becomes an HTTP answer (SPEC §3).
+//! Every refusal the gateway makes, and the one place each becomes an HTTP answer (SPEC §3):
+//! its status, type, code and message here, the conversions from other errors (the key
+//! store's, a body's, a JSON body's) in `convert`. The `retry-after` an answer carries is
+//! written with the other limit headers, by `limit::answer`, from `retry_after`.
 //!
 //! Messages are written here, from the variant's fields, never from anything the client sent
 //! as a credential: an error can name a scope, a model or a limit, but never a key.
 
+mod convert;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,6 +21,16 @@ pub enum GatewayError {
     /// `name` or `limits.requests_per_minute`.
     #[error("{message}")]
     InvalidParam { param: String, message: String },
+    /// A key in the path or the query (a URL ends up in logs and histories).
+    #[error("API keys are not accepted in the URL; send `Authorization: Bearer <key>`.")]
+    KeyInUrl,
+    /// The request body stalled: a gap between its frames, or the whole of it, took longer
+    /// than `body_read_timeout`.
+    #[error("The request body did not arrive in time.")]
+    BodyTimeout,
+    /// The request body broke off or was malformed (the client's fault, not the upstream's).
+    #[error("The request body could not be read: {0}.")]
+    ClientBody(String),
     #[error("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")]
     MissingKey,
     #[error("Incorrect API key provided: {0}.")]
@@ -58,7 +74,7 @@ pub enum GatewayError {
     NotReady,
     /// `/readyz` with its reason.
     #[error("The gateway is not ready: {0}.")]
-    Unready(crate::gateway::NotReady),
+    Unready(NotReady),
     #[error("The gateway is at capacity. Retry shortly.")]
     Overloaded,
     #[error("{0}")]
@@ -75,7 +91,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) | InvalidParam { .. } => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | InvalidParam { .. } | KeyInUrl | BodyTimeout | ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
                 StatusCode::UNAUTHORIZED
             }
@@ -103,6 +121,9 @@ impl GatewayError {
         match self {
             InvalidRequest(_)
             | InvalidParam { .. }
+            | KeyInUrl
+            | BodyTimeout
+            | ClientBody(_)
             | UnknownRoute(..)
             | RouteUnderV1(..)
             | TooLarge(_)
@@ -126,7 +147,12 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) | InvalidParam { .. } | KeyElsewhere => "invalid_request",
+            InvalidRequest(_)
+            | InvalidParam { .. }
+            | KeyElsewhere
+            | KeyInUrl
+            | BodyTimeout
+            | ClientBody(_) => "invalid_request",
             MissingKey => "missing_api_key",
             InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
             ExpiredKey(_) => "expired_api_key",
@@ -164,6 +190,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest(s)
+            | ClientBody(s)
             | InvalidParam { message: s, .. }
             | ModelNotAllowed(s)
             | ModelNotFound(s)
@@ -173,7 +200,9 @@ impl GatewayError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    /// How long a client should wait before retrying, for a refusal that says
+    /// (`retry-after`, written by `limit::answer` with the other limit headers).
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. }
             | GatewayError::TokenRateLimited { retry_after, .. }
@@ -185,7 +214,8 @@ impl GatewayError {
         }
     }
 
-    /// The OpenAI-shaped answer. Callers add request-scoped headers (request id, limits).
+    /// The OpenAI-shaped answer. The pipeline adds the request-scoped headers (request id,
+    /// limits and `retry-after`).
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         // Serialized from borrowed fields rather than built as a `serde_json::Value` tree:
         // refusals are the gateway's cheapest answers and must stay so.
@@ -220,16 +250,35 @@ impl GatewayError {
         if self.status() == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(d) = self.retry_after() {
-            // Round up: a client that waits the whole seconds must not be refused again.
-            let secs = d.as_millis().div_ceil(1000).max(1);
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
-            h.insert(
-                crate::proxy::headers::RETRY_AFTER_MS,
-                HeaderValue::from(d.as_millis().max(1) as u64),
-            );
-        }
         resp
+    }
+}
+
+/// Why the gateway is not ready (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The key file has not loaded yet.
+    NoKeys,
+    /// `[keys] unready_on_load_error` and the key file's last load failed.
+    KeyFile,
+    /// Shutting down: load balancers should stop sending.
+    Draining,
+    /// This upstream has not passed its last health check.
+    Upstream(Arc<str>),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::NoKeys => f.write_str("the key file has not loaded yet"),
+            NotReady::KeyFile => f.write_str(
+                "the key file cannot be loaded (the last good keys are serving; see the log)",
+            ),
+            NotReady::Draining => f.write_str("shutting down"),
+            NotReady::Upstream(u) => {
+                write!(f, "the upstream `{u}` has not passed its health check")
+            }
+        }
     }
 }
 
