@@ -4,6 +4,7 @@
 //! so only formatting is measured (keygate's write happens on the log thread).
 //!
 //! Run: `cargo bench --bench access_log` (a few seconds).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method};

@@ -3,6 +3,7 @@
 //! Starts its own `redis-server` on a free loopback port (skipped if the binary is missing)
 //! and measures one rate check (`keygate::limit::check_rate`) each way, plus an in-flight
 //! lease acquire+release, on a current-thread runtime. Run: `cargo bench --bench cluster_check`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::cluster::{ClusterConfig, OnBackendError};

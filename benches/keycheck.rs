@@ -15,6 +15,7 @@
 //!
 //! Run: `cargo bench --bench keycheck` (about 2 minutes on 2 cores; the 1M-key index is built
 //! once and takes a few seconds). Filter with e.g. `cargo bench --bench keycheck -- keycheck/full`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::Method;

@@ -1,7 +1,8 @@
 //! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
 //! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
 //! completions, embeddings as floats or base64, models, tokenize), and records every request it gets so tests can
-//! check exactly what crossed the gateway.
+//! check exactly what crossed the gateway. It is one cohesive thing, longer than most files: a
+//! whole small server.
 //!
 //! Test hooks are request headers, which pass through the gateway untouched:
 //! `x-mock-status` (answer with that status), `x-mock-delay-ms` (wait before the head),

@@ -1,4 +1,5 @@
 //! The real binary as users run it: `keygate demo` and `keygate serve` with signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! when it returns, in-flight leases renewed while held and freed after a crash, the breaker's
 //! single probe, what is logged, and token limits (local and shared) charged with real usage,
 //! streams included.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

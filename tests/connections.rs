@@ -4,6 +4,7 @@
 //!
 //! The tests measure time, so each takes `SERIAL` and they run one at a time. Run with
 //! `--nocapture` to see the measured times.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `keygate demo` as a newcomer meets it: the snippets it prints are copied and run as they
 //! are (curl with `sh`, the Python one with the official `openai` SDK from the repo's
 //! `.venv`), and the built-in mock answers what the SDKs ask for (base64 embeddings).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

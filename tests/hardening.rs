@@ -5,6 +5,7 @@
 //!
 //! Several tests measure time, so every test here takes `SERIAL` and they run one at a time.
 //! Run with `--nocapture` to see the measured times.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! Each test runs a real gateway on 127.0.0.1:0 in front of the mock upstream (whose
 //! `Recorder` shows exactly what crossed), or of a raw TCP upstream that reports bytes as
 //! they arrive.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

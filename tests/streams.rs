@@ -2,6 +2,7 @@
 //! charged what they relayed (local and Redis token buckets), a revoke ends the key's running
 //! requests while a rotation does not, and the access log tells a client that left (499) and
 //! the bytes each way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -7,7 +7,8 @@
 
 use keygate::mock::{MockOptions, Recorder};
 use keygate::gateway::Gateway;
-use keygate::keys::store::{KeyStore, NewKey};
+use keygate::keys::record::NewKey;
+use keygate::keys::store::KeyStore;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -3,7 +3,7 @@
 //! (counted) rather than make the request wait. Text is `key=value`, JSON one object; absent
 //! values are `-` or `null`. Never the query, and never a path segment shaped like a key.
 
-use crate::account::{RequestRecord, TokenUsage};
+use crate::account::record::{RequestRecord, TokenUsage};
 use crate::config::LogFormat;
 use crate::ops::logging::Logging;
 use std::io::Write;

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod model;
 pub mod multipart;
+pub mod part_name;
 pub mod routes;
 
 use crate::auth::credential::credential;

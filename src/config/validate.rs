@@ -1,5 +1,5 @@
 //! Raw structs to validated values, one field at a time: every error names the field
-//! (`server.listen`, `upstream[2].url`) and says what it must be. One cohesive thing, longer
+//! (`server.listen`, `upstream[2].url`) and says what it must be. It is one cohesive thing, longer
 //! than most files: a check per option of `gateway.toml`, with its default beside it.
 
 use super::cluster::{redis_client, ClusterConfig, OnBackendError, RedisTls};

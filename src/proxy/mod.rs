@@ -13,6 +13,7 @@ pub mod idle;
 pub mod pool;
 pub mod request_body;
 pub mod response_body;
+pub mod revoke;
 pub mod stream_usage;
 pub mod upstream;
 

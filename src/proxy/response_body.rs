@@ -13,6 +13,7 @@ use crate::keys::state::KeyState;
 use crate::ops::metrics::UpstreamError;
 use crate::proxy::idle::{BoxError, Idle, IdleTimeout};
 use crate::proxy::pool::Lease;
+use crate::proxy::revoke::RevokeWatch;
 use crate::proxy::stream_usage::UsageChunkFilter;
 use crate::server::connection::Exchange;
 use bytes::Bytes;
@@ -20,12 +21,10 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::futures::OwnedNotified;
 
 /// The key of an answer was revoked (or left the key file) while the answer streamed.
 #[derive(Debug, thiserror::Error)]
@@ -96,52 +95,6 @@ impl Kind {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Wakes a waiting response body when its key is revoked. The wake-up is registered only
-    /// once the body has to wait (not for an answer whose frames are already there), and again
-    /// only when the waiting task changes: one lock of the key's waiter list per stream, plus
-    /// one when it ends. While frames flow, each poll reads the flag.
-    struct RevokeWatch {
-        state: Arc<KeyState>,
-        #[pin]
-        woken: Option<OwnedNotified>,
-        waker: Option<Waker>,
-    }
-}
-
-impl RevokeWatch {
-    fn is_revoked(&self) -> bool {
-        self.state.revocation.is_revoked()
-    }
-
-    /// `Ready` once the key is revoked; otherwise registers `cx` to be woken when it is.
-    fn poll_revoked(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let revocation = &this.state.revocation;
-        if revocation.is_revoked() {
-            return Poll::Ready(());
-        }
-        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return Poll::Pending;
-        }
-        if this.woken.is_none() {
-            this.woken.set(Some(revocation.watch()));
-        }
-        if let Some(woken) = this.woken.as_mut().as_pin_mut() {
-            if woken.poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        *this.waker = Some(cx.waker().clone());
-        // Revoked between the first check and the registration: seen here.
-        if revocation.is_revoked() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Body {
         let b = b.into();
@@ -183,11 +136,7 @@ impl Body {
     /// Ends the answer with an error as soon as the key whose state this is is revoked.
     pub fn end_on_revoke(&mut self, state: &Arc<KeyState>) {
         if let Kind::Upstream { .. } = self.kind {
-            self.revoke = Some(RevokeWatch {
-                state: Arc::clone(state),
-                woken: None,
-                waker: None,
-            });
+            self.revoke = Some(RevokeWatch::new(state));
         }
     }
 
