@@ -3,55 +3,10 @@
 
 mod common;
 
+use common::binary::*;
 use common::*;
 use http::Method;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// Reads stdout lines until one contains `needle`; returns all lines read so far.
-fn read_until(child: &mut Child, needle: &str) -> Vec<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                let done = l.contains(needle);
-                lines.push(l);
-                if done {
-                    // keep draining in the background so the child never blocks on stdout
-                    std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return lines;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("never printed {needle:?}; got {lines:?}");
-}
-
-fn addr_of(line: &str) -> String {
-    line.split("http://")
-        .nth(1)
-        .unwrap()
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .next()
-        .unwrap()
-        .to_string()
-}
+use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn demo_serves_a_working_key() {

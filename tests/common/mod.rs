@@ -2,6 +2,11 @@
 //! with a key file in a temporary directory, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod raw;
+pub mod raw_upstream;
+pub mod redis;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
