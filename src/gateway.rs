@@ -200,49 +200,57 @@ impl Gateway {
         }
     }
 
-    /// Applies a new configuration: limits, routes, upstreams and log level take effect at
-    /// once; the returned list names changes that need a restart.
+    /// Applies a new configuration: limits, routes, upstreams, `[server]` settings (for new
+    /// connections and requests) and the log level take effect at once. The returned list
+    /// names the changes that need a restart; each such setting keeps its running value, so
+    /// the state stays truthful: `server.listen`, `server.tls`, `metrics.listen`, `keys.file`,
+    /// `keys.reload`, `keys.poll_interval`, `log.format`, `limits.failed_auth_per_minute` and
+    /// `[cluster]`.
     pub fn apply_config(&self, next: Config) -> Vec<String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.live.load_full();
+        let was = &cur.config;
+        let mut next = next;
         let mut restart = Vec::new();
-        if next.server.listen != cur.config.server.listen {
+        if next.server.listen != was.server.listen {
             restart.push(format!(
                 "server.listen changed to {} (still listening on {})",
-                next.server.listen, cur.config.server.listen
+                next.server.listen, was.server.listen
             ));
+            next.server.listen = was.server.listen;
         }
-        if next.server.tls != cur.config.server.tls {
-            restart.push("server.tls changed".into());
+        // Each of these keeps its running value (and is reported) when it changes.
+        macro_rules! restart_only {
+            ($($field:ident).+) => {
+                if next.$($field).+ != was.$($field).+ {
+                    let name = stringify!($($field).+).replace(' ', "");
+                    restart.push(format!("{name} changed"));
+                    next.$($field).+ = was.$($field).+.clone();
+                }
+            };
         }
-        if next.metrics.listen != cur.config.metrics.listen {
-            restart.push("metrics.listen changed".into());
-        }
-        if next.keys.file != cur.config.keys.file {
-            restart.push("keys.file changed".into());
-        }
-        if next.cluster != cur.config.cluster {
-            restart.push("cluster changed".into());
-        }
+        restart_only!(server.tls);
+        restart_only!(metrics.listen);
+        restart_only!(keys.file);
+        restart_only!(keys.reload);
+        restart_only!(keys.poll_interval);
+        restart_only!(log.format);
+        restart_only!(limits.failed_auth_per_minute);
+        restart_only!(cluster);
         let upstreams = build_upstreams(&next, &cur.upstreams, &self.metrics);
         self.metrics.set_per_key_labels(next.metrics.per_key_labels);
         let keys = cur.keys.as_ref().map(|idx| {
-            if next.limits == cur.config.limits {
+            if next.limits == was.limits {
                 Arc::clone(idx)
             } else {
                 // Limits changed: rebuild so every key's effective quota is recomputed.
-                match load_index(&cur.config.keys.file, &next.limits, Some(idx)) {
+                match load_index(&was.keys.file, &next.limits, Some(idx)) {
                     Ok(rebuilt) => Arc::new(rebuilt),
                     Err(_) => Arc::clone(idx),
                 }
             }
         });
         self.capacity.set_cap(next.server.max_in_flight);
-        let mut next = next;
-        // A restart-only setting keeps its running value so the state stays truthful.
-        next.server.listen = cur.config.server.listen;
-        next.keys.file = cur.config.keys.file.clone();
-        next.cluster = cur.config.cluster.clone();
         self.live.store(Arc::new(Live {
             config: Arc::new(next),
             keys,
@@ -290,4 +298,36 @@ fn build_upstreams(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn restart_only_settings_are_reported_and_keep_their_running_value() {
+        let gw = Gateway::new(Config::parse("", None).unwrap());
+        let next = Config::parse(
+            "[keys]\npoll_interval = \"9s\"\n[log]\nformat = \"json\"\n[limits]\nfailed_auth_per_minute = 3\nrequests_per_minute = 7\n",
+            None,
+        )
+        .unwrap();
+        let restart = gw.apply_config(next);
+        assert_eq!(
+            restart,
+            [
+                "keys.poll_interval changed",
+                "log.format changed",
+                "limits.failed_auth_per_minute changed"
+            ]
+        );
+        let now = gw.config();
+        assert_eq!(now.keys.poll_interval, std::time::Duration::from_secs(2));
+        assert_eq!(now.log.format, crate::config::LogFormat::Text);
+        assert_eq!(now.limits.failed_auth_per_minute, 30);
+        assert_eq!(
+            now.limits.requests_per_minute, 7,
+            "what applies live applies"
+        );
+    }
 }

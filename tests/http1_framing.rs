@@ -314,6 +314,33 @@ async fn oversized_heads_and_uris_are_refused_by_the_listener() {
 }
 
 #[tokio::test]
+async fn listener_limits_changed_on_reload_apply_to_new_connections() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let thirty: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let status = || async {
+        let mut c = Raw::connect(g.addr).await;
+        let _ = c.send(chat_req(Some(&key), &thirty, CHAT)).await;
+        c.response().await.unwrap().status()
+    };
+    assert_eq!(status().await, 200, "30 headers are within the default 100");
+    // `[server] max_headers` is one of hyper's own settings: a reload builds a new builder.
+    let text = std::fs::read_to_string(&g.config_path).unwrap();
+    let next = keygate::config::Config::parse(
+        &format!("[server]\nmax_headers = 20\n{text}"),
+        Some(&g.config_path),
+    )
+    .unwrap();
+    assert!(g.gw.apply_config(next).is_empty(), "no restart needed");
+    assert_eq!(
+        status().await,
+        431,
+        "the new limit applies to a new connection"
+    );
+}
+
+#[tokio::test]
 async fn bodies_over_max_body_bytes_are_413() {
     let m = RawMock::start(Mode::Answer).await;
     let g = gateway_for(&m, "", "[server]\nmax_body_bytes = 1024\n").await;

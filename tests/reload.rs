@@ -45,6 +45,22 @@ fn cli(cfg: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A gateway.toml in `dir`: any port, `keys.json` polled every 100 ms, the `extra` tables, and
+/// `mock` as the upstream.
+fn write_config(dir: &Path, mock: &Mock, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("gateway.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n\
+             {extra}[[upstream]]\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// Stops the child on drop, so a failed assertion does not leave a gateway running.
 struct Running(Child);
 
@@ -61,16 +77,7 @@ impl Drop for Running {
 async fn trace_logging_into_the_key_directory_does_not_feed_itself() {
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n\
-             [log]\nlevel = \"trace\"\n[[upstream]]\nurl = \"http://{}\"\n",
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(dir.path(), &mock, "[log]\nlevel = \"trace\"\n");
     let (key, id) = cli_create_key(&cfg, "traced");
     // The gateway's log goes to a file beside the key file, as with `2>> /etc/keygate/log`.
     let log_path = dir.path().join("gateway.log");
@@ -559,16 +566,11 @@ async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
 async fn a_management_write_reloads_the_index_once() {
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[[upstream]]\nurl = \"http://{}\"\n",
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &mock,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
     let admin = cli(
         &cfg,
         &[
