@@ -214,7 +214,7 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
         }
     })
     .await;
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let lines = logs.lock().unwrap().clone();
     assert!(found, "{lines:?}");
@@ -736,7 +736,7 @@ async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
         .await,
         "ready once the upstream answers its health check"
     );
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let lines = logs.lock().unwrap().clone();
     assert!(

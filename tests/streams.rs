@@ -465,7 +465,7 @@ async fn access_log_has_499_for_a_client_gone_before_the_head_and_bytes_both_way
     );
     drop(c);
     let logged = eventually(5 * SEC, || async { access_lines(&logs).len() == 2 }).await;
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let access = access_lines(&logs);
     assert!(logged, "{:?}", logs.lock().unwrap());
