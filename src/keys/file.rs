@@ -141,8 +141,12 @@ impl<'de> serde::de::Visitor<'de> for FileSeed<'_, '_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u32, A::Error> {
         use serde::de::Error;
         let mut version = None;
+        let mut keys = false;
         while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*field {
+                // Two of a field: which one counts is anyone's guess, so neither does.
+                "version" if version.is_some() => return Err(A::Error::duplicate_field("version")),
+                "keys" if keys => return Err(A::Error::duplicate_field("keys")),
                 "version" => {
                     let v = map.next_value::<u32>()?;
                     // Written first, as keygate writes it: no record is read in a format
@@ -153,7 +157,10 @@ impl<'de> serde::de::Visitor<'de> for FileSeed<'_, '_> {
                     }
                     version = Some(v);
                 }
-                "keys" => map.next_value_seed(KeysSeed(&mut *self.0))?,
+                "keys" => {
+                    keys = true;
+                    map.next_value_seed(KeysSeed(&mut *self.0))?;
+                }
                 other => return Err(A::Error::unknown_field(other, &["version", "keys"])),
             }
         }

@@ -221,6 +221,8 @@ fn streaming_load_refuses_what_validation_refuses() {
         "{\"version\":1,\"keys\":[",
         "{\"version\":1,\"extra\":0}",
         "{\"keys\":[]}",
+        "{\"version\":1,\"keys\":[],\"keys\":[]}",
+        "{\"version\":1,\"version\":1,\"keys\":[]}",
     ] {
         assert!(
             matches!(

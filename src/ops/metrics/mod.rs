@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on their own listener (`[metrics] listen`, `scrape`), so scrapes
 //! never compete with traffic and the endpoint is never exposed with the API by accident.
 //!
-//! The recorder belongs to the [`Gateway`] (no process-wide recorder), and every series the
+//! The recorder belongs to the `Gateway` (no process-wide recorder), and every series the
 //! request path touches is a handle resolved once — at start for the label sets known then
 //! (routes × status classes, upstreams × error codes), on first use for an error code — so a
 //! request costs an atomic add per counter and a lock-free push per histogram, never a
