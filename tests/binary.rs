@@ -98,16 +98,8 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
     let (key, id) = cli_create_key(&cfg, "u");
 
     for round in 1..=2u64 {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = read_until(&mut child, "listening on");
-        let addr = addr_of(lines.last().unwrap());
+        let mut served = serve(&cfg);
+        let addr = served.addr;
         let a = send(
             Method::POST,
             &format!("http://{addr}/v1/chat/completions"),
@@ -116,8 +108,8 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
         )
         .await;
         assert_eq!(a.status, 200);
-        sigterm(&child);
-        assert!(child.wait().unwrap().success());
+        sigterm(&served.child);
+        assert!(served.child.wait().unwrap().success());
         let out = Command::new(BIN)
             .arg("--config")
             .arg(&cfg)

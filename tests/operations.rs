@@ -381,15 +381,9 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
         "shutdown_delay = \"1s\"\ndrain_timeout = \"10s\"\n",
         mock.addr,
     );
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(&mut child);
+    let mut served = serve(&cfg);
+    let addr = served.addr;
+    let child = &mut served.child;
     let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("authorization", bearer(&key))
         .header("x-mock-interval-ms", "150")
@@ -409,7 +403,7 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
             .status,
         200
     );
-    sigterm(&child);
+    sigterm(child);
     assert!(
         eventually(Duration::from_millis(900), || async {
             send(Method::GET, &format!("http://{addr}/readyz"), &[], "")
@@ -425,7 +419,7 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
     assert!(child.wait().unwrap().success(), "exit 0");
 }
 
-/// Starts `keygate serve` with JSON logs; returns the child, its address and its log lines.
+/// Starts `keygate serve` (a config with JSON logs).
 fn serve_json(cfg: &std::path::Path) -> Served {
     serve(cfg)
 }
