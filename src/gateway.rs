@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::error::NotReady;
-use crate::keys::file::StoreError;
+use crate::keys::error::StoreError;
 use crate::keys::index::KeyIndex;
 use crate::keys::store::KeyStore;
 use crate::limit::failed_auth::FailedAuthGuard;

@@ -60,7 +60,8 @@
 //! | `keys/scope.rs` | `Scope`, `Scopes` |
 //! | `keys/models.rs` | model globs (allowlists; upstreams' `models` too) |
 //! | `keys/record.rs` | `KeyRecord` (one key in the file), `NewKey`, the one record validator |
-//! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness`, `StoreError` |
+//! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
+//! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes |
 //! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
 //! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |

@@ -831,7 +831,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
     // Writes to a mounted Secret are refused as read-only.
     let err = g.store().update(|_| Ok(())).unwrap_err();
     assert!(
-        matches!(err, keygate::keys::file::StoreError::ReadOnly { .. }),
+        matches!(err, keygate::keys::error::StoreError::ReadOnly { .. }),
         "{err}"
     );
 }

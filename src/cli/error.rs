@@ -1,7 +1,7 @@
 //! How a command fails, and its exit status.
 
 use crate::config::ConfigError;
-use crate::keys::file::StoreError;
+use crate::keys::error::StoreError;
 use crate::ops::audit::AuditError;
 
 /// Why a command failed. `Usage` (exit status 2) is a mistake in what was typed; everything

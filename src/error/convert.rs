@@ -5,7 +5,8 @@
 use super::GatewayError;
 use crate::auth::secrets::{contains_secret, holds_key};
 use crate::authorize::body::BodyError;
-use crate::keys::file::{strip_position, StoreError};
+use crate::keys::error::StoreError;
+use crate::keys::file::strip_position;
 use crate::proxy::idle::{BodyTooLarge, ClientBodyError, IdleTimeout};
 
 impl From<StoreError> for GatewayError {

@@ -11,13 +11,13 @@
 //! the whole file — no id and no secret twice — is [`Uniqueness`], which both run on what they
 //! read, and whose sorted tables the index is then built from.
 
+use crate::keys::error::StoreError;
 use crate::keys::record::{self, KeyRecord, NewKey, RetiredSecret, Status};
 use crate::keys::token::{self, KeyHash, NewToken};
 use crate::time::Timestamp;
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FILE_VERSION: u32 = 1;
 /// Rotated-out secrets are kept this long after they stop working, so that presenting one
@@ -25,35 +25,6 @@ pub const FILE_VERSION: u32 = 1;
 const KEEP_RETIRED_SECS: u64 = 30 * 86_400;
 
 pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the file";
-
-/// What is wrong with a key file or a write to it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot read key file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("key file {path} is not valid JSON at line {line}, column {column}: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("key file {path}: {problem}")]
-    Invalid { path: PathBuf, problem: String },
-    #[error("key file {path} is read-only ({reason}); manage keys where the file is writable")]
-    ReadOnly { path: PathBuf, reason: String },
-    #[error("cannot write key file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("no key with id `{0}`")]
-    NotFound(String),
-    #[error("{0}")]
-    Rejected(String),
-    /// A value given for a new key is invalid; names the field.
-    #[error(transparent)]
-    Field(#[from] record::FieldError),
-    #[error("the operating system's random source failed: {0}")]
-    Random(String),
-}
 
 /// A whole key file in memory: what the CLI, the management API and a write work on. The
 /// gateway's own index never builds one (see the module doc).

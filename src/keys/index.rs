@@ -12,7 +12,7 @@
 
 use crate::config::LimitDefaults;
 use crate::keys::entry::{entry, KeyEntry, KeyId, Secret};
-use crate::keys::file::StoreError;
+use crate::keys::error::StoreError;
 use crate::keys::file::{self, Secrets, Uniqueness};
 use crate::keys::record::KeyRecord;
 use crate::keys::state::KeyState;

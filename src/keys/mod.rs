@@ -3,6 +3,7 @@
 //! keys up in, with each key's runtime state.
 
 pub mod entry;
+pub mod error;
 pub mod file;
 pub mod index;
 pub mod models;

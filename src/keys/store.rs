@@ -8,7 +8,8 @@
 //! file, never a torn one. Runtime state (last use, usage) never goes here: the file may be a
 //! read-only Kubernetes Secret.
 
-use crate::keys::file::{KeyFile, StoreError};
+use crate::keys::error::StoreError;
+use crate::keys::file::KeyFile;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
