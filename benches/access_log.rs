@@ -1,21 +1,24 @@
 //! The access line's cost on the request path: formatting one line the way keygate does
-//! (`logging::format_access`, straight into bytes) against the same fields as a `tracing`
+//! (`account::access_log::format_access`, straight into bytes) against the same fields as a `tracing`
 //! event through `tracing-subscriber`'s JSON formatter (what it did before), both into memory
 //! so only formatting is measured (keygate's write happens on the log thread).
 //!
 //! Run: `cargo bench --bench access_log` (a few seconds).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method};
-use keygate::account::{Finish, Tokens};
+use keygate::account::access_log::format_access;
+use keygate::account::{RequestRecord, TokenUsage};
 use keygate::config::LogFormat;
+use keygate::keys::usage::Tokens;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing_subscriber::layer::SubscriberExt;
 
-fn finish() -> Finish {
-    let mut f = Finish::new(
+fn record() -> RequestRecord {
+    let mut f = RequestRecord::new(
         HeaderValue::from_static("req_5f1e2d3c4b5a69788000002a"),
         Method::POST,
         "10.1.2.3".parse().unwrap(),
@@ -27,10 +30,10 @@ fn finish() -> Finish {
     f.upstream = Some(Arc::from("vllm"));
     f.status = 200;
     f.upstream_latency = Some(Duration::from_micros(812));
-    f.tokens = Some(Tokens {
+    f.tokens = Some(TokenUsage::Reported(Tokens {
         prompt: 24,
         completion: 187,
-    });
+    }));
     f.bytes_received = 142;
     f.bytes_sent = 1093;
     f
@@ -53,12 +56,12 @@ impl std::io::Write for Mem {
 }
 
 fn bench(c: &mut Criterion) {
-    let f = finish();
+    let f = record();
     let (total, added) = (Duration::from_micros(1040), Duration::from_micros(95));
     c.bench_function("access_line/direct_json", |b| {
         b.iter(|| {
             let mut line = Vec::with_capacity(512);
-            keygate::logging::format_access(
+            format_access(
                 &mut line,
                 LogFormat::Json,
                 SystemTime::now(),
@@ -73,7 +76,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("access_line/direct_text", |b| {
         b.iter(|| {
             let mut line = Vec::with_capacity(512);
-            keygate::logging::format_access(
+            format_access(
                 &mut line,
                 LogFormat::Text,
                 SystemTime::now(),
@@ -97,7 +100,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function("access_line/tracing_json", |b| {
             b.iter(|| {
                 let f = black_box(&f);
-                let tokens = f.tokens.unwrap_or_default();
+                let tokens = f.tokens.map(TokenUsage::tokens).unwrap_or_default();
                 tracing::info!(
                     target: "keygate::access",
                     request_id = f.request_id.to_str().unwrap_or("-"),

@@ -3,12 +3,15 @@
 //! Starts its own `redis-server` on a free loopback port (skipped if the binary is missing)
 //! and measures one rate check (`keygate::limit::check_rate`) each way, plus an in-flight
 //! lease acquire+release, on a current-thread runtime. Run: `cargo bench --bench cluster_check`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keygate::cluster::{Cluster, ClusterConfig, OnError};
+use keygate::config::cluster::{ClusterConfig, OnBackendError};
 use keygate::config::Config;
-use keygate::index::KeyIndex;
-use keygate::store::{KeyFile, NewKey};
+use keygate::keys::file::KeyFile;
+use keygate::keys::index::KeyIndex;
+use keygate::keys::record::NewKey;
+use keygate::limit::redis::RedisBackend;
 use keygate::time::Timestamp;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -35,7 +38,14 @@ fn bench(c: &mut Criterion) {
             Timestamp::now(),
         )
         .unwrap();
-    let index = std::sync::Arc::new(KeyIndex::build(&file, &config.limits, None));
+    let text = serde_json::to_string(&file).unwrap();
+    let index = KeyIndex::load(
+        std::path::Path::new("keys.json"),
+        &text,
+        &config.limits,
+        None,
+    );
+    let index = std::sync::Arc::new(index.unwrap());
     let key = index.by_id(&rec.id).unwrap();
 
     let mut g = c.benchmark_group("limit_check");
@@ -67,9 +77,9 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let cluster = rt.block_on(async {
-        let cluster = Cluster::start(ClusterConfig {
+        let cluster = RedisBackend::start(ClusterConfig {
             redis_url: format!("redis://127.0.0.1:{port}/"),
-            on_backend_error: OnError::Deny,
+            on_backend_error: OnBackendError::Deny,
             timeout: Duration::from_millis(200),
             key_prefix: "bench".into(),
             lease: Duration::from_secs(60),
@@ -78,7 +88,7 @@ fn bench(c: &mut Criterion) {
         for _ in 0..200 {
             if keygate::limit::check_rate(Some(&cluster), &key)
                 .await
-                .is_ok_and(|i| i.retry_after.is_none())
+                .is_ok_and(|i| i.verdict.is_allowed())
             {
                 break;
             }

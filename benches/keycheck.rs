@@ -6,7 +6,8 @@
 //!   1024 keys spread across the whole index, so at 1M keys the lookup pays real cache misses.
 //! - `keycheck/parts/*`: the same four steps one by one, to see where the time goes, and the
 //!   rate check's refused (429) path.
-//! - `keycheck/index_build/10k_keys`: building the index (what a reload or start-up pays).
+//! - `keycheck/index_load/10k_keys`: reading and indexing 10k keys' text (what a reload or
+//!   start-up pays), through the key-file reader as the gateway does.
 //! - `route/resolve/*`: `RouteTable::default().resolve` for typical and missing routes.
 //! - `body_facts/*`: model extraction from a 4 KB and a 64 KB chat body, with `model` last
 //!   (the OpenAI Python SDK puts `messages` first) and first.
@@ -14,16 +15,20 @@
 //!
 //! Run: `cargo bench --bench keycheck` (about 2 minutes on 2 cores; the 1M-key index is built
 //! once and takes a few seconds). Filter with e.g. `cargo bench --bench keycheck -- keycheck/full`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::Method;
-use keygate::account::UsageScanner;
-use keygate::authorize::{body_facts, RouteTable};
+use keygate::account::scanner::UsageScanner;
+use keygate::authorize::body::body_facts;
+use keygate::authorize::routes::{is_normal_path, RouteTable};
 use keygate::config::LimitDefaults;
-use keygate::index::KeyIndex;
-use keygate::key::{self, Token};
-use keygate::scope::Scopes;
-use keygate::store::{self, KeyFile, KeyLimits, KeyRecord};
+use keygate::keys::file::{KeyFile, FILE_VERSION};
+use keygate::keys::index::KeyIndex;
+use keygate::keys::record::{hash_hex, KeyLimits, KeyRecord};
+use keygate::keys::scope::Scopes;
+use keygate::keys::token::{self as key, Token};
+use keygate::limit::rate::{Quota, RateCell};
 use keygate::time::Timestamp;
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
@@ -61,7 +66,7 @@ fn keys() -> &'static Keys {
             records.push(KeyRecord {
                 id: format!("key_{i:016}"),
                 name: format!("bench-{i}"),
-                sha256: store::hash_hex(&t.hash),
+                sha256: hash_hex(&t.hash),
                 last4: t.last4.clone(),
                 scopes: scopes.clone(),
                 models: Vec::new(),
@@ -89,20 +94,28 @@ fn keys() -> &'static Keys {
     })
 }
 
+/// Key-file text indexed as the gateway does it: `KeyIndex::load`, through the key-file reader.
+fn load(text: &str) -> KeyIndex {
+    KeyIndex::load(std::path::Path::new("keys.json"), text, &limits(), None)
+        .expect("a valid key file")
+}
+
 /// The index over the first `n` keys, and `PROBES` tokens spread over them.
 fn index_of(n: usize) -> (Arc<KeyIndex>, Vec<String>) {
     let k = keys();
     let file = KeyFile {
-        version: store::FILE_VERSION,
+        version: FILE_VERSION,
         keys: k.records[..n].to_vec(),
     };
+    let text = serde_json::to_string(&file).expect("records serialise");
+    drop(file);
     let started = std::time::Instant::now();
     let rss_before = rss_kb();
-    let index = Arc::new(KeyIndex::build(&file, &limits(), None));
-    drop(file);
+    let index = Arc::new(load(&text));
+    drop(text);
     let grown = rss_kb().saturating_sub(rss_before);
     eprintln!(
-        "built index of {n} keys in {:.3}s; RSS grew {:.1} MB ({} bytes per key)",
+        "loaded index of {n} keys in {:.3}s; RSS grew {:.1} MB ({} bytes per key)",
         started.elapsed().as_secs_f64(),
         grown as f64 / 1024.0,
         grown * 1024 / n as u64
@@ -132,7 +145,7 @@ fn key_check(index: &Arc<KeyIndex>, token: &str) -> u32 {
     let t = Token::parse(token, PREFIX).expect("well-formed token");
     let (key, _secret) = index.lookup(&t.hash()).expect("known key");
     let info = key.state().rate.check(&key.rate);
-    debug_assert!(info.retry_after.is_none());
+    debug_assert!(info.verdict.is_allowed());
     info.remaining
 }
 
@@ -171,31 +184,31 @@ fn bench_keycheck(c: &mut Criterion) {
     });
     g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
     // A burst no benchmark run can drain: every check is allowed.
-    let rate = keygate::limit::RateCell::default();
-    let quota_open = keygate::limit::Quota::new(100_000_000, u32::MAX);
+    let rate = RateCell::default();
+    let quota_open = Quota::new(100_000_000, u32::MAX);
     g.bench_function("rate_check/allowed", |b| {
         b.iter(|| black_box(rate.check(&quota_open)).remaining)
     });
     // One cell a minute, already taken: every check is refused (the 429 path).
-    let refused = keygate::limit::RateCell::default();
-    let quota_1 = keygate::limit::Quota::new(1, 1);
+    let refused = RateCell::default();
+    let quota_1 = Quota::new(1, 1);
     let _ = refused.check(&quota_1);
     g.bench_function("rate_check/refused", |b| {
-        b.iter(|| black_box(refused.check(&quota_1)).retry_after)
+        b.iter(|| black_box(refused.check(&quota_1)).verdict)
     });
     g.finish();
 
-    // What a reload or start-up pays per key: one `KeyIndex` entry (runtime state is created on first use).
+    // What a reload or start-up pays per key: reading its record and one `KeyIndex` entry
+    // (runtime state is created on first use).
     let file = KeyFile {
-        version: store::FILE_VERSION,
+        version: FILE_VERSION,
         keys: keys().records[..10_000].to_vec(),
     };
-    let mut g = c.benchmark_group("keycheck/index_build");
+    let text = serde_json::to_string(&file).expect("records serialise");
+    let mut g = c.benchmark_group("keycheck/index_load");
     g.sample_size(10);
     g.throughput(Throughput::Elements(file.keys.len() as u64));
-    g.bench_function("10k_keys", |b| {
-        b.iter(|| KeyIndex::build(black_box(&file), &limits(), None).len())
-    });
+    g.bench_function("10k_keys", |b| b.iter(|| load(black_box(&text)).len()));
     g.finish();
 }
 
@@ -218,7 +231,7 @@ fn bench_route(c: &mut Criterion) {
         });
     }
     g.bench_function("is_normal_path", |b| {
-        b.iter(|| keygate::authorize::is_normal_path(black_box("/v1/chat/completions")))
+        b.iter(|| is_normal_path(black_box("/v1/chat/completions")))
     });
     g.finish();
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs keygate's whole test suite:
-#   formatting, clippy, build, Rust tests, the OpenAI-SDK end-to-end tests (pytest),
+#   formatting, clippy, build, the fuzz targets type-checked, Rust tests, the OpenAI-SDK
+#   end-to-end tests (pytest),
 #   and the web console's browser tests (node --test, playwright-core driving Chromium).
 #
 # Needs only the Rust toolchain (with rustfmt and clippy), Python 3.11 and Node.js (18+);
@@ -128,6 +129,12 @@ step "cargo fmt --check" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --jobs "$JOBS" --all-targets -- -D warnings || true
 BUILD_OK=1
 step "cargo build" cargo build --jobs "$JOBS" || BUILD_OK=0
+# The fuzz crate is not a workspace member: type-check its targets so they keep compiling
+# (stable is enough; running them, `cargo +nightly fuzz run`, is not part of the suite). Its
+# own target directory, so the fuzz crate's features never rebuild the main one.
+step "cargo check (fuzz targets)" \
+    env CARGO_TARGET_DIR="$ROOT/target/fuzz-check" \
+    cargo check --jobs "$JOBS" --manifest-path fuzz/Cargo.toml --bins || true
 # tests/cluster.rs starts a real redis-server on a free loopback port.
 install_redis() {
     if command -v redis-server >/dev/null 2>&1; then

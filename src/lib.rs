@@ -1,55 +1,119 @@
 //! keygate: an API-key gateway for self-hosted, OpenAI-compatible inference servers.
 //!
-//! A request flows through these modules, in this order:
+//! A request runs through the stages of `pipeline`, in this order: listener (`server`) →
+//! probes (`ops::probes`) → route (`authorize`) → capacity (`limit`) → authenticate (`auth`) →
+//! rate (`limit`) → scope (`authorize`) → slot (`limit`) → model (`authorize::model`) → upstream
+//! and forward (`proxy`) → answer (`error`, `limit::answer`) → account (`account`, when the
+//! answer's body ends). Around them: the key set (`keys`), the management API (`admin`),
+//! operations (`ops`), the command line (`cli`), `config`, and the shared state (`gateway`).
+//! docs/architecture.md explains the internals; this is its module map:
 //!
-//! | stage | module | does |
-//! |---|---|---|
-//! | listener | [`server`], [`conn`] | HTTP/1.1 + HTTP/2, limits, connection deadlines, graceful shutdown |
-//! | (pipeline) | [`gateway`] | calls the stages below in order, one error mapping |
-//! | authenticate | [`authenticate`] | one credential, checksum, SHA-256 index lookup |
-//! | authorize | [`authorize`], [`multipart`] | route → scope, model allowlist (multipart uploads read as they stream) |
-//! | limit | [`limit`], [`cluster`] | per-key rate, token and in-flight caps (local or Redis), failed-auth guard |
-//! | forward | [`forward`], [`pool`] | upstream request, header hygiene ([`headers`]), connections leased per request |
-//! | account | [`account`] | usage counters, token scan, access log |
-//!
-//! Around them: [`key`] (token format), [`store`] (the key file), [`index`] (in-memory key
-//! index), [`state`] (the one `ArcSwap` of live state), [`config`] (gateway.toml),
-//! [`watch`] (reload on change), [`health`] (upstream checks for readiness), [`tls`], [`console`] (the embedded web page), [`admin`] (management API), [`metrics`], [`usage`] (saved
-//! runtime state), [`mock`] (an OpenAI-compatible mock upstream), [`cli`] and [`run`]
-//! (commands), [`text`] (control characters in names, on input and on terminals).
+//! | file | what it holds |
+//! |---|---|
+//! | `lib.rs` | the crate root, with this map |
+//! | `main.rs` | the binary: parses the command line and runs `cli::run` |
+//! | `pipeline.rs` | one request: every stage, in the order it runs |
+//! | `gateway.rs` | `Gateway` (what lives while the process serves) and `Live` (the one `ArcSwap` of reloadable state); key and config reloads |
+//! | `error/mod.rs` | `GatewayError`: every refusal's status, type, code and message; `NotReady` |
+//! | `error/convert.rs` | other errors as refusals (key store, bodies, JSON bodies); no answer repeats a key |
+//! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them) |
+//! | `server/accept.rs` | accepting while out of descriptors, the per-address cap, raising the open-file limit |
+//! | `server/connection.rs` | a connection's driver: header-read, idle and write deadlines, graceful close |
+//! | `server/detect.rs` | the first bytes of a connection bounded in time; clients that cancel what they ask |
+//! | `server/peer.rs` | `Peer`: the peer, TLS or not, the client address behind trusted proxies |
+//! | `server/request_id.rs` | request ids: the client's when it may be kept, else the gateway's |
+//! | `server/tls.rs` | the listener's certificate (reloaded when its files change); trust roots for HTTPS upstreams |
+//! | `auth/mod.rs` | stage 2: `authenticate`, `find_key`, `Caller` |
+//! | `auth/credential.rs` | the one credential: Bearer, `x-api-key`, Basic |
+//! | `auth/secrets.rs` | keys where they must not be: in a URL, in client text |
+//! | `authorize/mod.rs` | stage 3: `route` (deny by default), `scope` |
+//! | `authorize/routes.rs` | the route table (built-in and `[[route]]`), paths in normal form |
+//! | `authorize/model.rs` | the model stage: the body read as far as its model, the model checked |
+//! | `authorize/body.rs` | what a body says: encoding, model, facts; the stream-usage rewrite |
+//! | `authorize/multipart.rs` | a multipart upload whose model is read while it streams |
+//! | `authorize/part_name.rs` | which multipart part is `model`, read strictly |
+//! | `limit/mod.rs` | stage 4: `check_rate`, `acquire_slot`, `reserve_tokens`, local or on Redis with its failure policy; settling a token charge |
+//! | `limit/answer.rs` | every limit header: `x-ratelimit-*`, `retry-after`, `retry-after-ms` |
+//! | `limit/rate.rs` | `RateCell` (GCRA in 8 bytes), `Quota`, `Verdict` |
+//! | `limit/tokens.rs` | `TokenBucket` |
+//! | `limit/inflight.rs` | `InFlight` (per key) and `Capacity` (gateway-wide) |
+//! | `limit/failed_auth.rs` | `FailedAuthGuard`, per client address |
+//! | `limit/redis/mod.rs` | `RedisBackend`: the connection, the checks, the lease keeper |
+//! | `limit/redis/breaker.rs` | the circuit breaker; failures logged once per change |
+//! | `limit/redis/leases.rs` | in-flight slots held as leases, renewed while their request runs |
+//! | `limit/redis/scripts.rs` | the Lua scripts (`rate.lua`, `slot.lua`, `tokens.lua` beside it), twins of the local limiters |
+//! | `proxy/mod.rs` | stage 5: `choose`, `forward`, `send`, `list_models` |
+//! | `proxy/upstream.rs` | `Upstream`: its pool, the upstream's request, the wait for its head |
+//! | `proxy/pool.rs` | upstream connections leased to the request's own task |
+//! | `proxy/headers.rs` | header hygiene in both directions |
+//! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
+//! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record |
+//! | `proxy/idle.rs` | body frames bounded in time; how a client's body fails |
+//! | `proxy/stream_usage.rs` | the usage-only SSE event hidden from a client that did not ask for it |
+//! | `proxy/revoke.rs` | an answer ended when its key is revoked |
+//! | `proxy/health.rs` | an upstream's cached health-check result |
+//! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
+//! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
+//! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short |
+//! | `account/access_log.rs` | the access line |
+//! | `keys/token.rs` | the token format (prefix, secret, checksum), generation, hashing |
+//! | `keys/scope.rs` | `Scope`, `Scopes` |
+//! | `keys/models.rs` | model globs (allowlists; upstreams' `models` too) |
+//! | `keys/record.rs` | `KeyRecord` (one key in the file), `NewKey`, the one record validator |
+//! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
+//! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
+//! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes |
+//! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
+//! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |
+//! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
+//! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |
+//! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
+//! | `admin/console.rs` | the web console's files, embedded |
+//! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once; `RequestSample` |
+//! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
+//! | `ops/metrics/scrape.rs` | state gauges set at a scrape; the `/metrics` listener |
+//! | `ops/logging.rs` | the log writer: a bounded queue, one thread, a reloadable level |
+//! | `ops/audit.rs` | the audit trail of key changes |
+//! | `ops/health.rs` | running the upstreams' health checks |
+//! | `ops/probes.rs` | `/healthz`, `/readyz`, the console's files |
+//! | `ops/maintenance.rs` | the 10 s task: usage saved, expiry warnings, sweeps |
+//! | `ops/usage_state.rs` | the usage state file |
+//! | `cli/mod.rs` | the command line (clap) and its dispatch |
+//! | `cli/args.rs` | flags that need more than clap's derive |
+//! | `cli/config.rs` | which configuration a command reads |
+//! | `cli/error.rs` | `CliError` and the exit status |
+//! | `cli/keys.rs` | `keys create/list/show/rotate/revoke` |
+//! | `cli/check.rs` | `check` |
+//! | `cli/serve.rs` | `serve`'s process wiring (watchers, metrics listener, maintenance, signals), `mock` |
+//! | `cli/demo.rs` | `demo` |
+//! | `cli/output.rs` | tables and JSON for a terminal |
+//! | `config/mod.rs` | `Config` and its validated sections |
+//! | `config/raw.rs` | `gateway.toml` as written: raw serde structs |
+//! | `config/load.rs` | reading `gateway.toml` |
+//! | `config/validate.rs` | raw to validated, field by field |
+//! | `config/cluster.rs` | `[cluster]` and the Redis client it describes |
+//! | `config/tests.rs` | unit tests of parsing and validation |
+//! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |
+//! | `time.rs` | timestamps, human durations, OpenAI's reset form |
+//! | `text.rs` | control characters refused on input, escaped on output |
+//! | `mock.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks) |
 #![forbid(unsafe_code)]
 
 pub mod account;
 pub mod admin;
-pub mod authenticate;
+pub mod auth;
 pub mod authorize;
-pub mod body;
 pub mod cli;
-pub mod cluster;
 pub mod config;
-pub mod conn;
-pub mod console;
 pub mod error;
-pub mod expiry;
-pub mod forward;
 pub mod gateway;
-pub mod headers;
-pub mod health;
-pub mod index;
-pub mod key;
+pub mod keys;
 pub mod limit;
-pub mod logging;
-pub mod metrics;
 pub mod mock;
-pub mod multipart;
-pub mod pool;
-pub mod run;
-pub mod scope;
+pub mod ops;
+pub mod pipeline;
+pub mod proxy;
 pub mod server;
-pub mod state;
-pub mod store;
 pub mod text;
 pub mod time;
-pub mod tls;
-pub mod usage;
 pub mod watch;

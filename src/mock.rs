@@ -1,7 +1,8 @@
 //! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
 //! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
 //! completions, embeddings as floats or base64, models, tokenize), and records every request it gets so tests can
-//! check exactly what crossed the gateway.
+//! check exactly what crossed the gateway. It is one cohesive thing, longer than most files: a
+//! whole small server.
 //!
 //! Test hooks are request headers, which pass through the gateway untouched:
 //! `x-mock-status` (answer with that status), `x-mock-delay-ms` (wait before the head),
@@ -100,7 +101,7 @@ pub async fn serve(
 ) {
     let opts = Arc::new(opts);
     tokio::pin!(shutdown);
-    let mut acceptor = crate::server::Acceptor::new("mock");
+    let mut acceptor = crate::server::accept::Acceptor::new("mock");
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
@@ -337,7 +338,7 @@ fn model_obj(id: &str) -> Value {
 
 /// A deterministic 8-dimensional unit vector from the text, in f32 as embeddings are.
 fn embed(s: &str) -> Vec<f32> {
-    let h = crate::key::hash_token(s);
+    let h = crate::keys::token::hash_token(s);
     let v: Vec<f64> = h[..8].iter().map(|b| f64::from(*b) / 255.0 - 0.5).collect();
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
     v.into_iter().map(|x| (x / norm) as f32).collect()

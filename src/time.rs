@@ -88,7 +88,8 @@ pub fn human_secs(secs: u64) -> String {
 }
 
 /// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`. A `Display`, so an error
-/// message or a header is written without an intermediate `String` (a 429 writes it twice).
+/// message or a header (`limit::answer`) is written without an intermediate `String` (a 429
+/// writes it twice).
 pub struct OpenAiDuration(pub Duration);
 
 impl fmt::Display for OpenAiDuration {
@@ -121,18 +122,6 @@ impl fmt::Display for OpenAiDuration {
     }
 }
 
-impl OpenAiDuration {
-    /// The header value, formatted on the stack.
-    pub fn header_value(&self) -> Option<http::HeaderValue> {
-        use std::io::Write;
-        let mut buf = [0u8; 32];
-        let mut cur = std::io::Cursor::new(&mut buf[..]);
-        write!(cur, "{self}").ok()?;
-        let n = cur.position() as usize;
-        http::HeaderValue::from_bytes(&buf[..n]).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,12 +148,7 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(1_250)), "1.25s");
         assert_eq!(openai_duration(Duration::from_millis(59_005)), "59.005s");
         assert_eq!(openai_duration(Duration::from_millis(999)), "999ms");
-        assert_eq!(
-            OpenAiDuration(Duration::from_millis(1_050))
-                .header_value()
-                .unwrap(),
-            "1.05s"
-        );
+        assert_eq!(openai_duration(Duration::from_millis(1_050)), "1.05s");
     }
 
     #[test]

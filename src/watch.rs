@@ -26,8 +26,10 @@ use tokio::sync::mpsc;
 /// How long a changed file must stay unchanged before it is applied.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
+/// What tells one version of a file from another: device, inode, size, mtime and ctime, of
+/// the file as resolved through links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
+pub struct Fingerprint {
     dev: u64,
     ino: u64,
     len: u64,
@@ -35,16 +37,19 @@ struct Fingerprint {
     ctime_ns: i128,
 }
 
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let m = std::fs::metadata(path).ok()?;
-    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    Some(Fingerprint {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-    })
+impl Fingerprint {
+    /// The fingerprint of `path` now, `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<Fingerprint> {
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// Whether a directory event can concern the watched file `name`: it names the file, or an
@@ -90,7 +95,7 @@ pub struct Watch {
 
 impl Watch {
     pub fn new(path: PathBuf) -> Watch {
-        let last = fingerprint(&path);
+        let last = Fingerprint::of(&path);
         Watch { path, last }
     }
 
@@ -129,7 +134,7 @@ impl Watch {
                     _ = tick.tick() => {}
                     Some(()) = rx.recv() => {}
                 }
-                let mut now = fingerprint(&path);
+                let mut now = Fingerprint::of(&path);
                 if now == last && !failing {
                     continue;
                 }
@@ -138,7 +143,7 @@ impl Watch {
                     // whole, never half.
                     loop {
                         tokio::time::sleep(SETTLE).await;
-                        let again = fingerprint(&path);
+                        let again = Fingerprint::of(&path);
                         if again == now {
                             break;
                         }

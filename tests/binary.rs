@@ -1,56 +1,12 @@
 //! The real binary as users run it: `keygate demo` and `keygate serve` with signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::binary::*;
 use common::*;
 use http::Method;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// Reads stdout lines until one contains `needle`; returns all lines read so far.
-fn read_until(child: &mut Child, needle: &str) -> Vec<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                let done = l.contains(needle);
-                lines.push(l);
-                if done {
-                    // keep draining in the background so the child never blocks on stdout
-                    std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return lines;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("never printed {needle:?}; got {lines:?}");
-}
-
-fn addr_of(line: &str) -> String {
-    line.split("http://")
-        .nth(1)
-        .unwrap()
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .next()
-        .unwrap()
-        .to_string()
-}
+use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn demo_serves_a_working_key() {
@@ -142,16 +98,8 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
     let (key, id) = cli_create_key(&cfg, "u");
 
     for round in 1..=2u64 {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = read_until(&mut child, "listening on");
-        let addr = addr_of(lines.last().unwrap());
+        let mut served = serve(&cfg);
+        let addr = served.addr;
         let a = send(
             Method::POST,
             &format!("http://{addr}/v1/chat/completions"),
@@ -160,8 +108,8 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
         )
         .await;
         assert_eq!(a.status, 200);
-        sigterm(&child);
-        assert!(child.wait().unwrap().success());
+        sigterm(&served.child);
+        assert!(served.child.wait().unwrap().success());
         let out = Command::new(BIN)
             .arg("--config")
             .arg(&cfg)

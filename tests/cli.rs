@@ -1,8 +1,11 @@
 //! The `keygate keys …` and `keygate check` commands, run as a user runs them: the real
 //! binary, a fresh directory with its own `gateway.toml` and key file per test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keygate::key::{hash_token, Token};
-use keygate::store::{self, KeyFile, KeyStore, NewKey};
+use keygate::keys::file::KeyFile;
+use keygate::keys::record::NewKey;
+use keygate::keys::store::KeyStore;
+use keygate::keys::token::{hash_token, Token};
 use keygate::time::Timestamp;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -105,7 +108,7 @@ impl Env {
     }
 
     fn key_file(&self) -> KeyFile {
-        store::parse(&self.key_text(), &self.keys).unwrap()
+        KeyFile::parse(&self.key_text(), &self.keys).unwrap()
     }
 }
 
@@ -182,7 +185,7 @@ fn create_json_prints_a_valid_key_and_stores_only_its_hash() {
         assert!(v.get(field).is_some(), "`{field}` missing from {v}");
     }
     assert_eq!(s(&v, "name"), "x");
-    assert!(keygate::key::is_valid_id(s(&v, "id")), "{v}");
+    assert!(keygate::keys::token::is_valid_id(s(&v, "id")), "{v}");
     assert!(
         v["expires_at"].is_null(),
         "no --expires-in means no expiry: {v}"
@@ -720,7 +723,7 @@ fn a_writer_killed_at_any_point_leaves_the_old_or_the_new_file() {
             mid_write += 1; // killed between creating the temp file and renaming it
         }
         let text = env.key_text();
-        let after = store::parse(&text, &env.keys).unwrap_or_else(|e| {
+        let after = KeyFile::parse(&text, &env.keys).unwrap_or_else(|e| {
             panic!("round {round} (seed {seed}): the key file is torn after a kill: {e}")
         });
         let n = current.keys.len();
@@ -1296,7 +1299,7 @@ fn help_documents_every_command_and_flag() {
     }
     // --scopes lists every scope with what it allows.
     let long = env.ok(&["keys", "create", "--help"]);
-    for scope in keygate::scope::Scope::ALL {
+    for scope in keygate::keys::scope::Scope::ALL {
         let line = format!("{}: ", scope.name());
         assert!(
             long.lines()

@@ -2,16 +2,17 @@
 //! silent connections over HTTP/1.1 and HTTP/2, clients that stop reading an answer, the
 //! per-address cap, and HEAD — through the real listener on 127.0.0.1:0.
 //!
-//! The tests measure time, so each takes `SERIAL` and they run one at a time. Run with
-//! `--nocapture` to see the measured times.
+//! The times they measure are bounded generously. Run with `--nocapture` to see them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use bytes::Bytes;
+use common::binary::*;
+use common::raw::{chat_req, find, ms, Raw, SEC};
 use common::*;
 use http::Method;
-use keygate::store::KeyLimits;
-use std::io::{BufRead, BufReader};
+use keygate::keys::record::KeyLimits;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -22,105 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-const SEC: Duration = Duration::from_secs(1);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-// ------------------------------------------------------------------ raw HTTP/1.1 client
-
-/// A client socket that writes exactly the bytes it is given (a small cut of hardening.rs's).
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-    eof: bool,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let s = tokio::time::timeout(SEC, TcpStream::connect(addr))
-            .await
-            .expect("connect")
-            .unwrap();
-        s.set_nodelay(true).unwrap();
-        Raw {
-            s,
-            buf: Vec::new(),
-            eof: false,
-        }
-    }
-
-    async fn send(&mut self, b: impl AsRef<[u8]>) -> std::io::Result<()> {
-        self.s.write_all(b.as_ref()).await
-    }
-
-    /// Reads once; false on timeout.
-    async fn fill(&mut self, deadline: tokio::time::Instant) -> bool {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
-            Err(_) => false,
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                self.eof = true;
-                true
-            }
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The status of the next response with a content-length body (read and discarded), or
-    /// `None` if the connection closed or nothing came within 5 s.
-    async fn status(&mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + 5 * SEC;
-        loop {
-            if let Some(h) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..h]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if self.buf.len() >= h + 4 + len {
-                    self.buf.drain(..h + 4 + len);
-                    return head.split(' ').nth(1).and_then(|s| s.parse().ok());
-                }
-            }
-            if self.eof || !self.fill(deadline).await {
-                return None;
-            }
-        }
-    }
-
-    /// Waits for the peer to close; how long it took, or `None` if still open after `limit`.
-    async fn wait_closed(&mut self, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + limit;
-        while !self.eof {
-            if !self.fill(deadline).await {
-                return None;
-            }
-        }
-        Some(start.elapsed())
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n";
-
-fn chat_req(key: &str, extra: &str) -> String {
-    format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{CHAT}",
-        CHAT.len()
-    )
-}
 
 // ------------------------------------------------------------------ HTTP/2 client
 
@@ -332,32 +235,6 @@ async fn gateway_for(up: &SseUpstream, server: &str) -> TestGateway {
 
 // ------------------------------------------------------------------ the real binary
 
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let err = child.stderr.take().unwrap();
-    let l2 = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-/// The address in the first stdout line ("… listening on http://ADDR").
-fn listening_addr(child: &mut Child) -> SocketAddr {
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on http://"), "{line}");
-    line.trim()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// `keygate ARGS` with its open-file limit set by `ulimit OPTS` first (the shell execs it,
 /// so the child's pid is keygate's).
 fn spawn_limited(ulimit: &str, args: &[&std::ffi::OsStr]) -> Child {
@@ -490,7 +367,6 @@ fn stop(mut child: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_listener_pauses_and_recovers() {
-    let _serial = SERIAL.lock().await;
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
@@ -541,7 +417,6 @@ async fn out_of_descriptors_the_listener_pauses_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_mock_listeners_pause_too() {
-    let _serial = SERIAL.lock().await;
     // The metrics listener, in a gateway whose API listener is left alone.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
@@ -603,7 +478,6 @@ async fn metrics_and_mock_listeners_pause_too() {
 
 #[tokio::test]
 async fn soft_open_file_limit_is_raised_to_the_hard_limit() {
-    let _serial = SERIAL.lock().await;
     let (_, hard) = nofile("self");
     if hard <= 256 {
         eprintln!("hard open-file limit {hard}: nothing to raise here; skipped");
@@ -638,7 +512,6 @@ async fn soft_open_file_limit_is_raised_to_the_hard_limit() {
 
 #[tokio::test]
 async fn h2_connection_without_a_request_is_closed_at_header_read_timeout() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
     // Preface and SETTINGS, then nothing; the h2 crate answers the server's PINGs.
     let mut c = H2::connect(g.addr, &h2::client::Builder::new()).await;
@@ -655,7 +528,6 @@ async fn h2_connection_without_a_request_is_closed_at_header_read_timeout() {
 
 #[tokio::test]
 async fn h2_connection_is_closed_idle_timeout_after_its_last_stream_with_goaway() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
     let mut c = H2::connect(g.addr, &h2::client::Builder::new()).await;
     let mut client = c.client.clone().ready().await.unwrap();
@@ -682,7 +554,6 @@ async fn h2_connection_is_closed_idle_timeout_after_its_last_stream_with_goaway(
 
 #[tokio::test]
 async fn h2_headers_dripped_in_continuation_frames_are_cut() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("[server]\nheader_read_timeout = \"1s\"\n").await;
     let tcp = TcpStream::connect(g.addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();
@@ -731,7 +602,6 @@ async fn h2_headers_dripped_in_continuation_frames_are_cut() {
 
 #[tokio::test]
 async fn idle_http1_keep_alive_connection_is_closed_at_idle_timeout() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("[server]\nheader_read_timeout = \"5s\"\nidle_timeout = \"1s\"\n").await;
     let mut c = Raw::connect(g.addr).await;
     c.send(HEALTHZ).await.unwrap();
@@ -746,7 +616,6 @@ async fn idle_http1_keep_alive_connection_is_closed_at_idle_timeout() {
 
 #[tokio::test]
 async fn a_long_stream_is_not_closed_while_it_runs() {
-    let _serial = SERIAL.lock().await;
     // Every deadline is far shorter than the stream; the client reads as it comes.
     let g = start_gateway(
         "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nwrite_timeout = \"1s\"\n",
@@ -805,7 +674,6 @@ async fn a_long_stream_is_not_closed_while_it_runs() {
 
 #[tokio::test]
 async fn connections_over_max_connections_per_ip_are_refused() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("[server]\nmax_connections_per_ip = 2\n").await;
     let mut a = Raw::connect(g.addr).await;
     let mut b = Raw::connect(g.addr).await;
@@ -837,7 +705,6 @@ async fn connections_over_max_connections_per_ip_are_refused() {
 
 #[tokio::test]
 async fn h2_client_with_no_receive_window_frees_upstream_and_slot_at_write_timeout() {
-    let _serial = SERIAL.lock().await;
     let upstream = SseUpstream::start().await;
     let g = gateway_for(&upstream, "write_timeout = \"1s\"\n").await;
     let key = g.key_with_limits(KeyLimits {
@@ -891,7 +758,6 @@ async fn h2_client_with_no_receive_window_frees_upstream_and_slot_at_write_timeo
 
 #[tokio::test]
 async fn http1_client_that_never_reads_frees_upstream_and_slot_at_write_timeout() {
-    let _serial = SERIAL.lock().await;
     let upstream = SseUpstream::start().await;
     let g = gateway_for(&upstream, "write_timeout = \"1s\"\n").await;
     let key = g.key_with_limits(KeyLimits {
@@ -901,7 +767,7 @@ async fn http1_client_that_never_reads_frees_upstream_and_slot_at_write_timeout(
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut c = sock.connect(g.addr).await.unwrap();
-    c.write_all(chat_req(&key, "x-test-event-bytes: 65536\r\n").as_bytes())
+    c.write_all(chat_req(Some(&key), "x-test-event-bytes: 65536\r\n", CHAT).as_bytes())
         .await
         .unwrap();
     // Never read: the socket buffers fill, then the gateway can write no more.
@@ -936,7 +802,6 @@ async fn http1_client_that_never_reads_frees_upstream_and_slot_at_write_timeout(
 
 #[tokio::test]
 async fn head_is_answered_wherever_get_is() {
-    let _serial = SERIAL.lock().await;
     let g = start_gateway("").await;
     let key = g.key();
     let admin = g.key_with_scopes(&["admin"]);

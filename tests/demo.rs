@@ -1,44 +1,16 @@
 //! `keygate demo` as a newcomer meets it: the snippets it prints are copied and run as they
 //! are (curl with `sh`, the Python one with the official `openai` SDK from the repo's
 //! `.venv`), and the built-in mock answers what the SDKs ask for (base64 embeddings).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use base64::Engine;
+use common::binary::*;
 use common::*;
 use http::Method;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// Reads the child's stdout until a line contains `needle`; returns the lines so far.
-fn read_until(child: &mut Child, needle: &str) -> Vec<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let done = l.contains(needle);
-            lines.push(l);
-            if done {
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return lines;
-            }
-        }
-    }
-    panic!("never printed {needle:?}; got {lines:?}");
-}
+use std::process::{Command, Stdio};
 
 /// The block of `lines` that starts with a line for which `first` holds and ends at the first
 /// line for which `last` holds (inclusive).

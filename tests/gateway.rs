@@ -1,11 +1,12 @@
 //! The gateway through a real listener on 127.0.0.1:0: every SPEC §3 answer, forwarding
 //! hygiene, streaming, reload and limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::*;
 use http::Method;
-use keygate::store::{KeyLimits, NewKey};
+use keygate::keys::record::{KeyLimits, NewKey};
 use keygate::time::Timestamp;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ async fn malformed_bad_checksum_and_unknown_keys_are_invalid() {
     let i = flipped.len() - 10;
     flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
     let flipped = String::from_utf8(flipped).unwrap();
-    let unknown = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let unknown = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     for bad in ["nonsense", "sk_kg_short", &flipped, &unknown] {
         let a = chat(&g, bad, CHAT).await;
         assert_eq!(a.status, 401, "{bad}");
@@ -407,7 +408,7 @@ async fn too_many_failed_attempts_from_one_address() {
     let good = g.key();
     let mut last = None;
     for i in 0..6 {
-        let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+        let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
         let a = chat(&g, &bogus, CHAT).await;
         last = Some(a.status.as_u16());
         if i < 3 {
@@ -417,7 +418,7 @@ async fn too_many_failed_attempts_from_one_address() {
     assert_eq!(last, Some(429));
     // A blocked address keeps getting 429 for bad keys, but its valid keys are served:
     // behind a proxy, one address is many clients.
-    let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     let a = chat(&g, &bogus, CHAT).await;
     assert_eq!(a.status, 429);
     assert_eq!(a.error_code(), "too_many_failed_attempts");
@@ -487,7 +488,7 @@ async fn not_ready_until_a_key_file_loads() {
         None,
     )
     .unwrap();
-    let gw = keygate::state::Gateway::new(cfg);
+    let gw = keygate::gateway::Gateway::new(cfg);
     assert!(gw.reload_keys().is_err());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -796,7 +797,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
     std::fs::create_dir_all(secret.join("..v1")).unwrap();
     // Build two versions of the key file with the store, then mount v1.
     let scratch = tempfile::tempdir().unwrap();
-    let store = keygate::store::KeyStore::new(scratch.path().join("keys.json"));
+    let store = keygate::keys::store::KeyStore::new(scratch.path().join("keys.json"));
     let (_, k1) = store
         .update(|f| f.create(new_key("one"), "sk_kg", Timestamp::now()))
         .unwrap();
@@ -830,7 +831,7 @@ async fn kubernetes_style_symlink_swap_is_picked_up() {
     // Writes to a mounted Secret are refused as read-only.
     let err = g.store().update(|_| Ok(())).unwrap_err();
     assert!(
-        matches!(err, keygate::store::StoreError::ReadOnly { .. }),
+        matches!(err, keygate::keys::error::StoreError::ReadOnly { .. }),
         "{err}"
     );
 }

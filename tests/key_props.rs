@@ -1,9 +1,12 @@
 //! Properties of the token format (SPEC §1): every generated key parses and hashes the same
 //! way, every single-character change is caught by the checksum before any lookup, and no
 //! input at all makes the parser panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keygate::key::{self, hash_token, ParseError, Token, BASE62, CHECK_LEN, SECRET_LEN};
-use keygate::store::{hash_hex, parse_hash};
+use keygate::keys::record::{hash_hex, parse_hash};
+use keygate::keys::token::{
+    self as key, hash_token, ParseError, Token, BASE62, CHECK_LEN, SECRET_LEN,
+};
 use proptest::prelude::*;
 
 /// Prefixes `gateway.toml` accepts: 1–32 letters, digits or `_`, not ending in `_`.

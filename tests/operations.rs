@@ -1,23 +1,22 @@
 //! Operations: Prometheus metrics, live gateway.toml reload, JSON logs without secrets, and
 //! SIGTERM draining through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::binary::*;
 use common::*;
 use http::Method;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move() {
     let g = start_gateway("").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
-    tokio::spawn(keygate::metrics::serve(
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
         listener,
         g.gw.clone(),
         std::future::pending(),
@@ -87,7 +86,7 @@ async fn metrics_parse_as_prometheus_text_and_move() {
 #[tokio::test]
 async fn gateway_toml_edits_apply_live_and_bad_edits_keep_the_old_config() {
     let g = start_gateway("").await;
-    let _w = keygate::run::watch_config_file(
+    let _w = keygate::cli::serve::watch_config_file(
         g.gw.clone(),
         g.config_path.clone(),
         Duration::from_millis(100),
@@ -149,27 +148,6 @@ async fn gateway_toml_edits_apply_live_and_bad_edits_keep_the_old_config() {
     );
 }
 
-/// Collects a child's stderr lines in the background.
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let err = child.stderr.take().unwrap();
-    let l2 = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-fn listening_addr(child: &mut Child) -> String {
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on http://"), "{line}");
-    line.trim().rsplit("http://").next().unwrap().to_string()
-}
-
 fn setup(
     extra: &str,
     mock: std::net::SocketAddr,
@@ -189,16 +167,9 @@ fn setup(
 async fn json_access_log_has_the_fields_and_never_a_secret() {
     let mock = start_mock().await;
     let (_dir, cfg, key, id) = setup("", mock.addr);
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = capture_stderr(&mut child);
-    let addr = listening_addr(&mut child);
+    let mut served = serve(&cfg);
+    let (addr, logs) = (served.addr, std::sync::Arc::clone(&served.logs));
+    let child = &mut served.child;
     // The query is never logged: it could carry a secret.
     let url = format!("http://{addr}/v1/chat/completions?session=query-secret");
     let ok = send(
@@ -213,7 +184,7 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
     )
     .await;
     assert_eq!(ok.status, 200);
-    let wrong = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let wrong = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     assert_eq!(
         send(
             Method::POST,
@@ -243,7 +214,7 @@ async fn json_access_log_has_the_fields_and_never_a_secret() {
         }
     })
     .await;
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let lines = logs.lock().unwrap().clone();
     assert!(found, "{lines:?}");
@@ -410,15 +381,9 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
         "shutdown_delay = \"1s\"\ndrain_timeout = \"10s\"\n",
         mock.addr,
     );
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(&mut child);
+    let mut served = serve(&cfg);
+    let addr = served.addr;
+    let child = &mut served.child;
     let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("authorization", bearer(&key))
         .header("x-mock-interval-ms", "150")
@@ -438,7 +403,7 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
             .status,
         200
     );
-    sigterm(&child);
+    sigterm(child);
     assert!(
         eventually(Duration::from_millis(900), || async {
             send(Method::GET, &format!("http://{addr}/readyz"), &[], "")
@@ -454,19 +419,9 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
     assert!(child.wait().unwrap().success(), "exit 0");
 }
 
-/// Starts `keygate serve` with JSON logs; returns the child, its address and its log lines.
-fn serve_json(cfg: &std::path::Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = capture_stderr(&mut child);
-    let addr = listening_addr(&mut child);
-    (child, addr, logs)
+/// Starts `keygate serve` (a config with JSON logs).
+fn serve_json(cfg: &std::path::Path) -> Served {
+    serve(cfg)
 }
 
 /// The value of `field` in the first JSON log line whose message is `message`.
@@ -533,7 +488,8 @@ async fn metrics_through_the_binary_are_described_exist_from_the_start_and_span_
     )
     .unwrap();
     let (key, _) = cli_create_key(&cfg, "metered");
-    let (child, addr, logs) = serve_json(&cfg);
+    let served = serve_json(&cfg);
+    let (addr, logs) = (served.addr, Arc::clone(&served.logs));
     let maddr = logged(&logs, "metrics listening", "addr").await;
 
     // Before any traffic.
@@ -666,9 +622,9 @@ async fn metrics_through_the_binary_are_described_exist_from_the_start_and_span_
         sample(&s, "keygate_request_duration_seconds", &[("route", "chat")]).unwrap() >= 2.0,
         "two chat requests in the histogram"
     );
-    sigterm(&child);
-    let mut child = child;
-    assert!(child.wait().unwrap().success());
+    sigterm(&served.child);
+    let mut served = served;
+    assert!(served.child.wait().unwrap().success());
 }
 
 /// An upstream whose `/health` answers 503 until `healthy` is set; counts the checks.
@@ -730,7 +686,9 @@ async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
     )
     .unwrap();
     cli_create_key(&cfg, "k");
-    let (mut child, addr, logs) = serve_json(&cfg);
+    let mut served = serve_json(&cfg);
+    let (addr, logs) = (served.addr, Arc::clone(&served.logs));
+    let child = &mut served.child;
     let readyz = format!("http://{addr}/readyz");
 
     // The model is still loading: its health check fails, and so does readiness.
@@ -772,7 +730,7 @@ async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
         .await,
         "ready once the upstream answers its health check"
     );
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let lines = logs.lock().unwrap().clone();
     assert!(

@@ -1,13 +1,15 @@
 //! Reloading the key file and gateway.toml: what the watcher reacts to, when a changed file is
 //! applied, and what happens while the key file cannot be read — through the real binary
 //! (run as another user where permissions matter) or the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::binary::*;
 use common::*;
 use http::Method;
 use std::fs;
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,31 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 /// The unprivileged user the gateway runs as where file permissions matter (tests run as root).
 const NOBODY: u32 = 65534;
-
-/// Reads the "listening on" line from a child's stdout.
-fn listening_addr(child: &mut Child) -> String {
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on http://"), "{line:?}");
-    line.trim().rsplit("http://").next().unwrap().to_string()
-}
-
-/// Collects a child's stderr lines in the background.
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let err = child.stderr.take().unwrap();
-    let l2 = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
 
 fn count(lines: &Mutex<Vec<String>>, needle: &str) -> usize {
     lines
@@ -66,6 +45,22 @@ fn cli(cfg: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A gateway.toml in `dir`: any port, `keys.json` polled every 100 ms, the `extra` tables, and
+/// `mock` as the upstream.
+fn write_config(dir: &Path, mock: &Mock, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("gateway.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n\
+             {extra}[[upstream]]\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// Stops the child on drop, so a failed assertion does not leave a gateway running.
 struct Running(Child);
 
@@ -82,16 +77,7 @@ impl Drop for Running {
 async fn trace_logging_into_the_key_directory_does_not_feed_itself() {
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n\
-             [log]\nlevel = \"trace\"\n[[upstream]]\nurl = \"http://{}\"\n",
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(dir.path(), &mock, "[log]\nlevel = \"trace\"\n");
     let (key, id) = cli_create_key(&cfg, "traced");
     // The gateway's log goes to a file beside the key file, as with `2>> /etc/keygate/log`.
     let log_path = dir.path().join("gateway.log");
@@ -161,7 +147,7 @@ async fn trace_logging_into_the_key_directory_does_not_feed_itself() {
 async fn a_slow_in_place_rewrite_of_gateway_toml_is_applied_whole() {
     // The limit comes last, so the first half of the file is a valid config without it.
     let g = start_gateway("[limits]\nrequests_per_minute = 7\n").await;
-    let _w = keygate::run::watch_config_file(
+    let _w = keygate::cli::serve::watch_config_file(
         g.gw.clone(),
         g.config_path.clone(),
         Duration::from_millis(100),
@@ -266,19 +252,10 @@ async fn an_emptied_gateway_toml_is_refused_logged_and_counted() {
     )
     .unwrap();
     let (key, _) = cli_create_key(&cfg, "k");
-    let mut child = Running(
-        Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let logs = capture_stderr(&mut child.0);
-    let addr = listening_addr(&mut child.0);
+    let mut served = serve_with(&cfg, |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let (addr, logs) = (served.addr, std::sync::Arc::clone(&served.logs));
     let metrics = metrics_addr(&logs).await;
     let url = format!("http://{addr}/v1/chat/completions");
 
@@ -337,8 +314,8 @@ async fn an_emptied_gateway_toml_is_refused_logged_and_counted() {
         .await,
         0.0
     );
-    sigterm(&child.0);
-    assert!(child.0.wait().unwrap().success());
+    sigterm(&served.child);
+    assert!(served.child.wait().unwrap().success());
 }
 
 // ------------------------------------------------------------------------------ 13.15
@@ -542,9 +519,9 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
 #[tokio::test]
 async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
     let g = start_gateway("").await;
-    let (_, key) = g.create_key(keygate::store::NewKey {
+    let (_, key) = g.create_key(keygate::keys::record::NewKey {
         name: "edited".into(),
-        limits: keygate::store::KeyLimits {
+        limits: keygate::keys::record::KeyLimits {
             requests_per_minute: Some(100),
             ..Default::default()
         },
@@ -582,5 +559,65 @@ async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
         })
         .await,
         "the edit was never applied"
+    );
+}
+
+#[tokio::test]
+async fn a_management_write_reloads_the_index_once() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &mock,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
+    let admin = cli(
+        &cfg,
+        &[
+            "keys", "create", "--name", "admin", "--scopes", "admin", "--json",
+        ],
+    );
+    let admin: serde_json::Value = serde_json::from_str(&admin).unwrap();
+    let admin = admin["key"].as_str().unwrap().to_string();
+    let served = serve_with(&cfg, |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let metrics = metrics_addr(&served.logs).await;
+    let reloads = || {
+        scrape(
+            &metrics,
+            "keygate_key_reloads_total",
+            Some(("result", "ok")),
+        )
+    };
+    let loaded = || count(&served.logs, "\"key file loaded\"");
+    let (before, loads_before) = (reloads().await, loaded());
+
+    let a = send(
+        Method::POST,
+        &served.url("/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        r#"{"name":"made-by-api"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // The watcher looks at the file the write replaced (and logs its look).
+    assert!(
+        eventually(Duration::from_secs(5), || async { loaded() > loads_before }).await,
+        "the watcher never looked at the written file"
+    );
+    assert_eq!(
+        reloads().await,
+        before + 1.0,
+        "the write's own reload, and no second one by the watcher"
+    );
+    // A change made elsewhere is still picked up by the watcher.
+    cli(&cfg, &["keys", "create", "--name", "made-by-cli"]);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads().await >= before + 2.0
+        })
+        .await,
+        "a change by the CLI was not reloaded"
     );
 }

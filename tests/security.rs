@@ -4,13 +4,14 @@
 //! Each test runs a real gateway on 127.0.0.1:0 in front of the mock upstream (whose
 //! `Recorder` shows exactly what crossed), or of a raw TCP upstream that reports bytes as
 //! they arrive.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use bytes::Bytes;
 use common::*;
 use http::Method;
-use keygate::store::NewKey;
+use keygate::keys::record::NewKey;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -692,7 +693,7 @@ fn logs() -> String {
 fn capture_access(g: &TestGateway) {
     logs();
     if let Some(buf) = LOGS.get() {
-        let l = keygate::logging::Logging::to_writer(
+        let l = keygate::ops::logging::Logging::to_writer(
             Box::new(LogWriter(Arc::clone(buf))),
             keygate::config::LogFormat::Text,
         )
@@ -801,7 +802,7 @@ async fn a_key_as_path_or_model_is_refused_and_never_logged_or_echoed() {
     assert_eq!(a.status, 400);
     assert!(!String::from_utf8_lossy(&a.body).contains(&limited));
     // Another key of this gateway, in a model name, is not echoed either.
-    let other = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let other = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     let a = chat(
         &g,
         &limited,
@@ -904,7 +905,7 @@ async fn bad_keys_from_an_address_never_lock_out_its_valid_keys() {
     // An attacker on the same address keeps sending bad keys; the user keeps working.
     let mut refused_bad = 0;
     for round in 0..12 {
-        let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+        let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
         let a = chat(&g, &bogus, CHAT).await;
         if round >= 3 {
             assert_eq!(a.error_code(), "too_many_failed_attempts", "round {round}");
@@ -956,12 +957,12 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_counted_logged_and_forwa
     assert!(line.contains("client_addr=198.51.100.7"), "{line}");
     // The guard counts the forwarded client, not the proxy everyone shares.
     for _ in 0..3 {
-        let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+        let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
         as_client("198.51.100.66", &bogus).await;
     }
-    let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     assert_eq!(as_client("198.51.100.66", &bogus).await.status, 429);
-    let bogus = keygate::key::generate("sk_kg").unwrap().plaintext;
+    let bogus = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
     assert_eq!(
         as_client("198.51.100.67", &bogus).await.status,
         401,

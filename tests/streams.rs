@@ -2,21 +2,22 @@
 //! charged what they relayed (local and Redis token buckets), a revoke ends the key's running
 //! requests while a rotation does not, and the access log tells a client that left (499) and
 //! the bytes each way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use bytes::Bytes;
+use common::binary::*;
+use common::redis::Redis;
 use common::*;
 use http::Method;
 use http_body_util::BodyExt;
+use keygate::keys::record::{KeyLimits, NewKey};
 use keygate::mock::MockOptions;
-use keygate::store::{KeyLimits, NewKey};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 const SEC: Duration = Duration::from_secs(1);
 
 /// A streamed chat whose user message is `words` words (the mock echoes them back one SSE
@@ -168,43 +169,6 @@ async fn abandoned_streams_hit_the_token_limit_like_complete_ones(g: &TestGatewa
 async fn abandoned_streams_are_charged_what_they_relayed() {
     let g = start_gateway("").await;
     abandoned_streams_hit_the_token_limit_like_complete_ones(&g).await;
-}
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let up = eventually(10 * SEC, || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(up, "redis-server did not start");
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]
@@ -454,19 +418,6 @@ async fn rotation_does_not_end_running_streams() {
     assert!(text.ends_with(b"data: [DONE]\n\n"));
 }
 
-/// Collects a child's stderr lines in the background.
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let err = child.stderr.take().unwrap();
-    let l2 = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l2.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
 fn access_lines(logs: &Mutex<Vec<String>>) -> Vec<serde_json::Value> {
     logs.lock()
         .unwrap()
@@ -488,19 +439,9 @@ async fn access_log_has_499_for_a_client_gone_before_the_head_and_bytes_both_way
     )
     .unwrap();
     let (key, _) = cli_create_key(&cfg, "logged");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = capture_stderr(&mut child);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+    let mut served = serve(&cfg);
+    let (addr, logs) = (served.addr, std::sync::Arc::clone(&served.logs));
+    let child = &mut served.child;
 
     let ok = send(
         Method::POST,
@@ -524,7 +465,7 @@ async fn access_log_has_499_for_a_client_gone_before_the_head_and_bytes_both_way
     );
     drop(c);
     let logged = eventually(5 * SEC, || async { access_lines(&logs).len() == 2 }).await;
-    sigterm(&child);
+    sigterm(child);
     assert!(child.wait().unwrap().success());
     let access = access_lines(&logs);
     assert!(logged, "{:?}", logs.lock().unwrap());

@@ -14,6 +14,6 @@ fuzz_target!(|text: &str| {
     assert!(cfg.limits.requests_per_minute >= 1 && cfg.limits.burst >= 1);
     assert!(cfg.server.max_body_bytes >= 1);
     // A generated key with the configured prefix parses with it.
-    let t = keygate::key::generate(&cfg.keys.prefix).unwrap();
-    assert!(keygate::key::Token::parse(&t.plaintext, &cfg.keys.prefix).is_ok());
+    let t = keygate::keys::token::generate(&cfg.keys.prefix).unwrap();
+    assert!(keygate::keys::token::Token::parse(&t.plaintext, &cfg.keys.prefix).is_ok());
 });

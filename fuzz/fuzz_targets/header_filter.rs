@@ -68,7 +68,7 @@ fuzz_target!(|pairs: Vec<(u8, Vec<u8>, Vec<u8>)>| {
         .collect();
     let before = headers.clone();
 
-    keygate::headers::sanitize_request(&mut headers);
+    keygate::proxy::headers::sanitize_request(&mut headers);
 
     for name in MUST_GO {
         assert!(

@@ -1,7 +1,7 @@
 //! `Token::parse` on arbitrary text: never panics, and what it accepts is key-shaped.
 #![no_main]
 
-use keygate::key::{hash_token, Token, CHECK_LEN, SECRET_LEN};
+use keygate::keys::token::{hash_token, Token, CHECK_LEN, SECRET_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

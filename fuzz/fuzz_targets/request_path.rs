@@ -6,8 +6,9 @@
 #![no_main]
 
 use keygate::mock::{MockOptions, Recorder};
-use keygate::state::Gateway;
-use keygate::store::{KeyStore, NewKey};
+use keygate::gateway::Gateway;
+use keygate::keys::record::NewKey;
+use keygate::keys::store::KeyStore;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

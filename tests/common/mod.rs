@@ -2,15 +2,21 @@
 //! with a key file in a temporary directory, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod raw;
+pub mod raw_upstream;
+pub mod redis;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keygate::config::Config;
+use keygate::gateway::Gateway;
+use keygate::keys::record::NewKey;
+use keygate::keys::store::KeyStore;
 use keygate::mock::{MockOptions, Recorder};
-use keygate::state::Gateway;
-use keygate::store::{KeyStore, NewKey};
 use keygate::time::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,10 +97,11 @@ pub async fn start_gateway_raw(mock: Mock, toml: &str) -> TestGateway {
     }
     let gw = Gateway::new(config.clone());
     let g2 = Arc::clone(&gw);
+    // As `serve` watches it: a change this gateway made and loaded itself is not loaded again.
     let watcher = keygate::watch::spawn(
         config.keys.file.clone(),
         config.keys.poll_interval,
-        move || g2.reload_keys().is_ok(),
+        move || g2.reload_keys_if_changed().is_ok(),
     );
     gw.reload_keys().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,7 +152,7 @@ impl TestGateway {
     }
 
     /// A key with default scopes and these per-key limits.
-    pub fn key_with_limits(&self, limits: keygate::store::KeyLimits) -> String {
+    pub fn key_with_limits(&self, limits: keygate::keys::record::KeyLimits) -> String {
         self.create_key(NewKey {
             name: "limited".into(),
             limits,

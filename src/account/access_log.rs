@@ -1,0 +1,236 @@
+//! The access line: one per request, formatted directly into bytes — no tracing event or field
+//! machinery per request — and queued to the log writer (`ops::logging`), which drops it
+//! (counted) rather than make the request wait. Text is `key=value`, JSON one object; absent
+//! values are `-` or `null`. Never the query, and never a path segment shaped like a key.
+
+use crate::account::record::{RequestRecord, TokenUsage};
+use crate::config::LogFormat;
+use crate::ops::logging::Logging;
+use std::io::Write;
+use std::time::Duration;
+
+/// Free-form values (user agent, model, key name) are cut to this many bytes.
+const MAX_FIELD: usize = 256;
+/// A path is cut to this many bytes.
+const MAX_PATH: usize = 2048;
+
+/// Queues the access line for `f`, if `keygate::access` is enabled at info.
+pub fn write(log: &Logging, f: &RequestRecord, total: Duration, added: Duration, key_prefix: &str) {
+    if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
+        return;
+    }
+    let mut line = Vec::with_capacity(512);
+    format_access(
+        &mut line,
+        log.format(),
+        std::time::SystemTime::now(),
+        f,
+        total,
+        added,
+        key_prefix,
+    );
+    log.offer_access(line);
+}
+
+/// One field writer for either format: text is `key=value` (quoted and escaped when the value
+/// needs it, `-` when absent), JSON is an object member (`null` when absent).
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    json: bool,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, k: &str) {
+        if self.json {
+            self.out.extend_from_slice(b",\"");
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        } else {
+            self.out.push(b' ');
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.push(b'=');
+        }
+    }
+
+    fn absent(&mut self) {
+        let v: &[u8] = if self.json { b"null" } else { b"-" };
+        self.out.extend_from_slice(v);
+    }
+
+    fn str(&mut self, k: &str, v: Option<&str>) {
+        self.key(k);
+        match v {
+            None => self.absent(),
+            Some(v) if self.json => {
+                let _ = serde_json::to_writer(&mut *self.out, v);
+            }
+            Some(v) if is_bare(v) => self.out.extend_from_slice(v.as_bytes()),
+            Some(v) => {
+                let _ = write!(self.out, "{v:?}");
+            }
+        }
+    }
+
+    fn num(&mut self, k: &str, v: Option<u64>) {
+        self.key(k);
+        match v {
+            None => self.absent(),
+            Some(n) => {
+                let _ = write!(self.out, "{n}");
+            }
+        }
+    }
+
+    fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        let v: &[u8] = if v { b"true" } else { b"false" };
+        self.out.extend_from_slice(v);
+    }
+}
+
+/// A text value that needs no quotes: printable ASCII without quote, backslash or `=`.
+fn is_bare(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=')
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// The path as logged: never the query (it can carry a key or other secrets), and a path
+/// segment that holds something shaped like one of our keys (`<prefix>_…`) is replaced.
+fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str> {
+    let path = clip(path, MAX_PATH);
+    let mut needle = String::with_capacity(key_prefix.len() + 1);
+    needle.push_str(key_prefix);
+    needle.push('_');
+    if key_prefix.is_empty() || memchr::memmem::find(path.as_bytes(), needle.as_bytes()).is_none() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let redacted: Vec<&str> = path
+        .split('/')
+        .map(|seg| {
+            if seg.contains(needle.as_str()) {
+                "[redacted]"
+            } else {
+                seg
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(redacted.join("/"))
+}
+
+/// Formats the access line for `f` into `out` (one line, newline included).
+pub fn format_access(
+    out: &mut Vec<u8>,
+    format: LogFormat,
+    at: std::time::SystemTime,
+    f: &RequestRecord,
+    total: Duration,
+    added: Duration,
+    key_prefix: &str,
+) {
+    let json = format == LogFormat::Json;
+    let ts = humantime::format_rfc3339_micros(at);
+    if json {
+        let _ = write!(
+            out,
+            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"target\":\"keygate::access\",\"message\":\"request\""
+        );
+    } else {
+        let _ = write!(out, "{ts}  INFO keygate::access: request");
+    }
+    let mut w = Fields { out, json };
+    w.str("request_id", f.request_id.to_str().ok());
+    let client = f.client.to_string();
+    w.str("client_addr", Some(&client));
+    w.str("method", Some(f.method.as_str()));
+    let path = f.path.as_ref().map(|p| logged_path(p.path(), key_prefix));
+    w.str("path", path.as_deref());
+    w.str("protocol", Some(protocol(f.version)));
+    let ua = f
+        .user_agent
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    w.str("user_agent", ua.as_deref().map(|s| clip(s, MAX_FIELD)));
+    w.str("key_id", f.key.as_ref().map(|k| &*k.id));
+    w.str("key_name", f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)));
+    w.str("route", (f.route != "-").then_some(f.route));
+    w.str("model", f.model.as_deref().map(|m| clip(m, MAX_FIELD)));
+    w.str("upstream", f.upstream.as_deref());
+    w.num("status", Some(u64::from(f.status)));
+    w.str("error", f.error_code.or(f.stream_error.map(|e| e.code())));
+    w.bool("complete", f.complete);
+    w.num("latency_us", Some(total.as_micros() as u64));
+    w.num(
+        "upstream_us",
+        f.upstream_latency.map(|d| d.as_micros() as u64),
+    );
+    w.num("added_us", Some(added.as_micros() as u64));
+    let tokens = f.tokens.map(TokenUsage::tokens);
+    w.num("prompt_tokens", tokens.map(|t| t.prompt));
+    w.num("completion_tokens", tokens.map(|t| t.completion));
+    w.bool(
+        "tokens_estimated",
+        f.tokens.is_some_and(TokenUsage::is_estimated),
+    );
+    w.num("bytes_received", Some(f.bytes_received));
+    w.num("bytes_sent", Some(f.bytes_sent));
+    if json {
+        out.push(b'}');
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_values_are_quoted_only_when_needed() {
+        let mut out = Vec::new();
+        let mut w = Fields {
+            out: &mut out,
+            json: false,
+        };
+        w.str("a", Some("plain/1.0"));
+        w.str("b", Some("two words \"q\"\nx"));
+        w.str("c", None);
+        w.str("d", Some(""));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#" a=plain/1.0 b="two words \"q\"\nx" c=- d="""#
+        );
+    }
+
+    #[test]
+    fn paths_never_carry_a_key() {
+        assert_eq!(
+            logged_path("/v1/chat/completions", "sk_kg"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(logged_path("/v1/sk_kg_abc/x", "sk_kg"), "/v1/[redacted]/x");
+        assert_eq!(clip("héllo", 2), "h");
+    }
+}

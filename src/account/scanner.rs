@@ -1,0 +1,376 @@
+//! What an upstream's answer says it used, read as it streams past without buffering it.
+//!
+//! `UsageScanner` watches the bytes for `"prompt_tokens":N` and `"completion_tokens":N`: inside
+//! a JSON string a quote is always escaped, so those byte sequences can only be real fields,
+//! whether in a plain JSON answer or in the last SSE chunk of a stream. `ContentCounter`
+//! estimates the tokens of the text an event stream relayed, for a stream cut short.
+
+use crate::keys::usage::Tokens;
+use memchr::memmem;
+use std::sync::LazyLock;
+
+static PROMPT: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"prompt_tokens\""));
+static COMPLETION: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"completion_tokens\""));
+
+/// How many bytes of one chunk are carried into the next, so a field split across two
+/// chunks is still seen: the longest name, a colon, spaces and a 20-digit number.
+const CARRY: usize = 48;
+
+/// Finds the last `usage` token counts in a byte stream fed chunk by chunk.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    carry: Vec<u8>,
+    prompt: Option<u64>,
+    completion: Option<u64>,
+}
+
+impl UsageScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.carry.is_empty() {
+            self.scan(chunk);
+        } else {
+            // Only the seam needs joining: the carried tail plus the head of this chunk.
+            let mut seam = std::mem::take(&mut self.carry);
+            seam.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
+            self.scan(&seam);
+            self.scan(chunk);
+        }
+        let tail = chunk.len().saturating_sub(CARRY);
+        self.carry.clear();
+        self.carry.extend_from_slice(&chunk[tail..]);
+    }
+
+    /// Takes the last complete counts in `hay`.
+    fn scan(&mut self, hay: &[u8]) {
+        if let Some(v) = last_number(&PROMPT, hay) {
+            self.prompt = Some(v);
+        }
+        if let Some(v) = last_number(&COMPLETION, hay) {
+            self.completion = Some(v);
+        }
+    }
+
+    /// The counts seen, if the stream carried any.
+    pub fn tokens(&self) -> Option<Tokens> {
+        if self.prompt.is_none() && self.completion.is_none() {
+            return None;
+        }
+        Some(Tokens {
+            prompt: self.prompt.unwrap_or(0),
+            completion: self.completion.unwrap_or(0),
+        })
+    }
+}
+
+/// The number after the last complete `"name": N` in `hay`.
+fn last_number(finder: &memmem::Finder<'_>, hay: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for pos in finder.find_iter(hay) {
+        let rest = &hay[pos + finder.needle().len()..];
+        let rest = trim_ws(rest);
+        let Some(rest) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let rest = trim_ws(rest);
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // A number that runs to the end of the chunk may continue in the next one.
+        if digits == 0 || digits == rest.len() || digits > 19 {
+            continue;
+        }
+        found = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+    }
+    found
+}
+
+fn trim_ws(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// The JSON fields whose string values are generated text: chat deltas and messages
+/// (`content`, `reasoning_content`, `reasoning`, `refusal`, tool-call `arguments`),
+/// completions (`text`) and the Responses API's text deltas (`delta`).
+const CONTENT_FIELDS: [&[u8]; 7] = [
+    b"content",
+    b"reasoning_content",
+    b"reasoning",
+    b"refusal",
+    b"arguments",
+    b"text",
+    b"delta",
+];
+const LONGEST_FIELD: usize = 17;
+
+/// Characters a token stands for, in the estimate of a stream cut short.
+pub const CHARS_PER_TOKEN: u64 = 4;
+
+/// Estimates the completion tokens of the text an event stream has relayed so far, for a
+/// stream that ends before the upstream reports its usage (the client left, the upstream
+/// broke, the key was revoked).
+///
+/// Each non-empty string value of a `CONTENT_FIELDS` field counts one token per 4
+/// characters, and at least one: a streamed event usually carries one token, often of fewer
+/// than 4 characters. A byte scan, not a JSON parse: it jumps from quote to quote with
+/// `memchr`, keeps its place across chunk boundaries (no carried bytes, nothing counted
+/// twice), and treats a raw newline, which a JSON string cannot hold, as the end of any
+/// string, so a stray quote in an SSE comment cannot throw it off for longer than a line.
+/// Characters are UTF-8 characters; an escape (`\n`, `\"`) counts as one, and the digits
+/// of a `\uXXXX` escape are counted as well (an overestimate, on the safe side).
+#[derive(Debug, Default)]
+pub struct ContentCounter {
+    lex: Lex,
+    /// The start of the string being read, while it may still be a field name.
+    name: [u8; LONGEST_FIELD],
+    name_len: usize,
+    /// Characters of the content value being read.
+    chars: u64,
+    tokens: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Between strings, nothing pending.
+    #[default]
+    Out,
+    /// A content field's name closed: a `:` makes the next string its value.
+    AfterName,
+    /// `"name":` seen: the next string is counted.
+    BeforeValue,
+    /// In a string that may be a field name (collected in `name`).
+    Name { escape: bool },
+    /// In a string that is not counted.
+    Skip { escape: bool },
+    /// In a content value.
+    Value { escape: bool },
+}
+
+impl ContentCounter {
+    pub fn feed(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            buf = match self.lex {
+                Lex::Out => match memchr::memchr(b'"', buf) {
+                    Some(i) => {
+                        self.start_string(false);
+                        &buf[i + 1..]
+                    }
+                    None => &[],
+                },
+                Lex::AfterName | Lex::BeforeValue => {
+                    let b = buf[0];
+                    match (self.lex, b) {
+                        (_, b' ' | b'\t' | b'\r' | b'\n') => {}
+                        (Lex::AfterName, b':') => self.lex = Lex::BeforeValue,
+                        (Lex::BeforeValue, b'"') => self.start_string(true),
+                        (_, b'"') => self.start_string(false),
+                        _ => self.lex = Lex::Out,
+                    }
+                    &buf[1..]
+                }
+                Lex::Name { escape } | Lex::Skip { escape } | Lex::Value { escape } => {
+                    let mut rest = buf;
+                    if escape {
+                        // The escaped byte (one character, counted with its backslash).
+                        rest = &rest[1..];
+                        self.set_escape(false);
+                    }
+                    self.in_string(rest)
+                }
+            };
+        }
+    }
+
+    fn start_string(&mut self, value: bool) {
+        if value {
+            self.chars = 0;
+            self.lex = Lex::Value { escape: false };
+        } else {
+            self.name_len = 0;
+            self.lex = Lex::Name { escape: false };
+        }
+    }
+
+    fn set_escape(&mut self, on: bool) {
+        self.lex = match self.lex {
+            Lex::Name { .. } | Lex::Skip { .. } => Lex::Skip { escape: on },
+            Lex::Value { .. } => Lex::Value { escape: on },
+            other => other,
+        };
+    }
+
+    /// Reads string bytes up to the closing quote, a backslash or a raw newline; returns the
+    /// rest of `buf`.
+    fn in_string<'a>(&mut self, buf: &'a [u8]) -> &'a [u8] {
+        let end = memchr::memchr3(b'"', b'\\', b'\n', buf);
+        let span = &buf[..end.unwrap_or(buf.len())];
+        match self.lex {
+            Lex::Name { .. } => {
+                match self.name.get_mut(self.name_len..self.name_len + span.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(span);
+                        self.name_len += span.len();
+                    }
+                    None => self.lex = Lex::Skip { escape: false },
+                }
+            }
+            Lex::Value { .. } => {
+                // UTF-8 characters: every byte but continuation bytes.
+                self.chars += span.iter().filter(|b| (**b as i8) >= -0x40).count() as u64;
+            }
+            _ => {}
+        }
+        let Some(i) = end else {
+            return &[];
+        };
+        match buf[i] {
+            b'\\' => {
+                if matches!(self.lex, Lex::Value { .. }) {
+                    self.chars += 1;
+                }
+                self.set_escape(true);
+            }
+            b'"' => self.close_string(),
+            // A raw newline cannot be inside a JSON string: we are out of step; start over.
+            _ => {
+                self.end_value();
+                self.lex = Lex::Out;
+            }
+        }
+        &buf[i + 1..]
+    }
+
+    fn close_string(&mut self) {
+        self.lex = match self.lex {
+            Lex::Name { .. } if CONTENT_FIELDS.contains(&&self.name[..self.name_len]) => {
+                Lex::AfterName
+            }
+            Lex::Value { .. } => {
+                self.end_value();
+                Lex::Out
+            }
+            _ => Lex::Out,
+        };
+    }
+
+    fn end_value(&mut self) {
+        if matches!(self.lex, Lex::Value { .. }) && self.chars > 0 {
+            self.tokens += (self.chars / CHARS_PER_TOKEN).max(1);
+        }
+        self.chars = 0;
+    }
+
+    /// The estimate so far, a value cut off mid-string included.
+    pub fn tokens(&self) -> u64 {
+        let open = match self.lex {
+            Lex::Value { .. } if self.chars > 0 => (self.chars / CHARS_PER_TOKEN).max(1),
+            _ => 0,
+        };
+        self.tokens + open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_json_usage() {
+        let mut s = UsageScanner::default();
+        s.feed(br#"{"choices":[{"text":"\"prompt_tokens\": 99"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#);
+        assert_eq!(
+            s.tokens(),
+            Some(Tokens {
+                prompt: 12,
+                completion: 7
+            })
+        );
+    }
+
+    #[test]
+    fn split_across_chunks_at_every_point() {
+        let body = br#"data: {"choices":[],"usage":{"prompt_tokens":123,"completion_tokens":4567}}
+
+data: [DONE]
+
+"#;
+        for cut in 1..body.len() {
+            let mut s = UsageScanner::default();
+            s.feed(&body[..cut]);
+            s.feed(&body[cut..]);
+            assert_eq!(
+                s.tokens(),
+                Some(Tokens {
+                    prompt: 123,
+                    completion: 4567
+                }),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    fn count(chunks: &[&[u8]]) -> u64 {
+        let mut c = ContentCounter::default();
+        for ch in chunks {
+            c.feed(ch);
+        }
+        c.tokens()
+    }
+
+    #[test]
+    fn content_counter_counts_relayed_text_wherever_the_chunks_split() {
+        let stream: &[u8] = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+            ": keep-alive \"stray quote\n",
+            "data: {\"choices\":[{\"delta\": {\"content\" : \" wonderful\"}}]}\n\n",
+            "data: {\"choices\":[{\"text\":\"a\\\"b\\\\c\",\"type\":\"text\"}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"\u{65e5}\u{672c}\u{8a9e}\u{3067}\u{3059}\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":null,\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        )
+        .as_bytes();
+        // "Hello" 1; " wonderful" (10 chars) 2; `a\"b\\c` (5 chars, escapes as one) 1;
+        // five CJK characters 1; `{\"city\":\"Paris\"}` (16 chars) 4; empty and null: 0.
+        let want = 1 + 2 + 1 + 1 + 4;
+        assert_eq!(count(&[stream]), want);
+        for cut in 1..stream.len() {
+            assert_eq!(
+                count(&[&stream[..cut], &stream[cut..]]),
+                want,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(count(&bytes), want, "byte by byte");
+    }
+
+    #[test]
+    fn content_counter_edge_cases() {
+        // A value cut off mid-string counts what arrived.
+        assert_eq!(count(&[b"data: {\"content\":\"abcdefghij"]), 2);
+        // Only string values of content fields, not names, other fields or array members.
+        assert_eq!(
+            count(&[br#"{"type":"content","content":["abcdefgh"],"x":"content"}"#]),
+            0
+        );
+        // A name longer than any content field is skipped, not overflowed.
+        assert_eq!(
+            count(&[br#"{"an_extremely_long_field_name_here":"content","text":"abcd"}"#]),
+            1
+        );
+        // A whole plain JSON answer: one value, 4 characters a token.
+        assert_eq!(
+            count(&[br#"{"choices":[{"message":{"role":"assistant","content":"0123456789abcdefghij"}}]}"#]),
+            5
+        );
+    }
+
+    #[test]
+    fn no_usage() {
+        let mut s = UsageScanner::default();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        assert_eq!(s.tokens(), None);
+    }
+}

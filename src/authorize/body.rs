@@ -1,0 +1,269 @@
+//! What a request body says, read without copying what the gateway does not need: its
+//! encoding (JSON, form, multipart), its `model`, and the facts the token estimate and the
+//! stream-usage rewrite use.
+
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// The fields of an OpenAI request body the gateway looks at. Everything else is skipped
+/// without being copied.
+#[derive(Debug, Default, Deserialize)]
+pub struct BodyFacts<'a> {
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// A count the gateway only uses for estimates: anything that is not a whole number is
+/// left for the upstream to judge.
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_u64())
+}
+
+/// What the request path keeps of a body's facts, owned.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub wants_usage: bool,
+    /// `max_completion_tokens`, `max_tokens` or `max_output_tokens`, if given.
+    pub completion_budget: Option<u64>,
+}
+
+impl BodyFacts<'_> {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            model: self.model.as_deref().unwrap_or_default().to_string(),
+            stream: self.stream == Some(true),
+            wants_usage: self
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            completion_budget: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .or(self.max_output_tokens),
+        }
+    }
+}
+
+/// The same JSON body with `stream_options.include_usage = true`, or `None` if it is not
+/// a JSON object.
+pub fn with_stream_usage(body: &[u8]) -> Option<bytes::Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    if !opts.is_object() {
+        *opts = serde_json::json!({});
+    }
+    opts.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
+}
+
+/// Why a body cannot be checked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("the request body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the request body has no `model` field (a string naming the model)")]
+    NoModel,
+    #[error("the request body has more than one `model` field")]
+    TwoModels,
+    #[error("the request has more than one Content-Type header")]
+    TwoContentTypes,
+    #[error("the Content-Type header cannot be read (a multipart/form-data body needs exactly one `boundary`)")]
+    BadContentType,
+    #[error("the request body is compressed (`Content-Encoding`); send it uncompressed so that its `model` can be checked")]
+    Compressed,
+    #[error("the form body contains a raw `;`, which form parsers split differently; percent-encode it as %3B")]
+    FormSemicolon,
+    #[error("the form body has a field named like `model` but spelled differently; name it exactly `model`")]
+    FormAmbiguous,
+}
+
+/// How a request body is encoded, for finding its `model`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyKind {
+    /// JSON, and anything that is not a form: upstreams such as llama.cpp read a body as JSON
+    /// whatever its Content-Type says, so a body that is not JSON cannot pass as "no model".
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `multipart/form-data`, read as it streams (`multipart`).
+    Multipart { boundary: String },
+}
+
+/// The body's kind from its headers. A second Content-Type, or a multipart one with two
+/// boundaries, is refused: the upstream might take the other one.
+pub fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, BodyError> {
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    if headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(BodyError::Compressed);
+    }
+    let mut all = headers.get_all(CONTENT_TYPE).iter();
+    let Some(ct) = all.next() else {
+        return Ok(BodyKind::Json);
+    };
+    if all.next().is_some() {
+        return Err(BodyError::TwoContentTypes);
+    }
+    let ct = ct.to_str().map_err(|_| BodyError::BadContentType)?;
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("multipart/form-data") {
+        // (A boundary has no `;`: RFC 2046 `bchars`.)
+        let boundaries = ct
+            .split(';')
+            .filter(|p| {
+                p.split_once('=')
+                    .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("boundary"))
+            })
+            .count();
+        if boundaries != 1 {
+            return Err(BodyError::BadContentType);
+        }
+        let boundary = multer::parse_boundary(ct).map_err(|_| BodyError::BadContentType)?;
+        return Ok(BodyKind::Multipart { boundary });
+    }
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Ok(BodyKind::Form);
+    }
+    Ok(BodyKind::Json)
+}
+
+/// The `model` of a form-urlencoded body, `None` when it has none (or an empty one).
+pub fn form_model(body: &[u8]) -> Result<Option<String>, BodyError> {
+    // Some parsers also split pairs on `;` (older Python): refuse what they would read
+    // differently from `&`-only parsers.
+    if body.contains(&b';') {
+        return Err(BodyError::FormSemicolon);
+    }
+    let mut model = None;
+    for (name, value) in form_urlencoded::parse(body) {
+        if name == "model" {
+            if model.replace(value).is_some() {
+                return Err(BodyError::TwoModels);
+            }
+        } else if name.trim().eq_ignore_ascii_case("model") {
+            return Err(BodyError::FormAmbiguous);
+        }
+    }
+    Ok(model.filter(|m| !m.is_empty()).map(|m| m.into_owned()))
+}
+
+/// Reads the `model` (and `stream`) of a JSON body.
+pub fn body_facts(body: &[u8]) -> Result<BodyFacts<'_>, BodyError> {
+    let facts: BodyFacts =
+        serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    if facts.model.as_deref().is_none_or(str::is_empty) {
+        return Err(BodyError::NoModel);
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_kinds() {
+        let kind = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            body_kind(&h)
+        };
+        assert_eq!(kind(&[]), Ok(BodyKind::Json));
+        assert_eq!(kind(&[("content-type", "text/plain")]), Ok(BodyKind::Json));
+        assert_eq!(
+            kind(&[(
+                "content-type",
+                "Application/X-WWW-Form-Urlencoded; charset=utf-8"
+            )]),
+            Ok(BodyKind::Form)
+        );
+        assert_eq!(
+            kind(&[(
+                "content-type",
+                "multipart/form-data; boundary=\"a-boundary\""
+            )]),
+            Ok(BodyKind::Multipart {
+                boundary: "a-boundary".into()
+            })
+        );
+        for bad in [
+            "multipart/form-data",
+            "multipart/form-data; boundary=a; boundary=b",
+            "multipart/form-data; boundary=a; BOUNDARY=b",
+        ] {
+            let h = [("content-type", bad)];
+            assert_eq!(kind(&h), Err(BodyError::BadContentType), "{bad}");
+        }
+        assert_eq!(
+            kind(&[("content-type", "a/b"), ("content-type", "c/d")]),
+            Err(BodyError::TwoContentTypes)
+        );
+        assert_eq!(
+            kind(&[("content-encoding", "gzip")]),
+            Err(BodyError::Compressed)
+        );
+        assert_eq!(
+            kind(&[("content-encoding", "identity")]),
+            Ok(BodyKind::Json)
+        );
+    }
+
+    #[test]
+    fn form_models() {
+        assert_eq!(form_model(b"model=llama-3&x=1"), Ok(Some("llama-3".into())));
+        assert_eq!(form_model(b"mod%65l=gpt%2D4"), Ok(Some("gpt-4".into())));
+        assert_eq!(form_model(b"x=1"), Ok(None));
+        assert_eq!(form_model(b"model="), Ok(None));
+        assert_eq!(form_model(b"model=a&model=b"), Err(BodyError::TwoModels));
+        assert_eq!(
+            form_model(b"model=a;model=b"),
+            Err(BodyError::FormSemicolon)
+        );
+        assert_eq!(form_model(b"Model=gpt-4"), Err(BodyError::FormAmbiguous));
+    }
+
+    #[test]
+    fn body_model() {
+        assert_eq!(
+            body_facts(br#"{"messages":[],"model":"llama-3"}"#)
+                .unwrap()
+                .model
+                .unwrap(),
+            "llama-3"
+        );
+        assert_eq!(
+            body_facts(br#"{"messages":[]}"#).unwrap_err(),
+            BodyError::NoModel
+        );
+        assert!(matches!(body_facts(b"{nope"), Err(BodyError::NotJson(_))));
+    }
+}

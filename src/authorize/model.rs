@@ -1,0 +1,236 @@
+//! The model stage: on a forward route, the request body is read as far as its `model` when the
+//! key has a model allowlist (on every route and method: a body that names a model is checked,
+//! and on a route that carries one it must name one), when several upstreams are chosen
+//! between by model, or when a token limit needs an estimate. JSON and form bodies are read
+//! whole, bounded by `max_body_bytes`; a multipart upload only up to its `model` field, then
+//! streamed on through the parser (`multipart`). Other bodies stream untouched.
+//!
+//! A model name is checked twice: it must hold no key (it would be logged and could be
+//! echoed), and the key's allowlist must match it.
+
+use crate::account::RequestRecord;
+use crate::auth::secrets::{contains_secret, looks_like_key};
+use crate::auth::Caller;
+use crate::authorize::body::{body_facts, body_kind, form_model, BodyError, BodyKind, Summary};
+use crate::authorize::multipart::MultipartBody;
+use crate::authorize::routes::RouteMatch;
+use crate::config::LimitDefaults;
+use crate::error::GatewayError;
+use crate::gateway::Live;
+use crate::keys::index::KeyRef;
+use crate::proxy::request_body::UpBody;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the model stage found: the body as it goes upstream, and what was read from it.
+pub struct Inspected {
+    /// The body's model, checked; `None` when the body was not read or names none.
+    pub model: Option<String>,
+    pub body: UpBody,
+    /// The facts of a JSON body read whole that names a model.
+    pub facts: Option<Summary>,
+    /// The length of a body read whole (JSON or form).
+    pub read: Option<usize>,
+}
+
+impl Inspected {
+    /// The tokens to reserve for a request on `route`: the completion budget the body names
+    /// (else `[limits] estimated_completion_tokens`) plus one token per 4 bytes of body.
+    /// `None` when the key has no token limit or the body was not read whole.
+    pub fn token_estimate(
+        &self,
+        key: &KeyRef,
+        route: RouteMatch,
+        limits: &LimitDefaults,
+    ) -> Option<u64> {
+        let len = self.read?;
+        if !route.has_model || key.tokens_per_minute().is_none() {
+            return None;
+        }
+        let budget = self
+            .facts
+            .as_ref()
+            .and_then(|f| f.completion_budget)
+            .unwrap_or(limits.estimated_completion_tokens);
+        Some(budget + len as u64 / 4)
+    }
+}
+
+/// Reads the request's body as far as its model (see the module doc) and checks it.
+pub async fn inspect(
+    live: &Live,
+    key: &KeyRef,
+    route: RouteMatch,
+    parts: &http::request::Parts,
+    body: Incoming,
+    caller: &Caller,
+    record: &mut RequestRecord,
+) -> Result<Inspected, GatewayError> {
+    let server = &live.config.server;
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Err(GatewayError::TooLarge(server.max_body_bytes));
+    }
+    let restricted = key.models.is_some();
+    let by_model = route.has_model && live.upstreams.len() > 1;
+    let count_tokens = route.has_model && key.tokens_per_minute().is_some();
+    // A body streamed upstream is counted as it goes (for the access log and the prompt
+    // estimate of an answer that ends without usage).
+    let streamed = |body, record: &mut RequestRecord| {
+        let seen = Arc::new(AtomicU64::new(0));
+        record.received = Some(Arc::clone(&seen));
+        UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen)
+    };
+    let empty = http_body::Body::is_end_stream(&body);
+    if empty || !(restricted || by_model || count_tokens) {
+        if empty && restricted && route.has_model {
+            return Err(BodyError::NoModel.into());
+        }
+        return Ok(Inspected {
+            model: None,
+            body: streamed(body, record),
+            facts: None,
+            read: None,
+        });
+    }
+
+    let mut read = None; // a JSON or form body read whole
+    let mut facts = None;
+    let (model, body) = match body_kind(&parts.headers)? {
+        BodyKind::Multipart { boundary } if restricted || by_model => {
+            let mut m = MultipartBody::new(
+                body,
+                boundary,
+                server.body_read_timeout,
+                server.max_body_bytes,
+            );
+            (m.find_model().await?, UpBody::multipart(m))
+        }
+        // Only a token estimate wanted it, and a multipart upload gives none.
+        BodyKind::Multipart { .. } => (None, streamed(body, record)),
+        kind => {
+            let bytes = read_body(
+                body,
+                server.max_body_bytes,
+                server.body_read_timeout,
+                declared,
+            )
+            .await?;
+            let model = if kind == BodyKind::Form {
+                form_model(&bytes)?
+            } else if bytes.is_empty() {
+                None
+            } else {
+                match body_facts(&bytes) {
+                    Ok(f) => {
+                        let f = f.summary();
+                        let model = f.model.clone();
+                        facts = Some(f);
+                        Some(model)
+                    }
+                    Err(BodyError::NoModel) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            read = Some(bytes.len());
+            record.bytes_received = bytes.len() as u64;
+            (model, UpBody::full(bytes))
+        }
+    };
+    match &model {
+        Some(m) => check(m, &live.config.keys.prefix, key, caller)?,
+        None if restricted && route.has_model => return Err(BodyError::NoModel.into()),
+        None => {}
+    }
+    Ok(Inspected {
+        model,
+        body,
+        facts,
+        read,
+    })
+}
+
+/// The model `GET /v1/models/{model}` names, as the upstream will decode it, checked like a
+/// body's (and logged as the upstream sees it).
+pub fn in_path(
+    path: &str,
+    prefix: &str,
+    key: &KeyRef,
+    caller: &Caller,
+) -> Result<String, GatewayError> {
+    let raw = path.strip_prefix("/v1/models/").unwrap_or_default();
+    let model = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            GatewayError::InvalidRequest(
+                "The model name in the path is not UTF-8 once percent-decoded.".into(),
+            )
+        })?
+        .into_owned();
+    check(&model, prefix, key, caller)?;
+    Ok(model)
+}
+
+/// A model name must hold no key (it would be logged and could be echoed), and the key's
+/// allowlist must match it.
+fn check(model: &str, prefix: &str, key: &KeyRef, caller: &Caller) -> Result<(), GatewayError> {
+    if looks_like_key(model.as_bytes(), prefix)
+        || contains_secret(model.as_bytes(), caller.credential())
+    {
+        return Err(GatewayError::InvalidRequest(
+            "The `model` holds an API key; name a model there, and send the key only in `Authorization`."
+                .into(),
+        ));
+    }
+    if !key.may_use_model(model) {
+        return Err(GatewayError::ModelNotAllowed(model.to_string()));
+    }
+    Ok(())
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Reads a whole request body, bounded in size, in time between frames, and in total time.
+async fn read_body(
+    body: Incoming,
+    limit: u64,
+    idle: Duration,
+    size_hint: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    tokio::time::timeout(idle, read_body_frames(body, limit, idle, size_hint))
+        .await
+        .map_err(|_| GatewayError::BodyTimeout)?
+}
+
+async fn read_body_frames(
+    mut body: Incoming,
+    limit: u64,
+    idle: Duration,
+    size_hint: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(limit) as usize);
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| GatewayError::BodyTimeout)?;
+        match frame {
+            None => return Ok(buf.freeze()),
+            Some(Err(e)) => return Err(GatewayError::ClientBody(e.to_string())),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    if buf.len() as u64 + d.len() as u64 > limit {
+                        return Err(GatewayError::TooLarge(limit));
+                    }
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The route table: which scope a method and path need, and what the gateway does with them.
+//!
+//! Deny by default: a method and path that match no route are refused before anything is
+//! forwarded, and so is a path that an upstream might normalise into a different route
+//! (`..`, `//`, encoded slashes and dots, `;` path parameters).
+
+use crate::keys::scope::{Scope, Scopes};
+use http::Method;
+
+/// What the gateway does with a matched route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Forward to an upstream.
+    Forward,
+    /// `GET /v1/models`: the union of the upstreams' models that the key may use.
+    ListModels,
+    /// `GET /v1/models/{id}`: forwarded to the upstream serving that model.
+    RetrieveModel,
+    /// The management API (SPEC §7).
+    Admin,
+    /// `GET /v1/usage`.
+    Usage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub scope: Scope,
+    pub handler: Handler,
+    /// Whether the body (JSON, multipart or form) carries a `model` to check and route by: a
+    /// key with a model allowlist must name one here. Bodies on other routes are checked for
+    /// a `model` too, but may go without one.
+    pub has_model: bool,
+}
+
+/// An extra route from `[[route]]` in gateway.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    method: Option<Method>,
+    path: String,
+    /// The path ends in `/*`: it and everything below it.
+    prefix: bool,
+    scope: Scope,
+}
+
+impl RouteRule {
+    pub fn new(method: Option<Method>, path: &str, scopes: Scopes) -> Result<RouteRule, String> {
+        let mut it = scopes.iter();
+        let (Some(scope), None) = (it.next(), it.next()) else {
+            return Err("`scope` must name exactly one scope".into());
+        };
+        if !path.starts_with('/') || !is_normal_path(path.trim_end_matches("/*")) {
+            return Err(format!(
+                "`path` `{path}` must start with `/` and be in normal form"
+            ));
+        }
+        let (path, prefix) = match path.strip_suffix("/*") {
+            Some(p) => (p.to_string(), true),
+            None => (path.to_string(), false),
+        };
+        Ok(RouteRule {
+            method,
+            path,
+            prefix,
+            scope,
+        })
+    }
+
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        self.method
+            .as_ref()
+            .is_none_or(|m| m == method || (*m == Method::GET && *method == Method::HEAD))
+            && if self.prefix {
+                under(path, &self.path)
+            } else {
+                path == self.path
+            }
+    }
+}
+
+/// The route table: operators' `[[route]]`s first (so they can override), then SPEC §2.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    extra: Vec<RouteRule>,
+}
+
+/// `path` is `base` or below it.
+fn under(path: &str, base: &str) -> bool {
+    path.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Rejects paths an upstream could read differently from us.
+pub fn is_normal_path(path: &str) -> bool {
+    path_problem(path).is_none()
+}
+
+/// Why a path could be read differently by an upstream, or `None` for a path in normal form.
+/// Allocation-free: the encoded forms are looked for only when the path has a `%`.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    const SEPARATORS: &str =
+        "The request path is not in normal form (no `..`, `//` or encoded separators).";
+    let b = path.as_bytes();
+    if !path.starts_with('/') || memchr::memmem::find(b, b"//").is_some() || b.contains(&b'\\') {
+        return Some(SEPARATORS);
+    }
+    // `/a/..;/b` is `/a/..` to a servlet container and `/b` to others: a path parameter is
+    // no part of any API route.
+    if b.contains(&b';') {
+        return Some("The request path contains `;` (a path parameter); no API route has one.");
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some(SEPARATORS);
+    }
+    if memchr::memchr(b'%', b).is_some() {
+        let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
+        if encoded(b"%3b") {
+            return Some(
+                "The request path contains an encoded `;` (a path parameter); no API route has one.",
+            );
+        }
+        if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
+            return Some(SEPARATORS);
+        }
+    }
+    None
+}
+
+/// `path` without one trailing `/`.
+fn trim_slash(path: &str) -> &str {
+    path.strip_suffix('/').unwrap_or(path)
+}
+
+impl RouteTable {
+    pub fn with_extra(extra: Vec<RouteRule>) -> RouteTable {
+        RouteTable { extra }
+    }
+
+    /// The route for a request, or `None` (deny by default).
+    pub fn resolve(&self, method: &Method, path: &str) -> Option<RouteMatch> {
+        if let Some(rule) = self.extra.iter().find(|r| r.matches(method, path)) {
+            return Some(RouteMatch {
+                scope: rule.scope,
+                handler: Handler::Forward,
+                has_model: *method == Method::POST,
+            });
+        }
+        let post = *method == Method::POST;
+        // HEAD goes wherever GET does.
+        let get = *method == Method::GET || *method == Method::HEAD;
+        let fwd = |scope, has_model| {
+            Some(RouteMatch {
+                scope,
+                handler: Handler::Forward,
+                has_model,
+            })
+        };
+        match path {
+            "/v1/chat/completions" if post => fwd(Scope::Chat, true),
+            "/v1/completions" if post => fwd(Scope::Completions, true),
+            "/v1/embeddings" if post => fwd(Scope::Embeddings, true),
+            "/v1/models" if get => Some(RouteMatch {
+                scope: Scope::Models,
+                handler: Handler::ListModels,
+                has_model: false,
+            }),
+            "/v1/moderations" if post => fwd(Scope::Moderations, true),
+            "/v1/rerank" | "/rerank" if post => fwd(Scope::Rerank, true),
+            "/tokenize" | "/detokenize" if post => fwd(Scope::Tokenize, true),
+            "/v1/usage" if get => Some(RouteMatch {
+                scope: Scope::Usage,
+                handler: Handler::Usage,
+                has_model: false,
+            }),
+            p if under(p, "/v1/api-keys") => Some(RouteMatch {
+                scope: Scope::Admin,
+                handler: Handler::Admin,
+                has_model: false,
+            }),
+            p if get && p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => {
+                Some(RouteMatch {
+                    scope: Scope::Models,
+                    handler: Handler::RetrieveModel,
+                    has_model: false,
+                })
+            }
+            // Under the prefix routes, a trailing `/` is the same endpoint to many servers:
+            // it carries the model too. Any other body is still checked for one (`gateway`).
+            p if under(p, "/v1/responses") => {
+                fwd(Scope::Responses, post && trim_slash(p) == "/v1/responses")
+            }
+            p if p.starts_with("/v1/audio/") => fwd(
+                Scope::Audio,
+                post && matches!(
+                    trim_slash(p),
+                    "/v1/audio/speech" | "/v1/audio/transcriptions" | "/v1/audio/translations"
+                ),
+            ),
+            p if p.starts_with("/v1/images/") => fwd(
+                Scope::Images,
+                post && matches!(
+                    trim_slash(p),
+                    "/v1/images/generations" | "/v1/images/edits" | "/v1/images/variations"
+                ),
+            ),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes() {
+        let t = RouteTable::default();
+        let r = |m: Method, p: &str| t.resolve(&m, p).map(|r| r.scope);
+        assert_eq!(r(Method::POST, "/v1/chat/completions"), Some(Scope::Chat));
+        assert_eq!(
+            r(Method::GET, "/v1/models/meta-llama/Llama-3-8B"),
+            Some(Scope::Models)
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/responses/resp_1/input_items"),
+            Some(Scope::Responses)
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/audio/transcriptions"),
+            Some(Scope::Audio)
+        );
+        assert_eq!(r(Method::DELETE, "/v1/api-keys/key_x"), Some(Scope::Admin));
+        assert_eq!(r(Method::POST, "/tokenize"), Some(Scope::Tokenize));
+        assert_eq!(r(Method::GET, "/v1/chat/completions"), None);
+        assert_eq!(r(Method::POST, "/v1/responsesX"), None);
+        assert_eq!(r(Method::GET, "/metrics"), None);
+        // HEAD wherever GET.
+        assert_eq!(r(Method::HEAD, "/v1/models"), Some(Scope::Models));
+        assert_eq!(r(Method::HEAD, "/v1/models/m"), Some(Scope::Models));
+        assert_eq!(r(Method::HEAD, "/v1/usage"), Some(Scope::Usage));
+        assert_eq!(r(Method::HEAD, "/v1/chat/completions"), None);
+        let carries = |p: &str| t.resolve(&Method::POST, p).unwrap().has_model;
+        for p in [
+            "/v1/responses",
+            "/v1/responses/",
+            "/v1/audio/speech",
+            "/v1/audio/transcriptions/",
+            "/v1/audio/translations",
+            "/v1/images/generations/",
+            "/v1/images/edits",
+            "/v1/images/variations",
+        ] {
+            assert!(carries(p), "{p}");
+        }
+        assert!(!carries("/v1/responses/resp_1/cancel"));
+        assert!(!t.resolve(&Method::GET, "/v1/responses").unwrap().has_model);
+    }
+
+    #[test]
+    fn extra_routes_come_first() {
+        let rule = RouteRule::new(
+            Some(Method::POST),
+            "/v1/score",
+            Scopes::EMPTY.with(Scope::Rerank),
+        )
+        .unwrap();
+        let prefix =
+            RouteRule::new(None, "/pooling/*", Scopes::EMPTY.with(Scope::Embeddings)).unwrap();
+        let t = RouteTable::with_extra(vec![rule, prefix]);
+        assert_eq!(
+            t.resolve(&Method::POST, "/v1/score").unwrap().scope,
+            Scope::Rerank
+        );
+        assert_eq!(
+            t.resolve(&Method::GET, "/pooling/x").unwrap().scope,
+            Scope::Embeddings
+        );
+        let get = RouteRule::new(
+            Some(Method::GET),
+            "/v1/score",
+            Scopes::EMPTY.with(Scope::Rerank),
+        )
+        .unwrap();
+        let t = RouteTable::with_extra(vec![get]);
+        assert!(t.resolve(&Method::HEAD, "/v1/score").is_some());
+        assert!(t.resolve(&Method::POST, "/v1/score").is_none());
+        assert!(RouteRule::new(None, "/x", Scopes::inference()).is_err());
+    }
+
+    #[test]
+    fn abnormal_paths() {
+        for p in [
+            "/v1/responses/../api-keys",
+            "//v1/models",
+            "/v1/x%2F..",
+            "/v1/./models",
+            "/a\\b",
+            "/v1/audio/..;/chat/completions",
+            "/v1/audio/x;y/speech",
+            "/v1/chat/completions;",
+            "/v1/audio/..%3B/chat/completions",
+            "/v1/audio/..%3b/chat/completions",
+        ] {
+            assert!(!is_normal_path(p), "{p}");
+        }
+        assert!(path_problem("/v1/audio/..;/chat").unwrap().contains("`;`"));
+        assert!(is_normal_path("/v1/models/meta-llama/Llama-3.1-8B"));
+        assert!(is_normal_path("/v1/models/a%20b"));
+    }
+}

@@ -1,0 +1,109 @@
+//! Flags and arguments that need more than clap's derive: durations, key ids, scopes (with
+//! their descriptions for `--help` and completions), and the flags of `keys create`/`list`.
+
+use crate::keys::scope::{Scope, Scopes};
+use crate::text::Escaped;
+use crate::time;
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name people recognise, e.g. the app or person using the key (no control characters).
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes the key may use (default: inference, i.e. every scope but usage
+    /// and admin). Aliases such as inference:read or analytics:read are accepted too.
+    #[arg(long, value_delimiter = ',', value_name = "SCOPE,…", value_parser = ScopeParser)]
+    pub scopes: Vec<String>,
+    /// Comma-separated model globs the key may use, e.g. 'llama-*' (default: every model).
+    #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
+    pub models: Vec<String>,
+    /// Expire after this long, e.g. 90d, 24h, 30m, 1h30m (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub expires_in: Option<Duration>,
+    /// Requests per minute, at least 1 (default: [limits] requests_per_minute).
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+    /// Burst size in requests, at least 1 (default: the per-minute rate).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Tokens per minute, at least 1 (default: [limits] tokens_per_minute, unset: no limit).
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once, at least 1 (default: [limits] max_in_flight).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Print the new key as JSON (with its plaintext in `key`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only active keys that expire within this long, e.g. 7d.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub expiring_within: Option<Duration>,
+    /// Include revoked keys.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// A duration flag: `90d`, `24h`, `30m`, `1h30m`.
+pub fn duration_arg(s: &str) -> Result<Duration, String> {
+    time::parse_duration(s)
+}
+
+/// A key id argument: `key_` and 16 letters or digits.
+pub fn key_id_arg(s: &str) -> Result<String, String> {
+    if crate::keys::token::is_valid_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a key id is `key_` followed by 16 letters or digits (see `keygate keys list`)".into())
+    }
+}
+
+/// `--scopes`: accepts what `Scopes::parse_one` accepts (names, `inference`, aliases) and
+/// tells clap the canonical names with their descriptions, for `--help` and completions.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeParser;
+
+impl TypedValueParser for ScopeParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let flag = arg
+            .and_then(clap::Arg::get_long)
+            .map_or_else(|| "--scopes".to_string(), |l| format!("--{l}"));
+        let fail = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
+                .with_cmd(cmd)
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| fail(format!("`{flag}` must be UTF-8")))?;
+        Scopes::parse_one(s)
+            .map(|_| s.trim().to_string())
+            .map_err(|e| fail(format!("`{flag}` {}", Escaped(&format!("has an {e}")))))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        let inference =
+            PossibleValue::new("inference").help("every scope but usage and admin (the default)");
+        Some(Box::new(
+            Scope::ALL
+                .iter()
+                .map(|s| PossibleValue::new(s.name()).help(s.description()))
+                .chain(std::iter::once(inference)),
+        ))
+    }
+}

@@ -1,0 +1,43 @@
+//! `keygate check`: gateway.toml (with upstream credentials from the environment) and the key
+//! file, read as `serve` reads them; exits non-zero with the reason.
+
+use crate::cli::config::load_config;
+use crate::cli::error::CliError;
+use crate::config::is_blank;
+use crate::keys::record::Status;
+use crate::keys::store::KeyStore;
+use crate::text::{self, Escaped};
+use crate::time::Timestamp;
+use std::path::PathBuf;
+
+pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
+    let cfg = load_config(config)?;
+    if let Some(src) = &cfg.source {
+        if std::fs::read_to_string(src).is_ok_and(|t| is_blank(&t)) {
+            eprintln!(
+                "warning: {} is empty: every setting is its default, including the upstream \
+                 http://127.0.0.1:8000; a running gateway refuses to reload an empty file",
+                Escaped(&src.display().to_string())
+            );
+        }
+    }
+    let file = KeyStore::new(&cfg.keys.file).load_existing()?;
+    let now = Timestamp::now();
+    let count = |s: Status| file.keys.iter().filter(|k| k.status(now) == s).count();
+    println!(
+        "ok: {} ({} keys: {} active, {} expired, {} revoked)",
+        Escaped(&cfg.keys.file.display().to_string()),
+        file.keys.len(),
+        count(Status::Active),
+        count(Status::Expired),
+        count(Status::Revoked)
+    );
+    for u in &cfg.upstreams {
+        let line = format!(
+            "upstream {}: {}://{}{} models {:?}",
+            u.name, u.scheme, u.authority, u.base_path, u.model_patterns
+        );
+        println!("{}", text::escape(&line));
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The command line: `serve`, `demo`, `check`, `keys …`, `mock`, `completions`. Human output
+//! on stdout (`output`), errors on stderr with exit status 1, or 2 for a usage error (`error`).
+
+pub mod args;
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod keys;
+pub mod output;
+pub mod serve;
+
+use args::{duration_arg, key_id_arg, CreateArgs, ListArgs};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const EXIT_STATUS: &str = "Exit status: 0 success; 1 the command failed (configuration, key file, \
+                           disk, network); 2 usage error (an unknown flag or a bad value).";
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "API-key gateway for OpenAI-compatible inference servers",
+    after_help = EXIT_STATUS
+)]
+pub struct Cli {
+    /// Path to gateway.toml (default: ./gateway.toml, or built-in defaults if it does not exist).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Run the gateway with a built-in mock upstream and a demo key, for a first look.
+    Demo {
+        /// Listen here instead of the configured address (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate gateway.toml (including upstream credentials from the environment) and the
+    /// key file; exits non-zero with the reason.
+    Check,
+    /// Manage API keys in the key file.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run only the mock OpenAI-compatible upstream (for benchmarks and experiments).
+    Mock {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
+    /// Print a shell completion script, e.g. `keygate completions bash > ~/.local/share/bash-completion/completions/keygate`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its plaintext is printed once.
+    Create(CreateArgs),
+    /// List keys (masked).
+    List(ListArgs),
+    /// Show one key (masked), with its saved usage.
+    Show {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a key a new secret; the old one stops now or after --grace.
+    Rotate {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
+        id: String,
+        /// How long the old secret keeps working, e.g. 24h (default: it stops at once).
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        grace: Option<Duration>,
+        /// Print the rotated key as JSON (with its new plaintext in `key`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once, with every secret it had.
+    Revoke {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
+        id: String,
+        /// Print the revoked key as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command `cli` names; its exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let c = cli.config;
+    let result = match cli.command {
+        Command::Serve => serve::serve(c),
+        Command::Demo { listen } => demo::demo(c, listen),
+        Command::Check => check::check(c),
+        Command::Mock { listen } => serve::mock(listen),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keygate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Create(a) => keys::create(c, a),
+            KeysCommand::List(a) => keys::list(c, a),
+            KeysCommand::Show { id, json } => keys::show(c, &id, json),
+            KeysCommand::Rotate { id, grace, json } => keys::rotate(c, &id, grace, json),
+            KeysCommand::Revoke { id, json } => keys::revoke(c, &id, json),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Messages can quote the key file (a hand-edited name or id): never raw.
+            eprintln!("error: {}", crate::text::escape(&e.to_string()));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Process-level wiring for `keygate serve` (and `demo`) and `keygate mock`: runtime, logging,
+//! metrics listener, file watchers, the maintenance task and signals.
+
+use crate::cli::config::load_config;
+use crate::cli::error::CliError;
+use crate::config::{is_blank, Config};
+use crate::gateway::Gateway;
+use crate::ops::logging::Logging;
+use crate::ops::maintenance::{Maintenance, Running};
+use crate::watch::{FailureLatch, Loaded};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Everything `serve` runs beside the listener; aborted when the server returns.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    maintenance: Option<Running>,
+}
+
+impl Background {
+    /// Stops the maintenance task (which saves usage a last time), then the rest.
+    async fn stop(mut self) {
+        if let Some(m) = self.maintenance.take() {
+            m.stop().await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Loads keys, starts watchers, the metrics listener and the maintenance task.
+async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliError> {
+    let cfg = gw.config();
+    let mut tasks = Vec::new();
+    let restored = Arc::new(AtomicBool::new(false));
+    let state_file = cfg.keys.state_file.clone();
+
+    let load = {
+        let (gw, restored, state_file) =
+            (Arc::clone(gw), Arc::clone(&restored), state_file.clone());
+        let failures = FailureLatch::default();
+        // The watcher's loads skip a file the index was already read from (a management
+        // write reloads at once): `changed_only`.
+        move |changed_only: bool| match if changed_only {
+            gw.reload_keys_if_changed()
+        } else {
+            gw.reload_keys()
+        } {
+            Ok(n) => {
+                if failures.succeeded() {
+                    tracing::info!(
+                        keys = n,
+                        "key file loaded again; the keys in force are current"
+                    );
+                } else {
+                    tracing::info!(keys = n, "key file loaded");
+                }
+                if !restored.swap(true, Ordering::AcqRel) {
+                    crate::ops::usage_state::restore(&gw, &state_file);
+                }
+                true
+            }
+            Err(e) => {
+                // Loud once, quiet while the same error repeats at every retry.
+                if failures.failed(&e.to_string()) {
+                    tracing::error!(error = %e, "key file not loaded: the last good keys keep serving, so a change (a revoke) is not in force; retried at every poll");
+                }
+                false
+            }
+        }
+    };
+    let load = Arc::new(load);
+    // The watch starts from the file as it is before the first load, so a change during
+    // that load is not missed.
+    let watch = cfg
+        .keys
+        .reload
+        .then(|| crate::watch::Watch::new(cfg.keys.file.clone()));
+    let l = Arc::clone(&load);
+    let first = tokio::task::spawn_blocking(move || l(false))
+        .await
+        .unwrap_or(false);
+    if let Some(w) = watch {
+        let first = if first { Loaded::Yes } else { Loaded::No };
+        tasks.push(w.spawn(cfg.keys.poll_interval, first, move || load(true)));
+    }
+
+    if let (true, Some(path)) = (watch_config, cfg.source.clone()) {
+        tasks.push(watch_config_file(
+            Arc::clone(gw),
+            path,
+            cfg.keys.poll_interval,
+        ));
+    }
+
+    tasks.push(tokio::spawn(crate::ops::health::run(Arc::clone(gw))));
+
+    if let Some(addr) = cfg.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Runtime(format!("cannot listen for metrics on {addr}: {e}")))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening");
+        tasks.push(tokio::spawn(crate::ops::metrics::scrape::serve(
+            listener,
+            Arc::clone(gw),
+            std::future::pending(),
+        )));
+    }
+
+    let maintenance = Maintenance::new(Arc::clone(gw), restored).spawn();
+    Ok(Background {
+        tasks,
+        maintenance: Some(maintenance),
+    })
+}
+
+/// Applies edits to gateway.toml as they happen; a bad edit keeps the running configuration.
+pub fn watch_config_file(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    poll: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let p = path.clone();
+    let failures = FailureLatch::default();
+    crate::watch::spawn(path, poll, move || match Config::reload(&p) {
+        Ok(next) => {
+            let level = next.log.level.clone();
+            for r in gw.apply_config(next) {
+                tracing::warn!(change = %r, "this gateway.toml change needs a restart to take effect");
+            }
+            if let Some(l) = gw.logging.get() {
+                l.set_level(&level);
+            }
+            failures.succeeded();
+            tracing::info!("gateway.toml reloaded");
+            true
+        }
+        Err(e) => {
+            gw.config_reload_failed();
+            if failures.failed(&e.to_string()) {
+                tracing::error!(error = %e, "gateway.toml reload failed; the last good configuration keeps serving");
+            }
+            false
+        }
+    })
+}
+
+/// Serves until a signal, then drains and saves usage.
+pub(crate) async fn serve_until_signal(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    watch_config: bool,
+) -> Result<(), CliError> {
+    let bg = start(&gw, watch_config).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    tracing::info!(%addr, "keygate listening");
+    println!("keygate listening on http://{addr}");
+    crate::server::run(listener, Arc::clone(&gw), shutdown_signal())
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    bg.stop().await;
+    tracing::info!("keygate stopped");
+    Ok(())
+}
+
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
+}
+
+pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
+    let cfg = load_config(config)?;
+    let logging = crate::ops::logging::init(&cfg.log);
+    crate::server::accept::raise_open_file_limit();
+    if let Some(src) = &cfg.source {
+        if std::fs::read_to_string(src).is_ok_and(|t| is_blank(&t)) {
+            tracing::warn!(config = %src.display(), "gateway.toml is empty: every setting is its default, including the upstream 127.0.0.1:8000");
+        }
+    }
+    let result = runtime()?.block_on(async {
+        let listener = bind(cfg.server.listen).await?;
+        let gw = Gateway::new(cfg);
+        attach(&gw, logging.as_ref());
+        serve_until_signal(gw, listener, true).await
+    });
+    if let Some(l) = &logging {
+        l.flush();
+    }
+    result
+}
+
+pub(crate) fn attach(gw: &Gateway, logging: Option<&Logging>) {
+    if let Some(l) = logging {
+        let _ = gw.logging.set(l.clone());
+    }
+}
+
+pub fn mock(addr: SocketAddr) -> Result<(), CliError> {
+    runtime()?.block_on(async move {
+        let listener = bind(addr).await?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!("keygate mock upstream listening on http://{local}");
+        crate::mock::serve(
+            listener,
+            Default::default(),
+            crate::mock::Recorder::default(),
+            shutdown_signal(),
+        )
+        .await;
+        Ok(())
+    })
+}

@@ -1,0 +1,34 @@
+//! What goes wrong with a key file: reading it, its contents, or a change to it.
+
+use crate::keys::record::FieldError;
+use std::io;
+use std::path::PathBuf;
+
+/// What is wrong with a key file or a write to it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read key file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("key file {path} is not valid JSON at line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("key file {path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+    #[error("key file {path} is read-only ({reason}); manage keys where the file is writable")]
+    ReadOnly { path: PathBuf, reason: String },
+    #[error("cannot write key file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("no key with id `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Rejected(String),
+    /// A value given for a new key is invalid; names the field.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+}

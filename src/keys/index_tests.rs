@@ -1,0 +1,239 @@
+//! Unit tests of the key index (a file of their own: the index itself is long enough).
+
+use super::*;
+use crate::keys::entry::KeyName;
+use crate::keys::file::KeyFile;
+use crate::keys::record::{NewKey, RetiredSecret};
+
+/// The index of `file` as the gateway builds it: through the key-file reader.
+fn build(file: &KeyFile, previous: Option<&KeyIndex>) -> KeyIndex {
+    let text = serde_json::to_string(file).unwrap();
+    KeyIndex::load(
+        std::path::Path::new("keys.json"),
+        &text,
+        &limits(),
+        previous,
+    )
+    .unwrap()
+}
+
+fn limits() -> LimitDefaults {
+    crate::config::Config::parse("", None).unwrap().limits
+}
+
+#[test]
+fn finds_every_key_and_nothing_else() {
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    let mut tokens = Vec::new();
+    for i in 0..300 {
+        let (rec, token) = file
+            .create(
+                NewKey {
+                    name: format!("k{i}"),
+                    ..Default::default()
+                },
+                "sk_kg",
+                now,
+            )
+            .unwrap();
+        tokens.push((rec.id.clone(), token));
+    }
+    let idx = Arc::new(build(&file, None));
+    assert_eq!(idx.len(), 300);
+    for (id, token) in &tokens {
+        let t = crate::keys::token::Token::parse(&token.plaintext, "sk_kg").unwrap();
+        let (k, secret) = idx.lookup(&t.hash()).expect("indexed");
+        assert_eq!(k.id.as_str(), id);
+        assert_eq!(secret, Secret::Current);
+        assert_eq!(idx.by_id(id).unwrap().id.as_str(), id);
+    }
+    assert!(idx.lookup(&[0u8; 32]).is_none());
+    for name in [
+        "",
+        "k",
+        "exactly-23-bytes-long-x",
+        "twenty-four-bytes-long-x",
+        "ünïcödé-ünïcödé-ü",
+    ] {
+        assert_eq!(KeyName::new(name).as_str(), name);
+    }
+    assert!(idx.lookup(&[0xff; 32]).is_none());
+    assert!(idx.by_id("key_0000000000000000").is_none());
+}
+
+#[test]
+fn constant_time_final_match() {
+    let mut sorted: Vec<KeyHash> = (0u8..40).map(|i| [i.wrapping_mul(7); 32]).collect();
+    sorted.sort_unstable();
+    for (i, h) in sorted.iter().enumerate() {
+        assert_eq!(ct_position(&sorted, h), Some(i));
+        // One bit off in the last byte, or past either end: no match.
+        let mut near = *h;
+        near[31] ^= 1;
+        assert_eq!(ct_position(&sorted, &near), None);
+    }
+    assert_eq!(ct_position(&sorted, &[0xff; 32]), None);
+    assert_eq!(ct_position(&[], &[0; 32]), None);
+}
+
+#[test]
+fn retired_secrets_are_found_until_replaced() {
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    let mut old = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let new = NewKey {
+            name: format!("r{i}"),
+            ..Default::default()
+        };
+        let (rec, tok) = file.create(new, "sk_kg", now).unwrap();
+        old.push(tok);
+        ids.push(rec.id);
+    }
+    let mut new = Vec::new();
+    for id in &ids {
+        let (_, tok) = file.rotate(id, 3600, "sk_kg", now).unwrap();
+        new.push(tok);
+    }
+    let idx = Arc::new(build(&file, None));
+    for ((id, old), new) in ids.iter().zip(&old).zip(&new) {
+        let (k, s) = idx.lookup(&old.hash).expect("retired secret");
+        assert_eq!(
+            (k.id.as_str(), matches!(s, Secret::Retired { .. })),
+            (id.as_str(), true)
+        );
+        let (k, s) = idx.lookup(&new.hash).expect("current secret");
+        assert_eq!((k.id.as_str(), s), (id.as_str(), Secret::Current));
+        let mut near = old.hash;
+        near[31] ^= 0x80;
+        assert!(idx.lookup(&near).is_none());
+    }
+}
+
+#[test]
+fn state_is_created_on_use_and_survives_a_rebuild() {
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    let new = |name: &str| NewKey {
+        name: name.into(),
+        ..Default::default()
+    };
+    let (a, _) = file.create(new("a"), "sk_kg", now).unwrap();
+    let (b, _) = file.create(new("b"), "sk_kg", now).unwrap();
+    let idx = Arc::new(build(&file, None));
+    assert!(idx.used().is_empty(), "nothing allocated before use");
+    let ka = idx.by_id(&a.id).unwrap();
+    ka.state().usage.record_status(200);
+    let next = Arc::new(build(&file, Some(&idx)));
+    let again = next.by_id(&a.id).unwrap();
+    assert!(Arc::ptr_eq(ka.state(), again.state()), "one state per key");
+    file.revoke(&b.id, now).unwrap();
+    let mut smaller = file.clone();
+    smaller.keys.retain(|k| k.id != a.id);
+    let last = build(&smaller, Some(&next));
+    assert!(last.state_of(&a.id).is_none(), "a removed key's state goes");
+}
+
+#[tokio::test]
+async fn a_rebuild_ends_the_requests_of_keys_revoked_or_removed() {
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    let new = |name: &str| NewKey {
+        name: name.into(),
+        ..Default::default()
+    };
+    let (a, _) = file.create(new("a"), "sk_kg", now).unwrap();
+    let (b, _) = file.create(new("b"), "sk_kg", now).unwrap();
+    let idx = Arc::new(build(&file, None));
+    let (sa, sb) = (
+        Arc::clone(idx.by_id(&a.id).unwrap().state()),
+        Arc::clone(idx.by_id(&b.id).unwrap().state()),
+    );
+    let waiting = tokio::spawn({
+        let sa = Arc::clone(&sa);
+        async move { sa.revocation.revoked().await }
+    });
+    tokio::task::yield_now().await;
+    file.revoke(&a.id, now).unwrap();
+    let idx = Arc::new(build(&file, Some(&idx)));
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("a request waiting on the revoked key was not woken")
+        .unwrap();
+    assert!(sa.revocation.is_revoked());
+    assert!(!sb.revocation.is_revoked(), "only the revoked key");
+    // Revoked by hand-editing `revoked_at` away: the key works again.
+    file.keys[0].revoked_at = None;
+    let idx = Arc::new(build(&file, Some(&idx)));
+    assert!(!sa.revocation.is_revoked());
+    // Removed from the file: its running requests end too.
+    file.keys.retain(|k| k.id != b.id);
+    build(&file, Some(&idx));
+    assert!(sb.revocation.is_revoked());
+}
+
+#[test]
+fn streaming_load_refuses_what_validation_refuses() {
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    for name in ["a", "b"] {
+        let new = NewKey {
+            name: name.into(),
+            ..Default::default()
+        };
+        file.create(new, "sk_kg", now).unwrap();
+    }
+    let path = std::path::Path::new("keys.json");
+    let load = |f: &KeyFile| {
+        let text = serde_json::to_string(f).unwrap();
+        KeyIndex::load(path, &text, &limits(), None)
+    };
+    assert_eq!(load(&file).unwrap().len(), 2);
+    let invalid = |r: Result<KeyIndex, StoreError>| match r {
+        Err(StoreError::Invalid { problem, .. }) => problem,
+        other => panic!("{:?}", other.map(|i| i.len())),
+    };
+    let mut dup_id = file.clone();
+    dup_id.keys[1].id = dup_id.keys[0].id.clone();
+    assert!(
+        invalid(load(&dup_id)).starts_with("key #2 ("),
+        "the later one"
+    );
+    let mut dup_hash = file.clone();
+    dup_hash.keys[1].sha256 = dup_hash.keys[0].sha256.clone();
+    assert!(invalid(load(&dup_hash)).contains("appears twice"));
+    let mut retired_copy = file.clone();
+    retired_copy.keys[1].previous.push(RetiredSecret {
+        sha256: file.keys[0].sha256.clone(),
+        last4: "abcd".into(),
+        valid_until: now,
+    });
+    assert!(invalid(load(&retired_copy)).contains("appears twice"));
+    let mut empty_name = file.clone();
+    empty_name.keys[0].name = " ".into();
+    assert!(invalid(load(&empty_name)).contains("`name` is empty"));
+    let mut version = file.clone();
+    version.version = 9;
+    assert!(invalid(load(&version)).contains("unsupported version 9"));
+    for bad in [
+        "{\"version\":1,\"keys\":[",
+        "{\"version\":1,\"extra\":0}",
+        "{\"keys\":[]}",
+        "{\"version\":1,\"keys\":[],\"keys\":[]}",
+        "{\"version\":1,\"version\":1,\"keys\":[]}",
+    ] {
+        assert!(
+            matches!(
+                KeyIndex::load(path, bad, &limits(), None),
+                Err(StoreError::Syntax { .. })
+            ),
+            "{bad}"
+        );
+    }
+    // The whole-file validator agrees on every case.
+    for f in [&dup_id, &dup_hash, &retired_copy, &empty_name, &version] {
+        assert!(f.validate().is_err());
+    }
+}

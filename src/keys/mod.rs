@@ -1,0 +1,15 @@
+//! The key set: the token format, scopes and model patterns, one key's record, the key file
+//! (its one reader) and the store that writes it, and the in-memory index the gateway looks
+//! keys up in, with each key's runtime state.
+
+pub mod entry;
+pub mod error;
+pub mod file;
+pub mod index;
+pub mod models;
+pub mod record;
+pub mod scope;
+pub mod state;
+pub mod store;
+pub mod token;
+pub mod usage;

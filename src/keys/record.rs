@@ -1,0 +1,269 @@
+//! One key as the file stores it, what a new key is made of, and the one check of a record.
+//!
+//! `validate_record` is the only record validator: the key-file reader (`keys::file`) runs it
+//! on every record it reads, whoever reads (serve, check, the CLI, a write). `NewKey::validate`
+//! checks a key before it exists, naming each field as the API does.
+
+use crate::keys::models;
+use crate::keys::scope::Scopes;
+use crate::keys::token::{self, KeyHash};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the whole token.
+    pub sha256: String,
+    pub last4: String,
+    pub scopes: Vec<String>,
+    /// Glob patterns; empty means every model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "KeyLimits::is_empty")]
+    pub limits: KeyLimits,
+    /// Secrets replaced by rotation, each valid until its grace period ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<RetiredSecret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredSecret {
+    pub sha256: String,
+    pub last4: String,
+    pub valid_until: Timestamp,
+}
+
+/// Per-key overrides of `[limits]`. Unset fields use the gateway's defaults.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+impl KeyLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == KeyLimits::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+        }
+    }
+}
+
+impl KeyRecord {
+    pub fn status(&self, now: Timestamp) -> Status {
+        if self.revoked_at.is_some_and(|t| t <= now) {
+            Status::Revoked
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+
+    pub fn scopes(&self) -> Scopes {
+        // Validated on load; an unparsable list cannot reach here, but fail closed anyway.
+        Scopes::parse_list(&self.scopes).unwrap_or(Scopes::EMPTY)
+    }
+}
+
+/// A value given for one field of a new key is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct FieldError {
+    /// As the API names it: `name`, `scopes`, `limits.requests_per_minute`, …
+    pub field: &'static str,
+    /// A predicate on the field, e.g. "must be at least 1".
+    pub problem: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, problem: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checks one record on its own (`KeyFile::validate` adds what needs the whole file: unique
+/// ids and secrets). `i` is its position, for the message.
+pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
+    let at = |problem: String| format!("key #{} ({}): {problem}", i + 1, k.id);
+    if !token::is_valid_id(&k.id) {
+        return Err(at(
+            "`id` must be `key_` followed by 16 letters or digits".into()
+        ));
+    }
+    if k.name.trim().is_empty() {
+        return Err(at("`name` is empty".into()));
+    }
+    let secrets = std::iter::once((&k.sha256, &k.last4))
+        .chain(k.previous.iter().map(|p| (&p.sha256, &p.last4)));
+    for (sha, last4) in secrets {
+        if parse_hash(sha).is_none() {
+            return Err(at(format!(
+                "`sha256` must be 64 hex digits, got {} characters",
+                sha.len()
+            )));
+        }
+        if !is_last4(last4) {
+            return Err(at("`last4` must be 4 letters or digits".into()));
+        }
+    }
+    Scopes::parse_list(&k.scopes).map_err(|e| at(format!("`scopes`: {e}")))?;
+    for m in &k.models {
+        models::compile_glob(m).map_err(|e| at(format!("`models`: {e}")))?;
+    }
+    if k.expires_at.is_some_and(|e| e < k.created_at) {
+        return Err(at("`expires_at` is before `created_at`".into()));
+    }
+    let l = &k.limits;
+    if l.requests_per_minute == Some(0)
+        || l.burst == Some(0)
+        || l.max_in_flight == Some(0)
+        || l.tokens_per_minute == Some(0)
+    {
+        return Err(at(
+            "`limits` values must be at least 1 (omit a limit to use the default)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hex SHA-256 as stored in the file.
+pub fn hash_hex(h: &KeyHash) -> String {
+    hex::encode(h)
+}
+
+/// Decodes a stored hex hash.
+pub fn parse_hash(s: &str) -> Option<KeyHash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+fn is_last4(s: &str) -> bool {
+    s.len() == 4 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+impl KeyRecord {
+    /// The public view of a key, shared by the CLI's `--json` and the management API. Never
+    /// holds more of the secret than its last four characters.
+    pub fn view(
+        &self,
+        prefix: &str,
+        now: Timestamp,
+        usage: Option<&crate::keys::usage::UsageSnapshot>,
+    ) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "object": "api_key",
+            "id": self.id,
+            "name": self.name,
+            "masked_key": token::mask(prefix, &self.last4),
+            "scopes": self.scopes,
+            "models": self.models,
+            "status": self.status(now).as_str(),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "rotated_at": self.rotated_at,
+            "limits": self.limits,
+            "last_used_at": usage.and_then(|u| u.last_used),
+        });
+        let grace: Vec<_> = self
+            .previous
+            .iter()
+            .filter(|p| p.valid_until > now)
+            .map(|p| serde_json::json!({"masked_key": token::mask(prefix, &p.last4), "valid_until": p.valid_until}))
+            .collect();
+        if !grace.is_empty() {
+            v["previous_keys_valid"] = serde_json::Value::Array(grace);
+        }
+        v
+    }
+}
+
+/// What a new key is made of, from the CLI or the API.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub models: Vec<String>,
+    pub expires_at: Option<Timestamp>,
+    pub limits: KeyLimits,
+}
+
+impl NewKey {
+    /// Checks every field as the API names it; what the CLI and the API both call before a
+    /// key is made, so both refuse the same things with the same words. Returns the scopes.
+    pub fn validate(&self, now: Timestamp) -> Result<Scopes, FieldError> {
+        let text = |field: &'static str, value: &str| {
+            crate::text::check(field, value).map_err(|e| FieldError::new(field, e.problem()))
+        };
+        text("name", &self.name)?;
+        if self.name.trim().is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        let scopes = Scopes::parse_list(&self.scopes)
+            .map_err(|e| FieldError::new("scopes", format!("has an {e}")))?;
+        for m in &self.models {
+            text("models", m)?;
+            models::compile_glob(m)
+                .map_err(|e| FieldError::new("models", format!("is invalid: {e}")))?;
+        }
+        if self.expires_at.is_some_and(|e| e <= now) {
+            return Err(FieldError::new("expires_at", "must be in the future"));
+        }
+        let l = &self.limits;
+        for (field, zero) in [
+            (
+                "limits.requests_per_minute",
+                l.requests_per_minute == Some(0),
+            ),
+            ("limits.burst", l.burst == Some(0)),
+            ("limits.tokens_per_minute", l.tokens_per_minute == Some(0)),
+            ("limits.max_in_flight", l.max_in_flight == Some(0)),
+        ] {
+            if zero {
+                return Err(FieldError::new(
+                    field,
+                    "must be at least 1 (omit it to use the gateway's default)",
+                ));
+            }
+        }
+        Ok(scopes)
+    }
+}

@@ -1,0 +1,98 @@
+//! The one place that writes what an answer says about limits: `x-ratelimit-*` for the key's
+//! request rate and tokens once it is authenticated, on every answer (a refusal included), and
+//! `retry-after` / `retry-after-ms` on every refusal that says when to retry (the 429s, and the
+//! 503s that are over in a moment). OpenAI's names and forms, so clients' retry logic works.
+
+use crate::limit::rate::RateInfo;
+use crate::limit::tokens::TokenInfo;
+use crate::time::OpenAiDuration;
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use std::time::Duration;
+
+// Parsed once: a `&str` name is parsed and hashed again on every use.
+pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+pub const REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+pub const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+
+/// What the answer to one request reports about its limits, filled in as the limit stage
+/// runs: nothing before the caller is authenticated.
+#[derive(Debug, Default)]
+pub struct LimitHeaders {
+    pub rate: Option<RateInfo>,
+    pub tokens: Option<TokenInfo>,
+}
+
+impl LimitHeaders {
+    /// Writes every limit header of an answer: `retry_after` is the refusal's hint, if the
+    /// answer is one that has it (`GatewayError::retry_after`).
+    pub fn write(&self, h: &mut HeaderMap, retry_after: Option<Duration>) {
+        if let Some(d) = retry_after {
+            // Round up: a client that waits the whole seconds must not be refused again.
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            h.insert(RETRY_AFTER, HeaderValue::from(secs as u64));
+            h.insert(
+                RETRY_AFTER_MS,
+                HeaderValue::from(d.as_millis().max(1) as u64),
+            );
+        }
+        if let Some(r) = &self.rate {
+            h.insert(LIMIT_REQUESTS, HeaderValue::from(r.limit));
+            h.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining));
+            if let Some(v) = reset_value(r.reset) {
+                h.insert(RESET_REQUESTS, v);
+            }
+        }
+        if let Some(t) = &self.tokens {
+            h.insert(LIMIT_TOKENS, HeaderValue::from(t.limit));
+            h.insert(REMAINING_TOKENS, HeaderValue::from(t.remaining));
+            if let Some(v) = reset_value(t.reset) {
+                h.insert(RESET_TOKENS, v);
+            }
+        }
+    }
+}
+
+/// A reset time in OpenAI's form (`20ms`, `1.5s`, `6m0s`), formatted on the stack.
+fn reset_value(d: Duration) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 32];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    write!(cur, "{}", OpenAiDuration(d)).ok()?;
+    let n = cur.position() as usize;
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::rate::Verdict;
+
+    #[test]
+    fn every_limit_header_from_one_place() {
+        let limits = LimitHeaders {
+            rate: Some(RateInfo {
+                limit: 2,
+                remaining: 0,
+                reset: Duration::from_millis(1_050),
+                verdict: Verdict::Allowed,
+            }),
+            tokens: None,
+        };
+        let mut h = HeaderMap::new();
+        limits.write(&mut h, Some(Duration::from_millis(1_001)));
+        assert_eq!(h["x-ratelimit-limit-requests"], "2");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1.05s");
+        assert_eq!(h["retry-after"], "2", "rounded up");
+        assert_eq!(h["retry-after-ms"], "1001");
+        assert!(!h.contains_key("x-ratelimit-limit-tokens"));
+        let mut h = HeaderMap::new();
+        LimitHeaders::default().write(&mut h, None);
+        assert!(h.is_empty(), "nothing known, nothing written");
+    }
+}

@@ -1,0 +1,318 @@
+//! Prometheus metrics, served on their own listener (`[metrics] listen`, `scrape`), so scrapes
+//! never compete with traffic and the endpoint is never exposed with the API by accident.
+//!
+//! The recorder belongs to the `Gateway` (no process-wide recorder), and every series the
+//! request path touches is a handle resolved once — at start for the label sets known then
+//! (routes × status classes, upstreams × error codes), on first use for an error code — so a
+//! request costs an atomic add per counter and a lock-free push per histogram, never a
+//! registry lookup with label hashing. Registering them at start also exports them at zero
+//! before the first event, so `rate()` and alerts see a series from the first scrape. Gauges
+//! that describe state (index size, reload status, expiry, process) are set when scraped.
+
+mod names;
+pub mod scrape;
+
+use crate::keys::usage::Tokens;
+use metrics::{Counter, Gauge, Histogram, Key, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use names::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use names::UpstreamError;
+
+/// One finished request, as the metrics count it (`account::RequestRecord` fills it in).
+pub struct RequestSample<'a> {
+    pub route: &'static str,
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub key_id: Option<&'a str>,
+    /// From the request head to the end of the answer.
+    pub total: Duration,
+    /// The time the gateway itself added.
+    pub added: Duration,
+    /// The upstream's series and its latency to the response head, when forwarded.
+    pub upstream: Option<(&'a UpstreamSeries, Option<Duration>)>,
+    pub stream_error: Option<UpstreamError>,
+    pub tokens: Option<Tokens>,
+}
+
+/// One upstream's series, resolved when the upstream is built (start and config reloads).
+#[derive(Debug)]
+pub struct UpstreamSeries {
+    latency: Histogram,
+    errors: [Counter; UpstreamError::ALL.len()],
+    /// Only for an upstream with a health check: 0 would otherwise read as "down".
+    up: Option<Gauge>,
+}
+
+impl UpstreamSeries {
+    pub fn error(&self, e: UpstreamError) {
+        self.errors[e as usize].increment(1);
+    }
+
+    pub fn set_up(&self, up: bool) {
+        if let Some(g) = &self.up {
+            g.set(if up { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// The series that describe state, set just before a scrape.
+struct StateGauges {
+    in_flight: Gauge,
+    ready: Gauge,
+    key_reloads_ok: Counter,
+    key_reloads_error: Counter,
+    config_reloads_ok: Counter,
+    config_reloads_error: Counter,
+    last_key_reload: Gauge,
+    failed_auth_tracked: Gauge,
+    keys: Gauge,
+    keys_active: Gauge,
+    keys_expiring: Gauge,
+    log_dropped: Counter,
+    key_file_healthy: Gauge,
+}
+
+/// The gateway's metrics: the recorder and the handles the request path uses.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    per_key_labels: AtomicBool,
+    /// `keygate_requests_total` by (route, status class, code or none), filled on first use.
+    requests: Box<[OnceLock<Counter>]>,
+    durations: Vec<Histogram>,
+    added: Histogram,
+    rate_limited: [Counter; RATE_CODES.len()],
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    state: StateGauges,
+    process: metrics_process::Collector,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(per_key_labels: bool) -> Metrics {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(ADDED.into()), &ADDED_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(DURATION.into()), &DURATION_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.into()), &DURATION_BUCKETS)
+            });
+        // The bucket lists are constants and never empty, so this cannot fail; a plain
+        // builder (summaries instead of histograms) is still a working recorder.
+        let recorder = builder
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
+
+        let counter = |name: &'static str, pairs: &[(&'static str, &str)]| {
+            recorder.register_counter(&Key::from_parts(name, labels(pairs)), &META)
+        };
+        let gauge = |name: &'static str, pairs: &[(&'static str, &str)]| {
+            recorder.register_gauge(&Key::from_parts(name, labels(pairs)), &META)
+        };
+        let histogram = |name: &'static str, pairs: &[(&'static str, &str)]| {
+            recorder.register_histogram(&Key::from_parts(name, labels(pairs)), &META)
+        };
+
+        let requests: Box<[OnceLock<Counter>]> = (0..ROUTES * CLASSES.len() * (CODES.len() + 1))
+            .map(|_| OnceLock::new())
+            .collect();
+        let durations = (0..ROUTES)
+            .map(|r| histogram(DURATION, &[("route", route_name(r))]))
+            .collect();
+        let state = StateGauges {
+            in_flight: gauge("keygate_in_flight", &[]),
+            ready: gauge("keygate_ready", &[]),
+            key_reloads_ok: counter("keygate_key_reloads_total", &[("result", "ok")]),
+            key_reloads_error: counter("keygate_key_reloads_total", &[("result", "error")]),
+            config_reloads_ok: counter("keygate_config_reloads_total", &[("result", "ok")]),
+            config_reloads_error: counter("keygate_config_reloads_total", &[("result", "error")]),
+            last_key_reload: gauge("keygate_key_reload_last_success_timestamp_seconds", &[]),
+            failed_auth_tracked: gauge("keygate_failed_auth_tracked_addresses", &[]),
+            keys: gauge("keygate_keys", &[]),
+            keys_active: gauge("keygate_keys_active", &[]),
+            keys_expiring: gauge("keygate_keys_expiring_7d", &[]),
+            log_dropped: counter(LOG_DROPPED, &[]),
+            key_file_healthy: gauge("keygate_key_file_healthy", &[]),
+        };
+        let build = gauge(
+            "keygate_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                (
+                    "profile",
+                    if cfg!(debug_assertions) {
+                        "debug"
+                    } else {
+                        "release"
+                    },
+                ),
+                ("target_os", std::env::consts::OS),
+                ("target_arch", std::env::consts::ARCH),
+            ],
+        );
+        build.set(1.0);
+        let m = Metrics {
+            durations,
+            added: histogram(ADDED, &[]),
+            rate_limited: RATE_CODES.map(|c| counter(RATE_LIMITED, &[("code", c)])),
+            prompt_tokens: counter(TOKENS, &[("kind", "prompt")]),
+            completion_tokens: counter(TOKENS, &[("kind", "completion")]),
+            state,
+            process,
+            requests,
+            per_key_labels: AtomicBool::new(per_key_labels),
+            recorder,
+            handle,
+        };
+        // Every route × status class without an error code exists from the start.
+        for r in 0..ROUTES {
+            for c in 0..CLASSES.len() {
+                m.request_counter(r, c, 0);
+            }
+        }
+        m
+    }
+
+    pub fn set_per_key_labels(&self, on: bool) {
+        self.per_key_labels.store(on, Ordering::Relaxed);
+    }
+
+    fn request_counter(&self, route: usize, class: usize, code: usize) -> &Counter {
+        let i = (route * CLASSES.len() + class) * (CODES.len() + 1) + code;
+        self.requests[i].get_or_init(|| {
+            let code = if code == 0 { "" } else { CODES[code - 1] };
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    REQUESTS,
+                    labels(&[
+                        ("route", route_name(route)),
+                        ("status_class", CLASSES[class]),
+                        ("code", code),
+                    ]),
+                ),
+                &META,
+            )
+        })
+    }
+
+    /// The series of upstream `name`, its error counters at zero; `checked` when it has a
+    /// health check.
+    pub fn upstream(&self, name: &str, checked: bool) -> Arc<UpstreamSeries> {
+        let r = &self.recorder;
+        Arc::new(UpstreamSeries {
+            latency: r.register_histogram(
+                &Key::from_parts(UPSTREAM_LATENCY, labels(&[("upstream", name)])),
+                &META,
+            ),
+            errors: UpstreamError::ALL.map(|e| {
+                r.register_counter(
+                    &Key::from_parts(
+                        UPSTREAM_ERRORS,
+                        labels(&[("upstream", name), ("code", e.code())]),
+                    ),
+                    &META,
+                )
+            }),
+            up: checked.then(|| {
+                r.register_gauge(
+                    &Key::from_parts(UPSTREAM_UP, labels(&[("upstream", name)])),
+                    &META,
+                )
+            }),
+        })
+    }
+
+    /// Records one finished request.
+    pub fn record_request(&self, f: &RequestSample<'_>) {
+        let route = route_index(f.route);
+        let class = class_index(f.status);
+        let code = f.code;
+        if self.per_key_labels.load(Ordering::Relaxed) {
+            // Opt-in and unbounded by nature: one registry lookup per request.
+            let key = f.key_id.unwrap_or("");
+            self.recorder
+                .register_counter(
+                    &Key::from_parts(
+                        REQUESTS,
+                        labels(&[
+                            ("route", route_name(route)),
+                            ("status_class", CLASSES[class]),
+                            ("code", code.unwrap_or("")),
+                            ("key_id", key),
+                        ]),
+                    ),
+                    &META,
+                )
+                .increment(1);
+        } else if let Some(c) = code_index(code) {
+            self.request_counter(route, class, c).increment(1);
+        } else {
+            self.recorder
+                .register_counter(
+                    &Key::from_parts(
+                        REQUESTS,
+                        labels(&[
+                            ("route", route_name(route)),
+                            ("status_class", CLASSES[class]),
+                            ("code", code.unwrap_or("")),
+                        ]),
+                    ),
+                    &META,
+                )
+                .increment(1);
+        }
+        if f.status == 429 {
+            match RATE_CODES.iter().position(|c| Some(*c) == code) {
+                Some(i) => self.rate_limited[i].increment(1),
+                None => self
+                    .recorder
+                    .register_counter(
+                        &Key::from_parts(RATE_LIMITED, labels(&[("code", code.unwrap_or(""))])),
+                        &META,
+                    )
+                    .increment(1),
+            }
+        }
+        self.durations[route].record(f.total.as_secs_f64());
+        self.added.record(f.added.as_secs_f64());
+        if let Some((series, latency)) = f.upstream {
+            if let Some(u) = latency {
+                series.latency.record(u.as_secs_f64());
+            }
+            let failure = match code {
+                Some(c) => UpstreamError::from_gateway_code(c),
+                None if latency.is_some() && f.status >= 500 => Some(UpstreamError::Status5xx),
+                None => None,
+            };
+            if let Some(e) = failure.or(f.stream_error) {
+                series.error(e);
+            }
+        }
+        if let Some(t) = f.tokens {
+            self.prompt_tokens.increment(t.prompt);
+            self.completion_tokens.increment(t.completion);
+        }
+    }
+
+    /// Drains histogram samples into their buckets, so memory stays flat between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}

@@ -1,0 +1,161 @@
+//! One request, start to finish: every stage in the order it runs, doing none of them itself.
+//!
+//! 1. **listener** (`server`): the connection's peer; here its client address (behind a
+//!    trusted proxy, the forwarded one) and the request id.
+//! 2. **probes** (`ops::probes`): `/healthz`, `/readyz` and the console's files are answered
+//!    before any stage.
+//! 3. **route** (`authorize::route`): a method that is an API's, a path in normal form, no key
+//!    in the URL, a route (else 404: deny by default). A key file must have loaded (else 503).
+//! 4. **capacity** (`limit::inflight::Capacity`): the gateway-wide in-flight cap (503).
+//! 5. **authenticate** (`auth`): one credential, checksum, index lookup; the failed-auth
+//!    guard. The request counts against its key from here (`account`).
+//! 6. **rate** (`limit::check_rate`): the key's rate cell is taken before anything can refuse
+//!    the request, so every authenticated answer, a refusal included, reports the real rate.
+//! 7. **scope** (`authorize::scope`), then the rate's verdict (429).
+//! 8. **slot** (`limit::acquire_slot`): the key's in-flight cap.
+//! 9. **the route's handler**. Forward: **model** (`authorize::model`: the body read as far as
+//!    its model, which the key's allowlist must match), **upstream** (`proxy::choose`, by
+//!    model), **tokens** (`limit::reserve_tokens`), **forward** (`proxy::forward`). Or: a model
+//!    by name, the model list, the management API (`admin`), usage.
+//! 10. **answer**: a refusal becomes its OpenAI-shaped answer (`error`), with no key in it;
+//!     every answer gets `x-request-id` and its limit headers (`limit::answer`).
+//! 11. **account** (`account`): when the answer's body ends, or the client leaves, the request
+//!     is settled: tokens, usage, slots, metrics, the access line.
+//!
+//! `handle` never fails. The stages are plain calls (no boxing, no dynamic dispatch): the
+//! request's future is one state machine.
+
+use crate::account::RequestRecord;
+use crate::auth::{self, Caller};
+use crate::authorize::model::{self, Inspected};
+use crate::authorize::routes::{Handler, RouteMatch};
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Live};
+use crate::keys::index::KeyRef;
+use crate::limit::answer::LimitHeaders;
+use crate::limit::redis::RedisBackend;
+use crate::limit::{self, Reservation};
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::request_body::UpBody;
+use crate::proxy::response_body::{without_body, Body};
+use crate::server::peer::Peer;
+use crate::time::Timestamp;
+use crate::{admin, authorize, ops, proxy};
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// Answers one request.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, mut peer: Peer) -> Response<Body> {
+    let live = gw.live();
+    let prefix = live.config.keys.prefix.as_str();
+    peer.resolve_client(req.headers(), &live.config.server.trusted_proxies);
+    let request_id = gw.request_ids.for_request(req.headers(), prefix);
+    let mut record = RequestRecord::begin(&gw, &req, request_id, peer.client);
+    let mut limits = LimitHeaders::default();
+    let head = req.method() == Method::HEAD;
+    let mut caller = None;
+    let answer = stages(&gw, &live, req, peer, &mut record, &mut limits, &mut caller).await;
+    let (mut resp, retry_after) = match answer {
+        Ok(r) => (r, None),
+        Err(e) => {
+            let e = e.withholding_keys(prefix, caller.as_ref().map(Caller::credential));
+            record.error_code = Some(e.code());
+            (e.to_response(), e.retry_after())
+        }
+    };
+    if head {
+        without_body(&mut resp);
+    }
+    record.status = resp.status().as_u16();
+    let h = resp.headers_mut();
+    h.insert(X_REQUEST_ID, record.request_id.clone());
+    limits.write(h, retry_after);
+    resp.body_mut().set_record(record);
+    resp
+}
+
+/// Stages 2 to 9. `caller_slot` keeps the authenticated caller for the answer (no answer may
+/// repeat its credential).
+async fn stages(
+    gw: &Arc<Gateway>,
+    live: &Live,
+    req: Request<Incoming>,
+    peer: Peer,
+    record: &mut RequestRecord,
+    limits: &mut LimitHeaders,
+    caller_slot: &mut Option<Caller>,
+) -> Result<Response<Body>, GatewayError> {
+    if let Some(answer) = ops::probes::answer(gw, req.method(), req.uri().path()) {
+        record.probe = true;
+        return answer;
+    }
+    let route = authorize::route(live, &req)?;
+    record.route = route.scope.name();
+    let index = live.keys.as_ref().ok_or(GatewayError::NotReady)?;
+    record.capacity = Some(gw.capacity.acquire()?);
+
+    let now = Timestamp::now();
+    let prefix = &live.config.keys.prefix;
+    let (key, caller) =
+        auth::authenticate(gw, index, prefix, &req, peer, &mut record.request_id, now)?;
+    let caller = &*caller_slot.insert(caller);
+    record.count_use(&key, now);
+
+    let redis = gw.redis.as_ref();
+    let rate = limit::check_rate(redis, &key).await?;
+    limits.rate = Some(rate);
+    authorize::scope(&key, route)?;
+    limit::rate_verdict(&rate)?;
+    record.slot = Some(limit::acquire_slot(redis, &key).await?);
+
+    match route.handler {
+        Handler::Forward => forward(live, redis, &key, route, req, caller, record, limits).await,
+        Handler::RetrieveModel => {
+            let model = model::in_path(req.uri().path(), prefix, &key, caller)?;
+            let upstream = live
+                .upstream_for(&model)
+                .ok_or_else(|| GatewayError::ModelNotFound(model.clone()))?;
+            record.model = Some(model);
+            let upstream = Arc::clone(upstream);
+            let (parts, _) = req.into_parts();
+            let body = UpBody::full(Bytes::new());
+            proxy::send(&upstream, &key, parts, body, caller, record).await
+        }
+        Handler::ListModels => proxy::list_models(live, &key, caller, record).await,
+        Handler::Admin => admin::handle(gw, live, &key, req, record).await,
+        Handler::Usage => Ok(admin::usage(live)),
+    }
+}
+
+/// A forward route: model, upstream, tokens, forward.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    live: &Live,
+    redis: Option<&Arc<RedisBackend>>,
+    key: &KeyRef,
+    route: RouteMatch,
+    req: Request<Incoming>,
+    caller: &Caller,
+    record: &mut RequestRecord,
+    limits: &mut LimitHeaders,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let mut inspected: Inspected =
+        model::inspect(live, key, route, &parts, body, caller, record).await?;
+    let upstream = Arc::clone(proxy::choose(live, route, inspected.model.as_deref())?);
+    if let Some(m) = inspected.model.take() {
+        record.model = Some(m);
+    }
+    if let Some(estimate) = inspected.token_estimate(key, route, &live.config.limits) {
+        if let Reservation::Checked(info, charge) =
+            limit::reserve_tokens(redis, key, estimate).await
+        {
+            limits.tokens = Some(info);
+            limit::token_verdict(&info)?;
+            record.token_charge = Some(charge);
+        }
+    }
+    proxy::forward(&upstream, key, route, parts, inspected, caller, record).await
+}

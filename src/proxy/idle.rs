@@ -1,0 +1,99 @@
+//! Body frames bounded in time, and why a client's body failed on its way in.
+//!
+//! A client body that fails while it streams upstream ends the upstream request with one of
+//! these errors; `GatewayError::client_body` finds it in the failure and answers the client
+//! (400 or 413), so a client's fault is never blamed on the upstream.
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body frame did not arrive within the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// The client's request body was malformed or broke off (a client fault, not the upstream's).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(pub String);
+
+/// The request body exceeded `server.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Polls `inner`, failing when no frame arrives for `idle`, or, with a total deadline, when
+/// the whole body has not arrived by then (a body dripped just under the idle gap). The
+/// timers are created only once `inner` makes the caller wait: a body whose frames are
+/// already there (most answers) never touches the timer wheel.
+pub struct Idle {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame came since `sleep` was set: the next wait sets it again.
+    rearm: bool,
+    total: Option<Instant>,
+    total_sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    pub fn new(idle: Duration) -> Idle {
+        Idle {
+            idle,
+            sleep: None,
+            rearm: false,
+            total: None,
+            total_sleep: None,
+        }
+    }
+
+    pub fn with_total(idle: Duration, total: Duration) -> Idle {
+        Idle {
+            total: Some(Instant::now() + total),
+            ..Idle::new(idle)
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        inner: &mut Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                // The gap starts again at the next wait.
+                self.rearm = true;
+                Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                if let Some(deadline) = self.total {
+                    let total = self
+                        .total_sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if total.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
+                    }
+                }
+                let idle = self.idle;
+                let sleep = match &mut self.sleep {
+                    Some(s) => {
+                        if std::mem::take(&mut self.rearm) {
+                            s.as_mut().reset(Instant::now() + idle);
+                        }
+                        s
+                    }
+                    None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))))
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The body sent upstream: bytes the gateway read (to check the model, and perhaps rewrote),
+//! the client's own stream, or a multipart upload whose `model` was read while it streams.
+
+use crate::authorize::multipart::MultipartBody;
+use crate::proxy::idle::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+/// The body sent upstream: bytes already read (to check the model), the client's stream,
+/// or a multipart upload whose `model` was read while it streams.
+pub enum UpBody {
+    Full(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        idle: Idle,
+        limit: u64,
+        /// Bytes received so far, shared with the request's `RequestRecord` (`bytes_received`).
+        seen: Arc<AtomicU64>,
+    },
+    Multipart(Box<MultipartBody>),
+}
+
+impl UpBody {
+    pub fn full(b: Bytes) -> UpBody {
+        UpBody::Full((!b.is_empty()).then_some(b))
+    }
+
+    /// The exact length when the body is held in full.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream { .. } | UpBody::Multipart(_) => None,
+        }
+    }
+
+    /// A multipart upload, forwarded as it streams (see `multipart`).
+    pub fn multipart(body: MultipartBody) -> UpBody {
+        UpBody::Multipart(Box::new(body))
+    }
+
+    /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
+    /// `seen` counts the bytes as they pass.
+    pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
+        UpBody::Stream {
+            inner,
+            idle: Idle::with_total(timeout, timeout),
+            limit,
+            seen,
+        }
+    }
+}
+
+impl HttpBody for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream {
+                inner,
+                idle,
+                limit,
+                seen,
+            } => {
+                let frame = ready!(idle.poll_frame(inner, cx));
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            let len = d.len() as u64;
+                            if seen.fetch_add(len, Ordering::Relaxed) + len > *limit {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                            }
+                        }
+                        // Trailers from the client are never forwarded: a credential could
+                        // hide there, and no OpenAI endpoint uses them.
+                        if f.is_trailers() {
+                            return Poll::Ready(None);
+                        }
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    Some(Err(e)) if e.is::<IdleTimeout>() => Poll::Ready(Some(Err(e))),
+                    Some(Err(e)) => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e.to_string())))))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+            UpBody::Multipart(m) => m.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpBody::Multipart(m) => m.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream { inner, .. } => inner.size_hint(),
+            UpBody::Multipart(_) => SizeHint::default(),
+        }
+    }
+}

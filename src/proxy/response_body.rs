@@ -1,0 +1,365 @@
+//! The body sent to the client, as it streams: a whole answer the gateway wrote, or an
+//! upstream's answer frame by frame.
+//!
+//! It carries the request's `RequestRecord`, so accounting, the in-flight slots and the access
+//! log are settled exactly when the client has the last byte, or has gone away, whichever
+//! comes first. An upstream answer also counts what it relays (bytes, and an event stream's
+//! text, for a stream cut short) and ends with an error when its key is revoked.
+
+use crate::account::scanner::{ContentCounter, UsageScanner};
+use crate::account::{RequestRecord, TokenUsage};
+use crate::error::GatewayError;
+use crate::keys::state::KeyState;
+use crate::ops::metrics::UpstreamError;
+use crate::proxy::idle::{BoxError, Idle, IdleTimeout};
+use crate::proxy::pool::Lease;
+use crate::proxy::revoke::RevokeWatch;
+use crate::proxy::stream_usage::UsageChunkFilter;
+use crate::server::connection::Exchange;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The key of an answer was revoked (or left the key file) while the answer streamed.
+#[derive(Debug, thiserror::Error)]
+#[error("the API key was revoked")]
+pub struct KeyRevoked;
+
+pin_project_lite::pin_project! {
+    /// The body sent to the client.
+    pub struct Body {
+        kind: Kind,
+        record: Option<Box<RequestRecord>>,
+        // Data bytes handed to the client's connection so far.
+        sent: u64,
+        // Ends an upstream answer when its key is revoked.
+        #[pin]
+        revoke: Option<RevokeWatch>,
+        // The request's place on its connection: tells the connection's driver whether this
+        // answer is waiting on the client (see `server::connection`). Dropped with the body.
+        exchange: Option<Exchange>,
+    }
+
+    impl PinnedDrop for Body {
+        fn drop(this: Pin<&mut Self>) {
+            // A full body is complete once handed over. An upstream one is complete when it
+            // was read to its end: hyper stops polling (and drops the body) as soon as the
+            // last frame of a known length is out. Dropped before that, the client cut it
+            // short, and its connection closes with it.
+            let this = this.project();
+            if let Kind::Upstream { inner, lease, .. } = &mut *this.kind {
+                if inner.is_end_stream() {
+                    lease.release();
+                }
+            }
+            let complete = match &*this.kind {
+                Kind::Full(_) => true,
+                upstream => upstream.is_end_stream(),
+            };
+            settle(this.kind, this.record, *this.sent, complete);
+        }
+    }
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        /// The upstream connection `inner` arrives on, polled by this body.
+        lease: Lease,
+        idle: Idle,
+        /// An upstream error held back for one poll (see `poll_frame`).
+        broken: Option<BoxError>,
+        scanner: Option<UsageScanner>,
+        /// Counts the text an event stream relayed, for a stream cut short (boxed: only
+        /// event streams have one, and it would double the size of every other body).
+        content: Option<Box<ContentCounter>>,
+        strip: Option<UsageChunkFilter>,
+    },
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, strip, .. } => {
+                inner.is_end_stream() && strip.as_ref().is_none_or(UsageChunkFilter::is_empty)
+            }
+        }
+    }
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        Body {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+            record: None,
+            sent: 0,
+            revoke: None,
+            exchange: None,
+        }
+    }
+
+    /// Streams an upstream answer arriving on `lease`; `scan` reads token usage as it
+    /// passes, and for an `event_stream` the text relayed is counted too.
+    pub fn upstream(
+        inner: Incoming,
+        lease: Lease,
+        idle: Duration,
+        scan: bool,
+        event_stream: bool,
+    ) -> Body {
+        Body {
+            kind: Kind::Upstream {
+                inner,
+                lease,
+                idle: Idle::new(idle),
+                broken: None,
+                scanner: scan.then(UsageScanner::default),
+                content: (scan && event_stream).then(Box::default),
+                strip: None,
+            },
+            record: None,
+            sent: 0,
+            revoke: None,
+            exchange: None,
+        }
+    }
+
+    /// Ends the answer with an error as soon as the key whose state this is is revoked.
+    pub fn end_on_revoke(&mut self, state: &Arc<KeyState>) {
+        if let Kind::Upstream { .. } = self.kind {
+            self.revoke = Some(RevokeWatch::new(state));
+        }
+    }
+
+    /// Hides the usage-only SSE event from the client (see `UsageChunkFilter`).
+    pub fn strip_usage_chunk(&mut self) {
+        if let Kind::Upstream { strip, .. } = &mut self.kind {
+            *strip = Some(UsageChunkFilter::default());
+        }
+    }
+
+    /// Ties the body to its connection; from now until hyper first polls it, it waits on the
+    /// client (an HTTP/2 stream without send window is never polled at all).
+    pub fn set_exchange(&mut self, mut e: Exchange) {
+        e.handed();
+        self.exchange = Some(e);
+    }
+
+    pub fn set_record(&mut self, f: Box<RequestRecord>) {
+        self.record = Some(f);
+    }
+}
+
+/// Hands the request's record what the body knows, and drops it (`RequestRecord::drop` records and
+/// logs). Once only: later calls find no record.
+fn settle(kind: &Kind, record: &mut Option<Box<RequestRecord>>, sent: u64, complete: bool) {
+    if let Some(mut f) = record.take() {
+        if let Kind::Upstream {
+            scanner, content, ..
+        } = kind
+        {
+            f.tokens = scanner
+                .as_ref()
+                .and_then(UsageScanner::tokens)
+                .map(TokenUsage::Reported);
+            f.relayed_tokens = content.as_deref().map(ContentCounter::tokens);
+        }
+        f.bytes_sent = sent;
+        f.complete = complete;
+        drop(f);
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body::full(b)
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let mut revoke = this.revoke;
+        if let Some(e) = this.exchange.as_mut() {
+            e.polled();
+        }
+        let out = match &mut *this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream {
+                inner,
+                lease,
+                idle,
+                broken,
+                scanner,
+                content,
+                strip,
+            } => loop {
+                if let Some(e) = broken.take() {
+                    break Poll::Ready(Some(Err(e)));
+                }
+                if revoke
+                    .as_ref()
+                    .get_ref()
+                    .as_ref()
+                    .is_some_and(RevokeWatch::is_revoked)
+                {
+                    break revoked(this.record);
+                }
+                lease.drive(cx);
+                let frame = match idle.poll_frame(inner, cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        if let Some(watch) = revoke.as_mut().as_pin_mut() {
+                            if watch.poll_revoked(cx).is_ready() {
+                                break revoked(this.record);
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
+                if let Some(Err(e)) = frame {
+                    // The upstream broke off. hyper cuts the client's connection at a body
+                    // error without flushing what it has buffered, and the frames before
+                    // the break may have arrived in the same read: yield once so they go
+                    // out first, then report the error.
+                    *broken = Some(e);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if frame.is_none() {
+                    lease.release();
+                }
+                if let Some(Ok(f)) = &frame {
+                    if let Some(d) = f.data_ref() {
+                        if let Some(s) = scanner.as_mut() {
+                            s.feed(d);
+                        }
+                        if let Some(c) = content.as_mut() {
+                            c.feed(d);
+                        }
+                    }
+                }
+                let Some(filter) = strip.as_mut() else {
+                    break Poll::Ready(frame);
+                };
+                match frame {
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) => {
+                            let kept = filter.filter(&d);
+                            if !kept.is_empty() {
+                                break Poll::Ready(Some(Ok(Frame::data(kept))));
+                            }
+                        }
+                        Err(f) => break Poll::Ready(Some(Ok(f))),
+                    },
+                    None => {
+                        let rest = filter.rest();
+                        *strip = None;
+                        if rest.is_empty() {
+                            break Poll::Ready(None);
+                        }
+                        // The stream ends on the next poll (the filter is gone).
+                        break Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    other => break Poll::Ready(other),
+                }
+            },
+        };
+        match &out {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.sent += d.len() as u64;
+                }
+                if let Some(e) = this.exchange.as_mut() {
+                    e.handed();
+                }
+            }
+            Poll::Ready(None) => settle(this.kind, this.record, *this.sent, true),
+            Poll::Ready(Some(Err(e))) => {
+                // Only an upstream body fails here: it broke off, stalled, or its key was
+                // revoked.
+                if let Some(f) = this.record.as_mut() {
+                    if e.is::<IdleTimeout>() {
+                        f.stream_error = Some(UpstreamError::IdleTimeout);
+                    } else if !e.is::<KeyRevoked>() {
+                        f.stream_error = Some(UpstreamError::StreamBroken);
+                    }
+                }
+                settle(this.kind, this.record, *this.sent, false)
+            }
+            Poll::Pending => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            // Filtering changes the length: no promise then.
+            Kind::Upstream { strip: Some(_), .. } => SizeHint::default(),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Ends an answer whose key was revoked: an error, so the client sees a broken stream, not
+/// a clean end; the record names the reason.
+fn revoked(
+    record: &mut Option<Box<RequestRecord>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if let Some(f) = record.as_mut() {
+        f.error_code = Some(GatewayError::RevokedKey.code());
+    }
+    Poll::Ready(Some(Err(Box::new(KeyRevoked))))
+}
+
+/// A whole answer the gateway writes itself: `text/plain`.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// A whole answer the gateway writes itself: JSON.
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The answer to a HEAD request: the GET answer's head, with its length, and no body. hyper
+/// leaves the body out of an HTTP/1.1 HEAD answer but not out of an HTTP/2 one.
+pub fn without_body(resp: &mut Response<Body>) {
+    if let Some(n) = HttpBody::size_hint(resp.body()).exact() {
+        if n > 0 && !resp.headers().contains_key(header::CONTENT_LENGTH) {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    *resp.body_mut() = Body::full(Bytes::new());
+}

@@ -1,0 +1,293 @@
+//! One client connection's deadlines that hyper has no timer for, and the driver that applies
+//! them.
+//!
+//! hyper bounds the wait for an HTTP/1.1 request head, but nothing closes an HTTP/2 connection
+//! that never opens a stream (a client that answers PINGs keeps it forever), nor a connection
+//! whose client stops reading an answer: hyper then stops polling the response body (no send
+//! window on the stream, or a full socket buffer), so no timer inside the body can run, and the
+//! upstream connection and the request's slots stay taken. [`drive`] polls the hyper connection
+//! beside one timer and, when it fires, reads the connection's [`Activity`]:
+//!
+//! - no request yet: closed `header_read_timeout` after it was accepted;
+//! - no request in progress: closed `idle_timeout` after the last one ended;
+//! - a response that waited on the client for `write_timeout`: the connection is dropped, which
+//!   drops every response body on it (accounting settles, slots are freed, upstream
+//!   connections close);
+//! - server shutdown: closed gracefully, the server waiting for the driver to return.
+//!
+//! "Closed" means hyper's `graceful_shutdown` (GOAWAY on HTTP/2, `connection: close` on
+//! HTTP/1.1); a connection that has still not ended `header_read_timeout` later, with no
+//! request in progress, is dropped.
+//!
+//! The request path pays little for this: one `Arc` clone and two atomic adds when a request
+//! starts, a clock read when it ends, and two relaxed atomic adds per response frame. The
+//! driver wakes at most every quarter of `write_timeout`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How finely a wait on the client is timed: the driver checks every `write_timeout / PARTS`,
+/// so a stalled response is found between 1 and 1 + 1/PARTS times `write_timeout`.
+const PARTS: u32 = 4;
+/// Counters of responses waiting on the client, by the check period they started waiting in;
+/// at least `PARTS + 2` (the periods still counting, the one checked, the next one).
+const SLOTS: usize = 8;
+
+/// What the connection is doing, shared by its requests' response bodies and its driver.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    /// Requests begun and not yet ended (their response body not yet dropped).
+    open: AtomicU32,
+    /// A request has begun on this connection.
+    used: AtomicBool,
+    /// When a request last ended, in milliseconds since `start`.
+    ended_ms: AtomicU64,
+    /// The driver's check period; bodies count their wait in `waiting[period % SLOTS]`.
+    period: AtomicU32,
+    waiting: [AtomicU32; SLOTS],
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            open: AtomicU32::new(0),
+            used: AtomicBool::new(false),
+            ended_ms: AtomicU64::new(0),
+            period: AtomicU32::new(0),
+            waiting: Default::default(),
+        })
+    }
+
+    /// A request begins: the connection is busy until the returned `Exchange` is dropped.
+    pub fn begin(self: &Arc<Self>) -> Exchange {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.used.store(true, Ordering::Release);
+        Exchange {
+            activity: Arc::clone(self),
+            waiting: None,
+        }
+    }
+
+    fn ms_since_start(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection became idle, or `None` while a request is in progress.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.used.load(Ordering::Acquire) {
+            return Some(self.start);
+        }
+        let ms = self.ended_ms.load(Ordering::Acquire);
+        Some(self.start + Duration::from_millis(ms))
+    }
+
+    /// Starts the next check period; true if a response has waited on the client since
+    /// before the period `PARTS` periods ago began.
+    fn next_period(&self) -> bool {
+        let n = self.period.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let old = n.wrapping_sub(PARTS + 1) as usize % SLOTS;
+        self.waiting[old].load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One request on a connection, held by its response body: marks the connection busy, and
+/// tells the driver when the body waits on the client.
+#[derive(Debug)]
+pub struct Exchange {
+    activity: Arc<Activity>,
+    /// The slot this response counts in while hyper holds a frame of it and has not asked for
+    /// the next one.
+    waiting: Option<usize>,
+}
+
+impl Exchange {
+    /// hyper has the response (or its latest frame) and has not asked for more yet.
+    pub fn handed(&mut self) {
+        if self.waiting.is_none() {
+            let slot = self.activity.period.load(Ordering::Relaxed) as usize % SLOTS;
+            self.activity.waiting[slot].fetch_add(1, Ordering::Relaxed);
+            self.waiting = Some(slot);
+        }
+    }
+
+    /// hyper asks for the next frame: the client took the last one.
+    pub fn polled(&mut self) {
+        if let Some(slot) = self.waiting.take() {
+            self.activity.waiting[slot].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.polled();
+        let a = &self.activity;
+        // Before `open` falls, so the driver never sees it idle with an older end time.
+        a.ended_ms
+            .fetch_max(a.ms_since_start(Instant::now()), Ordering::AcqRel);
+        a.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The deadlines the driver applies (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub write: Duration,
+}
+
+/// Why the driver ended a connection without waiting for hyper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// A response waited on the client for `write_timeout`.
+    WriteStalled,
+    /// Asked to close, it still had not, with no request in progress.
+    CloseIgnored,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Ended<E> {
+    /// hyper finished the connection.
+    Done(Result<(), E>),
+    /// The driver dropped it.
+    Cut(Cut),
+}
+
+/// Polls `conn` to its end, applying the deadlines; `graceful` asks it to close. `stop`
+/// changing (or its sender going away) is the server shutting down.
+pub async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    d: Deadlines,
+    mut stop: watch::Receiver<bool>,
+) -> Ended<E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let check_every = (d.write / PARTS).max(Duration::from_millis(1));
+    let mut next_check = Instant::now() + check_every;
+    // When the driver asked the connection to close.
+    let mut closing: Option<Instant> = None;
+    let mut stopping = *stop.borrow_and_update();
+    if stopping {
+        graceful(conn.as_mut());
+        closing = Some(Instant::now());
+    }
+    // The first wake works out the first deadline.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Ended::Done(r),
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                if closing.is_none() {
+                    graceful(conn.as_mut());
+                    closing = Some(Instant::now());
+                }
+            }
+            _ = timer.as_mut() => {
+                let now = Instant::now();
+                if now >= next_check {
+                    if activity.next_period() {
+                        return Ended::Cut(Cut::WriteStalled);
+                    }
+                    next_check = now + check_every;
+                }
+                let mut wake = next_check;
+                match activity.idle_since() {
+                    // Busy: whenever its last request ends, a deadline counts from then, so
+                    // none can come sooner than a whole one from now.
+                    None => {
+                        let soonest = if closing.is_some() { d.header_read } else { d.idle };
+                        wake = wake.min(now + soonest);
+                    }
+                    Some(idle) => match closing {
+                        Some(asked) => {
+                            let give_up = asked.max(idle) + d.header_read;
+                            if now >= give_up {
+                                return Ended::Cut(Cut::CloseIgnored);
+                            }
+                            wake = wake.min(give_up);
+                        }
+                        None => {
+                            let limit = if activity.used.load(Ordering::Acquire) {
+                                d.idle
+                            } else {
+                                d.header_read
+                            };
+                            let deadline = idle + limit;
+                            if now >= deadline {
+                                graceful(conn.as_mut());
+                                closing = Some(now);
+                                wake = wake.min(now + d.header_read);
+                            } else {
+                                wake = wake.min(deadline);
+                            }
+                        }
+                    },
+                }
+                timer.as_mut().reset(wake);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_waiting_through_parts_plus_one_periods_is_stalled() {
+        let a = Activity::new();
+        let mut s = a.begin();
+        s.handed();
+        for _ in 0..PARTS {
+            assert!(!a.next_period());
+        }
+        assert!(a.next_period(), "waited more than PARTS whole periods");
+        s.polled();
+        for _ in 0..(2 * SLOTS) {
+            assert!(!a.next_period());
+        }
+    }
+
+    #[test]
+    fn responses_that_keep_moving_are_never_stalled() {
+        let a = Activity::new();
+        let mut s = a.begin();
+        for _ in 0..(4 * SLOTS) {
+            s.handed();
+            assert!(!a.next_period());
+            s.polled();
+        }
+        drop(s);
+        assert!(a.idle_since().is_some());
+    }
+
+    #[test]
+    fn idle_only_with_no_open_request() {
+        let a = Activity::new();
+        assert_eq!(a.idle_since(), Some(a.start));
+        let s1 = a.begin();
+        let s2 = a.begin();
+        assert_eq!(a.idle_since(), None);
+        drop(s1);
+        assert_eq!(a.idle_since(), None);
+        drop(s2);
+        assert!(a.idle_since().is_some());
+    }
+}

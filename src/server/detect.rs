@@ -1,0 +1,155 @@
+//! The first bytes of a connection, bounded in time, and clients that cancel what they ask.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// Length of the HTTP/2 connection preface.
+const PREFACE_LEN: usize = 24;
+
+/// Bounds the protocol-detection phase. hyper-util reads up to 24 bytes to tell HTTP/1.1
+/// from HTTP/2 with no timer, and hyper's own header timeout starts only after that, so a
+/// client that connects and sends nothing (or part of the HTTP/2 preface) would hold a
+/// descriptor forever. Reads fail with `TimedOut` if the preface is not complete by the
+/// deadline; the deadline is dropped once 24 bytes have arrived or the first byte shows the
+/// client speaks HTTP/1.1 (hyper's header timeout then applies).
+///
+/// It also ends a connection whose requests are cancelled by the client before they are
+/// answered, over and over (an HTTP/2 "rapid reset" after the server accepted each stream,
+/// which hyper's pending-reset limit does not see): see `Cancels`.
+pub struct Detect<I> {
+    inner: I,
+    deadline: Option<Pin<Box<Sleep>>>,
+    seen: usize,
+    cancels: Arc<Cancels>,
+}
+
+impl<I> Detect<I> {
+    pub fn new(inner: I, timeout: Duration, cancels: Arc<Cancels>) -> Detect<I> {
+        Detect {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            seen: 0,
+            cancels,
+        }
+    }
+}
+
+/// Requests on one connection that the client abandoned before their answer, against those
+/// answered. A client that cancels more than `CANCEL_LIMIT` requests, and more than it lets
+/// finish, is cut off: its next read fails and hyper closes the connection.
+#[derive(Default)]
+pub struct Cancels {
+    cancelled: AtomicU32,
+    answered: AtomicU32,
+}
+
+const CANCEL_LIMIT: u32 = 8;
+
+impl Cancels {
+    fn abusive(&self) -> bool {
+        let c = self.cancelled.load(Ordering::Relaxed);
+        c > CANCEL_LIMIT && c > self.answered.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as cancelled unless `answered` is called before it drops.
+pub struct CancelGuard(Option<Arc<Cancels>>);
+
+impl CancelGuard {
+    pub fn new(cancels: &Arc<Cancels>) -> CancelGuard {
+        CancelGuard(Some(Arc::clone(cancels)))
+    }
+
+    pub fn answered(mut self) {
+        if let Some(c) = self.0.take() {
+            c.answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Detect<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.cancels.abusive() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "too many requests cancelled before their answer",
+            )));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if this.deadline.is_some() {
+                    let new = &buf.filled()[before..];
+                    if this.seen == 0 && new.first().is_some_and(|b| *b != b'P') {
+                        this.deadline = None;
+                    }
+                    this.seen += new.len();
+                    if this.seen >= PREFACE_LEN {
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no request within the header read timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Detect<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,170 @@
+//! Clients that take their time, through the real listener: heads dripped byte by byte
+//! (slowloris), connections that send nothing or part of the HTTP/2 preface, request bodies
+//! that stall or drip just under the gap. Each is cut by its timeout, within generous bounds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::raw::*;
+use common::raw_upstream::*;
+use common::*;
+use std::time::Instant;
+
+// ------------------------------------------------------------------ 5. slowloris
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_by_header_read_timeout() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "[server]\nheader_read_timeout = \"1s\"\n").await;
+    let key = g.key();
+    let req = chat_req(Some(&key), "", CHAT);
+
+    // A head dripped one byte every 200 ms.
+    let mut c = Raw::connect(g.addr).await;
+    let start = Instant::now();
+    let mut closed_at = None;
+    for b in req.as_bytes() {
+        if c.send([*b]).await.is_err() || c.wait_closed(ms(200)).await.is_some() {
+            closed_at = Some(start.elapsed());
+            break;
+        }
+        if start.elapsed() > 5 * SEC {
+            break;
+        }
+    }
+    let at = closed_at.expect("a head dripped at 5 bytes/s was still being read after 5 s");
+    eprintln!(
+        "slowloris: closed after {at:?}, answer before close: {:?}",
+        String::from_utf8_lossy(&c.buf)
+    );
+    assert!(at >= ms(800) && at <= ms(2500), "closed after {at:?}");
+    if !c.buf.is_empty() {
+        assert!(
+            c.buf.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&c.buf)
+        );
+    }
+
+    // An idle keep-alive connection after a request is closed too.
+    let mut c = Raw::connect(g.addr).await;
+    c.send(&req).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status(), 200);
+    let idle = c.wait_closed(4 * SEC).await;
+    eprintln!("idle keep-alive connection closed after {idle:?}");
+    assert!(idle.is_some_and(|d| d <= ms(2500)), "kept {idle:?}");
+    assert_eq!(m.requests(), 1);
+}
+
+#[tokio::test]
+async fn silent_and_partial_preface_connections_are_closed() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "[server]\nheader_read_timeout = \"1s\"\n").await;
+    // Each is held open by a client that then says nothing more. "G" decides HTTP/1.1 at
+    // once; the others are prefixes of the HTTP/2 preface, so protocol detection waits.
+    let mut held = Vec::new();
+    for sent in ["", "P", "PRI * HTTP/2.0\r\n", "G"] {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(sent).await.unwrap();
+        held.push((sent, c));
+    }
+    let mut outcomes = Vec::new();
+    for (sent, c) in &mut held {
+        outcomes.push((*sent, c.wait_closed(3 * SEC).await));
+    }
+    eprintln!("connections that stop sending, closed after: {outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, at)| at.is_some_and(|d| d <= ms(2500))),
+        "with header_read_timeout = 1s, a connection that sends nothing (or part of the \
+         HTTP/2 preface) must not be held open: {outcomes:?}"
+    );
+    assert_eq!(m.connections(), 0);
+}
+
+// ------------------------------------------------------------------ 6. slow bodies
+
+#[tokio::test]
+async fn stalled_body_is_cut_by_body_read_timeout() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "[server]\nbody_read_timeout = \"1s\"\n").await;
+    let streamed = g.key();
+    let buffered = key_with_models(&g, &["llama-*"]);
+
+    for (what, key) in [("buffered", &buffered), ("streamed", &streamed)] {
+        let conns = m.connections();
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_head(Some(key), "Content-Length: 100\r\n"))
+            .await
+            .unwrap();
+        c.send(&CHAT.as_bytes()[..10]).await.unwrap();
+        let start = Instant::now();
+        let r = c.response_within(4 * SEC).await;
+        let took = start.elapsed();
+        eprintln!(
+            "{what} stalled body: {:?} after {took:?}",
+            r.as_ref().map(Msg::status)
+        );
+        let r = r.unwrap();
+        assert!(matches!(r.status(), 400 | 408), "{what}: {r:?}");
+        assert!(took <= ms(2000), "{what}: answered after {took:?}");
+        assert_eq!(
+            m.requests(),
+            0,
+            "{what}: a partial body became a whole request"
+        );
+        if what == "buffered" {
+            assert_eq!(m.connections(), conns, "the buffered body went upstream");
+        } else if m.connections() > conns {
+            let eof = m.wait(2 * SEC, |e| *e == Event::Eof(conns)).await;
+            assert!(eof.is_some(), "{what}: the upstream connection stayed open");
+            eprintln!(
+                "{what} stalled body: upstream closed {:?} after the answer",
+                eof.unwrap().saturating_duration_since(start + took)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn body_dripped_under_the_idle_gap_is_still_bounded() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "[server]\nbody_read_timeout = \"1s\"\n").await;
+    let streamed = g.key();
+    let buffered = key_with_models(&g, &["llama-*"]);
+
+    // One byte every 300 ms: never a 1 s gap, but 100 bytes would take 30 s.
+    let mut outcomes = Vec::new();
+    for (what, key) in [("buffered", &buffered), ("streamed", &streamed)] {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_head(Some(key), "Content-Length: 100\r\n"))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut ended = None;
+        let mut i = 0;
+        while start.elapsed() < 4 * SEC {
+            if c.send([CHAT.as_bytes()[i % CHAT.len()]]).await.is_err()
+                || c.wait_closed(ms(300)).await.is_some()
+                || !c.buf.is_empty()
+            {
+                ended = Some(start.elapsed());
+                break;
+            }
+            i += 1;
+        }
+        eprintln!(
+            "{what} dripped body: ended {ended:?} after {i} bytes, answer {:?}",
+            String::from_utf8_lossy(&c.buf).lines().next()
+        );
+        outcomes.push((what, ended));
+    }
+    for (what, ended) in outcomes {
+        assert!(
+            ended.is_some_and(|d| d <= ms(2500)),
+            "{what}: a body dripped at 3 bytes/s held the request for {ended:?} \
+             (no total body deadline)"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! Upstreams that fail, behind the real listener: refused, silent, reset mid-stream, closed
+//! while pooled; clients that go away before or during the answer; the gateway at capacity.
+//! Each is answered as the security model says, and what the upstream saw is checked on a raw
+//! socket that records it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::raw::*;
+use common::raw_upstream::*;
+use common::*;
+use std::time::{Duration, Instant};
+
+// ------------------------------------------------------------------ 9-12. upstream faults
+
+#[tokio::test]
+async fn upstream_refusing_is_502_within_100ms() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let g = start_gateway_raw(
+        start_mock().await,
+        &format!("[[upstream]]\nname = \"down\"\nurl = \"http://{closed}\"\n"),
+    )
+    .await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let r = c.response().await.unwrap();
+        took.push(start.elapsed());
+        assert_eq!(r.status(), 502, "{r:?}");
+        assert_eq!(r.error_code(), "upstream_unavailable");
+        assert_eq!(r.json()["error"]["type"], "upstream_error");
+    }
+    eprintln!("502 latencies: {took:?}");
+    assert!(took.iter().all(|t| *t < ms(100)), "{took:?}");
+
+    // An upstream that accepts and closes at once is also 502, just as fast.
+    let m = RawMock::start(Mode::CloseImmediately).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    let start = Instant::now();
+    c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+    let r = c.response().await.unwrap();
+    let t = start.elapsed();
+    eprintln!("accept-and-close upstream: {} after {t:?}", r.status());
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert_eq!(r.error_code(), "upstream_unavailable");
+    assert!(t < ms(100), "{t:?}");
+}
+
+#[tokio::test]
+async fn upstream_silent_is_504_at_first_byte_timeout() {
+    let m = RawMock::start(Mode::Silent).await;
+    let g = gateway_for(&m, "first_byte_timeout = \"300ms\"\n", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    let start = Instant::now();
+    c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+    let r = c.response().await.unwrap();
+    let t = start.elapsed();
+    eprintln!("504 after {t:?}");
+    assert_eq!(r.status(), 504, "{r:?}");
+    assert_eq!(r.error_code(), "upstream_timeout");
+    assert!(t >= ms(300) && t < ms(600), "{t:?}");
+    assert_eq!(m.requests(), 1);
+    // The abandoned upstream request's connection is closed, not left waiting.
+    let eof = m.wait(SEC, |e| *e == Event::Eof(0)).await;
+    assert!(
+        eof.is_some(),
+        "the timed-out upstream connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_stream_is_an_error_for_the_client() {
+    for rst in [false, true] {
+        let m = RawMock::start(Mode::ResetMidStream { rst }).await;
+        let g = gateway_for(&m, "", "").await;
+        let key = g.key();
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let r = c.response().await;
+        let text = String::from_utf8_lossy(&c.buf).to_string();
+        eprintln!("upstream cut (rst={rst}): client got {r:?}");
+        let err = r.expect_err("the client saw a clean end of a cut stream");
+        assert!(err.contains("terminating chunk"), "rst={rst}: {err}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert!(
+            text.contains("w0 "),
+            "the first event was not relayed: {text:?}"
+        );
+        assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
+
+        // The same through a real HTTP client: reading the body fails.
+        let req = http::Request::post(g.url("/v1/chat/completions"))
+            .header("authorization", bearer(&key))
+            .body(http_body_util::Full::new(Bytes::from(CHAT)))
+            .unwrap();
+        let resp = within(5 * SEC, "response head", client().request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        use http_body_util::BodyExt;
+        let body = within(5 * SEC, "response body", resp.into_body().collect()).await;
+        assert!(body.is_err(), "rst={rst}: a cut stream read as complete");
+    }
+}
+
+#[tokio::test]
+async fn upstream_connection_is_reused_after_a_complete_answer() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    // Sequential requests, from one client connection and from fresh ones: each answer is
+    // read to its end, so its upstream connection goes back to the pool and serves the next.
+    for i in 0..6 {
+        let mut c = Raw::connect(g.addr).await;
+        for j in 0..2 {
+            c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+            let r = c.response().await.unwrap();
+            assert_eq!(r.status(), 200, "request {i}.{j}: {r:?}");
+        }
+    }
+    assert_eq!(m.requests(), 12);
+    assert_eq!(m.connections(), 1, "the upstream connection was not reused");
+}
+
+#[tokio::test]
+async fn pool_sweep_closes_idle_connections_the_upstream_closed() {
+    let m = RawMock::start(Mode::CloseWhenIdle(ms(100))).await;
+    let g = gateway_for(&m, "", "").await;
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status(), 200);
+    let live = g.gw.live();
+    let pool = live.upstreams[0].pool();
+    assert_eq!(
+        pool.idle(),
+        1,
+        "the answered request's connection went back to the pool"
+    );
+    pool.sweep();
+    assert_eq!(pool.idle(), 1, "an open idle connection was swept");
+    assert!(
+        m.wait(2 * SEC, |e| matches!(e, Event::MockClosed(_)))
+            .await
+            .is_some(),
+        "the mock did not close"
+    );
+    // With no traffic at all, the periodic sweep is what lets the socket go.
+    let swept = eventually(2 * SEC, || async {
+        pool.sweep();
+        pool.idle() == 0
+    })
+    .await;
+    assert!(swept, "a connection the upstream closed stayed in the pool");
+}
+
+#[tokio::test]
+async fn stale_pooled_upstream_connection_is_retried_once() {
+    let m = RawMock::start(Mode::CloseWhenIdle(ms(100))).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    let rounds = 10;
+    for i in 0..rounds {
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!(r.status(), 200, "round {i}: {r:?}");
+        // The mock closes the idle pooled connection; the next request goes right after.
+        let closed = m
+            .wait_n(2 * SEC, i + 1, |e| matches!(e, Event::MockClosed(_)))
+            .await;
+        assert!(closed.is_some(), "round {i}: the mock did not close");
+    }
+    assert_eq!(m.requests(), rounds);
+    assert_eq!(m.connections(), rounds, "one connection per request");
+    let mut per_conn = vec![0; m.connections()];
+    for i in 0..m.requests() {
+        per_conn[m.request(i).0] += 1;
+    }
+    assert!(per_conn.iter().all(|n| *n == 1), "{per_conn:?}");
+}
+
+// ------------------------------------------------------------------ 13. client goes away
+
+#[tokio::test]
+async fn client_gone_before_first_byte_closes_upstream() {
+    let m = RawMock::start(Mode::Delay(Duration::from_secs(5))).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut took = Vec::new();
+    for i in 0..3 {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        assert!(
+            m.wait_n(2 * SEC, i + 1, |e| matches!(e, Event::Request(_)))
+                .await
+                .is_some(),
+            "the request did not reach the upstream"
+        );
+        let gone = Instant::now();
+        drop(c);
+        let eof = m
+            .wait_n(2 * SEC, i + 1, |e| matches!(e, Event::Eof(_)))
+            .await
+            .expect("the upstream connection stayed open after the client left");
+        took.push(eof.saturating_duration_since(gone));
+    }
+    eprintln!("client gone before first byte → upstream closed after {took:?}");
+    assert!(took.iter().all(|t| *t < ms(300)), "{took:?}");
+    assert_eq!(g.gw.capacity.in_use(), 0, "slots still held");
+}
+
+#[tokio::test]
+async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
+    /// A chat request through a gateway with a 400 ms idle timeout to an SSE upstream.
+    async fn stream(interval: Duration, count: usize) -> (RawMock, TestGateway, Raw, Instant) {
+        let m = RawMock::start(Mode::Sse { interval, count }).await;
+        let g = gateway_for(&m, "idle_timeout = \"400ms\"\n", "").await;
+        let mut c = Raw::connect(g.addr).await;
+        let start = Instant::now();
+        c.send(chat_req(Some(&g.key()), "", CHAT)).await.unwrap();
+        (m, g, c, start)
+    }
+
+    // Gaps under the idle timeout, a stream longer than it: the timer restarts at each event.
+    let (_m, _g, mut c, _) = stream(ms(150), 4).await;
+    let r = c
+        .response()
+        .await
+        .expect("a stream with short gaps completes");
+    assert_eq!(r.status(), 200);
+    assert!(
+        contains(&r.body, "w3 "),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // A gap over it: the stream is cut, the client sees a broken body, not a clean end.
+    let (m, _g, mut c, start) = stream(ms(1500), 2).await;
+    let r = c.response().await;
+    let took = start.elapsed();
+    eprintln!("stalled upstream stream: {r:?} after {took:?}");
+    let err = r.expect_err("a stalled stream read as complete");
+    assert!(err.contains("terminating chunk"), "{err}");
+    assert!(String::from_utf8_lossy(&c.buf).starts_with("HTTP/1.1 200"));
+    assert!(took >= ms(400) && took < ms(1400), "{took:?}");
+    assert!(
+        m.wait(SEC, |e| matches!(e, Event::Eof(_))).await.is_some(),
+        "the stalled upstream connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn client_gone_mid_sse_closes_upstream() {
+    let m = RawMock::start(Mode::Sse {
+        interval: ms(50),
+        count: 200,
+    })
+    .await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut took = Vec::new();
+    for i in 0..3 {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + 3 * SEC;
+        while !contains(&c.buf, "w1 ") {
+            assert!(c.fill(deadline).await && !c.eof, "no events: {:?}", c.buf);
+        }
+        let gone = Instant::now();
+        drop(c);
+        let eof = m
+            .wait_n(2 * SEC, i + 1, |e| matches!(e, Event::Eof(_)))
+            .await
+            .expect("the upstream stream continued after the client left");
+        took.push(eof.saturating_duration_since(gone));
+    }
+    eprintln!("client gone mid-SSE → upstream closed after {took:?}");
+    assert!(took.iter().all(|t| *t < ms(300)), "{took:?}");
+}
+
+// ------------------------------------------------------------------ 14. capacity
+
+#[tokio::test]
+async fn gateway_capacity_exhausted_is_fast_503() {
+    let m = RawMock::start(Mode::Silent).await;
+    let g = gateway_for(&m, "", "[server]\nmax_in_flight = 2\n").await;
+    let key = g.key();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        held.push(c);
+    }
+    assert!(
+        m.wait_n(2 * SEC, 2, |e| matches!(e, Event::Request(_)))
+            .await
+            .is_some(),
+        "the two held requests did not reach the upstream"
+    );
+    let mut took = Vec::new();
+    let mut c = Raw::connect(g.addr).await;
+    for _ in 0..3 {
+        let start = Instant::now();
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let r = c.response().await.unwrap();
+        took.push(start.elapsed());
+        assert_eq!(r.status(), 503, "{r:?}");
+        assert_eq!(r.error_code(), "overloaded");
+        assert_eq!(r.json()["error"]["type"], "server_error");
+        assert!(r.header("retry-after").is_some());
+    }
+    eprintln!("503 overloaded latencies: {took:?}");
+    assert!(took.iter().all(|t| *t < ms(100)), "{took:?}");
+    assert_eq!(m.requests(), 2, "a refused request reached the upstream");
+
+    drop(held);
+    assert!(
+        m.wait_n(2 * SEC, 2, |e| matches!(e, Event::Eof(_)))
+            .await
+            .is_some(),
+        "the held upstream requests were not cancelled"
+    );
+    assert_eq!(g.gw.capacity.in_use(), 0, "slots were not given back");
+}
