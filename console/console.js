@@ -1,5 +1,5 @@
 // keygate console: plain JS, no framework, no build step. Every action is a call to the
-// management API (SPEC §7) with the admin key the user signed in with, which lives in this
+// management API (reference: Management API) with the admin key the user signed in with, which lives in this
 // tab's sessionStorage only. A new key's plaintext lives in the "save your key" dialog's DOM
 // while it is open and nowhere else; closing the dialog removes it.
 'use strict';

@@ -1,4 +1,4 @@
-//! The management API (SPEC §7) through the real server, and the usage endpoint.
+//! The management API (reference: Management API) through the real server, and the usage endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -130,7 +130,7 @@ fn set(items: &[&str]) -> HashSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Every scope `inference` stands for (SPEC §2).
+/// Every scope `inference` stands for (reference: Scopes and routes).
 const INFERENCE: [&str; 10] = [
     "models",
     "chat",
@@ -328,7 +328,7 @@ fn scopes_aliases_expiry_and_limits() {
     assert_eq!(raw["keys"][0]["limits"]["requests_per_minute"], 60);
     assert_eq!(raw["keys"][0]["limits"]["max_in_flight"], 3);
 
-    // Every alias of SPEC §2 maps to its canonical scope.
+    // Every alias of reference: Scopes and routes maps to its canonical scope.
     for (alias, want) in [
         ("inference:read", &["models"][..]),
         ("inference:write", &INFERENCE[..]),

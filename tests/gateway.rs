@@ -1,4 +1,4 @@
-//! The gateway through a real listener on 127.0.0.1:0: every SPEC §3 answer, forwarding
+//! The gateway through a real listener on 127.0.0.1:0: every reference: Errors answer, forwarding
 //! hygiene, streaming, reload and limits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -294,7 +294,7 @@ async fn oversized_heads_and_uris_are_refused_by_the_listener() {
     // A 20 KB request target. Hyper reads the head into a buffer capped at
     // max_header_bytes (16 KB), so a long URI overflows it like a long header: 431. Hyper's
     // 414 applies only to a URI over 64 KB that fits in the buffer, which this config never
-    // allows. (SPEC prefers 414 for URIs; see the report.)
+    // allows. (414 would also be right for a URI.)
     for target in [
         format!("/v1/chat/completions?q={}", "a".repeat(20 * 1024)),
         format!("/v1/{}", "b".repeat(20 * 1024)),

@@ -1,4 +1,4 @@
-//! Properties of the token format (SPEC §1): every generated key parses and hashes the same
+//! Properties of the token format (reference: Keys): every generated key parses and hashes the same
 //! way, every single-character change is caught by the checksum before any lookup, and no
 //! input at all makes the parser panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -191,7 +191,7 @@ proptest! {
 
 #[test]
 fn the_checksum_is_crc32_as_six_zero_padded_base62_digits() {
-    // SPEC §1, computed independently of src/key.rs: a key built by hand with the documented
+    // reference: Keys, computed independently of src/key.rs: a key built by hand with the documented
     // checksum parses (so secret scanners can check keys the same way).
     let body = "0".repeat(SECRET_LEN);
     let covered = format!("sk_kg_{body}");

@@ -1,5 +1,5 @@
 //! `headers::sanitize_request` on arbitrary headers: no credential, hop-by-hop or
-//! gateway-owned header ever survives (SPEC §4), and nothing else is touched.
+//! gateway-owned header ever survives (reference: Forwarding), and nothing else is touched.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};

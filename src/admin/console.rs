@@ -1,4 +1,4 @@
-//! The web console (SPEC §9): a static page embedded in the binary at compile time. It is
+//! The web console (reference: Health and console endpoints): a static page embedded in the binary at compile time. It is
 //! unauthenticated by design — it holds no data and does nothing by itself; every action it
 //! offers is a call to the management API, authorized there by the admin key the user types
 //! in (kept in the tab's `sessionStorage` only).

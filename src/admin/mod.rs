@@ -1,4 +1,4 @@
-//! The management API (SPEC §7), behind the `admin` scope on the main listener.
+//! The management API (reference: Management API), behind the `admin` scope on the main listener.
 //!
 //! Writes go through the same locked, atomic `KeyStore::update` as the CLI, then this
 //! gateway reloads its index at once (once: its own watcher then finds the file it loaded);

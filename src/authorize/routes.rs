@@ -16,7 +16,7 @@ pub enum Handler {
     ListModels,
     /// `GET /v1/models/{id}`: forwarded to the upstream serving that model.
     RetrieveModel,
-    /// The management API (SPEC §7).
+    /// The management API (reference: Management API).
     Admin,
     /// `GET /v1/usage`.
     Usage,
@@ -77,7 +77,7 @@ impl RouteRule {
     }
 }
 
-/// The route table: operators' `[[route]]`s first (so they can override), then SPEC §2.
+/// The route table: operators' `[[route]]`s first (so they can override), then reference: Scopes and routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     extra: Vec<RouteRule>,

@@ -1,4 +1,4 @@
-//! Every refusal the gateway makes, and the one place each becomes an HTTP answer (SPEC §3):
+//! Every refusal the gateway makes, and the one place each becomes an HTTP answer (reference: Errors):
 //! its status, type, code and message here, the conversions from other errors (the key
 //! store's, a body's, a JSON body's) in `convert`. The `retry-after` an answer carries is
 //! written with the other limit headers, by `limit::answer`, from `retry_after`.

@@ -201,7 +201,7 @@ impl Answer {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// Asserts the SPEC §3 error shape and returns the code.
+    /// Asserts the reference: Errors error shape and returns the code.
     pub fn error_code(&self) -> String {
         assert_eq!(
             self.headers["content-type"], "application/json",

@@ -58,7 +58,7 @@ impl Msg {
         })
     }
 
-    /// Asserts the SPEC §3 error shape and returns the code.
+    /// Asserts the reference: Errors error shape and returns the code.
     pub fn error_code(&self) -> String {
         assert_eq!(
             self.header("content-type"),

@@ -1,4 +1,4 @@
-// Browser tests for the web console (SPEC §9): start the real gateway in demo mode, drive
+// Browser tests for the web console (reference: Health and console endpoints): start the real gateway in demo mode, drive
 // /console in Debian's Chromium through playwright-core, and check every action against the
 // gateway itself (the keys the page hands out are used for real requests from Node).
 //

@@ -45,7 +45,7 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def well_formed_key(secret: str, prefix: str = "sk_kg") -> str:
-    """A token with a correct checksum (SPEC §1: 6 base62 digits of CRC32 over everything
+    """A token with a correct checksum (reference: Keys: 6 base62 digits of CRC32 over everything
     before it, most significant first, zero-padded) that the gateway never issued."""
     body = f"{prefix}_{secret}"
     crc = zlib.crc32(body.encode())
@@ -250,7 +250,7 @@ def full(gateway: Gateway) -> OpenAI:
 
 
 def assert_refusal(err: openai.APIStatusError, status: int, type_: str, code: str, secret: str | None = None):
-    """An OpenAI-shaped refusal (SPEC §3) with a request id, never echoing the key."""
+    """An OpenAI-shaped refusal (reference: Errors) with a request id, never echoing the key."""
     resp = err.response
     assert resp.status_code == status, resp.text
     assert err.code == code, resp.text
@@ -337,7 +337,7 @@ def test_streamed_chat_include_usage(full: OpenAI):
 
 
 def test_stream_events_arrive_as_sent(full: OpenAI):
-    """SPEC §4: each SSE event reaches the client as the upstream sends it (no buffering)."""
+    """reference: Forwarding: each SSE event reaches the client as the upstream sends it (no buffering)."""
     interval_ms = 100
     t0 = time.monotonic()
     arrivals = []
