@@ -360,7 +360,7 @@ impl Validator<'_> {
             poll_interval: self.duration(
                 "keys.poll_interval",
                 k.poll_interval,
-                Duration::from_secs(2),
+                Duration::from_secs(1),
             )?,
             state_file,
             unready_on_load_error: k.unready_on_load_error.unwrap_or(false),

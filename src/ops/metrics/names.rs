@@ -155,7 +155,7 @@ pub fn describe(r: &PrometheusRecorder) {
         (REQUESTS, "Requests answered, by route, status class and error code (empty for none)."),
         (RATE_LIMITED, "Requests refused with 429, by error code."),
         (UPSTREAM_ERRORS, "Upstream failures, by upstream and kind: unreachable, no answer in time, a 5xx answer, a stream that broke off or stalled."),
-        (TOKENS, "Tokens reported by upstreams in their usage, by kind (prompt, completion)."),
+        (TOKENS, "Tokens used, by kind (prompt, completion): what upstreams reported, plus the gateway's estimate for streams cut short before their usage."),
         ("keygate_key_reloads_total", "Key-file reloads, by result."),
         ("keygate_config_reloads_total", "gateway.toml reloads, by result."),
         (LOG_DROPPED, "Access-log lines dropped because the log writer could not keep up (audit and other lines are never dropped)."),
