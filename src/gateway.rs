@@ -322,7 +322,7 @@ mod tests {
             ]
         );
         let now = gw.config();
-        assert_eq!(now.keys.poll_interval, std::time::Duration::from_secs(2));
+        assert_eq!(now.keys.poll_interval, std::time::Duration::from_secs(1));
         assert_eq!(now.log.format, crate::config::LogFormat::Text);
         assert_eq!(now.limits.failed_auth_per_minute, 30);
         assert_eq!(
