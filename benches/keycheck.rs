@@ -80,6 +80,7 @@ fn keys() -> &'static Keys {
                     ..KeyLimits::default()
                 },
                 previous: Vec::new(),
+                ..KeyRecord::default()
             });
             plaintexts.push(t.plaintext);
         }

@@ -479,3 +479,53 @@ async fn access_log_has_499_for_a_client_gone_before_the_head_and_bytes_both_way
     assert_eq!(left["bytes_received"], CHAT.len() as u64);
     assert_eq!(left["bytes_sent"], 0);
 }
+
+/// Disable is revoke's reversible twin: a disabled key is refused with 401
+/// `disabled_api_key`, its running stream ends, and enabling it lets it work again.
+#[tokio::test]
+async fn a_disabled_key_is_refused_its_stream_ends_and_enable_restores_it() {
+    let mock = start_mock_with(MockOptions {
+        sse_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let g = start_gateway_with_mock(mock, "").await;
+    let (id, key) = g.create_key(NewKey {
+        name: "to-disable".into(),
+        ..Default::default()
+    });
+    let body = stream_body(40, 100);
+    let a = start_stream(&g, &key, &body, &[]).await;
+    assert_eq!(a.status().as_u16(), 200);
+    let mut a = a.into_body();
+    assert!(next_data(&mut a).await.unwrap().is_some());
+
+    let set_disabled = |on: bool| {
+        g.store()
+            .update(|f| {
+                let k = f.keys.iter_mut().find(|k| k.id == id).unwrap();
+                k.disabled_at = on.then(keygate::time::Timestamp::now);
+                Ok(())
+            })
+            .unwrap();
+        g.gw.reload_keys().unwrap();
+    };
+    set_disabled(true);
+    let end = tokio::time::timeout(5 * SEC, async {
+        loop {
+            match next_data(&mut a).await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the disabled key's stream kept running");
+    assert!(end.is_err(), "the stream ended cleanly: {end:?}");
+    let refused = chat(&g, &key, CHAT).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.error_code(), "disabled_api_key");
+
+    set_disabled(false);
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200, "enabled again");
+}

@@ -39,6 +39,11 @@ struct CreateBody {
     expires_at: Option<Timestamp>,
     #[serde(default)]
     limits: KeyLimits,
+    description: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    quotas: crate::keys::record::KeyQuotas,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +191,9 @@ pub async fn handle(
                 models: b.models,
                 expires_at,
                 limits: b.limits,
+                description: b.description,
+                metadata: b.metadata,
+                quotas: b.quotas,
             };
             let p = prefix.clone();
             let (rec, token) = write(

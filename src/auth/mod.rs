@@ -94,6 +94,9 @@ pub fn find_key(
             "This API key expired at {t}."
         )));
     }
+    if entry.disabled_at.is_some() {
+        return Err(GatewayError::DisabledKey);
+    }
     if let Secret::Retired { valid_until } = secret {
         if valid_until <= now {
             return Err(GatewayError::ExpiredKey(format!(

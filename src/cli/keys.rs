@@ -103,6 +103,7 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
             tokens_per_minute: a.tpm,
             max_in_flight: a.max_in_flight,
         },
+        ..NewKey::default()
     };
     new.validate(now).map_err(flag_error)?;
     let prefix = cfg.keys.prefix.clone();

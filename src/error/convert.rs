@@ -9,6 +9,15 @@ use crate::keys::error::StoreError;
 use crate::keys::file::strip_position;
 use crate::proxy::idle::{BodyTooLarge, ClientBodyError, IdleTimeout};
 
+impl From<crate::keys::state::Ended> for GatewayError {
+    fn from(why: crate::keys::state::Ended) -> GatewayError {
+        match why {
+            crate::keys::state::Ended::Revoked => GatewayError::RevokedKey,
+            crate::keys::state::Ended::Disabled => GatewayError::DisabledKey,
+        }
+    }
+}
+
 impl From<StoreError> for GatewayError {
     fn from(e: StoreError) -> GatewayError {
         match e {

@@ -41,6 +41,8 @@ pub enum GatewayError {
     ExpiredKey(String),
     #[error("This API key has been revoked.")]
     RevokedKey,
+    #[error("This API key is disabled. An administrator can enable it again.")]
+    DisabledKey,
     #[error("This API key does not have the `{0}` scope required for this route.")]
     MissingScope(crate::keys::scope::Scope),
     #[error("This API key may not use the model `{0}`.")]
@@ -94,9 +96,8 @@ impl GatewayError {
             InvalidRequest(_) | InvalidParam { .. } | KeyInUrl | BodyTimeout | ClientBody(_) => {
                 StatusCode::BAD_REQUEST
             }
-            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey
+            | DisabledKey => StatusCode::UNAUTHORIZED,
             MissingScope(_) | ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             UnknownRoute(..) | RouteUnderV1(..) | NotFound(_) | ModelNotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -131,9 +132,8 @@ impl GatewayError {
             | ModelNotFound(_)
             | ReadOnlyKeyStore
             | KeyElsewhere => "invalid_request_error",
-            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey => {
-                "authentication_error"
-            }
+            MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey
+            | DisabledKey => "authentication_error",
             MissingScope(_) | ModelNotAllowed(_) => "permission_error",
             RateLimited { .. }
             | TokenRateLimited { .. }
@@ -157,6 +157,7 @@ impl GatewayError {
             InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
             ExpiredKey(_) => "expired_api_key",
             RevokedKey => "revoked_api_key",
+            DisabledKey => "disabled_api_key",
             MissingScope(_) => "insufficient_permissions",
             ModelNotAllowed(_) => "model_not_allowed",
             UnknownRoute(..) | RouteUnderV1(..) => "unknown_route",

@@ -4,9 +4,9 @@
 
 use crate::config::LimitDefaults;
 use crate::keys::models;
-use crate::keys::record::KeyRecord;
+use crate::keys::record::{KeyQuotas, KeyRecord};
 use crate::keys::scope::Scopes;
-use crate::keys::state::KeyState;
+use crate::keys::state::{Ended, KeyState};
 use crate::limit::rate::Quota;
 use crate::time::Timestamp;
 use std::sync::{Arc, OnceLock};
@@ -108,6 +108,10 @@ pub struct KeyEntry {
     pub models: Option<Box<globset::GlobSet>>,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// Disabled keys are refused (401 `disabled_api_key`) until enabled again.
+    pub disabled_at: Option<Timestamp>,
+    /// Daily and monthly allowances; `None` for the many keys with none (8 bytes a key).
+    pub quotas: Option<Box<KeyQuotas>>,
     pub max_in_flight: u32,
     pub rate: Quota,
     /// Tokens per minute, 0 when neither the key nor `[limits]` sets one.
@@ -116,6 +120,18 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// Why the key's running requests must end now: revoked (at or before `now`) or
+    /// disabled. `None` for a key that may run.
+    pub fn ended(&self, now: Timestamp) -> Option<Ended> {
+        if self.revoked_at.is_some_and(|t| t <= now) {
+            Some(Ended::Revoked)
+        } else if self.disabled_at.is_some() {
+            Some(Ended::Disabled)
+        } else {
+            None
+        }
+    }
+
     pub fn may_use_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
     }
@@ -156,6 +172,8 @@ pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
             .map(Box::new),
         expires_at: rec.expires_at,
         revoked_at: rec.revoked_at,
+        disabled_at: rec.disabled_at,
+        quotas: (!rec.quotas.is_empty()).then(|| Box::new(rec.quotas)),
         max_in_flight: rec.limits.max_in_flight.unwrap_or(limits.max_in_flight),
         rate: Quota::new(per_minute, burst),
         tokens_per_minute: rec

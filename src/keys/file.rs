@@ -327,6 +327,12 @@ impl KeyFile {
             rotated_at: None,
             limits: req.limits,
             previous: Vec::new(),
+            description: req.description.filter(|d| !d.is_empty()),
+            metadata: req.metadata,
+            disabled_at: None,
+            quotas: req.quotas,
+            updated_at: None,
+            rev: 1,
         };
         self.keys.push(record.clone());
         Ok((record, token))
@@ -360,6 +366,7 @@ impl KeyFile {
             valid_until,
         });
         k.rotated_at = Some(now);
+        k.touch(now);
         Ok((k.clone(), token))
     }
 
@@ -368,6 +375,7 @@ impl KeyFile {
         let k = self.get_mut(id)?;
         if k.revoked_at.is_none() {
             k.revoked_at = Some(now);
+            k.touch(now);
         }
         Ok(k.clone())
     }

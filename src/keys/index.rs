@@ -15,7 +15,7 @@ use crate::keys::entry::{entry, KeyEntry, KeyId, Secret};
 use crate::keys::error::StoreError;
 use crate::keys::file::{self, Secrets, Uniqueness};
 use crate::keys::record::KeyRecord;
-use crate::keys::state::KeyState;
+use crate::keys::state::{Ended, KeyState};
 use crate::keys::token::KeyHash;
 use crate::time::Timestamp;
 use std::sync::Arc;
@@ -169,17 +169,13 @@ impl<'a> Builder<'a> {
             .states
             .retain(|id, state| match index.position(id.as_str()) {
                 None => {
-                    state.revocation.revoke();
+                    state.revocation.revoke(Ended::Revoked);
                     false
                 }
                 Some(pos) => {
-                    let revoked = index.entries[pos as usize]
-                        .revoked_at
-                        .is_some_and(|t| t <= now);
-                    if revoked {
-                        state.revocation.revoke();
-                    } else {
-                        state.revocation.restore();
+                    match index.entries[pos as usize].ended(now) {
+                        Some(why) => state.revocation.revoke(why),
+                        None => state.revocation.restore(),
                     }
                     true
                 }

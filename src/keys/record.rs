@@ -9,8 +9,9 @@ use crate::keys::scope::Scopes;
 use crate::keys::token::{self, KeyHash};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecord {
     pub id: String,
@@ -34,6 +35,132 @@ pub struct KeyRecord {
     /// Secrets replaced by rotation, each valid until its grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<RetiredSecret>,
+    /// Free text for the people who manage keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Labels such as `team=search`, `env=prod`, `owner=ana@example.com`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Set by disable, removed by enable (revoke, unlike disable, is final).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<Timestamp>,
+    /// Daily and monthly allowances (UTC windows); unset: none.
+    #[serde(default, skip_serializing_if = "KeyQuotas::is_empty")]
+    pub quotas: KeyQuotas,
+    /// The last change of any kind to this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+    /// The record's revision: 1 when created, one more at every change. Stores and replicas
+    /// compare it to tell a newer record from an older one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rev: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A key's daily and monthly allowances, in UTC calendar days and months. Unset: no quota.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuotas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_month: Option<u64>,
+}
+
+impl KeyQuotas {
+    pub fn is_empty(&self) -> bool {
+        *self == KeyQuotas::default()
+    }
+
+    /// Each quota with its field name, as the API names it.
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 4] {
+        [
+            ("quotas.tokens_per_day", self.tokens_per_day),
+            ("quotas.tokens_per_month", self.tokens_per_month),
+            ("quotas.requests_per_day", self.requests_per_day),
+            ("quotas.requests_per_month", self.requests_per_month),
+        ]
+    }
+}
+
+/// At most this many metadata labels per key.
+pub const MAX_LABELS: usize = 32;
+/// A description's length limit, in characters.
+pub const MAX_DESCRIPTION: usize = 1024;
+/// A label value's length limit, in characters.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// A metadata label name: 1–63 of `a-z 0-9 _ . -`, starting with a letter or digit (so it
+/// reads the same in a URL filter, a CSV header and a Prometheus label).
+pub fn is_label_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.as_bytes()[0].is_ascii_alphanumeric()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// Checks a description and labels, naming the field as the API does.
+pub fn check_annotations(
+    description: Option<&str>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), FieldError> {
+    if let Some(d) = description {
+        crate::text::check("description", d)
+            .map_err(|e| FieldError::new("description", e.problem()))?;
+        if d.chars().count() > MAX_DESCRIPTION {
+            return Err(FieldError::new(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
+    }
+    if metadata.len() > MAX_LABELS {
+        return Err(FieldError::new(
+            "metadata",
+            format!("may hold at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in metadata {
+        if !is_label_name(k) {
+            return Err(FieldError::new(
+                "metadata",
+                format!(
+                    "has a label name `{}` that is not 1–63 of a-z, 0-9, `_`, `.`, `-` starting with a letter or digit",
+                    crate::text::escape(k)
+                ),
+            ));
+        }
+        crate::text::check("metadata", v)
+            .map_err(|e| FieldError::new("metadata", format!("label `{k}` {}", e.problem())))?;
+        if v.chars().count() > MAX_LABEL_VALUE {
+            return Err(FieldError::new(
+                "metadata",
+                format!("label `{k}` must be at most {MAX_LABEL_VALUE} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks quotas: each set one is at least 1.
+pub fn check_quotas(q: &KeyQuotas) -> Result<(), FieldError> {
+    for (field, v) in q.fields() {
+        if v == Some(0) {
+            return Err(FieldError::new(
+                field,
+                "must be at least 1 (omit it for no quota)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,6 +195,7 @@ impl KeyLimits {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Active,
+    Disabled,
     Expired,
     Revoked,
 }
@@ -76,6 +204,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
+            Status::Disabled => "disabled",
             Status::Expired => "expired",
             Status::Revoked => "revoked",
         }
@@ -83,14 +212,23 @@ impl Status {
 }
 
 impl KeyRecord {
+    /// Revoked before expired before disabled: the most final state wins.
     pub fn status(&self, now: Timestamp) -> Status {
         if self.revoked_at.is_some_and(|t| t <= now) {
             Status::Revoked
         } else if self.expires_at.is_some_and(|t| t <= now) {
             Status::Expired
+        } else if self.disabled_at.is_some() {
+            Status::Disabled
         } else {
             Status::Active
         }
+    }
+
+    /// Marks a change: the next revision, updated now.
+    pub fn touch(&mut self, now: Timestamp) {
+        self.rev += 1;
+        self.updated_at = Some(now);
     }
 
     pub fn scopes(&self) -> Scopes {
@@ -150,6 +288,8 @@ pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
     if k.expires_at.is_some_and(|e| e < k.created_at) {
         return Err(at("`expires_at` is before `created_at`".into()));
     }
+    check_annotations(k.description.as_deref(), &k.metadata).map_err(|e| at(e.to_string()))?;
+    check_quotas(&k.quotas).map_err(|e| at(e.to_string()))?;
     let l = &k.limits;
     if l.requests_per_minute == Some(0)
         || l.burst == Some(0)
@@ -201,6 +341,11 @@ impl KeyRecord {
             "revoked_at": self.revoked_at,
             "rotated_at": self.rotated_at,
             "limits": self.limits,
+            "quotas": self.quotas,
+            "description": self.description,
+            "metadata": self.metadata,
+            "disabled_at": self.disabled_at,
+            "updated_at": self.updated_at.unwrap_or(self.created_at),
             "last_used_at": usage.and_then(|u| u.last_used),
         });
         let grace: Vec<_> = self
@@ -224,6 +369,9 @@ pub struct NewKey {
     pub models: Vec<String>,
     pub expires_at: Option<Timestamp>,
     pub limits: KeyLimits,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub quotas: KeyQuotas,
 }
 
 impl NewKey {
@@ -247,6 +395,8 @@ impl NewKey {
         if self.expires_at.is_some_and(|e| e <= now) {
             return Err(FieldError::new("expires_at", "must be in the future"));
         }
+        check_annotations(self.description.as_deref(), &self.metadata)?;
+        check_quotas(&self.quotas)?;
         let l = &self.limits;
         for (field, zero) in [
             (

@@ -6,7 +6,7 @@ use crate::keys::usage::KeyUsage;
 use crate::limit::inflight::InFlight;
 use crate::limit::rate::RateCell;
 use crate::limit::tokens::TokenBucket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -30,8 +30,17 @@ pub struct KeyState {
 /// waiters when a request first waits and when it ends.
 #[derive(Debug, Default)]
 pub struct Revocation {
-    revoked: AtomicBool,
+    /// 0 while the key may run, else an `Ended` as its `u8`.
+    ended: AtomicU8,
     notify: OnceLock<Arc<Notify>>,
+}
+
+/// Why a key's running requests were ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Ended {
+    Revoked = 1,
+    Disabled = 2,
 }
 
 impl Revocation {
@@ -40,23 +49,32 @@ impl Revocation {
     }
 
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::SeqCst)
+        self.ended.load(Ordering::SeqCst) != 0
+    }
+
+    /// Why the key's requests were ended, if they were.
+    pub fn ended(&self) -> Option<Ended> {
+        match self.ended.load(Ordering::SeqCst) {
+            1 => Some(Ended::Revoked),
+            2 => Some(Ended::Disabled),
+            _ => None,
+        }
     }
 
     /// Marks the key revoked and wakes everything waiting on it. The flag is stored before
     /// the wake-up and read after a waiter registered (both sequentially consistent, as are
     /// `Notify`'s own counters), so a request registering at the same moment either sees the
     /// flag or is woken.
-    pub(crate) fn revoke(&self) {
-        if !self.revoked.swap(true, Ordering::SeqCst) {
+    pub(crate) fn revoke(&self, why: Ended) {
+        if self.ended.swap(why as u8, Ordering::SeqCst) == 0 {
             self.notify().notify_waiters();
         }
     }
 
     /// The key is active again (its `revoked_at` was removed by hand): new requests run.
     pub(crate) fn restore(&self) {
-        if self.revoked.load(Ordering::Relaxed) {
-            self.revoked.store(false, Ordering::SeqCst);
+        if self.ended.load(Ordering::Relaxed) != 0 {
+            self.ended.store(0, Ordering::SeqCst);
         }
     }
 

@@ -112,7 +112,9 @@ pub async fn send(
     let state = key.state();
     let (resp, lease) = tokio::select! {
         biased;
-        () = state.revocation.revoked() => return Err(GatewayError::RevokedKey),
+        () = state.revocation.revoked() => {
+            return Err(state.revocation.ended().map_or(GatewayError::RevokedKey, GatewayError::from));
+        }
         r = upstream.send(up) => r?,
     };
     let upstream_latency = sent.elapsed();

@@ -9,6 +9,7 @@
 use crate::account::scanner::{ContentCounter, UsageScanner};
 use crate::account::{RequestRecord, TokenUsage};
 use crate::error::GatewayError;
+use crate::keys::state::Ended;
 use crate::keys::state::KeyState;
 use crate::ops::metrics::UpstreamError;
 use crate::proxy::idle::{BoxError, Idle, IdleTimeout};
@@ -212,21 +213,22 @@ impl HttpBody for Body {
                 if let Some(e) = broken.take() {
                     break Poll::Ready(Some(Err(e)));
                 }
-                if revoke
+                if let Some(why) = revoke
                     .as_ref()
                     .get_ref()
                     .as_ref()
-                    .is_some_and(RevokeWatch::is_revoked)
+                    .and_then(RevokeWatch::ended)
                 {
-                    break revoked(this.record);
+                    break revoked(this.record, why);
                 }
                 lease.drive(cx);
                 let frame = match idle.poll_frame(inner, cx) {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
-                        if let Some(watch) = revoke.as_mut().as_pin_mut() {
-                            if watch.poll_revoked(cx).is_ready() {
-                                break revoked(this.record);
+                        if let Some(mut watch) = revoke.as_mut().as_pin_mut() {
+                            if watch.as_mut().poll_revoked(cx).is_ready() {
+                                let why = watch.ended().unwrap_or(Ended::Revoked);
+                                break revoked(this.record, why);
                             }
                         }
                         return Poll::Pending;
@@ -321,13 +323,14 @@ impl HttpBody for Body {
     }
 }
 
-/// Ends an answer whose key was revoked: an error, so the client sees a broken stream, not
-/// a clean end; the record names the reason.
+/// Ends an answer whose key was revoked or disabled: an error, so the client sees a broken
+/// stream, not a clean end; the record names the reason.
 fn revoked(
     record: &mut Option<Box<RequestRecord>>,
+    why: Ended,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     if let Some(f) = record.as_mut() {
-        f.error_code = Some(GatewayError::RevokedKey.code());
+        f.error_code = Some(GatewayError::from(why).code());
     }
     Poll::Ready(Some(Err(Box::new(KeyRevoked))))
 }

@@ -25,6 +25,11 @@ impl RevokeWatch {
         self.state.revocation.is_revoked()
     }
 
+    /// Why the key's requests end (revoked or disabled), once they do.
+    pub fn ended(&self) -> Option<crate::keys::state::Ended> {
+        self.state.revocation.ended()
+    }
+
     /// `Ready` once the key is revoked; otherwise registers `cx` to be woken when it is.
     pub fn poll_revoked(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();

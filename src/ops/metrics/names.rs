@@ -37,12 +37,13 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every error code the gateway answers with (`GatewayError::code`). A code missing here is
 /// still counted, through the registry (slower, same result).
-pub const CODES: [&str; 20] = [
+pub const CODES: [&str; 21] = [
     "invalid_request",
     "missing_api_key",
     "invalid_api_key",
     "expired_api_key",
     "revoked_api_key",
+    "disabled_api_key",
     "insufficient_permissions",
     "model_not_allowed",
     "unknown_route",
@@ -202,6 +203,7 @@ mod tests {
             E::MissingKey,
             E::InvalidKey("x"),
             E::RevokedKey,
+            E::DisabledKey,
             E::ExpiredKey(String::new()),
             E::MissingScope(Scope::Chat),
             E::ModelNotAllowed(String::new()),

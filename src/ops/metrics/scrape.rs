@@ -64,7 +64,10 @@ impl Metrics {
         if let Some(idx) = &live.keys {
             s.keys.set(idx.len() as f64);
             for e in idx.entries() {
-                if e.revoked_at.is_some() || e.expires_at.is_some_and(|t| t <= now) {
+                if e.revoked_at.is_some()
+                    || e.disabled_at.is_some()
+                    || e.expires_at.is_some_and(|t| t <= now)
+                {
                     continue;
                 }
                 active += 1;
