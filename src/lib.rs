@@ -60,6 +60,7 @@
 //! | `keys/scope.rs` | `Scope`, `Scopes` |
 //! | `keys/models.rs` | model globs (allowlists; upstreams' `models` too) |
 //! | `keys/record.rs` | `KeyRecord` (one key in the file), `NewKey`, the one record validator |
+//! | `keys/annotations.rs` | description, metadata labels and quotas, with their checks |
 //! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes |

@@ -2,6 +2,7 @@
 //! (its one reader) and the store that writes it, and the in-memory index the gateway looks
 //! keys up in, with each key's runtime state.
 
+pub mod annotations;
 pub mod entry;
 pub mod error;
 pub mod file;
