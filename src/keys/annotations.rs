@@ -1,9 +1,27 @@
 //! What people attach to a key beyond its permissions: a description, metadata labels and
 //! quotas, with the one check of each (named as the API names the field).
 
-use crate::keys::record::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// A value given for one field of a new key is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct FieldError {
+    /// As the API names it: `name`, `scopes`, `limits.requests_per_minute`, …
+    pub field: &'static str,
+    /// A predicate on the field, e.g. "must be at least 1".
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
 
 /// A key's daily and monthly allowances, in UTC calendar days and months. Unset: no quota.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use crate::keys::annotations::{check_annotations, check_quotas, KeyQuotas};
+pub use crate::keys::annotations::{check_annotations, check_quotas, FieldError, KeyQuotas};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -133,25 +133,6 @@ impl KeyRecord {
     pub fn scopes(&self) -> Scopes {
         // Validated on load; an unparsable list cannot reach here, but fail closed anyway.
         Scopes::parse_list(&self.scopes).unwrap_or(Scopes::EMPTY)
-    }
-}
-
-/// A value given for one field of a new key is invalid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}` {problem}")]
-pub struct FieldError {
-    /// As the API names it: `name`, `scopes`, `limits.requests_per_minute`, …
-    pub field: &'static str,
-    /// A predicate on the field, e.g. "must be at least 1".
-    pub problem: String,
-}
-
-impl FieldError {
-    pub fn new(field: &'static str, problem: impl Into<String>) -> FieldError {
-        FieldError {
-            field,
-            problem: problem.into(),
-        }
     }
 }
 
