@@ -46,14 +46,58 @@ async fn slowloris_headers_are_cut_by_header_read_timeout() {
         );
     }
 
-    // An idle keep-alive connection after a request is closed too.
+    // On a kept-alive connection, the next head is bounded from its first byte too.
     let mut c = Raw::connect(g.addr).await;
     c.send(&req).await.unwrap();
     assert_eq!(c.response().await.unwrap().status(), 200);
-    let idle = c.wait_closed(4 * SEC).await;
-    eprintln!("idle keep-alive connection closed after {idle:?}");
-    assert!(idle.is_some_and(|d| d <= ms(2500)), "kept {idle:?}");
+    let start = Instant::now();
+    let mut closed_at = None;
+    for b in req.as_bytes() {
+        if c.send([*b]).await.is_err() || c.wait_closed(ms(200)).await.is_some() {
+            closed_at = Some(start.elapsed());
+            break;
+        }
+        if start.elapsed() > 5 * SEC {
+            break;
+        }
+    }
+    let at = closed_at.expect("a second head dripped at 5 bytes/s was still read after 5 s");
+    eprintln!("slowloris on a kept-alive connection: closed after {at:?}");
+    assert!(at >= ms(800) && at <= ms(2500), "closed after {at:?}");
     assert_eq!(m.requests(), 1);
+}
+
+/// An idle HTTP/1.1 keep-alive connection lasts `idle_timeout`, not `header_read_timeout`:
+/// a load balancer that keeps backend connections open for a minute must not find them closed
+/// at 10 s (it would race the gateway with its next request).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(
+        &m,
+        "",
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n",
+    )
+    .await;
+    let key = g.key();
+    let req = chat_req(Some(&key), "", CHAT);
+    let mut c = Raw::connect(g.addr).await;
+    c.send(&req).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status(), 200);
+    assert_eq!(
+        c.wait_closed(ms(2000)).await,
+        None,
+        "closed before idle_timeout"
+    );
+    // Still usable after twice the header timeout.
+    c.send(&req).await.unwrap();
+    assert_eq!(c.response().await.unwrap().status(), 200);
+    let closed = c.wait_closed(5 * SEC).await;
+    eprintln!("idle keep-alive connection closed after {closed:?}");
+    assert!(
+        closed.is_some_and(|d| d >= ms(2500) && d <= ms(4500)),
+        "closed after {closed:?}"
+    );
 }
 
 #[tokio::test]

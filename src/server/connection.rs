@@ -9,7 +9,12 @@
 //! beside one timer and, when it fires, reads the connection's [`Activity`]:
 //!
 //! - no request yet: closed `header_read_timeout` after it was accepted;
-//! - no request in progress: closed `idle_timeout` after the last one ended;
+//! - no request in progress: closed `idle_timeout` after the last one ended — unless the
+//!   client has started sending the next HTTP/1.1 request head, which must then be complete
+//!   `header_read_timeout` after its first byte (a slowloris on a kept-alive connection);
+//!   hyper's own header timer is off, because it would also count the idle wait between
+//!   requests, and a keep-alive connection that a load balancer holds open for a minute must
+//!   not be closed at 10 s (the balancer would race us with its next request);
 //! - a response that waited on the client for `write_timeout`: the connection is dropped, which
 //!   drops every response body on it (accounting settles, slots are freed, upstream
 //!   connections close);
@@ -51,6 +56,11 @@ pub struct Activity {
     /// The driver's check period; bodies count their wait in `waiting[period % SLOTS]`.
     period: AtomicU32,
     waiting: [AtomicU32; SLOTS],
+    /// When the first byte of an HTTP/1.1 request head arrived while no request was in
+    /// progress, in milliseconds since `start`, plus one; 0 for none.
+    head_ms: AtomicU64,
+    /// Wakes the driver when such a head starts, so its deadline is the head's.
+    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -62,13 +72,43 @@ impl Activity {
             ended_ms: AtomicU64::new(0),
             period: AtomicU32::new(0),
             waiting: Default::default(),
+            head_ms: AtomicU64::new(0),
+            head_started: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Bytes of an HTTP/1.1 connection arrived: if no request is in progress, they start the
+    /// next request's head (bounded by `header_read_timeout` from now). Cheap when a request
+    /// is in progress (one load), which is when nearly all bytes arrive.
+    pub fn http1_bytes_read(&self) {
+        if self.open.load(Ordering::Acquire) > 0 || self.head_ms.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let ms = self.ms_since_start(Instant::now()).saturating_add(1);
+        if self
+            .head_ms
+            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.head_started.notify_one();
+        }
+    }
+
+    /// When the head of a request not begun yet started arriving.
+    fn head_since(&self) -> Option<Instant> {
+        match self.head_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.start + Duration::from_millis(ms - 1)),
+        }
     }
 
     /// A request begins: the connection is busy until the returned `Exchange` is dropped.
     pub fn begin(self: &Arc<Self>) -> Exchange {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.used.store(true, Ordering::Release);
+        if self.head_ms.load(Ordering::Relaxed) != 0 {
+            self.head_ms.store(0, Ordering::Release);
+        }
         Exchange {
             activity: Arc::clone(self),
             waiting: None,
@@ -154,6 +194,9 @@ pub enum Cut {
     WriteStalled,
     /// Asked to close, it still had not, with no request in progress.
     CloseIgnored,
+    /// A request head did not arrive whole within `header_read_timeout` of its first byte
+    /// (or of the accept, for a connection's first request).
+    HeadTimeout,
 }
 
 /// How a connection ended.
@@ -192,6 +235,8 @@ where
     loop {
         tokio::select! {
             r = conn.as_mut() => return Ended::Done(r),
+            // A request head started on an idle connection: its deadline is sooner.
+            () = activity.head_started.notified() => timer.as_mut().reset(Instant::now()),
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 if closing.is_none() {
@@ -224,13 +269,20 @@ where
                             wake = wake.min(give_up);
                         }
                         None => {
-                            let limit = if activity.used.load(Ordering::Acquire) {
-                                d.idle
-                            } else {
-                                d.header_read
+                            let used = activity.used.load(Ordering::Acquire);
+                            let head = activity.head_since();
+                            // A head being read: cut at its deadline (hyper would wait for
+                            // it to finish before closing gracefully). The first request's
+                            // deadline counts from the accept.
+                            let deadline = match (used, head) {
+                                (false, _) => idle + d.header_read,
+                                (true, Some(h)) => h + d.header_read,
+                                (true, None) => idle + d.idle,
                             };
-                            let deadline = idle + limit;
                             if now >= deadline {
+                                if head.is_some() {
+                                    return Ended::Cut(Cut::HeadTimeout);
+                                }
                                 graceful(conn.as_mut());
                                 closing = Some(now);
                                 wake = wake.min(now + d.header_read);

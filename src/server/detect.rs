@@ -1,5 +1,6 @@
 //! The first bytes of a connection, bounded in time, and clients that cancel what they ask.
 
+use super::connection::Activity;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,15 +28,56 @@ pub struct Detect<I> {
     deadline: Option<Pin<Box<Sleep>>>,
     seen: usize,
     cancels: Arc<Cancels>,
+    /// Which protocol the client speaks, once its first bytes tell.
+    proto: Proto,
+    /// Told of HTTP/1.1 bytes that arrive between requests (the start of a request head).
+    activity: Arc<Activity>,
+}
+
+/// The protocol, from the first bytes: HTTP/2 starts with its 24-byte preface, anything else
+/// that differs from it is HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// The first `n` bytes match the HTTP/2 preface so far.
+    Undecided(usize),
+    Http1,
+    Http2,
+}
+
+const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Proto {
+    fn after(self, bytes: &[u8]) -> Proto {
+        let Proto::Undecided(mut n) = self else {
+            return self;
+        };
+        for b in bytes {
+            if PREFACE.get(n) != Some(b) {
+                return Proto::Http1;
+            }
+            n += 1;
+            if n == PREFACE_LEN {
+                return Proto::Http2;
+            }
+        }
+        Proto::Undecided(n)
+    }
 }
 
 impl<I> Detect<I> {
-    pub fn new(inner: I, timeout: Duration, cancels: Arc<Cancels>) -> Detect<I> {
+    pub fn new(
+        inner: I,
+        timeout: Duration,
+        cancels: Arc<Cancels>,
+        activity: Arc<Activity>,
+    ) -> Detect<I> {
         Detect {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             seen: 0,
             cancels,
+            proto: Proto::Undecided(0),
+            activity,
         }
     }
 }
@@ -97,6 +139,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Detect<I> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    this.proto = this.proto.after(new);
+                    if this.proto == Proto::Http1 {
+                        this.activity.http1_bytes_read();
+                    }
+                }
                 if this.deadline.is_some() {
                     let new = &buf.filled()[before..];
                     if this.seen == 0 && new.first().is_some_and(|b| *b != b'P') {

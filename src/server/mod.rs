@@ -47,7 +47,6 @@ use tokio::sync::{watch, Notify};
 /// made for the connections accepted from then on.
 fn builder_settings(s: &ServerConfig) -> impl PartialEq {
     (
-        s.header_read_timeout,
         s.max_header_bytes,
         s.max_headers,
         s.http2_max_concurrent_streams,
@@ -60,7 +59,9 @@ pub fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
+        // Off: the connection driver bounds a request head from its first byte, and the idle
+        // wait between requests by idle_timeout (hyper's timer would count that wait too).
+        .header_read_timeout(None)
         .max_buf_size(s.max_header_bytes)
         .max_headers(s.max_headers)
         .keep_alive(true)
@@ -276,7 +277,12 @@ async fn serve_io<I>(
         }
     });
     let http = builder.serve_connection(
-        TokioIo::new(Detect::new(io, deadlines.header_read, cancels)),
+        TokioIo::new(Detect::new(
+            io,
+            deadlines.header_read,
+            cancels,
+            Arc::clone(&activity),
+        )),
         svc,
     );
     tokio::pin!(http);
@@ -300,6 +306,9 @@ async fn serve_io<I>(
         ),
         Ended::Cut(Cut::CloseIgnored) => {
             tracing::debug!(%peer, "connection dropped: it did not close when asked");
+        }
+        Ended::Cut(Cut::HeadTimeout) => {
+            tracing::debug!(%peer, "connection dropped: a request head did not arrive within header_read_timeout");
         }
     }
 }
