@@ -3,7 +3,8 @@
 #
 #   benches/load/run.sh
 #
-# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), MICRO (1: also run the criterion
+# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), CONNS (client connections of the
+# throughput rows, "32 256 1024"), MICRO (1: also run the criterion
 # benches; 0: reuse target/criterion results if any), BIG_KEYS (1000000: the large key
 # set for the memory test), WORK (work dir, default a new
 # /tmp/keygate-load.*), OUT (benches/RESULTS.md), NO_INSTALL=1 (never apt-get),
@@ -18,6 +19,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-5}
+CONNS=${CONNS:-32 256 1024}
 MICRO=${MICRO:-1}
 BIG_KEYS=${BIG_KEYS:-1000000}
 BIG_LABEL=$([[ $BIG_KEYS == 1000000 ]] && echo "1M keys" || echo "$BIG_KEYS keys")
@@ -33,11 +35,34 @@ BIN=$ROOT/target/release/keygate
 PROXY_CPU=0
 LOAD_CPU=1
 P_MOCK=18080 P_KG=18081 P_HA=18082 P_NG=18083 P_KG100K=18085 P_MEM=18086
+# The later contenders and the metrics listeners take ports the kernel reports free.
+read -r P_KGP P_KGP_M P_NGL P_K100_M < <(T free-ports 4)
 STARTED=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# An operator's RUST_LOG would override the generated [log] levels.
+unset RUST_LOG
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# Every proxy holds a client and an upstream socket per connection, so a row with N client
+# connections needs about 2N descriptors; rows the limit cannot hold are left out (and said).
+CONNS_NOTE=""
+conns_ok=()
+for c in $CONNS; do
+    if (($(ulimit -n) >= 2 * c + 256)); then
+        conns_ok+=("$c")
+    else
+        CONNS_NOTE+="${CONNS_NOTE:+ }-c$c left out: ulimit -n is $(ulimit -n), it needs at least $((2 * c + 256))."
+    fi
+done
+((${#conns_ok[@]})) || {
+    log "no connection count in CONNS=\"$CONNS\" fits ulimit -n $(ulimit -n)"
+    exit 1
+}
+CONNS_LIST=("${conns_ok[@]}")
+[[ -n "$CONNS_NOTE" ]] && log "$CONNS_NOTE"
+CMAX=$(printf '%s\n' "${CONNS_LIST[@]}" | sort -n | tail -1)
+CBASE=$(printf '%s\n' "${CONNS_LIST[@]}" | sort -n | head -1)
 
 # ------------------------------------------------------------------ process bookkeeping
 PIDS=()
@@ -55,10 +80,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # start NAME CPU CMD...: starts CMD pinned to CPU, logs to $WORK/NAME.log, sets $LAST_PID.
+# The log is opened for appending, so it can be truncated between runs while the process
+# writes to it (keygate-prod's access log).
 start() {
     local name=$1 cpu=$2
     shift 2
-    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    : >"$WORK/$name.log"
+    taskset -c "$cpu" "$@" >>"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -135,8 +163,12 @@ fi
 # ------------------------------------------------------------------ keys and configs
 BODY='{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Say hello in five words, please."}],"max_tokens":16}'
 
-# gateway_toml DIR PORT: writes DIR/gateway.toml (keys in DIR/keys.json).
+# gateway_toml DIR PORT [METRICS_PORT [LOG_FORMAT LOG_LEVEL]]: writes DIR/gateway.toml (keys
+# in DIR/keys.json). Without the optional arguments: the minimal configuration (no metrics
+# listener, logs at warn, so no access lines); everything not written here is the default.
 gateway_toml() {
+    local metrics=""
+    [[ -n "${3:-}" ]] && metrics=$(printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$3")
     mkdir -p "$1"
     cat >"$1/gateway.toml" <<EOF
 [server]
@@ -159,8 +191,10 @@ name = "mock"
 url = "http://127.0.0.1:$P_MOCK"
 models = ["*"]
 
+$metrics
 [log]
-level = "warn"
+format = "${4:-text}"
+level = "${5:-warn}"
 EOF
 }
 
@@ -195,17 +229,35 @@ lua "$WORK/nokey.lua"
 lua "$WORK/badkey.lua" "$BADKEY"
 lua "$WORK/limited.lua" "$KEY_LIMITED"
 
+# keygate-prod: the same keys (its own copy, so each instance keeps its own usage state file)
+# in the production configuration: metrics listener on, access lines at info in JSON on stderr,
+# which start() sends to $WORK/keygate-prod.log on disk, as a service manager would.
+gateway_toml "$WORK/kgp" "$P_KGP" "$P_KGP_M" json info
+cp "$WORK/kg/keys.json" "$WORK/kgp/keys.json"
+for d in kg kgp; do
+    "$BIN" --config "$WORK/$d/gateway.toml" check >"$WORK/check-$d.log" 2>&1 || {
+        log "keygate check rejects the generated $WORK/$d/gateway.toml:"
+        cat "$WORK/check-$d.log" >&2
+        exit 1
+    }
+done
+
 # HAProxy: SHA-256 (upper-case hex, as the `hex` converter prints it) of every key.
 "$PY" -c 'import json,sys; [print(k["sha256"].upper()) for k in json.load(open(sys.argv[1]))["keys"]]' \
     "$WORK/kg/keys.json" >"$WORK/haproxy-keys.lst"
+# maxconn leaves room above the largest client-connection count (HAProxy sizes its descriptor
+# limit from it; `no strict-limits`: if the hard limit is lower, warn instead of refusing).
+HA_MAXCONN=$((CMAX + 1000))
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 1800
+    maxconn $HA_MAXCONN
+    no strict-limits
     log stderr format raw local0 err
 
 defaults
     mode http
+    maxconn $HA_MAXCONN
     timeout connect 5s
     timeout client 30s
     timeout server 30s
@@ -229,8 +281,15 @@ backend mock
 EOF
 
 # nginx: `map` on the whole Authorization header (the bench key plus fillers of the same
-# shape, as many as keygate has keys), per-key limit_req, keep-alive upstream.
-mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+# shape, as many as keygate has keys), per-key limit_req, keep-alive upstream. Two instances:
+# "nginx" with no access log, "nginx-log" with a buffered access log on disk; otherwise
+# identical. worker_connections counts client and upstream connections, so it is twice the
+# largest client count plus room; the idle upstream cache (`keepalive`) is at least that
+# count, so no row closes upstream connections for lack of cache room; the listen backlog
+# takes all of wrk's connections at once.
+NG_CONNS=$((2 * CMAX + 512 > 2000 ? 2 * CMAX + 512 : 2000))
+NG_KEEPALIVE=$((CMAX > 64 ? CMAX : 64))
+mkdir -p "$WORK/nginx"
 {
     echo "    \"Bearer $KEY\" 1;"
     echo "    \"Bearer $KEY_LIMITED\" 1;"
@@ -241,19 +300,27 @@ for _ in range(int(sys.argv[1])):
     print("    \"Bearer sk_kg_" + "".join(secrets.choice(B) for _ in range(38)) + "\" 1;")
 ' $((KEYS_MAIN - 2))
 } >"$WORK/nginx/keys.map"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+# nginx_conf DIR PORT ACCESS_LOG_DIRECTIVE: writes DIR/nginx.conf.
+nginx_conf() {
+    mkdir -p "$1/logs" "$1/tmp"
+    cat >"$1/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 2000; }
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections $NG_CONNS; }
 http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+    log_format main escape=json '{"time":"\$time_iso8601","client_addr":"\$remote_addr",'
+        '"method":"\$request_method","path":"\$uri","protocol":"\$server_protocol","status":\$status,'
+        '"bytes_in":\$request_length,"bytes_out":\$bytes_sent,"duration_s":\$request_time,'
+        '"upstream":"\$upstream_addr","upstream_s":"\$upstream_response_time",'
+        '"request_id":"\$request_id","user_agent":"\$http_user_agent"}';
+    $3
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
     map_hash_bucket_size 128;
     map \$http_authorization \$key_ok {
         default 0;
@@ -262,10 +329,10 @@ http {
     limit_req_zone \$http_authorization zone=per_key:32m rate=1000000r/s;
     upstream mock {
         server 127.0.0.1:$P_MOCK;
-        keepalive 64;
+        keepalive $NG_KEEPALIVE;
     }
     server {
-        listen 127.0.0.1:$P_NG;
+        listen 127.0.0.1:$2 backlog=4096;
         location / {
             if (\$key_ok = 0) { return 401; }
             limit_req zone=per_key burst=1000000 nodelay;
@@ -277,15 +344,25 @@ http {
     }
 }
 EOF
+}
+nginx_conf "$WORK/nginx" "$P_NG" "access_log off;"
+NGL_LOG="$WORK/nginx-log/logs/access.log"
+nginx_conf "$WORK/nginx-log" "$P_NGL" "access_log $NGL_LOG main buffer=64k flush=1s;"
 
 # ------------------------------------------------------------------ start everything
-log "starting mock, keygate$( ((HAVE_HA)) && echo ', haproxy')$( ((HAVE_NG)) && echo ', nginx')"
+log "starting mock, keygate, keygate-prod$( ((HAVE_HA)) && echo ', haproxy')$( ((HAVE_NG)) && echo ', nginx, nginx-log')"
 TOKIO_WORKER_THREADS=1 start mock $LOAD_CPU "$BIN" mock --listen 127.0.0.1:$P_MOCK
 MOCK_PID=$LAST_PID
 wait_http "http://127.0.0.1:$P_MOCK/v1/models" 30
 TOKIO_WORKER_THREADS=1 start keygate $PROXY_CPU "$BIN" serve --config "$WORK/kg/gateway.toml"
 KG_PID=$LAST_PID
 wait_http "http://127.0.0.1:$P_KG/readyz" 60 200
+TOKIO_WORKER_THREADS=1 start keygate-prod $PROXY_CPU "$BIN" serve --config "$WORK/kgp/gateway.toml"
+KGP_PID=$LAST_PID
+KGP_LOG="$WORK/keygate-prod.log"
+KGP_METRICS="http://127.0.0.1:$P_KGP_M/metrics"
+wait_http "http://127.0.0.1:$P_KGP/readyz" 60 200
+wait_http "$KGP_METRICS" 30 200
 if ((HAVE_HA)); then
     haproxy -c -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 || {
         cat "$WORK/haproxy-check.log"
@@ -303,13 +380,20 @@ if ((HAVE_NG)); then
     start nginx $PROXY_CPU nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
     NG_PID=$LAST_PID
     wait_http "http://127.0.0.1:$P_NG/" 30
+    nginx -t -p "$WORK/nginx-log" -c "$WORK/nginx-log/nginx.conf" >"$WORK/nginx-log-check.log" 2>&1 || {
+        cat "$WORK/nginx-log-check.log"
+        exit 1
+    }
+    start nginx-log $PROXY_CPU nginx -p "$WORK/nginx-log" -c "$WORK/nginx-log/nginx.conf"
+    NGL_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$P_NGL/" 30
 fi
 
 # Sanity: every contender forwards the bench key and refuses a missing one.
-for t in "direct $P_MOCK" "keygate $P_KG" "haproxy $P_HA" "nginx $P_NG"; do
+for t in "direct $P_MOCK" "keygate $P_KG" "keygate-prod $P_KGP" "haproxy $P_HA" "nginx $P_NG" "nginx-log $P_NGL"; do
     set -- $t
     [[ $1 == haproxy && $HAVE_HA == 0 ]] && continue
-    [[ $1 == nginx && $HAVE_NG == 0 ]] && continue
+    [[ $1 == nginx* && $HAVE_NG == 0 ]] && continue
     ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
         -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions")
     no=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" \
@@ -320,16 +404,32 @@ for t in "direct $P_MOCK" "keygate $P_KG" "haproxy $P_HA" "nginx $P_NG"; do
         exit 1
     }
 done
+# The production row is only that if its access lines reach the file: wait (bounded) for the
+# sanity requests' lines, JSON, and show one.
+ACCESS_MARK='"target":"keygate::access"'
+for _ in $(seq 100); do grep -qF "$ACCESS_MARK" "$KGP_LOG" && break; sleep 0.05; done
+grep -qF "$ACCESS_MARK" "$KGP_LOG" || {
+    log "keygate-prod wrote no JSON access line to $KGP_LOG:"
+    tail -5 "$KGP_LOG" >&2
+    exit 1
+}
+KGP_SAMPLE=$(grep -m1 -F "$ACCESS_MARK" "$KGP_LOG")
+log "keygate-prod access line: $KGP_SAMPLE"
 
 # ------------------------------------------------------------------ measurement helpers
 declare -A URL=([direct]="http://127.0.0.1:$P_MOCK/v1/chat/completions"
     [keygate]="http://127.0.0.1:$P_KG/v1/chat/completions"
+    [keygate-prod]="http://127.0.0.1:$P_KGP/v1/chat/completions"
     [haproxy]="http://127.0.0.1:$P_HA/v1/chat/completions"
-    [nginx]="http://127.0.0.1:$P_NG/v1/chat/completions")
-declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [haproxy]=${HA_PID:-} [nginx]=${NG_PID:-})
-CONTENDERS=(direct keygate)
+    [nginx]="http://127.0.0.1:$P_NG/v1/chat/completions"
+    [nginx-log]="http://127.0.0.1:$P_NGL/v1/chat/completions")
+declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [keygate-prod]=$KGP_PID [haproxy]=${HA_PID:-}
+    [nginx]=${NG_PID:-} [nginx-log]=${NGL_PID:-})
+# keygate instances and their usage state files.
+declare -A STATE_OF=([keygate]="$WORK/kg/keys.json.state" [keygate-prod]="$WORK/kgp/keys.json.state")
+CONTENDERS=(direct keygate keygate-prod)
 ((HAVE_HA)) && CONTENDERS+=(haproxy)
-((HAVE_NG)) && CONTENDERS+=(nginx)
+((HAVE_NG)) && CONTENDERS+=(nginx nginx-log)
 
 # emit JSON_FROM_TOOL EXTRA_JSON: merges and appends one record to results.jsonl.
 emit() {
@@ -337,24 +437,45 @@ emit() {
         "$1" "$2" >>"$RES"
 }
 
-# wrk_run OUTFILE SCRIPT URL [SECS]
+# wrk_run OUTFILE SCRIPT URL [SECS [CONNS]]
 wrk_run() {
-    taskset -c $LOAD_CPU timeout $((${4:-$DUR} + 20)) wrk -t1 -c32 -d"${4:-$DUR}"s --timeout 5s --latency -s "$2" "$3" >"$1" 2>&1 || true
+    taskset -c $LOAD_CPU timeout $((${4:-$DUR} + 20)) wrk -t1 -c"${5:-$CBASE}" -d"${4:-$DUR}"s --timeout 5s --latency \
+        -s "$2" "$3" >"$1" 2>&1 || true
 }
 
-# mtime of keygate's usage state file: it is rewritten every 10 s, and a run during which
-# that happened is flagged, since the rewrite costs CPU on the same core.
-state_mtime() { stat -c %Y "$WORK/kg/keys.json.state" 2>/dev/null || echo 0; }
+# mtime of a keygate instance's usage state file (default: the minimal one): it is rewritten
+# every 10 s, and a run during which that happened is flagged, since the rewrite costs CPU on
+# the same core.
+state_mtime() { stat -c %Y "${STATE_OF[${1:-keygate}]:-/nonexistent}" 2>/dev/null || echo 0; }
 
-throughput() { # NAME ROUND
-    local name=$1 round=$2 f="$WORK/wrk-$1-r$2.txt" c0 c1 m0 m1
+# The access logs grow by a few hundred MB per round: each is emptied before a run (both
+# writers append, so truncation is safe), after the first lines are kept once for reading.
+head -50 "$KGP_LOG" >"$WORK/keygate-prod.head.log"
+reset_logs() {
+    : >"$KGP_LOG"
+    [[ -n "${NGL_PID:-}" ]] && : >"$NGL_LOG"
+    true
+}
+
+throughput() { # NAME ROUND CONNS
+    local name=$1 round=$2 conns=$3 f="$WORK/wrk-$1-c$3-r$2.txt" c0 c1 m0 m1 d0 d1 extra
+    reset_logs
+    [[ $name == keygate-prod ]] && d0=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
     c0=$(T cpu ${PID_OF[$name]})
-    m0=$(state_mtime)
-    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}"
-    m1=$(state_mtime)
+    m0=$(state_mtime "$name")
+    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}" "$DUR" "$conns"
+    # keygate-prod: its writer thread may still be writing queued lines; that is CPU the
+    # requests caused, so it is counted, and then the lines are.
+    [[ $name == keygate-prod ]] && T settle "$KGP_LOG"
+    m1=$(state_mtime "$name")
     c1=$(T cpu ${PID_OF[$name]})
-    emit "$(T throughput "$f" "$name" "$round" "$c0" "$c1")" "{\"state_flush\":$([[ $name == keygate && $m0 != "$m1" ]] && echo true || echo false)}"
-    log "  $name r$round: $(tail -1 "$RES")"
+    extra="{\"conns\":$conns,\"state_flush\":$([[ $name == keygate* && $m0 != "$m1" ]] && echo true || echo false)"
+    if [[ $name == keygate-prod ]]; then
+        d1=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
+        extra+=",\"access_lines\":$(T access-lines "$KGP_LOG"),\"dropped\":$(T delta "$d0" "$d1")"
+    fi
+    emit "$(T throughput "$f" "$name" "$round" "$c0" "$c1")" "$extra}"
+    log "  $name c$conns r$round: $(tail -1 "$RES")"
 }
 
 fixed_rate() { # NAME ROUND RATE SECS CONNS
@@ -414,25 +535,72 @@ KEY100=$(new_key "$WORK/k100" bench 100000000)
 T filler "$WORK/k100/keys.json" 99999
 echo "{\"kind\":\"keyfile\",\"label\":\"100k keys\",\"bytes\":$(stat -c %s "$WORK/k100/keys.json")}" >>"$RES"
 mem_instance "100k keys" "$WORK/k100" $P_KG100K 11
-K100_PID=$MEM_PID
+# For the reload rows the same instance runs again with a metrics listener (it was measured
+# without one, like the other memory rows): the key-index counters say whether a reload
+# rebuilt the index.
+stop "$MEM_PID"
+gateway_toml "$WORK/k100" $P_KG100K $P_K100_M
+TOKIO_WORKER_THREADS=1 start kg-100k $PROXY_CPU "$BIN" serve --config "$WORK/k100/gateway.toml"
+K100_PID=$LAST_PID
+K100_METRICS="http://127.0.0.1:$P_K100_M/metrics"
+wait_http "http://127.0.0.1:$P_KG100K/readyz" 180 200
+wait_http "$K100_METRICS" 30 200
 lua "$WORK/key100.lua" "$KEY100"
 URL100="http://127.0.0.1:$P_KG100K/v1/chat/completions"
+INDEX_METRICS="keygate_key_reloads_total keygate_key_index_rebuilds_total keygate_key_index_changes_applied_total"
 
 # ------------------------------------------------------------------ rounds
-log "warm-up"
-for n in "${CONTENDERS[@]}"; do wrk_run "$WORK/warm-$n.txt" "$WORK/key.lua" "${URL[$n]}" 2; done
+log "warm-up (-c$CMAX, so every proxy has opened its upstream connections)"
+for n in "${CONTENDERS[@]}"; do wrk_run "$WORK/warm-$n.txt" "$WORK/key.lua" "${URL[$n]}" 2 "$CMAX"; done
 wrk_run "$WORK/warm-k100.txt" "$WORK/key100.lua" "$URL100" 2
 FIXED_NOTE=""
 if [[ -z "$OHA" ]]; then
     FIXED_NOTE="oha is not installed (\`cargo install oha --locked\`, about 15 minutes to build) and Debian has no wrk2 package; wrk is closed-loop and cannot hold a fixed rate, so open-loop latency at 1k and 1 req/s was not measured."
 fi
 
+# reload_window MODE ROUND BASELINE: stages a key-file change (one_key: `keys create` adds a
+# key; replace: the same, then every other key but the bench key gets a new hash), then, under
+# wrk, swaps it in and times until the new key works; the key-index counters are read before
+# and after (null when this build does not export them).
+reload_window() {
+    local mode=$1 round=$2 fb=$3 fd="$WORK/wrk-k100-$1-r$2.txt" stage="$WORK/k100-stage-$1-r$2" m0 m1
+    taskset -c $LOAD_CPU timeout 90 "$PY" "$TOOLS" reload-stage "$BIN" "$WORK/k100/gateway.toml" "$stage" "$mode" || true
+    m0=$(T metrics "$K100_METRICS" $INDEX_METRICS)
+    wrk_run "$fd" "$WORK/key100.lua" "$URL100" &
+    WRK_BG=$!
+    PIDS+=("$WRK_BG")
+    sleep 1.5
+    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$stage" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-$mode-r$round.json" || true
+    wait "$WRK_BG" || true
+    m1=$(T metrics "$K100_METRICS" $INDEX_METRICS)
+    "$PY" - "$WORK/reload-$mode-r$round.json" "$fb" "$fd" "$round" "$TOOLS" "$mode" "$m0" "$m1" >>"$RES" <<'EOF'
+import json,sys,importlib.util
+spec=importlib.util.spec_from_file_location("tools",sys.argv[5]); t=importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
+try:
+    r=json.load(open(sys.argv[1]))
+except Exception as e:
+    r={"cli_s":None,"works_after_swap_s":None,"error":str(e)}
+b=t.parse_wrk(open(sys.argv[2]).read()); d=t.parse_wrk(open(sys.argv[3]).read())
+import re
+m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(sys.argv[3]).read())
+m0,m1=json.loads(sys.argv[7]),json.loads(sys.argv[8])
+delta={k.replace("keygate_key_","").replace("_total",""):(None if m0.get(k) is None or m1.get(k) is None else m1[k]-m0[k]) for k in m1}
+r.update({"kind":"reload","mode":sys.argv[6],"round":int(sys.argv[4]),"base_p99_ms":b["p99_ms"],"during_p99_ms":d["p99_ms"],
+          "base_rps":b["rps"],"during_rps":d["rps"],"during_max_ms":t.to_ms(m.group(1)) if m else None,
+          "counters":delta})
+print(json.dumps(r))
+EOF
+    log "  reload ($mode): $(tail -1 "$RES")"
+}
+
 for round in $(seq "$ROUNDS"); do
     # Rotate the order each round so no contender always runs first or last.
     k=$(((round - 1) % ${#CONTENDERS[@]}))
     order=("${CONTENDERS[@]:k}" "${CONTENDERS[@]:0:k}")
-    log "round $round/$ROUNDS: throughput (${order[*]})"
-    for n in "${order[@]}"; do throughput "$n" "$round"; done
+    for conns in "${CONNS_LIST[@]}"; do
+        log "round $round/$ROUNDS: throughput at -c$conns (${order[*]})"
+        for n in "${order[@]}"; do throughput "$n" "$round" "$conns"; done
+    done
 
     log "round $round: rejections"
     for c in no_key:nokey invalid_key:badkey rate_limited:limited; do
@@ -442,13 +610,16 @@ for round in $(seq "$ROUNDS"); do
         wrk_run "$f" "$WORK/${c##*:}.lua" "${URL[keygate]}"
         m1=$(state_mtime)
         c1=$(T cpu "$KG_PID")
-        emit "$(T throughput "$f" keygate "$round" "$c0" "$c1")" "{\"kind\":\"reject\",\"case\":\"${c%%:*}\",\"state_flush\":$([[ $m0 != "$m1" ]] && echo true || echo false)}"
+        emit "$(T throughput "$f" keygate "$round" "$c0" "$c1")" "{\"kind\":\"reject\",\"case\":\"${c%%:*}\",\"conns\":$CBASE,\"state_flush\":$([[ $m0 != "$m1" ]] && echo true || echo false)}"
         log "  ${c%%:*}: $(tail -1 "$RES")"
     done
 
     if [[ -n "$OHA" ]]; then
         log "round $round: fixed-rate latency (oha)"
-        for n in "${order[@]}"; do fixed_rate "$n" "$round" 1000 6 16; done
+        for n in "${order[@]}"; do
+            reset_logs
+            fixed_rate "$n" "$round" 1000 6 16
+        done
         # 1 req/s: direct and keygate side by side (the machine is idle between requests).
         fixed_rate direct "$round" 1 15 1 &
         FR_PID=$!
@@ -463,65 +634,46 @@ for round in $(seq "$ROUNDS"); do
             "{\"kind\":\"sse\",\"target\":\"$n\",\"round\":$round}" || true
     done
 
-    log "round $round: reload of the 100k-key file under load"
+    log "round $round: reloads of the 100k-key file under load (one key added; every key replaced)"
     fb="$WORK/wrk-k100-base-r$round.txt"
-    fd="$WORK/wrk-k100-reload-r$round.txt"
-    stage="$WORK/k100-stage-r$round"
-    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload-stage "$BIN" "$WORK/k100/gateway.toml" "$stage" || true
     wrk_run "$fb" "$WORK/key100.lua" "$URL100"
-    wrk_run "$fd" "$WORK/key100.lua" "$URL100" &
-    WRK_BG=$!
-    PIDS+=("$WRK_BG")
-    sleep 1.5
-    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$stage" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-r$round.json" || true
-    wait "$WRK_BG" || true
-    "$PY" - "$WORK/reload-r$round.json" "$fb" "$fd" "$round" "$TOOLS" >>"$RES" <<'EOF'
-import json,sys,importlib.util
-spec=importlib.util.spec_from_file_location("tools",sys.argv[5]); t=importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
-try:
-    r=json.load(open(sys.argv[1]))
-except Exception as e:
-    r={"cli_s":None,"works_after_swap_s":None,"error":str(e)}
-b=t.parse_wrk(open(sys.argv[2]).read()); d=t.parse_wrk(open(sys.argv[3]).read())
-import re
-m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(sys.argv[3]).read())
-r.update({"kind":"reload","round":int(sys.argv[4]),"base_p99_ms":b["p99_ms"],"during_p99_ms":d["p99_ms"],
-          "base_rps":b["rps"],"during_rps":d["rps"],"during_max_ms":t.to_ms(m.group(1)) if m else None})
-print(json.dumps(r))
-EOF
-    log "  reload: $(tail -1 "$RES")"
+    reload_window one_key "$round" "$fb"
+    reload_window replace "$round" "$fb"
 done
 cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 
 # ------------------------------------------------------------------ profile
 # 1) syscalls per request (strace -c, attached for the length of a 3 s wrk run: strace slows
 #    the process, but the count per request does not depend on speed);
-# 2) perf sampling (cpu-clock, the only event this VM offers) of keygate under wrk.
+# 2) perf sampling (cpu-clock, the only event this VM offers) of keygate and keygate-prod
+#    under wrk; the report sets the two side by side (where the production config's extra CPU
+#    goes).
 PROFILE_FILE="$WORK/profile.txt"
 : >"$PROFILE_FILE"
 PROFILE_NOTE=""
 if command -v strace >/dev/null; then
     log "profile: syscalls per request (strace -c)"
     {
-        echo "Syscalls per request (\`strace -c -f\` on the proxy's processes during a 3 s \`wrk -c32\` run; counts ÷ requests):"
+        echo "Syscalls per request (\`strace -c -f\` on the proxy's processes during a 3 s \`wrk -c$CBASE\` run; counts ÷ requests):"
         echo
         echo "| contender / case | requests | syscalls per request | top calls per request |"
         echo "|---|---|---|---|"
     } >>"$PROFILE_FILE"
-    for spec in keygate:key keygate:limited keygate:badkey haproxy:key nginx:key; do
+    for spec in keygate:key keygate:limited keygate:badkey keygate-prod:key haproxy:key nginx:key nginx-log:key; do
         n=${spec%%:*} s=${spec##*:}
         [[ -n "${PID_OF[$n]}" ]] || continue
+        reset_logs
         pargs=()
         for p in $("$PY" -c 'import sys,importlib.util as u; s=u.spec_from_file_location("t",sys.argv[1]); t=u.module_from_spec(s); s.loader.exec_module(t); print(" ".join(map(str,t.tree(int(sys.argv[2])))))' "$TOOLS" "${PID_OF[$n]}"); do
             pargs+=(-p "$p")
         done
-        if [[ $n == keygate ]]; then
+        if [[ $n == keygate* ]]; then
             # Start just after a usage-state rewrite (every 10 s) so none falls in the window.
-            m0=$(state_mtime)
-            for _ in $(seq 120); do [[ $(state_mtime) != "$m0" ]] && break; sleep 0.1; done
+            m0=$(state_mtime "$n")
+            for _ in $(seq 120); do [[ $(state_mtime "$n") != "$m0" ]] && break; sleep 0.1; done
             sleep 0.5
         fi
-        m0=$(state_mtime)
+        m0=$(state_mtime "$n")
         timeout -s INT 5 strace -c -f "${pargs[@]}" -o "$WORK/strace-$n-$s.txt" 2>/dev/null &
         SPID=$!
         PIDS+=("$SPID")
@@ -529,8 +681,8 @@ if command -v strace >/dev/null; then
         wrk_run "$WORK/wrk-strace-$n-$s.txt" "$WORK/$s.lua" "${URL[$n]}" 3
         wait "$SPID" 2>/dev/null || true
         flush=""
-        [[ $n == keygate && $m0 != "$(state_mtime)" ]] && flush=" ¹"
-        "$PY" - "$WORK/strace-$n-$s.txt" "$WORK/wrk-strace-$n-$s.txt" "$n ($s)$flush" "$TOOLS" >>"$PROFILE_FILE" <<'EOF' || true
+        [[ $n == keygate* && $m0 != "$(state_mtime "$n")" ]] && flush=" ¹"
+        "$PY" - "$WORK/strace-$n-$s.txt" "$WORK/wrk-strace-$n-$s.txt" "$n ($s)$flush" "$TOOLS" "$RES" "$n" "$s" >>"$PROFILE_FILE" <<'EOF' || true
 import sys,re,importlib.util as u
 s=u.spec_from_file_location("t",sys.argv[4]); t=u.module_from_spec(s); s.loader.exec_module(t)
 req=t.parse_wrk(open(sys.argv[2]).read())["requests"] or 0
@@ -543,6 +695,11 @@ tot=sum(calls.values())
 top=sorted(calls.items(),key=lambda x:-x[1])[:4]
 name=sys.argv[3].replace("(key)","(forwarded)").replace("(limited)","(429)").replace("(badkey)","(401 unknown key)")
 print(f"| {name} | {req} | {tot/req:.2f} | " + ", ".join(f"{k} {v/req:.2f}" for k,v in top) + " |" if req else f"| {name} | 0 | – | – |")
+if req:
+    import json
+    with open(sys.argv[5], "a") as f:
+        f.write(json.dumps({"kind":"syscalls","target":sys.argv[6],"case":sys.argv[7],"requests":req,
+                            "per_request":tot/req,"calls":{k:v/req for k,v in calls.items()}})+"\n")
 EOF
     done
     {
@@ -551,18 +708,29 @@ EOF
         echo
     } >>"$PROFILE_FILE"
 fi
+PERF_REPORTS=""
 if command -v perf >/dev/null && perf record -e cpu-clock -o "$WORK/perf-probe.data" true >/dev/null 2>&1; then
-    log "profile: perf record -e cpu-clock on keygate under wrk"
-    wrk_run "$WORK/wrk-profile.txt" "$WORK/key.lua" "${URL[keygate]}" 6 &
-    WRK_BG=$!
-    PIDS+=("$WRK_BG")
-    sleep 1
-    taskset -c $LOAD_CPU timeout 20 perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "$KG_PID" \
-        -o "$WORK/perf.data" -- sleep 3 >"$WORK/perf-record.log" 2>&1 || true
-    wait "$WRK_BG" || true
-    rep() { perf report -i "$WORK/perf.data" --stdio -g none "$@" 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/ *- *- *$//' | cut -c1-170; }
+    for n in keygate keygate-prod; do
+        log "profile: perf record -e cpu-clock on $n under wrk"
+        reset_logs
+        data="$WORK/perf-$n.data"
+        wrk_run "$WORK/wrk-profile-$n.txt" "$WORK/key.lua" "${URL[$n]}" 6 &
+        WRK_BG=$!
+        PIDS+=("$WRK_BG")
+        sleep 1
+        taskset -c $LOAD_CPU timeout 20 perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "${PID_OF[$n]}" \
+            -o "$data" -- sleep 3 >"$WORK/perf-record-$n.log" 2>&1 || true
+        wait "$WRK_BG" || true
+        # Every symbol with its sample count, for the side-by-side in the report.
+        taskset -c $LOAD_CPU perf report -i "$data" --stdio -g none -n --no-children --sort dso,symbol \
+            >"$WORK/perf-$n.txt" 2>/dev/null || true
+        taskset -c $LOAD_CPU perf report -i "$data" --stdio -g none -n --no-children --sort comm \
+            >"$WORK/perf-$n-comm.txt" 2>/dev/null || true
+        PERF_REPORTS+="${PERF_REPORTS:+ }$n=$WORK/perf-$n.txt $n-comm=$WORK/perf-$n-comm.txt"
+    done
+    rep() { taskset -c $LOAD_CPU perf report -i "$WORK/perf-keygate.data" --stdio -g none "$@" 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/ *- *- *$//' | cut -c1-170; }
     {
-        echo "perf (\`perf record -e cpu-clock -F 1999 --call-graph dwarf\`, 3 s of keygate under \`wrk -c32\`; full data in the work directory):"
+        echo "perf (\`perf record -e cpu-clock -F 1999 --call-graph dwarf\`, 3 s of keygate under \`wrk -c$CBASE\`; full data in the work directory):"
         echo
         echo "Self time by shared object:"
         echo '```'
@@ -608,7 +776,9 @@ EOF
 
 # ------------------------------------------------------------------ report
 ELAPSED=$(($(date +%s) - STARTED))
-"$PY" - "$WORK/meta.json" <<EOF
+KGP_SAMPLE="$KGP_SAMPLE" PROD_TOML="$(cat "$WORK/kgp/gateway.toml")" \
+    NGL_DIRECTIVE="$(sed -n '/log_format/,/access_log/p' "$WORK/nginx-log/nginx.conf")" \
+    "$PY" - "$WORK/meta.json" <<EOF
 import json,subprocess,sys,datetime,os
 def sh(c):
     try: return subprocess.run(c,shell=True,capture_output=True,text=True,timeout=20).stdout.strip() or subprocess.run(c,shell=True,capture_output=True,text=True,timeout=20).stderr.strip()
@@ -616,7 +786,8 @@ def sh(c):
 cpu=[l.split(":",1)[1].strip() for l in sh("lscpu").splitlines() if l.startswith("Model name")]
 profile=open("$PROFILE_FILE").read() if os.path.exists("$PROFILE_FILE") else ""
 micro=json.load(open("$MICRO_JSON")) if os.path.exists("$MICRO_JSON") else []
-meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR MICRO=$MICRO)"),
+env=os.environ
+meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CONNS_LIST[*]}' MICRO=$MICRO)"),
       "date":datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "elapsed_s":$ELAPSED,"rounds":$ROUNDS,"keys_main":$KEYS_MAIN,
       "nproc":sh("nproc"),"cpu":cpu[0] if cpu else "n/a","kernel":sh("uname -r"),
@@ -627,7 +798,11 @@ meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR MICRO=$MICRO
       "fixed_rate_tool":"oha -q RATE -c CONNS --latency-correction" if "$OHA" else "",
       "fixed_rate_note":"""$FIXED_NOTE""",
       "profile":profile,"profile_note":"""$PROFILE_NOTE""",
-      "micro":micro,"raw":"$RES"}
+      "micro":micro,"raw":"$RES","dur":$DUR,"conns":[int(c) for c in "${CONNS_LIST[*]}".split()],
+      "conns_note":"""$CONNS_NOTE""","ha_maxconn":$HA_MAXCONN,"ng_keepalive":$NG_KEEPALIVE,"ng_conns":$NG_CONNS,
+      "prod_toml":env.get("PROD_TOML",""),"prod_sample":env.get("KGP_SAMPLE",""),
+      "nginx_log_conf":env.get("NGL_DIRECTIVE",""),
+      "perf_reports":dict(x.split("=",1) for x in "$PERF_REPORTS".split())}
 json.dump(meta,open(sys.argv[1],"w"))
 EOF
 T report "$RES" "$WORK/meta.json" "$OUT"
