@@ -19,17 +19,9 @@ pub fn write(log: &Logging, f: &RequestRecord, total: Duration, added: Duration,
     if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
         return;
     }
-    let mut line = Vec::with_capacity(512);
-    format_access(
-        &mut line,
-        log.format(),
-        std::time::SystemTime::now(),
-        f,
-        total,
-        added,
-        key_prefix,
-    );
-    log.offer_access(line);
+    let format = log.format();
+    let at = std::time::SystemTime::now();
+    log.offer_access(|line| format_access(line, format, at, f, total, added, key_prefix));
 }
 
 /// One field writer for either format: text is `key=value` (quoted and escaped when the value
