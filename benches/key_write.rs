@@ -4,9 +4,10 @@
 //! of the last key, a disable, and an edit that changes nothing (read and checked, not
 //! written); the whole-file `KeyStore::update` (every record parsed into memory first, as
 //! every write did before) for comparison; and `keygate keys update` as a user runs it (the
-//! process, its configuration, the same write). Medians of 5; also the file's size.
+//! process, its configuration, the same write). Medians of 5; also the file's size, the CLI's
+//! peak RSS and, on stderr, where the time goes (parse and validate, uniqueness, serialise).
 //!
-//! Run: `cargo bench --bench key_write` (about 2 minutes on 2 cores, ~700 MB of disk in the
+//! Run: `cargo bench --bench key_write` (about 5 minutes on 2 cores, ~700 MB of disk in the
 //! temp dir at 1M keys). `KEYGATE_BENCH_SIZES=1000,100000` picks the sizes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
