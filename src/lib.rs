@@ -60,15 +60,19 @@
 //! | `keys/scope.rs` | `Scope`, `Scopes` |
 //! | `keys/models.rs` | model globs (allowlists; upstreams' `models` too) |
 //! | `keys/record.rs` | `KeyRecord` (one key in the file), `NewKey`, the one record validator |
+//! | `keys/ops.rs` | every change to a key (create, update, rotate, revoke, disable, enable) as functions on records, with what changed for the audit trail (`ops_tests.rs`: its unit tests) |
+//! | `keys/patch.rs` | `KeyPatch`: an edit, field by field keep / remove / set (`Edit`) |
 //! | `keys/annotations.rs` | description, metadata labels and quotas, with their checks |
 //! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
+//! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
-//! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes |
+//! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |
 //! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
 //! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
 //! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
+//! | `admin/edit.rs` | `PATCH /v1/api-keys/{id}`: its body as a `KeyPatch` |
 //! | `admin/console.rs` | the web console's files, embedded |
 //! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once; `RequestSample` |
 //! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
@@ -84,6 +88,7 @@
 //! | `cli/config.rs` | which configuration a command reads |
 //! | `cli/error.rs` | `CliError` and the exit status |
 //! | `cli/keys.rs` | `keys create/list/show/rotate/revoke` |
+//! | `cli/edit.rs` | `keys update/disable/enable` |
 //! | `cli/check.rs` | `check` |
 //! | `cli/serve.rs` | `serve`'s process wiring (watchers, metrics listener, maintenance, signals), `mock` |
 //! | `cli/demo.rs` | `demo` |

@@ -229,7 +229,19 @@ async fn refusals() {
         &admin,
         Method::PATCH,
         "/v1/api-keys/key_0000000000000000",
-        serde_json::Value::Null,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.error_code().as_str()),
+        (404, "not_found")
+    );
+    let a = api(
+        &g,
+        &admin,
+        Method::PUT,
+        "/v1/api-keys/key_0000000000000000",
+        json!({}),
     )
     .await;
     assert_eq!(

@@ -849,7 +849,7 @@ fn check_names_the_key_with_a_bad_field() {
         ),
         (
             "unknown scope",
-            good.replace("\"chat\"\n", "\"root\"\n"),
+            good.replace("[\"chat\"]", "[\"root\"]"),
             &b_id,
             vec!["root"],
         ),
@@ -861,7 +861,7 @@ fn check_names_the_key_with_a_bad_field() {
         ),
         (
             "bad last4",
-            good.replacen("\"last4\": \"", "\"last4\": \"!", 1),
+            good.replacen("\"last4\":\"", "\"last4\":\"!", 1),
             &a_id,
             vec!["last4"],
         ),

@@ -539,10 +539,7 @@ async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
     // -t` or an editor preserving times may do): only ctime tells.
     let path = g.gw.config().keys.file.clone();
     let text = fs::read_to_string(&path).unwrap();
-    let edited = text.replace(
-        "\"requests_per_minute\": 100",
-        "\"requests_per_minute\": 200",
-    );
+    let edited = text.replace("\"requests_per_minute\":100", "\"requests_per_minute\":200");
     assert_eq!(edited.len(), text.len());
     assert_ne!(edited, text);
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();

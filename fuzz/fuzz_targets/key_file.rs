@@ -45,7 +45,7 @@ fuzz_target!(|text: &str| {
         let _ = entry.state().rate.check(&entry.rate);
         let _ = entry.may_use_model("llama-3-8b");
     }
-    let written = serde_json::to_string_pretty(&file).expect("a parsed file serialises");
+    let written = keygate::keys::writer::file_text(&file);
     let again = KeyFile::parse(&written, path).expect("a written file parses");
     assert_eq!(again, file);
 });

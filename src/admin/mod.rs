@@ -1,19 +1,21 @@
 //! The management API (reference: Management API), behind the `admin` scope on the main listener.
 //!
-//! Writes go through the same locked, atomic `KeyStore::update` as the CLI, then this
-//! gateway reloads its index at once (once: its own watcher then finds the file it loaded);
-//! other gateways watching the file follow by reload.
+//! Writes are `keys::ops` operations run by the same locked, atomic `KeyStore::apply` as the
+//! CLI, audited with what changed; then this gateway reloads its index before it answers
+//! (once: its own watcher then finds the file it loaded); other gateways watching the file
+//! follow by reload. Edits (`PATCH`) are read by `edit`.
 //! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
 
 pub mod console;
+mod edit;
 
 use crate::account::RequestRecord;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
-use crate::keys::error::StoreError;
 use crate::keys::file::KeyFile;
 use crate::keys::index::KeyRef;
-use crate::keys::record::{KeyLimits, KeyRecord, NewKey};
+use crate::keys::ops::{Action, Done, Op};
+use crate::keys::record::{KeyLimits, NewKey};
 use crate::keys::usage::UsageSnapshot;
 use crate::ops::audit::{Audit, AuditEvent};
 use crate::proxy::response_body::{json, Body};
@@ -89,18 +91,18 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     Ok(value)
 }
 
-/// Runs a key-file change on a blocking thread, records it in the audit trail as `action` by
-/// `admin`, then reloads this gateway's index. `changed` picks the changed key out of the
-/// result. No change is made when the audit file cannot be opened.
-async fn write<T: Send + 'static>(
+/// Runs one key operation on a blocking thread, records it in the audit trail by `admin`,
+/// with what changed, then reloads this gateway's index (so the change is in force before
+/// the answer). No change is made when the audit file cannot be opened.
+async fn write(
     gw: &Arc<Gateway>,
     admin: &KeyRef,
-    action: &'static str,
-    change: impl FnOnce(&mut KeyFile) -> Result<T, StoreError> + Send + 'static,
-    changed: fn(&T) -> &KeyRecord,
-) -> Result<T, GatewayError> {
+    op: Op,
+    now: Timestamp,
+) -> Result<Done, GatewayError> {
     let store = gw.store();
     let audit_file = gw.config().log.audit_file.clone();
+    let prefix = gw.config().keys.prefix.clone();
     let by = format!("api:{}", admin.id);
     let gw2 = Arc::clone(gw);
     tokio::task::spawn_blocking(move || {
@@ -111,24 +113,45 @@ async fn write<T: Send + 'static>(
                     .into(),
             )
         })?;
-        let out = store.update(change)?;
-        let rec = changed(&out);
+        let done = store.apply(&op, &prefix, now)?;
+        let (rec, action) = (&done.record, done.action.as_str());
         let event = AuditEvent {
             action,
             key_id: &rec.id,
             key_name: &rec.name,
             by: &by,
+            changes: &done.changes,
         };
         if let Err(e) = audit.record(&event) {
             tracing::error!(error = %e, key_id = %rec.id, "key {action} but its audit record was not written");
         }
-        if let Err(e) = gw2.reload_keys() {
-            tracing::error!(error = %e, "reload after a management write failed");
+        if done.changed {
+            if let Err(e) = gw2.reload_keys() {
+                tracing::error!(error = %e, "reload after a management write failed");
+            }
         }
-        Ok::<T, GatewayError>(out)
+        Ok::<Done, GatewayError>(done)
     })
     .await
     .map_err(|e| GatewayError::Internal(e.to_string()))?
+}
+
+/// A key's answer after a write: the key as it now is, with `key` when the write made a
+/// secret (create, rotate: never cached on the way).
+fn written(live: &Live, done: Done, status: StatusCode, now: Timestamp) -> http::Response<Body> {
+    let prefix = &live.config.keys.prefix;
+    let usage = match done.action {
+        Action::Created => None,
+        _ => usage_of(live, &done.record.id),
+    };
+    let mut v = done.record.view(prefix, now, usage.as_ref());
+    match done.token {
+        Some(token) => {
+            v["key"] = token.plaintext.into();
+            no_store(json(status, &v))
+        }
+        None => json(status, &v),
+    }
 }
 
 async fn read_file(gw: &Arc<Gateway>) -> Result<KeyFile, GatewayError> {
@@ -170,19 +193,7 @@ pub async fn handle(
                         message: "Give `expires_in_days` or `expires_at`, not both.".into(),
                     })
                 }
-                (Some(0), None) => {
-                    return Err(GatewayError::InvalidParam {
-                        param: "expires_in_days".into(),
-                        message: "`expires_in_days` must be at least 1.".into(),
-                    })
-                }
-                (Some(d), None) => Some(
-                    now.checked_plus(Duration::from_secs(u64::from(d) * 86_400))
-                        .ok_or_else(|| GatewayError::InvalidParam {
-                            param: "expires_in_days".into(),
-                            message: "`expires_in_days` is too large.".into(),
-                        })?,
-                ),
+                (Some(d), None) => Some(edit::days_from_now(now, d)?),
                 (None, at) => at,
             };
             let new = NewKey {
@@ -195,18 +206,8 @@ pub async fn handle(
                 metadata: b.metadata,
                 quotas: b.quotas,
             };
-            let p = prefix.clone();
-            let (rec, token) = write(
-                gw,
-                admin,
-                "created",
-                move |f| f.create(new, &p, now),
-                |(rec, _)| rec,
-            )
-            .await?;
-            let mut v = rec.view(&prefix, now, None);
-            v["key"] = token.plaintext.into();
-            Ok(no_store(json(StatusCode::CREATED, &v)))
+            let done = write(gw, admin, Op::Create(new), now).await?;
+            Ok(written(live, done, StatusCode::CREATED, now))
         }
         (&Method::GET, []) => {
             let file = read_file(gw).await?;
@@ -230,26 +231,36 @@ pub async fn handle(
         }
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req.into_body(), false, record).await?;
-            let (id, p) = (id.to_string(), prefix.clone());
-            let (rec, token) = write(
-                gw,
-                admin,
-                "rotated",
-                move |f| f.rotate(&id, b.grace_seconds, &p, now),
-                |(rec, _)| rec,
-            )
-            .await?;
-            let mut v = rec.view(&prefix, now, usage_of(live, &rec.id).as_ref());
-            v["key"] = token.plaintext.into();
-            Ok(no_store(json(StatusCode::OK, &v)))
+            let op = Op::Rotate {
+                id: id.to_string(),
+                grace: Duration::from_secs(b.grace_seconds),
+            };
+            let done = write(gw, admin, op, now).await?;
+            Ok(written(live, done, StatusCode::OK, now))
         }
         (&Method::DELETE, [id]) => {
+            let op = Op::Revoke { id: id.to_string() };
+            let done = write(gw, admin, op, now).await?;
+            Ok(written(live, done, StatusCode::OK, now))
+        }
+        (&Method::PATCH, [id]) => {
+            let b: edit::PatchBody = read_json(req.into_body(), true, record).await?;
+            let op = Op::Update {
+                id: id.to_string(),
+                patch: b.into_patch(now)?,
+            };
+            let done = write(gw, admin, op, now).await?;
+            Ok(written(live, done, StatusCode::OK, now))
+        }
+        (&Method::POST, [id, action @ ("disable" | "enable")]) => {
+            // No body is read: these take none.
             let id = id.to_string();
-            let rec = write(gw, admin, "revoked", move |f| f.revoke(&id, now), |rec| rec).await?;
-            Ok(json(
-                StatusCode::OK,
-                &rec.view(&prefix, now, usage_of(live, &rec.id).as_ref()),
-            ))
+            let op = match *action {
+                "disable" => Op::Disable { id },
+                _ => Op::Enable { id },
+            };
+            let done = write(gw, admin, op, now).await?;
+            Ok(written(live, done, StatusCode::OK, now))
         }
         _ => Err(GatewayError::UnknownRoute(
             method,

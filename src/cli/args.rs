@@ -1,9 +1,10 @@
-//! Flags and arguments that need more than clap's derive: durations, key ids, scopes (with
-//! their descriptions for `--help` and completions), and the flags of `keys create`/`list`.
+//! Flags and arguments that need more than clap's derive: durations, times, labels, key ids,
+//! scopes (with their descriptions for `--help` and completions), and the flags of `keys
+//! create`/`list`.
 
 use crate::keys::scope::{Scope, Scopes};
 use crate::text::Escaped;
-use crate::time;
+use crate::time::{self, Timestamp};
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use std::time::Duration;
@@ -21,8 +22,17 @@ pub struct CreateArgs {
     #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
     pub models: Vec<String>,
     /// Expire after this long, e.g. 90d, 24h, 30m, 1h30m (default: never).
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "expires_at")]
     pub expires_in: Option<Duration>,
+    /// Expire at this time, RFC 3339, e.g. 2027-01-31T00:00:00Z (default: never).
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    pub expires_at: Option<Timestamp>,
+    /// Free text for the people who manage keys (at most 1024 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A metadata label, e.g. team=search (repeat for more; names are 1–63 of a-z, 0-9, _ . -).
+    #[arg(long, value_name = "LABEL=VALUE", value_parser = label_arg)]
+    pub meta: Vec<(String, String)>,
     /// Requests per minute, at least 1 (default: [limits] requests_per_minute).
     #[arg(long, value_name = "N")]
     pub rpm: Option<u32>,
@@ -35,6 +45,18 @@ pub struct CreateArgs {
     /// Requests in flight at once, at least 1 (default: [limits] max_in_flight).
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<u32>,
+    /// Tokens a UTC day, at least 1 (default: no quota).
+    #[arg(long, value_name = "N")]
+    pub tokens_per_day: Option<u64>,
+    /// Tokens a UTC calendar month, at least 1 (default: no quota).
+    #[arg(long, value_name = "N")]
+    pub tokens_per_month: Option<u64>,
+    /// Requests a UTC day, at least 1 (default: no quota).
+    #[arg(long, value_name = "N")]
+    pub requests_per_day: Option<u64>,
+    /// Requests a UTC calendar month, at least 1 (default: no quota).
+    #[arg(long, value_name = "N")]
+    pub requests_per_month: Option<u64>,
     /// Print the new key as JSON (with its plaintext in `key`) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +78,22 @@ pub struct ListArgs {
 /// A duration flag: `90d`, `24h`, `30m`, `1h30m`.
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
     time::parse_duration(s)
+}
+
+/// A time flag: RFC 3339 (`2027-01-31T00:00:00Z`).
+pub fn time_arg(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(s)
+}
+
+/// A metadata label flag: `name=value` (the name and value are checked with the key).
+pub fn label_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
+        None => Err(format!(
+            "`{}` is not LABEL=VALUE, e.g. team=search",
+            Escaped(s)
+        )),
+    }
 }
 
 /// A key id argument: `key_` and 16 letters or digits.

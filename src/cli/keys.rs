@@ -1,6 +1,6 @@
 //! `keygate keys …`: create, list, show, rotate and revoke keys in the key file, each change
-//! recorded in the audit trail. A plaintext key is printed once, by `create` or `rotate`, and
-//! nowhere else.
+//! recorded in the audit trail (`update`, `disable` and `enable` are in `cli::edit`). A
+//! plaintext key is printed once, by `create` or `rotate`, and nowhere else.
 
 use crate::cli::args::{CreateArgs, ListArgs};
 use crate::cli::config::load_key_config;
@@ -8,8 +8,8 @@ use crate::cli::error::CliError;
 use crate::cli::output::{ago, announce_secret, print_json, print_table, until};
 use crate::config::KeyCommandsConfig;
 use crate::keys::error::StoreError;
-use crate::keys::file::KeyFile;
-use crate::keys::record::{FieldError, KeyLimits, KeyRecord, NewKey, Status};
+use crate::keys::ops::{Done, Op};
+use crate::keys::record::{FieldError, KeyLimits, KeyQuotas, KeyRecord, NewKey, Status};
 use crate::keys::store::KeyStore;
 use crate::keys::usage::UsageSnapshot;
 use crate::ops::audit::{Audit, AuditError, AuditEvent};
@@ -18,24 +18,52 @@ use crate::time::Timestamp;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A new key's field error in the words of the flag that set it.
-fn flag_error(e: FieldError) -> CliError {
+/// A field error in the words of the flag that set the field.
+pub(crate) fn flag_error(e: FieldError) -> CliError {
     let flag = match e.field {
         "name" => "--name",
         "scopes" => "--scopes",
         "models" => "--models",
-        "expires_at" => "--expires-in",
+        "expires_at" => "--expires-in` or `--expires-at",
+        "description" => "--description",
+        "metadata" => "--meta",
         "limits.requests_per_minute" => "--rpm",
         "limits.burst" => "--burst",
         "limits.tokens_per_minute" => "--tpm",
         "limits.max_in_flight" => "--max-in-flight",
+        "quotas.tokens_per_day" => "--tokens-per-day",
+        "quotas.tokens_per_month" => "--tokens-per-month",
+        "quotas.requests_per_day" => "--requests-per-day",
+        "quotas.requests_per_month" => "--requests-per-month",
         other => other,
     };
     CliError::Usage(format!("`{flag}` {}", e.problem))
 }
 
+/// The expiry a flag asks for, which must be in the future: `--expires-in D` (from now) or
+/// `--expires-at T`. Named as typed when it is not.
+pub(crate) fn expiry(
+    now: Timestamp,
+    expires_in: Option<Duration>,
+    expires_at: Option<Timestamp>,
+) -> Result<Option<Timestamp>, CliError> {
+    let at = match (expires_in, expires_at) {
+        (Some(d), _) => after(now, d, "--expires-in")?,
+        (None, Some(t)) => t,
+        (None, None) => return Ok(None),
+    };
+    if at <= now {
+        let flag = match expires_in {
+            Some(_) => "--expires-in",
+            None => "--expires-at",
+        };
+        return Err(CliError::Usage(format!("`{flag}` must be in the future")));
+    }
+    Ok(Some(at))
+}
+
 /// `now + d` for a flag, or a usage error naming the flag.
-fn after(now: Timestamp, d: Duration, flag: &str) -> Result<Timestamp, CliError> {
+pub(crate) fn after(now: Timestamp, d: Duration, flag: &str) -> Result<Timestamp, CliError> {
     now.checked_plus(d)
         .ok_or_else(|| CliError::Usage(format!("`{flag}` must end before the year 10000")))
 }
@@ -60,61 +88,75 @@ fn cli_user() -> String {
 /// reaches stderr as an API write's reaches the gateway log, and the audit file is opened
 /// first, so that a change is refused rather than made unaudited. An audit record that
 /// cannot be written after the change is returned as the second value, for the caller to
-/// report once it has printed the result (a new key must be shown even then).
-fn audited<T>(
+/// report once it has printed the result (a new key must be shown even then). A value the
+/// operation refuses is a usage error naming its flag.
+pub(crate) fn audited(
     cfg: &KeyCommandsConfig,
-    action: &str,
-    change: impl FnOnce(&mut KeyFile) -> Result<T, StoreError>,
-    changed: impl Fn(&T) -> &KeyRecord,
-) -> Result<(T, Result<(), AuditError>), CliError> {
+    op: &Op,
+    now: Timestamp,
+) -> Result<(Done, Result<(), AuditError>), CliError> {
     let logging = crate::ops::logging::init(&cfg.log);
     let mut audit = Audit::open(cfg.log.audit_file.as_deref())?;
-    let out = KeyStore::new(&cfg.keys.file).update(change)?;
-    let rec = changed(&out);
-    let by = cli_user();
+    let done = match KeyStore::new(&cfg.keys.file).apply(op, &cfg.keys.prefix, now) {
+        Ok(done) => done,
+        Err(StoreError::Field(e)) => return Err(flag_error(e)),
+        Err(e) => return Err(e.into()),
+    };
+    let (rec, by) = (&done.record, cli_user());
     let recorded = audit.record(&AuditEvent {
-        action,
+        action: done.action.as_str(),
         key_id: &rec.id,
         key_name: &rec.name,
         by: &by,
+        changes: &done.changes,
     });
     // The log line goes through the writer thread: let it out before the process exits.
     if let Some(l) = &logging {
         l.flush();
     }
-    Ok((out, recorded))
+    Ok((done, recorded))
+}
+
+/// A created or rotated key's plaintext (every such operation makes one).
+fn plaintext(done: &Done) -> Result<&str, CliError> {
+    done.token
+        .as_ref()
+        .map(|t| t.plaintext.as_str())
+        .ok_or_else(|| CliError::Runtime("the key store made no secret".into()))
 }
 
 pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
     let cfg = load_key_config(config)?;
     let now = Timestamp::now();
-    let expires_at = a
-        .expires_in
-        .map(|d| after(now, d, "--expires-in"))
-        .transpose()?;
     let new = NewKey {
         name: a.name,
         scopes: a.scopes,
         models: a.models,
-        expires_at,
+        expires_at: expiry(now, a.expires_in, a.expires_at)?,
         limits: KeyLimits {
             requests_per_minute: a.rpm,
             burst: a.burst,
             tokens_per_minute: a.tpm,
             max_in_flight: a.max_in_flight,
         },
-        ..NewKey::default()
+        description: a.description,
+        metadata: a.meta.into_iter().collect(),
+        quotas: KeyQuotas {
+            tokens_per_day: a.tokens_per_day,
+            tokens_per_month: a.tokens_per_month,
+            requests_per_day: a.requests_per_day,
+            requests_per_month: a.requests_per_month,
+        },
     };
     new.validate(now).map_err(flag_error)?;
-    let prefix = cfg.keys.prefix.clone();
-    let ((rec, token), recorded) =
-        audited(&cfg, "created", |f| f.create(new, &prefix, now), |(r, _)| r)?;
+    let (done, recorded) = audited(&cfg, &Op::Create(new), now)?;
+    let (rec, key) = (&done.record, plaintext(&done)?);
     if a.json {
-        let mut v = rec.view(&prefix, now, None);
-        v["key"] = token.plaintext.into();
+        let mut v = rec.view(&cfg.keys.prefix, now, None);
+        v["key"] = key.into();
         print_json(&v);
     } else {
-        announce_secret("Created", &rec, &token.plaintext);
+        announce_secret("Created", rec, key);
     }
     Ok(recorded?)
 }
@@ -223,19 +265,18 @@ pub fn rotate(
     let grace = grace.unwrap_or_default();
     let now = Timestamp::now();
     after(now, grace, "--grace")?;
-    let prefix = cfg.keys.prefix.clone();
-    let ((rec, token), recorded) = audited(
-        &cfg,
-        "rotated",
-        |f| f.rotate(id, grace.as_secs(), &prefix, now),
-        |(r, _)| r,
-    )?;
+    let op = Op::Rotate {
+        id: id.to_string(),
+        grace,
+    };
+    let (done, recorded) = audited(&cfg, &op, now)?;
+    let (rec, key) = (&done.record, plaintext(&done)?);
     if json {
-        let mut v = rec.view(&prefix, now, None);
-        v["key"] = token.plaintext.into();
+        let mut v = rec.view(&cfg.keys.prefix, now, None);
+        v["key"] = key.into();
         print_json(&v);
     } else {
-        announce_secret("Rotated", &rec, &token.plaintext);
+        announce_secret("Rotated", rec, key);
         if grace.is_zero() {
             println!("The previous secret stopped working now.");
         } else {
@@ -251,7 +292,8 @@ pub fn rotate(
 pub fn revoke(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliError> {
     let cfg = load_key_config(config)?;
     let now = Timestamp::now();
-    let (rec, recorded) = audited(&cfg, "revoked", |f| f.revoke(id, now), |r| r)?;
+    let op = Op::Revoke { id: id.to_string() };
+    let (Done { record: rec, .. }, recorded) = audited(&cfg, &op, now)?;
     if json {
         print_json(&rec.view(&cfg.keys.prefix, now, None));
     } else {

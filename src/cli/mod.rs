@@ -5,6 +5,7 @@ pub mod args;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod edit;
 pub mod error;
 pub mod keys;
 pub mod output;
@@ -70,7 +71,7 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create a key; its plaintext is printed once.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List keys (masked).
     List(ListArgs),
     /// Show one key (masked), with its saved usage.
@@ -94,7 +95,28 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key at once, with every secret it had.
+    /// Change a key's description, labels, scopes, models, expiry, limits or quotas (its
+    /// name is fixed).
+    Update(Box<edit::UpdateArgs>),
+    /// Disable a key: refused (401 disabled_api_key) until enabled again.
+    Disable {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
+        id: String,
+        /// Print the key as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a disabled key again.
+    Enable {
+        /// The key's id (`key_…`, as `keygate keys list` shows it).
+        #[arg(value_name = "ID", value_parser = key_id_arg)]
+        id: String,
+        /// Print the key as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once, with every secret it had (final: it cannot be enabled again).
     Revoke {
         /// The key's id (`key_…`, as `keygate keys list` shows it).
         #[arg(value_name = "ID", value_parser = key_id_arg)]
@@ -123,11 +145,14 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Keys { command } => match command {
-            KeysCommand::Create(a) => keys::create(c, a),
+            KeysCommand::Create(a) => keys::create(c, *a),
             KeysCommand::List(a) => keys::list(c, a),
             KeysCommand::Show { id, json } => keys::show(c, &id, json),
             KeysCommand::Rotate { id, grace, json } => keys::rotate(c, &id, grace, json),
             KeysCommand::Revoke { id, json } => keys::revoke(c, &id, json),
+            KeysCommand::Update(a) => edit::update(c, *a),
+            KeysCommand::Disable { id, json } => edit::set_enabled(c, &id, false, json),
+            KeysCommand::Enable { id, json } => edit::set_enabled(c, &id, true, json),
         },
     };
     match result {

@@ -26,6 +26,7 @@ impl From<StoreError> for GatewayError {
                 GatewayError::NotFound(format!("No API key with id `{id}`."))
             }
             StoreError::Rejected(m) => GatewayError::InvalidRequest(m),
+            e @ StoreError::Revoked { .. } => GatewayError::InvalidRequest(format!("The {e}.")),
             StoreError::Field(f) => GatewayError::InvalidParam {
                 param: f.field.to_string(),
                 message: format!("{f}."),

@@ -26,6 +26,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Rejected(String),
+    /// Revoking is final: a revoked key cannot be edited, rotated, disabled or enabled.
+    #[error("key `{id}` is revoked and cannot be {doing} (revoking is final)")]
+    Revoked { id: String, doing: &'static str },
     /// A value given for a new key is invalid; names the field.
     #[error(transparent)]
     Field(#[from] FieldError),

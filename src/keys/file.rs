@@ -1,28 +1,29 @@
-//! The key file's format, and its one reader.
+//! The key file's format, its one reader and its one writer.
 //!
-//! `{"version": 1, "keys": [record, …]}`: hashes only, one JSON document. JSON rather than TOML
-//! because the file is machine-written (the CLI and the API write it, people read it), parses
-//! fast at a million keys, and `jq` works on it in scripts and CI.
+//! `{"version": 1, "keys": [record, …]}`: hashes only, one JSON document, written one compact
+//! record per line (`keys::writer`). JSON rather than TOML because the file is machine-written
+//! (the CLI and the API write it, people read it), parses fast at a million keys, and `jq`
+//! works on it in scripts and CI.
 //!
-//! [`read`] is the only parser of that text. It streams: each record is parsed, validated
+//! [`read`] is the only parser of that text, whatever its layout (pretty-printed files from
+//! older versions read the same). It streams: each record is parsed, validated
 //! (`record::validate_record`) and handed on as soon as it is read, so the gateway indexes a
-//! million keys holding one parsed record at a time (`KeyIndex::load`), while the CLI, the
-//! management API and a write collect them into a [`KeyFile`] ([`KeyFile::parse`]). What needs
-//! the whole file — no id and no secret twice — is [`Uniqueness`], which both run on what they
-//! read, and whose sorted tables the index is then built from.
+//! million keys holding one parsed record at a time (`KeyIndex::load`) and a write
+//! (`KeyStore::apply`) passes each record on to the new file as it is read, while the CLI and
+//! the management API collect them into a [`KeyFile`] ([`KeyFile::parse`]). What needs the
+//! whole file — no id and no secret twice — is [`Uniqueness`], which all of them run on what
+//! they read, and whose sorted tables the index is then built from.
 
 use crate::keys::error::StoreError;
-use crate::keys::record::{self, KeyRecord, NewKey, RetiredSecret, Status};
-use crate::keys::token::{self, KeyHash, NewToken};
+use crate::keys::ops::{self, Done, Op};
+use crate::keys::record::{self, KeyRecord, NewKey};
+use crate::keys::token::{KeyHash, NewToken};
 use crate::time::Timestamp;
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const FILE_VERSION: u32 = 1;
-/// Rotated-out secrets are kept this long after they stop working, so that presenting one
-/// gets a precise "rotated" error rather than "unknown key".
-const KEEP_RETIRED_SECS: u64 = 30 * 86_400;
 
 pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the file";
 
@@ -292,11 +293,28 @@ impl KeyFile {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
-    fn get_mut(&mut self, id: &str) -> Result<&mut KeyRecord, StoreError> {
-        self.keys
+    /// Runs one operation (`keys::ops`) on the file in memory: a create appends the new key
+    /// (with an id no key has), any other op replaces the key it names.
+    pub fn apply(&mut self, op: Op, prefix: &str, now: Timestamp) -> Result<Done, StoreError> {
+        let Some(id) = op.target() else {
+            let Op::Create(new) = op else {
+                return Err(StoreError::Rejected("an op without a key to change".into()));
+            };
+            let mut done = ops::create(new.clone(), prefix, now)?;
+            while self.keys.iter().any(|k| k.id == done.record.id) {
+                done = ops::create(new.clone(), prefix, now)?;
+            }
+            self.keys.push(done.record.clone());
+            return Ok(done);
+        };
+        let k = self
+            .keys
             .iter_mut()
             .find(|k| k.id == id)
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let done = op.apply_to(k, prefix, now)?;
+        *k = done.record.clone();
+        Ok(done)
     }
 
     /// Adds a key and returns it with its plaintext token (shown once by the caller).
@@ -306,36 +324,8 @@ impl KeyFile {
         prefix: &str,
         now: Timestamp,
     ) -> Result<(KeyRecord, NewToken), StoreError> {
-        let scopes = req.validate(now)?;
-        let token = token::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
-        let id = loop {
-            let id = token::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
-            if self.keys.iter().all(|k| k.id != id) {
-                break id;
-            }
-        };
-        let record = KeyRecord {
-            id,
-            name: req.name.trim().to_string(),
-            sha256: record::hash_hex(&token.hash),
-            last4: token.last4.clone(),
-            scopes: scopes.names(),
-            models: req.models,
-            created_at: now,
-            expires_at: req.expires_at,
-            revoked_at: None,
-            rotated_at: None,
-            limits: req.limits,
-            previous: Vec::new(),
-            description: req.description.filter(|d| !d.is_empty()),
-            metadata: req.metadata,
-            disabled_at: None,
-            quotas: req.quotas,
-            updated_at: None,
-            rev: 1,
-        };
-        self.keys.push(record.clone());
-        Ok((record, token))
+        let done = self.apply(Op::Create(req), prefix, now)?;
+        with_token(done)
     }
 
     /// Gives key `id` a new secret. The old one works for `grace_secs` more (0: stops now).
@@ -346,37 +336,24 @@ impl KeyFile {
         prefix: &str,
         now: Timestamp,
     ) -> Result<(KeyRecord, NewToken), StoreError> {
-        let valid_until = now
-            .checked_plus(std::time::Duration::from_secs(grace_secs))
-            .ok_or_else(|| {
-                StoreError::Rejected("the grace period must end before the year 10000".into())
-            })?;
-        let k = self.get_mut(id)?;
-        if k.status(now) == Status::Revoked {
-            return Err(StoreError::Rejected(format!(
-                "key `{id}` is revoked and cannot be rotated"
-            )));
-        }
-        let token = token::generate(prefix).map_err(|e| StoreError::Random(e.to_string()))?;
-        k.previous
-            .retain(|p| p.valid_until.0 + KEEP_RETIRED_SECS > now.0);
-        k.previous.push(RetiredSecret {
-            sha256: std::mem::replace(&mut k.sha256, record::hash_hex(&token.hash)),
-            last4: std::mem::replace(&mut k.last4, token.last4.clone()),
-            valid_until,
-        });
-        k.rotated_at = Some(now);
-        k.touch(now);
-        Ok((k.clone(), token))
+        let op = Op::Rotate {
+            id: id.to_string(),
+            grace: std::time::Duration::from_secs(grace_secs),
+        };
+        with_token(self.apply(op, prefix, now)?)
     }
 
     /// Revokes key `id` at once, with every secret it had.
     pub fn revoke(&mut self, id: &str, now: Timestamp) -> Result<KeyRecord, StoreError> {
-        let k = self.get_mut(id)?;
-        if k.revoked_at.is_none() {
-            k.revoked_at = Some(now);
-            k.touch(now);
-        }
-        Ok(k.clone())
+        let op = Op::Revoke { id: id.to_string() };
+        Ok(self.apply(op, "", now)?.record)
+    }
+}
+
+/// A created or rotated key with its plaintext.
+fn with_token(done: Done) -> Result<(KeyRecord, NewToken), StoreError> {
+    match done.token {
+        Some(token) => Ok((done.record, token)),
+        None => Err(StoreError::Rejected("the operation made no secret".into())),
     }
 }

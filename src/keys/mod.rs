@@ -1,5 +1,6 @@
-//! The key set: the token format, scopes and model patterns, one key's record, the key file
-//! (its one reader) and the store that writes it, and the in-memory index the gateway looks
+//! The key set: the token format, scopes and model patterns, one key's record, the operations
+//! that change it (`ops`, with edits in `patch`), the key file (its one reader and writer) and
+//! the store that writes it, and the in-memory index the gateway looks
 //! keys up in, with each key's runtime state.
 
 pub mod annotations;
@@ -8,9 +9,12 @@ pub mod error;
 pub mod file;
 pub mod index;
 pub mod models;
+pub mod ops;
+pub mod patch;
 pub mod record;
 pub mod scope;
 pub mod state;
 pub mod store;
 pub mod token;
 pub mod usage;
+pub mod writer;

@@ -265,35 +265,50 @@ impl NewKey {
         if self.name.trim().is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        let scopes = Scopes::parse_list(&self.scopes)
-            .map_err(|e| FieldError::new("scopes", format!("has an {e}")))?;
-        for m in &self.models {
-            text("models", m)?;
-            models::compile_glob(m)
-                .map_err(|e| FieldError::new("models", format!("is invalid: {e}")))?;
-        }
+        let scopes = check_scopes(&self.scopes)?;
+        check_models(&self.models)?;
         if self.expires_at.is_some_and(|e| e <= now) {
             return Err(FieldError::new("expires_at", "must be in the future"));
         }
         check_annotations(self.description.as_deref(), &self.metadata)?;
         check_quotas(&self.quotas)?;
-        let l = &self.limits;
-        for (field, zero) in [
-            (
-                "limits.requests_per_minute",
-                l.requests_per_minute == Some(0),
-            ),
-            ("limits.burst", l.burst == Some(0)),
-            ("limits.tokens_per_minute", l.tokens_per_minute == Some(0)),
-            ("limits.max_in_flight", l.max_in_flight == Some(0)),
-        ] {
-            if zero {
-                return Err(FieldError::new(
-                    field,
-                    "must be at least 1 (omit it to use the gateway's default)",
-                ));
-            }
-        }
+        check_limits(&self.limits)?;
         Ok(scopes)
     }
+}
+
+/// Checks a scope list as given (names, `inference`, aliases; empty means `inference`).
+pub fn check_scopes(scopes: &[String]) -> Result<Scopes, FieldError> {
+    Scopes::parse_list(scopes).map_err(|e| FieldError::new("scopes", format!("has an {e}")))
+}
+
+/// Checks model globs as given: no control characters, each one compiles.
+pub fn check_models(globs: &[String]) -> Result<(), FieldError> {
+    for m in globs {
+        crate::text::check("models", m).map_err(|e| FieldError::new("models", e.problem()))?;
+        models::compile_glob(m)
+            .map_err(|e| FieldError::new("models", format!("is invalid: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Checks per-key limits: each set one is at least 1.
+pub fn check_limits(l: &KeyLimits) -> Result<(), FieldError> {
+    for (field, zero) in [
+        (
+            "limits.requests_per_minute",
+            l.requests_per_minute == Some(0),
+        ),
+        ("limits.burst", l.burst == Some(0)),
+        ("limits.tokens_per_minute", l.tokens_per_minute == Some(0)),
+        ("limits.max_in_flight", l.max_in_flight == Some(0)),
+    ] {
+        if zero {
+            return Err(FieldError::new(
+                field,
+                "must be at least 1 (omit it to use the gateway's default)",
+            ));
+        }
+    }
+    Ok(())
 }

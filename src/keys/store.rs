@@ -1,5 +1,5 @@
-//! The key file on disk: read through the one reader (`keys::file`), written so that nothing
-//! is ever lost.
+//! The key file on disk: read through the one reader (`keys::file`), written through the one
+//! writer (`keys::writer`) so that nothing is ever lost.
 //!
 //! Every write takes an exclusive lock on a separate, never-renamed lock file, re-reads the
 //! key file under that lock, applies one change, and replaces the file by rename after an
@@ -7,11 +7,20 @@
 //! loses the other's change, and a writer killed at any instant leaves the old or the new
 //! file, never a torn one. Runtime state (last use, usage) never goes here: the file may be a
 //! read-only Kubernetes Secret.
+//!
+//! A write of one key ([`KeyStore::apply`]) streams: each record goes from the reader to the
+//! new file as it is read, the one it changes changed on the way (or the new one appended),
+//! so a write at a million keys holds the file's text and its ids and hashes (for the
+//! uniqueness check), never a million parsed records.
 
+use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
-use crate::keys::file::KeyFile;
+use crate::keys::file::{self, KeyFile, Uniqueness};
+use crate::keys::ops::{self, Done, Op};
+use crate::keys::writer::{self, Writer};
+use crate::time::Timestamp;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -86,26 +95,94 @@ impl KeyStore {
         }
     }
 
-    /// Applies `change` to the current file under the lock and writes the result atomically.
+    fn write_err(&self) -> impl Fn(io::Error) -> StoreError + '_ {
+        |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Applies `change` to the whole file in memory, under the lock, and writes the result
+    /// atomically: for changes of many keys at once (bulk loads, tests). One key's change is
+    /// [`KeyStore::apply`].
     pub fn update<T>(
         &self,
         change: impl FnOnce(&mut KeyFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let write_err = |source: io::Error| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
         let lock = self.open_lock()?;
-        lock.lock().map_err(write_err)?;
+        lock.lock().map_err(self.write_err())?;
         let mut file = self.load()?;
         let out = change(&mut file)?;
         file.validate().map_err(StoreError::Rejected)?;
-        let mut text =
-            serde_json::to_string_pretty(&file).map_err(|e| write_err(io::Error::other(e)))?;
-        text.push('\n');
-        self.write_atomically(text.as_bytes()).map_err(write_err)?;
+        let mut tmp = self.temp_file().map_err(self.write_err())?;
+        tmp.write_all(writer::file_text(&file).as_bytes())
+            .map_err(self.write_err())?;
+        self.commit(tmp).map_err(self.write_err())?;
         drop(lock); // closing the descriptor releases the lock
         Ok(out)
+    }
+
+    /// Runs one operation (`keys::ops`) under the lock, streaming the file into its
+    /// replacement (see the module doc), and returns what it did. Nothing is written when the
+    /// operation fails or changes nothing (a revoke of a revoked key).
+    pub fn apply(&self, op: &Op, prefix: &str, now: Timestamp) -> Result<Done, StoreError> {
+        op.check(now)?;
+        let lock = self.open_lock()?;
+        lock.lock().map_err(self.write_err())?;
+        let text = self.read_text()?;
+        let mut tmp = self.temp_file().map_err(self.write_err())?;
+        let mut out = Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()))
+            .map_err(self.write_err())?;
+        let capacity = text.as_ref().map_or(0, |t| t.len() / 300);
+        let mut pass = Pass {
+            unique: Uniqueness::with_capacity(capacity),
+            ids: Vec::with_capacity(capacity),
+            done: None,
+            failed: None,
+        };
+        if let Some(text) = &text {
+            file::read(&self.path, text, &mut |rec| {
+                if pass.failed.is_some() {
+                    return;
+                }
+                let rec = match op.target() {
+                    Some(id) if id == rec.id => match op.apply_to(&rec, prefix, now) {
+                        Ok(done) => pass.done.insert(done).record.clone(),
+                        Err(e) => {
+                            pass.failed = Some(e);
+                            return;
+                        }
+                    },
+                    _ => rec,
+                };
+                pass.add(&rec, &mut out, &self.path);
+            })?;
+        }
+        drop(text);
+        if let Op::Create(new) = op {
+            let done = ops::create(new.clone(), prefix, now)?;
+            pass.add(&done.record, &mut out, &self.path);
+            pass.done = Some(done);
+        }
+        if let Some(e) = pass.failed {
+            return Err(e);
+        }
+        let done = pass
+            .done
+            .ok_or_else(|| StoreError::NotFound(op.target().unwrap_or_default().to_string()))?;
+        let ids = &pass.ids;
+        pass.unique
+            .check(ids.len() as u32, |p| ids[p as usize].as_str())
+            .map_err(StoreError::Rejected)?;
+        if !done.changed {
+            return Ok(done); // the temp file is removed as it drops
+        }
+        out.finish()
+            .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+            .map_err(self.write_err())?;
+        self.commit(tmp).map_err(self.write_err())?;
+        drop(lock);
+        Ok(done)
     }
 
     fn open_lock(&self) -> Result<File, StoreError> {
@@ -143,7 +220,9 @@ impl KeyStore {
         Ok(lock)
     }
 
-    fn write_atomically(&self, bytes: &[u8]) -> io::Result<()> {
+    /// A new, empty temp file beside the key file with the key file's owner and mode (temp
+    /// files a killed writer left are removed first).
+    fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
         let dir = self.dir();
         let base = self
             .path
@@ -152,16 +231,54 @@ impl KeyStore {
             .unwrap_or_default();
         let tmp_prefix = format!(".{base}.tmp");
         remove_stale_temps(&dir, &tmp_prefix);
-        let mut tmp = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix(&tmp_prefix)
             .tempfile_in(&dir)?; // created with mode 0600
         if let Ok(old) = fs::metadata(&self.path) {
             keep_owner_and_mode(tmp.as_file(), &old)?;
         }
-        tmp.write_all(bytes)?;
+        Ok(tmp)
+    }
+
+    /// Makes the written temp file the key file: its data synced, renamed, the directory
+    /// synced.
+    fn commit(&self, tmp: tempfile::NamedTempFile) -> io::Result<()> {
         tmp.as_file().sync_all()?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
-        File::open(&dir)?.sync_all()
+        File::open(self.dir())?.sync_all()
+    }
+}
+
+/// What a streaming write gathers as records pass: the secrets and ids for the uniqueness
+/// check, the operation's result, and the first failure.
+struct Pass {
+    unique: Uniqueness,
+    ids: Vec<KeyId>,
+    done: Option<Done>,
+    failed: Option<StoreError>,
+}
+
+impl Pass {
+    /// Passes one record on to the new file.
+    fn add<W: Write>(
+        &mut self,
+        rec: &crate::keys::record::KeyRecord,
+        out: &mut Writer<W>,
+        path: &Path,
+    ) {
+        let Some(id) = KeyId::new(&rec.id) else {
+            // The reader validated every id; this is a record made here, and refused.
+            self.failed = Some(StoreError::Rejected(format!("invalid id `{}`", rec.id)));
+            return;
+        };
+        self.unique.add(self.ids.len() as u32, rec);
+        self.ids.push(id);
+        if let Err(source) = out.record(rec) {
+            self.failed = Some(StoreError::Write {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     }
 }
 

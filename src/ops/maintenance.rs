@@ -24,8 +24,9 @@ pub struct Maintenance {
     /// Set once saved usage has been restored into the index: saved usage is never
     /// overwritten before that.
     restored: Arc<AtomicBool>,
-    /// Keys warned about, with the threshold (days) they crossed.
-    warned: HashSet<(KeyId, u64)>,
+    /// Keys warned about, with the threshold (days) they crossed and the expiry it was of
+    /// (an expiry extended since is warned about again when it comes near).
+    warned: HashSet<(KeyId, u64, Timestamp)>,
     /// The usage fingerprint at the last save (see `usage_state::save_if_changed`).
     saved: u64,
 }
@@ -118,10 +119,10 @@ impl Maintenance {
             let left = now.until(exp);
             // The smallest threshold the key is within is the one to report.
             if let Some(days) = THRESHOLDS_DAYS.iter().copied().find(|d| left <= d * 86_400) {
-                if self.warned.insert((e.id, days)) {
+                if self.warned.insert((e.id, days, exp)) {
                     tracing::warn!(
                         key_id = %e.id, key_name = %e.name, expires_at = %exp, days,
-                        "API key expires within {days} day(s); rotate it or extend it"
+                        "API key expires within {days} day(s); extend it with `keygate keys update {} --expires-in DURATION` (rotating keeps the expiry)", e.id
                     );
                     out.push((e.id.to_string(), days));
                 }
