@@ -404,7 +404,7 @@ fn bench_usage_record(c: &mut Criterion) {
     g.bench_function("quota_check/two_quotas", |b| {
         b.iter(|| quota::check(Some(&q), &state.quota, black_box(now)))
     });
-    let first = sse_stream(16).swap_remove(0);
+    let first = bytes::Bytes::from(sse_stream(16).swap_remove(0));
     assert!(keygate::account::answer_model::find(&first).is_some());
     g.bench_function("answer_model/first_event", |b| {
         b.iter(|| keygate::account::answer_model::find(black_box(&first)))
