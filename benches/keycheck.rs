@@ -12,6 +12,10 @@
 //! - `body_facts/*`: model extraction from a 4 KB and a 64 KB chat body, with `model` last
 //!   (the OpenAI Python SDK puts `messages` first) and first.
 //! - `usage_scanner/*`: `UsageScanner` over a realistic chat SSE stream, one event per chunk.
+//! - `usage_record/*`: what a request adds to its key's state for usage over time and quotas:
+//!   `KeyUsage::settle` (lifetime counters plus its model's pending hourly bucket) against the
+//!   lifetime counters alone (what settling did before), the quota check with and without
+//!   quotas, and finding the model in an answer's first chunk.
 //!
 //! Run: `cargo bench --bench keycheck` (about 2 minutes on 2 cores; the 1M-key index is built
 //! once and takes a few seconds). Filter with e.g. `cargo bench --bench keycheck -- keycheck/full`.
@@ -342,6 +346,72 @@ fn bench_usage(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_usage_record(c: &mut Criterion) {
+    use keygate::keys::state::KeyState;
+    use keygate::keys::usage::{Settled, Tokens};
+    use keygate::limit::quota;
+    let mut g = c.benchmark_group("usage_record");
+    let state = KeyState::default();
+    let tokens = Tokens {
+        prompt: 1234,
+        completion: 256,
+    };
+    let settled = |model| Settled {
+        model,
+        status: 200,
+        quota_refused: false,
+        tokens: Some(tokens),
+        estimated: false,
+    };
+    let models = [
+        "llama-3.1-8b-instruct",
+        "qwen2.5-7b-instruct",
+        "bge-small-en",
+        "m4",
+        "m5",
+        "m6",
+        "m7",
+        "m8",
+    ];
+    for m in models {
+        state.usage.settle(settled(m));
+    }
+    g.bench_function("settle/lifetime_counters_only", |b| {
+        b.iter(|| {
+            state.usage.record_status(black_box(200));
+            state.usage.add_tokens(black_box(tokens), false);
+        })
+    });
+    g.bench_function("settle/first_of_8_models", |b| {
+        b.iter(|| {
+            state
+                .usage
+                .settle(black_box(settled("llama-3.1-8b-instruct")))
+        })
+    });
+    g.bench_function("settle/last_of_8_models", |b| {
+        b.iter(|| state.usage.settle(black_box(settled("m8"))))
+    });
+    let now = Timestamp::now();
+    g.bench_function("quota_check/no_quotas", |b| {
+        b.iter(|| quota::check(None, &state.quota, black_box(now)))
+    });
+    let q = keygate::keys::annotations::KeyQuotas {
+        tokens_per_day: Some(u64::MAX),
+        requests_per_month: Some(u64::MAX),
+        ..Default::default()
+    };
+    g.bench_function("quota_check/two_quotas", |b| {
+        b.iter(|| quota::check(Some(&q), &state.quota, black_box(now)))
+    });
+    let first = bytes::Bytes::from(sse_stream(16).swap_remove(0));
+    assert!(keygate::account::answer_model::find(&first).is_some());
+    g.bench_function("answer_model/first_event", |b| {
+        b.iter(|| keygate::account::answer_model::find(black_box(&first)))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -353,6 +423,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_route, bench_body, bench_usage, bench_keycheck
+    targets = bench_route, bench_body, bench_usage, bench_usage_record, bench_keycheck
 }
 criterion_main!(benches);

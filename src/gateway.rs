@@ -1,8 +1,8 @@
 //! The gateway: what lives as long as the process serves — the limiters that are not per key,
-//! the Redis backend, the metrics, the log writer, the request ids — and `Live`, everything a
-//! request reads that can change at runtime (configuration, key index with its limiters,
-//! upstream pools), one value behind one `ArcSwap`: a request loads it once and sees a
-//! consistent whole.
+//! the Redis backend, the usage store and its flusher, the metrics, the log writer, the request
+//! ids — and `Live`, everything a request reads that can change at runtime (configuration, key
+//! index with its limiters, upstream pools), one value behind one `ArcSwap`: a request loads it
+//! once and sees a consistent whole.
 //!
 //! Reloads build the next `Live` off the request path and swap it in; one that fails leaves
 //! the current value serving and is logged and counted.
@@ -19,10 +19,12 @@ use crate::ops::logging::Logging;
 use crate::ops::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use crate::server::request_id::RequestIds;
+use crate::usage::Usage;
 use crate::watch::Fingerprint;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 /// One consistent view of everything reloadable.
 pub struct Live {
@@ -60,6 +62,9 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     /// The shared limit backend in cluster mode (fixed at start: a change needs a restart).
     pub redis: Option<Arc<RedisBackend>>,
+    /// Usage over time and quota counts: in memory (saved in the state file), or in Redis in
+    /// cluster mode. Filled every second by the flusher this gateway runs (`flush_usage`).
+    pub usage: Usage,
     pub failed_auth: FailedAuthGuard,
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
@@ -84,8 +89,10 @@ impl Gateway {
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
         let redis = config.cluster.clone().map(RedisBackend::start);
-        Arc::new(Gateway {
+        let usage = Usage::new(redis.as_ref());
+        let gw = Arc::new(Gateway {
             redis,
+            usage,
             live: ArcSwap::from_pointee(Live {
                 config: Arc::new(config),
                 keys: None,
@@ -99,7 +106,21 @@ impl Gateway {
             logging: OnceLock::new(),
             request_ids: RequestIds::default(),
             reload_lock: Mutex::new(None),
-        })
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(flush_usage_every_second(Arc::downgrade(&gw)));
+        }
+        gw
+    }
+
+    /// Writes the usage every key has counted since the last flush to the usage store, and
+    /// reads back the quota counts of keys with quotas. Runs every second, off the request
+    /// path; call it to flush now (at shutdown, in tests).
+    pub async fn flush_usage(&self) {
+        let live = self.live();
+        if let Some(index) = &live.keys {
+            self.usage.flush(index, live.config.usage.retention).await;
+        }
     }
 
     /// The current state. Hold the `Arc` for the whole request.
@@ -265,6 +286,17 @@ impl Gateway {
         self.reloads
             .config_reload_failures
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The usage flusher: every second while the gateway lives.
+async fn flush_usage_every_second(gw: Weak<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(gw) = gw.upgrade() else { return };
+        gw.flush_usage().await;
     }
 }
 

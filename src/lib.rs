@@ -2,10 +2,11 @@
 //!
 //! A request runs through the stages of `pipeline`, in this order: listener (`server`) →
 //! probes (`ops::probes`) → route (`authorize`) → capacity (`limit`) → authenticate (`auth`) →
-//! rate (`limit`) → scope (`authorize`) → slot (`limit`) → model (`authorize::model`) → upstream
-//! and forward (`proxy`) → answer (`error`, `limit::answer`) → account (`account`, when the
-//! answer's body ends). Around them: the key set (`keys`), the management API (`admin`),
-//! operations (`ops`), the command line (`cli`), `config`, and the shared state (`gateway`).
+//! rate (`limit`) → scope (`authorize`) → quota and slot (`limit`) → model
+//! (`authorize::model`) → upstream and forward (`proxy`) → answer (`error`, `limit::answer`) →
+//! account (`account`, when the answer's body ends). Around them: the key set (`keys`), usage
+//! over time (`usage`), the management API (`admin`), operations (`ops`), the command line
+//! (`cli`), `config`, and the shared state (`gateway`).
 //! docs/architecture.md explains the internals; this is its module map:
 //!
 //! | file | what it holds |
@@ -33,7 +34,8 @@
 //! | `authorize/multipart.rs` | a multipart upload whose model is read while it streams |
 //! | `authorize/part_name.rs` | which multipart part is `model`, read strictly |
 //! | `limit/mod.rs` | stage 4: `check_rate`, `acquire_slot`, `reserve_tokens`, local or on Redis with its failure policy; settling a token charge |
-//! | `limit/answer.rs` | every limit header: `x-ratelimit-*`, `retry-after`, `retry-after-ms` |
+//! | `limit/answer.rs` | every limit header: `x-ratelimit-*`, `retry-after`, `retry-after-ms`, a quota refusal's `x-should-retry` |
+//! | `limit/quota.rs` | quotas per UTC day and month: `QuotaState` (store total + unflushed), the check, the view |
 //! | `limit/rate.rs` | `RateCell` (GCRA in 8 bytes), `Quota`, `Verdict` |
 //! | `limit/tokens.rs` | `TokenBucket` |
 //! | `limit/inflight.rs` | `InFlight` (per key) and `Capacity` (gateway-wide) |
@@ -56,6 +58,7 @@
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
 //! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short |
 //! | `account/access_log.rs` | the access line |
+//! | `account/answer_model.rs` | the model an upstream's answer names (usage's model when the request's was not read) |
 //! | `keys/token.rs` | the token format (prefix, secret, checksum), generation, hashing |
 //! | `keys/scope.rs` | `Scope`, `Scopes` |
 //! | `keys/models.rs` | model globs (allowlists; upstreams' `models` too) |
@@ -70,9 +73,15 @@
 //! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
 //! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
-//! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |
+//! | `keys/usage.rs` | `KeyUsage` counters (lifetime; per model, pending for the hourly buckets), `Counts`, `UsageSnapshot`, `Tokens` |
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
 //! | `admin/edit.rs` | `PATCH /v1/api-keys/{id}`: its body as a `KeyPatch` |
+//! | `usage/mod.rs` | usage over time: `Usage`, the store (memory or Redis) and its flush every second |
+//! | `usage/batch.rs` | one flush: what every key has pending, taken off once stored |
+//! | `usage/buckets.rs` | file mode's hourly buckets and quota counts, and their state-file form |
+//! | `usage/redis.rs` | cluster mode's usage store: the Redis layout, its writes and reads |
+//! | `usage/query.rs` | `GET /v1/usage` and `keygate usage`: range, filters, grouping, rows (`query_tests.rs`: its unit tests) |
+//! | `usage/window.rs` | hours, UTC days and months and their names; the usage `Clock` |
 //! | `admin/console.rs` | the web console's files, embedded |
 //! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once; `RequestSample` |
 //! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
@@ -82,7 +91,7 @@
 //! | `ops/health.rs` | running the upstreams' health checks |
 //! | `ops/probes.rs` | `/healthz`, `/readyz`, the console's files |
 //! | `ops/maintenance.rs` | the 10 s task: usage saved, expiry warnings, sweeps |
-//! | `ops/usage_state.rs` | the usage state file |
+//! | `ops/usage_state.rs` | the usage state file (lifetime usage; in file mode buckets and quota counts) |
 //! | `cli/mod.rs` | the command line (clap) and its dispatch |
 //! | `cli/args.rs` | flags that need more than clap's derive |
 //! | `cli/config.rs` | which configuration a command reads |
@@ -90,6 +99,7 @@
 //! | `cli/keys.rs` | `keys create/list/show/rotate/revoke` |
 //! | `cli/edit.rs` | `keys update/disable/enable` |
 //! | `cli/check.rs` | `check` |
+//! | `cli/usage.rs` | `usage`, and what `keys show` adds (usage, quota) |
 //! | `cli/serve.rs` | `serve`'s process wiring (watchers, metrics listener, maintenance, signals), `mock` |
 //! | `cli/demo.rs` | `demo` |
 //! | `cli/output.rs` | tables and JSON for a terminal |
@@ -122,4 +132,5 @@ pub mod proxy;
 pub mod server;
 pub mod text;
 pub mod time;
+pub mod usage;
 pub mod watch;

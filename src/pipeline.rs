@@ -11,7 +11,8 @@
 //!    guard. The request counts against its key from here (`account`).
 //! 6. **rate** (`limit::check_rate`): the key's rate cell is taken before anything can refuse
 //!    the request, so every authenticated answer, a refusal included, reports the real rate.
-//! 7. **scope** (`authorize::scope`), then the rate's verdict (429).
+//! 7. **scope** (`authorize::scope`), then the rate's verdict (429), then the key's quotas
+//!    (`limit::check_quota`: 429 `insufficient_quota`, counted in memory).
 //! 8. **slot** (`limit::acquire_slot`): the key's in-flight cap.
 //! 9. **the route's handler**. Forward: **model** (`authorize::model`: the body read as far as
 //!    its model, which the key's allowlist must match), **upstream** (`proxy::choose`, by
@@ -108,6 +109,7 @@ async fn stages(
     limits.rate = Some(rate);
     authorize::scope(&key, route)?;
     limit::rate_verdict(&rate)?;
+    limit::check_quota(&key, gw.usage.clock.at(now), limits)?;
     record.slot = Some(limit::acquire_slot(redis, &key).await?);
 
     match route.handler {
@@ -125,7 +127,7 @@ async fn stages(
         }
         Handler::ListModels => proxy::list_models(live, &key, caller, record).await,
         Handler::Admin => admin::handle(gw, live, &key, req, record).await,
-        Handler::Usage => Ok(admin::usage(live)),
+        Handler::Usage => admin::usage(gw, live, &req).await,
     }
 }
 

@@ -2,19 +2,39 @@
 //!
 //! The request's `RequestRecord` (`record`) travels with its answer's body and is dropped when the
 //! client has the last byte, or has gone away: then the key's token reservation is settled,
-//! its usage counted (atomics in the key's runtime state, no lock on the request path), the
+//! its usage counted (atomics in the key's runtime state, no lock on the request path: the
+//! lifetime totals, the pending hourly bucket of its model, its quota's tokens), the
 //! metrics recorded and the access line written (`access_log`). Token counts come from the
 //! upstream's own `usage`, read as the answer streams past (`scanner`).
 
 pub mod access_log;
+pub mod answer_model;
 mod record;
 pub mod scanner;
 
 pub use record::{RequestRecord, TokenUsage, CLIENT_CLOSED};
 
+use crate::auth::secrets::looks_like_key;
+use crate::error::INSUFFICIENT_QUOTA;
+use crate::keys::usage::Settled;
 use crate::limit::Used;
 use crate::ops::metrics::RequestSample;
 use std::sync::atomic::Ordering;
+
+impl RequestRecord {
+    /// The model usage is counted under: the request's, when the gateway read it, else the
+    /// one the upstream's answer names (unless it looks like a key of `prefix`), else none
+    /// (`""`).
+    fn usage_model(&self, prefix: Option<&str>) -> &str {
+        if let Some(m) = &self.model {
+            return m;
+        }
+        match (&self.answer_model, prefix) {
+            (Some(m), Some(prefix)) if !looks_like_key(m, prefix) => answer_model::text(m),
+            _ => "",
+        }
+    }
+}
 
 /// The settlement, once: when the answer's body ends, or the client leaves.
 impl Drop for RequestRecord {
@@ -34,11 +54,20 @@ impl Drop for RequestRecord {
             };
             charge.settle(used);
         }
+        // Read once, for the usage model and the access line.
+        let config = self.gateway.as_ref().map(|gw| gw.config());
         if let Some(k) = &self.key {
-            let usage = &k.state().usage;
-            usage.record_status(self.status);
-            if let Some(t) = self.tokens {
-                usage.add_tokens(t.tokens(), t.is_estimated());
+            let state = k.state();
+            let tokens = self.tokens.map(TokenUsage::tokens);
+            state.usage.settle(Settled {
+                model: self.usage_model(config.as_ref().map(|c| c.keys.prefix.as_str())),
+                status: self.status,
+                quota_refused: self.error_code == Some(INSUFFICIENT_QUOTA),
+                tokens,
+                estimated: self.tokens.is_some_and(TokenUsage::is_estimated),
+            });
+            if let Some(t) = tokens {
+                state.quota.add_tokens(t.prompt + t.completion);
             }
         }
         let total = self.started.elapsed();
@@ -61,7 +90,7 @@ impl Drop for RequestRecord {
             tokens: self.tokens.map(TokenUsage::tokens),
         });
         if let Some(log) = gw.logging.get() {
-            let config = gw.config();
+            let config = config.unwrap_or_else(|| gw.config());
             if !self.probe || config.log.probes {
                 access_log::write(log, self, total, added, &config.keys.prefix);
             }

@@ -22,6 +22,10 @@ pub struct RequestRecord {
     pub method: http::Method,
     pub route: &'static str,
     pub model: Option<String>,
+    /// The model the upstream's answer names (`answer_model::find`: a slice of the answer,
+    /// UTF-8): usage is counted under it when the request's own model was not read (`model`
+    /// is `None`).
+    pub answer_model: Option<bytes::Bytes>,
     pub status: u16,
     pub error_code: Option<&'static str>,
     pub started: std::time::Instant,
@@ -129,6 +133,7 @@ impl RequestRecord {
             method,
             route: "-",
             model: None,
+            answer_model: None,
             status: CLIENT_CLOSED,
             error_code: None,
             started: std::time::Instant::now(),

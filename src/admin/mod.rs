@@ -1,4 +1,5 @@
-//! The management API (reference: Management API), behind the `admin` scope on the main listener.
+//! The management API (reference: Management API), behind the `admin` scope on the main listener,
+//! and `GET /v1/usage` (scope `usage`).
 //!
 //! Writes are `keys::ops` operations run by the same locked, atomic `KeyStore::apply` as the
 //! CLI, audited with what changed; then this gateway reloads its index before it answers
@@ -15,15 +16,18 @@ use crate::gateway::{Gateway, Live};
 use crate::keys::file::KeyFile;
 use crate::keys::index::KeyRef;
 use crate::keys::ops::{Action, Done, Op};
-use crate::keys::record::{KeyLimits, NewKey};
+use crate::keys::record::{KeyLimits, KeyRecord, NewKey};
 use crate::keys::usage::UsageSnapshot;
+use crate::limit::quota;
 use crate::ops::audit::{Audit, AuditEvent};
 use crate::proxy::response_body::{json, Body};
 use crate::time::Timestamp;
+use crate::usage::query::{self, Query};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,9 +228,10 @@ pub async fn handle(
         (&Method::GET, [id]) => {
             let file = read_file(gw).await?;
             let rec = file.get(id)?;
-            let usage = usage_of(live, id).unwrap_or_default();
+            let usage = key_usage(gw, live, id).await;
             let mut v = rec.view(&prefix, now, Some(&usage));
             v["usage"] = serde_json::to_value(usage).unwrap_or_default();
+            v["quota"] = key_quota(gw, live, rec);
             Ok(json(StatusCode::OK, &v))
         }
         (&Method::POST, [id, "rotate"]) => {
@@ -278,23 +283,58 @@ fn no_store(mut r: http::Response<Body>) -> http::Response<Body> {
     r
 }
 
-/// `GET /v1/usage`: per-key requests, errors and tokens since the counters began.
-pub fn usage(live: &Live) -> http::Response<Body> {
-    let mut data: Vec<serde_json::Value> = live
-        .keys
+/// A key's lifetime usage: in cluster mode summed over every replica (Redis), else (or when
+/// Redis does not answer) this gateway's.
+async fn key_usage(gw: &Gateway, live: &Live, id: &str) -> UsageSnapshot {
+    let local = usage_of(live, id).unwrap_or_default();
+    match gw.usage.key_totals(live.keys.as_deref(), id).await {
+        None => local,
+        Some(Ok((c, last_used))) => UsageSnapshot::of(&c, last_used.max(local.last_used)),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, key_id = %id, "key usage read from this gateway only: Redis did not answer");
+            local
+        }
+    }
+}
+
+/// A key's quotas with what is used and left of each (`limit::quota::view`), as this gateway
+/// enforces them.
+fn key_quota(gw: &Gateway, live: &Live, rec: &KeyRecord) -> serde_json::Value {
+    let quotas = (!rec.quotas.is_empty()).then_some(&rec.quotas);
+    let state = live.keys.as_ref().and_then(|idx| idx.state_of(&rec.id));
+    let used = |w| state.as_ref().map(|s| s.quota.used(w)).unwrap_or_default();
+    quota::view(quotas, used, gw.usage.clock.now())
+}
+
+/// `GET /v1/usage`: usage over time, filtered and summed as the query asks (`usage::query`).
+pub async fn usage(
+    gw: &Arc<Gateway>,
+    live: &Live,
+    req: &Request<Incoming>,
+) -> Result<http::Response<Body>, GatewayError> {
+    let now = gw.usage.clock.now();
+    let retention = live.config.usage.retention;
+    let q = Query::from_url(req.uri().query(), now, retention).map_err(|e| {
+        GatewayError::InvalidParam {
+            param: e.param,
+            message: e.message,
+        }
+    })?;
+    // The key file gives names and labels: read only when rows need them.
+    let file = match q.group.key || !q.meta.is_empty() {
+        true => Some(read_file(gw).await?),
+        false => None,
+    };
+    let keys: HashMap<&str, &KeyRecord> = file
         .iter()
-        .flat_map(|idx| idx.entries().map(move |e| (e, idx.state_of(&e.id))))
-        .map(|(e, state)| {
-            let snapshot = state.map(|s| s.usage.snapshot()).unwrap_or_default();
-            let mut v = serde_json::to_value(snapshot).unwrap_or_default();
-            v["id"] = e.id.to_string().into();
-            v["name"] = e.name.to_string().into();
-            v
-        })
+        .flat_map(|f| &f.keys)
+        .map(|k| (k.id.as_str(), k))
         .collect();
-    data.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"object": "list", "data": data}),
-    )
+    let rows = gw
+        .usage
+        .rows(live.keys.as_deref(), q.hours(now, retention))
+        .await
+        .map_err(GatewayError::UsageUnavailable)?;
+    let lines = query::sum(&q, rows, &keys);
+    Ok(json(StatusCode::OK, &query::answer(&q, &lines, &keys)))
 }

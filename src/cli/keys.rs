@@ -226,11 +226,13 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
     let file = KeyStore::new(&cfg.keys.file).load()?;
     let k = file.get(id)?;
     let now = Timestamp::now();
-    let usage = saved_usage(&cfg);
-    let mut v = k.view(&cfg.keys.prefix, now, usage.get(id));
-    if let Some(u) = usage.get(id) {
+    let saved = saved_usage(&cfg);
+    let (usage, quota) = crate::cli::usage::key_figures(&cfg, k, saved.get(id))?;
+    let mut v = k.view(&cfg.keys.prefix, now, usage.as_ref());
+    if let Some(u) = &usage {
         v["usage"] = serde_json::to_value(u).unwrap_or_default();
     }
+    v["quota"] = quota;
     if json {
         print_json(&v);
         return Ok(());
@@ -239,6 +241,19 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
     if let serde_json::Value::Object(map) = &v {
         for (field, value) in map {
             if field == "object" {
+                continue;
+            }
+            if let ("quota", serde_json::Value::Object(q)) = (field.as_str(), value) {
+                rows.extend(q.iter().map(|(kind, v)| {
+                    let text = format!(
+                        "{} of {} used, {} left, resets {}",
+                        v["used"],
+                        v["limit"],
+                        v["remaining"],
+                        v["resets_at"].as_str().unwrap_or("-")
+                    );
+                    [format!("quota.{kind}:"), text]
+                }));
                 continue;
             }
             let text = match value {

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `demo`, `check`, `keys …`, `mock`, `completions`. Human output
+//! The command line: `serve`, `demo`, `check`, `keys …`, `usage`, `mock`, `completions`. Human output
 //! on stdout (`output`), errors on stderr with exit status 1, or 2 for a usage error (`error`).
 
 pub mod args;
@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod output;
 pub mod serve;
+pub mod usage;
 
 use args::{duration_arg, key_id_arg, CreateArgs, ListArgs};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -54,6 +55,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Usage over time (requests, tokens, errors, refusals) by key, model, day or hour, from
+    /// the state file, or from Redis (every replica's) when [cluster] is set.
+    Usage(usage::UsageArgs),
     /// Run only the mock OpenAI-compatible upstream (for benchmarks and experiments).
     Mock {
         /// The address to listen on.
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve::serve(c),
         Command::Demo { listen } => demo::demo(c, listen),
         Command::Check => check::check(c),
+        Command::Usage(a) => usage::usage(c, a),
         Command::Mock { listen } => serve::mock(listen),
         Command::Completions { shell } => {
             clap_complete::generate(

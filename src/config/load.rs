@@ -53,6 +53,8 @@ impl KeyCommandsConfig {
         Ok(KeyCommandsConfig {
             keys: v.keys(raw.keys, &base)?,
             log: v.log(raw.log, &base)?,
+            usage: v.usage(raw.usage)?,
+            cluster: v.cluster(raw.cluster, &base)?,
         })
     }
 }

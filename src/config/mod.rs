@@ -48,8 +48,15 @@ pub struct Config {
     pub routes: RouteTable,
     /// `Some` in cluster mode (`[cluster] backend = "redis"`).
     pub cluster: Option<cluster::ClusterConfig>,
+    pub usage: UsageConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// `[usage]`: how long hourly usage buckets are kept (in the state file, or in Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageConfig {
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,13 +199,16 @@ pub struct LogConfig {
     pub probes: bool,
 }
 
-/// What `keygate keys …` needs from gateway.toml: the key file and the log settings. The
-/// rest of the file must parse, but is not validated and nothing it names is read (an
-/// upstream's `api_key_env`, a CA file): managing keys does not talk to upstreams.
+/// What `keygate keys …` and `keygate usage` need from gateway.toml: the key file, the log
+/// settings, and where usage is kept (`[usage]`, `[cluster]`). The rest of the file must
+/// parse, but is not validated and nothing it names is read (an upstream's `api_key_env`, a
+/// CA file): managing keys does not talk to upstreams.
 #[derive(Debug, Clone)]
 pub struct KeyCommandsConfig {
     pub keys: KeysConfig,
     pub log: LogConfig,
+    pub usage: UsageConfig,
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4142";

@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cluster: RawCluster,
     #[serde(default)]
+    pub usage: RawUsage,
+    #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
     pub log: RawLog,
@@ -109,6 +111,12 @@ pub struct RawCluster {
     pub ca_file: Option<String>,
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

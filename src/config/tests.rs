@@ -156,3 +156,25 @@ fn connection_limits_have_defaults_and_name_the_field() {
         assert!(err.contains(field), "{err}");
     }
 }
+
+#[test]
+fn usage_retention_has_a_default_and_names_the_field() {
+    let c = Config::parse("", None).unwrap();
+    assert_eq!(c.usage.retention, Duration::from_secs(90 * 86_400));
+    let c = Config::parse("[usage]\nretention = \"7d\"\n", None).unwrap();
+    assert_eq!(c.usage.retention, Duration::from_secs(7 * 86_400));
+    for text in [
+        "retention = \"30m\"",
+        "retention = \"forever\"",
+        "retention = \"11y\"",
+    ] {
+        let err = Config::parse(&format!("[usage]\n{text}\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("usage.retention"), "{err}");
+    }
+    let err = Config::parse("[usage]\nkeep = \"7d\"\n", None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keep"), "{err}");
+}

@@ -3,10 +3,11 @@
 //! than most files: a check per option of `gateway.toml`, with its default beside it.
 
 use super::cluster::{redis_client, ClusterConfig, OnBackendError, RedisTls};
-use super::raw::{RawConfig, RawKeys, RawLog, RawUpstream};
+use super::raw::{RawCluster, RawConfig, RawKeys, RawLog, RawUpstream, RawUsage};
 use super::{
     Config, ConfigError, HealthCheck, KeysConfig, LimitDefaults, LogConfig, LogFormat,
-    MetricsConfig, ServerConfig, TlsConfig, TrustedProxies, UpstreamConfig, DEFAULT_LISTEN,
+    MetricsConfig, ServerConfig, TlsConfig, TrustedProxies, UpstreamConfig, UsageConfig,
+    DEFAULT_LISTEN,
 };
 use crate::authorize::routes::{RouteRule, RouteTable};
 use crate::keys::models::compile_glob;
@@ -239,7 +240,41 @@ impl Validator<'_> {
         }
         let routes = RouteTable::with_extra(rules);
 
-        let c = raw.cluster;
+        let cluster = self.cluster(raw.cluster, base)?;
+        let usage = self.usage(raw.usage)?;
+
+        let metrics = MetricsConfig {
+            listen: raw
+                .metrics
+                .listen
+                .as_deref()
+                .map(|s| self.addr("metrics.listen", s))
+                .transpose()?,
+            per_key_labels: raw.metrics.per_key_labels.unwrap_or(false),
+        };
+        let log = self.log(raw.log, base)?;
+
+        Ok(Config {
+            source: source.map(Path::to_path_buf),
+            server,
+            keys,
+            limits,
+            upstreams,
+            routes,
+            cluster,
+            usage,
+            metrics,
+            log,
+        })
+    }
+
+    /// `[cluster]`: `None` unless `backend = "redis"`.
+    pub(super) fn cluster(
+        &self,
+        c: RawCluster,
+        base: &Path,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let resolve = |p: &str| resolve(base, p);
         let cluster = match c.backend.as_deref() {
             None | Some("local") => None,
             Some("redis") => {
@@ -300,29 +335,23 @@ impl Validator<'_> {
                 ))
             }
         };
+        Ok(cluster)
+    }
 
-        let metrics = MetricsConfig {
-            listen: raw
-                .metrics
-                .listen
-                .as_deref()
-                .map(|s| self.addr("metrics.listen", s))
-                .transpose()?,
-            per_key_labels: raw.metrics.per_key_labels.unwrap_or(false),
-        };
-        let log = self.log(raw.log, base)?;
-
-        Ok(Config {
-            source: source.map(Path::to_path_buf),
-            server,
-            keys,
-            limits,
-            upstreams,
-            routes,
-            cluster,
-            metrics,
-            log,
-        })
+    /// `[usage]`.
+    pub(super) fn usage(&self, u: RawUsage) -> Result<UsageConfig, ConfigError> {
+        let retention = self.duration(
+            "usage.retention",
+            u.retention,
+            Duration::from_secs(90 * 86_400),
+        )?;
+        if retention < Duration::from_secs(3_600) {
+            return Err(self.err("usage.retention", "must be at least 1h"));
+        }
+        if retention > Duration::from_secs(10 * 366 * 86_400) {
+            return Err(self.err("usage.retention", "must be at most 10 years"));
+        }
+        Ok(UsageConfig { retention })
     }
 
     /// `[keys]`.

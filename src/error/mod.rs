@@ -13,6 +13,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The type and code of a quota refusal (OpenAI's), which usage counts apart from rate limits.
+pub const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
@@ -62,6 +65,9 @@ pub enum GatewayError {
     RateLimited { limit: u32, retry_after: Duration },
     #[error("Rate limit reached: {limit} tokens per minute. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
     TokenRateLimited { limit: u64, retry_after: Duration },
+    /// A quota of the key is used up until its window ends (`limit::quota`).
+    #[error("You exceeded this API key's quota of {} {}. It resets at {} (in {}).", .0.limit, .0.kind.words(), .0.resets_at, crate::time::OpenAiDuration(.0.reset_in))]
+    InsufficientQuota(crate::limit::quota::QuotaRefusal),
     #[error("The rate-limit backend is unavailable and this gateway is set to refuse requests until it returns.")]
     LimiterUnavailable,
     #[error("Too many requests in flight for this key (limit {0}). Retry when one finishes.")]
@@ -83,6 +89,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
+    /// The shared usage store (Redis) did not answer a usage query.
+    #[error("The usage store is unavailable ({0}); retry shortly.")]
+    UsageUnavailable(String),
     #[error("The key file is read-only (for example a mounted Secret); manage keys where it is writable.")]
     ReadOnlyKeyStore,
     #[error("{0}")]
@@ -107,8 +116,9 @@ impl GatewayError {
             RateLimited { .. }
             | TokenRateLimited { .. }
             | ConcurrencyLimited(_)
-            | TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | TooManyFailedAttempts { .. }
+            | InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
+            LimiterUnavailable | UsageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotReady | Unready(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -139,8 +149,10 @@ impl GatewayError {
             | TokenRateLimited { .. }
             | ConcurrencyLimited(_)
             | TooManyFailedAttempts { .. } => "rate_limit_error",
+            InsufficientQuota(_) => INSUFFICIENT_QUOTA,
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
-            NotReady | Unready(_) | Overloaded | LimiterUnavailable | Internal(_) => "server_error",
+            NotReady | Unready(_) | Overloaded | LimiterUnavailable | UsageUnavailable(_)
+            | Internal(_) => "server_error",
         }
     }
 
@@ -168,6 +180,8 @@ impl GatewayError {
             LimiterUnavailable => "overloaded",
             ConcurrencyLimited(_) => "concurrency_limit_exceeded",
             TooManyFailedAttempts { .. } => "too_many_failed_attempts",
+            InsufficientQuota(_) => INSUFFICIENT_QUOTA,
+            UsageUnavailable(_) => "usage_store_unavailable",
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
             NotReady | Unready(_) => "not_ready",
@@ -210,7 +224,8 @@ impl GatewayError {
             | GatewayError::TooManyFailedAttempts { retry_after } => Some(*retry_after),
             GatewayError::ConcurrencyLimited(_)
             | GatewayError::Overloaded
-            | GatewayError::LimiterUnavailable => Some(Duration::from_secs(1)),
+            | GatewayError::LimiterUnavailable
+            | GatewayError::UsageUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -1,9 +1,10 @@
-//! What a key does at runtime: its rate cell, in-flight count, token bucket, usage counters and
-//! revocation, created on the key's first request and shared by every index of the gateway
-//! (`KeyIndex`'s registry), so a reload neither resets limits nor loses usage.
+//! What a key does at runtime: its rate cell, in-flight count, token bucket, usage counters,
+//! quota counts and revocation, created on the key's first request and shared by every index of
+//! the gateway (`KeyIndex`'s registry), so a reload neither resets limits nor loses usage.
 
 use crate::keys::usage::KeyUsage;
 use crate::limit::inflight::InFlight;
+use crate::limit::quota::QuotaState;
 use crate::limit::rate::RateCell;
 use crate::limit::tokens::TokenBucket;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,6 +19,7 @@ pub struct KeyState {
     pub in_flight: InFlight,
     pub tokens: TokenBucket,
     pub usage: KeyUsage,
+    pub quota: QuotaState,
     pub revocation: Revocation,
 }
 

@@ -2,6 +2,11 @@
 //! request rate and tokens once it is authenticated, on every answer (a refusal included), and
 //! `retry-after` / `retry-after-ms` on every refusal that says when to retry (the 429s, and the
 //! 503s that are over in a moment). OpenAI's names and forms, so clients' retry logic works.
+//!
+//! A quota refusal (429 `insufficient_quota`) is the exception: its reset can be hours away,
+//! so it carries `x-should-retry: false` (the OpenAI SDKs then do not retry) and the time
+//! to its reset in `x-ratelimit-reset-quota`, but no `retry-after`, which would have clients
+//! that honour it sleep until the next day or month.
 
 use crate::limit::rate::RateInfo;
 use crate::limit::tokens::TokenInfo;
@@ -18,6 +23,9 @@ pub const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-
 pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 pub const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+pub const RESET_QUOTA: HeaderName = HeaderName::from_static("x-ratelimit-reset-quota");
+/// The OpenAI SDKs' own retry switch: `false` stops their automatic retries.
+pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// What the answer to one request reports about its limits, filled in as the limit stage
 /// runs: nothing before the caller is authenticated.
@@ -25,6 +33,8 @@ pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms")
 pub struct LimitHeaders {
     pub rate: Option<RateInfo>,
     pub tokens: Option<TokenInfo>,
+    /// A quota refusal: how long until the quota resets.
+    pub quota: Option<Duration>,
 }
 
 impl LimitHeaders {
@@ -45,6 +55,12 @@ impl LimitHeaders {
             h.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining));
             if let Some(v) = reset_value(r.reset) {
                 h.insert(RESET_REQUESTS, v);
+            }
+        }
+        if let Some(reset) = self.quota {
+            h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+            if let Some(v) = reset_value(reset) {
+                h.insert(RESET_QUOTA, v);
             }
         }
         if let Some(t) = &self.tokens {
@@ -82,6 +98,7 @@ mod tests {
                 verdict: Verdict::Allowed,
             }),
             tokens: None,
+            quota: None,
         };
         let mut h = HeaderMap::new();
         limits.write(&mut h, Some(Duration::from_millis(1_001)));
@@ -94,5 +111,14 @@ mod tests {
         let mut h = HeaderMap::new();
         LimitHeaders::default().write(&mut h, None);
         assert!(h.is_empty(), "nothing known, nothing written");
+        let quota = LimitHeaders {
+            quota: Some(Duration::from_secs(3 * 3600 + 5)),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        quota.write(&mut h, None);
+        assert_eq!(h["x-should-retry"], "false");
+        assert_eq!(h["x-ratelimit-reset-quota"], "3h0m5s");
+        assert!(!h.contains_key("retry-after"));
     }
 }

@@ -1,5 +1,5 @@
-//! Stage 4 of a request: limits. Per key: request rate (GCRA), tokens per minute and requests
-//! in flight; gateway-wide: requests in flight (`Capacity`); per client address: failed
+//! Stage 4 of a request: limits. Per key: request rate (GCRA), quotas per UTC day and month
+//! (`quota`), tokens per minute and requests in flight; gateway-wide: requests in flight (`Capacity`); per client address: failed
 //! authentications (`FailedAuthGuard`). `check_rate`, `acquire_slot` and `reserve_tokens` are
 //! what the pipeline calls: they use this process's limiters, or in cluster mode the shared
 //! ones in Redis (`redis`), with its failure policy. `answer` writes what an answer reports
@@ -14,6 +14,7 @@
 pub mod answer;
 pub mod failed_auth;
 pub mod inflight;
+pub mod quota;
 pub mod rate;
 pub mod redis;
 pub mod tokens;
@@ -22,9 +23,11 @@ use crate::config::cluster::OnBackendError;
 use crate::error::GatewayError;
 use crate::keys::index::KeyRef;
 use crate::keys::state::KeyState;
+use crate::limit::answer::LimitHeaders;
 use crate::limit::rate::{RateInfo, Verdict};
 use crate::limit::redis::{Acquired, RedisBackend, SlotLease};
 use crate::limit::tokens::TokenInfo;
+use crate::time::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +80,20 @@ pub fn rate_verdict(info: &RateInfo) -> Result<(), GatewayError> {
             retry_after,
         }),
     }
+}
+
+/// Admits the request against its key's daily and monthly quotas (`quota`), at `now` of the
+/// usage clock: counts in memory, no store is asked. A refusal is 429 `insufficient_quota`,
+/// and its answer says when the quota resets (`limits`).
+pub fn check_quota(
+    key: &KeyRef,
+    now: Timestamp,
+    limits: &mut LimitHeaders,
+) -> Result<(), GatewayError> {
+    quota::check(key.quotas.as_deref(), &key.state().quota, now).map_err(|r| {
+        limits.quota = Some(r.reset_in);
+        GatewayError::InsufficientQuota(r)
+    })
 }
 
 /// The refusal a token reservation calls for, if any.

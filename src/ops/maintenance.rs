@@ -1,4 +1,5 @@
-//! The periodic task: every 10 s it saves usage (`usage_state`, when it changed), warns of keys
+//! The periodic task: every 10 s it saves usage (`usage_state`, when it changed: lifetime
+//! counters, and in file mode the hourly buckets the gateway's flusher fills every second), warns of keys
 //! about to expire (one log line per key at 7, 3 and 1 days before its expiry, so an operator
 //! hears about it before its users do), and sweeps what would otherwise only grow: the
 //! failed-auth guard's quiet addresses, histogram samples, idle upstream connections.
@@ -67,8 +68,10 @@ impl Maintenance {
                     _ = &mut stopped => break,
                 }
             }
-            // At shutdown usage is saved whatever was restored (with no keys loaded there
-            // is nothing to save).
+            // At shutdown what requests counted since the last flush goes to the usage
+            // store, then usage is saved whatever was restored (with no keys loaded there is
+            // nothing to save).
+            self.gw.flush_usage().await;
             self.save_usage().await;
         });
         Running { stop, task }

@@ -1,38 +1,66 @@
-//! Runtime state that must survive a restart but never goes in the key file: per-key usage
-//! and last-used times. Kept in memory by the request path (atomics in each key's entry) and
-//! written to `[keys] state_file` on an interval and at shutdown, atomically.
+//! Runtime state that must survive a restart but never goes in the key file: per-key lifetime
+//! usage and last-used times, and in file mode the hourly usage buckets and the quota counts
+//! of the current day and month (`usage::buckets`). Kept in memory (atomics in each key's
+//! state, the usage store) and written to `[keys] state_file` on an interval and at
+//! shutdown, atomically.
+//!
+//! Version 2 added `counters`, `hours` and `quota` beside version 1's `keys`; a version 1
+//! file reads as one without buckets. A file of a later version is refused (and so never
+//! overwritten by this one's save, which needs it read first).
 
 use crate::gateway::Gateway;
 use crate::keys::usage::UsageSnapshot;
 use crate::time::Timestamp;
+use crate::usage::buckets::Saved;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+/// The version this build writes; it reads it and every earlier one.
+const VERSION: u32 = 2;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    saved_at: Option<Timestamp>,
-    keys: HashMap<String, UsageSnapshot>,
+pub struct StateFile {
+    pub version: u32,
+    pub saved_at: Option<Timestamp>,
+    #[serde(default)]
+    pub keys: HashMap<String, UsageSnapshot>,
+    #[serde(flatten)]
+    pub usage: Saved,
 }
 
 /// Reads a state file; a missing one is empty.
-pub fn load_state(path: &Path) -> std::io::Result<HashMap<String, UsageSnapshot>> {
+pub fn load(path: &Path) -> std::io::Result<StateFile> {
     match std::fs::read(path) {
         Ok(b) => {
             let f: StateFile = serde_json::from_slice(&b).map_err(std::io::Error::other)?;
-            Ok(f.keys)
+            if f.version > VERSION {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!(
+                        "written by a later keygate (state file version {}, this one reads up to {VERSION})",
+                        f.version
+                    ),
+                ));
+            }
+            Ok(f)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(e) => Err(e),
     }
+}
+
+/// Reads a state file's lifetime usage per key; a missing file is empty.
+pub fn load_state(path: &Path) -> std::io::Result<HashMap<String, UsageSnapshot>> {
+    load(path).map(|f| f.keys)
 }
 
 /// A cheap summary of all counters: when it has not moved, there is nothing to save.
 fn fingerprint(gw: &Gateway) -> u64 {
     let live = gw.live();
-    live.keys.as_ref().map_or(0, |idx| {
+    let buckets = gw.usage.changes().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    buckets.wrapping_add(live.keys.as_ref().map_or(0, |idx| {
         idx.used().iter().fold(0u64, |acc, (_, s)| {
             let u = &s.usage;
             acc.wrapping_add(u.requests.load(std::sync::atomic::Ordering::Relaxed))
@@ -42,7 +70,7 @@ fn fingerprint(gw: &Gateway) -> u64 {
                         .load(std::sync::atomic::Ordering::Relaxed),
                 )
         })
-    })
+    }))
 }
 
 /// Writes the counters of every key that has been used, unless nothing changed since the
@@ -64,7 +92,13 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
     let Some(idx) = &live.keys else {
         return Ok(());
     };
-    let mut keys = load_state(path).unwrap_or_default();
+    // A file this version cannot read is replaced, as at start; one of a later version is not.
+    let before = match load(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Err(e),
+        Err(_) => StateFile::default(),
+    };
+    let mut keys = before.keys;
     for (id, state) in idx.used() {
         let snap = state.usage.snapshot();
         if snap != UsageSnapshot::default() {
@@ -72,9 +106,11 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
         }
     }
     let file = StateFile {
-        version: 1,
+        version: VERSION,
         saved_at: Some(Timestamp::now()),
         keys,
+        // In cluster mode the buckets are in Redis: whatever the file held stays.
+        usage: gw.usage.saved().unwrap_or(before.usage),
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -90,9 +126,10 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Adds saved counters into the loaded index (once, at start).
+/// Adds saved counters into the loaded index, and saved buckets and quota counts into the
+/// usage store (once, at start, before the first request).
 pub fn restore(gw: &Gateway, path: &Path) {
-    let saved = match load_state(path) {
+    let saved = match load(path) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "usage state file unreadable; starting from zero");
@@ -101,10 +138,14 @@ pub fn restore(gw: &Gateway, path: &Path) {
     };
     let live = gw.live();
     if let Some(idx) = &live.keys {
-        for (id, snap) in &saved {
+        for (id, snap) in &saved.keys {
             if let Some(state) = idx.state_for(id) {
                 state.usage.restore(snap);
             }
+        }
+        let skipped = gw.usage.restore(&saved.usage, idx);
+        if skipped > 0 {
+            tracing::warn!(path = %path.display(), skipped, "usage state file: entries that cannot be read were skipped");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! comes first. An upstream answer also counts what it relays (bytes, and an event stream's
 //! text, for a stream cut short) and ends with an error when its key is revoked.
 
+use crate::account::answer_model;
 use crate::account::scanner::{ContentCounter, UsageScanner};
 use crate::account::{RequestRecord, TokenUsage};
 use crate::error::GatewayError;
@@ -250,6 +251,11 @@ impl HttpBody for Body {
                     if let Some(d) = f.data_ref() {
                         if let Some(s) = scanner.as_mut() {
                             s.feed(d);
+                            if let Some(r) = this.record.as_mut() {
+                                if r.model.is_none() && r.answer_model.is_none() {
+                                    r.answer_model = answer_model::find(d);
+                                }
+                            }
                         }
                         if let Some(c) = content.as_mut() {
                             c.feed(d);

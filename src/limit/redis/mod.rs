@@ -99,9 +99,15 @@ impl RedisBackend {
         backend
     }
 
+    /// The connection, once made (shared: a clone is a handle to it). Usage (`usage::redis`)
+    /// writes and reads through it too, and skips Redis while the breaker is open.
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.load_full().map(|c| (*c).clone())
+    }
+
     /// The timeout of background calls (renewals, removals, the connection's own): longer
     /// than a check's, as they carry batches and nobody waits on them.
-    fn background_timeout(&self) -> Duration {
+    pub fn background_timeout(&self) -> Duration {
         (self.config.lease / 3)
             .min(Duration::from_secs(1))
             .max(self.config.timeout)
