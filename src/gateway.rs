@@ -76,6 +76,11 @@ pub struct Gateway {
     pub logging: OnceLock<Logging>,
     /// The gateway's own request ids.
     pub request_ids: RequestIds,
+    /// Woken whenever a new `Live` is swapped in (a key reload, a configuration reload), so
+    /// the notifier (`ops::notify`) looks at the key set at once: a revoke or a disable is
+    /// seen however it was made (the CLI, the API, a file edit). One permit is kept while
+    /// nobody waits.
+    pub swapped: tokio::sync::Notify,
     /// Serialises reloads so two never build from the same base, and holds the fingerprint
     /// of the key file the index in force was read from (see `reload_keys_if_changed`).
     reload_lock: Mutex<Option<Fingerprint>>,
@@ -105,6 +110,7 @@ impl Gateway {
             metrics,
             logging: OnceLock::new(),
             request_ids: RequestIds::default(),
+            swapped: tokio::sync::Notify::new(),
             reload_lock: Mutex::new(None),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -209,6 +215,7 @@ impl Gateway {
                     .store(crate::time::Timestamp::now().0, Ordering::Relaxed);
                 self.reloads.key_file_ok.store(true, Ordering::Release);
                 *loaded = fingerprint;
+                self.swapped.notify_one();
                 Ok(n)
             }
             Err(e) => {
@@ -278,6 +285,7 @@ impl Gateway {
             upstreams,
         }));
         self.reloads.config_reloads.fetch_add(1, Ordering::Relaxed);
+        self.swapped.notify_one();
         restart
     }
 

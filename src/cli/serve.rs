@@ -1,5 +1,5 @@
 //! Process-level wiring for `keygate serve` (and `demo`) and `keygate mock`: runtime, logging,
-//! metrics listener, file watchers, the maintenance task and signals.
+//! metrics listener, file watchers, the maintenance task, the notifier and signals.
 
 use crate::cli::config::load_config;
 use crate::cli::error::CliError;
@@ -45,6 +45,8 @@ pub async fn shutdown_signal() {
 struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     maintenance: Option<Running>,
+    /// Ends with `Background` (its ledger is saved at every change).
+    _notifier: crate::ops::notify::Notifier,
 }
 
 impl Background {
@@ -147,6 +149,7 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
     Ok(Background {
         tasks,
         maintenance: Some(maintenance),
+        _notifier: crate::ops::notify::start(Arc::clone(gw)),
     })
 }
 

@@ -1,12 +1,14 @@
 //! `gateway.toml`: the validated `Config` the rest of the program uses, read by `load` from the
 //! raw serde structs (`raw`: every field optional, unknown keys rejected with their line) and
-//! checked field by field by `validate`; `[cluster]` has its own file (`cluster`).
+//! checked field by field by `validate`; `[cluster]` and `[notify]` have their own files
+//! (`cluster`, `notify`).
 //!
 //! Keeping the two apart means a value is checked once, at load, and a reload that fails
 //! validation never replaces the running configuration.
 
 pub mod cluster;
 mod load;
+pub mod notify;
 mod raw;
 mod validate;
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub usage: UsageConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `Some` when `[notify]` names a webhook (applies on reload).
+    pub notify: Option<notify::NotifyConfig>,
 }
 
 /// `[usage]`: how long hourly usage buckets are kept (in the state file, or in Redis).

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub log: RawLog,
+    /// Absent: no notifications.
+    pub notify: Option<RawNotify>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,4 +135,15 @@ pub struct RawLog {
     pub level: Option<String>,
     pub audit_file: Option<String>,
     pub probes: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub webhook_url: Option<String>,
+    pub format: Option<String>,
+    pub expiry_days: Option<Vec<u64>>,
+    pub timeout: Option<String>,
+    pub header_env: Option<String>,
+    pub ca_file: Option<String>,
 }

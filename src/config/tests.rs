@@ -178,3 +178,87 @@ fn usage_retention_has_a_default_and_names_the_field() {
         .to_string();
     assert!(err.contains("keep"), "{err}");
 }
+
+#[test]
+fn notify_is_off_by_default_and_its_fields_are_checked_by_name() {
+    assert!(Config::parse("", None).unwrap().notify.is_none());
+    let c = Config::parse(
+        "[notify]\nwebhook_url = \"https://hooks.example.com/services/T0/B0/SECRET\"\n",
+        None,
+    )
+    .unwrap();
+    let n = c.notify.unwrap();
+    assert_eq!(n.format, notify::Format::Json);
+    assert_eq!(n.expiry_days, [1, 3, 7]);
+    assert_eq!(n.timeout, Duration::from_secs(5));
+    assert_eq!(n.url.port, 443);
+    assert_eq!(n.url.path.as_str(), "/services/T0/B0/SECRET");
+    assert!(n.tls.is_some() && n.authorization.is_none());
+    assert!(
+        !format!("{n:?}").contains("SECRET"),
+        "Debug shows no path: {n:?}"
+    );
+    std::env::set_var("KEYGATE_TEST_NOTIFY_TOKEN", "Bearer s3cret-token");
+    let c = Config::parse(
+        "[notify]\nwebhook_url = \"http://127.0.0.1:9/hook?x=1\"\nformat = \"slack\"\nexpiry_days = [14, 1, 14]\ntimeout = \"2s\"\nheader_env = \"KEYGATE_TEST_NOTIFY_TOKEN\"\n",
+        None,
+    )
+    .unwrap();
+    let n = c.notify.unwrap();
+    assert_eq!(n.format, notify::Format::Slack);
+    assert_eq!(n.expiry_days, [1, 14]);
+    assert_eq!(n.timeout, Duration::from_secs(2));
+    assert_eq!(n.url.path.as_str(), "/hook?x=1");
+    assert!(n.tls.is_none());
+    assert_eq!(n.authorization.as_ref().unwrap(), "Bearer s3cret-token");
+    assert!(!format!("{n:?}").contains("s3cret"), "{n:?}");
+    for (text, field) in [
+        ("format = \"json\"", "notify.webhook_url"),
+        ("webhook_url = \"ftp://h/x\"", "notify.webhook_url"),
+        ("webhook_url = \"redis://h:1\"", "notify.webhook_url"),
+        ("webhook_url = \"/just/a/path\"", "notify.webhook_url"),
+        ("webhook_url = \"https://u:p@h/x\"", "notify.webhook_url"),
+        (
+            "webhook_url = \"http://h/\"\nformat = \"xml\"",
+            "notify.format",
+        ),
+        (
+            "webhook_url = \"http://h/\"\nexpiry_days = [0]",
+            "notify.expiry_days",
+        ),
+        (
+            "webhook_url = \"http://h/\"\nexpiry_days = [400]",
+            "notify.expiry_days",
+        ),
+        (
+            "webhook_url = \"http://h/\"\ntimeout = \"0s\"",
+            "notify.timeout",
+        ),
+        (
+            "webhook_url = \"http://h/\"\ntimeout = \"soon\"",
+            "notify.timeout",
+        ),
+        (
+            "webhook_url = \"http://h/\"\nheader_env = \"KEYGATE_TEST_NOTIFY_UNSET\"",
+            "notify.header_env",
+        ),
+        (
+            "webhook_url = \"http://h/\"\nca_file = \"ca.pem\"",
+            "notify.ca_file",
+        ),
+        (
+            "webhook_url = \"https://h/\"\nca_file = \"/no/such/ca.pem\"",
+            "notify.ca_file",
+        ),
+    ] {
+        let err = Config::parse(&format!("[notify]\n{text}\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{text}: {err}");
+        assert!(!err.contains("u:p@"), "the URL is not repeated: {err}");
+    }
+    let err = Config::parse("[notify]\nwebhook = \"http://h/\"\n", None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("webhook"), "{err}");
+}

@@ -253,6 +253,11 @@ impl Validator<'_> {
             per_key_labels: raw.metrics.per_key_labels.unwrap_or(false),
         };
         let log = self.log(raw.log, base)?;
+        let notify = raw
+            .notify
+            .map(|n| super::notify::validate(n, base))
+            .transpose()
+            .map_err(|e| self.err(e.field, e.message))?;
 
         Ok(Config {
             source: source.map(Path::to_path_buf),
@@ -265,6 +270,7 @@ impl Validator<'_> {
             usage,
             metrics,
             log,
+            notify,
         })
     }
 

@@ -3,6 +3,9 @@
 //! `retry-after` / `retry-after-ms` on every refusal that says when to retry (the 429s, and the
 //! 503s that are over in a moment). OpenAI's names and forms, so clients' retry logic works.
 //!
+//! The header is read here too, from an answer the gateway itself got: a webhook receiver's
+//! (`read_retry_after`, for `ops::notify`).
+//!
 //! A quota refusal (429 `insufficient_quota`) is the exception: its reset can be hours away,
 //! so it carries `x-should-retry: false` (the OpenAI SDKs then do not retry) and the time
 //! to its reset in `x-ratelimit-reset-quota`, but no `retry-after`, which would have clients
@@ -73,6 +76,20 @@ impl LimitHeaders {
     }
 }
 
+/// The wait a `retry-after` in an answer the gateway got asks for: whole seconds or an HTTP
+/// date (a date in the past is no wait). `None` without one that can be read.
+pub fn read_retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// A reset time in OpenAI's form (`20ms`, `1.5s`, `6m0s`), formatted on the stack.
 fn reset_value(d: Duration) -> Option<HeaderValue> {
     use std::io::Write;
@@ -120,5 +137,30 @@ mod tests {
         assert_eq!(h["x-should-retry"], "false");
         assert_eq!(h["x-ratelimit-reset-quota"], "3h0m5s");
         assert!(!h.contains_key("retry-after"));
+    }
+
+    #[test]
+    fn a_retry_after_is_read_in_seconds_or_as_a_date() {
+        let mut h = HeaderMap::new();
+        assert_eq!(read_retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(read_retry_after(&h), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::try_from(httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = read_retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(read_retry_after(&h), Some(Duration::ZERO), "in the past");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(read_retry_after(&h), None);
     }
 }

@@ -202,6 +202,36 @@ pub fn check(
     }
 }
 
+/// One of a key's quotas used up: the next request is refused until `window` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedUp {
+    pub kind: QuotaKind,
+    pub window: Window,
+    pub limit: u64,
+    pub used: u64,
+}
+
+/// The quotas of a key with `quotas` that are used up at `now`, as `check` would find them
+/// (what this process knows: the store's total as last read, plus what is pending). Here,
+/// beside `check`, so the two cannot disagree on what "used up" means: the next request would
+/// pass a request quota, or a token quota is reached.
+pub fn used_up(quotas: &KeyQuotas, state: &QuotaState, now: Timestamp) -> Vec<UsedUp> {
+    QuotaKind::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let limit = kind.limit(quotas)?;
+            let window = kind.window(now);
+            let used = kind.of(state.used(window));
+            (used >= limit).then_some(UsedUp {
+                kind,
+                window,
+                limit,
+                used,
+            })
+        })
+        .collect()
+}
+
 /// A key's quotas as the API shows them: per set quota `{limit, used, remaining, resets_at}`,
 /// with `used` in a window as `used` says (this process's `QuotaState::used`, or a store's
 /// count for the CLI).
@@ -282,5 +312,50 @@ mod tests {
         let december = Timestamp::parse("2026-12-01T00:00:00Z").unwrap();
         assert!(check(Some(&q), &s, december).is_ok());
         assert!(v.get("tokens_per_day").is_none());
+    }
+
+    #[test]
+    fn used_up_agrees_with_check() {
+        let now = Timestamp::parse("2026-11-29T23:00:00Z").unwrap();
+        let q = KeyQuotas {
+            requests_per_day: Some(2),
+            tokens_per_month: Some(100),
+            ..Default::default()
+        };
+        let s = QuotaState::default();
+        assert!(used_up(&q, &s, now).is_empty());
+        assert!(check(Some(&q), &s, now).is_ok());
+        assert!(used_up(&q, &s, now).is_empty(), "one request of two left");
+        assert!(check(Some(&q), &s, now).is_ok());
+        let up = used_up(&q, &s, now);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].kind, QuotaKind::RequestsPerDay);
+        assert_eq!((up[0].limit, up[0].used), (2, 2));
+        assert_eq!(up[0].window, Window::Day(day_of(now)));
+        assert!(
+            check(Some(&q), &s, now).is_err(),
+            "and check refuses the next"
+        );
+        s.add_tokens(100);
+        assert_eq!(used_up(&q, &s, now).len(), 2, "tokens per month reached");
+        // Written to the store for today and this month; the next day has a fresh day.
+        s.drained(s.pending());
+        s.set_stored(Stored {
+            day: day_of(now),
+            month: month_of(now),
+            in_day: Used {
+                requests: 2,
+                tokens: 100,
+            },
+            in_month: Used {
+                requests: 2,
+                tokens: 100,
+            },
+        });
+        assert_eq!(used_up(&q, &s, now).len(), 2);
+        let tomorrow = Timestamp(now.0 + 3600);
+        let up = used_up(&q, &s, tomorrow);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].kind, QuotaKind::TokensPerMonth);
     }
 }

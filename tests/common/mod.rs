@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod raw;
 pub mod raw_upstream;
+pub mod receiver;
 pub mod redis;
 
 use bytes::Bytes;

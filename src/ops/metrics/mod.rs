@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub use names::UpstreamError;
+pub use names::{Delivery, UpstreamError};
 
 /// One finished request, as the metrics count it (`account::RequestRecord` fills it in).
 pub struct RequestSample<'a> {
@@ -91,6 +91,8 @@ pub struct Metrics {
     prompt_tokens: Counter,
     completion_tokens: Counter,
     state: StateGauges,
+    /// `keygate_notifications_total` by event (`NOTIFY_EVENTS`) and result (`Delivery`).
+    notifications: [[Counter; Delivery::ALL.len()]; NOTIFY_EVENTS.len()],
     process: metrics_process::Collector,
 }
 
@@ -175,6 +177,9 @@ impl Metrics {
             prompt_tokens: counter(TOKENS, &[("kind", "prompt")]),
             completion_tokens: counter(TOKENS, &[("kind", "completion")]),
             state,
+            notifications: NOTIFY_EVENTS.map(|e| {
+                Delivery::ALL.map(|d| counter(NOTIFICATIONS, &[("event", e), ("result", d.name())]))
+            }),
             process,
             requests,
             per_key_labels: AtomicBool::new(per_key_labels),
@@ -188,6 +193,13 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// Counts one notification outcome of `event` (one of `NOTIFY_EVENTS`).
+    pub fn notification(&self, event: &str, result: Delivery) {
+        if let Some(i) = NOTIFY_EVENTS.iter().position(|e| *e == event) {
+            self.notifications[i][result as usize].increment(1);
+        }
     }
 
     pub fn set_per_key_labels(&self, on: bool) {

@@ -29,6 +29,51 @@ pub const UPSTREAM_ERRORS: &str = "keygate_upstream_errors_total";
 pub const UPSTREAM_UP: &str = "keygate_upstream_up";
 pub const TOKENS: &str = "keygate_tokens_total";
 pub const LOG_DROPPED: &str = "keygate_log_lines_dropped_total";
+pub const NOTIFICATIONS: &str = "keygate_notifications_total";
+
+/// The `event` label of `keygate_notifications_total`: every event `ops::notify` sends.
+pub const NOTIFY_EVENTS: [&str; 4] = [
+    "key.expiring",
+    "key.revoked",
+    "key.disabled",
+    "key.quota_exhausted",
+];
+
+/// What became of one delivery attempt, or of a notification, in
+/// `keygate_notifications_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver answered 2xx.
+    Sent,
+    /// An attempt failed (network, timeout, 408, 429, 5xx) and will be retried.
+    Retry,
+    /// The receiver refused it (another 4xx, a 3xx): not retried.
+    Rejected,
+    /// Still failing a day after it was queued: dropped.
+    GaveUp,
+    /// Another replica claimed it (cluster mode) and sent it or is sending it.
+    Elsewhere,
+}
+
+impl Delivery {
+    pub const ALL: [Delivery; 5] = [
+        Delivery::Sent,
+        Delivery::Retry,
+        Delivery::Rejected,
+        Delivery::GaveUp,
+        Delivery::Elsewhere,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Retry => "retry",
+            Delivery::Rejected => "rejected",
+            Delivery::GaveUp => "gave_up",
+            Delivery::Elsewhere => "elsewhere",
+        }
+    }
+}
 
 /// The `route` label: `-` for a request that matched no route (probes, console, refusals
 /// before routing), else the route's scope.
@@ -152,7 +197,7 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
 
 /// `# HELP` for every series the gateway exports.
 pub fn describe(r: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 7] = [
+    let counters: [(&'static str, &'static str); 8] = [
         (REQUESTS, "Requests answered, by route, status class and error code (empty for none)."),
         (RATE_LIMITED, "Requests refused with 429, by error code."),
         (UPSTREAM_ERRORS, "Upstream failures, by upstream and kind: unreachable, no answer in time, a 5xx answer, a stream that broke off or stalled."),
@@ -160,6 +205,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_reloads_total", "Key-file reloads, by result."),
         ("keygate_config_reloads_total", "gateway.toml reloads, by result."),
         (LOG_DROPPED, "Access-log lines dropped because the log writer could not keep up (audit and other lines are never dropped)."),
+        (NOTIFICATIONS, "Webhook notifications ([notify]), by event and result: sent, retry (an attempt failed; retried), rejected (a 4xx; not retried), gave_up (failing for a day), elsewhere (another replica sends it)."),
     ];
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
