@@ -91,6 +91,15 @@
 //! | `ops/health.rs` | running the upstreams' health checks |
 //! | `ops/probes.rs` | `/healthz`, `/readyz`, the console's files |
 //! | `ops/maintenance.rs` | the 10 s task: usage saved, expiry warnings, sweeps |
+//! | `ops/notify/mod.rs` | webhook notifications (`[notify]`): `start`, the `Notifier` |
+//! | `ops/notify/event.rs` | the events, found in the key set (`detect`), and what a notification says |
+//! | `ops/notify/watcher.rs` | the task that looks at the key set (at each swap, every 10 s) and queues what is new |
+//! | `ops/notify/deliverer.rs` | the task that posts the queue: retries, backoff, giving up |
+//! | `ops/notify/webhook.rs` | one attempt: a `POST` over hyper and rustls, and what its answer means |
+//! | `ops/notify/payload.rs` | the JSON and Slack bodies |
+//! | `ops/notify/ledger.rs` | sent and waiting notifications, in `<state_file>.notify` |
+//! | `ops/notify/claim.rs` | cluster mode: one replica sends each notification (claims in Redis, `claim.lua`, `settle.lua`) |
+//! | `ops/notify/shared.rs` | what the two tasks share |
 //! | `ops/usage_state.rs` | the usage state file (lifetime usage; in file mode buckets and quota counts) |
 //! | `cli/mod.rs` | the command line (clap) and its dispatch |
 //! | `cli/args.rs` | flags that need more than clap's derive |
@@ -108,6 +117,7 @@
 //! | `config/load.rs` | reading `gateway.toml` |
 //! | `config/validate.rs` | raw to validated, field by field |
 //! | `config/cluster.rs` | `[cluster]` and the Redis client it describes |
+//! | `config/notify.rs` | `[notify]`: the webhook, validated |
 //! | `config/tests.rs` | unit tests of parsing and validation |
 //! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |
 //! | `time.rs` | timestamps, human durations, OpenAI's reset form |

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 /// The time usage windows are computed from: the system's, moved forward by `advance`, so a
 /// test crosses an hour, a day or a month without waiting for it. Belongs to the gateway
-/// (`usage::Usage`); nothing else reads it.
+/// (`usage::Usage`); the notifier finds events at its time too (`ops::notify`), so a test moves
+/// a key past an expiry threshold the same way.
 #[derive(Debug, Default)]
 pub struct Clock {
     ahead: AtomicU64,

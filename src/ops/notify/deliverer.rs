@@ -66,7 +66,10 @@ impl Shared {
             // Still this replica's? (Its lease may have ended while it was down.) Without an
             // answer it is sent: it was claimed.
             let replica = self.ledger.replica();
-            if let Ok(answer) = claims.claim(backend, std::slice::from_ref(&id), &replica).await {
+            if let Ok(answer) = claims
+                .claim(backend, std::slice::from_ref(&id), &replica)
+                .await
+            {
                 if answer.first() != Some(&Claim::Mine) {
                     if self.drop_taken_over(&id) {
                         self.ledger.save().await;
