@@ -27,17 +27,49 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF)
 }
 
+/// The receiver's backoff. A failure is the receiver's, not one notification's: after one,
+/// nothing is tried before the gate opens, and failures in a row double the wait whatever
+/// notification they were of, so a receiver that is down sees one attempt per wait however
+/// long the queue. Its first answer (taken or refused) opens the gate and makes the whole
+/// queue due.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Unix ms before which nothing is tried.
+    until: u64,
+    /// Failures in a row.
+    streak: u32,
+}
+
+impl Gate {
+    /// A failed attempt at a notification that had failed `attempts` times before (after a
+    /// restart, its count carries the streak on): the wait, and when it ends.
+    fn failed(&mut self, attempts: u32, asked: Option<Duration>, now: u64) -> (Duration, u64) {
+        self.streak = self.streak.max(attempts).saturating_add(1);
+        let wait = asked
+            .map(|d| d.clamp(Duration::from_secs(1), LONGEST_WAIT_ASKED))
+            .unwrap_or_else(|| backoff(self.streak));
+        self.until = now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        (wait, self.until)
+    }
+
+    /// The receiver answered: whether it had been failing.
+    fn answered(&mut self) -> bool {
+        let was = self.streak > 0;
+        *self = Gate::default();
+        was
+    }
+}
+
 /// The deliverer: the earliest due notification, when it is due.
 pub(super) async fn deliver(shared: Arc<Shared>) {
-    // After a failure nothing is tried before this (Unix ms): the receiver is what fails.
-    let mut gate = 0u64;
+    let mut gate = Gate::default();
     loop {
         let config = shared.gw.config();
         let (Some(cfg), Some(next)) = (config.notify.as_ref(), shared.ledger.next()) else {
             shared.wake_deliverer.notified().await;
             continue;
         };
-        let due = next.next_ms.max(gate);
+        let due = next.next_ms.max(gate.until);
         let now = now_ms();
         if due > now {
             tokio::select! {
@@ -52,7 +84,7 @@ pub(super) async fn deliver(shared: Arc<Shared>) {
 
 impl Shared {
     /// One attempt at `p`, settled or rescheduled.
-    async fn attempt(&self, cfg: &NotifyConfig, p: Pending, gate: &mut u64) {
+    async fn attempt(&self, cfg: &NotifyConfig, p: Pending, gate: &mut Gate) {
         let id = p.event.id.clone();
         let event = p.event.event.name();
         let now = now_ms();
@@ -81,7 +113,9 @@ impl Shared {
         let body = payload::body(&p.event, cfg.format, self.host.as_deref());
         match webhook::post(cfg, body).await {
             Outcome::Delivered => {
-                *gate = 0;
+                if gate.answered() {
+                    self.ledger.all_due(now);
+                }
                 if self.delivery_failures.succeeded() {
                     tracing::info!(receiver = %cfg.url.shown(), "notifications are delivered again");
                 }
@@ -89,6 +123,9 @@ impl Shared {
                 self.settle(&id, Settled::Sent, Delivery::Sent).await;
             }
             Outcome::Refused(status) => {
+                if gate.answered() {
+                    self.ledger.all_due(now);
+                }
                 tracing::warn!(event, key_id = %p.event.key.id, status = status.as_u16(), receiver = %cfg.url.shown(), "the webhook refused a notification; not retried");
                 self.settle(&id, Settled::Rejected, Delivery::Rejected)
                     .await;
@@ -98,12 +135,8 @@ impl Shared {
                 retry_after,
             } => {
                 let attempts = p.attempts + 1;
-                let wait = retry_after
-                    .map(|d| d.clamp(Duration::from_secs(1), LONGEST_WAIT_ASKED))
-                    .unwrap_or_else(|| backoff(attempts));
-                let next = now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                let (wait, next) = gate.failed(p.attempts, retry_after, now);
                 self.ledger.retry_at(&id, next);
-                *gate = next;
                 self.gw.metrics.notification(event, Delivery::Retry);
                 if self.delivery_failures.failed(&reason) {
                     tracing::warn!(event, key_id = %p.event.key.id, attempts, error = %reason, retry_in = %humantime::format_duration(wait), "notification not delivered; retried with backoff for a day (logged once per reason)");
@@ -138,6 +171,25 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_backs_off_for_the_receiver_not_per_notification() {
+        let mut g = Gate::default();
+        let s = Duration::from_secs;
+        assert_eq!(g.failed(0, None, 1_000), (s(1), 2_000));
+        // Another notification fails next: the streak goes on.
+        assert_eq!(g.failed(0, None, 2_000), (s(2), 4_000));
+        assert_eq!(g.failed(1, None, 4_000), (s(4), 8_000));
+        // The receiver's word wins (within 1 s and an hour).
+        assert_eq!(g.failed(0, Some(s(30)), 8_000), (s(30), 38_000));
+        assert_eq!(g.failed(0, Some(s(0)), 38_000).0, s(1));
+        assert_eq!(g.failed(0, Some(s(86_400)), 39_000).0, LONGEST_WAIT_ASKED);
+        assert!(g.answered(), "it had been failing");
+        assert_eq!((g.until, g.streak), (0, 0));
+        assert!(!g.answered());
+        // After a restart a notification's own count carries the streak on.
+        assert_eq!(g.failed(9, None, 0).0, MAX_BACKOFF);
+    }
 
     #[test]
     fn backoff_doubles_from_a_second_to_five_minutes() {

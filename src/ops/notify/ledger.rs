@@ -203,6 +203,13 @@ impl Ledger {
         }
     }
 
+    /// Makes everything waiting due by `now_ms` (the receiver answers again).
+    pub fn all_due(&self, now_ms: u64) {
+        for p in self.lock().pending.values_mut() {
+            p.next_ms = p.next_ms.min(now_ms);
+        }
+    }
+
     pub fn pending_ids(&self) -> Vec<String> {
         self.lock().pending.keys().cloned().collect()
     }
