@@ -803,8 +803,12 @@ async fn a_notification_still_failing_a_day_after_it_was_queued_is_given_up() {
         "pending": {old.clone(): old_entry, fresh.clone(): fresh_entry},
     });
     std::fs::write(ledger_of(&g), ledger.to_string()).unwrap();
-    // [notify] switched on by a reload: what the ledger holds is taken up.
+    // [notify] switched on by a reload: what the ledger holds is taken up. (The test runs on
+    // one thread: yielding lets the notifier's tasks start, and find no `[notify]`, first.)
     let _n = keygate::ops::notify::start(Arc::clone(&g.gw));
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
     let mut cfg = keygate::config::Config::load(&g.config_path).unwrap();
     assert!(cfg.notify.is_none());
     cfg.notify = keygate::config::Config::parse(&notify_section(&r, ""), None)
