@@ -64,8 +64,13 @@
 //! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes |
-//! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
-//! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |
+//! | `keys/index/mod.rs` | `KeyIndex`: SHA-256 → key for a million keys, a base and an overlay of changes; `apply`, `compact` (`tests.rs`, `overlay_tests.rs`: its unit and property tests) |
+//! | `keys/index/base.rs` | the base: sorted arrays built in one streaming pass; record digests |
+//! | `keys/index/overlay.rs` | the overlay: changed keys in persistent maps; `KeyChange` |
+//! | `keys/index/compact.rs` | a base with its overlay folded in, by linear merges |
+//! | `keys/index/reload.rs` | a key-file reload that applies only the records that changed |
+//! | `keys/entry.rs` | `KeyEntry`: a key as the request path and the key list see it, compact |
+//! | `keys/view.rs` | `KeyView`: a key's public JSON, from a record or an index entry |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
 //! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |

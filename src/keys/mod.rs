@@ -14,3 +14,4 @@ pub mod state;
 pub mod store;
 pub mod token;
 pub mod usage;
+pub mod view;
