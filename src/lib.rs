@@ -73,7 +73,9 @@
 //! | `keys/view.rs` | `KeyView`: a key's public JSON, from a record or an index entry |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
 //! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |
+//! | `keys/list.rs` | key lists: the filters the API and the CLI share, a page in one pass with a bounded heap |
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
+//! | `admin/list.rs` | `GET /v1/api-keys` (paged, filtered, sorted) and `GET /v1/api-keys/{id}`, from the index |
 //! | `admin/console.rs` | the web console's files, embedded |
 //! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once; `RequestSample` |
 //! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
@@ -88,7 +90,8 @@
 //! | `cli/args.rs` | flags that need more than clap's derive |
 //! | `cli/config.rs` | which configuration a command reads |
 //! | `cli/error.rs` | `CliError` and the exit status |
-//! | `cli/keys.rs` | `keys create/list/show/rotate/revoke` |
+//! | `cli/keys.rs` | `keys create/show/rotate/revoke` |
+//! | `cli/list.rs` | `keys list`: filtered, printed as the file is read |
 //! | `cli/check.rs` | `check` |
 //! | `cli/serve.rs` | `serve`'s process wiring (watchers, metrics listener, maintenance, signals), `mock` |
 //! | `cli/demo.rs` | `demo` |

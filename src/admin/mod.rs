@@ -6,6 +6,7 @@
 //! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
 
 pub mod console;
+pub mod list;
 
 use crate::account::RequestRecord;
 use crate::error::GatewayError;
@@ -131,14 +132,6 @@ async fn write<T: Send + 'static>(
     .map_err(|e| GatewayError::Internal(e.to_string()))?
 }
 
-async fn read_file(gw: &Arc<Gateway>) -> Result<KeyFile, GatewayError> {
-    let store = gw.store();
-    tokio::task::spawn_blocking(move || store.load())
-        .await
-        .map_err(|e| GatewayError::Internal(e.to_string()))?
-        .map_err(GatewayError::from)
-}
-
 pub async fn handle(
     gw: &Arc<Gateway>,
     live: &Live,
@@ -208,26 +201,8 @@ pub async fn handle(
             v["key"] = token.plaintext.into();
             Ok(no_store(json(StatusCode::CREATED, &v)))
         }
-        (&Method::GET, []) => {
-            let file = read_file(gw).await?;
-            let data: Vec<_> = file
-                .keys
-                .iter()
-                .map(|k| k.view(&prefix, now, usage_of(live, &k.id).as_ref()))
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"object": "list", "data": data}),
-            ))
-        }
-        (&Method::GET, [id]) => {
-            let file = read_file(gw).await?;
-            let rec = file.get(id)?;
-            let usage = usage_of(live, id).unwrap_or_default();
-            let mut v = rec.view(&prefix, now, Some(&usage));
-            v["usage"] = serde_json::to_value(usage).unwrap_or_default();
-            Ok(json(StatusCode::OK, &v))
-        }
+        (&Method::GET, []) => list::list(live, req.uri().query(), now),
+        (&Method::GET, [id]) => list::show(live, id, now),
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req.into_body(), false, record).await?;
             let (id, p) = (id.to_string(), prefix.clone());

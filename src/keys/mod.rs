@@ -7,6 +7,7 @@ pub mod entry;
 pub mod error;
 pub mod file;
 pub mod index;
+pub mod list;
 pub mod models;
 pub mod record;
 pub mod scope;

@@ -207,6 +207,23 @@ impl KeyIndex {
         }
     }
 
+    /// When the key was last used (`usage`'s `last_used_at`), cheaper: one load.
+    pub fn last_used(&self, entry: &KeyEntry) -> Option<Timestamp> {
+        let at = match entry.state.get() {
+            Some(state) => state
+                .usage
+                .last_used
+                .load(std::sync::atomic::Ordering::Relaxed),
+            None => self
+                .states
+                .get(&entry.id)?
+                .usage
+                .last_used
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        (at > 0).then_some(Timestamp(at))
+    }
+
     /// Every key that has runtime state (has been used since start or restore).
     pub fn used(&self) -> Vec<(KeyId, Arc<KeyState>)> {
         self.states
