@@ -70,6 +70,7 @@
 //! | `keys/index/compact.rs` | a base with its overlay folded in, by linear merges |
 //! | `keys/index/reload.rs` | a key-file reload that applies only the records that changed |
 //! | `keys/entry.rs` | `KeyEntry`: a key as the request path and the key list see it, compact |
+//! | `keys/extra.rs` | `KeyExtra`: what only some keys have, packed in one allocation, equal ones shared |
 //! | `keys/view.rs` | `KeyView`: a key's public JSON, from a record or an index entry |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
 //! | `keys/usage.rs` | `KeyUsage` counters, `UsageSnapshot`, `Tokens` |

@@ -3,6 +3,7 @@
 //! when the index is built.
 
 use crate::config::LimitDefaults;
+use crate::keys::extra::{self, KeyExtra};
 use crate::keys::models;
 use crate::keys::record::{KeyLimits, KeyQuotas, KeyRecord, Status};
 use crate::keys::scope::Scopes;
@@ -110,9 +111,9 @@ impl std::fmt::Debug for KeyName {
 }
 
 /// One key as the request path needs it, and as the key list shows it: what every key has
-/// is inline, what only some keys have (a description, labels, model patterns, edit and
-/// rotation times, secrets in their grace period) is one shared allocation, present only
-/// when there is something in it.
+/// is inline, what only some keys have (`KeyExtra`: a description, labels, model patterns,
+/// edit and rotation times, secrets in their grace period) is one shared allocation, present
+/// only when there is something in it.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub id: KeyId,
@@ -138,20 +139,6 @@ pub struct KeyEntry {
     overrides: u8,
     pub extra: Option<Arc<KeyExtra>>,
     pub(crate) state: OnceLock<Arc<KeyState>>,
-}
-
-/// What only some keys have; `KeyEntry::extra` is `None` when all of it is empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyExtra {
-    pub description: Option<Box<str>>,
-    /// Labels, sorted by name.
-    pub metadata: Box<[(Box<str>, Box<str>)]>,
-    /// The model allowlist as written.
-    pub models: Box<[Box<str>]>,
-    pub rotated_at: Option<Timestamp>,
-    pub updated_at: Option<Timestamp>,
-    /// Secrets replaced by rotation: last four characters and end of grace.
-    pub retired: Box<[([u8; 4], Timestamp)]>,
 }
 
 const OVERRIDES_RPM: u8 = 1;
@@ -203,9 +190,7 @@ impl KeyEntry {
 
     /// The value of label `name`, if the key has it.
     pub fn label(&self, name: &str) -> Option<&str> {
-        let labels = &self.extra.as_ref()?.metadata;
-        let i = labels.binary_search_by(|(k, _)| (**k).cmp(name)).ok()?;
-        Some(&labels[i].1)
+        self.extra.as_ref()?.label(name)
     }
 }
 
@@ -232,23 +217,6 @@ pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
     .iter()
     .filter(|(set, _)| *set)
     .fold(0, |acc, (_, flag)| acc | flag);
-    let last4 = |s: &str| <[u8; 4]>::try_from(s.as_bytes()).unwrap_or(*b"????");
-    let extra = KeyExtra {
-        description: rec.description.as_deref().map(Box::from),
-        metadata: rec
-            .metadata
-            .iter()
-            .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
-            .collect(),
-        models: rec.models.iter().map(|m| Box::from(m.as_str())).collect(),
-        rotated_at: rec.rotated_at,
-        updated_at: rec.updated_at,
-        retired: rec
-            .previous
-            .iter()
-            .map(|p| (last4(&p.last4), p.valid_until))
-            .collect(),
-    };
     KeyEntry {
         id: KeyId::new(&rec.id).unwrap_or(KeyId([b'?'; 20])),
         scopes: rec.scopes(),
@@ -268,9 +236,9 @@ pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
             .or(limits.tokens_per_minute)
             .unwrap_or(0),
         created_at: rec.created_at,
-        last4: last4(&rec.last4),
+        last4: extra::last4(&rec.last4),
         overrides,
-        extra: (extra != KeyExtra::default()).then(|| Arc::new(extra)),
+        extra: KeyExtra::new(rec).map(Arc::new),
         state: OnceLock::new(),
     }
 }

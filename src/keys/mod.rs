@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod entry;
 pub mod error;
+pub mod extra;
 pub mod file;
 pub mod index;
 pub mod list;

@@ -71,25 +71,18 @@ impl<'a> KeyView<'a> {
             name: e.name.as_str(),
             last4: e.last4(),
             scopes: e.scopes,
-            models: extra.map_or_else(Vec::new, |x| x.models.iter().map(|m| &**m).collect()),
+            models: extra.map_or_else(Vec::new, |x| x.models().collect()),
             created_at: e.created_at,
             expires_at: e.expires_at,
             revoked_at: e.revoked_at,
-            rotated_at: extra.and_then(|x| x.rotated_at),
+            rotated_at: extra.and_then(|x| x.rotated_at()),
             disabled_at: e.disabled_at,
-            updated_at: extra.and_then(|x| x.updated_at),
+            updated_at: extra.and_then(|x| x.updated_at()),
             limits: e.own_limits(),
             quotas: e.quotas.as_deref().copied().unwrap_or_default(),
-            description: extra.and_then(|x| x.description.as_deref()),
-            metadata: extra.map_or_else(Vec::new, |x| {
-                x.metadata.iter().map(|(k, v)| (&**k, &**v)).collect()
-            }),
-            retired: extra.map_or_else(Vec::new, |x| {
-                x.retired
-                    .iter()
-                    .map(|(l, t)| (std::str::from_utf8(l).unwrap_or("????"), *t))
-                    .collect()
-            }),
+            description: extra.and_then(|x| x.description()),
+            metadata: extra.map_or_else(Vec::new, |x| x.labels().collect()),
+            retired: extra.map_or_else(Vec::new, |x| x.retired().collect()),
         }
     }
 

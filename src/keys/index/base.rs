@@ -4,6 +4,7 @@
 
 use crate::config::LimitDefaults;
 use crate::keys::entry::{entry, KeyEntry, KeyId, Secret};
+use crate::keys::extra::Interner;
 use crate::keys::file::{Secrets, Uniqueness};
 use crate::keys::record::KeyRecord;
 use crate::keys::token::KeyHash;
@@ -108,6 +109,7 @@ impl Base {
     }
 
     /// The key a secret belongs to, and which of its secrets it is.
+    #[inline]
     pub(super) fn find(&self, hash: &KeyHash) -> Option<(u32, Secret)> {
         let b = bucket(hash, self.dir_bits);
         let current = (|| {
@@ -150,6 +152,7 @@ pub(super) struct Builder<'a> {
     unique: Uniqueness,
     entries: Vec<KeyEntry>,
     digests: Vec<u64>,
+    extras: Interner,
 }
 
 impl<'a> Builder<'a> {
@@ -159,6 +162,7 @@ impl<'a> Builder<'a> {
             unique: Uniqueness::with_capacity(capacity),
             entries: Vec::with_capacity(capacity),
             digests: Vec::with_capacity(capacity),
+            extras: Interner::default(),
         }
     }
 
@@ -168,7 +172,9 @@ impl<'a> Builder<'a> {
         }
         let pos = self.entries.len() as u32;
         self.unique.add(pos, rec);
-        self.entries.push(entry(rec, self.limits));
+        let mut e = entry(rec, self.limits);
+        e.extra = e.extra.map(|x| self.extras.share(x));
+        self.entries.push(e);
         self.digests.push(digest(rec));
     }
 

@@ -113,6 +113,10 @@ pub(super) struct Overlay {
     pub(super) by_hash: imbl::OrdMap<KeyHash, (u32, Secret)>,
     /// Base positions whose key the overlay replaces or removes.
     shadowed: imbl::OrdSet<u32>,
+    /// Filters in front of `by_hash` and `shadowed`, so that a lookup of a key the overlay
+    /// does not hold — nearly every lookup — costs one bit each, not a tree descent.
+    hash_filter: Filter,
+    shadow_filter: Filter,
     /// Keys present that the base lacks; keys of the base removed.
     pub(super) added: usize,
     removed: usize,
@@ -135,9 +139,10 @@ impl Overlay {
 
     /// The version and secret `hash` is, the final comparison in constant time (see
     /// `ct_position`).
+    #[inline]
     pub(super) fn find(&self, hash: &KeyHash) -> Option<(u32, Secret)> {
         use subtle::ConstantTimeEq;
-        if self.by_hash.is_empty() {
+        if !self.hash_filter.may_hold(hash_bits(hash)) {
             return None;
         }
         let (candidate, found) = self.by_hash.get_next(hash)?;
@@ -149,8 +154,9 @@ impl Overlay {
         self.shadowed.iter().copied()
     }
 
+    #[inline]
     pub(super) fn shadows(&self, base_pos: u32) -> bool {
-        !self.shadowed.is_empty() && self.shadowed.contains(&base_pos)
+        self.shadow_filter.may_hold(base_pos) && self.shadowed.contains(&base_pos)
     }
 
     /// Where the key at base position `pos` (with id `id`) is now.
@@ -174,6 +180,7 @@ impl Overlay {
     ) -> Result<Overlay, ApplyError> {
         let mut next = self.clone();
         let mut ids = ahash::AHashSet::with_capacity(changes.len());
+        let (mut new_hashes, mut new_shadowed) = (Vec::new(), Vec::new());
         let mut in_base = Vec::with_capacity(changes.len());
         // Take every old version out first, so that a secret may move between keys
         // changed together, as it may between two versions of a file.
@@ -189,9 +196,11 @@ impl Overlay {
             let base_pos = base.position(id);
             if let Some(p) = base_pos {
                 next.shadowed.insert(p);
+                new_shadowed.push(p);
             }
             in_base.push(base_pos.is_some());
         }
+        next.shadow_filter = next.shadow_filter.with(&new_shadowed);
         for ((id, change), in_base) in changes.into_iter().zip(in_base) {
             let old = next.by_id.get(&id).copied();
             let slot = match change {
@@ -215,6 +224,7 @@ impl Overlay {
                             return Err(ApplyError::DuplicateSecret(id));
                         }
                         next.by_hash.insert(h, (pos, secret));
+                        new_hashes.push(hash_bits(&h));
                     }
                     next.entries.push_back(version);
                     Slot::Present { pos, in_base }
@@ -231,6 +241,7 @@ impl Overlay {
             }
             next.by_id.insert(id, slot);
         }
+        next.hash_filter = next.hash_filter.with(&new_hashes);
         Ok(next)
     }
 
@@ -249,4 +260,47 @@ impl Overlay {
             })
             .collect()
     }
+}
+
+/// A one-hash Bloom filter of 2^18 bits (32 KiB), copied when something is added — one copy a
+/// set of changes, a few microseconds — and never cleared: a removed member stays a false
+/// positive until compaction starts a new overlay. With the overlay at its largest (16384
+/// keys) about 6% of lookups of other keys pass it and search the tree.
+#[derive(Debug, Clone, Default)]
+struct Filter(Option<Arc<[u64]>>);
+
+const FILTER_WORDS: usize = (1 << 18) / 64;
+
+impl Filter {
+    #[inline]
+    fn may_hold(&self, x: u32) -> bool {
+        let Some(words) = &self.0 else { return false };
+        let bit = x as usize % (FILTER_WORDS * 64);
+        words
+            .get(bit / 64)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    fn with(&self, xs: &[u32]) -> Filter {
+        if xs.is_empty() {
+            return self.clone();
+        }
+        let mut words = match &self.0 {
+            Some(w) => w.to_vec(),
+            None => vec![0u64; FILTER_WORDS],
+        };
+        for x in xs {
+            let bit = *x as usize % (FILTER_WORDS * 64);
+            if let Some(w) = words.get_mut(bit / 64) {
+                *w |= 1 << (bit % 64);
+            }
+        }
+        Filter(Some(words.into()))
+    }
+}
+
+/// The bits of a hash the filter uses: its last four bytes (the base's directory uses the
+/// first ones; a SHA-256 is uniform in each).
+fn hash_bits(hash: &KeyHash) -> u32 {
+    u32::from_le_bytes([hash[28], hash[29], hash[30], hash[31]])
 }
