@@ -102,6 +102,22 @@ async function api(method, path, body, key = sessionStorage.getItem(STORE)) {
   return data;
 }
 
+// The key list pages (100 keys a page, newest first): the console reads up to CONSOLE_KEYS of
+// them, revoked ones included, and says when there are more.
+const CONSOLE_KEYS = 1000;
+let truncated = false;
+async function listKeys(key) {
+  const out = [];
+  let after = '';
+  for (;;) {
+    const page = await api('GET', `/v1/api-keys?limit=100&status=all${after}`, undefined, key);
+    out.push(...page.data);
+    truncated = page.has_more && out.length >= CONSOLE_KEYS;
+    if (!page.has_more || truncated) return out;
+    after = `&after=${encodeURIComponent(page.last_id)}`;
+  }
+}
+
 // A refused admin key (revoked, rotated away, scope removed) ends the session.
 function failed(err, el) {
   if (err.status === 401) {
@@ -150,10 +166,10 @@ async function signIn(e) {
   const btn = e.submitter || input.form.querySelector('[type=submit]');
   btn.disabled = true;
   try {
-    const list = await api('GET', '/v1/api-keys', undefined, key);
+    const list = await listKeys(key);
     sessionStorage.setItem(STORE, key);
     input.value = '';
-    enter(list.data);
+    enter(list);
   } catch (x) {
     show(err, x.status ? `Sign-in refused: ${x.message}` : x.message);
     input.focus();
@@ -201,7 +217,7 @@ $('signout').addEventListener('click', () => signOut());
 async function load() {
   show($('keys-status'), 'Loading…');
   try {
-    keys = (await api('GET', '/v1/api-keys')).data;
+    keys = await listKeys();
     show($('keys-error'), '');
     render();
   } catch (err) {
@@ -237,7 +253,7 @@ function render() {
   if (focused && rowButton(focused.dataset.id)) rowButton(focused.dataset.id).focus();
   const active = keys.filter((k) => k.status === 'active').length;
   show($('keys-status'), !keys.length ? 'No keys yet.' : !shown.length ? `No key's name contains “${q}”.`
-    : `${shown.length} of ${keys.length} keys shown, ${active} active. Updated ${new Date().toLocaleTimeString()}.`);
+    : `${shown.length} of ${keys.length}${truncated ? ' newest' : ''} keys shown, ${active} active. Updated ${new Date().toLocaleTimeString()}.`);
 }
 
 function rowButton(id) {

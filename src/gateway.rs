@@ -5,12 +5,17 @@
 //! once and sees a consistent whole.
 //!
 //! Reloads build the next `Live` off the request path and swap it in; one that fails leaves
-//! the current value serving and is logged and counted.
+//! the current value serving and is logged and counted. A key change is applied to the index
+//! in force rather than rebuilding it, and the index's overlay is compacted on a thread of
+//! its own. It is one cohesive thing, longer than most files: the reloadable state and every
+//! way it changes — a key reload, changes applied, a compaction, a config reload — under one
+//! lock.
 
 use crate::config::Config;
 use crate::error::NotReady;
 use crate::keys::error::StoreError;
-use crate::keys::index::KeyIndex;
+use crate::keys::index::reload::Reloaded;
+use crate::keys::index::{ApplyError, KeyChange, KeyIndex};
 use crate::keys::store::KeyStore;
 use crate::limit::failed_auth::FailedAuthGuard;
 use crate::limit::inflight::Capacity;
@@ -56,6 +61,13 @@ pub struct ReloadStats {
     /// Whether the last attempt to load the key file succeeded. While it is false the keys
     /// in force may be stale (a revoke not applied): `keygate_key_file_healthy`.
     pub key_file_ok: AtomicBool,
+    /// Key indexes built from scratch: `keygate_key_index_rebuilds_total`.
+    pub index_rebuilds: AtomicU64,
+    /// Keys changed, added or removed by applying only them to the index in force:
+    /// `keygate_key_index_changes_applied_total`.
+    pub index_changes_applied: AtomicU64,
+    /// Overlays folded into a new base: `keygate_key_index_compactions_total`.
+    pub index_compactions: AtomicU64,
 }
 
 pub struct Gateway {
@@ -84,6 +96,10 @@ pub struct Gateway {
     /// Serialises reloads so two never build from the same base, and holds the fingerprint
     /// of the key file the index in force was read from (see `reload_keys_if_changed`).
     reload_lock: Mutex<Option<Fingerprint>>,
+    /// Set while a compaction of the key index runs (at most one at a time).
+    compacting: AtomicBool,
+    /// This gateway, for the compaction thread to hold.
+    me: Weak<Gateway>,
 }
 
 impl Gateway {
@@ -95,7 +111,7 @@ impl Gateway {
         let capacity = Capacity::new(config.server.max_in_flight);
         let redis = config.cluster.clone().map(RedisBackend::start);
         let usage = Usage::new(redis.as_ref());
-        let gw = Arc::new(Gateway {
+        let gw = Arc::new_cyclic(|me| Gateway {
             redis,
             usage,
             live: ArcSwap::from_pointee(Live {
@@ -112,6 +128,8 @@ impl Gateway {
             request_ids: RequestIds::default(),
             swapped: tokio::sync::Notify::new(),
             reload_lock: Mutex::new(None),
+            compacting: AtomicBool::new(false),
+            me: me.clone(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(flush_usage_every_second(Arc::downgrade(&gw)));
@@ -196,19 +214,17 @@ impl Gateway {
         let cur = self.live.load_full();
         // Taken before the read: a change during it makes the next look differ.
         let fingerprint = Fingerprint::of(&cur.config.keys.file);
-        let result = load_index(
-            &cur.config.keys.file,
-            &cur.config.limits,
-            cur.keys.as_deref(),
-        );
+        let store = KeyStore::new(cur.config.keys.file.clone());
+        let result = store
+            .read_text()
+            .and_then(|text| text.ok_or_else(|| store.not_found()))
+            .and_then(|text| {
+                KeyIndex::reload(store.path(), &text, &cur.config.limits, cur.keys.as_deref())
+            });
         match result {
-            Ok(index) => {
+            Ok((index, how)) => {
                 let n = index.len();
-                self.live.store(Arc::new(Live {
-                    config: Arc::clone(&cur.config),
-                    keys: Some(Arc::new(index)),
-                    upstreams: Arc::clone(&cur.upstreams),
-                }));
+                self.publish(&cur, index, how);
                 self.reloads.key_reloads.fetch_add(1, Ordering::Relaxed);
                 self.reloads
                     .last_key_reload
@@ -225,6 +241,115 @@ impl Gateway {
                 self.reloads.key_file_ok.store(false, Ordering::Release);
                 Err(e)
             }
+        }
+    }
+
+    /// Swaps in `index`, made from `cur`'s as `how` says, and starts a compaction if its
+    /// overlay has grown enough. Call with `reload_lock` held.
+    fn publish(&self, cur: &Live, index: KeyIndex, how: Reloaded) {
+        match how {
+            Reloaded::Rebuilt => {
+                self.reloads.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+            }
+            Reloaded::Applied { changes } => {
+                self.reloads
+                    .index_changes_applied
+                    .fetch_add(changes as u64, Ordering::Relaxed);
+            }
+            Reloaded::Unchanged => return,
+        }
+        let compact = index.wants_compaction();
+        self.live.store(Arc::new(Live {
+            config: Arc::clone(&cur.config),
+            keys: Some(Arc::new(index)),
+            upstreams: Arc::clone(&cur.upstreams),
+        }));
+        if compact {
+            self.start_compaction();
+        }
+    }
+
+    /// Applies `changes` to the key index in force at once — O(changes × log n), whatever
+    /// the number of keys; what a shared key store calls for each change it learns of. All
+    /// or nothing: on `Err` the index in force is unchanged. Returns the number of keys.
+    pub fn apply_key_changes(&self, changes: Vec<KeyChange>) -> Result<usize, ApplyError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.live.load_full();
+        let n = changes.len();
+        let empty;
+        let index = match cur.keys.as_deref() {
+            Some(index) => index,
+            None => {
+                empty = KeyIndex::empty(&cur.config.limits);
+                &empty
+            }
+        };
+        let next = index.apply(changes)?;
+        let len = next.len();
+        self.publish(&cur, next, Reloaded::Applied { changes: n });
+        self.swapped.notify_one();
+        Ok(len)
+    }
+
+    /// Folds the overlay of the index in force into a new base on a thread of its own; the
+    /// changes applied meanwhile are applied to the result before it is swapped in.
+    fn start_compaction(&self) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return; // one runs; it looks again when it is done
+        }
+        let Some(gw) = self.me.upgrade() else {
+            self.compacting.store(false, Ordering::Release);
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("keygate-compact".into())
+            .spawn(move || gw.compact());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "key index compaction not started");
+            self.compacting.store(false, Ordering::Release);
+        }
+    }
+
+    fn compact(&self) {
+        let from = self.live.load().keys.clone();
+        let started = std::time::Instant::now();
+        if let Some(from) = from {
+            let compacted = from.compact();
+            let took = started.elapsed();
+            let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let cur = self.live.load_full();
+            let rebased = cur
+                .keys
+                .as_ref()
+                .and_then(|now| compacted.rebase(&from, now));
+            if let Some(index) = rebased {
+                tracing::info!(
+                    keys = index.len(),
+                    folded = from.overlay_len(),
+                    since = index.overlay_len(),
+                    ms = took.as_millis() as u64,
+                    "key index compacted"
+                );
+                self.live.store(Arc::new(Live {
+                    config: Arc::clone(&cur.config),
+                    keys: Some(Arc::new(index)),
+                    upstreams: Arc::clone(&cur.upstreams),
+                }));
+                self.reloads
+                    .index_compactions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.compacting.store(false, Ordering::Release);
+        // Changes applied meanwhile may have filled the overlay again.
+        if self
+            .live
+            .load()
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.wants_compaction())
+        {
+            self.start_compaction();
         }
     }
 
@@ -273,7 +398,10 @@ impl Gateway {
             } else {
                 // Limits changed: rebuild so every key's effective quota is recomputed.
                 match load_index(&was.keys.file, &next.limits, Some(idx)) {
-                    Ok(rebuilt) => Arc::new(rebuilt),
+                    Ok(rebuilt) => {
+                        self.reloads.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+                        Arc::new(rebuilt)
+                    }
                     Err(_) => Arc::clone(idx),
                 }
             }

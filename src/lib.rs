@@ -70,11 +70,19 @@
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |
-//! | `keys/index.rs` | `KeyIndex`: SHA-256 → key for a million keys (`index_tests.rs`: its unit tests) |
-//! | `keys/entry.rs` | `KeyEntry`: a key as the request path sees it, id and name inline |
+//! | `keys/index/mod.rs` | `KeyIndex`: SHA-256 → key for a million keys, a base and an overlay of changes; `apply`, `compact` (`tests.rs`, `overlay_tests.rs`: its unit and property tests) |
+//! | `keys/index/base.rs` | the base: sorted arrays built in one streaming pass; record digests |
+//! | `keys/index/overlay.rs` | the overlay: changed keys in persistent maps; `KeyChange` |
+//! | `keys/index/compact.rs` | a base with its overlay folded in, by linear merges |
+//! | `keys/index/reload.rs` | a key-file reload that applies only the records that changed |
+//! | `keys/entry.rs` | `KeyEntry`: a key as the request path and the key list see it, compact |
+//! | `keys/extra.rs` | `KeyExtra`: what only some keys have, packed in one allocation, equal ones shared |
+//! | `keys/view.rs` | `KeyView`: a key's public JSON, from a record or an index entry |
 //! | `keys/state.rs` | `KeyState`: a key's runtime state, `Revocation` |
 //! | `keys/usage.rs` | `KeyUsage` counters (lifetime; per model, pending for the hourly buckets), `Counts`, `UsageSnapshot`, `Tokens` |
+//! | `keys/list.rs` | key lists: the filters the API and the CLI share, a page in one pass with a bounded heap |
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
+//! | `admin/list.rs` | `GET /v1/api-keys` (paged, filtered, sorted) and `GET /v1/api-keys/{id}`, from the index |
 //! | `admin/edit.rs` | `PATCH /v1/api-keys/{id}`: its body as a `KeyPatch` |
 //! | `usage/mod.rs` | usage over time: `Usage`, the store (memory or Redis) and its flush every second |
 //! | `usage/batch.rs` | one flush: what every key has pending, taken off once stored |
@@ -105,7 +113,8 @@
 //! | `cli/args.rs` | flags that need more than clap's derive |
 //! | `cli/config.rs` | which configuration a command reads |
 //! | `cli/error.rs` | `CliError` and the exit status |
-//! | `cli/keys.rs` | `keys create/list/show/rotate/revoke` |
+//! | `cli/keys.rs` | `keys create/show/rotate/revoke` |
+//! | `cli/list.rs` | `keys list`: filtered, printed as the file is read |
 //! | `cli/edit.rs` | `keys update/disable/enable` |
 //! | `cli/check.rs` | `check` |
 //! | `cli/usage.rs` | `usage`, and what `keys show` adds (usage, quota) |

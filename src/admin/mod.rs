@@ -9,6 +9,7 @@
 
 pub mod console;
 mod edit;
+pub mod list;
 
 use crate::account::RequestRecord;
 use crate::error::GatewayError;
@@ -16,7 +17,7 @@ use crate::gateway::{Gateway, Live};
 use crate::keys::file::KeyFile;
 use crate::keys::index::KeyRef;
 use crate::keys::ops::{Action, Done, Op};
-use crate::keys::record::{KeyLimits, KeyRecord, NewKey};
+use crate::keys::record::{KeyLimits, KeyQuotas, KeyRecord, NewKey};
 use crate::keys::usage::UsageSnapshot;
 use crate::limit::quota;
 use crate::ops::audit::{Audit, AuditEvent};
@@ -173,7 +174,6 @@ pub async fn handle(
     req: Request<Incoming>,
     record: &mut RequestRecord,
 ) -> Result<http::Response<Body>, GatewayError> {
-    let prefix = live.config.keys.prefix.clone();
     let now = Timestamp::now();
     let rest = req.uri().path()["/v1/api-keys".len()..]
         .trim_start_matches('/')
@@ -214,25 +214,17 @@ pub async fn handle(
             Ok(written(live, done, StatusCode::CREATED, now))
         }
         (&Method::GET, []) => {
-            let file = read_file(gw).await?;
-            let data: Vec<_> = file
-                .keys
-                .iter()
-                .map(|k| k.view(&prefix, now, usage_of(live, &k.id).as_ref()))
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({"object": "list", "data": data}),
-            ))
+            // A pass over every key: off the runtime's threads, as a write's file work is.
+            let (live, query) = (gw.live(), req.uri().query().map(str::to_string));
+            tokio::task::spawn_blocking(move || list::list(&live, query.as_deref(), now))
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?
         }
         (&Method::GET, [id]) => {
-            let file = read_file(gw).await?;
-            let rec = file.get(id)?;
+            let quotas = list::quotas_of(live, id)?;
             let usage = key_usage(gw, live, id).await;
-            let mut v = rec.view(&prefix, now, Some(&usage));
-            v["usage"] = serde_json::to_value(usage).unwrap_or_default();
-            v["quota"] = key_quota(gw, live, rec);
-            Ok(json(StatusCode::OK, &v))
+            let quota = key_quota(gw, live, id, quotas.as_ref());
+            list::show(live, id, now, usage, quota)
         }
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req.into_body(), false, record).await?;
@@ -299,9 +291,8 @@ async fn key_usage(gw: &Gateway, live: &Live, id: &str) -> UsageSnapshot {
 
 /// A key's quotas with what is used and left of each (`limit::quota::view`), as this gateway
 /// enforces them.
-fn key_quota(gw: &Gateway, live: &Live, rec: &KeyRecord) -> serde_json::Value {
-    let quotas = (!rec.quotas.is_empty()).then_some(&rec.quotas);
-    let state = live.keys.as_ref().and_then(|idx| idx.state_of(&rec.id));
+fn key_quota(gw: &Gateway, live: &Live, id: &str, quotas: Option<&KeyQuotas>) -> serde_json::Value {
+    let state = live.keys.as_ref().and_then(|idx| idx.state_of(id));
     let used = |w| state.as_ref().map(|s| s.quota.used(w)).unwrap_or_default();
     quota::view(quotas, used, gw.usage.clock.now())
 }

@@ -2,6 +2,7 @@
 //! scopes (with their descriptions for `--help` and completions), and the flags of `keys
 //! create`/`list`.
 
+use crate::keys::list::Statuses;
 use crate::keys::scope::{Scope, Scopes};
 use crate::text::Escaped;
 use crate::time::{self, Timestamp};
@@ -64,15 +65,38 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print a JSON array instead of a table.
+    /// Print one JSON array (written as it is read) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Only active keys that expire within this long, e.g. 7d.
+    /// Only keys that expire within this long from now, e.g. 7d.
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub expiring_within: Option<Duration>,
-    /// Include revoked keys.
-    #[arg(long)]
+    /// Include revoked keys (the same as --status all).
+    #[arg(long, conflicts_with = "status")]
     pub all: bool,
+    /// Only keys with these statuses, comma-separated: active, disabled, expired, revoked, all
+    /// (default: every status but revoked).
+    #[arg(long, value_name = "STATUS,…", value_parser = status_arg)]
+    pub status: Option<Statuses>,
+    /// Only keys whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name_prefix: Option<String>,
+    /// Only keys with this label, e.g. --meta team=search (repeat it: each must match).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = meta_filter_arg)]
+    pub meta: Vec<(String, String)>,
+    /// Show at most this many keys, in file order; 0 shows every one.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `--status`: statuses as the key list's `status` parameter takes them.
+pub fn status_arg(s: &str) -> Result<Statuses, String> {
+    Statuses::parse(s)
+}
+
+/// `keys list --meta NAME=VALUE`: a label to filter by.
+pub fn meta_filter_arg(s: &str) -> Result<(String, String), String> {
+    crate::keys::list::parse_label(s, '=')
 }
 
 /// A duration flag: `90d`, `24h`, `30m`, `1h30m`.

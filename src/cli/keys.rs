@@ -1,15 +1,15 @@
-//! `keygate keys …`: create, list, show, rotate and revoke keys in the key file, each change
-//! recorded in the audit trail (`update`, `disable` and `enable` are in `cli::edit`). A
-//! plaintext key is printed once, by `create` or `rotate`, and nowhere else.
+//! `keygate keys …`: create, show, rotate and revoke keys in the key file, each change
+//! recorded in the audit trail (`list` is in `cli::list`; `update`, `disable` and `enable` in
+//! `cli::edit`). A plaintext key is printed once, by `create` or `rotate`, and nowhere else.
 
-use crate::cli::args::{CreateArgs, ListArgs};
+use crate::cli::args::CreateArgs;
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::{ago, announce_secret, print_json, print_table, until};
+use crate::cli::output::{announce_secret, print_json, print_table};
 use crate::config::KeyCommandsConfig;
 use crate::keys::error::StoreError;
 use crate::keys::ops::{Done, Op};
-use crate::keys::record::{FieldError, KeyLimits, KeyQuotas, KeyRecord, NewKey, Status};
+use crate::keys::record::{FieldError, KeyLimits, KeyQuotas, NewKey};
 use crate::keys::store::KeyStore;
 use crate::keys::usage::UsageSnapshot;
 use crate::ops::audit::{Audit, AuditError, AuditEvent};
@@ -164,61 +164,6 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
 /// Last-used times and usage saved by a gateway that shares this key file.
 fn saved_usage(cfg: &KeyCommandsConfig) -> std::collections::HashMap<String, UsageSnapshot> {
     crate::ops::usage_state::load_state(&cfg.keys.state_file).unwrap_or_default()
-}
-
-pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
-    let cfg = load_key_config(config)?;
-    let file = KeyStore::new(&cfg.keys.file).load()?;
-    let now = Timestamp::now();
-    let within = a.expiring_within;
-    let usage = saved_usage(&cfg);
-    let keys: Vec<&KeyRecord> = file
-        .keys
-        .iter()
-        .filter(|k| a.all || k.status(now) != Status::Revoked)
-        .filter(|k| match within {
-            None => true,
-            Some(d) => {
-                k.status(now) == Status::Active && k.expires_at.is_some_and(|e| e <= now.plus(d))
-            }
-        })
-        .collect();
-    let prefix = &cfg.keys.prefix;
-    if a.json {
-        let data: Vec<_> = keys
-            .iter()
-            .map(|k| k.view(prefix, now, usage.get(&k.id)))
-            .collect();
-        print_json(&serde_json::Value::Array(data));
-        return Ok(());
-    }
-    let mut rows = vec![[
-        "ID",
-        "NAME",
-        "KEY",
-        "SCOPES",
-        "CREATED",
-        "LAST USED",
-        "EXPIRES",
-        "STATUS",
-    ]
-    .map(String::from)];
-    for k in keys {
-        let last = usage.get(&k.id).and_then(|u| u.last_used);
-        rows.push([
-            k.id.clone(),
-            k.name.clone(),
-            crate::keys::token::mask(prefix, &k.last4),
-            k.scopes.join(","),
-            ago(now, Some(k.created_at)),
-            ago(now, last),
-            k.expires_at
-                .map_or_else(|| "never".into(), |e| until(now, e)),
-            k.status(now).as_str().to_string(),
-        ]);
-    }
-    print_table(&rows);
-    Ok(())
 }
 
 pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliError> {

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod edit;
 pub mod error;
 pub mod keys;
+pub mod list;
 pub mod output;
 pub mod serve;
 pub mod usage;
@@ -76,7 +77,7 @@ pub enum Command {
 pub enum KeysCommand {
     /// Create a key; its plaintext is printed once.
     Create(Box<CreateArgs>),
-    /// List keys (masked).
+    /// List keys (masked), filtered, as the key file is read.
     List(ListArgs),
     /// Show one key (masked), with its saved usage.
     Show {
@@ -151,7 +152,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Keys { command } => match command {
             KeysCommand::Create(a) => keys::create(c, *a),
-            KeysCommand::List(a) => keys::list(c, a),
+            KeysCommand::List(a) => list::list(c, a),
             KeysCommand::Show { id, json } => keys::show(c, &id, json),
             KeysCommand::Rotate { id, grace, json } => keys::rotate(c, &id, grace, json),
             KeysCommand::Revoke { id, json } => keys::revoke(c, &id, json),

@@ -24,7 +24,7 @@ impl FieldError {
 }
 
 /// A key's daily and monthly allowances, in UTC calendar days and months. Unset: no quota.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]

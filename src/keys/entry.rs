@@ -3,12 +3,14 @@
 //! when the index is built.
 
 use crate::config::LimitDefaults;
+use crate::keys::extra::{self, KeyExtra};
 use crate::keys::models;
-use crate::keys::record::{KeyQuotas, KeyRecord};
+use crate::keys::record::{KeyLimits, KeyQuotas, KeyRecord, Status};
 use crate::keys::scope::Scopes;
 use crate::keys::state::{Ended, KeyState};
 use crate::limit::rate::Quota;
 use crate::time::Timestamp;
+use std::num::NonZeroU8;
 use std::sync::{Arc, OnceLock};
 
 /// A key id (`key_` + 16 letters or digits, checked when the file is validated), stored
@@ -47,34 +49,43 @@ impl std::fmt::Debug for KeyId {
 }
 
 /// A key's name: up to 23 bytes inline, longer ones on the heap. Most names fit, so an
-/// index of a million keys is a few large arrays, not a million small allocations.
+/// index of a million keys is a few large arrays, not a million small allocations. The
+/// inline length is stored plus one, so its zero is free to tell the two forms apart and a
+/// name is 24 bytes, not 32.
 #[derive(Clone)]
 pub enum KeyName {
-    Inline { len: u8, bytes: [u8; 23] },
+    Inline {
+        len_plus_one: NonZeroU8,
+        bytes: [u8; 23],
+    },
     Heap(Box<str>),
 }
 
 impl KeyName {
     pub fn new(name: &str) -> KeyName {
         let mut bytes = [0u8; 23];
-        match bytes.get_mut(..name.len()) {
-            Some(dst) => {
+        match (
+            bytes.get_mut(..name.len()),
+            NonZeroU8::new(name.len() as u8 + 1),
+        ) {
+            (Some(dst), Some(len_plus_one)) => {
                 dst.copy_from_slice(name.as_bytes());
                 KeyName::Inline {
-                    len: name.len() as u8,
+                    len_plus_one,
                     bytes,
                 }
             }
-            None => KeyName::Heap(name.into()),
+            _ => KeyName::Heap(name.into()),
         }
     }
 
     pub fn as_str(&self) -> &str {
         match self {
             // Copied from a `&str` at a char boundary (the whole string).
-            KeyName::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or("?")
-            }
+            KeyName::Inline {
+                len_plus_one,
+                bytes,
+            } => std::str::from_utf8(&bytes[..usize::from(len_plus_one.get() - 1)]).unwrap_or("?"),
             KeyName::Heap(s) => s,
         }
     }
@@ -99,13 +110,17 @@ impl std::fmt::Debug for KeyName {
     }
 }
 
-/// One key as the request path needs it.
-#[derive(Debug)]
+/// One key as the request path needs it, and as the key list shows it: what every key has
+/// is inline, what only some keys have (`KeyExtra`: a description, labels, model patterns,
+/// edit and rotation times, secrets in their grace period) is one shared allocation, present
+/// only when there is something in it.
+#[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub id: KeyId,
     pub scopes: Scopes,
     pub name: KeyName,
-    pub models: Option<Box<globset::GlobSet>>,
+    /// The model allowlist, compiled; `None` allows every model.
+    pub models: Option<Arc<globset::GlobSet>>,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
     /// Disabled keys are refused (401 `disabled_api_key`) until enabled again.
@@ -116,8 +131,20 @@ pub struct KeyEntry {
     pub rate: Quota,
     /// Tokens per minute, 0 when neither the key nor `[limits]` sets one.
     tokens_per_minute: u64,
+    pub created_at: Timestamp,
+    /// The last four characters of the current secret (ASCII letters or digits).
+    last4: [u8; 4],
+    /// Which limits the key sets itself (`OVERRIDES_*`): with the effective values above,
+    /// the key's own `limits` again, in one byte.
+    overrides: u8,
+    pub extra: Option<Arc<KeyExtra>>,
     pub(crate) state: OnceLock<Arc<KeyState>>,
 }
+
+const OVERRIDES_RPM: u8 = 1;
+const OVERRIDES_BURST: u8 = 2;
+const OVERRIDES_TPM: u8 = 4;
+const OVERRIDES_IN_FLIGHT: u8 = 8;
 
 impl KeyEntry {
     /// Why the key's running requests must end now: revoked (at or before `now`) or
@@ -140,6 +167,31 @@ impl KeyEntry {
     pub fn tokens_per_minute(&self) -> Option<u64> {
         (self.tokens_per_minute > 0).then_some(self.tokens_per_minute)
     }
+
+    /// The key's status, as `KeyRecord::status` tells it.
+    pub fn status(&self, now: Timestamp) -> Status {
+        Status::of(self.revoked_at, self.expires_at, self.disabled_at, now)
+    }
+
+    pub fn last4(&self) -> &str {
+        std::str::from_utf8(&self.last4).unwrap_or("????")
+    }
+
+    /// The limits the key sets itself (those unset use `[limits]`).
+    pub fn own_limits(&self) -> KeyLimits {
+        let has = |flag: u8| self.overrides & flag != 0;
+        KeyLimits {
+            requests_per_minute: has(OVERRIDES_RPM).then_some(self.rate.per_minute),
+            burst: has(OVERRIDES_BURST).then_some(self.rate.burst),
+            tokens_per_minute: has(OVERRIDES_TPM).then_some(self.tokens_per_minute),
+            max_in_flight: has(OVERRIDES_IN_FLIGHT).then_some(self.max_in_flight),
+        }
+    }
+
+    /// The value of label `name`, if the key has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.extra.as_ref()?.label(name)
+    }
 }
 
 /// Which of a key's secrets a hash is.
@@ -153,15 +205,18 @@ pub enum Secret {
 }
 
 pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
-    let per_minute = rec
-        .limits
-        .requests_per_minute
-        .unwrap_or(limits.requests_per_minute);
-    let burst = rec
-        .limits
-        .burst
-        .or(rec.limits.requests_per_minute)
-        .unwrap_or(limits.burst);
+    let l = &rec.limits;
+    let per_minute = l.requests_per_minute.unwrap_or(limits.requests_per_minute);
+    let burst = l.burst.or(l.requests_per_minute).unwrap_or(limits.burst);
+    let overrides = [
+        (l.requests_per_minute.is_some(), OVERRIDES_RPM),
+        (l.burst.is_some(), OVERRIDES_BURST),
+        (l.tokens_per_minute.is_some(), OVERRIDES_TPM),
+        (l.max_in_flight.is_some(), OVERRIDES_IN_FLIGHT),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |acc, (_, flag)| acc | flag);
     KeyEntry {
         id: KeyId::new(&rec.id).unwrap_or(KeyId([b'?'; 20])),
         scopes: rec.scopes(),
@@ -169,18 +224,21 @@ pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
         // Validated on load; a pattern that fails to compile here allows nothing.
         models: models::compile_allowlist(&rec.models)
             .unwrap_or_else(|_| Some(globset::GlobSet::empty()))
-            .map(Box::new),
+            .map(Arc::new),
         expires_at: rec.expires_at,
         revoked_at: rec.revoked_at,
         disabled_at: rec.disabled_at,
         quotas: (!rec.quotas.is_empty()).then(|| Box::new(rec.quotas)),
-        max_in_flight: rec.limits.max_in_flight.unwrap_or(limits.max_in_flight),
+        max_in_flight: l.max_in_flight.unwrap_or(limits.max_in_flight),
         rate: Quota::new(per_minute, burst),
-        tokens_per_minute: rec
-            .limits
+        tokens_per_minute: l
             .tokens_per_minute
             .or(limits.tokens_per_minute)
             .unwrap_or(0),
+        created_at: rec.created_at,
+        last4: extra::last4(&rec.last4),
+        overrides,
+        extra: KeyExtra::new(rec).map(Arc::new),
         state: OnceLock::new(),
     }
 }

@@ -6,8 +6,10 @@
 pub mod annotations;
 pub mod entry;
 pub mod error;
+pub mod extra;
 pub mod file;
 pub mod index;
+pub mod list;
 pub mod models;
 pub mod ops;
 pub mod patch;
@@ -17,4 +19,5 @@ pub mod state;
 pub mod store;
 pub mod token;
 pub mod usage;
+pub mod view;
 pub mod writer;

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 pub use crate::keys::annotations::{check_annotations, check_quotas, FieldError, KeyQuotas};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// `Hash` gives the index a digest of each record (`keys::index`), so a reload can tell the
+/// records that changed from those that did not: every field takes part.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecord {
     pub id: String,
@@ -62,7 +64,7 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct RetiredSecret {
     pub sha256: String,
@@ -71,7 +73,7 @@ pub struct RetiredSecret {
 }
 
 /// Per-key overrides of `[limits]`. Unset fields use the gateway's defaults.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct KeyLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +102,24 @@ pub enum Status {
 }
 
 impl Status {
+    /// Revoked before expired before disabled: the most final state wins.
+    pub fn of(
+        revoked_at: Option<Timestamp>,
+        expires_at: Option<Timestamp>,
+        disabled_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Status {
+        if revoked_at.is_some_and(|t| t <= now) {
+            Status::Revoked
+        } else if expires_at.is_some_and(|t| t <= now) {
+            Status::Expired
+        } else if disabled_at.is_some() {
+            Status::Disabled
+        } else {
+            Status::Active
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
@@ -113,15 +133,7 @@ impl Status {
 impl KeyRecord {
     /// Revoked before expired before disabled: the most final state wins.
     pub fn status(&self, now: Timestamp) -> Status {
-        if self.revoked_at.is_some_and(|t| t <= now) {
-            Status::Revoked
-        } else if self.expires_at.is_some_and(|t| t <= now) {
-            Status::Expired
-        } else if self.disabled_at.is_some() {
-            Status::Disabled
-        } else {
-            Status::Active
-        }
+        Status::of(self.revoked_at, self.expires_at, self.disabled_at, now)
     }
 
     /// Marks a change: the next revision, updated now.
@@ -197,48 +209,6 @@ pub fn parse_hash(s: &str) -> Option<KeyHash> {
 
 fn is_last4(s: &str) -> bool {
     s.len() == 4 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-impl KeyRecord {
-    /// The public view of a key, shared by the CLI's `--json` and the management API. Never
-    /// holds more of the secret than its last four characters.
-    pub fn view(
-        &self,
-        prefix: &str,
-        now: Timestamp,
-        usage: Option<&crate::keys::usage::UsageSnapshot>,
-    ) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "object": "api_key",
-            "id": self.id,
-            "name": self.name,
-            "masked_key": token::mask(prefix, &self.last4),
-            "scopes": self.scopes,
-            "models": self.models,
-            "status": self.status(now).as_str(),
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "revoked_at": self.revoked_at,
-            "rotated_at": self.rotated_at,
-            "limits": self.limits,
-            "quotas": self.quotas,
-            "description": self.description,
-            "metadata": self.metadata,
-            "disabled_at": self.disabled_at,
-            "updated_at": self.updated_at.unwrap_or(self.created_at),
-            "last_used_at": usage.and_then(|u| u.last_used),
-        });
-        let grace: Vec<_> = self
-            .previous
-            .iter()
-            .filter(|p| p.valid_until > now)
-            .map(|p| serde_json::json!({"masked_key": token::mask(prefix, &p.last4), "valid_until": p.valid_until}))
-            .collect();
-        if !grace.is_empty() {
-            v["previous_keys_valid"] = serde_json::Value::Array(grace);
-        }
-        v
-    }
 }
 
 /// What a new key is made of, from the CLI or the API.

@@ -76,6 +76,10 @@ struct StateGauges {
     keys_expiring: Gauge,
     log_dropped: Counter,
     key_file_healthy: Gauge,
+    index_rebuilds: Counter,
+    index_changes_applied: Counter,
+    index_compactions: Counter,
+    index_overlay: Gauge,
 }
 
 /// The gateway's metrics: the recorder and the handles the request path uses.
@@ -152,6 +156,10 @@ impl Metrics {
             keys_expiring: gauge("keygate_keys_expiring_7d", &[]),
             log_dropped: counter(LOG_DROPPED, &[]),
             key_file_healthy: gauge("keygate_key_file_healthy", &[]),
+            index_rebuilds: counter("keygate_key_index_rebuilds_total", &[]),
+            index_changes_applied: counter("keygate_key_index_changes_applied_total", &[]),
+            index_compactions: counter("keygate_key_index_compactions_total", &[]),
+            index_overlay: gauge("keygate_key_index_overlay_keys", &[]),
         };
         let build = gauge(
             "keygate_build_info",

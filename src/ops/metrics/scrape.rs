@@ -42,6 +42,12 @@ impl Metrics {
             .absolute(r.config_reload_failures.load(Ordering::Relaxed));
         s.last_key_reload
             .set(r.last_key_reload.load(Ordering::Relaxed) as f64);
+        s.index_rebuilds
+            .absolute(r.index_rebuilds.load(Ordering::Relaxed));
+        s.index_changes_applied
+            .absolute(r.index_changes_applied.load(Ordering::Relaxed));
+        s.index_compactions
+            .absolute(r.index_compactions.load(Ordering::Relaxed));
         s.failed_auth_tracked.set(gw.failed_auth.tracked() as f64);
         s.key_file_healthy
             .set(if r.key_file_ok.load(Ordering::Acquire) {
@@ -63,6 +69,7 @@ impl Metrics {
         let per_key = self.per_key_labels.load(Ordering::Relaxed);
         if let Some(idx) = &live.keys {
             s.keys.set(idx.len() as f64);
+            s.index_overlay.set(idx.overlay_len() as f64);
             for e in idx.entries() {
                 if e.revoked_at.is_some()
                     || e.disabled_at.is_some()

@@ -1,5 +1,6 @@
 //! Unit tests of the key index (a file of their own: the index itself is long enough).
 
+use super::base::ct_position;
 use super::*;
 use crate::keys::entry::KeyName;
 use crate::keys::file::KeyFile;

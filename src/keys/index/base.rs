@@ -1,0 +1,194 @@
+//! The index's base: the sorted arrays a whole key file is indexed into, built in one
+//! streaming pass of the key-file reader, and rebuilt from an older base and its overlay when
+//! the overlay has grown (compaction) without reading the file again.
+
+use crate::config::LimitDefaults;
+use crate::keys::entry::{entry, KeyEntry, KeyId, Secret};
+use crate::keys::extra::Interner;
+use crate::keys::file::{Secrets, Uniqueness};
+use crate::keys::record::KeyRecord;
+use crate::keys::token::KeyHash;
+use crate::time::Timestamp;
+
+/// A whole key set, immutable once built.
+#[derive(Debug, Default)]
+pub(super) struct Base {
+    /// Current secrets, sorted; `hash_pos[i]` is where the key of `hashes[i]` is.
+    pub(super) hashes: Vec<KeyHash>,
+    pub(super) hash_pos: Vec<u32>,
+    /// `dir[j]..dir[j + 1]`: where hashes whose top `dir_bits` bits are `j` sit.
+    dir: Vec<u32>,
+    dir_bits: u32,
+    /// In key-file order.
+    pub(super) entries: Vec<KeyEntry>,
+    /// `digests[p]`: the digest of the record `entries[p]` was built from (`super::digest`).
+    pub(super) digests: Vec<u64>,
+    /// Secrets replaced by rotation and still in their grace period (few), sorted;
+    /// `retired_at[i]` is the key and end of grace of `retired[i]`.
+    pub(super) retired: Vec<KeyHash>,
+    pub(super) retired_at: Vec<(u32, Timestamp)>,
+    /// Positions sorted by key id.
+    pub(super) by_id: Vec<u32>,
+}
+
+/// How many leading hash bits the directory uses: about 8 keys a bucket.
+fn dir_bits(n: usize) -> u32 {
+    (usize::BITS - n.leading_zeros()).saturating_sub(3).min(24)
+}
+
+fn bucket(hash: &KeyHash, bits: u32) -> usize {
+    if bits == 0 {
+        return 0;
+    }
+    (u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) >> (32 - bits)) as usize
+}
+
+/// Where `hash` is in `sorted`, the final equality compared in constant time
+/// (`subtle::ConstantTimeEq`).
+///
+/// The search before it (directory bucket, then `partition_point`; in the overlay, its
+/// tree's descent) compares in variable time, which is safe: what it compares are SHA-256
+/// digests, and a caller chooses only the preimage. Its timing can tell at most how the
+/// digest of a guess orders against stored digests, and that says nothing about any key's
+/// text; a guess only gets in by hashing to a stored digest exactly, which no ordering
+/// information helps to aim at. The one comparison that decides "this is the key" is the one
+/// kept free of data-dependent timing.
+pub(super) fn ct_position(sorted: &[KeyHash], hash: &KeyHash) -> Option<usize> {
+    use subtle::ConstantTimeEq;
+    let i = sorted.partition_point(|h| h < hash);
+    let candidate = sorted.get(i)?;
+    bool::from(candidate.ct_eq(hash)).then_some(i)
+}
+
+/// A record's digest: equal digests, same record (64 bits: a changed record passing for
+/// unchanged has odds of 2^-64). Seeds are fixed so that digests are comparable across
+/// indexes; they need not be secret, whoever can write records needs no collision.
+pub(super) fn digest(rec: &KeyRecord) -> u64 {
+    ahash::RandomState::with_seeds(
+        0x6b65_7967_6174_6531,
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+    )
+    .hash_one(rec)
+}
+
+impl Base {
+    pub(super) fn new(entries: Vec<KeyEntry>, digests: Vec<u64>, secrets: Secrets) -> Base {
+        let Secrets {
+            current,
+            retired,
+            by_id,
+        } = secrets;
+        let (retired, retired_at): (Vec<KeyHash>, Vec<(u32, Timestamp)>) =
+            retired.into_iter().unzip();
+        let (hashes, hash_pos): (Vec<KeyHash>, Vec<u32>) = current.into_iter().unzip();
+        let bits = dir_bits(hashes.len());
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        for h in &hashes {
+            dir[bucket(h, bits) + 1] += 1;
+        }
+        for j in 1..dir.len() {
+            dir[j] += dir[j - 1];
+        }
+        Base {
+            hashes,
+            hash_pos,
+            dir,
+            dir_bits: bits,
+            entries,
+            digests,
+            retired,
+            retired_at,
+            by_id,
+        }
+    }
+
+    pub(super) fn len(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    /// The key a secret belongs to, and which of its secrets it is.
+    #[inline]
+    pub(super) fn find(&self, hash: &KeyHash) -> Option<(u32, Secret)> {
+        let b = bucket(hash, self.dir_bits);
+        let current = (|| {
+            let (lo, hi) = (*self.dir.get(b)? as usize, *self.dir.get(b + 1)? as usize);
+            let i = ct_position(self.hashes.get(lo..hi)?, hash)?;
+            self.hash_pos.get(lo + i).copied()
+        })();
+        if let Some(pos) = current {
+            return Some((pos, Secret::Current));
+        }
+        let i = ct_position(&self.retired, hash)?;
+        let (pos, valid_until) = *self.retired_at.get(i)?;
+        Some((pos, Secret::Retired { valid_until }))
+    }
+
+    pub(super) fn position(&self, id: &KeyId) -> Option<u32> {
+        let i = self
+            .by_id
+            .binary_search_by(|p| self.entries[*p as usize].id.cmp(id))
+            .ok()?;
+        Some(self.by_id[i])
+    }
+
+    /// `position`, trying `*cursor` first: a key file read in the order the base was built
+    /// from finds each key there, without a search. Moves the cursor past the key found.
+    pub(super) fn position_from(&self, id: &KeyId, cursor: &mut usize) -> Option<u32> {
+        let pos = match self.entries.get(*cursor) {
+            Some(e) if e.id == *id => *cursor as u32,
+            _ => self.position(id)?,
+        };
+        *cursor = pos as usize + 1;
+        Some(pos)
+    }
+}
+
+/// Collects keys one record at a time as the reader hands them over, so a large file never
+/// exists as parsed records.
+pub(super) struct Builder<'a> {
+    limits: &'a LimitDefaults,
+    unique: Uniqueness,
+    entries: Vec<KeyEntry>,
+    digests: Vec<u64>,
+    extras: Interner,
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(limits: &'a LimitDefaults, capacity: usize) -> Builder<'a> {
+        Builder {
+            limits,
+            unique: Uniqueness::with_capacity(capacity),
+            entries: Vec::with_capacity(capacity),
+            digests: Vec::with_capacity(capacity),
+            extras: Interner::default(),
+        }
+    }
+
+    pub(super) fn push(&mut self, rec: &KeyRecord) {
+        if KeyId::new(&rec.id).is_none() {
+            return; // the reader refuses such a file; never index what it would refuse
+        }
+        let pos = self.entries.len() as u32;
+        self.unique.add(pos, rec);
+        let mut e = entry(rec, self.limits);
+        e.extra = e.extra.map(|x| self.extras.share(x));
+        self.entries.push(e);
+        self.digests.push(digest(rec));
+    }
+
+    /// Sorts and cross-checks (`Uniqueness`). `Err` names a secret or id that appears twice.
+    pub(super) fn finish(self) -> Result<Base, String> {
+        let Builder {
+            unique,
+            mut entries,
+            mut digests,
+            ..
+        } = self;
+        entries.shrink_to_fit();
+        digests.shrink_to_fit();
+        let secrets = unique.check(entries.len() as u32, |p| entries[p as usize].id.as_str())?;
+        Ok(Base::new(entries, digests, secrets))
+    }
+}
