@@ -70,7 +70,7 @@
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |
-//! | `keys/index/mod.rs` | `KeyIndex`: SHA-256 → key for a million keys, a base and an overlay of changes; `apply`, `compact` (`tests.rs`, `overlay_tests.rs`: its unit and property tests) |
+//! | `keys/index/mod.rs` | `KeyIndex`: SHA-256 → key for a million keys, a base and an overlay of changes; `apply`, `compact` (`tests.rs`, `overlay_tests.rs`: its unit tests; `overlay_props.rs`: a property test) |
 //! | `keys/index/base.rs` | the base: sorted arrays built in one streaming pass; record digests |
 //! | `keys/index/overlay.rs` | the overlay: changed keys in persistent maps; `KeyChange` |
 //! | `keys/index/compact.rs` | a base with its overlay folded in, by linear merges |
@@ -131,7 +131,7 @@
 //! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |
 //! | `time.rs` | timestamps, human durations, OpenAI's reset form |
 //! | `text.rs` | control characters refused on input, escaped on output |
-//! | `mock.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks) |
+//! | `mock/mod.rs`, `mock/reply.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks) |
 #![forbid(unsafe_code)]
 
 pub mod account;

@@ -378,3 +378,6 @@ mod tests;
 
 #[cfg(test)]
 mod overlay_tests;
+
+#[cfg(test)]
+mod overlay_props;
