@@ -123,11 +123,13 @@ async fn stages(
             let upstream = Arc::clone(upstream);
             let (parts, _) = req.into_parts();
             let body = UpBody::full(Bytes::new());
-            proxy::send(&upstream, &key, parts, body, caller, record).await
+            Box::pin(proxy::send(&upstream, &key, parts, body, caller, record)).await
         }
-        Handler::ListModels => proxy::list_models(live, &key, caller, record).await,
-        Handler::Admin => admin::handle(gw, live, &key, req, record).await,
-        Handler::Usage => admin::usage(gw, live, &req).await,
+        // The rare routes are boxed: the request path's future is as large as its largest
+        // branch, and each request moves it whole.
+        Handler::ListModels => Box::pin(proxy::list_models(live, &key, caller, record)).await,
+        Handler::Admin => Box::pin(admin::handle(gw, live, &key, req, record)).await,
+        Handler::Usage => Box::pin(admin::usage(gw, live, &req)).await,
     }
 }
 
@@ -144,8 +146,10 @@ async fn forward(
     limits: &mut LimitHeaders,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
-    let mut inspected: Inspected =
-        model::inspect(live, key, route, &parts, body, caller, record).await?;
+    let mut inspected: Inspected = Box::pin(model::inspect(
+        live, key, route, &parts, body, caller, record,
+    ))
+    .await?;
     let upstream = Arc::clone(proxy::choose(live, route, inspected.model.as_deref())?);
     if let Some(m) = inspected.model.take() {
         record.model = Some(m);
@@ -159,5 +163,8 @@ async fn forward(
             record.token_charge = Some(charge);
         }
     }
-    proxy::forward(&upstream, key, route, parts, inspected, caller, record).await
+    Box::pin(proxy::forward(
+        &upstream, key, route, parts, inspected, caller, record,
+    ))
+    .await
 }

@@ -46,10 +46,9 @@ pub async fn check_rate(
     let Some(r) = redis else {
         return Ok(local());
     };
-    if let Some(info) = r
-        .check_rate(&key.id, key.rate.per_minute, key.rate.burst)
-        .await
-    {
+    // Redis calls are boxed: their futures are large, and every request's future (Redis or
+    // not) would be as large as they are and moved whole.
+    if let Some(info) = Box::pin(r.check_rate(&key.id, key.rate.per_minute, key.rate.burst)).await {
         return Ok(info);
     }
     Ok(match r.config.on_backend_error {
@@ -142,7 +141,7 @@ pub async fn acquire_slot(
 ) -> Result<Slot, GatewayError> {
     let refused = || GatewayError::ConcurrencyLimited(key.max_in_flight);
     if let Some(r) = redis {
-        match r.acquire_slot(&key.id, key.max_in_flight).await {
+        match Box::pin(r.acquire_slot(&key.id, key.max_in_flight)).await {
             Acquired::Slot(lease) => return Ok(Slot::Shared(lease)),
             Acquired::Full => return Err(refused()),
             Acquired::Unavailable => match r.config.on_backend_error {
@@ -248,7 +247,7 @@ pub async fn reserve_tokens(
     let Some(r) = redis else {
         return local();
     };
-    match r.reserve_tokens(&key.id, per_minute, reserved).await {
+    match Box::pin(r.reserve_tokens(&key.id, per_minute, reserved)).await {
         Some(info) => {
             let target = ChargeTarget::Shared(Arc::clone(r), Arc::from(key.id.as_str()));
             checked(info, target)
