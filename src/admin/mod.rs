@@ -110,7 +110,10 @@ async fn write(
     now: Timestamp,
 ) -> Result<Done, GatewayError> {
     let (store, sync) = match &gw.key_sync {
-        Some(sync) => (Store::Redis(Arc::clone(&sync.store)), Some(Arc::clone(sync))),
+        Some(sync) => (
+            Store::Redis(Arc::clone(&sync.store)),
+            Some(Arc::clone(sync)),
+        ),
         None => (Store::File(gw.store()), None),
     };
     let audit_file = gw.config().log.audit_file.clone();

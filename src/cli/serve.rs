@@ -116,7 +116,9 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
             Ok(_) if s.snapshot.path().exists() => {
                 l(false);
             }
-            Ok(_) => tracing::warn!("no key snapshot on disk yet: not ready until the key store answers"),
+            Ok(_) => {
+                tracing::warn!("no key snapshot on disk yet: not ready until the key store answers")
+            }
             Err(e) => tracing::error!(error = %e, "key snapshot not loaded"),
         })
         .await;

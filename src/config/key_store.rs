@@ -85,5 +85,4 @@ impl Validator<'_> {
             )),
         }
     }
-
 }

@@ -156,8 +156,13 @@ impl GatewayError {
             | TooManyFailedAttempts { .. } => "rate_limit_error",
             InsufficientQuota(_) => INSUFFICIENT_QUOTA,
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
-            NotReady | Unready(_) | Overloaded | LimiterUnavailable | UsageUnavailable(_)
-            | KeyStoreUnavailable(_) | Internal(_) => "server_error",
+            NotReady
+            | Unready(_)
+            | Overloaded
+            | LimiterUnavailable
+            | UsageUnavailable(_)
+            | KeyStoreUnavailable(_)
+            | Internal(_) => "server_error",
         }
     }
 

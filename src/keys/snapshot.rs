@@ -77,11 +77,16 @@ struct Journal {
     records: Vec<KeyRecord>,
     position: Option<Position>,
     len: usize,
+    /// A last line cut by a crash follows (dropped at the next trim).
+    torn: bool,
 }
 
 impl Snapshot {
     pub fn new(file: &Path) -> Snapshot {
-        let mut name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let mut name = file
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         name.push(".journal");
         Snapshot {
             file: KeyStore::new(file),
@@ -148,17 +153,18 @@ impl Snapshot {
             records: Vec::new(),
             position: None,
             len: 0,
+            torn: false,
         };
         // Only whole lines count: a line cut by a crash was never acknowledged as durable.
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             if line.last() != Some(&b'\n') {
+                j.torn = true;
                 break;
             }
-            let parsed: Line =
-                serde_json::from_slice(line).map_err(|e| StoreError::Invalid {
-                    path: self.journal.clone(),
-                    problem: format!("a journal line is invalid: {e}"),
-                })?;
+            let parsed: Line = serde_json::from_slice(line).map_err(|e| StoreError::Invalid {
+                path: self.journal.clone(),
+                problem: format!("a journal line is invalid: {e}"),
+            })?;
             j.len += line.len();
             j.position = Some(parsed.position);
             j.records.extend(parsed.record);
@@ -182,6 +188,9 @@ impl Snapshot {
             self.read_journal()?
         };
         if journal.records.is_empty() {
+            if journal.torn {
+                self.trim(journal.len, journal.position.as_ref())?;
+            }
             return Ok(journal.position);
         }
         let mut changed: HashMap<String, KeyRecord> = HashMap::new();
@@ -196,8 +205,8 @@ impl Snapshot {
             source,
         };
         let mut tmp = self.file.temp_file().map_err(werr)?;
-        let mut out = Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()))
-            .map_err(werr)?;
+        let mut out =
+            Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut())).map_err(werr)?;
         let mut failed = None;
         if let Some(text) = self.file.read_text()? {
             file::read(self.file.path(), &text, &mut |rec| {
@@ -247,7 +256,10 @@ impl Snapshot {
             .map_err(|e| err(e.into()))?;
             text.push(b'\n');
         }
-        text.extend_from_slice(bytes.get(len..).unwrap_or_default());
+        // What was appended meanwhile: whole lines only (a line cut by a crash is dropped).
+        let tail = bytes.get(len..).unwrap_or_default();
+        let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        text.extend_from_slice(&tail[..whole]);
         let dir = self.journal.parent().filter(|p| !p.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new()

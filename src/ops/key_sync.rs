@@ -167,8 +167,7 @@ impl Follower {
         let local = self.sync.applied();
         let same_epoch = pos.epoch.as_deref().unwrap_or("") == local.epoch;
         let reaches = pos.version == local.version
-            || (pos.version > local.version
-                && pos.oldest.is_some_and(|o| o <= local.version + 1));
+            || (pos.version > local.version && pos.oldest.is_some_and(|o| o <= local.version + 1));
         if !(self.resynced && same_epoch && reaches) {
             self.resync(gw, con, &pos)?;
             return Ok(true);
@@ -232,7 +231,9 @@ impl Follower {
                 }
             }
         }
-        self.sync.changes_applied.fetch_add(n as u64, Ordering::Relaxed);
+        self.sync
+            .changes_applied
+            .fetch_add(n as u64, Ordering::Relaxed);
         self.sync.set_applied(position);
         Ok(())
     }
@@ -275,7 +276,9 @@ impl Follower {
                 applied_version = self.sync.applied().version,
                 "KEY STORE WENT BACKWARDS: keeping this replica's snapshot (no key dropped, no revoke undone); writes are refused until `keygate keys push` restores the store"
             );
-            self.sync.store.set_diverged(con, pos.epoch.as_deref(), &why)?;
+            self.sync
+                .store
+                .set_diverged(con, pos.epoch.as_deref(), &why)?;
             self.sync.diverged.store(true, Ordering::Relaxed);
         }
         let position = Position {

@@ -133,12 +133,8 @@ impl RedisStore {
 
     /// One record, `None` when the store has no such key.
     pub fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let text: Option<String> = self.with(|c| {
-            redis::cmd("HGET")
-                .arg(&self.names.rec)
-                .arg(id)
-                .query(c)
-        })?;
+        let text: Option<String> =
+            self.with(|c| redis::cmd("HGET").arg(&self.names.rec).arg(id).query(c))?;
         text.map(|t| parse(&t)).transpose()
     }
 
@@ -185,8 +181,8 @@ impl RedisStore {
         let shas: Vec<&str> = std::iter::once(rec.sha256.as_str())
             .chain(rec.previous.iter().map(|p| p.sha256.as_str()))
             .collect();
-        let epoch = crate::keys::token::generate_id()
-            .map_err(|e| StoreError::Random(e.to_string()))?;
+        let epoch =
+            crate::keys::token::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
         let n = &self.names;
         let answer: (String, String) = self.with(|c| {
             self.write
@@ -245,14 +241,16 @@ impl RedisStore {
             Ok(())
         };
         for rec in records {
-            batch.push(serde_json::to_string(&rec).map_err(|e| StoreError::Rejected(e.to_string()))?);
+            batch.push(
+                serde_json::to_string(&rec).map_err(|e| StoreError::Rejected(e.to_string()))?,
+            );
             if batch.len() == 500 {
                 flush(&mut batch)?;
             }
         }
         flush(&mut batch)?;
-        let epoch = crate::keys::token::generate_id()
-            .map_err(|e| StoreError::Random(e.to_string()))?;
+        let epoch =
+            crate::keys::token::generate_id().map_err(|e| StoreError::Random(e.to_string()))?;
         let n = &self.names;
         let version: u64 = self.with(|c| {
             self.restore

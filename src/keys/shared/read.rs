@@ -177,5 +177,8 @@ impl RedisStore {
 
 /// The version in a log entry id `<version>-0`.
 fn version_of(id: &str) -> u64 {
-    id.split('-').next().and_then(|v| v.parse().ok()).unwrap_or(0)
+    id.split('-')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
