@@ -3,6 +3,7 @@
 //! second; Redis down, every replica serves its snapshot and writes answer 503
 //! `key_store_unavailable`; Redis back empty, no replica drops or un-revokes a key and
 //! `keys push` restores the store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

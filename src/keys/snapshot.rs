@@ -15,7 +15,6 @@
 use crate::keys::error::StoreError;
 use crate::keys::file;
 use crate::keys::record::KeyRecord;
-use crate::keys::shared::Position;
 use crate::keys::store::KeyStore;
 use crate::keys::writer::Writer;
 use std::collections::HashMap;
@@ -49,6 +48,14 @@ pub fn wins(held: Option<Seen>, rec: &KeyRecord) -> bool {
         Some(h) if h.revoked && rec.revoked_at.is_none() => false,
         Some(h) => rec.rev > h.rev || (rec.revoked_at.is_some() && !h.revoked),
     }
+}
+
+/// Where a store (or a replica's snapshot of it) is: the store's epoch and the version of
+/// the last change applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub version: u64,
 }
 
 /// One journal line: the store position after it, and the record it brings (none for a

@@ -14,8 +14,8 @@
 //! writer got there first and the write is retried on the new record (optimistic
 //! concurrency), so concurrent writers on different replicas lose nothing.
 
-mod read;
-mod sync;
+pub mod read;
+pub mod sync;
 
 use crate::config::RedisKeyStore;
 use crate::keys::error::StoreError;
@@ -25,9 +25,6 @@ use crate::time::Timestamp;
 use redis::Script;
 use std::sync::Mutex;
 use std::time::Duration;
-
-pub use read::{Position, StorePosition};
-pub use sync::KeySync;
 
 /// How many changes the log keeps: a replica away for longer resyncs in full.
 const LOG_MAXLEN: u64 = 100_000;

@@ -6,14 +6,6 @@ use super::{parse, unavailable, RedisStore};
 use crate::keys::error::StoreError;
 use crate::keys::record::KeyRecord;
 
-/// Where a store (or a replica's snapshot of it) is: the store's epoch and the version of
-/// the last change applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    pub epoch: String,
-    pub version: u64,
-}
-
 /// The store as a replica finds it when it (re)connects.
 #[derive(Debug, Clone, Default)]
 pub struct StorePosition {
@@ -33,7 +25,7 @@ impl RedisStore {
             Option<String>,
             Option<u64>,
             Option<String>,
-            Vec<(String, Vec<String>)>,
+            Entries,
         ) = redis::pipe()
             .get(&n.epoch)
             .get(&n.ver)
@@ -61,7 +53,7 @@ impl RedisStore {
         after: u64,
         count: usize,
     ) -> Result<Vec<(u64, String)>, StoreError> {
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        let entries: Entries = redis::cmd("XRANGE")
             .arg(&self.names.log)
             .arg(format!("{}-0", after + 1))
             .arg("+")
@@ -174,6 +166,9 @@ impl RedisStore {
         .map_err(unavailable)
     }
 }
+
+/// Log entries as `XRANGE` answers them: (id, [field, value, …]).
+type Entries = Vec<(String, Vec<String>)>;
 
 /// The version in a log entry id `<version>-0`.
 fn version_of(id: &str) -> u64 {

@@ -2,8 +2,8 @@
 //! its management API (a write answers once this replica applied it) and its metrics and
 //! readiness (how stale the snapshot is, whether the store went backwards).
 
-use super::{Position, RedisStore};
-use crate::keys::snapshot::Snapshot;
+use super::RedisStore;
+use crate::keys::snapshot::{Position, Snapshot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
