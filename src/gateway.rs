@@ -11,11 +11,14 @@
 //! way it changes — a key reload, changes applied, a compaction, a config reload — under one
 //! lock.
 
-use crate::config::Config;
+use crate::config::{Config, StoreMode};
 use crate::error::NotReady;
 use crate::keys::error::StoreError;
 use crate::keys::index::reload::Reloaded;
 use crate::keys::index::{ApplyError, KeyChange, KeyIndex};
+use crate::keys::shared::sync::KeySync;
+use crate::keys::shared::RedisStore;
+use crate::keys::snapshot::Snapshot;
 use crate::keys::store::KeyStore;
 use crate::limit::failed_auth::FailedAuthGuard;
 use crate::limit::inflight::Capacity;
@@ -81,6 +84,9 @@ pub struct Gateway {
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
     pub reloads: ReloadStats,
+    /// Redis key-store mode (`[keys] store = "redis"`): the store, this replica's snapshot
+    /// of it, and how far the follower (`ops::key_sync`) has applied it. Fixed at start.
+    pub key_sync: Option<Arc<KeySync>>,
     /// The gateway's metrics (its own recorder; rendered by `ops::metrics::scrape`).
     pub metrics: Metrics,
     /// The log writer, once `logging::init` has run (not in tests that skip it): access
@@ -111,8 +117,22 @@ impl Gateway {
         let capacity = Capacity::new(config.server.max_in_flight);
         let redis = config.cluster.clone().map(RedisBackend::start);
         let usage = Usage::new(redis.as_ref());
+        let key_sync = match &config.keys.store {
+            StoreMode::File => None,
+            StoreMode::Redis(cfg) => match RedisStore::new(cfg) {
+                Ok(store) => Some(Arc::new(KeySync::new(
+                    store,
+                    Snapshot::new(&config.keys.file),
+                ))),
+                Err(e) => {
+                    tracing::error!(error = %e, "the key store cannot be used");
+                    None
+                }
+            },
+        };
         let gw = Arc::new_cyclic(|me| Gateway {
             redis,
+            key_sync,
             usage,
             live: ArcSwap::from_pointee(Live {
                 config: Arc::new(config),
@@ -174,6 +194,10 @@ impl Gateway {
         }
         let live = self.live.load();
         if live.keys.is_none() {
+            if let Some(sync) = &self.key_sync {
+                let why = sync.error().unwrap_or_else(|| "connecting".into());
+                return Some(NotReady::KeyStore(why.into()));
+            }
             return Some(NotReady::NoKeys);
         }
         if live.config.keys.unready_on_load_error
@@ -387,6 +411,8 @@ impl Gateway {
         restart_only!(keys.file);
         restart_only!(keys.reload);
         restart_only!(keys.poll_interval);
+        restart_only!(keys.store);
+        restart_only!(keys.snapshot_interval);
         restart_only!(log.format);
         restart_only!(limits.failed_auth_per_minute);
         restart_only!(cluster);
@@ -396,7 +422,14 @@ impl Gateway {
             if next.limits == was.limits {
                 Arc::clone(idx)
             } else {
-                // Limits changed: rebuild so every key's effective quota is recomputed.
+                // Limits changed: rebuild so every key's effective quota is recomputed (in
+                // redis mode from the snapshot with its journal folded in).
+                if let Some(sync) = &self.key_sync {
+                    if let Err(e) = sync.snapshot.fold() {
+                        tracing::error!(error = %e, "key snapshot not rewritten");
+                        return Arc::clone(idx);
+                    }
+                }
                 match load_index(&was.keys.file, &next.limits, Some(idx)) {
                     Ok(rebuilt) => {
                         self.reloads.index_rebuilds.fetch_add(1, Ordering::Relaxed);

@@ -70,6 +70,11 @@
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |
+//! | `keys/backend.rs` | `Store`: the one write path, the key file or the Redis key store, for the CLI and the API |
+//! | `keys/shared/mod.rs` | `RedisStore`: the shared key store in Redis, each write one Lua script (`write.lua`, `push.lua`, `restore.lua`) with optimistic concurrency |
+//! | `keys/shared/read.rs` | what a replica reads to follow the store: epoch, version, change log, records |
+//! | `keys/shared/sync.rs` | `KeySync`: a replica's follow state (applied position, staleness, diverged), read-your-writes wait |
+//! | `keys/snapshot.rs` | a replica's snapshot: the key file plus an fsynced journal, folded in the background; `wins`, the monotonic merge |
 //! | `keys/index/mod.rs` | `KeyIndex`: SHA-256 → key for a million keys, a base and an overlay of changes; `apply`, `compact` (`tests.rs`, `overlay_tests.rs`: its unit tests; `overlay_props.rs`: a property test) |
 //! | `keys/index/base.rs` | the base: sorted arrays built in one streaming pass; record digests |
 //! | `keys/index/overlay.rs` | the overlay: changed keys in persistent maps; `KeyChange` |
@@ -97,6 +102,7 @@
 //! | `ops/logging.rs` | the log writer: a bounded queue, one thread, a reloadable level |
 //! | `ops/audit.rs` | the audit trail of key changes |
 //! | `ops/health.rs` | running the upstreams' health checks |
+//! | `ops/key_sync.rs` | Redis key store: the follower thread (change log → journal → index; full resync and merge; divergence) and the snapshot writer |
 //! | `ops/probes.rs` | `/healthz`, `/readyz`, the console's files |
 //! | `ops/maintenance.rs` | the 10 s task: usage saved, expiry warnings, sweeps |
 //! | `ops/notify/mod.rs` | webhook notifications (`[notify]`): `start`, the `Notifier` |
@@ -119,6 +125,7 @@
 //! | `cli/check.rs` | `check` |
 //! | `cli/usage.rs` | `usage`, and what `keys show` adds (usage, quota) |
 //! | `cli/serve.rs` | `serve`'s process wiring (watchers, metrics listener, maintenance, signals), `mock` |
+//! | `cli/store.rs` | `keys push` / `keys pull` (Redis key store) |
 //! | `cli/demo.rs` | `demo` |
 //! | `cli/output.rs` | tables and JSON for a terminal |
 //! | `config/mod.rs` | `Config` and its validated sections |
@@ -126,6 +133,7 @@
 //! | `config/load.rs` | reading `gateway.toml` |
 //! | `config/validate.rs` | raw to validated, field by field |
 //! | `config/cluster.rs` | `[cluster]` and the Redis client it describes |
+//! | `config/key_store.rs` | `[keys] store`, `redis_url`, `redis_prefix` |
 //! | `config/notify.rs` | `[notify]`: the webhook, validated |
 //! | `config/tests.rs` | unit tests of parsing and validation |
 //! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |

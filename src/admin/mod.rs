@@ -1,10 +1,11 @@
 //! The management API (reference: Management API), behind the `admin` scope on the main listener,
 //! and `GET /v1/usage` (scope `usage`).
 //!
-//! Writes are `keys::ops` operations run by the same locked, atomic `KeyStore::apply` as the
-//! CLI, audited with what changed; then this gateway reloads its index before it answers
-//! (once: its own watcher then finds the file it loaded); other gateways watching the file
-//! follow by reload. Edits (`PATCH`) are read by `edit`.
+//! Writes are `keys::ops` operations run through the same `keys::backend::Store` as the
+//! CLI, audited with what changed. File mode: this gateway then reloads its index before it
+//! answers (once: its own watcher then finds the file it loaded); other gateways watching the
+//! file follow by reload. Redis mode: the answer waits until this replica's follower has
+//! applied the write (every replica follows the store's change log). Edits (`PATCH`) are read by `edit`.
 //! The plaintext of a new or rotated key is in the one answer that creates it, nowhere else.
 
 pub mod console;
@@ -14,6 +15,7 @@ pub mod list;
 use crate::account::RequestRecord;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
+use crate::keys::backend::Store;
 use crate::keys::file::KeyFile;
 use crate::keys::index::KeyRef;
 use crate::keys::ops::{Action, Done, Op};
@@ -33,6 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// How long a write to the Redis key store waits for this replica to apply it.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +109,13 @@ async fn write(
     op: Op,
     now: Timestamp,
 ) -> Result<Done, GatewayError> {
-    let store = gw.store();
+    let (store, sync) = match &gw.key_sync {
+        Some(sync) => (
+            Store::Redis(Arc::clone(&sync.store)),
+            Some(Arc::clone(sync)),
+        ),
+        None => (Store::File(gw.store()), None),
+    };
     let audit_file = gw.config().log.audit_file.clone();
     let prefix = gw.config().keys.prefix.clone();
     let by = format!("api:{}", admin.id);
@@ -118,7 +128,7 @@ async fn write(
                     .into(),
             )
         })?;
-        let done = store.apply(&op, &prefix, now)?;
+        let (done, version) = store.apply(&op, &prefix, now)?;
         let (rec, action) = (&done.record, done.action.as_str());
         let event = AuditEvent {
             action,
@@ -130,10 +140,20 @@ async fn write(
         if let Err(e) = audit.record(&event) {
             tracing::error!(error = %e, key_id = %rec.id, "key {action} but its audit record was not written");
         }
-        if done.changed {
-            if let Err(e) = gw2.reload_keys() {
-                tracing::error!(error = %e, "reload after a management write failed");
+        match (&sync, version) {
+            // Read your writes: the answer waits for this replica's follower to apply it.
+            (Some(sync), Some(v)) => {
+                if !sync.wait_applied(v, APPLY_WAIT) {
+                    tracing::warn!(key_id = %rec.id, version = v, "key change written to the store but not yet in force on this replica");
+                }
             }
+            (Some(_), None) => {}
+            (None, _) if done.changed => {
+                if let Err(e) = gw2.reload_keys() {
+                    tracing::error!(error = %e, "reload after a management write failed");
+                }
+            }
+            (None, _) => {}
         }
         Ok::<Done, GatewayError>(done)
     })

@@ -7,10 +7,10 @@ use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
 use crate::cli::output::{announce_secret, print_json, print_table};
 use crate::config::KeyCommandsConfig;
+use crate::keys::backend::Store;
 use crate::keys::error::StoreError;
 use crate::keys::ops::{Done, Op};
 use crate::keys::record::{FieldError, KeyLimits, KeyQuotas, NewKey};
-use crate::keys::store::KeyStore;
 use crate::keys::usage::UsageSnapshot;
 use crate::ops::audit::{Audit, AuditError, AuditEvent};
 use crate::text::Escaped;
@@ -97,8 +97,8 @@ pub(crate) fn audited(
 ) -> Result<(Done, Result<(), AuditError>), CliError> {
     let logging = crate::ops::logging::init(&cfg.log);
     let mut audit = Audit::open(cfg.log.audit_file.as_deref())?;
-    let done = match KeyStore::new(&cfg.keys.file).apply(op, &cfg.keys.prefix, now) {
-        Ok(done) => done,
+    let done = match Store::of(&cfg.keys)?.apply(op, &cfg.keys.prefix, now) {
+        Ok((done, _)) => done,
         Err(StoreError::Field(e)) => return Err(flag_error(e)),
         Err(e) => return Err(e.into()),
     };
@@ -168,7 +168,10 @@ fn saved_usage(cfg: &KeyCommandsConfig) -> std::collections::HashMap<String, Usa
 
 pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliError> {
     let cfg = load_key_config(config)?;
-    let file = KeyStore::new(&cfg.keys.file).load()?;
+    let file = match Store::of(&cfg.keys)? {
+        Store::File(f) => f.load()?,
+        redis => redis.load()?,
+    };
     let k = file.get(id)?;
     let now = Timestamp::now();
     let saved = saved_usage(&cfg);
@@ -258,7 +261,7 @@ pub fn revoke(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliEr
         print_json(&rec.view(&cfg.keys.prefix, now, None));
     } else {
         println!(
-            "Revoked key {} ({}). Running gateways refuse it as soon as they reload the file.",
+            "Revoked key {} ({}). Running gateways refuse it as soon as they see the change.",
             rec.id,
             Escaped(&rec.name)
         );

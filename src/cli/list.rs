@@ -8,6 +8,7 @@ use crate::cli::args::ListArgs;
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
 use crate::cli::output::{ago, until};
+use crate::keys::backend::Store;
 use crate::keys::file;
 use crate::keys::list::{Filter, Statuses};
 use crate::keys::record::KeyRecord;
@@ -52,7 +53,11 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
         last_used_after: None,
     };
     let store = KeyStore::new(&cfg.keys.file);
-    let text = store.read_text()?;
+    let text = match Store::of(&cfg.keys)? {
+        Store::File(_) => store.read_text()?,
+        // The shared store's records, in the key file's form, through the same reader.
+        redis => Some(crate::keys::writer::file_text(&redis.load()?)),
+    };
     let usage: HashMap<String, UsageSnapshot> =
         crate::ops::usage_state::load_state(&cfg.keys.state_file).unwrap_or_default();
     let now = Timestamp::now();

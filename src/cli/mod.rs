@@ -11,6 +11,7 @@ pub mod keys;
 pub mod list;
 pub mod output;
 pub mod serve;
+pub mod store;
 pub mod usage;
 
 use args::{duration_arg, key_id_arg, CreateArgs, ListArgs};
@@ -121,6 +122,19 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Redis key store: restore the store from a replica's snapshot (records the store
+    /// lacks or holds older), give it a new epoch and allow writes again.
+    Push {
+        /// The snapshot to push (default: [keys] file, with its journal).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
+    /// Redis key store: write every record of the store to a key file (backup, GitOps).
+    Pull {
+        /// The key file to write (atomically; replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Revoke a key at once, with every secret it had (final: it cannot be enabled again).
     Revoke {
         /// The key's id (`key_…`, as `keygate keys list` shows it).
@@ -156,6 +170,8 @@ pub fn run(cli: Cli) -> ExitCode {
             KeysCommand::Show { id, json } => keys::show(c, &id, json),
             KeysCommand::Rotate { id, grace, json } => keys::rotate(c, &id, grace, json),
             KeysCommand::Revoke { id, json } => keys::revoke(c, &id, json),
+            KeysCommand::Push { from } => store::push(c, from),
+            KeysCommand::Pull { out } => store::pull(c, &out),
             KeysCommand::Update(a) => edit::update(c, *a),
             KeysCommand::Disable { id, json } => edit::set_enabled(c, &id, false, json),
             KeysCommand::Enable { id, json } => edit::set_enabled(c, &id, true, json),

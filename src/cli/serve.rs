@@ -108,16 +108,39 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
         }
     };
     let load = Arc::new(load);
+    if let Some(sync) = gw.key_sync.clone() {
+        // Redis key store: the snapshot (journal folded in) serves at once, whether Redis
+        // answers or not; the follower owns the file from then on (no file watch).
+        let (s, l) = (Arc::clone(&sync), Arc::clone(&load));
+        let _ = tokio::task::spawn_blocking(move || match s.snapshot.fold() {
+            Ok(_) if s.snapshot.path().exists() => {
+                l(false);
+            }
+            Ok(_) => {
+                tracing::warn!("no key snapshot on disk yet: not ready until the key store answers")
+            }
+            Err(e) => tracing::error!(error = %e, "key snapshot not loaded"),
+        })
+        .await;
+        if !restored.swap(true, Ordering::AcqRel) {
+            crate::ops::usage_state::restore(gw, &state_file);
+        }
+        crate::ops::key_sync::start(gw, sync);
+    }
     // The watch starts from the file as it is before the first load, so a change during
     // that load is not missed.
     let watch = cfg
         .keys
         .reload
-        .then(|| crate::watch::Watch::new(cfg.keys.file.clone()));
+        .then(|| crate::watch::Watch::new(cfg.keys.file.clone()))
+        .filter(|_| gw.key_sync.is_none());
     let l = Arc::clone(&load);
-    let first = tokio::task::spawn_blocking(move || l(false))
-        .await
-        .unwrap_or(false);
+    let first = match gw.key_sync {
+        Some(_) => false,
+        None => tokio::task::spawn_blocking(move || l(false))
+            .await
+            .unwrap_or(false),
+    };
     if let Some(w) = watch {
         let first = if first { Loaded::Yes } else { Loaded::No };
         tasks.push(w.spawn(cfg.keys.poll_interval, first, move || load(true)));
@@ -200,6 +223,13 @@ pub(crate) async fn serve_until_signal(
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     bg.stop().await;
+    if let Some(sync) = gw.key_sync.clone() {
+        // The journal folded into the snapshot, so the next start reads one file.
+        let folded = tokio::task::spawn_blocking(move || sync.snapshot.fold()).await;
+        if let Ok(Err(e)) = folded {
+            tracing::error!(error = %e, "key snapshot not rewritten at shutdown (its journal keeps every change)");
+        }
+    }
     tracing::info!("keygate stopped");
     Ok(())
 }

@@ -50,11 +50,12 @@ impl KeyCommandsConfig {
     pub fn parse(text: &str, source: Option<&Path>) -> Result<KeyCommandsConfig, ConfigError> {
         let (raw, path, base) = parse_raw(text, source)?;
         let v = Validator { path: &path };
+        let cluster = v.cluster(raw.cluster, &base)?;
         Ok(KeyCommandsConfig {
-            keys: v.keys(raw.keys, &base)?,
+            keys: v.keys(raw.keys, &base, cluster.as_ref())?,
             log: v.log(raw.log, &base)?,
             usage: v.usage(raw.usage)?,
-            cluster: v.cluster(raw.cluster, &base)?,
+            cluster,
         })
     }
 }

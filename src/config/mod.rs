@@ -7,6 +7,7 @@
 //! validation never replaces the running configuration.
 
 pub mod cluster;
+mod key_store;
 mod load;
 pub mod notify;
 mod raw;
@@ -137,6 +138,28 @@ pub struct KeysConfig {
     /// an orchestrator takes a replica whose keys may be stale out of service. Off by default:
     /// a glitch in a shared Secret would otherwise take every replica out at once.
     pub unready_on_load_error: bool,
+    /// Where the key records live: the key file (default) or a shared Redis, with
+    /// `file` then this replica's snapshot of it.
+    pub store: StoreMode,
+    /// Redis mode: the snapshot is rewritten (journal folded in) at most this often.
+    pub snapshot_interval: Duration,
+}
+
+/// `[keys] store`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreMode {
+    File,
+    Redis(RedisKeyStore),
+}
+
+/// `[keys] store = "redis"`: the Redis the key records live in (`[keys] redis_url`, else
+/// `[cluster] redis_url`; TLS files and timeout from `[cluster]` when it is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisKeyStore {
+    /// The client settings (`key_prefix` unused; the store's own is `prefix`).
+    pub client: cluster::ClusterConfig,
+    /// `[keys] redis_prefix`: every key name starts with `{<prefix>}:`.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

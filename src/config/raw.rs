@@ -65,6 +65,10 @@ pub struct RawKeys {
     pub poll_interval: Option<String>,
     pub state_file: Option<String>,
     pub unready_on_load_error: Option<bool>,
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub snapshot_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -33,7 +33,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             field: field.to_string(),
@@ -41,7 +41,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         field: &str,
         v: Option<String>,
@@ -175,7 +175,8 @@ impl Validator<'_> {
             return Err(self.err("server.max_header_bytes", "must be at least 8192"));
         }
 
-        let keys = self.keys(raw.keys, base)?;
+        let cluster = self.cluster(raw.cluster, base)?;
+        let keys = self.keys(raw.keys, base, cluster.as_ref())?;
 
         let l = raw.limits;
         let limits = LimitDefaults {
@@ -240,7 +241,6 @@ impl Validator<'_> {
         }
         let routes = RouteTable::with_extra(rules);
 
-        let cluster = self.cluster(raw.cluster, base)?;
         let usage = self.usage(raw.usage)?;
 
         let metrics = MetricsConfig {
@@ -361,7 +361,12 @@ impl Validator<'_> {
     }
 
     /// `[keys]`.
-    pub(super) fn keys(&self, k: RawKeys, base: &Path) -> Result<KeysConfig, ConfigError> {
+    pub(super) fn keys(
+        &self,
+        k: RawKeys,
+        base: &Path,
+        cluster: Option<&ClusterConfig>,
+    ) -> Result<KeysConfig, ConfigError> {
         let resolve = |p: &str| resolve(base, p);
         let prefix = k.prefix.unwrap_or_else(|| "sk_kg".to_string());
         if prefix.is_empty()
@@ -399,6 +404,12 @@ impl Validator<'_> {
             )?,
             state_file,
             unready_on_load_error: k.unready_on_load_error.unwrap_or(false),
+            store: self.store_mode(&k.store, k.redis_url, k.redis_prefix, cluster)?,
+            snapshot_interval: self.duration(
+                "keys.snapshot_interval",
+                k.snapshot_interval,
+                Duration::from_secs(10),
+            )?,
         };
         Ok(keys)
     }

@@ -22,6 +22,7 @@ impl From<StoreError> for GatewayError {
     fn from(e: StoreError) -> GatewayError {
         match e {
             StoreError::ReadOnly { .. } => GatewayError::ReadOnlyKeyStore,
+            StoreError::Unavailable(why) => GatewayError::KeyStoreUnavailable(why),
             StoreError::NotFound(id) => {
                 GatewayError::NotFound(format!("No API key with id `{id}`."))
             }

@@ -94,6 +94,9 @@ pub enum GatewayError {
     UsageUnavailable(String),
     #[error("The key file is read-only (for example a mounted Secret); manage keys where it is writable.")]
     ReadOnlyKeyStore,
+    /// The shared key store (Redis) cannot take a write now; keys keep being served.
+    #[error("The key store is unavailable ({0}); no change was made. Retry shortly.")]
+    KeyStoreUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -121,7 +124,9 @@ impl GatewayError {
             LimiterUnavailable | UsageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            NotReady | Unready(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | Unready(_) | Overloaded | KeyStoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ReadOnlyKeyStore => StatusCode::CONFLICT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -151,7 +156,12 @@ impl GatewayError {
             | TooManyFailedAttempts { .. } => "rate_limit_error",
             InsufficientQuota(_) => INSUFFICIENT_QUOTA,
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
-            NotReady | Unready(_) | Overloaded | LimiterUnavailable | UsageUnavailable(_)
+            NotReady
+            | Unready(_)
+            | Overloaded
+            | LimiterUnavailable
+            | UsageUnavailable(_)
+            | KeyStoreUnavailable(_)
             | Internal(_) => "server_error",
         }
     }
@@ -187,6 +197,7 @@ impl GatewayError {
             NotReady | Unready(_) => "not_ready",
             Overloaded => "overloaded",
             ReadOnlyKeyStore => "read_only_key_store",
+            KeyStoreUnavailable(_) => "key_store_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -225,7 +236,8 @@ impl GatewayError {
             GatewayError::ConcurrencyLimited(_)
             | GatewayError::Overloaded
             | GatewayError::LimiterUnavailable
-            | GatewayError::UsageUnavailable(_) => Some(Duration::from_secs(1)),
+            | GatewayError::UsageUnavailable(_)
+            | GatewayError::KeyStoreUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -281,6 +293,8 @@ pub enum NotReady {
     Draining,
     /// This upstream has not passed its last health check.
     Upstream(Arc<str>),
+    /// Redis key store: no snapshot on disk and the store has not answered yet (why).
+    KeyStore(Arc<str>),
 }
 
 impl std::fmt::Display for NotReady {
@@ -291,6 +305,10 @@ impl std::fmt::Display for NotReady {
                 "the key file cannot be loaded (the last good keys are serving; see the log)",
             ),
             NotReady::Draining => f.write_str("shutting down"),
+            NotReady::KeyStore(why) => write!(
+                f,
+                "no key snapshot on disk and the key store has not answered ({why})"
+            ),
             NotReady::Upstream(u) => {
                 write!(f, "the upstream `{u}` has not passed its health check")
             }

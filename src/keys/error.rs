@@ -32,6 +32,10 @@ pub enum StoreError {
     /// A value given for a new key is invalid; names the field.
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// The shared key store (Redis) cannot take a write now: unreachable, or refusing writes
+    /// until `keygate keys push` (it went backwards). Reads keep being served.
+    #[error("the key store is unavailable: {0}")]
+    Unavailable(String),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
 }

@@ -4,6 +4,7 @@
 //! keys up in, with each key's runtime state.
 
 pub mod annotations;
+pub mod backend;
 pub mod entry;
 pub mod error;
 pub mod extra;
@@ -15,6 +16,8 @@ pub mod ops;
 pub mod patch;
 pub mod record;
 pub mod scope;
+pub mod shared;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod token;

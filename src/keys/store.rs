@@ -222,7 +222,7 @@ impl KeyStore {
 
     /// A new, empty temp file beside the key file with the key file's owner and mode (temp
     /// files a killed writer left are removed first).
-    fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+    pub(crate) fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
         let dir = self.dir();
         let base = self
             .path
@@ -242,7 +242,7 @@ impl KeyStore {
 
     /// Makes the written temp file the key file: its data synced, renamed, the directory
     /// synced.
-    fn commit(&self, tmp: tempfile::NamedTempFile) -> io::Result<()> {
+    pub(crate) fn commit(&self, tmp: tempfile::NamedTempFile) -> io::Result<()> {
         tmp.as_file().sync_all()?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
         File::open(self.dir())?.sync_all()

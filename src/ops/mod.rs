@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod health;
+pub mod key_sync;
 pub mod logging;
 pub mod maintenance;
 pub mod metrics;

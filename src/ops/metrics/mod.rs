@@ -80,6 +80,12 @@ struct StateGauges {
     index_changes_applied: Counter,
     index_compactions: Counter,
     index_overlay: Gauge,
+    key_store_connected: Gauge,
+    key_store_stale: Gauge,
+    key_store_diverged: Gauge,
+    key_store_version: Gauge,
+    key_store_changes: Counter,
+    key_store_resyncs: Counter,
 }
 
 /// The gateway's metrics: the recorder and the handles the request path uses.
@@ -160,6 +166,12 @@ impl Metrics {
             index_changes_applied: counter("keygate_key_index_changes_applied_total", &[]),
             index_compactions: counter("keygate_key_index_compactions_total", &[]),
             index_overlay: gauge("keygate_key_index_overlay_keys", &[]),
+            key_store_connected: gauge("keygate_key_store_connected", &[]),
+            key_store_stale: gauge("keygate_key_store_stale_seconds", &[]),
+            key_store_diverged: gauge("keygate_key_store_diverged", &[]),
+            key_store_version: gauge("keygate_key_store_applied_version", &[]),
+            key_store_changes: counter("keygate_key_store_changes_applied_total", &[]),
+            key_store_resyncs: counter("keygate_key_store_resyncs_total", &[]),
         };
         let build = gauge(
             "keygate_build_info",

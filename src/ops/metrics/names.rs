@@ -197,7 +197,7 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
 
 /// `# HELP` for every series the gateway exports.
 pub fn describe(r: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 11] = [
+    let counters: [(&'static str, &'static str); 13] = [
         (REQUESTS, "Requests answered, by route, status class and error code (empty for none)."),
         (RATE_LIMITED, "Requests refused with 429, by error code."),
         (UPSTREAM_ERRORS, "Upstream failures, by upstream and kind: unreachable, no answer in time, a 5xx answer, a stream that broke off or stalled."),
@@ -205,6 +205,8 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_reloads_total", "Key-file reloads, by result."),
         ("keygate_config_reloads_total", "gateway.toml reloads, by result."),
         ("keygate_key_index_rebuilds_total", "Key indexes built from scratch (start, a reload that changed many keys, changed [limits])."),
+        ("keygate_key_store_changes_applied_total", "Redis key store: key records from the store put in force on this replica."),
+        ("keygate_key_store_resyncs_total", "Redis key store: full resyncs (first contact, a new epoch, the store went backwards, the change log trimmed)."),
         ("keygate_key_index_changes_applied_total", "Keys changed, added or removed by applying only them to the index in force."),
         ("keygate_key_index_compactions_total", "Overlays of changed keys folded into a new index base, off the request path."),
         (LOG_DROPPED, "Access-log lines dropped because the log writer could not keep up (audit and other lines are never dropped)."),
@@ -213,12 +215,16 @@ pub fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
-    let gauges: [(&'static str, Option<Unit>, &'static str); 12] = [
+    let gauges: [(&'static str, Option<Unit>, &'static str); 16] = [
         ("keygate_in_flight", None, "Requests in flight now, gateway-wide."),
         ("keygate_ready", None, "1 when /readyz answers 200: keys loaded, not draining, every health-checked upstream up."),
         (UPSTREAM_UP, None, "1 when the upstream's last health check answered 2xx, 0 when it did not (only upstreams with `health`)."),
         ("keygate_keys", None, "Keys in the loaded key file, revoked and expired included."),
         ("keygate_key_file_healthy", None, "1 when the last look at the key file loaded it; 0 while it cannot be read or is invalid (the last good keys keep serving)."),
+        ("keygate_key_store_connected", None, "Redis key store: 1 while this replica's follower is connected to the store."),
+        ("keygate_key_store_stale_seconds", Some(Unit::Seconds), "Redis key store: seconds since this replica last knew it had every change of the store (about 1 while connected; grows while Redis is down and the snapshot serves)."),
+        ("keygate_key_store_diverged", None, "Redis key store: 1 while the store is marked behind a replica's snapshot (writes refused until `keygate keys push`)."),
+        ("keygate_key_store_applied_version", None, "Redis key store: the store version whose changes are in force on this replica."),
         ("keygate_key_index_overlay_keys", None, "Key versions applied since the index base was built, waiting to be folded into the next one."),
         ("keygate_keys_active", None, "Keys neither revoked nor expired."),
         ("keygate_keys_expiring_7d", None, "Active keys that expire within 7 days."),

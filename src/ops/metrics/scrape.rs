@@ -55,6 +55,19 @@ impl Metrics {
             } else {
                 0.0
             });
+        if let Some(k) = &gw.key_sync {
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            s.key_store_connected
+                .set(flag(k.connected.load(Ordering::Relaxed)));
+            s.key_store_stale.set(k.stale_seconds() as f64);
+            s.key_store_diverged
+                .set(flag(k.diverged.load(Ordering::Relaxed)));
+            s.key_store_version.set(k.applied().version as f64);
+            s.key_store_changes
+                .absolute(k.changes_applied.load(Ordering::Relaxed));
+            s.key_store_resyncs
+                .absolute(k.resyncs.load(Ordering::Relaxed));
+        }
         if let Some(l) = gw.logging.get() {
             s.log_dropped.absolute(l.dropped());
         }

@@ -1,0 +1,58 @@
+//! `keygate keys push | pull`: the Redis key store restored from a replica's snapshot, or
+//! written to a key file.
+
+use crate::cli::config::load_key_config;
+use crate::cli::error::CliError;
+use crate::keys::backend::Store;
+use crate::keys::file::KeyFile;
+use crate::keys::shared::RedisStore;
+use crate::keys::snapshot::Snapshot;
+use crate::keys::store::KeyStore;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn redis(config: Option<PathBuf>) -> Result<(Arc<RedisStore>, PathBuf), CliError> {
+    let cfg = load_key_config(config)?;
+    match Store::of(&cfg.keys)? {
+        Store::Redis(r) => Ok((r, cfg.keys.file)),
+        Store::File(_) => Err(CliError::Usage(
+            "`keys push` and `keys pull` need `[keys] store = \"redis\"` in gateway.toml".into(),
+        )),
+    }
+}
+
+pub fn push(config: Option<PathBuf>, from: Option<PathBuf>) -> Result<(), CliError> {
+    let (store, file) = redis(config)?;
+    let snapshot = Snapshot::new(&from.unwrap_or(file));
+    if !snapshot.exists() {
+        return Err(CliError::Runtime(format!(
+            "no snapshot at {} to push",
+            snapshot.path().display()
+        )));
+    }
+    let seen = snapshot.position()?.map_or(0, |p| p.version);
+    let records = snapshot.records()?;
+    let n = records.len();
+    let (written, version) = store.push(records, seen)?;
+    println!(
+        "Pushed {} of {n} snapshot records from {} (the others the store held as new or newer); store version {version}, writes allowed. Every replica now resyncs.",
+        written,
+        snapshot.path().display()
+    );
+    Ok(())
+}
+
+pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
+    let (store, _) = redis(config)?;
+    let keys = store.read_all()?;
+    let n = keys.len();
+    KeyStore::new(out).update(|f| {
+        *f = KeyFile {
+            keys,
+            ..KeyFile::empty()
+        };
+        Ok(())
+    })?;
+    println!("Wrote {n} keys from the key store to {}.", out.display());
+    Ok(())
+}

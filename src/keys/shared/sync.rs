@@ -1,0 +1,96 @@
+//! `KeySync`: what a replica in redis mode shares between its follower (`ops::key_sync`),
+//! its management API (a write answers once this replica applied it) and its metrics and
+//! readiness (how stale the snapshot is, whether the store went backwards).
+
+use super::RedisStore;
+use crate::keys::snapshot::{Position, Snapshot};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+pub struct KeySync {
+    pub store: Arc<RedisStore>,
+    pub snapshot: Snapshot,
+    /// The store position whose changes are in force here.
+    applied: Mutex<Position>,
+    advanced: Condvar,
+    /// Whether the follower is connected to the store: `keygate_key_store_connected`.
+    pub connected: AtomicBool,
+    /// Unix seconds of the last time the follower knew it had everything the store had.
+    pub last_contact: AtomicU64,
+    /// The store is behind this replica (restarted empty, restored from an old backup):
+    /// `keygate_key_store_diverged`; writes refuse until `keygate keys push`.
+    pub diverged: AtomicBool,
+    /// Why the store cannot be reached, while it cannot.
+    pub last_error: Mutex<Option<String>>,
+    /// Changes from the store put in force: `keygate_key_store_changes_applied_total`.
+    pub changes_applied: AtomicU64,
+    /// Full resyncs: `keygate_key_store_resyncs_total`.
+    pub resyncs: AtomicU64,
+}
+
+impl std::fmt::Debug for KeySync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySync")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl KeySync {
+    pub fn new(store: RedisStore, snapshot: Snapshot) -> KeySync {
+        KeySync {
+            store: Arc::new(store),
+            snapshot,
+            applied: Mutex::new(Position::default()),
+            advanced: Condvar::new(),
+            connected: AtomicBool::new(false),
+            last_contact: AtomicU64::new(0),
+            diverged: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            changes_applied: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn applied(&self) -> Position {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records that the changes up to `p` are in force, waking writers waiting for them.
+    pub fn set_applied(&self, p: Position) {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        self.advanced.notify_all();
+    }
+
+    /// Waits until the change with store version `version` is in force here (read your
+    /// writes), at most `timeout`. Whether it is.
+    pub fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
+        let guard = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .advanced
+            .wait_timeout_while(guard, timeout, |p| p.version < version)
+            .unwrap_or_else(|e| e.into_inner());
+        guard.version >= version
+    }
+
+    /// Seconds since this replica last knew it had every change of the store.
+    pub fn stale_seconds(&self) -> u64 {
+        let last = self.last_contact.load(Ordering::Relaxed);
+        crate::time::Timestamp::now().0.saturating_sub(last)
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}

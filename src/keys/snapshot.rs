@@ -1,0 +1,294 @@
+//! A replica's snapshot of the shared key store: the key file (`[keys] file`, the same
+//! hash-only format, written atomically) plus a journal beside it (`<file>.journal`).
+//!
+//! Rewriting a million-key file per change would cost seconds, so a change from the store is
+//! appended to the journal (one JSON line per record, fsynced per batch) before it is put in
+//! force, and the file is rewritten with the journal folded in (`fold`) in the background at
+//! most every `[keys] snapshot_interval`, at start and at shutdown. The journal then keeps
+//! only a first line with the store position reached and what was appended meanwhile. A
+//! revoke a replica has seen thus survives its crash, and a start is the snapshot with its
+//! journal folded in.
+//!
+//! Merging is monotonic (`wins`): a record replaces the one held only when its `rev` is
+//! higher, and never un-revokes.
+
+use crate::keys::error::StoreError;
+use crate::keys::file;
+use crate::keys::record::KeyRecord;
+use crate::keys::store::KeyStore;
+use crate::keys::writer::Writer;
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What a replica holds of a key, for merging: its revision and whether it is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub rev: u64,
+    pub revoked: bool,
+}
+
+impl Seen {
+    pub fn of(rec: &KeyRecord) -> Seen {
+        Seen {
+            rev: rec.rev,
+            revoked: rec.revoked_at.is_some(),
+        }
+    }
+}
+
+/// Whether `rec` replaces what is held (`held`): a key not held, or a higher revision — but
+/// a revoked key is never replaced by an unrevoked version, whatever its revision (a store
+/// restored from an old backup must not bring a revoked key back).
+pub fn wins(held: Option<Seen>, rec: &KeyRecord) -> bool {
+    match held {
+        None => true,
+        Some(h) if h.revoked && rec.revoked_at.is_none() => false,
+        Some(h) => rec.rev > h.rev || (rec.revoked_at.is_some() && !h.revoked),
+    }
+}
+
+/// Where a store (or a replica's snapshot of it) is: the store's epoch and the version of
+/// the last change applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub version: u64,
+}
+
+/// One journal line: the store position after it, and the record it brings (none for a
+/// position alone).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Line {
+    #[serde(flatten)]
+    position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<KeyRecord>,
+}
+
+/// The snapshot file and its journal.
+#[derive(Debug)]
+pub struct Snapshot {
+    file: KeyStore,
+    journal: PathBuf,
+    /// Held while appending, and by `fold` while it reads and trims the journal.
+    append: Mutex<()>,
+    /// One fold at a time.
+    folding: Mutex<()>,
+}
+
+/// The journal as read: its records (in order), the last position, its length in bytes.
+struct Journal {
+    records: Vec<KeyRecord>,
+    position: Option<Position>,
+    len: usize,
+    /// A last line cut by a crash follows (dropped at the next trim).
+    torn: bool,
+}
+
+impl Snapshot {
+    pub fn new(file: &Path) -> Snapshot {
+        let mut name = file
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".journal");
+        Snapshot {
+            file: KeyStore::new(file),
+            journal: file.with_file_name(name),
+            append: Mutex::new(()),
+            folding: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Whether there is a snapshot to serve from (the file, or a journal).
+    pub fn exists(&self) -> bool {
+        self.file.path().exists() || self.journal.exists()
+    }
+
+    /// Appends `records` (none: the position alone) and syncs: durable before it returns.
+    pub fn append(&self, records: &[KeyRecord], position: &Position) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            path: self.journal.clone(),
+            source,
+        };
+        let mut text = Vec::new();
+        let mut line = |record: Option<&KeyRecord>| {
+            let l = Line {
+                position: position.clone(),
+                record: record.cloned(),
+            };
+            serde_json::to_writer(&mut text, &l).map_err(io::Error::from)?;
+            text.push(b'\n');
+            Ok::<(), io::Error>(())
+        };
+        match records {
+            [] => line(None).map_err(err)?,
+            _ => {
+                for r in records {
+                    line(Some(r)).map_err(err)?;
+                }
+            }
+        }
+        let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .map_err(err)?;
+        f.write_all(&text).and_then(|_| f.sync_data()).map_err(err)
+    }
+
+    fn read_journal(&self) -> Result<Journal, StoreError> {
+        let bytes = match fs::read(&self.journal) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.journal.clone(),
+                    source,
+                })
+            }
+        };
+        let mut j = Journal {
+            records: Vec::new(),
+            position: None,
+            len: 0,
+            torn: false,
+        };
+        // Only whole lines count: a line cut by a crash was never acknowledged as durable.
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if line.last() != Some(&b'\n') {
+                j.torn = true;
+                break;
+            }
+            let parsed: Line = serde_json::from_slice(line).map_err(|e| StoreError::Invalid {
+                path: self.journal.clone(),
+                problem: format!("a journal line is invalid: {e}"),
+            })?;
+            j.len += line.len();
+            j.position = Some(parsed.position);
+            j.records.extend(parsed.record);
+        }
+        Ok(j)
+    }
+
+    /// The store position the snapshot and its journal reach (`None`: never synced).
+    pub fn position(&self) -> Result<Option<Position>, StoreError> {
+        let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.read_journal()?.position)
+    }
+
+    /// Rewrites the file with the journal folded in (streaming, atomically), then trims the
+    /// journal to the position reached and what was appended meanwhile. Returns the
+    /// position (`None`: never synced).
+    pub fn fold(&self) -> Result<Option<Position>, StoreError> {
+        let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
+        let journal = {
+            let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+            self.read_journal()?
+        };
+        if journal.records.is_empty() {
+            if journal.torn {
+                self.trim(journal.len, journal.position.as_ref())?;
+            }
+            return Ok(journal.position);
+        }
+        let mut changed: HashMap<String, KeyRecord> = HashMap::new();
+        for rec in journal.records {
+            let held = changed.get(&rec.id).map(Seen::of);
+            if wins(held, &rec) {
+                changed.insert(rec.id.clone(), rec);
+            }
+        }
+        let werr = |source| StoreError::Write {
+            path: self.file.path().to_path_buf(),
+            source,
+        };
+        let mut tmp = self.file.temp_file().map_err(werr)?;
+        let mut out =
+            Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut())).map_err(werr)?;
+        let mut failed = None;
+        if let Some(text) = self.file.read_text()? {
+            file::read(self.file.path(), &text, &mut |rec| {
+                let rec = match changed.remove(&rec.id) {
+                    Some(j) if wins(Some(Seen::of(&rec)), &j) => j,
+                    _ => rec,
+                };
+                if let Err(e) = out.record(&rec) {
+                    failed.get_or_insert(e);
+                }
+            })?;
+        }
+        let mut added: Vec<KeyRecord> = changed.into_values().collect();
+        added.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        for rec in &added {
+            out.record(rec).map_err(werr)?;
+        }
+        if let Some(e) = failed {
+            return Err(werr(e));
+        }
+        out.finish()
+            .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+            .map_err(werr)?;
+        self.file.commit(tmp).map_err(werr)?;
+        self.trim(journal.len, journal.position.as_ref())?;
+        Ok(journal.position)
+    }
+
+    /// The journal without its first `len` bytes (folded into the file), behind a line with
+    /// `position`; replaced atomically.
+    fn trim(&self, len: usize, position: Option<&Position>) -> Result<(), StoreError> {
+        let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        let err = |source| StoreError::Write {
+            path: self.journal.clone(),
+            source,
+        };
+        let bytes = fs::read(&self.journal).unwrap_or_default();
+        let mut text = Vec::new();
+        if let Some(p) = position {
+            serde_json::to_writer(
+                &mut text,
+                &Line {
+                    position: p.clone(),
+                    record: None,
+                },
+            )
+            .map_err(|e| err(e.into()))?;
+            text.push(b'\n');
+        }
+        // What was appended meanwhile: whole lines only (a line cut by a crash is dropped).
+        let tail = bytes.get(len..).unwrap_or_default();
+        let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        text.extend_from_slice(&tail[..whole]);
+        let dir = self.journal.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".journal.tmp")
+            .tempfile_in(dir)
+            .map_err(err)?;
+        tmp.write_all(&text).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(&self.journal).map_err(|e| err(e.error))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    }
+
+    /// Every record of the snapshot as it now is (journal folded in first).
+    pub fn records(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.fold()?;
+        let mut all = Vec::new();
+        if let Some(text) = self.file.read_text()? {
+            file::read(self.file.path(), &text, &mut |r| all.push(r))?;
+        }
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+use super::*;
+use crate::keys::ops;
+use crate::keys::record::NewKey;
+use crate::time::Timestamp;
+
+fn key(name: &str) -> KeyRecord {
+    let new = NewKey {
+        name: name.into(),
+        ..NewKey::default()
+    };
+    ops::create(new, "sk_kg", Timestamp::now()).unwrap().record
+}
+
+fn pos(v: u64) -> Position {
+    Position {
+        epoch: "e".into(),
+        version: v,
+    }
+}
+
+#[test]
+fn a_revoked_key_is_never_replaced_by_an_unrevoked_one() {
+    let mut rec = key("a");
+    let held = Seen {
+        rev: 3,
+        revoked: true,
+    };
+    rec.rev = 9;
+    assert!(!wins(Some(held), &rec), "higher rev, but not revoked");
+    rec.revoked_at = Some(Timestamp::now());
+    assert!(wins(Some(held), &rec));
+    rec.rev = 2;
+    assert!(!wins(Some(held), &rec), "older");
+    let live = Seen {
+        rev: 5,
+        revoked: false,
+    };
+    assert!(wins(Some(live), &rec), "a revoke wins whatever its rev");
+    rec.revoked_at = None;
+    assert!(!wins(Some(live), &rec));
+    assert!(wins(None, &rec));
+}
+
+#[test]
+fn the_journal_survives_a_crash_and_folds_into_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let s = Snapshot::new(&path);
+    assert!(!s.exists());
+    assert_eq!(s.fold().unwrap(), None);
+    assert!(!path.exists(), "no snapshot is made from nothing");
+    let (a, b) = (key("a"), key("b"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    let mut revoked = a.clone();
+    revoked.revoked_at = Some(Timestamp::now());
+    revoked.rev = 2;
+    s.append(std::slice::from_ref(&revoked), &pos(3)).unwrap();
+    // A line cut by a crash is not read.
+    let mut j = OpenOptions::new().append(true).open(&s.journal).unwrap();
+    j.write_all(b"{\"epoch\":\"e\",\"version\":4,\"rec")
+        .unwrap();
+    drop(j);
+    // A new process: the revoke is there.
+    let again = Snapshot::new(&path);
+    assert_eq!(again.position().unwrap(), Some(pos(3)));
+    let all = again.records().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|r| r.id == a.id && r.revoked_at.is_some()));
+    // Folded: the journal keeps only the position; an older record never comes back.
+    assert_eq!(again.position().unwrap(), Some(pos(3)));
+    again.append(std::slice::from_ref(&a), &pos(4)).unwrap();
+    let all = again.records().unwrap();
+    assert!(all.iter().any(|r| r.id == a.id && r.revoked_at.is_some()));
+    assert_eq!(again.position().unwrap(), Some(pos(4)));
+}

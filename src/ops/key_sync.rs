@@ -1,0 +1,301 @@
+//! Redis key-store mode: the follower that keeps this replica's key index and snapshot in
+//! step with the shared store (`keys::shared`), on a thread of its own.
+//!
+//! Connected, it reads the store's epoch and version: the same epoch and a change log that
+//! reaches back to its position → it applies the changes after it (`XRANGE`), then blocks
+//! for more (`XREAD BLOCK`, 1 s, after which it looks at the epoch again: a Redis flushed
+//! under it is seen within a second). Otherwise (first contact, a new epoch, the version
+//! went backwards, the log trimmed past it) it resyncs in full: every record (`HSCAN`)
+//! merged into what it holds (`snapshot::wins`: a higher `rev` wins, a revoked key stays
+//! revoked, a key the store lacks is kept). When the store lacks what this replica has, the
+//! store is behind: it is marked `diverged` (writes refuse until `keygate keys push`), said
+//! loudly in the log, and counted. Every change is journaled (fsynced) before it is put in
+//! force, so a revoke seen survives a crash. Redis down: the index keeps serving.
+
+use crate::gateway::Gateway;
+use crate::keys::entry::KeyId;
+use crate::keys::error::StoreError;
+use crate::keys::index::KeyChange;
+use crate::keys::record::KeyRecord;
+use crate::keys::shared::read::StorePosition;
+use crate::keys::shared::sync::KeySync;
+use crate::keys::snapshot::{wins, Position, Seen};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Changes read per round.
+const BATCH: usize = 1000;
+/// Above this many records a resync rewrites the snapshot and reloads rather than applying.
+const REBUILD_ABOVE: usize = 10_000;
+
+/// Starts the follower and the snapshot writer. `seen` is what the index holds (the
+/// snapshot as loaded).
+pub fn start(gw: &Arc<Gateway>, sync: Arc<KeySync>) {
+    let weak = Arc::downgrade(gw);
+    let s = Arc::clone(&sync);
+    let follower = std::thread::Builder::new()
+        .name("keygate-key-sync".into())
+        .spawn(move || follow(weak, s));
+    if let Err(e) = follower {
+        tracing::error!(error = %e, "key store follower not started: this replica will not see key changes");
+    }
+    let weak = Arc::downgrade(gw);
+    let every = gw.config().keys.snapshot_interval;
+    let writer = std::thread::Builder::new()
+        .name("keygate-snapshot".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if weak.strong_count() == 0 {
+                return;
+            }
+            if let Err(e) = sync.snapshot.fold() {
+                tracing::error!(error = %e, "key snapshot not rewritten (the journal keeps every change)");
+            }
+        });
+    if let Err(e) = writer {
+        tracing::error!(error = %e, "key snapshot writer not started");
+    }
+}
+
+/// What the index holds, id → (rev, revoked), read from the snapshot.
+fn held(sync: &KeySync) -> HashMap<KeyId, Seen> {
+    match sync.snapshot.records() {
+        Ok(all) => all
+            .iter()
+            .filter_map(|r| Some((KeyId::new(&r.id)?, Seen::of(r))))
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "key snapshot unreadable: following the store from scratch");
+            HashMap::new()
+        }
+    }
+}
+
+struct Follower {
+    gw: Weak<Gateway>,
+    sync: Arc<KeySync>,
+    held: HashMap<KeyId, Seen>,
+    /// Whether a full resync has run in this process (the first contact always does one).
+    resynced: bool,
+}
+
+fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
+    if let Ok(Some(p)) = sync.snapshot.position() {
+        sync.set_applied(p);
+    }
+    let mut f = Follower {
+        held: held(&sync),
+        gw,
+        sync,
+        resynced: false,
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut down_since: Option<Instant> = None;
+    let mut last_said = Instant::now();
+    while f.gw.strong_count() > 0 {
+        let err = match f.sync.store.connect(Duration::from_secs(3)) {
+            Ok(mut con) => {
+                backoff = Duration::from_millis(100);
+                let e = f.session(&mut con, &mut down_since);
+                f.sync.connected.store(false, Ordering::Relaxed);
+                e
+            }
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        let first = f.sync.error().as_deref() != Some(msg.as_str()) || down_since.is_none();
+        f.sync.set_error(Some(msg.clone()));
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if first || last_said.elapsed() >= Duration::from_secs(60) {
+            last_said = Instant::now();
+            tracing::error!(
+                error = %msg,
+                stale_seconds = f.sync.stale_seconds(),
+                down_seconds = since.elapsed().as_secs(),
+                "key store unreachable: serving the key snapshot, key changes are not seen and writes fail until it answers"
+            );
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+impl Follower {
+    /// Follows the store on one connection until it fails.
+    fn session(
+        &mut self,
+        con: &mut redis::Connection,
+        down_since: &mut Option<Instant>,
+    ) -> StoreError {
+        loop {
+            let Some(gw) = self.gw.upgrade() else {
+                return StoreError::Unavailable("the gateway stopped".into());
+            };
+            let step = self.step(&gw, con);
+            drop(gw);
+            match step {
+                Ok(caught_up) => {
+                    if down_since.take().is_some() || !self.sync.connected.load(Ordering::Relaxed) {
+                        if self.sync.error().is_some() {
+                            tracing::info!("key store reachable again: following its changes");
+                        }
+                        self.sync.set_error(None);
+                    }
+                    self.sync.connected.store(true, Ordering::Relaxed);
+                    if caught_up {
+                        self.sync
+                            .last_contact
+                            .store(crate::time::Timestamp::now().0, Ordering::Relaxed);
+                        let after = self.sync.applied().version;
+                        if let Err(e) = self.sync.store.wait(con, after, 1000) {
+                            return e;
+                        }
+                    }
+                }
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// One round: applies what is new. Whether this replica has caught up.
+    fn step(&mut self, gw: &Gateway, con: &mut redis::Connection) -> Result<bool, StoreError> {
+        let pos = self.sync.store.position(con)?;
+        self.sync
+            .diverged
+            .store(pos.diverged.is_some(), Ordering::Relaxed);
+        let local = self.sync.applied();
+        let same_epoch = pos.epoch.as_deref().unwrap_or("") == local.epoch;
+        let reaches = pos.version == local.version
+            || (pos.version > local.version && pos.oldest.is_some_and(|o| o <= local.version + 1));
+        if !(self.resynced && same_epoch && reaches) {
+            self.resync(gw, con, &pos)?;
+            return Ok(true);
+        }
+        if pos.version == local.version {
+            return Ok(true);
+        }
+        let changes = self.sync.store.changes(con, local.version, BATCH)?;
+        let Some(last) = changes.last().map(|c| c.0) else {
+            return Ok(true);
+        };
+        let mut ids: Vec<String> = changes.into_iter().map(|c| c.1).collect();
+        ids.sort();
+        ids.dedup();
+        let records = self.sync.store.records(con, &ids)?;
+        let position = Position {
+            epoch: local.epoch,
+            version: last,
+        };
+        self.put_in_force(gw, records, position)?;
+        Ok(last >= pos.version)
+    }
+
+    /// Journals the records that win over what is held, then applies them to the index.
+    fn put_in_force(
+        &mut self,
+        gw: &Gateway,
+        records: Vec<KeyRecord>,
+        position: Position,
+    ) -> Result<(), StoreError> {
+        let winners: Vec<KeyRecord> = records
+            .into_iter()
+            .filter(|r| KeyId::new(&r.id).is_some_and(|id| wins(self.held.get(&id).copied(), r)))
+            .collect();
+        // Durable before in force: a revoke seen here is never forgotten.
+        self.sync.snapshot.append(&winners, &position)?;
+        let n = winners.len();
+        let rebuild = n > REBUILD_ABOVE || gw.live().keys.is_none();
+        for r in &winners {
+            if let Some(id) = KeyId::new(&r.id) {
+                self.held.insert(id, Seen::of(r));
+            }
+        }
+        if rebuild {
+            self.sync.snapshot.fold()?;
+            if self.sync.snapshot.path().exists() {
+                gw.reload_keys()?;
+            } else if let Err(e) = gw.apply_key_changes(Vec::new()) {
+                tracing::error!(error = %e, "empty key index not made");
+            }
+        } else if n > 0 {
+            let changes: Vec<KeyChange> = winners.iter().cloned().map(KeyChange::Put).collect();
+            if let Err(e) = gw.apply_key_changes(changes) {
+                // One bad record must not hold back the rest: one at a time.
+                tracing::warn!(error = %e, "key changes not applied together; applying them one by one");
+                for r in winners {
+                    let id = r.id.clone();
+                    if let Err(e) = gw.apply_key_changes(vec![KeyChange::Put(r)]) {
+                        tracing::error!(error = %e, key_id = %id, "key change from the store not applied");
+                    }
+                }
+            }
+        }
+        self.sync
+            .changes_applied
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.sync.set_applied(position);
+        Ok(())
+    }
+
+    /// Reads every record of the store and merges it in; marks the store diverged when it
+    /// lacks what this replica holds.
+    fn resync(
+        &mut self,
+        gw: &Gateway,
+        con: &mut redis::Connection,
+        pos: &StorePosition,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut store: HashMap<KeyId, Seen> = HashMap::with_capacity(self.held.len());
+        let mut records = Vec::new();
+        self.sync.store.scan(con, &mut |r| {
+            if let Some(id) = KeyId::new(&r.id) {
+                store.insert(id, Seen::of(&r));
+                records.push(r);
+            }
+        })?;
+        let behind: Vec<&KeyId> = self
+            .held
+            .iter()
+            .filter(|(id, h)| {
+                store
+                    .get(id)
+                    .is_none_or(|s| s.rev < h.rev || (h.revoked && !s.revoked))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if !behind.is_empty() {
+            let why = format!(
+                "the store lacks {} key change(s) replica snapshots hold (restarted empty or from an old backup); run `keygate keys push`",
+                behind.len()
+            );
+            tracing::error!(
+                missing_or_older = behind.len(),
+                store_version = pos.version,
+                applied_version = self.sync.applied().version,
+                "KEY STORE WENT BACKWARDS: keeping this replica's snapshot (no key dropped, no revoke undone); writes are refused until `keygate keys push` restores the store"
+            );
+            self.sync
+                .store
+                .set_diverged(con, pos.epoch.as_deref(), &why)?;
+            self.sync.diverged.store(true, Ordering::Relaxed);
+        }
+        let position = Position {
+            epoch: pos.epoch.clone().unwrap_or_default(),
+            version: pos.version,
+        };
+        let n = records.len();
+        self.put_in_force(gw, records, position)?;
+        self.resynced = true;
+        self.sync.resyncs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            keys = n,
+            version = pos.version,
+            ms = started.elapsed().as_millis() as u64,
+            "key store resynced in full"
+        );
+        Ok(())
+    }
+}

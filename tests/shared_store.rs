@@ -1,0 +1,508 @@
+//! `[keys] store = "redis"`: three real gateway processes sharing one real `redis-server`.
+//! A change made through any replica (API or CLI) is in force on every replica within a
+//! second; Redis down, every replica serves its snapshot and writes answer 503
+//! `key_store_unavailable`; Redis back empty, no replica drops or un-revokes a key and
+//! `keys push` restores the store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::binary::{serve, Served};
+use common::redis::Redis;
+use common::*;
+use http::Method;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+/// Generous bound for what must happen "within a second" on a loaded 2-core machine.
+const PROPAGATION: Duration = Duration::from_secs(3);
+
+struct Replica {
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    served: Option<Served>,
+}
+
+impl Replica {
+    fn new(redis: &Redis, mock: &Mock) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\nstore = \"redis\"\nredis_url = \"{url}\"\nsnapshot_interval = \"1s\"\n[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\n[[upstream]]\nurl = \"http://{}\"\n",
+                mock.addr,
+                url = redis.url()
+            ),
+        )
+        .unwrap();
+        Replica {
+            dir,
+            cfg,
+            served: None,
+        }
+    }
+
+    fn start(&mut self) -> &Served {
+        self.served = Some(serve(&self.cfg));
+        self.served.as_ref().unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.served.as_ref().unwrap().url(path)
+    }
+
+    fn snapshot(&self) -> PathBuf {
+        self.dir.path().join("keys.json")
+    }
+}
+
+/// `keygate --config cfg ARGS`: (success, stdout, stderr).
+fn cli(cfg: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_json(cfg: &Path, args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = cli(cfg, args);
+    assert!(ok, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+async fn status_of(url: String, key: &str) -> u16 {
+    let auth = bearer(key);
+    send(
+        Method::POST,
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        CHAT,
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+/// Whether every replica answers `key` with `want` within `limit`.
+async fn all_answer(replicas: &[&Replica], key: &str, want: u16, limit: Duration) -> bool {
+    for r in replicas {
+        let url = r.url("/v1/chat/completions");
+        let ok = eventually(limit, || {
+            let url = url.clone();
+            async move { status_of(url, key).await == want }
+        })
+        .await;
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+async fn api(r: &Replica, admin: &str, method: Method, path: &str, body: &str) -> Answer {
+    let auth = bearer(admin);
+    send(
+        method,
+        &r.url(path),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+struct Cluster {
+    redis: Redis,
+    _mock: Mock,
+    r: Vec<Replica>,
+    admin: String,
+}
+
+/// One Redis, an admin key made with the CLI (straight into Redis), three replicas serving.
+async fn cluster() -> Cluster {
+    let redis = Redis::start().await;
+    let mock = start_mock().await;
+    let mut r: Vec<Replica> = (0..3).map(|_| Replica::new(&redis, &mock)).collect();
+    let v = cli_json(
+        &r[0].cfg,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "admin",
+            "--scopes",
+            "chat,admin,usage",
+            "--max-in-flight",
+            "1000",
+            "--rpm",
+            "100000",
+            "--json",
+        ],
+    );
+    let admin = v["key"].as_str().unwrap().to_string();
+    for x in r.iter_mut() {
+        x.start();
+    }
+    let refs: Vec<&Replica> = r.iter().collect();
+    assert!(all_answer(&refs, &admin, 200, PROPAGATION).await);
+    Cluster {
+        redis,
+        _mock: mock,
+        r,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_any_replica_is_in_force_on_every_replica() {
+    let c = cluster().await;
+    let (a, b, cc) = (&c.r[0], &c.r[1], &c.r[2]);
+    // Created through A's API: A has it when it answers (read your writes), B and C soon.
+    let created = api(
+        a,
+        &c.admin,
+        Method::POST,
+        "/v1/api-keys",
+        r#"{"name":"app"}"#,
+    )
+    .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let v = created.json();
+    let (key, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+    assert_eq!(status_of(a.url("/v1/chat/completions"), key).await, 200);
+    assert!(all_answer(&[b, cc], key, 200, PROPAGATION).await);
+    let got = api(b, &c.admin, Method::GET, &format!("/v1/api-keys/{id}"), "").await;
+    assert_eq!(got.status, 200);
+
+    // An edit through B: a model allowlist that refuses the test's model, everywhere.
+    let edited = api(
+        b,
+        &c.admin,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        r#"{"models":["other-*"]}"#,
+    )
+    .await;
+    assert_eq!(
+        edited.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&edited.body)
+    );
+    assert!(all_answer(&[a, b, cc], key, 403, PROPAGATION).await);
+
+    // Rotated through C: the new secret works everywhere, the old one nowhere.
+    let rotated = api(
+        cc,
+        &c.admin,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/rotate"),
+        "",
+    )
+    .await;
+    assert_eq!(rotated.status, 200);
+    let _ = api(
+        cc,
+        &c.admin,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        r#"{"models":null}"#,
+    )
+    .await;
+    let new_key = rotated.json()["key"].as_str().unwrap().to_string();
+    assert!(all_answer(&[a, b, cc], &new_key, 200, PROPAGATION).await);
+    assert!(all_answer(&[a, b, cc], key, 401, PROPAGATION).await);
+
+    // Revoked through C's CLI (straight into Redis): refused on A and B.
+    let (ok, _, err) = cli(&cc.cfg, &["keys", "revoke", id]);
+    assert!(ok, "{err}");
+    assert!(all_answer(&[a, b], &new_key, 401, PROPAGATION).await);
+    // No un-revoke through the API either.
+    let again = api(
+        a,
+        &c.admin,
+        Method::POST,
+        &format!("/v1/api-keys/{id}/enable"),
+        "",
+    )
+    .await;
+    assert_eq!(again.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_through_two_replicas_lose_nothing() {
+    let c = cluster().await;
+    let mut tasks = Vec::new();
+    for (i, r) in [&c.r[0], &c.r[1]].into_iter().enumerate() {
+        for n in 0..100 {
+            let (url, admin) = (r.url("/v1/api-keys"), bearer(&c.admin));
+            tasks.push(tokio::spawn(async move {
+                let body = format!(r#"{{"name":"k{i}-{n}"}}"#);
+                send(Method::POST, &url, &[("authorization", &admin)], body).await
+            }));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+        ids.insert(a.json()["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 200);
+    // All 201 (admin included) in the store, and on the third replica.
+    let (ok, out, err) = cli(&c.r[2].cfg, &["keys", "list", "--json", "--limit", "0"]);
+    assert!(ok, "{err}");
+    let listed = out.matches("\"id\"").count();
+    assert_eq!(listed, 201, "{out}");
+    // Every one of them on the third replica, which made none.
+    let admin = bearer(&c.admin);
+    for id in &ids {
+        let url = c.r[2].url(&format!("/v1/api-keys/{id}"));
+        let found = eventually(PROPAGATION, || {
+            let (url, admin) = (url.clone(), admin.clone());
+            async move {
+                send(Method::GET, &url, &[("authorization", &admin)], "")
+                    .await
+                    .status
+                    == 200
+            }
+        })
+        .await;
+        assert!(found, "{id} on the third replica");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_every_key_refuses_writes_and_converges_when_back() {
+    let mut c = cluster().await;
+    let (ok, out, err) = cli(
+        &c.r[0].cfg,
+        &["keys", "create", "--name", "before", "--json"],
+    );
+    assert!(ok, "{err}");
+    let before: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = before["key"].as_str().unwrap().to_string();
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    assert!(all_answer(&refs, &key, 200, PROPAGATION).await);
+
+    c.redis.kill();
+    assert!(all_answer(&refs, &key, 200, SECOND).await);
+    assert!(all_answer(&refs, &c.admin, 200, SECOND).await);
+    for r in &c.r {
+        let a = api(
+            r,
+            &c.admin,
+            Method::POST,
+            "/v1/api-keys",
+            r#"{"name":"during"}"#,
+        )
+        .await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.error_code(), "key_store_unavailable");
+        let ready = send(Method::GET, &r.url("/readyz"), &[], "").await;
+        assert_eq!(ready.status, 200, "a snapshot keeps the replica ready");
+    }
+    let (ok, _, err) = cli(&c.r[0].cfg, &["keys", "create", "--name", "during"]);
+    assert!(!ok);
+    assert!(err.contains("key store is unavailable"), "{err}");
+
+    // Back (empty: the test Redis keeps nothing) → the replicas see the store behind and
+    // mark it: writes refuse until a push.
+    c.redis.spawn().await;
+    let deadline = std::time::Instant::now() + PROPAGATION;
+    let refused = loop {
+        let (ok, _, err) = cli(&c.r[1].cfg, &["keys", "create", "--name", "after"]);
+        if !ok && err.contains("keygate keys push") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused,
+        "a store restarted empty refuses writes until a push"
+    );
+    let (ok, _, err) = cli(&c.r[1].cfg, &["keys", "push"]);
+    assert!(ok, "{err}");
+    assert!(all_answer(&refs, &key, 200, PROPAGATION).await);
+    let a = api(
+        &c.r[2],
+        &c.admin,
+        Method::POST,
+        "/v1/api-keys",
+        r#"{"name":"after"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let after = a.json()["key"].as_str().unwrap().to_string();
+    assert!(all_answer(&refs, &after, 200, PROPAGATION).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
+    let mut c = cluster().await;
+    let (ok, out, err) = cli(
+        &c.r[0].cfg,
+        &["keys", "create", "--name", "victim", "--json"],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (key, id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    assert!(all_answer(&refs, &key, 200, PROPAGATION).await);
+    let (ok, _, err) = cli(&c.r[0].cfg, &["keys", "revoke", &id]);
+    assert!(ok, "{err}");
+    assert!(all_answer(&refs, &key, 401, PROPAGATION).await);
+
+    // Redis restarted empty, then given the key unrevoked with a higher rev (an old backup,
+    // edited): no replica takes the key back, none drops a key.
+    let rec_key = "{keygate:keys}:rec";
+    let raw = common::redis::command(c.redis.port, &["HGET", rec_key, &id], SECOND)
+        .await
+        .unwrap();
+    let json = raw.split("\r\n").nth(1).unwrap();
+    let mut rec: serde_json::Value = serde_json::from_str(json).unwrap();
+    rec.as_object_mut().unwrap().remove("revoked_at");
+    rec["rev"] = (rec["rev"].as_u64().unwrap() + 10).into();
+    c.redis.kill();
+    c.redis.spawn().await;
+    let old = rec.to_string();
+    for cmd in [
+        vec!["HSET", rec_key, id.as_str(), old.as_str()],
+        vec!["SET", "{keygate:keys}:epoch", "restored-from-backup"],
+        vec!["SET", "{keygate:keys}:ver", "1"],
+    ] {
+        assert!(common::redis::command(c.redis.port, &cmd, SECOND)
+            .await
+            .is_some());
+    }
+    assert!(all_answer(&refs, &c.admin, 200, PROPAGATION).await);
+    assert!(all_answer(&refs, &key, 401, SECOND).await);
+    // The replicas marked the store as behind: writes refuse and say what to do.
+    let (ok, _, err) = {
+        let deadline = std::time::Instant::now() + PROPAGATION;
+        loop {
+            let out = cli(&c.r[0].cfg, &["keys", "create", "--name", "x"]);
+            if !out.0 || std::time::Instant::now() > deadline {
+                break out;
+            }
+        }
+    };
+    assert!(!ok && err.contains("keygate keys push"), "{err}");
+
+    let (ok, out, err) = cli(&c.r[2].cfg, &["keys", "push"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Pushed"), "{out}");
+    // The store has the revoked key back, revoked; every replica converges.
+    let (ok, out, _) = cli(&c.r[1].cfg, &["keys", "show", &id, "--json"]);
+    assert!(ok);
+    assert!(out.contains("\"revoked\""), "{out}");
+    let made = api(
+        &c.r[1],
+        &c.admin,
+        Method::POST,
+        "/v1/api-keys",
+        r#"{"name":"new"}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", String::from_utf8_lossy(&made.body));
+    let new_key = made.json()["key"].as_str().unwrap().to_string();
+    assert!(all_answer(&refs, &new_key, 200, PROPAGATION).await);
+    assert!(all_answer(&refs, &key, 401, SECOND).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_serves_its_snapshot_or_says_why_it_cannot() {
+    let mut c = cluster().await;
+    // Stopped, then restarted with Redis down: its snapshot serves.
+    let served = c.r[2].served.take().unwrap();
+    sigterm(&served.child);
+    drop(served);
+    c.redis.kill();
+    c.r[2].start();
+    assert_eq!(
+        status_of(c.r[2].url("/v1/chat/completions"), &c.admin).await,
+        200
+    );
+    let ready = send(Method::GET, &c.r[2].url("/readyz"), &[], "").await;
+    assert_eq!(ready.status, 200);
+    assert!(c.r[2].snapshot().exists());
+
+    // A fourth replica with no snapshot and no Redis: not ready, and it says why.
+    let mock = start_mock().await;
+    let mut fresh = Replica::new(&c.redis, &mock);
+    fresh.start();
+    let ready = send(Method::GET, &fresh.url("/readyz"), &[], "").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.error_code(), "not_ready");
+    let msg = ready.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("key store"), "{msg}");
+    let refused = status_of(fresh.url("/v1/chat/completions"), &c.admin).await;
+    assert_eq!(refused, 503);
+    // Redis back (empty: the test Redis keeps nothing) and restored from a replica's
+    // snapshot: the fresh replica loads the store and serves.
+    c.redis.spawn().await;
+    let (ok, _, err) = cli(&c.r[0].cfg, &["keys", "push"]);
+    assert!(ok, "{err}");
+    assert!(all_answer(&[&fresh], &c.admin, 200, Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_spread_over_three_replicas_sums_on_any() {
+    let c = cluster().await;
+    let v = cli_json(&c.r[0].cfg, &["keys", "create", "--name", "used", "--json"]);
+    let (key, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    assert!(all_answer(&refs, key, 200, PROPAGATION).await);
+    // all_answer sent one request per replica; two more each: 9 in all.
+    for r in &c.r {
+        for _ in 0..2 {
+            assert_eq!(status_of(r.url("/v1/chat/completions"), key).await, 200);
+        }
+    }
+    for r in &c.r {
+        let url = r.url(&format!("/v1/usage?key_id={id}"));
+        let admin = bearer(&c.admin);
+        let summed = eventually(Duration::from_secs(5), || {
+            let (url, admin) = (url.clone(), admin.clone());
+            async move {
+                let a = send(Method::GET, &url, &[("authorization", &admin)], "").await;
+                let v = a.json();
+                let total: u64 = v["data"]
+                    .as_array()
+                    .map(|rows| rows.iter().filter_map(|r| r["requests"].as_u64()).sum())
+                    .unwrap_or(0);
+                total == 9
+            }
+        })
+        .await;
+        assert!(summed, "usage summed over the replicas on {}", r.url(""));
+    }
+}
