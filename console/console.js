@@ -1,4 +1,5 @@
-// keygate console: plain JS, no framework, no build step. Every action is a call to the
+// keygate console: plain JS, no framework, no build step (chart.js, console.js, edit.js,
+// usage.js, loaded in that order; they share the page's global scope). Every action is a call to the
 // management API (reference: Management API) with the admin key the user signed in with, which lives in this
 // tab's sessionStorage only. A new key's plaintext lives in the "save your key" dialog's DOM
 // while it is open and nowhere else; closing the dialog removes it.
@@ -97,25 +98,29 @@ async function api(method, path, body, key = sessionStorage.getItem(STORE)) {
   if (!res.ok) {
     const msg = data && data.error && data.error.message;
     const err = new Error(msg || `The gateway answered ${res.status} ${res.statusText}.`);
-    throw Object.assign(err, { status: res.status, code: data && data.error && data.error.code });
+    const e = (data && data.error) || {};
+    throw Object.assign(err, { status: res.status, code: e.code, param: e.param });
   }
   return data;
 }
 
-// The key list pages (100 keys a page, newest first): the console reads up to CONSOLE_KEYS of
-// them, revoked ones included, and says when there are more.
-const CONSOLE_KEYS = 1000;
-let truncated = false;
-async function listKeys(key) {
-  const out = [];
-  let after = '';
-  for (;;) {
-    const page = await api('GET', `/v1/api-keys?limit=100&status=all${after}`, undefined, key);
-    out.push(...page.data);
-    truncated = page.has_more && out.length >= CONSOLE_KEYS;
-    if (!page.has_more || truncated) return out;
-    after = `&after=${encodeURIComponent(page.last_id)}`;
+// ---- read-only key store -----------------------------------------------------------------
+
+// Set from the list's `key_store` (or a write's 409 `read_only_key_store`): the page says so
+// once and offers no write, instead of failing each one.
+let readOnly = null;
+const WRITES = ['new-key', 'd-edit', 'd-toggle', 'd-rotate', 'd-revoke'];
+
+function setReadOnly(reason) {
+  readOnly = reason || null;
+  show($('readonly'), readOnly
+    ? `The key store is read-only (${readOnly}): keys can be looked at here, not created, edited, disabled, rotated or revoked. Manage keys where the key file is writable.`
+    : '');
+  for (const id of WRITES) {
+    $(id).disabled = !!readOnly;
+    $(id).title = readOnly ? 'The key store is read-only' : '';
   }
+  for (const sw of document.querySelectorAll('#keys .switch')) sw.disabled = !!readOnly;
 }
 
 // A refused admin key (revoked, rotated away, scope removed) ends the session.
@@ -124,6 +129,7 @@ function failed(err, el) {
     signOut(`Signed out: the gateway no longer accepts your admin key. ${err.message}`);
     return;
   }
+  if (err.code === 'read_only_key_store') setReadOnly(readOnly || 'a write was refused');
   show(el, err.message);
 }
 
@@ -135,7 +141,13 @@ function openDialog(dlg, back, first) {
   dlg.back = back || document.activeElement;
   dlg.showModal();
   dlg.scrollTop = 0;
-  (first || dlg.querySelector('[autofocus], input:not([type=hidden]):not([hidden]), select, button')).focus();
+  (first || dlg.querySelector('[autofocus], input:not([type=hidden]):not([hidden]), textarea, select, button')).focus();
+}
+
+function fallbackFocus() {
+  if (!$('keys-view').hidden) return $('new-key').disabled ? $('search') : $('new-key');
+  if (!$('usage-view').hidden) return $('u-range');
+  return $('signin-key');
 }
 
 function onDialogClosed(e) {
@@ -145,7 +157,7 @@ function onDialogClosed(e) {
   dlg.back = null;
   const open = document.querySelector('dialog[open]');
   if (open && !(t && open.contains(t))) return;
-  if (!t || !t.isConnected || (t.closest('dialog') && !t.closest('dialog[open]'))) t = $('new-key').offsetParent ? $('new-key') : $('signin-key');
+  if (!t || !t.isConnected || t.disabled || (t.closest('dialog') && !t.closest('dialog[open]'))) t = fallbackFocus();
   t.focus();
 }
 
@@ -154,7 +166,7 @@ for (const dlg of document.querySelectorAll('dialog')) {
   for (const b of dlg.querySelectorAll('[data-close]')) b.addEventListener('click', () => dlg.close());
 }
 
-// ---- sign in / out ----------------------------------------------------------------------
+// ---- sign in / out, pages ---------------------------------------------------------------
 
 async function signIn(e) {
   e.preventDefault();
@@ -166,10 +178,10 @@ async function signIn(e) {
   const btn = e.submitter || input.form.querySelector('[type=submit]');
   btn.disabled = true;
   try {
-    const list = await listKeys(key);
+    const page = await api('GET', `/v1/api-keys?${listQuery()}`, undefined, key);
     sessionStorage.setItem(STORE, key);
     input.value = '';
-    enter(list);
+    enter(page);
   } catch (x) {
     show(err, x.status ? `Sign-in refused: ${x.message}` : x.message);
     input.focus();
@@ -178,19 +190,34 @@ async function signIn(e) {
   }
 }
 
-function enter(list) {
+function enter(page) {
   $('signin-view').hidden = true;
-  $('keys-view').hidden = false;
   $('who').hidden = false;
+  $('nav').hidden = false;
   $('who-key').textContent = `Signed in with ${mask(sessionStorage.getItem(STORE))}`;
-  if (list) {
-    keys = list;
-    render();
-  } else {
-    load();
-  }
-  $('new-key').focus();
+  if (page) received(page);
+  route(!page);
 }
+
+// The page in the URL's fragment: #keys (the default) or #usage.
+function route(reload = true) {
+  if (!sessionStorage.getItem(STORE)) return;
+  const usage = location.hash === '#usage';
+  $('keys-view').hidden = usage;
+  $('usage-view').hidden = !usage;
+  for (const [id, on] of [['nav-keys', !usage], ['nav-usage', usage]]) {
+    if (on) $(id).setAttribute('aria-current', 'page');
+    else $(id).removeAttribute('aria-current');
+  }
+  if (usage) {
+    loadUsage();
+  } else {
+    if (reload) load();
+    fallbackFocus().focus();
+  }
+}
+
+window.addEventListener('hashchange', () => route());
 
 function signOut(message) {
   sessionStorage.removeItem(STORE);
@@ -200,10 +227,17 @@ function signOut(message) {
   }
   keys = [];
   $('keys').tBodies[0].replaceChildren();
-  $('search').value = '';
+  $('filters').reset();
+  view.after = '';
+  view.stack = [];
   show($('keys-status'), '');
+  show($('keys-error'), '');
+  fieldError($('f-meta'), '');
+  resetUsage();
   $('keys-view').hidden = true;
+  $('usage-view').hidden = true;
   $('who').hidden = true;
+  $('nav').hidden = true;
   $('signin-view').hidden = false;
   show($('signin-error'), typeof message === 'string' ? message : '');
   if (!document.querySelector('dialog[open]')) $('signin-key').focus();
@@ -212,140 +246,239 @@ function signOut(message) {
 $('signin-form').addEventListener('submit', signIn);
 $('signout').addEventListener('click', () => signOut());
 
-// ---- the keys table ---------------------------------------------------------------------
+// ---- the keys table: one page of the server's list ---------------------------------------
+
+// `after` is the cursor of the page shown; `stack` the cursors of the pages before it
+// (Previous pops one). Any change of filter or sort starts again at the first page.
+const view = { after: '', stack: [], page: null };
+let typing = null; // the search waits for a pause in typing
+let loads = 0; // answers to an older request than the last are dropped
+
+function listQuery() {
+  const p = new URLSearchParams();
+  p.set('limit', $('f-limit').value);
+  const [sort, order] = $('f-sort').value.split(':');
+  p.set('sort', sort);
+  p.set('order', order);
+  if ($('f-status').value) p.set('status', $('f-status').value);
+  const name = $('search').value.trim();
+  if (name) p.set('name_prefix', name);
+  const meta = $('f-meta').value.trim();
+  if (meta) p.append('meta', meta);
+  if (view.after) p.set('after', view.after);
+  return p;
+}
 
 async function load() {
-  show($('keys-status'), 'Loading…');
+  const n = ++loads;
+  const meta = $('f-meta').value.trim();
+  if (meta && !/^[^:]+:/.test(meta)) {
+    return fieldError($('f-meta'), 'Write a label as name:value, e.g. team:search.');
+  }
+  fieldError($('f-meta'), '');
+  if (!keys.length) show($('keys-status'), 'Loading…');
   try {
-    keys = await listKeys();
-    show($('keys-error'), '');
-    render();
+    const page = await api('GET', `/v1/api-keys?${listQuery()}`);
+    if (n !== loads) return;
+    received(page);
   } catch (err) {
+    if (n !== loads) return;
+    if (err.param === 'meta') return fieldError($('f-meta'), err.message);
+    if (err.param === 'after' && view.after) { // the page's first key is gone: start again
+      view.after = '';
+      view.stack = [];
+      return load();
+    }
     show($('keys-status'), '');
     failed(err, $('keys-error'));
   }
 }
 
+function received(page) {
+  keys = page.data;
+  view.page = page;
+  setReadOnly(page.key_store && page.key_store.writable === false ? page.key_store.reason || 'not writable' : null);
+  show($('keys-error'), '');
+  render();
+  trends(keys);
+}
+
+function restart() {
+  clearTimeout(typing); // a search still waiting is part of this load
+  view.after = '';
+  view.stack = [];
+  load();
+}
+
+$('search').addEventListener('input', () => {
+  clearTimeout(typing);
+  typing = setTimeout(restart, 250);
+});
+$('filters').addEventListener('submit', (e) => { e.preventDefault(); restart(); });
+$('f-meta').addEventListener('change', restart);
+for (const id of ['f-status', 'f-sort', 'f-limit']) $(id).addEventListener('change', restart);
+$('reload').addEventListener('click', load);
+$('next').addEventListener('click', () => {
+  if (!view.page || !view.page.has_more) return;
+  view.stack.push(view.after);
+  view.after = view.page.last_id;
+  load();
+});
+$('prev').addEventListener('click', () => {
+  if (!view.stack.length) return;
+  view.after = view.stack.pop();
+  load();
+});
+
+function filtersText() {
+  const parts = [];
+  const name = $('search').value.trim();
+  if (name) parts.push(`name starts with “${name}”`);
+  const meta = $('f-meta').value.trim();
+  if (meta) parts.push(`label ${meta}`);
+  if ($('f-status').value !== 'all') parts.push(`status: ${$('f-status').selectedOptions[0].textContent.toLowerCase()}`);
+  return parts.join(', ');
+}
+
 function render() {
-  const q = $('search').value.trim().toLowerCase();
   const me = sessionStorage.getItem(STORE) && mask(sessionStorage.getItem(STORE));
-  const shown = keys
-    .filter((k) => !q || k.name.toLowerCase().includes(q))
-    .sort((a, b) => (a.status === 'revoked') - (b.status === 'revoked') || b.created_at.localeCompare(a.created_at));
   const cell = (label, ...kids) => h('td', { 'data-label': label }, ...kids);
-  const rows = shown.map((k) => {
+  const rows = keys.map((k) => {
     const soon = k.status === 'active' && k.expires_at && Date.parse(k.expires_at) - Date.now() < 7 * DAY;
+    const labels = Object.entries(k.metadata || {}).map(([n, v]) => h('span', { class: 'chip' }, `${n}=${v}`));
     return h('tr', { 'data-id': k.id, class: k.status === 'active' ? null : 'inactive', onclick: (e) => e.target.closest('button') || details(k.id) },
       cell('Name', h('button', { type: 'button', class: 'link', 'data-id': k.id, onclick: () => details(k.id) }, k.name),
         k.masked_key === me ? h('span', { class: 'muted' }, ' (you)') : null),
+      cell('Description', k.description ? h('span', { class: 'desc', title: k.description }, k.description) : null,
+        labels.length ? h('span', { class: 'chips' }, labels) : null, !k.description && !labels.length ? '—' : null),
       cell('Key', h('code', null, k.masked_key)),
       cell('Scopes', scopeText(k.scopes)),
+      cell('Models', (k.models || []).length ? k.models.join(', ') : h('span', { class: 'muted' }, 'all')),
       cell('Created', h('time', { datetime: k.created_at, title: stamp(k.created_at) }, date(k.created_at))),
       cell('Last used', k.last_used_at ? h('time', { datetime: k.last_used_at, title: stamp(k.last_used_at) }, relative(k.last_used_at)) : 'never'),
-      cell('Expires', k.expires_at
-        ? h('time', { datetime: k.expires_at, title: stamp(k.expires_at), class: soon ? 'warn' : null },
-          `${date(k.expires_at)} (${relative(k.expires_at)})`)
-        : 'never'),
-      cell('Status', h('span', { class: `badge ${k.status}` }, k.status)));
+      cell('Expires', !k.expires_at ? 'never'
+        : k.status === 'revoked' // no countdown on a key that is gone for good
+          ? h('time', { datetime: k.expires_at, title: stamp(k.expires_at), class: 'muted' }, date(k.expires_at))
+          : h('time', { datetime: k.expires_at, title: stamp(k.expires_at), class: soon ? 'warn' : null },
+            `${date(k.expires_at)} (${relative(k.expires_at)})`)),
+      h('td', { 'data-label': 'Last 7 days', class: 'trend', 'data-trend': k.id }, h('span', { class: 'muted' }, '…')),
+      cell('Status', h('span', { class: `badge ${k.status}` }, k.status),
+        k.status === 'revoked' ? null : h('button', {
+          type: 'button', role: 'switch', class: 'switch', 'data-toggle': k.id, 'aria-checked': String(k.status !== 'disabled'),
+          'aria-label': `${k.name} enabled`, title: k.status === 'disabled' ? 'Enable this key' : 'Disable this key',
+          disabled: !!readOnly, onclick: () => toggle(k),
+        })));
   });
   const focused = document.activeElement && document.activeElement.closest('#keys button');
   $('keys').tBodies[0].replaceChildren(...rows);
-  if (focused && rowButton(focused.dataset.id)) rowButton(focused.dataset.id).focus();
-  const active = keys.filter((k) => k.status === 'active').length;
-  show($('keys-status'), !keys.length ? 'No keys yet.' : !shown.length ? `No key's name contains “${q}”.`
-    : `${shown.length} of ${keys.length}${truncated ? ' newest' : ''} keys shown, ${active} active. Updated ${new Date().toLocaleTimeString()}.`);
+  if (focused) {
+    const again = focused.dataset.toggle ? switchButton(focused.dataset.toggle) : rowButton(focused.dataset.id);
+    if (again) again.focus();
+  }
+  const page = view.page || { has_more: false };
+  const first = view.stack.length * Number($('f-limit').value) + 1;
+  $('prev').disabled = !view.stack.length;
+  $('next').disabled = !page.has_more;
+  $('page-info').textContent = keys.length ? `Keys ${first}–${first + keys.length - 1}${page.has_more ? ', more on the next page' : ''}` : '';
+  const filters = filtersText();
+  show($('keys-status'), keys.length ? `Updated ${new Date().toLocaleTimeString()}.`
+    : view.stack.length ? 'No more keys.'
+      : $('search').value.trim() && filters === `name starts with “${$('search').value.trim()}”` ? `No key's name starts with “${$('search').value.trim()}”.`
+        : filters ? `No key matches: ${filters}.` : 'No keys yet.');
 }
 
 function rowButton(id) {
-  return document.querySelector(`#keys button[data-id="${CSS.escape(id)}"]`);
+  return document.querySelector(`#keys button.link[data-id="${CSS.escape(id)}"]`);
 }
 
-$('search').addEventListener('input', render);
-$('reload').addEventListener('click', load);
-
-// ---- generate a key ---------------------------------------------------------------------
-
-$('c-scopes').append(...SCOPES.map(([name, text, on]) =>
-  h('label', { class: 'choice' }, h('input', { type: 'checkbox', name: 'scope', value: name, checked: on }),
-    h('code', null, name), ` ${text}`)));
-
-$('c-expiry').addEventListener('change', () => {
-  const custom = $('c-expiry').value === 'custom';
-  $('c-expiry-date').hidden = $('c-expiry-date-label').hidden = !custom;
-  $('c-expiry-date').required = custom;
-  $('c-expiry-date').min = new Date(Date.now() + DAY).toISOString().slice(0, 10);
-});
-
-$('new-key').addEventListener('click', () => {
-  $('create-form').reset();
-  $('c-expiry').dispatchEvent(new Event('change'));
-  show($('create-error'), '');
-  openDialog($('create-dialog'), $('new-key'));
-});
-
-function createBody() {
-  const body = { name: $('c-name').value.trim() };
-  if (!body.name) throw new Error('Give the key a name.');
-  body.scopes = [...document.querySelectorAll('#c-scopes input:checked')].map((c) => c.value);
-  if (!body.scopes.length) throw new Error('Choose at least one scope.');
-  const models = $('c-models').value.split(',').map((m) => m.trim()).filter(Boolean);
-  if (models.length) body.models = models;
-  const exp = $('c-expiry').value;
-  if (exp === 'custom') {
-    const d = new Date(`${$('c-expiry-date').value}T23:59:59`);
-    if (isNaN(d) || d <= Date.now()) throw new Error('Choose an expiry date in the future.');
-    body.expires_at = d.toISOString().replace(/\.\d+Z$/, 'Z');
-  } else if (exp) {
-    body.expires_in_days = Number(exp);
-  }
-  const limits = {};
-  for (const [id, field] of [['c-rpm', 'requests_per_minute'], ['c-tpm', 'tokens_per_minute'], ['c-inflight', 'max_in_flight']]) {
-    const v = $(id).value.trim();
-    if (!v) continue;
-    if (!/^\d+$/.test(v) || Number(v) < 1) throw new Error(`${$(id).labels[0].textContent} must be a whole number of at least 1.`);
-    limits[field] = Number(v);
-  }
-  if (Object.keys(limits).length) body.limits = limits;
-  return body;
+function switchButton(id) {
+  return document.querySelector(`#keys button[data-toggle="${CSS.escape(id)}"]`);
 }
 
-$('create-form').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const err = $('create-error');
-  const btn = e.submitter || $('create-form').querySelector('[type=submit]');
-  let body;
+// ---- disable / enable -------------------------------------------------------------------
+
+function mine(k) {
+  return k.masked_key === mask(sessionStorage.getItem(STORE) || '');
+}
+
+// The switch in the table and the button in the details: disabling your own key asks first.
+function toggle(k) {
+  current = k;
+  if (k.status !== 'disabled' && mine(k)) return askConfirm('disable');
+  setEnabled(k, k.status === 'disabled');
+}
+
+async function setEnabled(k, on) {
   try {
-    body = createBody();
-  } catch (x) {
-    return show(err, x.message);
+    const after = await api('POST', `/v1/api-keys/${encodeURIComponent(k.id)}/${on ? 'enable' : 'disable'}`);
+    if (current && current.id === k.id && $('details-dialog').open) refreshDetails(k.id, after);
+    await load();
+    show($('keys-status'), `Key “${k.name}” ${on ? 'enabled' : 'disabled'}. ${$('keys-status').textContent}`);
+    return true;
+  } catch (err) {
+    failed(err, $('details-dialog').open ? $('details-error') : $('keys-error'));
+    return false;
   }
-  show(err, '');
-  btn.disabled = true;
-  try {
-    const created = await api('POST', '/v1/api-keys', body);
-    $('create-dialog').close();
-    showSecret(created, `Key “${created.name}” created`, $('new-key'));
-    load();
-  } catch (x) {
-    failed(x, err);
-  } finally {
-    btn.disabled = false;
-  }
-});
+}
 
 // ---- the key, shown once ----------------------------------------------------------------
+
+// The snippets for the key in the dialog, made from its text when a tab is chosen (so the
+// plaintext is in no variable of the page).
+const SNIPPETS = {
+  python: (base, key) => `from openai import OpenAI
+
+client = OpenAI(
+    base_url="${base}",
+    api_key="${key}",
+)`,
+  node: (base, key) => `import OpenAI from "openai";
+
+const client = new OpenAI({
+  baseURL: "${base}",
+  apiKey: "${key}",
+});`,
+  curl: (base, key) => `curl ${base}/models \\
+  -H "Authorization: Bearer ${key}"`,
+  env: (base, key) => `# read by the OpenAI SDKs (Python, Node) and many tools
+export OPENAI_BASE_URL="${base}"
+export OPENAI_API_KEY="${key}"`,
+};
+let snippetLang = 'python';
+
+function showSnippet(lang) {
+  snippetLang = lang;
+  for (const tab of document.querySelectorAll('#snippet-tabs [role=tab]')) {
+    const on = tab.dataset.lang === lang;
+    tab.setAttribute('aria-selected', String(on));
+    tab.tabIndex = on ? 0 : -1;
+    if (on) $('secret-snippet').setAttribute('aria-labelledby', tab.id);
+  }
+  const key = $('secret-key').textContent;
+  $('secret-snippet').textContent = key ? SNIPPETS[lang](`${location.origin}/v1`, key) : '';
+}
+
+$('snippet-tabs').addEventListener('click', (e) => {
+  const tab = e.target.closest('[role=tab]');
+  if (tab) showSnippet(tab.dataset.lang);
+});
+$('snippet-tabs').addEventListener('keydown', (e) => {
+  const tabs = [...document.querySelectorAll('#snippet-tabs [role=tab]')];
+  const i = tabs.indexOf(document.activeElement);
+  const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+  if (i < 0 || !step) return;
+  e.preventDefault();
+  const next = tabs[(i + step + tabs.length) % tabs.length];
+  showSnippet(next.dataset.lang);
+  next.focus();
+});
 
 // Puts the plaintext into the dialog (its only copy in the page) and drops it from `res`.
 function showSecret(res, title, back) {
   $('secret-title').textContent = title;
   $('secret-key').textContent = res.key;
-  $('secret-snippet').textContent = `from openai import OpenAI
-
-client = OpenAI(
-    base_url="${location.origin}/v1",
-    api_key="${res.key}",
-)`;
   delete res.key;
+  showSnippet('python');
   show($('copy-status'), '');
   openDialog($('secret-dialog'), back, $('copy'));
 }
@@ -392,46 +525,82 @@ let current = null; // the key whose details are open
 
 async function details(id) {
   const k = keys.find((x) => x.id === id);
-  if (!k) return;
-  current = k;
-  $('details-title').textContent = k.name;
-  fillDetails(k, null);
+  current = k || { id, name: id, status: 'active' };
+  $('details-title').textContent = current.name;
+  if (k) fillDetails(k, null);
+  else $('details-body').replaceChildren();
   show($('details-error'), '');
-  const open = k.status !== 'revoked';
-  $('d-rotate').hidden = $('d-revoke').hidden = !open;
-  openDialog($('details-dialog'), () => rowButton(id), $('details-dialog').querySelector('[data-close]'));
+  buttonsFor(current);
+  const dlg = $('details-dialog');
+  if (!dlg.open) openDialog(dlg, () => rowButton(id) || document.querySelector(`#top-keys button[data-id="${CSS.escape(id)}"]`), dlg.querySelector('[data-close]'));
+  await refreshDetails(id);
+}
+
+// Reads the key again (with its usage and quota) into the open details.
+async function refreshDetails(id, known) {
+  if (known && current && current.id === id) {
+    current = known;
+    fillDetails(known, null);
+    buttonsFor(known);
+  }
   try {
     const full = await api('GET', `/v1/api-keys/${encodeURIComponent(id)}`);
-    if (current && current.id === id) fillDetails(full, full.usage || {});
+    if (!current || current.id !== id) return;
+    current = full;
+    $('details-title').textContent = full.name;
+    fillDetails(full, full.usage || {});
+    buttonsFor(full);
   } catch (err) {
     failed(err, $('details-error'));
   }
 }
+
+function buttonsFor(k) {
+  const open = k.status !== 'revoked';
+  $('d-rotate').hidden = $('d-revoke').hidden = $('d-edit').hidden = $('d-toggle').hidden = !open;
+  $('d-toggle').textContent = k.status === 'disabled' ? 'Enable' : 'Disable';
+}
+
+$('d-edit').addEventListener('click', () => openEdit(current));
+$('d-toggle').addEventListener('click', () => toggle(current));
 
 function fillDetails(k, u) {
   const pair = (name, value) => [h('dt', null, name), h('dd', null, value)];
   const lim = k.limits || {};
   const limits = [['requests_per_minute', 'requests/min'], ['tokens_per_minute', 'tokens/min'], ['max_in_flight', 'in flight'], ['burst', 'burst']]
     .filter(([f]) => lim[f]).map(([f, t]) => `${lim[f].toLocaleString()} ${t}`).join(', ');
+  const labels = Object.entries(k.metadata || {});
   $('details-body').replaceChildren(
     ...pair('Id', h('code', null, k.id)),
     ...pair('Key', h('code', null, k.masked_key)),
     ...pair('Status', h('span', { class: `badge ${k.status}` }, k.status)),
-    ...pair('Scopes', k.scopes.join(', ') || '—'),
+    ...pair('Description', k.description || '—'),
+    ...pair('Labels', labels.length ? h('span', { class: 'chips' }, labels.map(([n, v]) => h('span', { class: 'chip' }, `${n}=${v}`))) : '—'),
+    ...pair('Scopes', (k.scopes || []).join(', ') || '—'),
     ...pair('Models', (k.models || []).join(', ') || 'all models'),
     ...pair('Limits', limits || 'gateway defaults'),
     ...pair('Created', stamp(k.created_at)),
+    ...(k.updated_at && k.updated_at !== k.created_at ? pair('Changed', stamp(k.updated_at)) : []),
     ...pair('Last used', k.last_used_at ? `${stamp(k.last_used_at)} (${relative(k.last_used_at)})` : 'never'),
-    ...pair('Expires', k.expires_at ? `${stamp(k.expires_at)} (${relative(k.expires_at)})` : 'never'),
+    ...pair('Expires', !k.expires_at ? 'never' : k.status === 'revoked' ? stamp(k.expires_at) : `${stamp(k.expires_at)} (${relative(k.expires_at)})`),
+    ...(k.disabled_at ? pair('Disabled', stamp(k.disabled_at)) : []),
     ...(k.rotated_at ? pair('Rotated', stamp(k.rotated_at)) : []),
     ...(k.revoked_at ? pair('Revoked', stamp(k.revoked_at)) : []),
     ...(k.previous_keys_valid || []).flatMap((p) => pair('Old key', `${p.masked_key} works until ${stamp(p.valid_until)}`)));
+  const QUOTAS = [['tokens_per_day', 'Tokens today'], ['tokens_per_month', 'Tokens this month'],
+    ['requests_per_day', 'Requests today'], ['requests_per_month', 'Requests this month']];
+  const q = k.quota;
+  $('details-quota').replaceChildren(...(!q ? pair('Loading', '…')
+    : !Object.keys(q).length ? pair('Quotas', 'none')
+      : QUOTAS.filter(([f]) => q[f]).flatMap(([f, t]) => pair(t,
+        `${q[f].remaining.toLocaleString()} left of ${q[f].limit.toLocaleString()} (${q[f].used.toLocaleString()} used; resets ${stamp(q[f].resets_at)})`))));
   $('details-usage').replaceChildren(...(u
     ? [...pair('Requests', (u.requests || 0).toLocaleString()),
       ...pair('Prompt tokens', (u.prompt_tokens || 0).toLocaleString()),
       ...pair('Completion tokens', (u.completion_tokens || 0).toLocaleString()),
       ...pair('Errors', `${((u.client_errors || 0) + (u.upstream_errors || 0)).toLocaleString()} (${u.client_errors || 0} client, ${u.upstream_errors || 0} upstream)`),
-      ...pair('Rate limited', (u.rate_limited || 0).toLocaleString())]
+      ...pair('Rate limited', (u.rate_limited || 0).toLocaleString()),
+      ...pair('Over quota', (u.quota_refused || 0).toLocaleString())]
     : pair('Loading', '…')));
 }
 
@@ -440,6 +609,10 @@ const GRACE = { 0: null, 3600: '1 hour', 86400: '24 hours' };
 function confirmText() {
   const k = current;
   const mine = k.masked_key === mask(sessionStorage.getItem(STORE) || '');
+  if (confirmKind === 'disable') {
+    return `You are signed in with “${k.name}” (${k.masked_key}). Disabling it signs you out of this console, and anything ` +
+      'else using it gets 401 errors until the key is enabled again (with another admin key, or the CLI).';
+  }
   if (confirmKind === 'revoke') {
     return `“${k.name}” (${k.masked_key}) stops working immediately and for good, together with any old key still in a ` +
       'rotation grace period. Anything using it gets 401 errors. This cannot be undone.' +
@@ -458,13 +631,16 @@ let confirmKind = null;
 function askConfirm(kind) {
   confirmKind = kind;
   const rotate = kind === 'rotate';
-  $('confirm-title').textContent = rotate ? `Rotate “${current.name}”?` : `Revoke “${current.name}”?`;
-  $('confirm-ok').textContent = rotate ? 'Rotate key' : 'Revoke key';
+  const verb = { rotate: 'Rotate', revoke: 'Revoke', disable: 'Disable' }[kind];
+  $('confirm-title').textContent = `${verb} “${current.name}”?`;
+  $('confirm-ok').textContent = `${verb} key`;
   $('confirm-grace').hidden = !rotate;
   document.querySelector('#confirm-grace input[value="0"]').checked = true;
   $('confirm-text').textContent = confirmText();
   show($('confirm-error'), '');
-  openDialog($('confirm-dialog'), $(rotate ? 'd-rotate' : 'd-revoke'), $('confirm-dialog').querySelector('[data-close]'));
+  const back = { rotate: 'd-rotate', revoke: 'd-revoke', disable: 'd-toggle' }[kind];
+  const opener = $('details-dialog').open ? $(back) : document.activeElement;
+  openDialog($('confirm-dialog'), opener, $('confirm-dialog').querySelector('[data-close]'));
 }
 
 $('d-rotate').addEventListener('click', () => askConfirm('rotate'));
@@ -475,6 +651,12 @@ $('confirm-ok').addEventListener('click', async () => {
   const k = current;
   const btn = $('confirm-ok');
   btn.disabled = true;
+  if (confirmKind === 'disable') {
+    if (await setEnabled(k, false)) $('confirm-dialog').close();
+    else show($('confirm-error'), $('details-dialog').open ? $('details-error').textContent : $('keys-error').textContent);
+    btn.disabled = false;
+    return;
+  }
   try {
     let rotated = null;
     if (confirmKind === 'rotate') {
@@ -500,5 +682,8 @@ $('confirm-ok').addEventListener('click', async () => {
 
 // ---- start ------------------------------------------------------------------------------
 
-if (sessionStorage.getItem(STORE)) enter(null);
-else signOut();
+// After every script has run (they share this page's global scope).
+document.addEventListener('DOMContentLoaded', () => {
+  if (sessionStorage.getItem(STORE)) enter(null);
+  else signOut();
+});

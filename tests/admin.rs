@@ -81,6 +81,7 @@ async fn create_use_show_list_rotate_revoke() {
         "{text}"
     );
     assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list.json()["key_store"], json!({"writable": true}));
     let show = api(
         &g,
         &admin,
@@ -295,6 +296,11 @@ async fn read_only_key_store_answers_409() {
     )
     .await;
     assert_eq!(a.status, 200, "reads still work");
+    // The list says so up front (the console shows it instead of failing each write).
+    assert_eq!(
+        a.json()["key_store"],
+        json!({"writable": false, "reason": "it is a symbolic link, as in a mounted Secret"})
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,9 @@ use http::{Response, StatusCode};
 const INDEX: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/console.js");
 const STYLE: &str = include_str!("../../console/console.css");
+const CHART: &str = include_str!("../../console/chart.js");
+const EDIT: &str = include_str!("../../console/edit.js");
+const USAGE: &str = include_str!("../../console/usage.js");
 
 /// No inline script or style, no third-party origin, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -21,6 +24,9 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
         "/console" | "/console/" => (INDEX, "text/html; charset=utf-8"),
         "/console/console.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "/console/console.css" => (STYLE, "text/css; charset=utf-8"),
+        "/console/chart.js" => (CHART, "text/javascript; charset=utf-8"),
+        "/console/edit.js" => (EDIT, "text/javascript; charset=utf-8"),
+        "/console/usage.js" => (USAGE, "text/javascript; charset=utf-8"),
         _ => return None,
     };
     let mut r = Response::new(Body::full(body));

@@ -130,8 +130,21 @@ pub fn list(
             "first_id": id(page.keys.first()),
             "last_id": id(page.keys.last()),
             "has_more": page.has_more,
+            "key_store": key_store(live),
         }),
     ))
+}
+
+/// `{"writable": true}`, or `false` with the reason writes would get 409
+/// `read_only_key_store`, so the console can say so before anyone tries.
+fn key_store(live: &Live) -> serde_json::Value {
+    match crate::keys::store::KeyStore::new(&live.config.keys.file).writable() {
+        Err(StoreError::ReadOnly { reason, .. }) => {
+            serde_json::json!({ "writable": false, "reason": reason })
+        }
+        // Another failure is not read-only: the write itself reports it.
+        _ => serde_json::json!({ "writable": true }),
+    }
 }
 
 /// `GET /v1/api-keys/{id}`: the key with its `usage`.

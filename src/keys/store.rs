@@ -78,6 +78,12 @@ impl KeyStore {
         }
     }
 
+    /// Whether a write could start now (the same check a write makes first: not a symbolic
+    /// link, the lock file can be opened for writing), so a reader can say so up front.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.open_lock().map(drop)
+    }
+
     fn lock_path(&self) -> PathBuf {
         let mut name = self
             .path
