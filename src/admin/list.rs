@@ -136,8 +136,12 @@ pub fn list(
 }
 
 /// `{"writable": true}`, or `false` with the reason writes would get 409
-/// `read_only_key_store`, so the console can say so before anyone tries.
+/// `read_only_key_store`, so the console can say so before anyone tries. The shared store is
+/// never read-only (while Redis does not answer, a write gets 503 `key_store_unavailable`).
 fn key_store(live: &Live) -> serde_json::Value {
+    if let crate::config::StoreMode::Redis(_) = live.config.keys.store {
+        return serde_json::json!({ "writable": true });
+    }
     match crate::keys::store::KeyStore::new(&live.config.keys.file).writable() {
         Err(StoreError::ReadOnly { reason, .. }) => {
             serde_json::json!({ "writable": false, "reason": reason })
