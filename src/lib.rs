@@ -14,7 +14,9 @@
 //! | `lib.rs` | the crate root, with this map |
 //! | `main.rs` | the binary: parses the command line and runs `cli::run` |
 //! | `pipeline.rs` | one request: every stage, in the order it runs |
-//! | `gateway.rs` | `Gateway` (what lives while the process serves) and `Live` (the one `ArcSwap` of reloadable state); key and config reloads |
+//! | `gateway/mod.rs` | `Gateway` (what lives while the process serves) and `Live` (the one `ArcSwap` of reloadable state) |
+//! | `gateway/reload.rs` | every way `Live` changes: key reloads, changes applied to the index, compaction, config reloads |
+//! | `gateway/upstreams.rs` | upstreams built from the configuration, reusing unchanged pools |
 //! | `error/mod.rs` | `GatewayError`: every refusal's status, type, code and message; `NotReady` |
 //! | `error/convert.rs` | other errors as refusals (key store, bodies, JSON bodies); no answer repeats a key |
 //! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them) |
@@ -131,7 +133,8 @@
 //! | `config/mod.rs` | `Config` and its validated sections |
 //! | `config/raw.rs` | `gateway.toml` as written: raw serde structs |
 //! | `config/load.rs` | reading `gateway.toml` |
-//! | `config/validate.rs` | raw to validated, field by field |
+//! | `config/validate/mod.rs` | raw to validated, field by field |
+//! | `config/validate/upstream.rs`, `config/validate/cluster.rs` | the `[[upstream]]` and `[cluster]` checks |
 //! | `config/cluster.rs` | `[cluster]` and the Redis client it describes |
 //! | `config/key_store.rs` | `[keys] store`, `redis_url`, `redis_prefix` |
 //! | `config/notify.rs` | `[notify]`: the webhook, validated |

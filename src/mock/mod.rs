@@ -1,7 +1,7 @@
 //! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
 //! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
 //! completions, embeddings as floats or base64, models, tokenize), and records every request it gets so tests can
-//! check exactly what crossed the gateway. It is one cohesive thing, longer than most files: a
+//! check exactly what crossed the gateway. It is one cohesive thing: a
 //! whole small server (its answers' bodies are in `reply.rs`).
 //!
 //! Test hooks are request headers, which pass through the gateway untouched:

@@ -1,25 +1,25 @@
 //! Raw structs to validated values, one field at a time: every error names the field
 //! (`server.listen`, `upstream[2].url`) and says what it must be. It is one cohesive thing, longer
-//! than most files: a check per option of `gateway.toml`, with its default beside it.
+//! than most files: a check per option of `gateway.toml`, with its default beside it
+//! (`[[upstream]]` tables are checked in `upstream.rs`, `[cluster]` in `cluster.rs`).
 
-use super::cluster::{redis_client, ClusterConfig, OnBackendError, RedisTls};
-use super::raw::{RawCluster, RawConfig, RawKeys, RawLog, RawUpstream, RawUsage};
+use super::cluster::ClusterConfig;
+use super::raw::{RawConfig, RawKeys, RawLog, RawUpstream, RawUsage};
 use super::{
-    Config, ConfigError, HealthCheck, KeysConfig, LimitDefaults, LogConfig, LogFormat,
-    MetricsConfig, ServerConfig, TlsConfig, TrustedProxies, UpstreamConfig, UsageConfig,
-    DEFAULT_LISTEN,
+    Config, ConfigError, KeysConfig, LimitDefaults, LogConfig, LogFormat, MetricsConfig,
+    ServerConfig, TlsConfig, TrustedProxies, UsageConfig, DEFAULT_LISTEN,
 };
 use crate::authorize::routes::{RouteRule, RouteTable};
-use crate::keys::models::compile_glob;
 use crate::keys::scope::Scopes;
-use http::Uri;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+mod cluster;
+mod upstream;
+
 /// A path from the file, relative to the file's directory unless absolute.
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() {
         p
@@ -274,76 +274,6 @@ impl Validator<'_> {
         })
     }
 
-    /// `[cluster]`: `None` unless `backend = "redis"`.
-    pub(super) fn cluster(
-        &self,
-        c: RawCluster,
-        base: &Path,
-    ) -> Result<Option<ClusterConfig>, ConfigError> {
-        let resolve = |p: &str| resolve(base, p);
-        let cluster = match c.backend.as_deref() {
-            None | Some("local") => None,
-            Some("redis") => {
-                let url = c.redis_url.ok_or_else(|| {
-                    self.err("cluster.redis_url", "is required with backend = \"redis\"")
-                })?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(
-                        self.err("cluster.redis_url", "must start with redis:// or rediss://")
-                    );
-                }
-                if c.client_cert_file.is_some() != c.client_key_file.is_some() {
-                    let field = if c.client_cert_file.is_some() {
-                        "cluster.client_key_file"
-                    } else {
-                        "cluster.client_cert_file"
-                    };
-                    return Err(self.err(field, "client_cert_file and client_key_file go together"));
-                }
-                let lease = self.duration("cluster.lease", c.lease, Duration::from_secs(30))?;
-                if lease < Duration::from_secs(1) {
-                    return Err(self.err("cluster.lease", "must be at least 1s"));
-                }
-                let cluster = ClusterConfig {
-                    redis_url: url,
-                    on_backend_error: match c.on_backend_error.as_deref() {
-                        None | Some("local") => OnBackendError::Local,
-                        Some("allow") => OnBackendError::Allow,
-                        Some("deny") => OnBackendError::Deny,
-                        Some(o) => {
-                            return Err(self.err(
-                                "cluster.on_backend_error",
-                                format!("`{o}` is not \"allow\", \"deny\" or \"local\""),
-                            ))
-                        }
-                    },
-                    timeout: self.duration(
-                        "cluster.timeout",
-                        c.timeout,
-                        Duration::from_millis(50),
-                    )?,
-                    key_prefix: c.key_prefix.unwrap_or_else(|| "keygate".into()),
-                    lease,
-                    tls: RedisTls {
-                        ca_file: c.ca_file.as_deref().map(resolve),
-                        client_cert_file: c.client_cert_file.as_deref().map(resolve),
-                        client_key_file: c.client_key_file.as_deref().map(resolve),
-                    },
-                };
-                // Built once here so that `check` and `serve` refuse what cannot work.
-                redis_client(&cluster).map_err(|e| self.err(e.field(), e.to_string()))?;
-                Some(cluster)
-            }
-            Some(b) => {
-                return Err(self.err(
-                    "cluster.backend",
-                    format!("`{b}` is not \"local\" or \"redis\""),
-                ))
-            }
-        };
-        Ok(cluster)
-    }
-
     /// `[usage]`.
     pub(super) fn usage(&self, u: RawUsage) -> Result<UsageConfig, ConfigError> {
         let retention = self.duration(
@@ -435,112 +365,5 @@ impl Validator<'_> {
             ));
         }
         Ok(log)
-    }
-
-    fn upstream(
-        &self,
-        i: usize,
-        u: RawUpstream,
-        base: &Path,
-    ) -> Result<UpstreamConfig, ConfigError> {
-        let field = |f: &str| format!("upstream[{}].{f}", i + 1);
-        let uri: Uri = u
-            .url
-            .parse()
-            .map_err(|_| self.err(&field("url"), format!("`{}` is not a URL", u.url)))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)
-            .ok_or_else(|| self.err(&field("url"), "must start with http:// or https://"))?;
-        let ca_file = u.ca_file.map(|p| resolve(base, &p));
-        let tls = crate::server::tls::client_config(ca_file.as_deref())
-            .map_err(|e| self.err(&field("ca_file"), e.to_string()))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| self.err(&field("url"), "has no host"))?;
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        let patterns = u.models.unwrap_or_else(|| vec!["*".into()]);
-        let mut set = globset::GlobSetBuilder::new();
-        for p in &patterns {
-            set.add(compile_glob(p).map_err(|e| self.err(&field("models"), e))?);
-        }
-        let models = set
-            .build()
-            .map_err(|e| self.err(&field("models"), e.to_string()))?;
-        let api_key = match u.api_key_env {
-            None => None,
-            Some(var) => {
-                let v = std::env::var(&var).map_err(|_| {
-                    self.err(
-                        &field("api_key_env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                })?;
-                let mut hv =
-                    http::HeaderValue::try_from(format!("Bearer {}", v.trim())).map_err(|_| {
-                        self.err(
-                            &field("api_key_env"),
-                            format!("`{var}` holds characters not allowed in a header"),
-                        )
-                    })?;
-                hv.set_sensitive(true);
-                Some(hv)
-            }
-        };
-        let health_interval = self.duration(
-            &field("health_interval"),
-            u.health_interval,
-            Duration::from_secs(5),
-        )?;
-        if health_interval < Duration::from_millis(100) {
-            return Err(self.err(&field("health_interval"), "must be at least 100ms"));
-        }
-        let health = match u.health {
-            None => None,
-            Some(p) => {
-                if !p.starts_with('/') {
-                    return Err(self.err(
-                        &field("health"),
-                        format!("`{p}` is not a path starting with `/` (for example \"/health\")"),
-                    ));
-                }
-                let path = format!("{base_path}{p}").parse().map_err(|_| {
-                    self.err(&field("health"), format!("`{p}` is not a valid URL path"))
-                })?;
-                Some(HealthCheck {
-                    path,
-                    interval: health_interval,
-                })
-            }
-        };
-        Ok(UpstreamConfig {
-            health,
-            name: u.name.unwrap_or_else(|| format!("upstream{}", i + 1)),
-            scheme,
-            authority,
-            base_path,
-            models,
-            model_patterns: patterns,
-            api_key,
-            ca_file,
-            tls: Arc::new(tls),
-            connect_timeout: self.duration(
-                &field("connect_timeout"),
-                u.connect_timeout,
-                Duration::from_secs(2),
-            )?,
-            first_byte_timeout: self.duration(
-                &field("first_byte_timeout"),
-                u.first_byte_timeout,
-                Duration::from_secs(120),
-            )?,
-            idle_timeout: self.duration(
-                &field("idle_timeout"),
-                u.idle_timeout,
-                Duration::from_secs(60),
-            )?,
-        })
     }
 }
