@@ -25,13 +25,22 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(redis: &Redis, mock: &Mock) -> Replica {
+    /// A replica's directory and configuration; `with_cluster`: limits shared through
+    /// `[cluster]` too (else only the key store names Redis).
+    fn new(redis: &Redis, mock: &Mock, with_cluster: bool) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("gateway.toml");
+        let cluster = match with_cluster {
+            true => format!(
+                "[cluster]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+                redis.url()
+            ),
+            false => String::new(),
+        };
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\nstore = \"redis\"\nredis_url = \"{url}\"\nsnapshot_interval = \"1s\"\n[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\n[[upstream]]\nurl = \"http://{}\"\n",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\nstore = \"redis\"\nredis_url = \"{url}\"\nsnapshot_interval = \"1s\"\n{cluster}[[upstream]]\nurl = \"http://{}\"\n",
                 mock.addr,
                 url = redis.url()
             ),
@@ -134,9 +143,16 @@ struct Cluster {
 
 /// One Redis, an admin key made with the CLI (straight into Redis), three replicas serving.
 async fn cluster() -> Cluster {
+    cluster_with(true).await
+}
+
+/// As `cluster`, with or without a `[cluster]` section.
+async fn cluster_with(with_cluster: bool) -> Cluster {
     let redis = Redis::start().await;
     let mock = start_mock().await;
-    let mut r: Vec<Replica> = (0..3).map(|_| Replica::new(&redis, &mock)).collect();
+    let mut r: Vec<Replica> = (0..3)
+        .map(|_| Replica::new(&redis, &mock, with_cluster))
+        .collect();
     let v = cli_json(
         &r[0].cfg,
         &[
@@ -454,7 +470,7 @@ async fn a_replica_started_while_redis_is_down_serves_its_snapshot_or_says_why_i
 
     // A fourth replica with no snapshot and no Redis: not ready, and it says why.
     let mock = start_mock().await;
-    let mut fresh = Replica::new(&c.redis, &mock);
+    let mut fresh = Replica::new(&c.redis, &mock, true);
     fresh.start();
     let ready = send(Method::GET, &fresh.url("/readyz"), &[], "").await;
     assert_eq!(ready.status, 503);
@@ -476,7 +492,26 @@ async fn a_replica_started_while_redis_is_down_serves_its_snapshot_or_says_why_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_spread_over_three_replicas_sums_on_any() {
-    let c = cluster().await;
+    usage_sums_over_replicas(&cluster().await).await;
+}
+
+/// The key store's Redis alone (no `[cluster]`) also shares usage: replicas behave as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_shared_through_the_key_store_without_cluster() {
+    let c = cluster_with(false).await;
+    let cfg = c.r[0].cfg.clone();
+    usage_sums_over_replicas(&c).await;
+    // The CLI reads it from Redis too, with names from the store (no key file needed).
+    let v = cli_json(&cfg, &["usage", "--since", "1h", "--by", "key", "--json"]);
+    let rows = v["data"].as_array().unwrap();
+    let used = rows
+        .iter()
+        .find(|r| r["key_name"] == "used")
+        .expect("a row for the key");
+    assert_eq!(used["requests"], 9, "{v}");
+}
+
+async fn usage_sums_over_replicas(c: &Cluster) {
     let v = cli_json(&c.r[0].cfg, &["keys", "create", "--name", "used", "--json"]);
     let (key, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
     let refs: Vec<&Replica> = c.r.iter().collect();

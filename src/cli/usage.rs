@@ -1,5 +1,5 @@
 //! `keygate usage`: usage over time as a table, JSON or CSV — from the state file a gateway
-//! saves (file mode; up to 10 s behind), or from Redis when `[cluster]` is set (summed over
+//! saves (file mode; up to 10 s behind), or from Redis with `[cluster]` or the shared key store (summed over
 //! every replica). Also what `keygate keys show` adds about a key's usage and quotas.
 
 use crate::cli::args::{duration_arg, key_id_arg};
@@ -58,12 +58,16 @@ pub fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("`--since`: {}", e.message)))?;
     q.keys = a.keys.iter().filter_map(|k| KeyId::new(k)).collect();
     q.models = a.models;
-    let file = KeyStore::new(&cfg.keys.file).load()?;
+    // Names and labels: the key file, or the shared store itself (no key file needed here).
+    let file = match &cfg.keys.store {
+        crate::config::StoreMode::File => KeyStore::new(&cfg.keys.file).load()?,
+        crate::config::StoreMode::Redis(_) => crate::keys::backend::Store::of(&cfg.keys)?.load()?,
+    };
     let keys: HashMap<&str, &KeyRecord> = file.keys.iter().map(|k| (k.id.as_str(), k)).collect();
     let hours = q.hours(now, cfg.usage.retention);
-    let rows: Vec<Row> = match &cfg.cluster {
+    let rows: Vec<Row> = match crate::config::shared_redis(cfg.cluster.as_ref(), &cfg.keys) {
         Some(c) => block_on(async {
-            let mut conn = redis::connect(c).await?;
+            let mut conn = redis::connect(&c).await?;
             let names = redis::Names::new(&c.key_prefix);
             redis::rows(&mut conn, &names, hours, Duration::from_secs(30)).await
         })?
@@ -161,7 +165,7 @@ fn print_rows(rows: &[Vec<String>]) {
 }
 
 /// What `keys show` adds about key `rec`: its lifetime usage (summed over every replica in
-/// cluster mode, else as the state file saved it) and its `quota`.
+/// cluster mode or with the shared key store, else as the state file saved it) and its `quota`.
 pub fn key_figures(
     cfg: &KeyCommandsConfig,
     rec: &KeyRecord,
@@ -170,12 +174,15 @@ pub fn key_figures(
     let now = Timestamp::now();
     let (day, month) = (Window::Day(day_of(now)), Window::Month(month_of(now)));
     let quotas = (!rec.quotas.is_empty()).then_some(&rec.quotas);
-    let (usage, in_day, in_month) = match &cfg.cluster {
+    let (usage, in_day, in_month) = match crate::config::shared_redis(
+        cfg.cluster.as_ref(),
+        &cfg.keys,
+    ) {
         Some(c) => {
             let names = redis::Names::new(&c.key_prefix);
             let t = Duration::from_secs(5);
             let read = block_on(async {
-                let mut conn = redis::connect(c).await?;
+                let mut conn = redis::connect(&c).await?;
                 let totals = redis::key_totals(&mut conn, &names, &rec.id, t).await?;
                 let used = redis::quota_used(&mut conn, &names, &rec.id, day, month, t).await?;
                 Ok::<_, String>((totals, used))

@@ -152,6 +152,22 @@ pub enum StoreMode {
     Redis(RedisKeyStore),
 }
 
+/// The Redis where replicas share usage, quota counts, last use and notification claims:
+/// `[cluster]`'s, else the shared key store's (its client settings, the key prefix
+/// `keygate`). `None`: each gateway keeps them in its own state file.
+pub fn shared_redis(
+    cluster: Option<&cluster::ClusterConfig>,
+    keys: &KeysConfig,
+) -> Option<cluster::ClusterConfig> {
+    cluster.cloned().or_else(|| match &keys.store {
+        StoreMode::Redis(s) => Some(cluster::ClusterConfig {
+            key_prefix: "keygate".into(),
+            ..s.client.clone()
+        }),
+        StoreMode::File => None,
+    })
+}
+
 /// `[keys] store = "redis"`: the Redis the key records live in (`[keys] redis_url`, else
 /// `[cluster] redis_url`; TLS files and timeout from `[cluster]` when it is set).
 #[derive(Debug, Clone, PartialEq)]

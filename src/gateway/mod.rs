@@ -76,8 +76,11 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     /// The shared limit backend in cluster mode (fixed at start: a change needs a restart).
     pub redis: Option<Arc<RedisBackend>>,
-    /// Usage over time and quota counts: in memory (saved in the state file), or in Redis in
-    /// cluster mode. Filled every second by the flusher this gateway runs (`flush_usage`).
+    /// Where replicas share usage, quota counts and notification claims: the limit backend in
+    /// cluster mode, else the shared key store's Redis (`config::shared_redis`), else none.
+    pub shared: Option<Arc<RedisBackend>>,
+    /// Usage over time and quota counts: in memory (saved in the state file), or in Redis
+    /// (`shared`). Filled every second by the flusher this gateway runs (`flush_usage`).
     pub usage: Usage,
     pub failed_auth: FailedAuthGuard,
     pub capacity: Arc<Capacity>,
@@ -115,7 +118,11 @@ impl Gateway {
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);
         let redis = config.cluster.clone().map(RedisBackend::start);
-        let usage = Usage::new(redis.as_ref());
+        let shared = match &redis {
+            Some(r) => Some(Arc::clone(r)),
+            None => crate::config::shared_redis(None, &config.keys).map(RedisBackend::start),
+        };
+        let usage = Usage::new(shared.as_ref());
         let key_sync = match &config.keys.store {
             StoreMode::File => None,
             StoreMode::Redis(cfg) => match RedisStore::new(cfg) {
@@ -131,6 +138,7 @@ impl Gateway {
         };
         let gw = Arc::new_cyclic(|me| Gateway {
             redis,
+            shared,
             key_sync,
             usage,
             live: ArcSwap::from_pointee(Live {

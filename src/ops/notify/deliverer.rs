@@ -94,7 +94,7 @@ impl Shared {
             self.settle(&id, Settled::GaveUp, Delivery::GaveUp).await;
             return;
         }
-        if let (Some(claims), Some(backend)) = (&self.claims, &self.gw.redis) {
+        if let (Some(claims), Some(backend)) = (&self.claims, &self.gw.shared) {
             // Still this replica's? (Its lease may have ended while it was down.) Without an
             // answer it is sent: it was claimed.
             let replica = self.ledger.replica();
@@ -153,7 +153,7 @@ impl Shared {
             return;
         };
         self.gw.metrics.notification(p.event.event.name(), counted);
-        if let (Some(claims), Some(backend)) = (&self.claims, &self.gw.redis) {
+        if let (Some(claims), Some(backend)) = (&self.claims, &self.gw.shared) {
             let remember = Duration::from_secs(now.until(p.until));
             if let Err(e) = claims
                 .settle(backend, id, &self.ledger.replica(), remember)

@@ -40,7 +40,10 @@ pub fn start(gw: Arc<Gateway>) -> Notifier {
         tracing::info!(receiver = %n.url.shown(), "webhook notifications on");
     }
     let shared = Arc::new(Shared {
-        claims: gw.redis.as_ref().map(|b| Claims::new(&b.config.key_prefix)),
+        claims: gw
+            .shared
+            .as_ref()
+            .map(|b| Claims::new(&b.config.key_prefix)),
         gw,
         ledger,
         host: shared::hostname(),

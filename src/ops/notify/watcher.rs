@@ -51,7 +51,7 @@ impl Shared {
             .into_iter()
             .filter(|f| !self.ledger.knows(&f.id))
             .collect();
-        let mine = match (&self.claims, &self.gw.redis) {
+        let mine = match (&self.claims, &self.gw.shared) {
             (Some(claims), Some(backend)) => {
                 changed |= self.renew(claims, backend).await;
                 self.claim(claims, backend, found, now).await
