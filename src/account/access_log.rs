@@ -114,21 +114,17 @@ fn protocol(v: http::Version) -> &'static str {
 /// segment that holds something shaped like one of our keys (`<prefix>_…`) is replaced.
 fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str> {
     let path = clip(path, MAX_PATH);
-    let mut needle = String::with_capacity(key_prefix.len() + 1);
-    needle.push_str(key_prefix);
-    needle.push('_');
-    if key_prefix.is_empty() || memchr::memmem::find(path.as_bytes(), needle.as_bytes()).is_none() {
+    // `<prefix>_` in a segment: found without allocating, as almost every path has none.
+    let holds = |text: &str| {
+        crate::auth::secrets::occurrences(text.as_bytes(), key_prefix.as_bytes())
+            .any(|i| text.as_bytes().get(i + key_prefix.len()) == Some(&b'_'))
+    };
+    if !holds(path) {
         return std::borrow::Cow::Borrowed(path);
     }
     let redacted: Vec<&str> = path
         .split('/')
-        .map(|seg| {
-            if seg.contains(needle.as_str()) {
-                "[redacted]"
-            } else {
-                seg
-            }
-        })
+        .map(|seg| if holds(seg) { "[redacted]" } else { seg })
         .collect();
     std::borrow::Cow::Owned(redacted.join("/"))
 }

@@ -100,7 +100,7 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
     const SEPARATORS: &str =
         "The request path is not in normal form (no `..`, `//` or encoded separators).";
     let b = path.as_bytes();
-    if !path.starts_with('/') || memchr::memmem::find(b, b"//").is_some() || b.contains(&b'\\') {
+    if !path.starts_with('/') || b.windows(2).any(|w| w == b"//") || b.contains(&b'\\') {
         return Some(SEPARATORS);
     }
     // `/a/..;/b` is `/a/..` to a servlet container and `/b` to others: a path parameter is
