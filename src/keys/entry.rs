@@ -27,6 +27,14 @@ impl KeyId {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("key_invalid")
     }
+
+    /// The 16 characters after `key_` as one integer: ordered as the ids are, compared in
+    /// one instruction (sorting a million keys compares them often).
+    pub fn sort_key(&self) -> u128 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&self.0[4..]);
+        u128::from_be_bytes(b)
+    }
 }
 
 impl std::ops::Deref for KeyId {
