@@ -7,31 +7,6 @@ use common::*;
 use http::Method;
 use serde_json::json;
 
-async fn api(
-    g: &TestGateway,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: serde_json::Value,
-) -> Answer {
-    let auth = bearer(key);
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    send(
-        method,
-        &g.url(path),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn create_use_show_list_rotate_revoke() {
     let g = start_gateway("").await;

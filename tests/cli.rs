@@ -2,6 +2,10 @@
 //! binary, a fresh directory with its own `gateway.toml` and key file per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::cli::CliEnv as Env;
+
 use keygate::keys::file::KeyFile;
 use keygate::keys::record::NewKey;
 use keygate::keys::store::KeyStore;
@@ -11,106 +15,12 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "sk_kg";
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// One test's world: a temporary directory with `gateway.toml` naming `keys.json` beside it.
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    keys: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env::with_config("[keys]\nfile = \"keys.json\"\n")
-    }
-
-    fn with_config(toml: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gateway.toml");
-        fs::write(&config, toml).unwrap();
-        let keys = dir.path().join("keys.json");
-        Env { dir, config, keys }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// Runs `keygate ARGS --config gateway.toml`.
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`keygate {}` failed ({}):\nstdout: {}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert!(
-            !out.status.success(),
-            "`keygate {}` should have failed:\nstdout: {}\nstderr: {stderr}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-        );
-        assert!(
-            !stderr.trim().is_empty(),
-            "`keygate {}` failed without saying why on stderr",
-            args.join(" ")
-        );
-        stderr
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| {
-            panic!(
-                "`keygate {}` printed non-JSON ({e}):\n{out}",
-                args.join(" ")
-            )
-        })
-    }
-
-    /// `keys create --json` with extra arguments.
-    fn create(&self, name: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["keys", "create", "--name", name, "--json"];
-        args.extend_from_slice(extra);
-        self.json(&args)
-    }
-
-    fn key_text(&self) -> String {
-        fs::read_to_string(&self.keys).unwrap()
-    }
-
-    fn key_file(&self) -> KeyFile {
-        KeyFile::parse(&self.key_text(), &self.keys).unwrap()
-    }
-}
 
 fn s<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field]

@@ -11,25 +11,6 @@ use keygate::time::Timestamp;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-async fn api(g: &TestGateway, key: &str, method: Method, path: &str, body: Value) -> Answer {
-    let auth = bearer(key);
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    send(
-        method,
-        &g.url(path),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-    .await
-}
-
 async fn patch(g: &TestGateway, admin: &str, id: &str, body: Value) -> Answer {
     api(g, admin, Method::PATCH, &format!("/v1/api-keys/{id}"), body).await
 }

@@ -7,104 +7,13 @@
 mod common;
 
 use common::binary;
+use common::cli::CliEnv as Env;
 use keygate::keys::file::KeyFile;
 use keygate::keys::record::{KeyRecord, NewKey};
 use keygate::time::Timestamp;
 use serde_json::{json, Value};
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// One test's world: a temporary directory with `gateway.toml` naming `keys.json` beside it.
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    keys: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env::with_config("")
-    }
-
-    fn with_config(extra: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gateway.toml");
-        fs::write(&config, format!("[keys]\nfile = \"keys.json\"\n{extra}")).unwrap();
-        let keys = dir.path().join("keys.json");
-        Env { dir, config, keys }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary::BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`keygate {}` failed ({}):\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects exit status `code`; returns stderr.
-    fn fails(&self, code: i32, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "`keygate {}`:\nstdout: {}\nstderr: {stderr}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        stderr
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn create(&self, name: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["keys", "create", "--name", name, "--json"];
-        args.extend_from_slice(extra);
-        self.json(&args)
-    }
-
-    /// `keys update ID ARGS --json`.
-    fn update(&self, id: &str, extra: &[&str]) -> Value {
-        let mut args = vec!["keys", "update", id, "--json"];
-        args.extend_from_slice(extra);
-        self.json(&args)
-    }
-
-    fn show(&self, id: &str) -> Value {
-        self.json(&["keys", "show", id, "--json"])
-    }
-
-    fn record(&self, id: &str) -> KeyRecord {
-        let text = fs::read_to_string(&self.keys).unwrap();
-        KeyFile::parse(&text, &self.keys)
-            .unwrap()
-            .get(id)
-            .unwrap()
-            .clone()
-    }
-}
 
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
@@ -168,7 +77,7 @@ fn create_takes_a_description_labels_quotas_and_an_expiry_time() {
     ] {
         let mut all = vec!["keys", "create", "--name", "x"];
         all.extend(&args);
-        let err = env.fails(2, &all);
+        let err = env.fails_with(2, &all);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
@@ -316,12 +225,12 @@ fn update_refusals_name_what_was_typed_and_change_nothing() {
     ] {
         let mut all = vec!["keys", "update", &id];
         all.extend(&args);
-        let err = env.fails(2, &all);
+        let err = env.fails_with(2, &all);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    let err = env.fails(1, &["keys", "update", "key_0000000000000000", "--rpm", "5"]);
+    let err = env.fails_with(1, &["keys", "update", "key_0000000000000000", "--rpm", "5"]);
     assert!(err.contains("key_0000000000000000"), "{err}");
-    let err = env.fails(2, &["keys", "update", "nokey", "--rpm", "5"]);
+    let err = env.fails_with(2, &["keys", "update", "nokey", "--rpm", "5"]);
     assert!(err.contains("nokey"), "{err}");
     assert_eq!(fs::read(&env.keys).unwrap(), before, "nothing was written");
 }
@@ -352,7 +261,7 @@ fn disable_enable_and_a_final_revoke_from_the_cli() {
         (vec!["keys", "enable", &id], "enabled"),
         (vec!["keys", "rotate", &id], "rotated"),
     ] {
-        let err = env.fails(1, &args);
+        let err = env.fails_with(1, &args);
         assert!(
             err.contains(&id) && err.contains(&format!("revoked and cannot be {doing}")),
             "{err}"
@@ -363,7 +272,7 @@ fn disable_enable_and_a_final_revoke_from_the_cli() {
 
 #[test]
 fn cli_changes_are_audited_with_old_and_new() {
-    let env = Env::with_config("[log]\naudit_file = \"audit.log\"\n");
+    let env = Env::with_extra("[log]\naudit_file = \"audit.log\"\n");
     let id = id(&env.create("svc", &["--rpm", "10"]));
     let out = env.run(&["keys", "update", &id, "--rpm", "20", "--meta", "team=ads"]);
     assert!(out.status.success());
@@ -373,7 +282,7 @@ fn cli_changes_are_audited_with_old_and_new() {
         "{stderr}"
     );
     env.ok(&["keys", "disable", &id]);
-    env.fails(2, &["keys", "update", &id, "--rpm", "0"]);
+    env.fails_with(2, &["keys", "update", &id, "--rpm", "0"]);
     let text = fs::read_to_string(env.dir.path().join("audit.log")).unwrap();
     let lines: Vec<Value> = text
         .lines()
@@ -523,7 +432,7 @@ async fn in_force(
 #[tokio::test]
 async fn cli_edits_are_in_force_on_a_running_gateway() {
     let mock = common::start_mock().await;
-    let env = Env::with_config(&format!(
+    let env = Env::with_extra(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
         mock.addr
     ));
@@ -571,7 +480,7 @@ async fn cli_edits_are_in_force_on_a_running_gateway() {
 #[tokio::test]
 async fn api_disable_and_enable_on_the_running_binary_apply_before_the_answer() {
     let mock = common::start_mock().await;
-    let env = Env::with_config(&format!(
+    let env = Env::with_extra(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
         mock.addr
     ));

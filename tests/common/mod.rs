@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cli;
 pub mod raw;
 pub mod raw_upstream;
 pub mod receiver;
@@ -223,6 +224,32 @@ impl Answer {
 
 pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A management API call with `key`: `body` as JSON (`null`: no body).
+pub async fn api(
+    g: &TestGateway,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+) -> Answer {
+    let auth = bearer(key);
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(
+        method,
+        &g.url(path),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
 }
 
 /// Sends one request and reads the whole answer.
