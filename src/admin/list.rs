@@ -4,10 +4,10 @@
 
 use crate::error::GatewayError;
 use crate::gateway::Live;
+use crate::keys::entry::KeyEntry;
 use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
 use crate::keys::list::{self, Filter, ListQuery, Order, SortBy, Statuses};
-use crate::keys::record::KeyQuotas;
 use crate::keys::usage::UsageSnapshot;
 use crate::keys::view::KeyView;
 use crate::proxy::response_body::{json, Body};
@@ -151,31 +151,24 @@ fn key_store(live: &Live) -> serde_json::Value {
     }
 }
 
-/// `GET /v1/api-keys/{id}`: the key with its `usage`.
+/// The key `id` as this gateway serves it, or 404.
+pub fn entry<'a>(live: &'a Live, id: &str) -> Result<&'a KeyEntry, GatewayError> {
+    live.keys
+        .as_deref()
+        .and_then(|i| i.entry(id))
+        .ok_or_else(|| StoreError::NotFound(id.to_string()).into())
+}
+
+/// `GET /v1/api-keys/{id}`: the key with its `usage` and `quota`.
 pub fn show(
     live: &Live,
-    id: &str,
+    entry: &KeyEntry,
     now: Timestamp,
     usage: UsageSnapshot,
     quota: serde_json::Value,
-) -> Result<http::Response<Body>, GatewayError> {
-    let entry = live
-        .keys
-        .as_deref()
-        .and_then(|i| i.entry(id))
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+) -> http::Response<Body> {
     let mut v = KeyView::of_entry(entry).json(&live.config.keys.prefix, now, Some(&usage));
     v["usage"] = serde_json::to_value(usage).unwrap_or_default();
     v["quota"] = quota;
-    Ok(json(StatusCode::OK, &v))
-}
-
-/// A key's quotas (none set: `None`), or 404 when the gateway serves no key `id`.
-pub fn quotas_of(live: &Live, id: &str) -> Result<Option<KeyQuotas>, GatewayError> {
-    let entry = live
-        .keys
-        .as_deref()
-        .and_then(|i| i.entry(id))
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-    Ok(entry.quotas.as_deref().copied())
+    json(StatusCode::OK, &v)
 }

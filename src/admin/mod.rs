@@ -241,10 +241,10 @@ pub async fn handle(
                 .map_err(|e| GatewayError::Internal(e.to_string()))?
         }
         (&Method::GET, [id]) => {
-            let quotas = list::quotas_of(live, id)?;
+            let entry = list::entry(live, id)?;
             let usage = key_usage(gw, live, id).await;
-            let quota = key_quota(gw, live, id, quotas.as_ref());
-            list::show(live, id, now, usage, quota)
+            let quota = key_quota(gw, live, id, entry.quotas.as_deref());
+            Ok(list::show(live, entry, now, usage, quota))
         }
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req.into_body(), false, record).await?;

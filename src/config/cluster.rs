@@ -17,6 +17,10 @@ pub enum OnBackendError {
     Local,
 }
 
+/// `[cluster] key_prefix` when none is set; also the prefix of what replicas share through
+/// the shared key store's Redis when there is no `[cluster]` (`config::shared_redis`).
+pub const DEFAULT_KEY_PREFIX: &str = "keygate";
+
 /// `[cluster]` with `backend = "redis"`: limits shared by every replica through Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {

@@ -161,7 +161,7 @@ pub fn shared_redis(
 ) -> Option<cluster::ClusterConfig> {
     cluster.cloned().or_else(|| match &keys.store {
         StoreMode::Redis(s) => Some(cluster::ClusterConfig {
-            key_prefix: "keygate".into(),
+            key_prefix: cluster::DEFAULT_KEY_PREFIX.into(),
             ..s.client.clone()
         }),
         StoreMode::File => None,

@@ -2,7 +2,9 @@
 //! policy, each error naming `cluster.field`.
 
 use super::{resolve, Validator};
-use crate::config::cluster::{redis_client, ClusterConfig, OnBackendError, RedisTls};
+use crate::config::cluster::{
+    redis_client, ClusterConfig, OnBackendError, RedisTls, DEFAULT_KEY_PREFIX,
+};
 use crate::config::raw::RawCluster;
 use crate::config::ConfigError;
 use std::path::Path;
@@ -57,7 +59,7 @@ impl Validator<'_> {
                         c.timeout,
                         Duration::from_millis(50),
                     )?,
-                    key_prefix: c.key_prefix.unwrap_or_else(|| "keygate".into()),
+                    key_prefix: c.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.into()),
                     lease,
                     tls: RedisTls {
                         ca_file: c.ca_file.as_deref().map(resolve),
