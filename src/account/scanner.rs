@@ -19,27 +19,47 @@ static COMPLETION: LazyLock<memmem::Finder<'static>> =
 const CARRY: usize = 48;
 
 /// Finds the last `usage` token counts in a byte stream fed chunk by chunk.
-#[derive(Debug, Default)]
+/// The carried tail lives inline: no allocation per answer.
+#[derive(Debug)]
 pub struct UsageScanner {
-    carry: Vec<u8>,
+    carry: [u8; CARRY],
+    carry_len: usize,
     prompt: Option<u64>,
     completion: Option<u64>,
 }
 
+impl Default for UsageScanner {
+    fn default() -> UsageScanner {
+        UsageScanner {
+            carry: [0; CARRY],
+            carry_len: 0,
+            prompt: None,
+            completion: None,
+        }
+    }
+}
+
 impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
-        if self.carry.is_empty() {
+        if self.carry_len == 0 {
             self.scan(chunk);
         } else {
             // Only the seam needs joining: the carried tail plus the head of this chunk.
-            let mut seam = std::mem::take(&mut self.carry);
-            seam.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            self.scan(&seam);
+            let head = &chunk[..chunk.len().min(CARRY)];
+            let mut seam = [0u8; 2 * CARRY];
+            seam[..self.carry_len].copy_from_slice(&self.carry[..self.carry_len]);
+            seam[self.carry_len..self.carry_len + head.len()].copy_from_slice(head);
+            let n = self.carry_len + head.len();
+            self.scan(&seam[..n]);
             self.scan(chunk);
         }
-        let tail = chunk.len().saturating_sub(CARRY);
-        self.carry.clear();
-        self.carry.extend_from_slice(&chunk[tail..]);
+        // A chunk shorter than the carry keeps the older tail's end in front of it.
+        let keep = CARRY.saturating_sub(chunk.len()).min(self.carry_len);
+        self.carry
+            .copy_within(self.carry_len - keep..self.carry_len, 0);
+        let tail = &chunk[chunk.len().saturating_sub(CARRY)..];
+        self.carry[keep..keep + tail.len()].copy_from_slice(tail);
+        self.carry_len = keep + tail.len();
     }
 
     /// Takes the last complete counts in `hay`.
@@ -305,6 +325,29 @@ data: [DONE]
                     completion: 4567
                 }),
                 "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn split_into_chunks_shorter_than_the_field() {
+        let body = br#"data: {"choices":[],"usage":{"prompt_tokens":123,"completion_tokens":4567}}
+
+data: [DONE]
+
+"#;
+        for size in [1, 2, 3, 7, 20] {
+            let mut s = UsageScanner::default();
+            for chunk in body.chunks(size) {
+                s.feed(chunk);
+            }
+            assert_eq!(
+                s.tokens(),
+                Some(Tokens {
+                    prompt: 123,
+                    completion: 4567
+                }),
+                "chunks of {size} bytes"
             );
         }
     }

@@ -249,7 +249,7 @@ impl GatewayError {
         // refusals are the gateway's cheapest answers and must stay so.
         #[derive(serde::Serialize)]
         struct Detail<'a> {
-            message: &'a str,
+            message: Message<'a>,
             r#type: &'a str,
             param: Option<&'a str>,
             code: &'a str,
@@ -258,17 +258,33 @@ impl GatewayError {
         struct Envelope<'a> {
             error: Detail<'a>,
         }
-        let message = self.to_string();
-        let body = serde_json::to_vec(&Envelope {
+        /// The message written straight from `Display` into the body, escaped, never held
+        /// as a `String` of its own.
+        struct Message<'a>(&'a GatewayError);
+        impl serde::Serialize for Message<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self.0)
+            }
+        }
+        let envelope = Envelope {
             error: Detail {
-                message: &message,
+                message: Message(self),
                 r#type: self.kind(),
                 param: self.param(),
                 code: self.code(),
             },
-        })
-        .unwrap_or_default();
-        let mut resp = Response::new(B::from(Bytes::from(body)));
+        };
+        // Written on the stack and copied once into a body of its exact size; a longer one
+        // (a message naming a long model) takes the allocating path.
+        let mut buf = std::io::Cursor::new([0u8; 512]);
+        let body = match serde_json::to_writer(&mut buf, &envelope) {
+            Ok(()) => {
+                let n = buf.position() as usize;
+                Bytes::copy_from_slice(&buf.get_ref()[..n])
+            }
+            Err(_) => Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
+        };
+        let mut resp = Response::new(B::from(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(
@@ -356,5 +372,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["param"], "limits.burst");
         assert_eq!(v["error"]["code"], "invalid_request");
+        // A body longer than the stack buffer is written whole all the same.
+        for len in [400, 600, 5000] {
+            let e = GatewayError::ModelNotFound(format!("m\"{}", "x".repeat(len)));
+            let body = e
+                .to_response::<Full<Bytes>>()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["message"], e.to_string(), "{len}");
+        }
     }
 }

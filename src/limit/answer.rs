@@ -47,15 +47,12 @@ impl LimitHeaders {
         if let Some(d) = retry_after {
             // Round up: a client that waits the whole seconds must not be refused again.
             let secs = d.as_millis().div_ceil(1000).max(1);
-            h.insert(RETRY_AFTER, HeaderValue::from(secs as u64));
-            h.insert(
-                RETRY_AFTER_MS,
-                HeaderValue::from(d.as_millis().max(1) as u64),
-            );
+            h.insert(RETRY_AFTER, number(secs as u64));
+            h.insert(RETRY_AFTER_MS, number(d.as_millis().max(1) as u64));
         }
         if let Some(r) = &self.rate {
-            h.insert(LIMIT_REQUESTS, HeaderValue::from(r.limit));
-            h.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining));
+            h.insert(LIMIT_REQUESTS, number(u64::from(r.limit)));
+            h.insert(REMAINING_REQUESTS, number(u64::from(r.remaining)));
             if let Some(v) = reset_value(r.reset) {
                 h.insert(RESET_REQUESTS, v);
             }
@@ -67,8 +64,8 @@ impl LimitHeaders {
             }
         }
         if let Some(t) = &self.tokens {
-            h.insert(LIMIT_TOKENS, HeaderValue::from(t.limit));
-            h.insert(REMAINING_TOKENS, HeaderValue::from(t.remaining));
+            h.insert(LIMIT_TOKENS, number(t.limit));
+            h.insert(REMAINING_TOKENS, number(t.remaining));
             if let Some(v) = reset_value(t.reset) {
                 h.insert(RESET_TOKENS, v);
             }
@@ -88,6 +85,13 @@ pub fn read_retry_after(h: &HeaderMap) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A number as a header value in one allocation of its exact size (`HeaderValue::from(u64)`
+/// makes two: a buffer of the widest number's size, then its shrunk copy).
+pub fn number(n: u64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// A reset time in OpenAI's form (`20ms`, `1.5s`, `6m0s`), formatted on the stack.

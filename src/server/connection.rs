@@ -25,8 +25,11 @@
 //! request in progress, is dropped.
 //!
 //! The request path pays little for this: one `Arc` clone and two atomic adds when a request
-//! starts, a clock read when it ends, and two relaxed atomic adds per response frame. The
-//! driver wakes at most every quarter of `write_timeout`.
+//! starts, a clock read when it ends and when the next one's head starts, and two relaxed
+//! atomic adds per response frame. Nothing on the request path wakes the driver (a wake per
+//! request would cost the connection's task an extra poll): it wakes on its own at least every
+//! `header_read_timeout` and every quarter of `write_timeout`, which is soon enough to find a
+//! head that started since, and then times that head from its first byte.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,8 +62,6 @@ pub struct Activity {
     /// When the first byte of an HTTP/1.1 request head arrived while no request was in
     /// progress, in milliseconds since `start`, plus one; 0 for none.
     head_ms: AtomicU64,
-    /// Wakes the driver when such a head starts, so its deadline is the head's.
-    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -73,7 +74,6 @@ impl Activity {
             period: AtomicU32::new(0),
             waiting: Default::default(),
             head_ms: AtomicU64::new(0),
-            head_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -85,13 +85,10 @@ impl Activity {
             return;
         }
         let ms = self.ms_since_start(Instant::now()).saturating_add(1);
-        if self
+        // The driver finds it on its next wake, at most `header_read_timeout` from now.
+        let _ = self
             .head_ms
-            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.head_started.notify_one();
-        }
+            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// When the head of a request not begun yet started arriving.
@@ -235,8 +232,6 @@ where
     loop {
         tokio::select! {
             r = conn.as_mut() => return Ended::Done(r),
-            // A request head started on an idle connection: its deadline is sooner.
-            () = activity.head_started.notified() => timer.as_mut().reset(Instant::now()),
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 if closing.is_none() {
@@ -252,7 +247,9 @@ where
                     }
                     next_check = now + check_every;
                 }
-                let mut wake = next_check;
+                // Never asleep longer than a head may take: a head that starts while the
+                // driver sleeps is found in time to be cut at its own deadline.
+                let mut wake = next_check.min(now + d.header_read);
                 match activity.idle_since() {
                     // Busy: whenever its last request ends, a deadline counts from then, so
                     // none can come sooner than a whole one from now.
