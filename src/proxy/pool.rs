@@ -104,7 +104,9 @@ impl Pool {
             let (mut conn, reused) = match self.checkout().await {
                 Some(c) => (c, true),
                 None => {
-                    let c = self.connect().await?;
+                    // Boxed: connecting is the rare path, and its future would otherwise
+                    // make every request's future larger by a kilobyte.
+                    let c = Box::pin(self.connect()).await?;
                     // Connecting took at least one trip through the scheduler; let the
                     // client's side run once more before writing, so a request it has
                     // already cancelled (an HTTP/2 reset) is dropped here and costs the
