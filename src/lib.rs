@@ -58,7 +58,7 @@
 //! | `proxy/health.rs` | an upstream's cached health-check result |
 //! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
-//! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short |
+//! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short (`scanner_tests.rs`: its unit tests) |
 //! | `account/access_log.rs` | the access line |
 //! | `account/answer_model.rs` | the model an upstream's answer names (usage's model when the request's was not read) |
 //! | `keys/token.rs` | the token format (prefix, secret, checksum), generation, hashing |

@@ -749,6 +749,73 @@ else
     PROFILE_NOTE="perf could not sample here (perf record -e cpu-clock failed)."
 fi
 
+# 3) user-space instructions per request under callgrind: exact and repeatable where timings
+#    drift by ±10% from run to run, so a change's effect shows even on a busy machine (it is
+#    blind to the kernel, to cache misses and to SHA-NI, which valgrind does not emulate). Each
+#    contender is restarted under valgrind on a port of its own, after every timed measurement.
+#    nginx is left out: its worker drops to `nobody` and does not answer callgrind_control.
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && [[ "${INSTR:-1}" == 1 ]]; then
+    log "profile: instructions per request (valgrind --tool=callgrind)"
+    {
+        echo "User-space instructions per request (\`valgrind --tool=callgrind\` on a restarted contender, counters zeroed after a 2 s warm-up, then a 5 s \`wrk -c8\` run; instructions ÷ requests):"
+        echo
+        echo "| contender | requests | instructions per request | vs HAProxy |"
+        echo "|---|---|---|---|"
+    } >>"$PROFILE_FILE"
+    read -r P_CG P_CG_M < <(T free-ports 2)
+    declare -A CG_CMD=(
+        [keygate]="$BIN serve --config $WORK/kg/gateway-cg.toml"
+        [keygate-prod]="$BIN serve --config $WORK/kgp/gateway-cg.toml"
+        [haproxy]="haproxy -db -f $WORK/haproxy-cg.cfg")
+    sed "s/^listen = \"127.0.0.1:$P_KG\"/listen = \"127.0.0.1:$P_CG\"/" "$WORK/kg/gateway.toml" >"$WORK/kg/gateway-cg.toml"
+    sed -e "s/^listen = \"127.0.0.1:$P_KGP\"/listen = \"127.0.0.1:$P_CG\"/" \
+        -e "s/^listen = \"127.0.0.1:$P_KGP_M\"/listen = \"127.0.0.1:$P_CG_M\"/" \
+        "$WORK/kgp/gateway.toml" >"$WORK/kgp/gateway-cg.toml"
+    ((HAVE_HA)) && sed "s/bind 127.0.0.1:$P_HA/bind 127.0.0.1:$P_CG/" "$WORK/haproxy.cfg" >"$WORK/haproxy-cg.cfg"
+    HA_IR=0
+    for n in haproxy keygate keygate-prod; do
+        [[ $n == haproxy && $HAVE_HA == 0 ]] && continue
+        out="$WORK/callgrind-$n"
+        rm -rf "$out"
+        mkdir -p "$out"
+        # shellcheck disable=SC2086 # the command line is split on purpose
+        TOKIO_WORKER_THREADS=1 start "callgrind-$n" $PROXY_CPU valgrind --tool=callgrind --dump-instr=no \
+            --callgrind-out-file="$out/cg.%p" ${CG_CMD[$n]}
+        VG_PID=$LAST_PID
+        url="http://127.0.0.1:$P_CG/v1/chat/completions"
+        if ! wait_http "http://127.0.0.1:$P_CG/healthz" 180; then
+            stop "$VG_PID"
+            continue
+        fi
+        wrk_run "$WORK/wrk-cg-warm-$n.txt" "$WORK/key.lua" "$url" 2 8
+        timeout 60 callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true
+        wrk_run "$WORK/wrk-cg-$n.txt" "$WORK/key.lua" "$url" 5 8
+        timeout 60 callgrind_control -d "$VG_PID" >/dev/null 2>&1 || true
+        stop "$VG_PID"
+        "$PY" - "$out" "$WORK/wrk-cg-$n.txt" "$n" "$TOOLS" "$RES" "$HA_IR" >>"$PROFILE_FILE" <<'EOF' || true
+import sys,glob,json,importlib.util as u
+s=u.spec_from_file_location("t",sys.argv[4]); t=u.module_from_spec(s); s.loader.exec_module(t)
+req=t.parse_wrk(open(sys.argv[2]).read())["requests"] or 0
+ir=0
+for f in glob.glob(sys.argv[1]+"/cg.*.1"):   # the dump taken after the zeroing
+    for line in open(f):
+        if line.startswith("summary:"): ir+=int(line.split()[1])
+name=sys.argv[3]; ha=float(sys.argv[6])
+if req and ir:
+    per=ir/req
+    vs="1.00×" if name=="haproxy" else (f"{per/ha:.2f}×" if ha else "–")
+    print(f"| {name} | {req} | {per:,.0f} | {vs} |")
+    with open(sys.argv[5],"a") as f:
+        f.write(json.dumps({"kind":"instructions","target":name,"requests":req,"per_request":per})+"\n")
+    if name=="haproxy": open(sys.argv[1]+"/per_request","w").write(str(per))
+else:
+    print(f"| {name} | {req} | – (no callgrind dump) | – |")
+EOF
+        [[ $n == haproxy && -s "$out/per_request" ]] && HA_IR=$(cat "$out/per_request")
+    done
+    echo >>"$PROFILE_FILE"
+fi
+
 # ------------------------------------------------------------------ micro-benchmarks
 MICRO_JSON="$WORK/micro.json"
 MICRO_SINCE=0

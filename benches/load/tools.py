@@ -891,6 +891,10 @@ def report(results_path, meta_path, out):
     if ("keygate", "key") in sc and ("haproxy", "key") in sc:
         found["syscalls"] = (f"{sc[('keygate', 'key')]['per_request']:.2f} syscalls per request for keygate vs "
                              f"{sc[('haproxy', 'key')]['per_request']:.2f} for HAProxy")
+    ins = {r["target"]: r["per_request"] for r in by("instructions")}
+    if "keygate" in ins and "haproxy" in ins:
+        found["instructions"] = (f"user-space instructions per request (callgrind) keygate {ins['keygate']:,.0f} vs "
+                                 f"HAProxy {ins['haproxy']:,.0f} ({ins['keygate'] / ins['haproxy']:.2f}×)")
     if ("keygate-prod", "key") in sc and ("keygate", "key") in sc:
         found["prod_syscalls"] = (f"{sc[('keygate-prod', 'key')]['per_request']:.2f} syscalls per request for keygate-prod "
                                   f"vs {sc[('keygate', 'key')]['per_request']:.2f} for keygate")
@@ -1042,7 +1046,7 @@ def goal_notes(found, missed):
     if hit("Minimal config CPU"):
         k, h = found.get("cpu_base", (None, None))
         parts = [f"CPU per 1k requests keygate {fmt(k, 1)} ms vs HAProxy {fmt(h, 1)} ms" if k and h else None,
-                 found.get("syscalls"), found.get("kernel_share")]
+                 found.get("syscalls"), found.get("instructions"), found.get("kernel_share")]
         out.append(("minimal config vs HAProxy", "; ".join(p for p in parts if p) +
                     " (the syscall table and the perf profile below show where keygate's time goes)."))
     for c in (256, 1024):

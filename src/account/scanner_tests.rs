@@ -1,0 +1,128 @@
+//! Unit tests of `account::scanner`: usage found wherever the chunks split.
+
+use super::*;
+
+#[test]
+fn plain_json_usage() {
+    let mut s = UsageScanner::default();
+    s.feed(br#"{"choices":[{"text":"\"prompt_tokens\": 99"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#);
+    assert_eq!(
+        s.tokens(),
+        Some(Tokens {
+            prompt: 12,
+            completion: 7
+        })
+    );
+}
+
+#[test]
+fn split_across_chunks_at_every_point() {
+    let body = br#"data: {"choices":[],"usage":{"prompt_tokens":123,"completion_tokens":4567}}
+
+data: [DONE]
+
+"#;
+    for cut in 1..body.len() {
+        let mut s = UsageScanner::default();
+        s.feed(&body[..cut]);
+        s.feed(&body[cut..]);
+        assert_eq!(
+            s.tokens(),
+            Some(Tokens {
+                prompt: 123,
+                completion: 4567
+            }),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn split_into_chunks_shorter_than_the_field() {
+    let body = br#"data: {"choices":[],"usage":{"prompt_tokens":123,"completion_tokens":4567}}
+
+data: [DONE]
+
+"#;
+    for size in [1, 2, 3, 7, 20] {
+        let mut s = UsageScanner::default();
+        for chunk in body.chunks(size) {
+            s.feed(chunk);
+        }
+        assert_eq!(
+            s.tokens(),
+            Some(Tokens {
+                prompt: 123,
+                completion: 4567
+            }),
+            "chunks of {size} bytes"
+        );
+    }
+}
+
+fn count(chunks: &[&[u8]]) -> u64 {
+    let mut c = ContentCounter::default();
+    for ch in chunks {
+        c.feed(ch);
+    }
+    c.tokens()
+}
+
+#[test]
+fn content_counter_counts_relayed_text_wherever_the_chunks_split() {
+    let stream: &[u8] = concat!(
+        "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+        ": keep-alive \"stray quote\n",
+        "data: {\"choices\":[{\"delta\": {\"content\" : \" wonderful\"}}]}\n\n",
+        "data: {\"choices\":[{\"text\":\"a\\\"b\\\\c\",\"type\":\"text\"}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"\u{65e5}\u{672c}\u{8a9e}\u{3067}\u{3059}\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":null,\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
+        "data: [DONE]\n\n",
+    )
+    .as_bytes();
+    // "Hello" 1; " wonderful" (10 chars) 2; `a\"b\\c` (5 chars, escapes as one) 1;
+    // five CJK characters 1; `{\"city\":\"Paris\"}` (16 chars) 4; empty and null: 0.
+    let want = 1 + 2 + 1 + 1 + 4;
+    assert_eq!(count(&[stream]), want);
+    for cut in 1..stream.len() {
+        assert_eq!(
+            count(&[&stream[..cut], &stream[cut..]]),
+            want,
+            "cut at {cut}"
+        );
+    }
+    let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(count(&bytes), want, "byte by byte");
+}
+
+#[test]
+fn content_counter_edge_cases() {
+    // A value cut off mid-string counts what arrived.
+    assert_eq!(count(&[b"data: {\"content\":\"abcdefghij"]), 2);
+    // Only string values of content fields, not names, other fields or array members.
+    assert_eq!(
+        count(&[br#"{"type":"content","content":["abcdefgh"],"x":"content"}"#]),
+        0
+    );
+    // A name longer than any content field is skipped, not overflowed.
+    assert_eq!(
+        count(&[br#"{"an_extremely_long_field_name_here":"content","text":"abcd"}"#]),
+        1
+    );
+    // A whole plain JSON answer: one value, 4 characters a token.
+    assert_eq!(
+        count(&[
+            br#"{"choices":[{"message":{"role":"assistant","content":"0123456789abcdefghij"}}]}"#
+        ]),
+        5
+    );
+}
+
+#[test]
+fn no_usage() {
+    let mut s = UsageScanner::default();
+    s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+    assert_eq!(s.tokens(), None);
+}
