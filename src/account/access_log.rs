@@ -165,7 +165,10 @@ pub fn format_access(
     w.str("key_id", f.key.as_ref().map(|k| &*k.id));
     w.str("key_name", f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)));
     w.str("route", (f.route != "-").then_some(f.route));
-    w.str("model", f.model.as_deref().map(|m| clip(m, MAX_FIELD)));
+    // The model usage is counted under: the request's, else the one the answer names (the
+    // gateway reads a request's model only when it has to).
+    let model = f.usage_model(Some(key_prefix));
+    w.str("model", (!model.is_empty()).then(|| clip(model, MAX_FIELD)));
     w.str("upstream", f.upstream.as_deref());
     w.num("status", Some(u64::from(f.status)));
     w.str("error", f.error_code.or(f.stream_error.map(|e| e.code())));
