@@ -53,6 +53,12 @@ impl Fields<'_> {
         self.key(k);
         match v {
             None => self.absent(),
+            // Most values need no escaping: copied between quotes, without a serializer.
+            Some(v) if self.json && !needs_json_escape(v) => {
+                self.out.push(b'"');
+                self.out.extend_from_slice(v.as_bytes());
+                self.out.push(b'"');
+            }
             Some(v) if self.json => {
                 let _ = serde_json::to_writer(&mut *self.out, v);
             }
@@ -67,9 +73,9 @@ impl Fields<'_> {
         self.key(k);
         match v {
             None => self.absent(),
-            Some(n) => {
-                let _ = write!(self.out, "{n}");
-            }
+            Some(n) => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
         }
     }
 
@@ -78,6 +84,12 @@ impl Fields<'_> {
         let v: &[u8] = if v { b"true" } else { b"false" };
         self.out.extend_from_slice(v);
     }
+}
+
+/// Whether a JSON string needs escapes: a control character, a quote or a backslash (what
+/// `serde_json` escapes; other characters are written as they are).
+fn needs_json_escape(v: &str) -> bool {
+    v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A text value that needs no quotes: printable ASCII without quote, backslash or `=`.
@@ -151,8 +163,13 @@ pub fn format_access(
     }
     let mut w = Fields { out, json };
     w.str("request_id", f.request_id.to_str().ok());
-    let client = f.client.to_string();
-    w.str("client_addr", Some(&client));
+    w.key("client_addr");
+    // An address never needs quoting or escaping.
+    let _ = if json {
+        write!(w.out, "\"{}\"", f.client)
+    } else {
+        write!(w.out, "{}", f.client)
+    };
     w.str("method", Some(f.method.as_str()));
     let path = f.path.as_ref().map(|p| logged_path(p.path(), key_prefix));
     w.str("path", path.as_deref());
@@ -213,6 +230,28 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#" a=plain/1.0 b="two words \"q\"\nx" c=- d="""#
         );
+    }
+
+    #[test]
+    fn json_values_are_what_serde_json_writes() {
+        for v in [
+            "plain",
+            "",
+            "héllo wörld",
+            "q\"uote",
+            "back\\slash",
+            "ctl\u{1}x\n",
+            "\u{7f}del",
+        ] {
+            let mut out = Vec::new();
+            Fields {
+                out: &mut out,
+                json: true,
+            }
+            .str("k", Some(v));
+            let expected = format!(",\"k\":{}", serde_json::to_string(v).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{v:?}");
+        }
     }
 
     #[test]
