@@ -28,7 +28,7 @@
 
 use crate::account::RequestRecord;
 use crate::auth::{self, Caller};
-use crate::authorize::model::{self, Inspected};
+use crate::authorize::model::{self, Inspected, Plan};
 use crate::authorize::routes::{Handler, RouteMatch};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
@@ -146,10 +146,16 @@ async fn forward(
     limits: &mut LimitHeaders,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
-    let mut inspected: Inspected = Box::pin(model::inspect(
-        live, key, route, &parts, body, caller, record,
-    ))
-    .await?;
+    let mut inspected: Inspected = match model::plan(live, key, route, &parts, body, record)? {
+        Plan::Stream(unread) => unread,
+        // Boxed: reading a body is the larger future, and not every request's.
+        Plan::Read(body) => {
+            Box::pin(model::inspect(
+                live, key, route, &parts, body, caller, record,
+            ))
+            .await?
+        }
+    };
     let upstream = Arc::clone(proxy::choose(live, route, inspected.model.as_deref())?);
     if let Some(m) = inspected.model.take() {
         record.model = Some(m);

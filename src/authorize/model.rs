@@ -61,7 +61,77 @@ impl Inspected {
     }
 }
 
-/// Reads the request's body as far as its model (see the module doc) and checks it.
+/// What the model stage does with a body, decided without reading it.
+pub enum Plan {
+    /// Nothing needs the body's model: it streams upstream unread (or is empty).
+    Stream(Inspected),
+    /// The body must be read as far as its model: `inspect` does, asynchronously.
+    Read(Incoming),
+}
+
+/// Decides, without waiting, whether the body must be read: most requests (no allowlist, one
+/// upstream, no token limit) stream it, and skip the reading stage's future altogether.
+pub fn plan(
+    live: &Live,
+    key: &KeyRef,
+    route: RouteMatch,
+    parts: &http::request::Parts,
+    body: Incoming,
+    record: &mut RequestRecord,
+) -> Result<Plan, GatewayError> {
+    let server = &live.config.server;
+    if content_length(&parts.headers).is_some_and(|n| n > server.max_body_bytes) {
+        return Err(GatewayError::TooLarge(server.max_body_bytes));
+    }
+    let wanted = Wanted::of(live, key, route);
+    let empty = http_body::Body::is_end_stream(&body);
+    if !empty && wanted.any() {
+        return Ok(Plan::Read(body));
+    }
+    if empty && wanted.restricted && route.has_model {
+        return Err(BodyError::NoModel.into());
+    }
+    Ok(Plan::Stream(Inspected {
+        model: None,
+        body: streamed(live, body, record),
+        facts: None,
+        read: None,
+    }))
+}
+
+/// Who needs a body's model: the key's allowlist, the choice between upstreams, a token
+/// estimate.
+struct Wanted {
+    restricted: bool,
+    by_model: bool,
+    count_tokens: bool,
+}
+
+impl Wanted {
+    fn of(live: &Live, key: &KeyRef, route: RouteMatch) -> Wanted {
+        Wanted {
+            restricted: key.models.is_some(),
+            by_model: route.has_model && live.upstreams.len() > 1,
+            count_tokens: route.has_model && key.tokens_per_minute().is_some(),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.restricted || self.by_model || self.count_tokens
+    }
+}
+
+/// A body streamed upstream, counted as it goes (for the access log and the prompt estimate of
+/// an answer that ends without usage).
+fn streamed(live: &Live, body: Incoming, record: &mut RequestRecord) -> UpBody {
+    let server = &live.config.server;
+    let seen = Arc::new(AtomicU64::new(0));
+    record.received = Some(Arc::clone(&seen));
+    UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen)
+}
+
+/// Reads a body `plan` said must be read, as far as its model (see the module doc), and
+/// checks it.
 pub async fn inspect(
     live: &Live,
     key: &KeyRef,
@@ -73,32 +143,11 @@ pub async fn inspect(
 ) -> Result<Inspected, GatewayError> {
     let server = &live.config.server;
     let declared = content_length(&parts.headers);
-    if declared.is_some_and(|n| n > server.max_body_bytes) {
-        return Err(GatewayError::TooLarge(server.max_body_bytes));
-    }
-    let restricted = key.models.is_some();
-    let by_model = route.has_model && live.upstreams.len() > 1;
-    let count_tokens = route.has_model && key.tokens_per_minute().is_some();
-    // A body streamed upstream is counted as it goes (for the access log and the prompt
-    // estimate of an answer that ends without usage).
-    let streamed = |body, record: &mut RequestRecord| {
-        let seen = Arc::new(AtomicU64::new(0));
-        record.received = Some(Arc::clone(&seen));
-        UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen)
-    };
-    let empty = http_body::Body::is_end_stream(&body);
-    if empty || !(restricted || by_model || count_tokens) {
-        if empty && restricted && route.has_model {
-            return Err(BodyError::NoModel.into());
-        }
-        return Ok(Inspected {
-            model: None,
-            body: streamed(body, record),
-            facts: None,
-            read: None,
-        });
-    }
-
+    let Wanted {
+        restricted,
+        by_model,
+        ..
+    } = Wanted::of(live, key, route);
     let mut read = None; // a JSON or form body read whole
     let mut facts = None;
     let (model, body) = match body_kind(&parts.headers)? {
@@ -112,7 +161,7 @@ pub async fn inspect(
             (m.find_model().await?, UpBody::multipart(m))
         }
         // Only a token estimate wanted it, and a multipart upload gives none.
-        BodyKind::Multipart { .. } => (None, streamed(body, record)),
+        BodyKind::Multipart { .. } => (None, streamed(live, body, record)),
         kind => {
             let bytes = read_body(
                 body,
