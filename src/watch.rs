@@ -12,8 +12,10 @@
 //!
 //! A changed file is applied only once it has stopped changing: its fingerprint must be the
 //! same on two looks [`SETTLE`] apart, so a file being rewritten in place is not applied half
-//! written. A reload that failed is retried at every poll until one succeeds, so a file that
-//! was unreadable (wrong owner, a Secret mid-update) is applied as soon as it can be read.
+//! written. A reload that failed is retried at every poll (not at every event: opens and reads
+//! are events too) until one succeeds, so a file that was unreadable (wrong owner, a Secret
+//! mid-update) is applied at the next poll after it can be read, or at once if the fix
+//! changed its fingerprint (a `chmod`, a new file).
 
 use notify::{RecursiveMode, Watcher};
 use std::ffi::OsString;
@@ -54,11 +56,19 @@ impl Fingerprint {
 
 /// Whether a directory event can concern the watched file `name`: it names the file, or an
 /// entry of the kubelet's atomic writer (`..data`, `..data_tmp`, `..2024_…`), or it carries
-/// no name at all (an overflow or rescan: anything may have changed).
+/// no name at all (an overflow or rescan: anything may have changed). An open, a read or a
+/// close after reading changes nothing: inotify reports them too, and a reload's own read of
+/// the file would otherwise wake the watcher again, forever while the file keeps failing.
 fn concerns(event: &notify::Result<notify::Event>, name: &OsString) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
     let Ok(event) = event else {
         return true;
     };
+    if let EventKind::Access(kind) = event.kind {
+        if kind != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
     if event.paths.is_empty() || event.need_rescan() {
         return true;
     }
@@ -130,12 +140,14 @@ impl Watch {
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    Some(()) = rx.recv() => {}
-                }
+                let polled = tokio::select! {
+                    _ = tick.tick() => true,
+                    Some(()) = rx.recv() => false,
+                };
                 let mut now = Fingerprint::of(&path);
-                if now == last && !failing {
+                // A file that failed and has not changed is retried at the poll, whatever
+                // woke the watcher.
+                if now == last && !(failing && polled) {
                     continue;
                 }
                 if now != last {
@@ -214,6 +226,25 @@ mod tests {
         assert!(!concerns(&event(&["/d/gateway.log"]), &name));
         assert!(!concerns(&event(&["/d/keys.json.state"]), &name));
         assert!(!concerns(&event(&["/d/keys.json.lock"]), &name));
+    }
+
+    #[test]
+    fn reading_the_file_is_no_change_writing_it_is() {
+        use notify::event::{AccessKind, AccessMode};
+        let name = OsString::from("keys.json");
+        let access = |kind| {
+            Ok(notify::Event::new(EventKind::Access(kind)).add_path(PathBuf::from("/d/keys.json")))
+        };
+        assert!(!concerns(&access(AccessKind::Open(AccessMode::Any)), &name));
+        assert!(!concerns(&access(AccessKind::Read), &name));
+        assert!(!concerns(
+            &access(AccessKind::Close(AccessMode::Read)),
+            &name
+        ));
+        assert!(concerns(
+            &access(AccessKind::Close(AccessMode::Write)),
+            &name
+        ));
     }
 
     #[test]

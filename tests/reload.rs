@@ -516,6 +516,51 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
     assert_eq!(count(&g.logs, "key file loaded again"), 1);
 }
 
+/// The watcher reacts to its own reads of the file no more than to anyone else's: a key file
+/// that keeps failing is retried once a poll, not in a loop woken by the retry's own open of
+/// the file (inotify reports opens and reads in the watched directory).
+#[tokio::test]
+async fn a_failing_key_file_is_retried_at_the_poll_not_in_a_loop() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &mock,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
+    let key = cli_create_key(&cfg, "service").0;
+    let served = serve_with(&cfg, |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let metrics = metrics_addr(&served.logs).await;
+    let failed = || {
+        scrape(
+            &metrics,
+            "keygate_key_reloads_total",
+            Some(("result", "error")),
+        )
+    };
+    // Well-formed JSON that is no key file, put in place by rename as a writer would.
+    let tmp = dir.path().join("keys.json.tmp");
+    fs::write(&tmp, r#"{"key": "not a key file"}"#).unwrap();
+    fs::rename(&tmp, dir.path().join("keys.json")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async { failed().await >= 1.0 }).await,
+        "the broken file was never tried"
+    );
+    // A rate is what is measured here: a window of time is the point, not a wait.
+    let first = failed().await;
+    let window = Duration::from_millis(1500);
+    tokio::time::sleep(window).await;
+    let retries = failed().await - first;
+    // Polled every 100 ms: about 15 retries; a loop makes thousands.
+    assert!(
+        (1.0..=40.0).contains(&retries),
+        "{retries} retries in {window:?} with a 100 ms poll"
+    );
+    assert_eq!(status(&served.url("/v1/chat/completions"), &key).await, 200);
+}
+
 #[tokio::test]
 async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
     let g = start_gateway("").await;
