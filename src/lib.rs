@@ -68,7 +68,8 @@
 //! | `keys/ops.rs` | every change to a key (create, update, rotate, revoke, disable, enable) as functions on records, with what changed for the audit trail (`ops_tests.rs`: its unit tests) |
 //! | `keys/patch.rs` | `KeyPatch`: an edit, field by field keep / remove / set (`Edit`) |
 //! | `keys/annotations.rs` | description, metadata labels and quotas, with their checks |
-//! | `keys/file.rs` | `KeyFile`, the one key-file reader (streaming), `Uniqueness` |
+//! | `keys/file.rs` | `KeyFile` (a whole file in memory), `Uniqueness` |
+//! | `keys/reader.rs` | the one key-file reader: streaming, each record's text shown before it is parsed |
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |

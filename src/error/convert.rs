@@ -6,7 +6,7 @@ use super::GatewayError;
 use crate::auth::secrets::{contains_secret, holds_key};
 use crate::authorize::body::BodyError;
 use crate::keys::error::StoreError;
-use crate::keys::file::strip_position;
+use crate::keys::reader::strip_position;
 use crate::proxy::idle::{BodyTooLarge, ClientBodyError, IdleTimeout};
 
 impl From<crate::keys::state::Ended> for GatewayError {

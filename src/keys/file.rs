@@ -5,14 +5,12 @@
 //! (the CLI and the API write it, people read it), parses fast at a million keys, and `jq`
 //! works on it in scripts and CI.
 //!
-//! [`read`] is the only parser of that text, whatever its layout (pretty-printed files from
-//! older versions read the same). It streams: each record is parsed, validated
-//! (`record::validate_record`) and handed on as soon as it is read, so the gateway indexes a
-//! million keys holding one parsed record at a time (`KeyIndex::load`) and a write
-//! (`KeyStore::apply`) passes each record on to the new file as it is read, while the CLI and
-//! the management API collect them into a [`KeyFile`] ([`KeyFile::parse`]). What needs the
-//! whole file — no id and no secret twice — is [`Uniqueness`], which all of them run on what
-//! they read, and whose sorted tables the index is then built from.
+//! [`read`] (`keys::reader`) is the only parser of that text. The gateway indexes a million
+//! keys holding one parsed record at a time (`KeyIndex::load`), a write (`KeyStore::apply`)
+//! passes each record on to the new file as it is read, and the CLI and the management API
+//! collect them into a [`KeyFile`] ([`KeyFile::parse`]). What needs the whole file — no id and
+//! no secret twice — is [`Uniqueness`], which all of them run on what they read, and whose
+//! sorted tables the index is then built from.
 
 use crate::keys::error::StoreError;
 use crate::keys::ops::{self, Done, Op};
@@ -23,7 +21,8 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub const FILE_VERSION: u32 = 1;
+use crate::keys::reader::check_version;
+pub use crate::keys::reader::{read, read_raw, Raw, Visit, FILE_VERSION};
 
 pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the file";
 
@@ -35,135 +34,6 @@ pub struct KeyFile {
     pub version: u32,
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
-}
-
-/// Reads key-file text, handing each record to `each` once it is read and validated. `path`
-/// is only used in messages. A JSON error is reported by line and column; anything else by
-/// the key's position and id, or as the version this keygate does not read.
-pub fn read(path: &Path, text: &str, each: &mut dyn FnMut(KeyRecord)) -> Result<(), StoreError> {
-    use serde::de::DeserializeSeed;
-    let mut reader = Reader {
-        each,
-        problem: None,
-        count: 0,
-    };
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = FileSeed(&mut reader)
-        .deserialize(&mut de)
-        .and_then(|version| de.end().map(|()| version));
-    let invalid = |problem: String| StoreError::Invalid {
-        path: path.to_path_buf(),
-        problem,
-    };
-    if let Some(problem) = reader.problem.take() {
-        return Err(invalid(problem));
-    }
-    let version = parsed.map_err(|e| syntax_error(path, &e))?;
-    check_version(version).map_err(invalid)
-}
-
-fn check_version(version: u32) -> Result<(), String> {
-    if version == FILE_VERSION {
-        return Ok(());
-    }
-    Err(format!(
-        "unsupported version {version} (this keygate reads version {FILE_VERSION})"
-    ))
-}
-
-pub(crate) fn syntax_error(path: &Path, e: &serde_json::Error) -> StoreError {
-    StoreError::Syntax {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: strip_position(&e.to_string()),
-    }
-}
-
-/// A serde_json message without its " at line L column C" (reported in fields of their own).
-pub(crate) fn strip_position(msg: &str) -> String {
-    msg.rsplit_once(" at line ")
-        .map_or(msg, |(head, _)| head)
-        .to_string()
-}
-
-/// The streaming parse's state: where records go, and a record that parsed but is invalid
-/// (reported as such, not as a syntax error).
-struct Reader<'e> {
-    each: &'e mut dyn FnMut(KeyRecord),
-    problem: Option<String>,
-    count: usize,
-}
-
-struct FileSeed<'s, 'e>(&'s mut Reader<'e>);
-struct KeysSeed<'s, 'e>(&'s mut Reader<'e>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for FileSeed<'_, '_> {
-    type Value = u32;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for FileSeed<'_, '_> {
-    type Value = u32;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a key file object")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u32, A::Error> {
-        use serde::de::Error;
-        let mut version = None;
-        let mut keys = false;
-        while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match &*field {
-                // Two of a field: which one counts is anyone's guess, so neither does.
-                "version" if version.is_some() => return Err(A::Error::duplicate_field("version")),
-                "keys" if keys => return Err(A::Error::duplicate_field("keys")),
-                "version" => {
-                    let v = map.next_value::<u32>()?;
-                    // Written first, as keygate writes it: no record is read in a format
-                    // this keygate does not know.
-                    if let Err(problem) = check_version(v) {
-                        self.0.problem = Some(problem);
-                        return Err(A::Error::custom("unsupported version"));
-                    }
-                    version = Some(v);
-                }
-                "keys" => {
-                    keys = true;
-                    map.next_value_seed(KeysSeed(&mut *self.0))?;
-                }
-                other => return Err(A::Error::unknown_field(other, &["version", "keys"])),
-            }
-        }
-        version.ok_or_else(|| A::Error::missing_field("version"))
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeysSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeysSeed<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a list of keys")
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        use serde::de::Error;
-        while let Some(rec) = seq.next_element::<KeyRecord>()? {
-            if let Err(problem) = record::validate_record(self.0.count, &rec) {
-                self.0.problem = Some(problem);
-                return Err(A::Error::custom("invalid key record"));
-            }
-            (self.0.each)(rec);
-            self.0.count += 1;
-        }
-        Ok(())
-    }
 }
 
 /// The secrets of a whole file, checked for repeats: no secret (current or retired) and no id

@@ -14,6 +14,7 @@ pub mod list;
 pub mod models;
 pub mod ops;
 pub mod patch;
+pub mod reader;
 pub mod record;
 pub mod scope;
 pub mod shared;

@@ -60,17 +60,27 @@ pub(super) fn ct_position(sorted: &[KeyHash], hash: &KeyHash) -> Option<usize> {
     bool::from(candidate.ct_eq(hash)).then_some(i)
 }
 
-/// A record's digest: equal digests, same record (64 bits: a changed record passing for
-/// unchanged has odds of 2^-64). Seeds are fixed so that digests are comparable across
+/// A record's digest, of its text: equal digests, same text, same record (64 bits: a
+/// changed record passing for unchanged has odds of 2^-64). A reload compares digests of the
+/// file's text before parsing it (`KeyIndex::reload`), so a record read from the file is
+/// digested as the file has it, and one that arrives parsed (a change applied from the API or
+/// a shared store) as the key-file writer writes it (`keys::writer`): the same text when the
+/// file is keygate's. Different text for the same record (a hand-formatted file) costs a
+/// needless change, never a missed one. Seeds are fixed so that digests are comparable across
 /// indexes; they need not be secret, whoever can write records needs no collision.
-pub(super) fn digest(rec: &KeyRecord) -> u64 {
+pub(super) fn digest_text(text: &str) -> u64 {
     ahash::RandomState::with_seeds(
         0x6b65_7967_6174_6531,
         0x243f_6a88_85a3_08d3,
         0x1319_8a2e_0370_7344,
         0xa409_3822_299f_31d0,
     )
-    .hash_one(rec)
+    .hash_one(text.as_bytes())
+}
+
+/// The digest of a record that has no text of its own: that of the text the writer gives it.
+pub(super) fn digest(rec: &KeyRecord) -> u64 {
+    digest_text(&serde_json::to_string(rec).unwrap_or_default())
 }
 
 impl Base {
@@ -145,6 +155,12 @@ impl Base {
     }
 }
 
+impl crate::keys::file::Visit for Builder<'_> {
+    fn record(&mut self, rec: KeyRecord, text: &str) {
+        self.push(&rec, digest_text(text));
+    }
+}
+
 /// Collects keys one record at a time as the reader hands them over, so a large file never
 /// exists as parsed records.
 pub(super) struct Builder<'a> {
@@ -166,7 +182,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    pub(super) fn push(&mut self, rec: &KeyRecord) {
+    /// Adds a record read from a file, with its text's `digest_text`.
+    pub(super) fn push(&mut self, rec: &KeyRecord, digest: u64) {
         if KeyId::new(&rec.id).is_none() {
             return; // the reader refuses such a file; never index what it would refuse
         }
@@ -175,7 +192,7 @@ impl<'a> Builder<'a> {
         let mut e = entry(rec, self.limits);
         e.extra = e.extra.map(|x| self.extras.share(x));
         self.entries.push(e);
-        self.digests.push(digest(rec));
+        self.digests.push(digest);
     }
 
     /// Sorts and cross-checks (`Uniqueness`). `Err` names a secret or id that appears twice.

@@ -95,7 +95,7 @@ impl KeyIndex {
         previous: Option<&KeyIndex>,
     ) -> Result<KeyIndex, StoreError> {
         let mut builder = Builder::new(limits, text.len() / 300);
-        file::read(path, text, &mut |rec| builder.push(&rec))?;
+        file::read_raw(path, text, &mut builder)?;
         let base = builder.finish().map_err(|problem| StoreError::Invalid {
             path: path.to_path_buf(),
             problem,

@@ -6,13 +6,14 @@
 //! judge (an id twice, a secret two keys share), the index is rebuilt as a first load
 //! builds it, and that load reports what is wrong.
 
-use super::base::digest;
+use super::base::digest_text;
 use super::overlay::{overlay_cap, KeyChange, Located, Slot};
 use super::KeyIndex;
 use crate::config::LimitDefaults;
 use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
-use crate::keys::file;
+use crate::keys::file::{self, Raw};
+use crate::keys::record::KeyRecord;
 use std::path::Path;
 
 /// How a reload made its index.
@@ -76,34 +77,25 @@ impl KeyIndex {
     /// The changes that make this index into the key file `text`; `None` when a rebuild is
     /// due instead (too many, or an id twice). A file the reader refuses is `Err`.
     fn diff(&self, path: &Path, text: &str) -> Result<Option<Vec<KeyChange>>, StoreError> {
-        let cap = overlay_cap(self.base.entries.len());
-        let mut seen = Bits::new(self.base.entries.len());
-        let mut seen_added = ahash::AHashSet::new();
-        let mut new_ids = ahash::AHashSet::new();
-        let mut changes = Vec::new();
-        let mut rebuild = false;
-        let mut cursor = 0;
-        file::read(path, text, &mut |rec| {
-            if rebuild {
-                return; // read on only to validate the rest
-            }
-            let Some(id) = KeyId::new(&rec.id) else {
-                rebuild = true;
-                return;
-            };
-            let known = self.digest_of(&id, &mut cursor);
-            let first = match known {
-                Some((Some(p), _)) => seen.set(p),
-                Some((None, _)) => seen_added.insert(id),
-                None => new_ids.insert(id),
-            };
-            if !first {
-                rebuild = true; // an id twice: a whole load says where
-            } else if known.is_none_or(|(_, d)| d != digest(&rec)) {
-                changes.push(KeyChange::Put(rec));
-                rebuild = changes.len() > cap;
-            }
-        })?;
+        let mut d = Diff {
+            index: self,
+            cap: overlay_cap(self.base.entries.len()),
+            seen: Bits::new(self.base.entries.len()),
+            seen_added: ahash::AHashSet::new(),
+            new_ids: ahash::AHashSet::new(),
+            changes: Vec::new(),
+            rebuild: false,
+            cursor: 0,
+        };
+        file::read_raw(path, text, &mut d)?;
+        let Diff {
+            seen,
+            seen_added,
+            mut changes,
+            rebuild,
+            cap,
+            ..
+        } = d;
         if rebuild {
             return Ok(None);
         }
@@ -120,6 +112,69 @@ impl KeyIndex {
             }
         }
         Ok((changes.len() <= cap).then_some(changes))
+    }
+}
+
+/// A diff as the reader goes: which keys the file has, and the records that changed.
+struct Diff<'a> {
+    index: &'a KeyIndex,
+    cap: usize,
+    seen: Bits,
+    seen_added: ahash::AHashSet<KeyId>,
+    new_ids: ahash::AHashSet<KeyId>,
+    changes: Vec<KeyChange>,
+    /// Decided: a whole load follows, which reads (and judges) the file itself.
+    rebuild: bool,
+    cursor: usize,
+}
+
+impl Diff<'_> {
+    /// Marks a key the file has; false for an id the file had already (then a whole load
+    /// says where).
+    fn mark(&mut self, id: KeyId, known: Option<(Option<u32>, u64)>) -> bool {
+        let first = match known {
+            Some((Some(p), _)) => self.seen.set(p),
+            Some((None, _)) => self.seen_added.insert(id),
+            None => self.new_ids.insert(id),
+        };
+        self.rebuild |= !first;
+        first
+    }
+}
+
+impl file::Visit for Diff<'_> {
+    /// A record with the text its key was indexed from is unchanged: marked, not parsed.
+    /// (The writer puts `id` first; a record whose text does not start so is parsed.)
+    fn text(&mut self, text: &str) -> Raw {
+        if self.rebuild {
+            return Raw::Stop;
+        }
+        let known = text
+            .strip_prefix(r#"{"id":""#)
+            .and_then(|t| KeyId::new(t.split_once('"')?.0))
+            .and_then(|id| Some((id, self.index.digest_of(&id, &mut self.cursor)?)));
+        match known {
+            Some((id, known)) if known.1 == digest_text(text) => {
+                if self.mark(id, Some(known)) {
+                    Raw::Skip
+                } else {
+                    Raw::Stop
+                }
+            }
+            _ => Raw::Parse,
+        }
+    }
+
+    fn record(&mut self, rec: KeyRecord, text: &str) {
+        let Some(id) = KeyId::new(&rec.id) else {
+            self.rebuild = true;
+            return;
+        };
+        let known = self.index.digest_of(&id, &mut self.cursor);
+        if self.mark(id, known) && known.is_none_or(|(_, d)| d != digest_text(text)) {
+            self.changes.push(KeyChange::Put(rec));
+            self.rebuild |= self.changes.len() > self.cap;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Unit tests of the key index (a file of their own: the index itself is long enough).
 
 use super::base::ct_position;
+use super::reload::Reloaded;
 use super::*;
 use crate::keys::entry::KeyName;
 use crate::keys::file::KeyFile;
@@ -237,4 +238,48 @@ fn streaming_load_refuses_what_validation_refuses() {
     for f in [&dup_id, &dup_hash, &retired_copy, &empty_name, &version] {
         assert!(f.validate().is_err());
     }
+}
+
+#[test]
+fn a_reload_compares_text_and_misses_no_change() {
+    let path = std::path::Path::new("keys.json");
+    let mut file = KeyFile::empty();
+    for i in 0..20 {
+        let new = NewKey {
+            name: format!("k{i}"),
+            ..Default::default()
+        };
+        file.create(new, "sk_kg", Timestamp::now()).unwrap();
+    }
+    let reload =
+        |text: &str, prev: &KeyIndex| KeyIndex::reload(path, text, &limits(), Some(prev)).unwrap();
+    // A hand-formatted file: its own text is what an unchanged record is compared with.
+    let pretty = serde_json::to_string_pretty(&file).unwrap();
+    let (first, _) = KeyIndex::reload(path, &pretty, &limits(), None).unwrap();
+    let (same, how) = reload(&pretty, &first);
+    assert_eq!(how, Reloaded::Unchanged);
+    // The same records laid out differently: needless changes, each applied, none missed.
+    let written = crate::keys::writer::file_text(&file);
+    let (again, how) = reload(&written, &same);
+    assert_eq!(how, Reloaded::Applied { changes: 20 });
+    assert_eq!(reload(&written, &again).1, Reloaded::Unchanged);
+    // A change applied from elsewhere (the API, a shared store), then the file the writer
+    // writes with it: the file holds what the index holds.
+    let mut changed = file.keys[4].clone();
+    changed.name = "renamed".into();
+    changed.touch(Timestamp::now());
+    let applied = again
+        .apply(vec![super::overlay::KeyChange::Put(changed.clone())])
+        .unwrap();
+    file.keys[4] = changed;
+    let written = crate::keys::writer::file_text(&file);
+    assert_eq!(reload(&written, &applied).1, Reloaded::Unchanged);
+    // One record edited in the file: exactly that change.
+    file.keys[7].description = Some("edited by hand".into());
+    let edited = crate::keys::writer::file_text(&file);
+    let (next, how) = reload(&edited, &applied);
+    assert_eq!(how, Reloaded::Applied { changes: 1 });
+    let k = next.entry(&file.keys[7].id).unwrap();
+    let description = k.extra.as_ref().and_then(|x| x.description());
+    assert_eq!(description, Some("edited by hand"));
 }
