@@ -4,6 +4,12 @@
 //! one parsed record. [`read_raw`] shows each record's text first, so a reload can skip the
 //! records it has indexed before without parsing them. A syntax error anywhere is reported
 //! by the line and column of the file, as if the whole file had been parsed at once.
+//!
+//! [`read_lines`] is the same reader's fast path for the layout keygate's writer writes (a
+//! header line, one record a line, a footer): it finds records by their line ends instead of
+//! scanning the JSON, so a record whose text the caller knows costs a line search and a
+//! digest. It accepts only what [`read_raw`] accepts: a line it is not sure of ends it, and the
+//! caller reads the whole file again with [`read_raw`], which judges it.
 
 use crate::keys::error::StoreError;
 use crate::keys::record::{self, KeyRecord};
@@ -33,6 +39,68 @@ pub enum Raw {
     Skip,
     /// Read no further: the caller has what it needs (the rest is not checked).
     Stop,
+}
+
+/// How [`read_lines`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Read to the end, or to the visitor's `Stop`.
+    Read,
+    /// Not the writer's layout, or a record line that does not parse or validate: read the
+    /// file with [`read_raw`] and a fresh visitor (this one saw part of the file).
+    Other,
+}
+
+/// The first line of a file as the writer writes it.
+const HEAD: &str = "{\"version\": 1, \"keys\": [";
+
+/// Reads a file in the writer's layout (`keys::writer`) a line at a time, as [`read_raw`]
+/// would read it (module doc). A record's text is its line without the comma; the visitor's
+/// `Skip` is trusted as in [`read_raw`] (text seen and validated before is a whole record), and
+/// every other line is parsed and validated as a record, or the answer is [`Lines::Other`].
+pub fn read_lines(text: &str, visit: &mut dyn Visit) -> Lines {
+    debug_assert_eq!(FILE_VERSION, 1, "HEAD names the version");
+    let Some(body) = text
+        .strip_prefix(HEAD)
+        .and_then(|t| t.strip_suffix("\n]}\n").or_else(|| t.strip_suffix("\n]}")))
+    else {
+        return Lines::Other;
+    };
+    if body.is_empty() {
+        return Lines::Read;
+    }
+    // Each record after a newline; a comma ends every record line but the last.
+    let Some(body) = body.strip_prefix('\n') else {
+        return Lines::Other;
+    };
+    let mut lines = body.split('\n').peekable();
+    let mut count = 0;
+    while let Some(line) = lines.next() {
+        let last = lines.peek().is_none();
+        let record = if last {
+            Some(line)
+        } else {
+            line.strip_suffix(',')
+        };
+        let Some(record) = record.filter(|r| r.starts_with('{') && r.ends_with('}')) else {
+            return Lines::Other;
+        };
+        match visit.text(record) {
+            Raw::Skip => {}
+            Raw::Stop => return Lines::Read,
+            Raw::Parse => {
+                let Ok(rec) = serde_json::from_str::<KeyRecord>(record) else {
+                    return Lines::Other;
+                };
+                if record::validate_record(count, &rec).is_err() {
+                    return Lines::Other;
+                }
+                visit.record(rec, record);
+            }
+        }
+        count += 1;
+    }
+    Lines::Read
 }
 
 /// What [`read_raw`] hands each record to.
@@ -298,6 +366,7 @@ mod tests {
         assert_eq!(ours.0, 1);
     }
 
+    /// A visitor that answers `answer` and counts what it sees.
     struct Count {
         answer: Raw,
         texts: usize,
@@ -335,5 +404,65 @@ mod tests {
         };
         read_raw(path, cut, &mut c).unwrap();
         assert_eq!((c.texts, c.records), (1, 0));
+    }
+
+    #[test]
+    fn the_line_reader_reads_the_writers_layout_and_nothing_else() {
+        let path = Path::new("keys.json");
+        let count = |answer| Count {
+            answer,
+            texts: 0,
+            records: 0,
+        };
+        for n in [0, 1, 3] {
+            let text = crate::keys::writer::file_text(&file(n));
+            let mut c = count(Raw::Parse);
+            assert_eq!(read_lines(&text, &mut c), Lines::Read, "{text}");
+            assert_eq!((c.texts, c.records), (n, n));
+            // Each record's text is what the streaming reader shows for it.
+            let mut lines = Texts(Vec::new());
+            let mut raw = Texts(Vec::new());
+            assert_eq!(read_lines(&text, &mut lines), Lines::Read);
+            read_raw(path, &text, &mut raw).unwrap();
+            assert_eq!(lines.0, raw.0);
+        }
+        let text = crate::keys::writer::file_text(&file(3));
+        let mut c = count(Raw::Stop);
+        assert_eq!(read_lines(&text, &mut c), Lines::Read);
+        assert_eq!(c.texts, 1);
+        // Anything else is for the streaming reader to judge.
+        let others = [
+            serde_json::to_string(&file(2)).unwrap(),
+            serde_json::to_string_pretty(&file(2)).unwrap(),
+            text.replacen("},\n", "}\n", 1),
+            text.replacen("}\n]}", "},\n]}", 1),
+            text.replacen("},\n{", "},{", 1),
+            text.replacen("},\n", "}, \n", 1),
+            text.replacen("\"rev\":1", "\"rev\":\"x\"", 1),
+            text.replacen("\"name\":\"k1\"", "\"name\":\" \"", 1),
+            text.replacen("{\"version\": 1", "{\"version\": 2", 1),
+            text.replacen("]}\n", "]} x", 1),
+            text[..text.len() - 2].to_string(),
+        ];
+        for other in others {
+            assert_eq!(
+                read_lines(&other, &mut count(Raw::Parse)),
+                Lines::Other,
+                "{other}"
+            );
+        }
+        // A line the visitor knows is not parsed: trusted as the streaming reader trusts it.
+        let mut c = count(Raw::Skip);
+        assert_eq!(read_lines(&text, &mut c), Lines::Read);
+        assert_eq!((c.texts, c.records), (3, 0));
+    }
+
+    /// Collects the texts of the records it is given.
+    struct Texts(Vec<String>);
+
+    impl Visit for Texts {
+        fn record(&mut self, _: KeyRecord, text: &str) {
+            self.0.push(text.to_string());
+        }
     }
 }

@@ -94,8 +94,13 @@ impl KeyIndex {
         limits: &LimitDefaults,
         previous: Option<&KeyIndex>,
     ) -> Result<KeyIndex, StoreError> {
+        // The writer's layout a line at a time; anything else (or a line the fast path will
+        // not judge) from the start through the streaming reader, which says what is wrong.
         let mut builder = Builder::new(limits, text.len() / 300);
-        file::read_raw(path, text, &mut builder)?;
+        if file::read_lines(text, &mut builder) == file::Lines::Other {
+            builder = Builder::new(limits, text.len() / 300);
+            file::read_raw(path, text, &mut builder)?;
+        }
         let base = builder.finish().map_err(|problem| StoreError::Invalid {
             path: path.to_path_buf(),
             problem,
