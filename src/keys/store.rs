@@ -24,6 +24,9 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// How much of the key file one `read` takes (`read_text`).
+const READ_PIECE: u64 = 1 << 20;
+
 /// A key file on disk.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
@@ -66,16 +69,36 @@ impl KeyStore {
         }
     }
 
-    /// The raw text, `None` when the file does not exist.
+    /// The raw text, `None` when the file does not exist. Read a piece at a time, offering the
+    /// core to others between pieces (`reader::share_the_core` says why): one `read` of a
+    /// large file holds the core for milliseconds.
     pub fn read_text(&self) -> Result<Option<String>, StoreError> {
-        match fs::read_to_string(&self.path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Read {
-                path: self.path.clone(),
-                source,
-            }),
+        let err = |source| StoreError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
+        loop {
+            let mut piece = io::Read::take(&mut file, READ_PIECE);
+            match io::Read::read_to_end(&mut piece, &mut bytes) {
+                Ok(0) => break,
+                Ok(_) => std::thread::yield_now(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
         }
+        String::from_utf8(bytes).map(Some).map_err(|_| {
+            err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ))
+        })
     }
 
     /// Whether a write could start now (the same check a write makes first: not a symbolic
