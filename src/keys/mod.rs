@@ -15,6 +15,8 @@ pub mod models;
 pub mod ops;
 pub mod patch;
 pub mod reader;
+#[cfg(test)]
+mod reader_tests;
 pub mod record;
 pub mod scope;
 pub mod shared;
