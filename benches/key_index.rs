@@ -5,8 +5,10 @@
 //! - `key_index/apply_one_on_1k_overlay/1M`: the same with 1000 changes already applied.
 //! - `key_index/lookup_with_1k_overlay/1M`: a lookup while 1000 changes wait in the overlay
 //!   (compare with `keycheck/parts/lookup/1M`, an index without one).
-//! - `key_index/reload_one_changed/100k`: a key-file reload that finds one record changed
-//!   (parse + digest of every record, one apply) vs `key_index/rebuild/100k`, a full load.
+//! - `key_index/reload_one_changed/100k`: a key-file reload that finds one record changed (a
+//!   digest of every record's text, only the changed one parsed, one apply), for a file in
+//!   the writer's layout (`written`, read a line at a time) and in another (`compact`, one
+//!   line, scanned as JSON), vs `key_index/rebuild/100k`, a full load.
 //! - `key_index/compact/1M`: folding 1000 changes into a new base (what the background
 //!   compaction costs).
 //! - `key_list/page/1M/*`: one page of `GET /v1/api-keys` chosen from 1M keys (`keys::list::page`),
@@ -123,18 +125,24 @@ fn bench_changes(c: &mut Criterion) {
                 let changed = text(&recs);
                 let mut g = c.benchmark_group("key_index");
                 g.sample_size(10);
-                g.bench_function(format!("reload_one_changed/{label}"), |b| {
-                    b.iter(|| {
-                        KeyIndex::reload(
-                            Path::new("k"),
-                            black_box(&changed),
-                            &limits(),
-                            Some(&index),
-                        )
-                        .unwrap()
-                        .1
-                    })
+                let written = keygate::keys::writer::file_text(&KeyFile {
+                    version: FILE_VERSION,
+                    keys: recs.clone(),
                 });
+                for (layout, changed) in [("compact", &changed), ("written", &written)] {
+                    g.bench_function(format!("reload_one_changed/{label}/{layout}"), |b| {
+                        b.iter(|| {
+                            KeyIndex::reload(
+                                Path::new("k"),
+                                black_box(changed),
+                                &limits(),
+                                Some(&index),
+                            )
+                            .unwrap()
+                            .1
+                        })
+                    });
+                }
                 g.bench_function(format!("rebuild/{label}"), |b| {
                     b.iter(|| load(black_box(&file)).len())
                 });

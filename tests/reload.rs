@@ -45,6 +45,29 @@ fn cli(cfg: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The `extra` of [`write_config`] for a metrics listener and JSON logs.
+const METRICS_AND_JSON_LOGS: &str =
+    "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n";
+
+/// The binary serving `cfg` (at its own log level), and its metrics listener.
+async fn serve_with_metrics(cfg: &Path) -> (Served, String) {
+    let served = serve_with(cfg, |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let metrics = metrics_addr(&served.logs).await;
+    (served, metrics)
+}
+
+/// `keygate_key_reloads_total` with this `result`.
+async fn key_reloads(metrics: &str, result: &str) -> f64 {
+    scrape(
+        metrics,
+        "keygate_key_reloads_total",
+        Some(("result", result)),
+    )
+    .await
+}
+
 /// A gateway.toml in `dir`: any port, `keys.json` polled every 100 ms, the `extra` tables, and
 /// `mock` as the upstream.
 fn write_config(dir: &Path, mock: &Mock, extra: &str) -> std::path::PathBuf {
@@ -523,23 +546,10 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
 async fn a_failing_key_file_is_retried_at_the_poll_not_in_a_loop() {
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &mock,
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
-    );
+    let cfg = write_config(dir.path(), &mock, METRICS_AND_JSON_LOGS);
     let key = cli_create_key(&cfg, "service").0;
-    let served = serve_with(&cfg, |c| {
-        c.env_remove("RUST_LOG");
-    });
-    let metrics = metrics_addr(&served.logs).await;
-    let failed = || {
-        scrape(
-            &metrics,
-            "keygate_key_reloads_total",
-            Some(("result", "error")),
-        )
-    };
+    let (served, metrics) = serve_with_metrics(&cfg).await;
+    let failed = || key_reloads(&metrics, "error");
     // Well-formed JSON that is no key file, put in place by rename as a writer would.
     let tmp = dir.path().join("keys.json.tmp");
     fs::write(&tmp, r#"{"key": "not a key file"}"#).unwrap();
@@ -608,11 +618,7 @@ async fn a_same_size_in_place_edit_with_its_mtime_restored_is_noticed() {
 async fn a_management_write_reloads_the_index_once() {
     let mock = start_mock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &mock,
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
-    );
+    let cfg = write_config(dir.path(), &mock, METRICS_AND_JSON_LOGS);
     let admin = cli(
         &cfg,
         &[
@@ -621,17 +627,8 @@ async fn a_management_write_reloads_the_index_once() {
     );
     let admin: serde_json::Value = serde_json::from_str(&admin).unwrap();
     let admin = admin["key"].as_str().unwrap().to_string();
-    let served = serve_with(&cfg, |c| {
-        c.env_remove("RUST_LOG");
-    });
-    let metrics = metrics_addr(&served.logs).await;
-    let reloads = || {
-        scrape(
-            &metrics,
-            "keygate_key_reloads_total",
-            Some(("result", "ok")),
-        )
-    };
+    let (served, metrics) = serve_with_metrics(&cfg).await;
+    let reloads = || key_reloads(&metrics, "ok");
     let loaded = || count(&served.logs, "\"key file loaded\"");
     let (before, loads_before) = (reloads().await, loaded());
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::keys::reader::check_version;
-pub use crate::keys::reader::{read, read_lines, read_raw, Lines, Raw, Visit, FILE_VERSION};
+pub use crate::keys::reader::{read, read_with, Raw, Visit, FILE_VERSION};
 
 pub(crate) const DUPLICATE_HASH: &str = "the same `sha256` appears twice in the file";
 

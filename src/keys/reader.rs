@@ -117,6 +117,22 @@ fn share_the_core(count: usize) {
 
 const YIELD_EVERY: usize = 256;
 
+/// Reads with the fastest reader that can judge `text`: [`read_lines`] for the writer's
+/// layout, else [`read_raw`] from the start with a visitor made afresh (the first one saw part
+/// of the file). Returns the visitor that read the whole file.
+pub fn read_with<V: Visit>(
+    path: &Path,
+    text: &str,
+    fresh: impl Fn() -> V,
+) -> Result<V, StoreError> {
+    let mut visit = fresh();
+    if read_lines(text, &mut visit) == Lines::Other {
+        visit = fresh();
+        read_raw(path, text, &mut visit)?;
+    }
+    Ok(visit)
+}
+
 /// What [`read_raw`] hands each record to.
 pub trait Visit {
     /// A record's text, exactly as the file has it (the JSON object alone), before it is

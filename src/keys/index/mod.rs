@@ -94,13 +94,7 @@ impl KeyIndex {
         limits: &LimitDefaults,
         previous: Option<&KeyIndex>,
     ) -> Result<KeyIndex, StoreError> {
-        // The writer's layout a line at a time; anything else (or a line the fast path will
-        // not judge) from the start through the streaming reader, which says what is wrong.
-        let mut builder = Builder::new(limits, text.len() / 300);
-        if file::read_lines(text, &mut builder) == file::Lines::Other {
-            builder = Builder::new(limits, text.len() / 300);
-            file::read_raw(path, text, &mut builder)?;
-        }
+        let builder = file::read_with(path, text, || Builder::new(limits, text.len() / 300))?;
         let base = builder.finish().map_err(|problem| StoreError::Invalid {
             path: path.to_path_buf(),
             problem,

@@ -12,7 +12,7 @@ use super::KeyIndex;
 use crate::config::LimitDefaults;
 use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
-use crate::keys::file::{self, Lines, Raw};
+use crate::keys::file::{self, Raw};
 use crate::keys::record::KeyRecord;
 use std::path::Path;
 
@@ -77,7 +77,7 @@ impl KeyIndex {
     /// The changes that make this index into the key file `text`; `None` when a rebuild is
     /// due instead (too many, or an id twice). A file the reader refuses is `Err`.
     fn diff(&self, path: &Path, text: &str) -> Result<Option<Vec<KeyChange>>, StoreError> {
-        let fresh = || Diff {
+        let d = file::read_with(path, text, || Diff {
             index: self,
             cap: overlay_cap(self.base.entries.len()),
             seen: Bits::new(self.base.entries.len()),
@@ -86,14 +86,7 @@ impl KeyIndex {
             changes: Vec::new(),
             rebuild: false,
             cursor: 0,
-        };
-        // The writer's layout a line at a time; anything else (or a line the fast path will
-        // not judge) from the start through the streaming reader.
-        let mut d = fresh();
-        if file::read_lines(text, &mut d) == Lines::Other {
-            d = fresh();
-            file::read_raw(path, text, &mut d)?;
-        }
+        })?;
         let Diff {
             seen,
             seen_added,
