@@ -14,16 +14,22 @@ use std::time::Duration;
 
 /// The body sent upstream: bytes already read (to check the model), the client's stream,
 /// or a multipart upload whose `model` was read while it streams.
+///
+/// The streamed kinds are boxed: a request is moved whole a dozen times on its way into the
+/// upstream connection, and most carry a body already read.
 pub enum UpBody {
     Full(Option<Bytes>),
-    Stream {
-        inner: Incoming,
-        idle: Idle,
-        limit: u64,
-        /// Bytes received so far, shared with the request's `RequestRecord` (`bytes_received`).
-        seen: Arc<AtomicU64>,
-    },
+    Stream(Box<Streamed>),
     Multipart(Box<MultipartBody>),
+}
+
+/// The client's body as it arrives.
+pub struct Streamed {
+    inner: Incoming,
+    idle: Idle,
+    limit: u64,
+    /// Bytes received so far, shared with the request's `RequestRecord` (`bytes_received`).
+    seen: Arc<AtomicU64>,
 }
 
 impl UpBody {
@@ -35,7 +41,7 @@ impl UpBody {
     pub fn exact_len(&self) -> Option<u64> {
         match self {
             UpBody::Full(b) => Some(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { .. } | UpBody::Multipart(_) => None,
+            UpBody::Stream(_) | UpBody::Multipart(_) => None,
         }
     }
 
@@ -47,12 +53,12 @@ impl UpBody {
     /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
     /// `seen` counts the bytes as they pass.
     pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
-        UpBody::Stream {
+        UpBody::Stream(Box::new(Streamed {
             inner,
             idle: Idle::with_total(timeout, timeout),
             limit,
             seen,
-        }
+        }))
     }
 }
 
@@ -66,12 +72,13 @@ impl HttpBody for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream {
-                inner,
-                idle,
-                limit,
-                seen,
-            } => {
+            UpBody::Stream(s) => {
+                let Streamed {
+                    inner,
+                    idle,
+                    limit,
+                    seen,
+                } = &mut **s;
                 let frame = ready!(idle.poll_frame(inner, cx));
                 match frame {
                     Some(Ok(f)) => {
@@ -102,7 +109,7 @@ impl HttpBody for UpBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Full(b) => b.is_none(),
-            UpBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpBody::Stream(s) => s.inner.is_end_stream(),
             UpBody::Multipart(m) => m.is_end_stream(),
         }
     }
@@ -110,8 +117,23 @@ impl HttpBody for UpBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { inner, .. } => inner.size_hint(),
+            UpBody::Stream(s) => s.inner.size_hint(),
             UpBody::Multipart(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A request on its way upstream and an answer on its way to hyper are each moved whole a
+    /// dozen times (out of each stage, into channels and slots), each move a copy: their
+    /// bulky states stay behind a box. 336 and 496 bytes before they did.
+    #[test]
+    fn what_each_request_moves_stays_small() {
+        use std::mem::size_of;
+        let up = size_of::<http::Request<super::UpBody>>();
+        let down = size_of::<http::Response<crate::proxy::response_body::Body>>();
+        assert!(up <= 264, "request {up} B");
+        assert!(down <= 200, "response {down} B");
     }
 }

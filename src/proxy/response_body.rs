@@ -33,68 +33,72 @@ use std::time::Duration;
 #[error("the API key was revoked")]
 pub struct KeyRevoked;
 
-pin_project_lite::pin_project! {
-    /// The body sent to the client.
-    pub struct Body {
-        kind: Kind,
-        record: Option<Box<RequestRecord>>,
-        // Data bytes handed to the client's connection so far.
-        sent: u64,
-        // Ends an upstream answer when its key is revoked.
-        #[pin]
-        revoke: Option<RevokeWatch>,
-        // The request's place on its connection: tells the connection's driver whether this
-        // answer is waiting on the client (see `server::connection`). Dropped with the body.
-        exchange: Option<Exchange>,
-    }
+/// The body sent to the client.
+pub struct Body {
+    kind: Kind,
+    record: Option<Box<RequestRecord>>,
+    // Data bytes handed to the client's connection so far.
+    sent: u64,
+    // The request's place on its connection: tells the connection's driver whether this
+    // answer is waiting on the client (see `server::connection`). Dropped with the body.
+    exchange: Option<Exchange>,
+}
 
-    impl PinnedDrop for Body {
-        fn drop(this: Pin<&mut Self>) {
-            // A full body is complete once handed over. An upstream one is complete when it
-            // was read to its end: hyper stops polling (and drops the body) as soon as the
-            // last frame of a known length is out. Dropped before that, the client cut it
-            // short, and its connection closes with it.
-            let this = this.project();
-            if let Kind::Upstream { inner, lease, .. } = &mut *this.kind {
-                if inner.is_end_stream() {
-                    lease.release();
-                }
+impl Drop for Body {
+    fn drop(&mut self) {
+        // A full body is complete once handed over. An upstream one is complete when it was
+        // read to its end: hyper stops polling (and drops the body) as soon as the last frame
+        // of a known length is out. Dropped before that, the client cut it short, and its
+        // connection closes with it.
+        if let Kind::Upstream(relay) = &mut self.kind {
+            let relay = relay.as_mut().project();
+            if relay.inner.is_end_stream() {
+                relay.lease.release();
             }
-            let complete = match &*this.kind {
-                Kind::Full(_) => true,
-                upstream => upstream.is_end_stream(),
-            };
-            settle(this.kind, this.record, *this.sent, complete);
         }
+        let complete = match &self.kind {
+            Kind::Full(_) => true,
+            upstream => upstream.is_end_stream(),
+        };
+        settle(&self.kind, &mut self.record, self.sent, complete);
     }
 }
 
-// Not boxed: proxied answers are the common case, and a box would cost each one an
-// allocation; a refusal's body is only moved a few times while it is bigger than it needs.
-#[allow(clippy::large_enum_variant)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
+    // Boxed: an answer is moved whole a dozen times on its way to hyper (out of each stage,
+    // into the connection's slot), and the relay's state is most of its size; one allocation
+    // costs less than those copies.
+    Upstream(Pin<Box<Relay>>),
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream answer on its way through.
+    #[project = RelayProj]
+    struct Relay {
         inner: Incoming,
-        /// The upstream connection `inner` arrives on, polled by this body.
+        // The upstream connection `inner` arrives on, polled by this body.
         lease: Lease,
         idle: Idle,
-        /// An upstream error held back for one poll (see `poll_frame`).
+        // An upstream error held back for one poll (see `poll_frame`).
         broken: Option<BoxError>,
         scanner: Option<UsageScanner>,
-        /// Counts the text an event stream relayed, for a stream cut short (boxed: only
-        /// event streams have one, and it would double the size of every other body).
+        // Counts the text an event stream relayed, for a stream cut short (boxed: only event
+        // streams have one).
         content: Option<Box<ContentCounter>>,
         strip: Option<UsageChunkFilter>,
-    },
+        // Ends the answer when its key is revoked.
+        #[pin]
+        revoke: Option<RevokeWatch>,
+    }
 }
 
 impl Kind {
     fn is_end_stream(&self) -> bool {
         match self {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, strip, .. } => {
-                inner.is_end_stream() && strip.as_ref().is_none_or(UsageChunkFilter::is_empty)
+            Kind::Upstream(r) => {
+                r.inner.is_end_stream() && r.strip.as_ref().is_none_or(UsageChunkFilter::is_empty)
             }
         }
     }
@@ -107,7 +111,6 @@ impl Body {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             record: None,
             sent: 0,
-            revoke: None,
             exchange: None,
         }
     }
@@ -122,7 +125,7 @@ impl Body {
         event_stream: bool,
     ) -> Body {
         Body {
-            kind: Kind::Upstream {
+            kind: Kind::Upstream(Box::pin(Relay {
                 inner,
                 lease,
                 idle: Idle::new(idle),
@@ -130,25 +133,28 @@ impl Body {
                 scanner: scan.then(UsageScanner::default),
                 content: (scan && event_stream).then(Box::default),
                 strip: None,
-            },
+                revoke: None,
+            })),
             record: None,
             sent: 0,
-            revoke: None,
             exchange: None,
         }
     }
 
     /// Ends the answer with an error as soon as the key whose state this is is revoked.
     pub fn end_on_revoke(&mut self, state: &Arc<KeyState>) {
-        if let Kind::Upstream { .. } = self.kind {
-            self.revoke = Some(RevokeWatch::new(state));
+        if let Kind::Upstream(r) = &mut self.kind {
+            r.as_mut()
+                .project()
+                .revoke
+                .set(Some(RevokeWatch::new(state)));
         }
     }
 
     /// Hides the usage-only SSE event from the client (see `UsageChunkFilter`).
     pub fn strip_usage_chunk(&mut self) {
-        if let Kind::Upstream { strip, .. } = &mut self.kind {
-            *strip = Some(UsageChunkFilter::default());
+        if let Kind::Upstream(r) = &mut self.kind {
+            *r.as_mut().project().strip = Some(UsageChunkFilter::default());
         }
     }
 
@@ -168,15 +174,13 @@ impl Body {
 /// logs). Once only: later calls find no record.
 fn settle(kind: &Kind, record: &mut Option<Box<RequestRecord>>, sent: u64, complete: bool) {
     if let Some(mut f) = record.take() {
-        if let Kind::Upstream {
-            scanner, content, ..
-        } = kind
-        {
-            f.tokens = scanner
+        if let Kind::Upstream(r) = kind {
+            f.tokens = r
+                .scanner
                 .as_ref()
                 .and_then(UsageScanner::tokens)
                 .map(TokenUsage::Reported);
-            f.relayed_tokens = content.as_deref().map(ContentCounter::tokens);
+            f.relayed_tokens = r.content.as_deref().map(ContentCounter::tokens);
         }
         f.bytes_sent = sent;
         f.complete = complete;
@@ -198,22 +202,23 @@ impl HttpBody for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let mut revoke = this.revoke;
+        let this = self.get_mut();
         if let Some(e) = this.exchange.as_mut() {
             e.polled();
         }
-        let out = match &mut *this.kind {
+        let out = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream {
-                inner,
-                lease,
-                idle,
-                broken,
-                scanner,
-                content,
-                strip,
-            } => loop {
+            Kind::Upstream(relay) => loop {
+                let RelayProj {
+                    inner,
+                    lease,
+                    idle,
+                    broken,
+                    scanner,
+                    content,
+                    strip,
+                    mut revoke,
+                } = relay.as_mut().project();
                 if let Some(e) = broken.take() {
                     break Poll::Ready(Some(Err(e)));
                 }
@@ -223,7 +228,7 @@ impl HttpBody for Body {
                     .as_ref()
                     .and_then(RevokeWatch::ended)
                 {
-                    break revoked(this.record, why);
+                    break revoked(&mut this.record, why);
                 }
                 lease.drive(cx);
                 let frame = match idle.poll_frame(inner, cx) {
@@ -232,7 +237,7 @@ impl HttpBody for Body {
                         if let Some(mut watch) = revoke.as_mut().as_pin_mut() {
                             if watch.as_mut().poll_revoked(cx).is_ready() {
                                 let why = watch.ended().unwrap_or(Ended::Revoked);
-                                break revoked(this.record, why);
+                                break revoked(&mut this.record, why);
                             }
                         }
                         return Poll::Pending;
@@ -294,13 +299,13 @@ impl HttpBody for Body {
         match &out {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    *this.sent += d.len() as u64;
+                    this.sent += d.len() as u64;
                 }
                 if let Some(e) = this.exchange.as_mut() {
                     e.handed();
                 }
             }
-            Poll::Ready(None) => settle(this.kind, this.record, *this.sent, true),
+            Poll::Ready(None) => settle(&this.kind, &mut this.record, this.sent, true),
             Poll::Ready(Some(Err(e))) => {
                 // Only an upstream body fails here: it broke off, stalled, or its key was
                 // revoked.
@@ -311,7 +316,7 @@ impl HttpBody for Body {
                         f.stream_error = Some(UpstreamError::StreamBroken);
                     }
                 }
-                settle(this.kind, this.record, *this.sent, false)
+                settle(&this.kind, &mut this.record, this.sent, false)
             }
             Poll::Pending => {}
         }
@@ -326,8 +331,8 @@ impl HttpBody for Body {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             // Filtering changes the length: no promise then.
-            Kind::Upstream { strip: Some(_), .. } => SizeHint::default(),
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Upstream(r) if r.strip.is_some() => SizeHint::default(),
+            Kind::Upstream(r) => r.inner.size_hint(),
         }
     }
 }
