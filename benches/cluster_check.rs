@@ -47,11 +47,15 @@ fn bench(c: &mut Criterion) {
     );
     let index = std::sync::Arc::new(index.unwrap());
     let key = index.by_id(&rec.id).unwrap();
+    let clock = keygate::limit::rate::RateClock::new();
 
     let mut g = c.benchmark_group("limit_check");
     g.measurement_time(Duration::from_secs(3)).sample_size(30);
     g.bench_function("local", |b| {
-        b.iter(|| rt.block_on(keygate::limit::check_rate(None, &key)).unwrap())
+        b.iter(|| {
+            rt.block_on(keygate::limit::check_rate(None, &clock, &key))
+                .unwrap()
+        })
     });
 
     let Ok(port) =
@@ -86,7 +90,7 @@ fn bench(c: &mut Criterion) {
             tls: Default::default(),
         });
         for _ in 0..200 {
-            if keygate::limit::check_rate(Some(&cluster), &key)
+            if keygate::limit::check_rate(Some(&cluster), &clock, &key)
                 .await
                 .is_ok_and(|i| i.verdict.is_allowed())
             {
@@ -98,7 +102,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("redis_rate", |b| {
         b.iter(|| {
-            rt.block_on(keygate::limit::check_rate(Some(&cluster), &key))
+            rt.block_on(keygate::limit::check_rate(Some(&cluster), &clock, &key))
                 .unwrap()
         })
     });

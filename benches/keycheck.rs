@@ -32,7 +32,7 @@ use keygate::keys::index::KeyIndex;
 use keygate::keys::record::{hash_hex, KeyLimits, KeyRecord};
 use keygate::keys::scope::Scopes;
 use keygate::keys::token::{self as key, Token};
-use keygate::limit::rate::{Quota, RateCell};
+use keygate::limit::rate::{Quota, RateCell, RateClock};
 use keygate::time::Timestamp;
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
@@ -146,10 +146,10 @@ fn rss_kb() -> u64 {
 
 /// The whole check an allowed request pays before forwarding.
 #[inline]
-fn key_check(index: &Arc<KeyIndex>, token: &str) -> u32 {
+fn key_check(index: &Arc<KeyIndex>, clock: &RateClock, token: &str) -> u32 {
     let t = Token::parse(token, PREFIX).expect("well-formed token");
     let (key, _secret) = index.lookup(&t.hash()).expect("known key");
-    let info = key.state().rate.check(&key.rate);
+    let info = key.state().rate.check(clock, &key.rate);
     debug_assert!(info.verdict.is_allowed());
     info.remaining
 }
@@ -157,13 +157,14 @@ fn key_check(index: &Arc<KeyIndex>, token: &str) -> u32 {
 fn bench_keycheck(c: &mut Criterion) {
     for (n, label) in SIZES {
         let (index, probes) = index_of(n);
+        let clock = RateClock::new();
         let mut g = c.benchmark_group("keycheck/full");
         g.throughput(Throughput::Elements(1));
         let mut i = 0usize;
         g.bench_function(BenchmarkId::from_parameter(label), |b| {
             b.iter(|| {
                 i = (i + 1) % PROBES;
-                black_box(key_check(&index, black_box(&probes[i])))
+                black_box(key_check(&index, &clock, black_box(&probes[i])))
             })
         });
         g.finish();
@@ -189,17 +190,18 @@ fn bench_keycheck(c: &mut Criterion) {
     });
     g.bench_function("sha256", |b| b.iter(|| key::hash_token(black_box(&token))));
     // A burst no benchmark run can drain: every check is allowed.
+    let clock = RateClock::new();
     let rate = RateCell::default();
     let quota_open = Quota::new(100_000_000, u32::MAX);
     g.bench_function("rate_check/allowed", |b| {
-        b.iter(|| black_box(rate.check(&quota_open)).remaining)
+        b.iter(|| black_box(rate.check(&clock, &quota_open)).remaining)
     });
     // One cell a minute, already taken: every check is refused (the 429 path).
     let refused = RateCell::default();
     let quota_1 = Quota::new(1, 1);
-    let _ = refused.check(&quota_1);
+    let _ = refused.check(&clock, &quota_1);
     g.bench_function("rate_check/refused", |b| {
-        b.iter(|| black_box(refused.check(&quota_1)).verdict)
+        b.iter(|| black_box(refused.check(&clock, &quota_1)).verdict)
     });
     g.finish();
 

@@ -38,7 +38,7 @@
 //! | `limit/mod.rs` | stage 4: `check_rate`, `acquire_slot`, `reserve_tokens`, local or on Redis with its failure policy; settling a token charge |
 //! | `limit/answer.rs` | every limit header: `x-ratelimit-*`, `retry-after`, `retry-after-ms`, a quota refusal's `x-should-retry` |
 //! | `limit/quota.rs` | quotas per UTC day and month: `QuotaState` (store total + unflushed), the check, the view |
-//! | `limit/rate.rs` | `RateCell` (GCRA in 8 bytes), `Quota`, `Verdict` |
+//! | `limit/rate.rs` | `RateCell` (GCRA in 8 bytes), `RateClock`, `Quota`, `Verdict` |
 //! | `limit/tokens.rs` | `TokenBucket` |
 //! | `limit/inflight.rs` | `InFlight` (per key) and `Capacity` (gateway-wide) |
 //! | `limit/failed_auth.rs` | `FailedAuthGuard`, per client address |

@@ -105,7 +105,7 @@ async fn stages(
     record.count_use(&key, now);
 
     let redis = gw.redis.as_ref();
-    let rate = limit::check_rate(redis, &key).await?;
+    let rate = limit::check_rate(redis, &gw.rate_clock, &key).await?;
     limits.rate = Some(rate);
     authorize::scope(&key, route)?;
     limit::rate_verdict(&rate)?;

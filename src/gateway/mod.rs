@@ -17,6 +17,7 @@ use crate::keys::snapshot::Snapshot;
 use crate::keys::store::KeyStore;
 use crate::limit::failed_auth::FailedAuthGuard;
 use crate::limit::inflight::Capacity;
+use crate::limit::rate::RateClock;
 use crate::limit::redis::RedisBackend;
 use crate::ops::logging::Logging;
 use crate::ops::metrics::Metrics;
@@ -83,6 +84,8 @@ pub struct Gateway {
     /// (`shared`). Filled every second by the flusher this gateway runs (`flush_usage`).
     pub usage: Usage,
     pub failed_auth: FailedAuthGuard,
+    /// The clock every key's rate cell reads (`limit::rate`).
+    pub rate_clock: RateClock,
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
     pub reloads: ReloadStats,
@@ -147,6 +150,7 @@ impl Gateway {
                 upstreams,
             }),
             failed_auth,
+            rate_clock: RateClock::new(),
             capacity,
             draining: AtomicBool::new(false),
             reloads: ReloadStats::default(),

@@ -24,7 +24,7 @@ use crate::error::GatewayError;
 use crate::keys::index::KeyRef;
 use crate::keys::state::KeyState;
 use crate::limit::answer::LimitHeaders;
-use crate::limit::rate::{RateInfo, Verdict};
+use crate::limit::rate::{RateClock, RateInfo, Verdict};
 use crate::limit::redis::{Acquired, RedisBackend, SlotLease};
 use crate::limit::tokens::TokenInfo;
 use crate::time::Timestamp;
@@ -40,9 +40,10 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 /// limit (`rate_verdict` turns it into the 503).
 pub async fn check_rate(
     redis: Option<&Arc<RedisBackend>>,
+    clock: &RateClock,
     key: &KeyRef,
 ) -> Result<RateInfo, GatewayError> {
-    let local = || key.state().rate.check(&key.rate);
+    let local = || key.state().rate.check(clock, &key.rate);
     let Some(r) = redis else {
         return Ok(local());
     };

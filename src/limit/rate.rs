@@ -4,7 +4,6 @@
 //! of Redis's clock; `tests/limit_twins.rs` checks that both answer a sequence alike.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// One key's request-rate cell: GCRA, whose whole state is one "theoretical arrival time".
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 /// failed-auth guard, keeps quota, clock and state together in one larger limiter.
 #[derive(Debug, Default)]
 pub struct RateCell {
-    /// Nanoseconds since `EPOCH`; 0 for a cell never used.
+    /// Nanoseconds on the gateway's `RateClock`; 0 for a cell never used.
     tat: AtomicU64,
 }
 
@@ -47,9 +46,32 @@ pub struct RateInfo {
     pub verdict: Verdict,
 }
 
-/// The origin of the rate cells' monotonic time: immutable once set, the one clock origin
-/// every cell of the process must share.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// The rate cells' clock: monotonic nanoseconds since the gateway started. A cell holds a
+/// moment as a bare number, so every cell of a gateway must read the same clock: the
+/// gateway's own (`Gateway::rate_clock`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateClock {
+    origin: Instant,
+}
+
+impl RateClock {
+    pub fn new() -> RateClock {
+        RateClock {
+            origin: Instant::now(),
+        }
+    }
+
+    /// Now, in nanoseconds since the origin.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for RateClock {
+    fn default() -> RateClock {
+        RateClock::new()
+    }
+}
 
 /// A request quota with its GCRA interval worked out once per key (at index build): the
 /// division is not paid on every request. 16 bytes, kept in every key entry.
@@ -77,10 +99,9 @@ impl Quota {
 }
 
 impl RateCell {
-    /// Takes one request's cell under `quota`.
-    pub fn check(&self, quota: &Quota) -> RateInfo {
-        let now = EPOCH.elapsed().as_nanos() as u64;
-        self.check_at(now, quota)
+    /// Takes one request's cell under `quota`, now on `clock`.
+    pub fn check(&self, clock: &RateClock, quota: &Quota) -> RateInfo {
+        self.check_at(clock.now(), quota)
     }
 
     /// `check` at `now`, in nanoseconds on the cell's own clock (for tests that replay a
