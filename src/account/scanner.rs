@@ -9,10 +9,10 @@ use crate::keys::usage::Tokens;
 use memchr::memmem;
 use std::sync::LazyLock;
 
-static PROMPT: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"prompt_tokens\""));
-static COMPLETION: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"completion_tokens\""));
+/// The end every count's name shares: one search finds both, and the bytes before each hit
+/// say which it is.
+static TOKENS: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"_tokens\""));
 
 /// How many bytes of one chunk are carried into the next, so a field split across two
 /// chunks is still seen: the longest name, a colon, spaces and a 20-digit number.
@@ -64,11 +64,18 @@ impl UsageScanner {
 
     /// Takes the last complete counts in `hay`.
     fn scan(&mut self, hay: &[u8]) {
-        if let Some(v) = last_number(&PROMPT, hay) {
-            self.prompt = Some(v);
-        }
-        if let Some(v) = last_number(&COMPLETION, hay) {
-            self.completion = Some(v);
+        for pos in TOKENS.find_iter(hay) {
+            let name = &hay[..pos];
+            let count = if name.ends_with(b"\"prompt") {
+                &mut self.prompt
+            } else if name.ends_with(b"\"completion") {
+                &mut self.completion
+            } else {
+                continue;
+            };
+            if let Some(v) = number_after(&hay[pos + TOKENS.needle().len()..]) {
+                *count = Some(v);
+            }
         }
     }
 
@@ -84,24 +91,16 @@ impl UsageScanner {
     }
 }
 
-/// The number after the last complete `"name": N` in `hay`.
-fn last_number(finder: &memmem::Finder<'_>, hay: &[u8]) -> Option<u64> {
-    let mut found = None;
-    for pos in finder.find_iter(hay) {
-        let rest = &hay[pos + finder.needle().len()..];
-        let rest = trim_ws(rest);
-        let Some(rest) = rest.strip_prefix(b":") else {
-            continue;
-        };
-        let rest = trim_ws(rest);
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        // A number that runs to the end of the chunk may continue in the next one.
-        if digits == 0 || digits == rest.len() || digits > 19 {
-            continue;
-        }
-        found = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+/// The number in `: N` at the start of `rest`, when it is whole (a number that runs to the
+/// end of the chunk may continue in the next one).
+fn number_after(rest: &[u8]) -> Option<u64> {
+    let rest = trim_ws(rest).strip_prefix(b":")?;
+    let rest = trim_ws(rest);
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits == rest.len() || digits > 19 {
+        return None;
     }
-    found
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 fn trim_ws(b: &[u8]) -> &[u8] {

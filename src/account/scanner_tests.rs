@@ -126,3 +126,23 @@ fn no_usage() {
     s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
     assert_eq!(s.tokens(), None);
 }
+
+#[test]
+fn only_the_two_counts_are_taken_among_the_other_token_fields() {
+    // vLLM's and OpenAI's usage objects carry more `*_tokens` fields, details nested after
+    // the counts: only `prompt_tokens` and `completion_tokens` themselves count.
+    let body = br#"{"usage":{"prompt_tokens":12,"total_tokens":49,"completion_tokens":37,"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":30,"accepted_prediction_tokens":2},"xprompt_tokens":5,"completion_tokens_total":6}}"#;
+    for cut in 1..body.len() {
+        let mut s = UsageScanner::default();
+        s.feed(&body[..cut]);
+        s.feed(&body[cut..]);
+        assert_eq!(
+            s.tokens(),
+            Some(Tokens {
+                prompt: 12,
+                completion: 37
+            }),
+            "cut at {cut}"
+        );
+    }
+}
