@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::keys::error::StoreError;
 use crate::keys::index::reload::Reloaded;
 use crate::keys::index::{ApplyError, KeyChange, KeyIndex};
+use crate::keys::source::Source;
 use crate::keys::store::KeyStore;
 use crate::watch::Fingerprint;
 use std::sync::atomic::Ordering;
@@ -43,12 +44,11 @@ impl Gateway {
         // Taken before the read: a change during it makes the next look differ.
         let fingerprint = Fingerprint::of(&cur.config.keys.file);
         let store = KeyStore::new(cur.config.keys.file.clone());
-        let result = store
-            .read_text()
-            .and_then(|text| text.ok_or_else(|| store.not_found()))
-            .and_then(|text| {
-                KeyIndex::reload(store.path(), &text, &cur.config.limits, cur.keys.as_deref())
-            });
+        let result = KeyIndex::reload_from(
+            Source::File(&store),
+            &cur.config.limits,
+            cur.keys.as_deref(),
+        );
         match result {
             Ok((index, how)) => {
                 let n = index.len();
@@ -270,6 +270,5 @@ fn load_index(
     previous: Option<&KeyIndex>,
 ) -> Result<KeyIndex, StoreError> {
     let store = KeyStore::new(file.to_path_buf());
-    let text = store.read_text()?.ok_or_else(|| store.not_found())?;
-    KeyIndex::load(store.path(), &text, limits, previous)
+    KeyIndex::load_from(Source::File(&store), limits, previous)
 }

@@ -21,6 +21,7 @@ pub mod record;
 pub mod scope;
 pub mod shared;
 pub mod snapshot;
+pub mod source;
 pub mod state;
 pub mod store;
 pub mod token;

@@ -106,18 +106,18 @@ fn the_line_reader_reads_the_writers_layout_and_nothing_else() {
     for n in [0, 1, 3] {
         let text = crate::keys::writer::file_text(&file(n));
         let mut c = count(Raw::Parse);
-        assert_eq!(read_lines(&text, &mut c), Lines::Read, "{text}");
+        assert_eq!(read_lines(text.as_bytes(), &mut c), Lines::Read, "{text}");
         assert_eq!((c.texts, c.records), (n, n));
         // Each record's text is what the streaming reader shows for it.
         let mut lines = Texts(Vec::new());
         let mut raw = Texts(Vec::new());
-        assert_eq!(read_lines(&text, &mut lines), Lines::Read);
+        assert_eq!(read_lines(text.as_bytes(), &mut lines), Lines::Read);
         read_raw(path, &text, &mut raw).unwrap();
         assert_eq!(lines.0, raw.0);
     }
     let text = crate::keys::writer::file_text(&file(3));
     let mut c = count(Raw::Stop);
-    assert_eq!(read_lines(&text, &mut c), Lines::Read);
+    assert_eq!(read_lines(text.as_bytes(), &mut c), Lines::Read);
     assert_eq!(c.texts, 1);
     // Anything else is for the streaming reader to judge.
     let others = [
@@ -132,17 +132,31 @@ fn the_line_reader_reads_the_writers_layout_and_nothing_else() {
         text.replacen("{\"version\": 1", "{\"version\": 2", 1),
         text.replacen("]}\n", "]} x", 1),
         text[..text.len() - 2].to_string(),
+        format!("{text}\n"),
+        text.replacen("},\n", "},\n]}\n", 1),
+        text.replacen("k1", "k\u{1}", 1),
     ];
     for other in others {
         assert_eq!(
-            read_lines(&other, &mut count(Raw::Parse)),
+            read_lines(other.as_bytes(), &mut count(Raw::Parse)),
             Lines::Other,
             "{other}"
         );
     }
+    // The footer's newline is optional, as for the streaming reader; bytes that are not UTF-8
+    // are for it to report.
+    let bare = text.trim_end_matches('\n');
+    assert_eq!(
+        read_lines(bare.as_bytes(), &mut count(Raw::Parse)),
+        Lines::Read
+    );
+    let mut bytes = text.clone().into_bytes();
+    let at = text.find("k1").unwrap();
+    bytes[at] = 0xff;
+    assert_eq!(read_lines(&bytes[..], &mut count(Raw::Parse)), Lines::Other);
     // A line the visitor knows is not parsed: trusted as the streaming reader trusts it.
     let mut c = count(Raw::Skip);
-    assert_eq!(read_lines(&text, &mut c), Lines::Read);
+    assert_eq!(read_lines(text.as_bytes(), &mut c), Lines::Read);
     assert_eq!((c.texts, c.records), (3, 0));
 }
 
@@ -153,4 +167,38 @@ impl Visit for Texts {
     fn record(&mut self, _: KeyRecord, text: &str) {
         self.0.push(text.to_string());
     }
+}
+
+#[test]
+fn the_key_file_is_read_a_line_at_a_time_or_else_whole() {
+    use crate::keys::source::Source;
+    use crate::keys::store::KeyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(dir.path().join("keys.json"));
+    let records = |source: Source<'_>| source.read_with(|| Texts(Vec::new())).map(|t| t.0);
+    let f = file(3);
+    let written = crate::keys::writer::file_text(&f);
+    let compact = serde_json::to_string(&f).unwrap();
+    let want = records(Source::Text {
+        path: store.path(),
+        text: &written,
+    })
+    .unwrap();
+    assert_eq!(want.len(), 3);
+    for text in [&written, &compact] {
+        std::fs::write(store.path(), text).unwrap();
+        assert_eq!(records(Source::File(&store)).unwrap(), want, "{text}");
+    }
+    // A record the line reader cannot judge is read again whole, and placed in the file.
+    let bad = written.replacen("\"rev\":1", "\"rev\":\"x\"", 1);
+    std::fs::write(store.path(), &bad).unwrap();
+    match records(Source::File(&store)) {
+        Err(StoreError::Syntax { line, .. }) => assert_eq!(line, 2),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_file(store.path()).unwrap();
+    assert!(matches!(
+        records(Source::File(&store)),
+        Err(StoreError::Read { .. })
+    ));
 }

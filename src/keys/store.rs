@@ -24,8 +24,8 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// How much of the key file one `read` takes (`read_text`).
-const READ_PIECE: u64 = 1 << 20;
+/// How much of the key file one `read` takes (`read_text`): about 0.1 ms of copying.
+const READ_PIECE: u64 = 256 << 10;
 
 /// A key file on disk.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ impl KeyStore {
     }
 
     /// The raw text, `None` when the file does not exist. Read a piece at a time, offering the
-    /// core to others between pieces (`reader::share_the_core` says why): one `read` of a
+    /// core to others between pieces (`reader::step_aside` says why): one `read` of a
     /// large file holds the core for milliseconds.
     pub fn read_text(&self) -> Result<Option<String>, StoreError> {
         let err = |source| StoreError::Read {
@@ -88,7 +88,7 @@ impl KeyStore {
             let mut piece = io::Read::take(&mut file, READ_PIECE);
             match io::Read::read_to_end(&mut piece, &mut bytes) {
                 Ok(0) => break,
-                Ok(_) => std::thread::yield_now(),
+                Ok(_) => crate::keys::reader::step_aside(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(err(e)),
             }

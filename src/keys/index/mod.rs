@@ -29,7 +29,7 @@ pub use overlay::{ApplyError, KeyChange};
 use crate::config::LimitDefaults;
 use crate::keys::entry::{KeyEntry, KeyId, Secret};
 use crate::keys::error::StoreError;
-use crate::keys::file;
+use crate::keys::source::Source;
 use crate::keys::state::{Ended, KeyState};
 use crate::keys::token::KeyHash;
 use crate::keys::usage::UsageSnapshot;
@@ -94,9 +94,19 @@ impl KeyIndex {
         limits: &LimitDefaults,
         previous: Option<&KeyIndex>,
     ) -> Result<KeyIndex, StoreError> {
-        let builder = file::read_with(path, text, || Builder::new(limits, text.len() / 300))?;
+        KeyIndex::load_from(Source::Text { path, text }, limits, previous)
+    }
+
+    /// [`KeyIndex::load`] from a `Source`: the key file itself is read a line at a time.
+    pub fn load_from(
+        source: Source<'_>,
+        limits: &LimitDefaults,
+        previous: Option<&KeyIndex>,
+    ) -> Result<KeyIndex, StoreError> {
+        let records = source.len_hint() / 300;
+        let builder = source.read_with(|| Builder::new(limits, records))?;
         let base = builder.finish().map_err(|problem| StoreError::Invalid {
-            path: path.to_path_buf(),
+            path: source.path().to_path_buf(),
             problem,
         })?;
         Ok(KeyIndex::from_base(base, limits, previous))

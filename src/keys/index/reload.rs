@@ -14,6 +14,7 @@ use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
 use crate::keys::file::{self, Raw};
 use crate::keys::record::KeyRecord;
+use crate::keys::source::Source;
 use std::path::Path;
 
 /// How a reload made its index.
@@ -37,12 +38,22 @@ impl KeyIndex {
         limits: &LimitDefaults,
         previous: Option<&KeyIndex>,
     ) -> Result<(KeyIndex, Reloaded), StoreError> {
-        let rebuild =
-            || KeyIndex::load(path, text, limits, previous).map(|index| (index, Reloaded::Rebuilt));
+        KeyIndex::reload_from(Source::Text { path, text }, limits, previous)
+    }
+
+    /// [`KeyIndex::reload`] from a `Source`: the key file itself is read a line at a time.
+    pub fn reload_from(
+        source: Source<'_>,
+        limits: &LimitDefaults,
+        previous: Option<&KeyIndex>,
+    ) -> Result<(KeyIndex, Reloaded), StoreError> {
+        let rebuild = || {
+            KeyIndex::load_from(source, limits, previous).map(|index| (index, Reloaded::Rebuilt))
+        };
         let Some(prev) = previous.filter(|p| p.limits == *limits) else {
             return rebuild();
         };
-        let Some(changes) = prev.diff(path, text)? else {
+        let Some(changes) = prev.diff(source)? else {
             return rebuild();
         };
         if changes.is_empty() {
@@ -76,8 +87,8 @@ impl KeyIndex {
 
     /// The changes that make this index into the key file `text`; `None` when a rebuild is
     /// due instead (too many, or an id twice). A file the reader refuses is `Err`.
-    fn diff(&self, path: &Path, text: &str) -> Result<Option<Vec<KeyChange>>, StoreError> {
-        let d = file::read_with(path, text, || Diff {
+    fn diff(&self, source: Source<'_>) -> Result<Option<Vec<KeyChange>>, StoreError> {
+        let d = source.read_with(|| Diff {
             index: self,
             cap: overlay_cap(self.base.entries.len()),
             seen: Bits::new(self.base.entries.len()),
