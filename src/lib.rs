@@ -70,6 +70,7 @@
 //! | `keys/annotations.rs` | description, metadata labels and quotas, with their checks |
 //! | `keys/file.rs` | `KeyFile` (a whole file in memory), `Uniqueness` |
 //! | `keys/reader.rs` | the one key-file reader: streaming, each record's text shown before it is parsed (`reader_tests.rs`: its unit tests) |
+//! | `keys/source.rs` | where the index reads a key file from: the file a line at a time, or text in memory |
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |
 //! | `keys/store.rs` | `KeyStore`: the file on disk, locked atomic writes; one key's change streamed (`apply`) |

@@ -58,10 +58,19 @@ def filler(path, n):
             "created_at": created,
         })
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(kf, f, separators=(",", ":"))
-        f.write("\n")
+    write_keyfile(tmp, kf)
     os.replace(tmp, path)
+
+
+def write_keyfile(path, kf):
+    """Writes a key file in the layout keygate's own writer uses (one record a line), which the
+    gateway reads a line at a time: the layout of every file the CLI or the API has written."""
+    with open(path, "w") as f:
+        f.write('{"version": %d, "keys": [' % kf["version"])
+        for i, rec in enumerate(kf["keys"]):
+            f.write(",\n" if i else "\n")
+            f.write(json.dumps(rec, separators=(",", ":")))
+        f.write("\n]}\n")
 
 
 # ---------------------------------------------------------------------------- HTTP helpers
@@ -181,8 +190,7 @@ def reload_stage(cli, config, stage, mode="one_key"):
         keep = [k for k in kf["keys"] if k["id"] == bench_id or k["id"] not in before]
         replaced = len(kf["keys"]) - len(keep)
         kf["keys"] = keep
-        with open(path, "w") as f:
-            json.dump(kf, f, separators=(",", ":"))
+        write_keyfile(path, kf)
         filler(path, replaced)
     with open(os.path.join(stage, "staged.json"), "w") as f:
         json.dump({"key": json.loads(p.stdout)["key"], "cli_s": cli_s,

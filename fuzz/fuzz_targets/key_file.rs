@@ -33,6 +33,7 @@ fuzz_target!(|text: &str| {
     assert!(file.validate().is_ok());
     assert_eq!(index.len(), file.keys.len());
     let now = Timestamp::now();
+    let clock = keygate::limit::rate::RateClock::new();
     for k in &file.keys {
         let _ = k.status(now);
         assert!(!k.scopes().is_empty());
@@ -42,7 +43,7 @@ fuzz_target!(|text: &str| {
             .lookup(&hash)
             .expect("every current secret is indexed");
         assert_eq!(&*entry.id, k.id.as_str());
-        let _ = entry.state().rate.check(&entry.rate);
+        let _ = entry.state().rate.check(&clock, &entry.rate);
         let _ = entry.may_use_model("llama-3-8b");
     }
     let written = keygate::keys::writer::file_text(&file);
