@@ -775,8 +775,8 @@ def report(results_path, meta_path, out):
             a, b = mem[0], mem[-1]
             per = (b["rss_kb"] - a["rss_kb"]) * 1024 / (count(b) - count(a))
             w(f"\nPer key: ({b['label']} − {a['label']}) RSS ÷ keys = **{per:,.0f} bytes per key** "
-              "(the key file's text is parsed into `KeyRecord`s, then the index is built; the idle "
-              "figure is after both, the peak is VmHWM). Idle CPU over the window includes the "
+              "(the key file is read a line at a time, each record parsed and indexed as it is read; "
+              "the idle figure is after the load, the peak is VmHWM). Idle CPU over the window includes the "
               "usage-state rewrite (every 10 s when counters moved).")
         conns = by("conns")
         for r in conns:
