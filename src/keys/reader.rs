@@ -91,7 +91,9 @@ pub fn read_lines(mut input: impl io::BufRead, visit: &mut dyn Visit) -> Lines {
                 Step::Next | Step::Stop => Lines::Read,
             };
         }
-        let Some(text) = line.strip_suffix('\n').filter(|_| n > 0) else {
+        // A record line ends with its newline (the footer follows the last one) and is never
+        // empty, so an empty `pending` means there was no record line before.
+        let Some(text) = line.strip_suffix('\n').filter(|t| n > 0 && !t.is_empty()) else {
             return Lines::Other;
         };
         if !pending.is_empty() {

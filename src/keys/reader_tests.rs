@@ -133,6 +133,8 @@ fn the_line_reader_reads_the_writers_layout_and_nothing_else() {
         text.replacen("]}\n", "]} x", 1),
         text[..text.len() - 2].to_string(),
         format!("{text}\n"),
+        text.replacen("},\n", "},\n\n", 1),
+        text.replacen("}\n]}", "},\n\n]}", 1),
         text.replacen("},\n", "},\n]}\n", 1),
         text.replacen("k1", "k\u{1}", 1),
     ];
