@@ -22,19 +22,7 @@ fn split_across_chunks_at_every_point() {
 data: [DONE]
 
 "#;
-    for cut in 1..body.len() {
-        let mut s = UsageScanner::default();
-        s.feed(&body[..cut]);
-        s.feed(&body[cut..]);
-        assert_eq!(
-            s.tokens(),
-            Some(Tokens {
-                prompt: 123,
-                completion: 4567
-            }),
-            "cut at {cut}"
-        );
-    }
+    assert_at_every_cut(body, 123, 4567);
 }
 
 #[test]
@@ -132,16 +120,18 @@ fn only_the_two_counts_are_taken_among_the_other_token_fields() {
     // vLLM's and OpenAI's usage objects carry more `*_tokens` fields, details nested after
     // the counts: only `prompt_tokens` and `completion_tokens` themselves count.
     let body = br#"{"usage":{"prompt_tokens":12,"total_tokens":49,"completion_tokens":37,"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":30,"accepted_prediction_tokens":2},"xprompt_tokens":5,"completion_tokens_total":6}}"#;
+    assert_at_every_cut(body, 12, 37);
+}
+
+/// Feeds `body` in two chunks cut at every point: the counts are found wherever the cut falls.
+fn assert_at_every_cut(body: &[u8], prompt: u64, completion: u64) {
     for cut in 1..body.len() {
         let mut s = UsageScanner::default();
         s.feed(&body[..cut]);
         s.feed(&body[cut..]);
         assert_eq!(
             s.tokens(),
-            Some(Tokens {
-                prompt: 12,
-                completion: 37
-            }),
+            Some(Tokens { prompt, completion }),
             "cut at {cut}"
         );
     }

@@ -163,19 +163,22 @@ const STEP_ASIDE: std::time::Duration = std::time::Duration::from_micros(20);
 
 const YIELD_EVERY: usize = 256;
 
-/// Reads with the fastest reader that can judge `text`: [`read_lines`] for the writer's
-/// layout, else [`read_raw`] from the start with a visitor made afresh (the first one saw part
-/// of the file). Returns the visitor that read the whole file.
-pub fn read_with<V: Visit>(
+/// Reads with the fastest reader that can judge the text: [`read_lines`] over `lines` for the
+/// writer's layout, else [`read_raw`] over the `whole` text, from the start, with a visitor made
+/// afresh (the first one saw part of it). Returns the visitor that read the whole text.
+pub fn read_with<'t, V: Visit>(
     path: &Path,
-    text: &str,
+    lines: impl io::BufRead,
+    whole: impl FnOnce() -> Result<std::borrow::Cow<'t, str>, StoreError>,
     fresh: impl Fn() -> V,
 ) -> Result<V, StoreError> {
     let mut visit = fresh();
-    if read_lines(text.as_bytes(), &mut visit) == Lines::Other {
-        visit = fresh();
-        read_raw(path, text, &mut visit)?;
+    if read_lines(lines, &mut visit) == Lines::Read {
+        return Ok(visit);
     }
+    let text = whole()?;
+    let mut visit = fresh();
+    read_raw(path, &text, &mut visit)?;
     Ok(visit)
 }
 

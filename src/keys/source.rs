@@ -7,8 +7,9 @@
 //! milliseconds in one piece. Any other layout is read whole and judged by `reader::read_raw`.
 
 use crate::keys::error::StoreError;
-use crate::keys::reader::{self, Lines, Visit};
+use crate::keys::reader::{self, Visit};
 use crate::keys::store::KeyStore;
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::Path;
@@ -49,7 +50,9 @@ impl Source<'_> {
     /// first one saw part of it). Returns the visitor that read the whole text.
     pub fn read_with<V: Visit>(&self, fresh: impl Fn() -> V) -> Result<V, StoreError> {
         let store = match self {
-            Source::Text { path, text } => return reader::read_with(path, text, fresh),
+            Source::Text { path, text } => {
+                return reader::read_with(path, text.as_bytes(), || Ok(Cow::Borrowed(*text)), fresh)
+            }
             Source::File(store) => store,
         };
         let file = match File::open(store.path()) {
@@ -62,17 +65,13 @@ impl Source<'_> {
                 })
             }
         };
-        let mut visit = fresh();
-        if reader::read_lines(BufReader::with_capacity(LINE_BUFFER, file), &mut visit)
-            == Lines::Read
-        {
-            return Ok(visit);
-        }
-        // Not the writer's layout, or a line it cannot judge: the whole text, read again
-        // (a change since is read by the next reload, which its notice starts).
-        let text = store.read_text()?.ok_or_else(|| store.not_found())?;
-        let mut visit = fresh();
-        reader::read_raw(store.path(), &text, &mut visit)?;
-        Ok(visit)
+        // The whole text is read again when the lines will not do (a change since is read by
+        // the next reload, which its notice starts).
+        let whole = || {
+            let text = store.read_text()?.ok_or_else(|| store.not_found())?;
+            Ok(Cow::Owned(text))
+        };
+        let lines = BufReader::with_capacity(LINE_BUFFER, file);
+        reader::read_with(store.path(), lines, whole, fresh)
     }
 }
