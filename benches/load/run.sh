@@ -561,9 +561,11 @@ fi
 # reload_window MODE ROUND BASELINE: stages a key-file change (one_key: `keys create` adds a
 # key; replace: the same, then every other key but the bench key gets a new hash), then, under
 # wrk, swaps it in and times until the new key works; the key-index counters are read before
-# and after (null when this build does not export them).
+# and after (null when this build does not export them). A control window follows: the same
+# wrk and poller, no change, so the poller's own cost is not counted as the reload's.
 reload_window() {
-    local mode=$1 round=$2 fb=$3 fd="$WORK/wrk-k100-$1-r$2.txt" stage="$WORK/k100-stage-$1-r$2" m0 m1
+    local mode=$1 round=$2 fb=$3 fd="$WORK/wrk-k100-$1-r$2.txt" fc="$WORK/wrk-k100-$1-control-r$2.txt"
+    local stage="$WORK/k100-stage-$1-r$2" m0 m1 secs
     taskset -c $LOAD_CPU timeout 90 "$PY" "$TOOLS" reload-stage "$BIN" "$WORK/k100/gateway.toml" "$stage" "$mode" || true
     m0=$(T metrics "$K100_METRICS" $INDEX_METRICS)
     wrk_run "$fd" "$WORK/key100.lua" "$URL100" &
@@ -573,7 +575,17 @@ reload_window() {
     taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload "$stage" "$WORK/k100/gateway.toml" "$URL100" "$WORK/reload-$mode-r$round.json" || true
     wait "$WRK_BG" || true
     m1=$(T metrics "$K100_METRICS" $INDEX_METRICS)
-    "$PY" - "$WORK/reload-$mode-r$round.json" "$fb" "$fd" "$round" "$TOOLS" "$mode" "$m0" "$m1" >>"$RES" <<'EOF'
+    # The control window: the same wrk and the same poller for as long, with a key that never
+    # goes live and no file change; the poller shares the load core with wrk and the mock.
+    secs=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("works_after_swap_s") or 0.3)' \
+        "$WORK/reload-$mode-r$round.json" 2>/dev/null || echo 0.3)
+    wrk_run "$fc" "$WORK/key100.lua" "$URL100" &
+    WRK_BG=$!
+    PIDS+=("$WRK_BG")
+    sleep 1.5
+    taskset -c $LOAD_CPU timeout 60 "$PY" "$TOOLS" reload-control "$stage" "$URL100" "$secs" "$WORK/reload-control-$mode-r$round.json" || true
+    wait "$WRK_BG" || true
+    "$PY" - "$WORK/reload-$mode-r$round.json" "$fb" "$fd" "$round" "$TOOLS" "$mode" "$m0" "$m1" "$fc" >>"$RES" <<'EOF'
 import json,sys,importlib.util
 spec=importlib.util.spec_from_file_location("tools",sys.argv[5]); t=importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
 try:
@@ -582,11 +594,19 @@ except Exception as e:
     r={"cli_s":None,"works_after_swap_s":None,"error":str(e)}
 b=t.parse_wrk(open(sys.argv[2]).read()); d=t.parse_wrk(open(sys.argv[3]).read())
 import re
-m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(sys.argv[3]).read())
+def wmax(path):
+    m=re.search(r"Latency\s+\S+\s+\S+\s+(\S+)",open(path).read())
+    return t.to_ms(m.group(1)) if m else None
+try:
+    c=t.parse_wrk(open(sys.argv[9]).read())
+except Exception:
+    c={"p99_ms":None,"rps":None}
 m0,m1=json.loads(sys.argv[7]),json.loads(sys.argv[8])
 delta={k.replace("keygate_key_","").replace("_total",""):(None if m0.get(k) is None or m1.get(k) is None else m1[k]-m0[k]) for k in m1}
 r.update({"kind":"reload","mode":sys.argv[6],"round":int(sys.argv[4]),"base_p99_ms":b["p99_ms"],"during_p99_ms":d["p99_ms"],
-          "base_rps":b["rps"],"during_rps":d["rps"],"during_max_ms":t.to_ms(m.group(1)) if m else None,
+          "base_rps":b["rps"],"during_rps":d["rps"],"during_max_ms":wmax(sys.argv[3]),
+          "control_p99_ms":c.get("p99_ms"),"control_rps":c.get("rps"),
+          "control_max_ms":wmax(sys.argv[9]) if c.get("p99_ms") is not None else None,
           "counters":delta})
 print(json.dumps(r))
 EOF
