@@ -7,7 +7,8 @@ use crate::account::record::{RequestRecord, TokenUsage};
 use crate::config::LogFormat;
 use crate::ops::logging::Logging;
 use std::io::Write;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
 /// Free-form values (user agent, model, key name) are cut to this many bytes.
 const MAX_FIELD: usize = 256;
@@ -20,8 +21,25 @@ pub fn write(log: &Logging, f: &RequestRecord, total: Duration, added: Duration,
         return;
     }
     let format = log.format();
-    let at = std::time::SystemTime::now();
+    let at = SystemTime::now();
     log.offer_access(|line| format_access(line, format, at, f, total, added, key_prefix));
+}
+
+/// A field's name as each format writes it before the value: `,"name":` or ` name=`, built
+/// at compile time by `key!` so a field costs one copy, not three.
+#[derive(Clone, Copy)]
+struct Key {
+    json: &'static str,
+    text: &'static str,
+}
+
+macro_rules! key {
+    ($name:literal) => {
+        Key {
+            json: concat!(",\"", $name, "\":"),
+            text: concat!(" ", $name, "="),
+        }
+    };
 }
 
 /// One field writer for either format: text is `key=value` (quoted and escaped when the value
@@ -32,16 +50,9 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn key(&mut self, k: &str) {
-        if self.json {
-            self.out.extend_from_slice(b",\"");
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.extend_from_slice(b"\":");
-        } else {
-            self.out.push(b' ');
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.push(b'=');
-        }
+    fn key(&mut self, k: Key) {
+        let k = if self.json { k.json } else { k.text };
+        self.out.extend_from_slice(k.as_bytes());
     }
 
     fn absent(&mut self) {
@@ -49,7 +60,7 @@ impl Fields<'_> {
         self.out.extend_from_slice(v);
     }
 
-    fn str(&mut self, k: &str, v: Option<&str>) {
+    fn str(&mut self, k: Key, v: Option<&str>) {
         self.key(k);
         match v {
             None => self.absent(),
@@ -69,7 +80,7 @@ impl Fields<'_> {
         }
     }
 
-    fn num(&mut self, k: &str, v: Option<u64>) {
+    fn num(&mut self, k: Key, v: Option<u64>) {
         self.key(k);
         match v {
             None => self.absent(),
@@ -79,17 +90,46 @@ impl Fields<'_> {
         }
     }
 
-    fn bool(&mut self, k: &str, v: bool) {
+    fn bool(&mut self, k: Key, v: bool) {
         self.key(k);
         let v: &[u8] = if v { b"true" } else { b"false" };
         self.out.extend_from_slice(v);
+    }
+
+    /// An address never needs quoting or escaping; an IPv4 one is written octet by octet
+    /// (the formatter's machinery cost more than the rest of the field).
+    fn addr(&mut self, k: Key, ip: IpAddr) {
+        self.key(k);
+        if self.json {
+            self.out.push(b'"');
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut n = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b'.');
+                    }
+                    self.out.extend_from_slice(n.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(self.out, "{v6}");
+            }
+        }
+        if self.json {
+            self.out.push(b'"');
+        }
     }
 }
 
 /// Whether a JSON string needs escapes: a control character, a quote or a backslash (what
 /// `serde_json` escapes; other characters are written as they are).
 fn needs_json_escape(v: &str) -> bool {
-    v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+    // No early exit: the loop is then one the compiler vectorizes.
+    v.bytes().fold(false, |hit, b| {
+        hit | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// A text value that needs no quotes: printable ASCII without quote, backslash or `=`.
@@ -145,66 +185,75 @@ fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str>
 pub fn format_access(
     out: &mut Vec<u8>,
     format: LogFormat,
-    at: std::time::SystemTime,
+    at: SystemTime,
     f: &RequestRecord,
     total: Duration,
     added: Duration,
     key_prefix: &str,
 ) {
     let json = format == LogFormat::Json;
-    let ts = humantime::format_rfc3339_micros(at);
+    // Room for a typical line at once, not a few regrowths of it.
+    out.reserve(640);
     if json {
-        let _ = write!(
-            out,
-            "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"target\":\"keygate::access\",\"message\":\"request\""
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        crate::time::write_rfc3339_micros(out, at);
+        out.extend_from_slice(
+            b"\",\"level\":\"INFO\",\"target\":\"keygate::access\",\"message\":\"request\"",
         );
     } else {
-        let _ = write!(out, "{ts}  INFO keygate::access: request");
+        crate::time::write_rfc3339_micros(out, at);
+        out.extend_from_slice(b"  INFO keygate::access: request");
     }
     let mut w = Fields { out, json };
-    w.str("request_id", f.request_id.to_str().ok());
-    w.key("client_addr");
-    // An address never needs quoting or escaping.
-    let _ = if json {
-        write!(w.out, "\"{}\"", f.client)
-    } else {
-        write!(w.out, "{}", f.client)
-    };
-    w.str("method", Some(f.method.as_str()));
+    w.str(key!("request_id"), f.request_id.to_str().ok());
+    w.addr(key!("client_addr"), f.client);
+    w.str(key!("method"), Some(f.method.as_str()));
     let path = f.path.as_ref().map(|p| logged_path(p.path(), key_prefix));
-    w.str("path", path.as_deref());
-    w.str("protocol", Some(protocol(f.version)));
+    w.str(key!("path"), path.as_deref());
+    w.str(key!("protocol"), Some(protocol(f.version)));
     let ua = f
         .user_agent
         .as_ref()
         .map(|v| String::from_utf8_lossy(v.as_bytes()));
-    w.str("user_agent", ua.as_deref().map(|s| clip(s, MAX_FIELD)));
-    w.str("key_id", f.key.as_ref().map(|k| &*k.id));
-    w.str("key_name", f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)));
-    w.str("route", (f.route != "-").then_some(f.route));
+    w.str(
+        key!("user_agent"),
+        ua.as_deref().map(|s| clip(s, MAX_FIELD)),
+    );
+    w.str(key!("key_id"), f.key.as_ref().map(|k| &*k.id));
+    w.str(
+        key!("key_name"),
+        f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)),
+    );
+    w.str(key!("route"), (f.route != "-").then_some(f.route));
     // The model usage is counted under: the request's, else the one the answer names (the
     // gateway reads a request's model only when it has to).
     let model = f.usage_model(Some(key_prefix));
-    w.str("model", (!model.is_empty()).then(|| clip(model, MAX_FIELD)));
-    w.str("upstream", f.upstream.as_deref());
-    w.num("status", Some(u64::from(f.status)));
-    w.str("error", f.error_code.or(f.stream_error.map(|e| e.code())));
-    w.bool("complete", f.complete);
-    w.num("latency_us", Some(total.as_micros() as u64));
+    w.str(
+        key!("model"),
+        (!model.is_empty()).then(|| clip(model, MAX_FIELD)),
+    );
+    w.str(key!("upstream"), f.upstream.as_deref());
+    w.num(key!("status"), Some(u64::from(f.status)));
+    w.str(
+        key!("error"),
+        f.error_code.or(f.stream_error.map(|e| e.code())),
+    );
+    w.bool(key!("complete"), f.complete);
+    w.num(key!("latency_us"), Some(total.as_micros() as u64));
     w.num(
-        "upstream_us",
+        key!("upstream_us"),
         f.upstream_latency.map(|d| d.as_micros() as u64),
     );
-    w.num("added_us", Some(added.as_micros() as u64));
+    w.num(key!("added_us"), Some(added.as_micros() as u64));
     let tokens = f.tokens.map(TokenUsage::tokens);
-    w.num("prompt_tokens", tokens.map(|t| t.prompt));
-    w.num("completion_tokens", tokens.map(|t| t.completion));
+    w.num(key!("prompt_tokens"), tokens.map(|t| t.prompt));
+    w.num(key!("completion_tokens"), tokens.map(|t| t.completion));
     w.bool(
-        "tokens_estimated",
+        key!("tokens_estimated"),
         f.tokens.is_some_and(TokenUsage::is_estimated),
     );
-    w.num("bytes_received", Some(f.bytes_received));
-    w.num("bytes_sent", Some(f.bytes_sent));
+    w.num(key!("bytes_received"), Some(f.bytes_received));
+    w.num(key!("bytes_sent"), Some(f.bytes_sent));
     if json {
         out.push(b'}');
     }
@@ -222,10 +271,10 @@ mod tests {
             out: &mut out,
             json: false,
         };
-        w.str("a", Some("plain/1.0"));
-        w.str("b", Some("two words \"q\"\nx"));
-        w.str("c", None);
-        w.str("d", Some(""));
+        w.str(key!("a"), Some("plain/1.0"));
+        w.str(key!("b"), Some("two words \"q\"\nx"));
+        w.str(key!("c"), None);
+        w.str(key!("d"), Some(""));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#" a=plain/1.0 b="two words \"q\"\nx" c=- d="""#
@@ -248,10 +297,52 @@ mod tests {
                 out: &mut out,
                 json: true,
             }
-            .str("k", Some(v));
+            .str(key!("k"), Some(v));
             let expected = format!(",\"k\":{}", serde_json::to_string(v).unwrap());
             assert_eq!(String::from_utf8(out).unwrap(), expected, "{v:?}");
         }
+    }
+
+    #[test]
+    fn addresses_are_written_as_displayed() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.12.7",
+            "::1",
+            "2001:db8::2",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            for json in [true, false] {
+                let mut out = Vec::new();
+                Fields {
+                    out: &mut out,
+                    json,
+                }
+                .addr(key!("a"), ip);
+                let want = if json {
+                    format!(",\"a\":\"{ip}\"")
+                } else {
+                    format!(" a={ip}")
+                };
+                assert_eq!(String::from_utf8(out).unwrap(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_are_found_anywhere_in_a_value() {
+        let long = "x".repeat(70);
+        for bad in ["\"", "\\", "\n", "\u{1f}"] {
+            for at in [0, 1, 31, 69] {
+                let mut v = long.clone();
+                v.insert_str(at, bad);
+                assert!(needs_json_escape(&v), "{v:?}");
+            }
+        }
+        assert!(!needs_json_escape(&long));
+        assert!(!needs_json_escape("héllo \u{7f} wörld"));
     }
 
     #[test]
