@@ -126,9 +126,14 @@ impl fmt::Display for OpenAiDuration {
 /// `humantime::format_rfc3339_micros` writes), digit by digit: through the formatter it cost
 /// the access line as much as all its other fields. A time before 1970 is written as 1970.
 pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
+    use chrono::Datelike;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    // chrono's calendar (the one quotas and usage buckets use), without its formatter.
+    let date = chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+        .unwrap_or_default()
+        .date_naive();
+    let year = u64::try_from(date.year()).unwrap_or(0);
     let of_day = secs % 86_400;
     if year < 10_000 {
         digits(out, year, 4);
@@ -136,9 +141,9 @@ pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
         out.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
     }
     out.push(b'-');
-    digits(out, month, 2);
+    digits(out, u64::from(date.month()), 2);
     out.push(b'-');
-    digits(out, day, 2);
+    digits(out, u64::from(date.day()), 2);
     out.push(b'T');
     digits(out, of_day / 3600, 2);
     out.push(b':');
@@ -158,21 +163,6 @@ fn digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
-}
-
-/// (year, month, day) of a day counted from 1970-01-01, in the proleptic Gregorian calendar
-/// (H. Hinnant's `civil_from_days`, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
