@@ -4,6 +4,12 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+// jemalloc, not glibc's malloc: see Cargo.toml. The one static the binary has, by the
+// language's design.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     keygate::cli::run(keygate::cli::Cli::parse())
 }

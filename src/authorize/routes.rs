@@ -95,23 +95,44 @@ pub fn is_normal_path(path: &str) -> bool {
 }
 
 /// Why a path could be read differently by an upstream, or `None` for a path in normal form.
-/// Allocation-free: the encoded forms are looked for only when the path has a `%`.
+/// One pass over the bytes, allocation-free: the encoded forms are looked for only when the
+/// path has a `%`. (The order of the checks decides which message a path with several
+/// problems gets: separators, then `;`, then dot segments, then encodings.)
 pub fn path_problem(path: &str) -> Option<&'static str> {
     const SEPARATORS: &str =
         "The request path is not in normal form (no `..`, `//` or encoded separators).";
     let b = path.as_bytes();
-    if !path.starts_with('/') || b.windows(2).any(|w| w == b"//") || b.contains(&b'\\') {
+    if b.first() != Some(&b'/') {
         return Some(SEPARATORS);
+    }
+    let (mut semicolon, mut percent, mut dot_segment) = (false, false, false);
+    let mut segment = 1; // where the current segment starts
+    for i in 1..=b.len() {
+        let c = b.get(i).copied();
+        match c {
+            Some(b'\\') => return Some(SEPARATORS),
+            Some(b';') => semicolon = true,
+            Some(b'%') => percent = true,
+            None | Some(b'/') => {
+                let seg = b.get(segment..i).unwrap_or_default();
+                if seg.is_empty() && c.is_some() {
+                    return Some(SEPARATORS); // `//`
+                }
+                dot_segment |= seg == b"." || seg == b"..";
+                segment = i + 1;
+            }
+            Some(_) => {}
+        }
     }
     // `/a/..;/b` is `/a/..` to a servlet container and `/b` to others: a path parameter is
     // no part of any API route.
-    if b.contains(&b';') {
+    if semicolon {
         return Some("The request path contains `;` (a path parameter); no API route has one.");
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    if dot_segment {
         return Some(SEPARATORS);
     }
-    if memchr::memchr(b'%', b).is_some() {
+    if percent {
         let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
         if encoded(b"%3b") {
             return Some(
@@ -305,5 +326,49 @@ mod tests {
         assert!(path_problem("/v1/audio/..;/chat").unwrap().contains("`;`"));
         assert!(is_normal_path("/v1/models/meta-llama/Llama-3.1-8B"));
         assert!(is_normal_path("/v1/models/a%20b"));
+        assert!(is_normal_path("/"));
+        assert!(is_normal_path("/v1/models/"));
+        assert!(is_normal_path("/v1/.well-known/x..y/...")); // dots inside a segment are fine
+        assert!(!is_normal_path(""));
+        assert!(!is_normal_path("v1/models"));
+        assert!(!is_normal_path("/v1/.."));
+        assert!(!is_normal_path("/v1/models//"));
+    }
+
+    /// The checks as first written, one scan per rule: the one-pass `path_problem` must give
+    /// the same answer, message included, for every path.
+    fn path_problem_by_rules(path: &str) -> Option<&'static str> {
+        const SEPARATORS: &str =
+            "The request path is not in normal form (no `..`, `//` or encoded separators).";
+        let b = path.as_bytes();
+        if !path.starts_with('/') || b.windows(2).any(|w| w == b"//") || b.contains(&b'\\') {
+            return Some(SEPARATORS);
+        }
+        if b.contains(&b';') {
+            return Some("The request path contains `;` (a path parameter); no API route has one.");
+        }
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Some(SEPARATORS);
+        }
+        if b.contains(&b'%') {
+            let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
+            if encoded(b"%3b") {
+                return Some(
+                    "The request path contains an encoded `;` (a path parameter); no API route has one.",
+                );
+            }
+            if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
+                return Some(SEPARATORS);
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn one_pass_agrees_with_the_rules(path in "/?(/[.;%\\\\a2fF3bB5cCe0]{0,4}){1,4}") {
+            proptest::prop_assert_eq!(path_problem(&path), path_problem_by_rules(&path));
+        }
     }
 }

@@ -161,6 +161,19 @@ impl crate::keys::file::Visit for Builder<'_> {
     }
 }
 
+/// The fewest bytes a record takes in a key file the writer wrote (an id, a hash, `last4`,
+/// the scopes and a creation time; `records_are_never_fewer_bytes_than_the_estimate_assumes`
+/// checks it).
+const RECORD_BYTES_AT_LEAST: usize = 160;
+
+/// How many records a key file of `len` bytes can hold, to size the index before reading
+/// it. It errs high on purpose: room never used is address space the kernel never backs,
+/// while a guess too low regrows the index's largest vectors at the end of the file, and
+/// jemalloc (which has no `mremap`) copies them, doubling the peak of a million-key load.
+pub(super) fn records_at_most(len: usize) -> usize {
+    len / RECORD_BYTES_AT_LEAST
+}
+
 /// Collects keys one record at a time as the reader hands them over, so a large file never
 /// exists as parsed records.
 pub(super) struct Builder<'a> {

@@ -103,7 +103,7 @@ impl KeyIndex {
         limits: &LimitDefaults,
         previous: Option<&KeyIndex>,
     ) -> Result<KeyIndex, StoreError> {
-        let records = source.len_hint() / 300;
+        let records = base::records_at_most(source.len_hint());
         let builder = source.read_with(|| Builder::new(limits, records))?;
         let base = builder.finish().map_err(|problem| StoreError::Invalid {
             path: source.path().to_path_buf(),

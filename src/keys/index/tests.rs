@@ -1,6 +1,6 @@
 //! Unit tests of the key index (a file of their own: the index itself is long enough).
 
-use super::base::ct_position;
+use super::base::{ct_position, records_at_most};
 use super::reload::Reloaded;
 use super::*;
 use crate::keys::entry::KeyName;
@@ -282,4 +282,29 @@ fn a_reload_compares_text_and_misses_no_change() {
     let k = next.entry(&file.keys[7].id).unwrap();
     let description = k.extra.as_ref().and_then(|x| x.description());
     assert_eq!(description, Some("edited by hand"));
+}
+
+#[test]
+fn records_are_never_fewer_bytes_than_the_estimate_assumes() {
+    // The smallest record the writer writes: a one-letter name, one scope, nothing optional.
+    let mut file = KeyFile::empty();
+    let now = Timestamp::now();
+    for _ in 0..1000 {
+        let new = NewKey {
+            name: "a".into(),
+            scopes: vec!["chat".into()],
+            ..Default::default()
+        };
+        file.create(new, "sk_kg", now).unwrap();
+    }
+    let text = crate::keys::writer::file_text(&file);
+    assert!(
+        records_at_most(text.len()) >= 1000,
+        "{} bytes for 1000 records: the index would be sized for {}",
+        text.len(),
+        records_at_most(text.len())
+    );
+    // And the guess stays within a small factor of the truth, so the room it leaves unused
+    // is bounded too.
+    assert!(records_at_most(text.len()) < 2000);
 }
