@@ -123,8 +123,9 @@ impl fmt::Display for OpenAiDuration {
 }
 
 /// Writes `at` in RFC 3339, UTC, with microseconds (`2026-12-01T07:15:00.706750Z`, what
-/// `humantime::format_rfc3339_micros` writes), digit by digit: through the formatter it cost
-/// the access line as much as all its other fields. A time before 1970 is written as 1970.
+/// `humantime::format_rfc3339_micros` writes), digit by digit into a stack buffer copied
+/// once: through the formatter it cost the access line as much as all its other fields. A
+/// time before 1970 is written as 1970.
 pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
     use chrono::Datelike;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -134,32 +135,24 @@ pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
         .unwrap_or_default()
         .date_naive();
     let year = u64::try_from(date.year()).unwrap_or(0);
-    let of_day = secs % 86_400;
-    if year < 10_000 {
-        digits(out, year, 4);
-    } else {
-        out.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
+    if year >= 10_000 {
+        out.extend_from_slice(itoa::Buffer::new().format(year / 10_000).as_bytes());
     }
-    out.push(b'-');
-    digits(out, u64::from(date.month()), 2);
-    out.push(b'-');
-    digits(out, u64::from(date.day()), 2);
-    out.push(b'T');
-    digits(out, of_day / 3600, 2);
-    out.push(b':');
-    digits(out, of_day / 60 % 60, 2);
-    out.push(b':');
-    digits(out, of_day % 60, 2);
-    out.push(b'.');
-    digits(out, u64::from(since.subsec_micros()), 6);
-    out.push(b'Z');
+    let of_day = secs % 86_400;
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    digits(&mut b[0..4], year);
+    digits(&mut b[5..7], u64::from(date.month()));
+    digits(&mut b[8..10], u64::from(date.day()));
+    digits(&mut b[11..13], of_day / 3600);
+    digits(&mut b[14..16], of_day / 60 % 60);
+    digits(&mut b[17..19], of_day % 60);
+    digits(&mut b[20..26], u64::from(since.subsec_micros()));
+    out.extend_from_slice(&b);
 }
 
-/// `n`'s last `width` decimal digits, zero-padded.
-fn digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for d in out[start..].iter_mut().rev() {
+/// Fills `to` with `n`'s last `to.len()` decimal digits, zero-padded.
+fn digits(to: &mut [u8], mut n: u64) {
+    for d in to.iter_mut().rev() {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
@@ -194,6 +187,11 @@ mod tests {
         let mut out = Vec::new();
         write_rfc3339_micros(&mut out, UNIX_EPOCH - Duration::from_secs(5));
         assert_eq!(out, b"1970-01-01T00:00:00.000000Z");
+        // Past humantime's range: the year keeps all its digits.
+        out.clear();
+        let y10k = UNIX_EPOCH + Duration::from_secs(253_402_300_800) + Duration::from_micros(7);
+        write_rfc3339_micros(&mut out, y10k);
+        assert_eq!(out, b"10000-01-01T00:00:00.000007Z");
     }
 
     #[test]
