@@ -738,7 +738,10 @@ if command -v perf >/dev/null && perf record -e cpu-clock -o "$WORK/perf-probe.d
         WRK_BG=$!
         PIDS+=("$WRK_BG")
         sleep 1
-        taskset -c $LOAD_CPU timeout 20 perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "${PID_OF[$n]}" \
+        # The bound is generous: with DWARF call graphs perf writes ~100 MB for 3 s. Under a
+        # 20 s bound, on a slow machine, one run's second recording came out as an empty
+        # file with no summary line, as if killed mid-write.
+        taskset -c $LOAD_CPU timeout 90 perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "${PID_OF[$n]}" \
             -o "$data" -- sleep 3 >"$WORK/perf-record-$n.log" 2>&1 || true
         wait "$WRK_BG" || true
         # Every symbol with its sample count, for the side-by-side in the report.
