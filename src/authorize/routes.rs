@@ -94,13 +94,14 @@ pub fn is_normal_path(path: &str) -> bool {
     path_problem(path).is_none()
 }
 
+const SEPARATORS: &str =
+    "The request path is not in normal form (no `..`, `//` or encoded separators).";
+
 /// Why a path could be read differently by an upstream, or `None` for a path in normal form.
 /// One pass over the bytes, allocation-free: the encoded forms are looked for only when the
 /// path has a `%`. (The order of the checks decides which message a path with several
 /// problems gets: separators, then `;`, then dot segments, then encodings.)
 pub fn path_problem(path: &str) -> Option<&'static str> {
-    const SEPARATORS: &str =
-        "The request path is not in normal form (no `..`, `//` or encoded separators).";
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
         return Some(SEPARATORS);
@@ -133,15 +134,21 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         return Some(SEPARATORS);
     }
     if percent {
-        let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
-        if encoded(b"%3b") {
-            return Some(
-                "The request path contains an encoded `;` (a path parameter); no API route has one.",
-            );
-        }
-        if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
-            return Some(SEPARATORS);
-        }
+        return encoding_problem(b);
+    }
+    None
+}
+
+/// Why a path with a `%` could be read differently: an encoded `;`, separator, dot or NUL.
+fn encoding_problem(b: &[u8]) -> Option<&'static str> {
+    let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
+    if encoded(b"%3b") {
+        return Some(
+            "The request path contains an encoded `;` (a path parameter); no API route has one.",
+        );
+    }
+    if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
+        return Some(SEPARATORS);
     }
     None
 }
@@ -335,11 +342,10 @@ mod tests {
         assert!(!is_normal_path("/v1/models//"));
     }
 
-    /// The checks as first written, one scan per rule: the one-pass `path_problem` must give
-    /// the same answer, message included, for every path.
+    /// The checks as first written, one scan per rule (the encodings' check, unchanged, is
+    /// shared): the one-pass `path_problem` must give the same answer, message included, for
+    /// every path.
     fn path_problem_by_rules(path: &str) -> Option<&'static str> {
-        const SEPARATORS: &str =
-            "The request path is not in normal form (no `..`, `//` or encoded separators).";
         let b = path.as_bytes();
         if !path.starts_with('/') || b.windows(2).any(|w| w == b"//") || b.contains(&b'\\') {
             return Some(SEPARATORS);
@@ -351,15 +357,7 @@ mod tests {
             return Some(SEPARATORS);
         }
         if b.contains(&b'%') {
-            let encoded = |e: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(e));
-            if encoded(b"%3b") {
-                return Some(
-                    "The request path contains an encoded `;` (a path parameter); no API route has one.",
-                );
-            }
-            if [b"%2f", b"%2e", b"%5c", b"%00"].iter().any(|e| encoded(*e)) {
-                return Some(SEPARATORS);
-            }
+            return encoding_problem(b);
         }
         None
     }
