@@ -71,6 +71,18 @@ async fn until(r: &Receiver, what: &str, cond: impl Fn(&Receiver) -> bool) {
     assert!(ok, "never {what}; received {:?}", r.events());
 }
 
+/// Waits until `r` has answered a notification about `key` with `status`. Called before
+/// anything else is queued: the receiver's planned answers go to whatever comes first, and
+/// the deliverer may pick another notification due at the same instant.
+async fn answered(r: &Receiver, key: &str, status: u16) {
+    until(r, &format!("a {status} for {key}"), |r| {
+        r.received()
+            .iter()
+            .any(|x| x.key_id() == key && x.answered == status)
+    })
+    .await;
+}
+
 /// Makes the notifier of `g` look at the key set once more (a key expiring within the hour,
 /// created), waits for that key's notification and for an empty queue: whatever that look
 /// found has been sent by then, so counts taken now are final.
@@ -492,6 +504,7 @@ async fn a_failing_receiver_is_retried_with_backoff_and_a_refusal_is_not() {
     )
     .await;
     assert_eq!(disable.status, 200);
+    answered(&r, &refused, 400).await;
     settle(&g, &r).await;
     let tries = r
         .received()
@@ -739,6 +752,7 @@ async fn the_token_is_sent_and_no_secret_is_logged() {
     let (b, b_key) = env.create("refused", &[]);
     r.plan(&[Reply::Status(401)]);
     env.cli(&["keys", "disable", &b]);
+    answered(&r, &b, 401).await;
     env.settle(&r).await;
     logged(&served, "the webhook refused a notification").await;
     assert_eq!(served.count("notification not delivered"), 1);
