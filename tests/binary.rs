@@ -122,3 +122,73 @@ async fn serve_keeps_usage_across_a_restart_and_drains_on_sigterm() {
         assert!(v["last_used_at"].is_string());
     }
 }
+
+/// With one core (here `TOKIO_WORKER_THREADS=1`) the gateway runs tokio's single-threaded
+/// runtime, and everything that runs beside the requests still works there: the file
+/// watcher's reload (its own thread), the admin API's blocking work, and the drain.
+#[tokio::test]
+async fn one_core_serves_everything_on_one_runtime_thread() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\npoll_interval = \"100ms\"\n[[upstream]]\nurl = \"http://{}\"\n", mock.addr),
+    )
+    .unwrap();
+    let (key, id) = cli_create_key(&cfg, "u");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["keys", "create", "--name", "admin", "--scopes", "admin", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let admin = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut served = serve_with(&cfg, |c| {
+        c.env("TOKIO_WORKER_THREADS", "1");
+    });
+    let said = eventually(std::time::Duration::from_secs(5), || {
+        let n = served.count("single-threaded runtime");
+        async move { n == 1 }
+    })
+    .await;
+    assert!(said, "{:?}", served.logs.lock().unwrap());
+    let chat = chat_with(&served, &key).await;
+    assert_eq!(chat.status, 200, "{:?}", chat.body);
+    let created = send(
+        Method::POST,
+        &served.url("/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        r#"{"name":"made-by-the-api"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["keys", "revoke", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let refused = eventually(std::time::Duration::from_secs(10), || async {
+        chat_with(&served, &key).await.status == 401
+    })
+    .await;
+    assert!(refused, "the revoke in the file was never applied");
+    sigterm(&served.child);
+    assert!(served.child.wait().unwrap().success());
+}
+
+async fn chat_with(served: &Served, key: &str) -> Answer {
+    send(
+        Method::POST,
+        &served.url("/v1/chat/completions"),
+        &[("authorization", &bearer(key))],
+        CHAT,
+    )
+    .await
+}

@@ -15,11 +15,33 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The runtime: tokio's single-threaded one when the process has one core to run on (a pod
+/// with a CPU limit of 1, `taskset`, `TOKIO_WORKER_THREADS=1`), the multi-threaded one
+/// otherwise. With one worker the multi-threaded runtime still polls the main future on a
+/// thread of its own, hands tasks between the two and pays for work stealing that has no one
+/// to steal from; the single-threaded one runs every task where it was woken.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
+    let workers = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let mut builder = if one_core(workers.as_deref(), std::thread::available_parallelism().ok()) {
+        tracing::info!("one core: requests run on tokio's single-threaded runtime");
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// Whether one worker is all the process gets: `TOKIO_WORKER_THREADS` when it is a number
+/// (tokio's own multi-threaded runtime reads it too), else the cores available to it (std
+/// counts the CPU affinity mask and a cgroup CPU quota).
+fn one_core(workers_env: Option<&str>, available: Option<std::num::NonZeroUsize>) -> bool {
+    match workers_env.and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n) => n == 1,
+        None => available.is_some_and(|n| n.get() == 1),
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -283,4 +305,21 @@ pub fn mock(addr: SocketAddr) -> Result<(), CliError> {
         .await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_core;
+    use std::num::NonZeroUsize;
+
+    #[test]
+    fn one_worker_is_asked_for_or_all_there_is() {
+        let cores = |n| NonZeroUsize::new(n);
+        assert!(one_core(Some("1"), cores(8)), "the variable wins");
+        assert!(!one_core(Some("4"), cores(1)), "the variable wins");
+        assert!(one_core(None, cores(1)));
+        assert!(!one_core(None, cores(2)));
+        assert!(one_core(Some("many"), cores(1)), "not a number: the cores decide");
+        assert!(!one_core(None, None), "unknown: as many as tokio finds");
+    }
 }
