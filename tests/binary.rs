@@ -140,7 +140,9 @@ async fn one_core_serves_everything_on_one_runtime_thread() {
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&cfg)
-        .args(["keys", "create", "--name", "admin", "--scopes", "admin", "--json"])
+        .args([
+            "keys", "create", "--name", "admin", "--scopes", "admin", "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -22,7 +22,10 @@ use tokio::net::TcpListener;
 /// to steal from; the single-threaded one runs every task where it was woken.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     let workers = std::env::var("TOKIO_WORKER_THREADS").ok();
-    let mut builder = if one_core(workers.as_deref(), std::thread::available_parallelism().ok()) {
+    let mut builder = if one_core(
+        workers.as_deref(),
+        std::thread::available_parallelism().ok(),
+    ) {
         tracing::info!("one core: requests run on tokio's single-threaded runtime");
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -319,7 +322,10 @@ mod tests {
         assert!(!one_core(Some("4"), cores(1)), "the variable wins");
         assert!(one_core(None, cores(1)));
         assert!(!one_core(None, cores(2)));
-        assert!(one_core(Some("many"), cores(1)), "not a number: the cores decide");
+        assert!(
+            one_core(Some("many"), cores(1)),
+            "not a number: the cores decide"
+        );
         assert!(!one_core(None, None), "unknown: as many as tokio finds");
     }
 }

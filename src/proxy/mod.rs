@@ -33,7 +33,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use request_body::UpBody;
 use response_body::{json, Body};
+use revoke::RevokeWatch;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use upstream::{upstream_request, ForwardInfo, Upstream};
 
@@ -110,13 +114,17 @@ pub async fn send(
     let sent = Instant::now();
     let before = sent - record.started;
     let state = key.state();
-    let (resp, lease) = tokio::select! {
-        biased;
-        () = state.revocation.revoked() => {
-            return Err(state.revocation.ended().map_or(GatewayError::RevokedKey, GatewayError::from));
+    // The key's waiter list is locked once to wait and once when done, not at every poll.
+    let mut revoke = pin!(RevokeWatch::new(state));
+    let mut sending = pin!(upstream.send(up));
+    let (resp, lease) = poll_fn(|cx| {
+        if revoke.as_mut().poll_revoked(cx).is_ready() {
+            let why = revoke.ended();
+            return Poll::Ready(Err(why.map_or(GatewayError::RevokedKey, GatewayError::from)));
         }
-        r = upstream.send(up) => r?,
-    };
+        sending.as_mut().poll(cx)
+    })
+    .await?;
     let upstream_latency = sent.elapsed();
     record.upstream_latency = Some(upstream_latency);
     let (mut parts, incoming) = resp.into_parts();

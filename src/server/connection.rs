@@ -31,10 +31,12 @@
 //! `header_read_timeout` and every quarter of `write_timeout`, which is soon enough to find a
 //! head that started since, and then times that head from its first byte.
 
-use std::future::Future;
-use std::pin::Pin;
+use super::nudge::Nudged;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -207,6 +209,7 @@ pub enum Ended<E> {
 
 /// Polls `conn` to its end, applying the deadlines; `graceful` asks it to close. `stop`
 /// changing (or its sender going away) is the server shutting down.
+/// The stop signal and the timer are polled only when they woke the task (`nudge`).
 pub async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
@@ -217,81 +220,135 @@ pub async fn drive<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    let check_every = (d.write / PARTS).max(Duration::from_millis(1));
-    let mut next_check = Instant::now() + check_every;
-    // When the driver asked the connection to close.
-    let mut closing: Option<Instant> = None;
+    let mut clock = Clock::new(d);
     let mut stopping = *stop.borrow_and_update();
     if stopping {
         graceful(conn.as_mut());
-        closing = Some(Instant::now());
+        clock.closing = Some(Instant::now());
     }
     // The first wake works out the first deadline.
-    let timer = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => return Ended::Done(r),
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                if closing.is_none() {
-                    graceful(conn.as_mut());
-                    closing = Some(Instant::now());
+    let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
+    let mut stopped = pin!(stop.changed());
+    let (stop_nudge, timer_nudge) = (Nudged::new(), Nudged::new());
+    let mut task: Option<Waker> = None;
+    poll_fn(|cx| {
+        if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            stop_nudge.wakes(cx.waker());
+            timer_nudge.wakes(cx.waker());
+            task = Some(cx.waker().clone());
+        }
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Ended::Done(r));
+        }
+        let mut closed = false;
+        if !stopping
+            && stop_nudge.take()
+            && stopped.as_mut().poll(&mut stop_nudge.context()).is_ready()
+        {
+            stopping = true;
+            closed = clock.closing.is_none();
+        }
+        while timer_nudge.take() && timer.as_mut().poll(&mut timer_nudge.context()).is_ready() {
+            match clock.fired(activity) {
+                Ok((wake, close)) => {
+                    closed |= close;
+                    timer.as_mut().reset(wake);
+                    // Polled again to wait for the new deadline.
+                    timer_nudge.mark();
                 }
-            }
-            _ = timer.as_mut() => {
-                let now = Instant::now();
-                if now >= next_check {
-                    if activity.next_period() {
-                        return Ended::Cut(Cut::WriteStalled);
-                    }
-                    next_check = now + check_every;
-                }
-                // Never asleep longer than a head may take: a head that starts while the
-                // driver sleeps is found in time to be cut at its own deadline.
-                let mut wake = next_check.min(now + d.header_read);
-                match activity.idle_since() {
-                    // Busy: whenever its last request ends, a deadline counts from then, so
-                    // none can come sooner than a whole one from now.
-                    None => {
-                        let soonest = if closing.is_some() { d.header_read } else { d.idle };
-                        wake = wake.min(now + soonest);
-                    }
-                    Some(idle) => match closing {
-                        Some(asked) => {
-                            let give_up = asked.max(idle) + d.header_read;
-                            if now >= give_up {
-                                return Ended::Cut(Cut::CloseIgnored);
-                            }
-                            wake = wake.min(give_up);
-                        }
-                        None => {
-                            let used = activity.used.load(Ordering::Acquire);
-                            let head = activity.head_since();
-                            // A head being read: cut at its deadline (hyper would wait for
-                            // it to finish before closing gracefully). The first request's
-                            // deadline counts from the accept.
-                            let deadline = match (used, head) {
-                                (false, _) => idle + d.header_read,
-                                (true, Some(h)) => h + d.header_read,
-                                (true, None) => idle + d.idle,
-                            };
-                            if now >= deadline {
-                                if head.is_some() {
-                                    return Ended::Cut(Cut::HeadTimeout);
-                                }
-                                graceful(conn.as_mut());
-                                closing = Some(now);
-                                wake = wake.min(now + d.header_read);
-                            } else {
-                                wake = wake.min(deadline);
-                            }
-                        }
-                    },
-                }
-                timer.as_mut().reset(wake);
+                Err(cut) => return Poll::Ready(Ended::Cut(cut)),
             }
         }
+        if closed {
+            graceful(conn.as_mut());
+            clock.closing.get_or_insert_with(Instant::now);
+            // hyper acts on it when polled next.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The driver's reckoning of deadlines, made when its timer fires.
+struct Clock {
+    d: Deadlines,
+    check_every: Duration,
+    next_check: Instant,
+    /// When the driver asked the connection to close.
+    closing: Option<Instant>,
+}
+
+impl Clock {
+    fn new(d: Deadlines) -> Clock {
+        let check_every = (d.write / PARTS).max(Duration::from_millis(1));
+        Clock {
+            d,
+            check_every,
+            next_check: Instant::now() + check_every,
+            closing: None,
+        }
+    }
+
+    /// The timer fired: the connection is cut, or (when to wake next, whether to ask the
+    /// connection to close now).
+    fn fired(&mut self, activity: &Activity) -> Result<(Instant, bool), Cut> {
+        let d = self.d;
+        let now = Instant::now();
+        if now >= self.next_check {
+            if activity.next_period() {
+                return Err(Cut::WriteStalled);
+            }
+            self.next_check = now + self.check_every;
+        }
+        // Never asleep longer than a head may take: a head that starts while the driver
+        // sleeps is found in time to be cut at its own deadline.
+        let mut wake = self.next_check.min(now + d.header_read);
+        let mut close = false;
+        match activity.idle_since() {
+            // Busy: whenever its last request ends, a deadline counts from then, so none can
+            // come sooner than a whole one from now.
+            None => {
+                let soonest = if self.closing.is_some() {
+                    d.header_read
+                } else {
+                    d.idle
+                };
+                wake = wake.min(now + soonest);
+            }
+            Some(idle) => match self.closing {
+                Some(asked) => {
+                    let give_up = asked.max(idle) + d.header_read;
+                    if now >= give_up {
+                        return Err(Cut::CloseIgnored);
+                    }
+                    wake = wake.min(give_up);
+                }
+                None => {
+                    let used = activity.used.load(Ordering::Acquire);
+                    let head = activity.head_since();
+                    // A head being read: cut at its deadline (hyper would wait for it to
+                    // finish before closing gracefully). The first request's deadline counts
+                    // from the accept.
+                    let deadline = match (used, head) {
+                        (false, _) => idle + d.header_read,
+                        (true, Some(h)) => h + d.header_read,
+                        (true, None) => idle + d.idle,
+                    };
+                    if now >= deadline {
+                        if head.is_some() {
+                            return Err(Cut::HeadTimeout);
+                        }
+                        close = true;
+                        self.closing = Some(now);
+                        wake = wake.min(now + d.header_read);
+                    } else {
+                        wake = wake.min(deadline);
+                    }
+                }
+            },
+        }
+        Ok((wake, close))
     }
 }
 
