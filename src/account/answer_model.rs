@@ -11,10 +11,10 @@ static MODEL: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"model\""));
 
 /// The value of the first complete `"model": "…"` in `chunk`, if it is a plain UTF-8 string
-/// (no escape) of at most `MAX_MODEL_LEN` bytes: a slice of the chunk (no copy, no
-/// allocation). Inside a JSON string a quote is escaped, so the bytes `"model"` can only be a
-/// field name.
-pub fn find(chunk: &Bytes) -> Option<Bytes> {
+/// (no escape) of at most `MAX_MODEL_LEN` bytes. Inside a JSON string a quote is escaped, so
+/// the bytes `"model"` can only be a field name. A `String`: checked as UTF-8 once here, not
+/// at each of the two to five places the settlement reads it.
+pub fn find(chunk: &Bytes) -> Option<String> {
     MODEL.find_iter(chunk).find_map(|pos| {
         let rest = trim_ws(&chunk[pos + MODEL.needle().len()..]);
         let rest = trim_ws(rest.strip_prefix(b":")?);
@@ -24,14 +24,8 @@ pub fn find(chunk: &Bytes) -> Option<Bytes> {
         if rest[end] != b'"' || value.len() > crate::keys::usage::MAX_MODEL_LEN {
             return None;
         }
-        std::str::from_utf8(value).ok()?;
-        Some(chunk.slice_ref(value))
+        String::from_utf8(value.to_vec()).ok()
     })
-}
-
-/// A model `find` returned, as text.
-pub fn text(model: &Bytes) -> &str {
-    std::str::from_utf8(model).unwrap_or("")
 }
 
 fn trim_ws(b: &[u8]) -> &[u8] {
@@ -44,7 +38,7 @@ mod tests {
     use super::*;
 
     fn model_in(chunk: &'static [u8]) -> Option<String> {
-        find(&Bytes::from_static(chunk)).map(|m| text(&m).to_string())
+        find(&Bytes::from_static(chunk))
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl RequestRecord {
             return m;
         }
         match (&self.answer_model, prefix) {
-            (Some(m), Some(prefix)) if !looks_like_key(m, prefix) => answer_model::text(m),
+            (Some(m), Some(prefix)) if !looks_like_key(m.as_bytes(), prefix) => m,
             _ => "",
         }
     }

@@ -22,10 +22,9 @@ pub struct RequestRecord {
     pub method: http::Method,
     pub route: &'static str,
     pub model: Option<String>,
-    /// The model the upstream's answer names (`answer_model::find`: a slice of the answer,
-    /// UTF-8): usage is counted under it when the request's own model was not read (`model`
-    /// is `None`).
-    pub answer_model: Option<bytes::Bytes>,
+    /// The model the upstream's answer names (`answer_model::find`): usage is counted under
+    /// it when the request's own model was not read (`model` is `None`).
+    pub answer_model: Option<String>,
     pub status: u16,
     pub error_code: Option<&'static str>,
     pub started: std::time::Instant,
