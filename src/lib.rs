@@ -22,6 +22,7 @@
 //! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them) |
 //! | `server/accept.rs` | accepting while out of descriptors, the per-address cap, raising the open-file limit |
 //! | `server/connection.rs` | a connection's driver: header-read, idle and write deadlines, graceful close |
+//! | `server/nudge.rs` | a waker per future the driver polls beside hyper, so it polls only what woke it |
 //! | `server/detect.rs` | the first bytes of a connection bounded in time; clients that cancel what they ask |
 //! | `server/peer.rs` | `Peer`: the peer, TLS or not, the client address behind trusted proxies |
 //! | `server/request_id.rs` | request ids: the client's when it may be kept, else the gateway's |
