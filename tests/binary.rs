@@ -194,3 +194,26 @@ async fn chat_with(served: &Served, key: &str) -> Answer {
     )
     .await
 }
+
+/// A `TOKIO_WORKER_THREADS` that is not a number of threads is refused with a message, not a
+/// panic (tokio's own reading of it panics).
+#[tokio::test]
+async fn a_bad_worker_count_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    for bad in ["0", "many"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(
+            err.contains("TOKIO_WORKER_THREADS") && !err.contains("panicked"),
+            "{bad}: {err}"
+        );
+    }
+}

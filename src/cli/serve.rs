@@ -25,7 +25,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     let mut builder = if one_core(
         workers.as_deref(),
         std::thread::available_parallelism().ok(),
-    ) {
+    )? {
         tracing::info!("one core: requests run on tokio's single-threaded runtime");
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -37,13 +37,22 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
 }
 
-/// Whether one worker is all the process gets: `TOKIO_WORKER_THREADS` when it is a number
-/// (tokio's own multi-threaded runtime reads it too), else the cores available to it (std
-/// counts the CPU affinity mask and a cgroup CPU quota).
-fn one_core(workers_env: Option<&str>, available: Option<std::num::NonZeroUsize>) -> bool {
-    match workers_env.and_then(|v| v.trim().parse::<usize>().ok()) {
-        Some(n) => n == 1,
-        None => available.is_some_and(|n| n.get() == 1),
+/// Whether one worker is all the process gets: `TOKIO_WORKER_THREADS` when set (tokio's own
+/// multi-threaded runtime reads it too, and panics on a value that is not a positive number:
+/// refused here first, with a message), else the cores available to it (std counts the CPU
+/// affinity mask and a cgroup CPU quota).
+fn one_core(
+    workers_env: Option<&str>,
+    available: Option<std::num::NonZeroUsize>,
+) -> Result<bool, CliError> {
+    match workers_env {
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n == 1),
+            _ => Err(CliError::Runtime(format!(
+                "TOKIO_WORKER_THREADS must be a whole number of threads above 0, not {v:?}"
+            ))),
+        },
+        None => Ok(available.is_some_and(|n| n.get() == 1)),
     }
 }
 
@@ -318,14 +327,18 @@ mod tests {
     #[test]
     fn one_worker_is_asked_for_or_all_there_is() {
         let cores = |n| NonZeroUsize::new(n);
-        assert!(one_core(Some("1"), cores(8)), "the variable wins");
-        assert!(!one_core(Some("4"), cores(1)), "the variable wins");
-        assert!(one_core(None, cores(1)));
-        assert!(!one_core(None, cores(2)));
+        let one = |env, n| one_core(env, cores(n)).unwrap();
+        assert!(one(Some("1"), 8), "the variable wins");
+        assert!(!one(Some("4"), 1), "the variable wins");
+        assert!(one(None, 1));
+        assert!(!one(None, 2));
         assert!(
-            one_core(Some("many"), cores(1)),
-            "not a number: the cores decide"
+            !one_core(None, None).unwrap(),
+            "unknown: as many as tokio finds"
         );
-        assert!(!one_core(None, None), "unknown: as many as tokio finds");
+        for bad in ["many", "0", "", " 2", "-1"] {
+            let e = one_core(Some(bad), cores(2)).unwrap_err().to_string();
+            assert!(e.contains("TOKIO_WORKER_THREADS") && e.contains(bad), "{e}");
+        }
     }
 }
