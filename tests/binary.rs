@@ -202,7 +202,13 @@ async fn a_bad_worker_count_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    for bad in ["0", "many"] {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff");
+    for bad in [
+        std::ffi::OsStr::new("0"),
+        std::ffi::OsStr::new("many"),
+        not_utf8,
+    ] {
         let out = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -210,10 +216,10 @@ async fn a_bad_worker_count_is_refused_with_a_message() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
         assert!(
             err.contains("TOKIO_WORKER_THREADS") && !err.contains("panicked"),
-            "{bad}: {err}"
+            "{bad:?}: {err}"
         );
     }
 }

@@ -21,7 +21,15 @@ use tokio::net::TcpListener;
 /// thread of its own, hands tasks between the two and pays for work stealing that has no one
 /// to steal from; the single-threaded one runs every task where it was woken.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    let workers = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(CliError::Runtime(format!(
+                "TOKIO_WORKER_THREADS must be a whole number of threads above 0, not {v:?}"
+            )))
+        }
+    };
     let mut builder = if one_core(
         workers.as_deref(),
         std::thread::available_parallelism().ok(),

@@ -7,7 +7,7 @@ use crate::limit::inflight::InFlight;
 use crate::limit::quota::QuotaState;
 use crate::limit::rate::RateCell;
 use crate::limit::tokens::TokenBucket;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -34,6 +34,9 @@ pub struct KeyState {
 pub struct Revocation {
     /// 0 while the key may run, else an `Ended` as its `u8`.
     ended: AtomicU8,
+    /// How many times the waiters were woken: a waiter that slept through a revoke a restore
+    /// has undone since sees it changed, and waits again with a new registration.
+    wakes: AtomicU32,
     notify: OnceLock<Arc<Notify>>,
 }
 
@@ -69,8 +72,14 @@ impl Revocation {
     /// flag or is woken.
     pub(crate) fn revoke(&self, why: Ended) {
         if self.ended.swap(why as u8, Ordering::SeqCst) == 0 {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
             self.notify().notify_waiters();
         }
+    }
+
+    /// How many times a revoke woke the waiters.
+    pub fn wakes(&self) -> u32 {
+        self.wakes.load(Ordering::SeqCst)
     }
 
     /// The key is active again (its `revoked_at` was removed by hand): new requests run.
