@@ -391,18 +391,14 @@ fn an_old_pretty_printed_file_loads_and_the_first_write_makes_it_compact() {
 /// gets when its key is disabled after the upstream's head arrived and before the body went
 /// out: a disable ends the key's running requests, and the answer's status was already given.
 async fn chat(addr: std::net::SocketAddr, key: &str) -> Option<(u16, String, Option<String>)> {
-    use http_body_util::BodyExt;
-    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("authorization", common::bearer(key))
-        .body(http_body_util::Full::new(bytes::Bytes::from(common::CHAT)))
-        .unwrap();
-    let resp = common::client().request(req).await.ok()?;
-    let (parts, body) = resp.into_parts();
-    let a = common::Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.ok()?.to_bytes(),
-    };
+    let a = common::try_send(
+        http::Method::POST,
+        &format!("http://{addr}/v1/chat/completions"),
+        &[("authorization", &common::bearer(key))],
+        common::CHAT,
+    )
+    .await
+    .ok()?;
     let code = if a.status == 200 {
         String::new()
     } else {

@@ -24,11 +24,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     let workers = match std::env::var("TOKIO_WORKER_THREADS") {
         Ok(v) => Some(v),
         Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(v)) => {
-            return Err(CliError::Runtime(format!(
-                "TOKIO_WORKER_THREADS must be a whole number of threads above 0, not {v:?}"
-            )))
-        }
+        Err(std::env::VarError::NotUnicode(v)) => return Err(bad_workers(v)),
     };
     let mut builder = if one_core(
         workers.as_deref(),
@@ -45,6 +41,12 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
 }
 
+fn bad_workers(v: impl std::fmt::Debug) -> CliError {
+    CliError::Runtime(format!(
+        "TOKIO_WORKER_THREADS must be a whole number of threads above 0, not {v:?}"
+    ))
+}
+
 /// Whether one worker is all the process gets: `TOKIO_WORKER_THREADS` when set (tokio's own
 /// multi-threaded runtime reads it too, and panics on a value that is not a positive number:
 /// refused here first, with a message), else the cores available to it (std counts the CPU
@@ -56,9 +58,7 @@ fn one_core(
     match workers_env {
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => Ok(n == 1),
-            _ => Err(CliError::Runtime(format!(
-                "TOKIO_WORKER_THREADS must be a whole number of threads above 0, not {v:?}"
-            ))),
+            _ => Err(bad_workers(v)),
         },
         None => Ok(available.is_some_and(|n| n.get() == 1)),
     }

@@ -89,7 +89,8 @@ impl Revocation {
         }
     }
 
-    /// Completes once the key is revoked.
+    /// Completes once the key is revoked (for tests: requests hold a `RevokeWatch`).
+    #[cfg(test)]
     pub async fn revoked(&self) {
         loop {
             let woken = self.notify().notified();

@@ -87,15 +87,8 @@ impl RevokeWatch {
 mod tests {
     use super::*;
     use crate::keys::state::Ended;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::server::nudge::counting_waker;
+    use std::sync::atomic::Ordering;
 
     /// A disable undone by an enable before the waiting request looked: the request keeps
     /// waiting, and the next disable still wakes and ends it.
@@ -103,20 +96,19 @@ mod tests {
     fn a_revoke_undone_before_the_poll_leaves_the_watch_armed() {
         let state = Arc::new(KeyState::default());
         let mut watch = std::pin::pin!(RevokeWatch::new(&state));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&count));
+        let (waker, count) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(watch.as_mut().poll_revoked(&mut cx).is_pending());
         state.revocation.revoke(Ended::Disabled);
         state.revocation.restore();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken by the disable");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "woken by the disable");
         assert!(
             watch.as_mut().poll_revoked(&mut cx).is_pending(),
             "enabled again"
         );
         state.revocation.revoke(Ended::Disabled);
         assert_eq!(
-            count.0.load(Ordering::SeqCst),
+            count.load(Ordering::SeqCst),
             2,
             "woken by the second disable"
         );

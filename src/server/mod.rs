@@ -18,7 +18,7 @@
 pub mod accept;
 pub mod connection;
 pub mod detect;
-mod nudge;
+pub(crate) mod nudge;
 pub mod peer;
 pub mod request_id;
 pub mod tls;

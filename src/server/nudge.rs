@@ -18,35 +18,13 @@ struct Nudge {
     task: Mutex<Option<Waker>>,
 }
 
-impl Nudge {
-    /// A nudge already marked: its future is polled at the task's first chance.
-    fn new() -> Arc<Nudge> {
-        Arc::new(Nudge {
-            marked: AtomicBool::new(true),
-            task: Mutex::new(None),
-        })
-    }
-
-    fn take(&self) -> bool {
-        self.marked.swap(false, Ordering::AcqRel)
-    }
-
-    fn mark(&self) {
-        self.marked.store(true, Ordering::Release);
-    }
-
-    fn wakes(&self, task: &Waker) {
-        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
-    }
-}
-
 impl Wake for Nudge {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.mark();
+        self.marked.store(true, Ordering::Release);
         if let Some(task) = self
             .task
             .lock()
@@ -65,8 +43,12 @@ pub struct Nudged {
 }
 
 impl Nudged {
+    /// Already marked: the future is polled at the task's first chance.
     pub fn new() -> Nudged {
-        let nudge = Nudge::new();
+        let nudge = Arc::new(Nudge {
+            marked: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
         Nudged {
             waker: Waker::from(Arc::clone(&nudge)),
             nudge,
@@ -75,17 +57,21 @@ impl Nudged {
 
     /// Whether the future was woken (or marked) since the last call; unmarks it.
     pub fn take(&self) -> bool {
-        self.nudge.take()
+        self.nudge.marked.swap(false, Ordering::AcqRel)
     }
 
     /// Asks for a poll without a wake: the caller is about to look anyway.
     pub fn mark(&self) {
-        self.nudge.mark();
+        self.nudge.marked.store(true, Ordering::Release);
     }
 
     /// The task to wake from now on.
     pub fn wakes(&self, task: &Waker) {
-        self.nudge.wakes(task);
+        *self
+            .nudge
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
     }
 
     /// The context to poll the future with.
@@ -94,31 +80,36 @@ impl Nudged {
     }
 }
 
+/// A waker that counts its wakes, for tests of what wakes whom.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    struct Count(AtomicUsize);
+pub(crate) fn counting_waker() -> (Waker, Arc<std::sync::atomic::AtomicUsize>) {
+    struct Count(Arc<std::sync::atomic::AtomicUsize>);
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (Waker::from(Arc::new(Count(Arc::clone(&count)))), count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn a_wake_marks_and_wakes_the_task() {
         let n = Nudged::new();
         assert!(n.take(), "new: marked");
         assert!(!n.take(), "taken");
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        n.wakes(&Waker::from(Arc::clone(&count)));
+        let (task, count) = counting_waker();
+        n.wakes(&task);
         n.context().waker().wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
         assert!(n.take());
         assert!(!n.take());
         n.mark();
         assert!(n.take(), "marked without a wake");
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

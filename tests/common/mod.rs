@@ -259,6 +259,16 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
+    try_send(method, url, headers, body).await.unwrap()
+}
+
+/// As `send`, with the error when the connection broke before the whole answer came.
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Answer, String> {
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -266,15 +276,20 @@ pub async fn send(
     let resp = client()
         .request(b.body(Full::new(body.into())).unwrap())
         .await
-        .unwrap();
+        .map_err(|e| format!("{e:?}"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub fn bearer(key: &str) -> String {
