@@ -8,10 +8,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, Method};
-use keygate::account::access_log::format_access;
+use keygate::account::access_log::{format_access, Timing};
 use keygate::account::{RequestRecord, TokenUsage};
 use keygate::config::LogFormat;
 use keygate::keys::usage::Tokens;
+use keygate::time::SecondStamp;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -58,16 +59,20 @@ impl std::io::Write for Mem {
 fn bench(c: &mut Criterion) {
     let f = record();
     let (total, added) = (Duration::from_micros(1040), Duration::from_micros(95));
+    let mut stamp = SecondStamp::default();
     c.bench_function("access_line/direct_json", |b| {
         b.iter(|| {
             let mut line = Vec::with_capacity(512);
             format_access(
                 &mut line,
+                &mut stamp,
                 LogFormat::Json,
-                SystemTime::now(),
                 black_box(&f),
-                total,
-                added,
+                Timing {
+                    at: SystemTime::now(),
+                    total,
+                    added,
+                },
                 "sk_kg",
             );
             black_box(line)
@@ -78,11 +83,14 @@ fn bench(c: &mut Criterion) {
             let mut line = Vec::with_capacity(512);
             format_access(
                 &mut line,
+                &mut stamp,
                 LogFormat::Text,
-                SystemTime::now(),
                 black_box(&f),
-                total,
-                added,
+                Timing {
+                    at: SystemTime::now(),
+                    total,
+                    added,
+                },
                 "sk_kg",
             );
             black_box(line)

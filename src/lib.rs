@@ -60,7 +60,7 @@
 //! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
 //! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short (`scanner_tests.rs`: its unit tests) |
-//! | `account/access_log.rs` | the access line |
+//! | `account/access_log.rs` | the access line (`access_log_tests.rs`: its unit tests) |
 //! | `account/answer_model.rs` | the model an upstream's answer names (usage's model when the request's was not read) |
 //! | `keys/token.rs` | the token format (prefix, secret, checksum), generation, hashing |
 //! | `keys/scope.rs` | `Scope`, `Scopes` |
@@ -101,7 +101,7 @@
 //! | `usage/query.rs` | `GET /v1/usage` and `keygate usage`: range, filters, grouping, rows (`query_tests.rs`: its unit tests) |
 //! | `usage/window.rs` | hours, UTC days and months and their names; the usage `Clock` |
 //! | `admin/console.rs` | the web console's files, embedded |
-//! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once; `RequestSample` |
+//! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once, nothing recorded without a listener; `RequestSample` (`tests.rs`: its unit tests) |
 //! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
 //! | `ops/metrics/scrape.rs` | state gauges set at a scrape; the `/metrics` listener |
 //! | `ops/logging.rs` | the log writer: a bounded queue, one thread, a reloadable level |

@@ -127,17 +127,24 @@ impl fmt::Display for OpenAiDuration {
 /// once: through the formatter it cost the access line as much as all its other fields. A
 /// time before 1970 is written as 1970.
 pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
-    use chrono::Datelike;
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+    let (ten_thousands, mut b) = second_text(since.as_secs());
+    if ten_thousands > 0 {
+        out.extend_from_slice(itoa::Buffer::new().format(ten_thousands).as_bytes());
+    }
+    digits(&mut b[20..26], u64::from(since.subsec_micros()));
+    out.extend_from_slice(&b);
+}
+
+/// `secs` as `YYYY-MM-DDTHH:MM:SS.000000Z` (microseconds left at zero), and the year's
+/// digits above the last four (0 before the year 10000).
+fn second_text(secs: u64) -> (u64, [u8; 27]) {
+    use chrono::Datelike;
     // chrono's calendar (the one quotas and usage buckets use), without its formatter.
     let date = chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
         .unwrap_or_default()
         .date_naive();
     let year = u64::try_from(date.year()).unwrap_or(0);
-    if year >= 10_000 {
-        out.extend_from_slice(itoa::Buffer::new().format(year / 10_000).as_bytes());
-    }
     let of_day = secs % 86_400;
     let mut b = *b"0000-00-00T00:00:00.000000Z";
     digits(&mut b[0..4], year);
@@ -146,8 +153,36 @@ pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
     digits(&mut b[11..13], of_day / 3600);
     digits(&mut b[14..16], of_day / 60 % 60);
     digits(&mut b[17..19], of_day % 60);
-    digits(&mut b[20..26], u64::from(since.subsec_micros()));
-    out.extend_from_slice(&b);
+    (year / 10_000, b)
+}
+
+/// `write_rfc3339_micros` for a writer whose times come in order, many in the same second
+/// (the access lines): the calendar is worked out once a second, each line writes only its
+/// microseconds.
+#[derive(Debug, Default)]
+pub struct SecondStamp {
+    /// The second `text` is of, when there is one.
+    second: Option<u64>,
+    text: [u8; 27],
+}
+
+impl SecondStamp {
+    /// Writes `at` exactly as `write_rfc3339_micros` does.
+    pub fn write(&mut self, out: &mut Vec<u8>, at: SystemTime) {
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.second != Some(secs) {
+            let (ten_thousands, text) = second_text(secs);
+            if ten_thousands > 0 {
+                return write_rfc3339_micros(out, at);
+            }
+            self.second = Some(secs);
+            self.text = text;
+        }
+        let mut b = self.text;
+        digits(&mut b[20..26], u64::from(since.subsec_micros()));
+        out.extend_from_slice(&b);
+    }
 }
 
 /// Fills `to` with `n`'s last `to.len()` decimal digits, zero-padded.
@@ -161,6 +196,27 @@ fn digits(to: &mut [u8], mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The once-a-second stamp writes what the full one does: times in order within a
+    /// second and across seconds, days and years, a time before 1970, and after 9999.
+    #[test]
+    fn the_second_stamp_writes_what_the_full_stamp_writes() {
+        let mut stamp = SecondStamp::default();
+        let base = UNIX_EPOCH + Duration::from_secs(1_798_761_599); // 2026-12-31T23:59:59Z
+        let mut times: Vec<SystemTime> = (0..4_000_000u64)
+            .step_by(250_001)
+            .map(|us| base + Duration::from_micros(us))
+            .collect();
+        times.push(UNIX_EPOCH - Duration::from_secs(5));
+        times.push(UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400 * 400));
+        times.push(base);
+        for at in times {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            stamp.write(&mut a, at);
+            write_rfc3339_micros(&mut b, at);
+            assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
+    }
 
     /// The hand-written timestamp is humantime's, byte for byte: every day of 1970–2400 at
     /// varied times of day (leap years, 2000 and 2100 included), and the edges of a day.

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move() {
-    let g = start_gateway("").await;
+    // The request series are recorded only by a gateway configured with a metrics listener
+    // (nothing could read them otherwise); the test serves the scrape itself.
+    let g = start_gateway("[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let maddr = listener.local_addr().unwrap();
     tokio::spawn(keygate::ops::metrics::scrape::serve(

@@ -6,6 +6,7 @@
 use crate::account::record::{RequestRecord, TokenUsage};
 use crate::config::LogFormat;
 use crate::ops::logging::Logging;
+use crate::time::SecondStamp;
 use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -15,21 +16,35 @@ const MAX_FIELD: usize = 256;
 /// A path is cut to this many bytes.
 const MAX_PATH: usize = 2048;
 
+/// When a request ended, and how long it and the gateway's part of it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub at: SystemTime,
+    pub total: Duration,
+    pub added: Duration,
+}
+
 /// Queues the access line for `f`, if `keygate::access` is enabled at info.
 pub fn write(log: &Logging, f: &RequestRecord, total: Duration, added: Duration, key_prefix: &str) {
     if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
         return;
     }
     let format = log.format();
-    let at = SystemTime::now();
-    log.offer_access(|line| format_access(line, format, at, f, total, added, key_prefix));
+    let timing = Timing {
+        at: SystemTime::now(),
+        total,
+        added,
+    };
+    log.offer_access(|line, stamp| format_access(line, stamp, format, f, timing, key_prefix));
 }
 
-/// A field's name as each format writes it before the value: `,"name":` or ` name=`, built
-/// at compile time by `key!` so a field costs one copy, not three.
+/// A field's name as each format writes it before the value: `,"name":` or ` name=`, and
+/// `,"name":"` for a JSON string, built at compile time by `key!` so a field costs one copy,
+/// not three.
 #[derive(Clone, Copy)]
 struct Key {
     json: &'static str,
+    json_str: &'static str,
     text: &'static str,
 }
 
@@ -37,6 +52,7 @@ macro_rules! key {
     ($name:literal) => {
         Key {
             json: concat!(",\"", $name, "\":"),
+            json_str: concat!(",\"", $name, "\":\""),
             text: concat!(" ", $name, "="),
         }
     };
@@ -61,22 +77,40 @@ impl Fields<'_> {
     }
 
     fn str(&mut self, k: Key, v: Option<&str>) {
-        self.key(k);
         match v {
-            None => self.absent(),
             // Most values need no escaping: copied between quotes, without a serializer.
-            Some(v) if self.json && !needs_json_escape(v) => {
-                self.out.push(b'"');
-                self.out.extend_from_slice(v.as_bytes());
-                self.out.push(b'"');
-            }
+            Some(v) if self.json && !needs_json_escape(v) => self.plain(k, Some(v.as_bytes())),
             Some(v) if self.json => {
+                self.key(k);
                 let _ = serde_json::to_writer(&mut *self.out, v);
             }
-            Some(v) if is_bare(v) => self.out.extend_from_slice(v.as_bytes()),
+            Some(v) if is_bare(v) => self.plain(k, Some(v.as_bytes())),
             Some(v) => {
+                self.key(k);
                 let _ = write!(self.out, "{v:?}");
             }
+            None => {
+                self.key(k);
+                self.absent();
+            }
+        }
+    }
+
+    /// A value that needs neither escapes nor, in text, quotes: the gateway's own names
+    /// (route, error code, protocol), a method (an HTTP token) and a key id. Nothing to scan.
+    fn plain(&mut self, k: Key, v: Option<&[u8]>) {
+        let Some(v) = v else {
+            self.key(k);
+            self.absent();
+            return;
+        };
+        if self.json {
+            self.out.extend_from_slice(k.json_str.as_bytes());
+            self.out.extend_from_slice(v);
+            self.out.push(b'"');
+        } else {
+            self.key(k);
+            self.out.extend_from_slice(v);
         }
     }
 
@@ -126,10 +160,31 @@ impl Fields<'_> {
 /// Whether a JSON string needs escapes: a control character, a quote or a backslash (what
 /// `serde_json` escapes; other characters are written as they are).
 fn needs_json_escape(v: &str) -> bool {
-    // No early exit: the loop is then one the compiler vectorizes.
-    v.bytes().fold(false, |hit, b| {
-        hit | (b < 0x20) | (b == b'"') | (b == b'\\')
-    })
+    // Eight bytes at a time, branch-free (the classic "has a zero byte" and "has a byte less
+    // than n" word tricks, exact for "any byte"): the values are short, and a byte loop's
+    // tail or a vector loop's set-up cost more than the test itself. A partial last word is
+    // padded with a byte that needs nothing.
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let hit = |w: u64| {
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        control | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')))
+    };
+    let mut words = v.as_bytes().chunks_exact(8);
+    let mut any = 0;
+    for w in &mut words {
+        let mut b = [b'a'; 8];
+        b.copy_from_slice(w);
+        any |= hit(u64::from_ne_bytes(b));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [b'a'; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        any |= hit(u64::from_ne_bytes(b));
+    }
+    any != 0
 }
 
 /// A text value that needs no quotes: printable ASCII without quote, backslash or `=`.
@@ -181,14 +236,14 @@ fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str>
     std::borrow::Cow::Owned(redacted.join("/"))
 }
 
-/// Formats the access line for `f` into `out` (one line, newline included).
+/// Formats the access line for `f` into `out` (one line, newline included), its timestamp
+/// through `stamp`.
 pub fn format_access(
     out: &mut Vec<u8>,
+    stamp: &mut SecondStamp,
     format: LogFormat,
-    at: SystemTime,
     f: &RequestRecord,
-    total: Duration,
-    added: Duration,
+    Timing { at, total, added }: Timing,
     key_prefix: &str,
 ) {
     let json = format == LogFormat::Json;
@@ -196,21 +251,21 @@ pub fn format_access(
     out.reserve(640);
     if json {
         out.extend_from_slice(b"{\"timestamp\":\"");
-        crate::time::write_rfc3339_micros(out, at);
+        stamp.write(out, at);
         out.extend_from_slice(
             b"\",\"level\":\"INFO\",\"target\":\"keygate::access\",\"message\":\"request\"",
         );
     } else {
-        crate::time::write_rfc3339_micros(out, at);
+        stamp.write(out, at);
         out.extend_from_slice(b"  INFO keygate::access: request");
     }
     let mut w = Fields { out, json };
     w.str(key!("request_id"), f.request_id.to_str().ok());
     w.addr(key!("client_addr"), f.client);
-    w.str(key!("method"), Some(f.method.as_str()));
+    w.plain(key!("method"), Some(f.method.as_str().as_bytes()));
     let path = f.path.as_ref().map(|p| logged_path(p.path(), key_prefix));
     w.str(key!("path"), path.as_deref());
-    w.str(key!("protocol"), Some(protocol(f.version)));
+    w.plain(key!("protocol"), Some(protocol(f.version).as_bytes()));
     let ua = f
         .user_agent
         .as_ref()
@@ -219,24 +274,29 @@ pub fn format_access(
         key!("user_agent"),
         ua.as_deref().map(|s| clip(s, MAX_FIELD)),
     );
-    w.str(key!("key_id"), f.key.as_ref().map(|k| &*k.id));
+    w.plain(key!("key_id"), f.key.as_ref().map(|k| &k.id.as_bytes()[..]));
     w.str(
         key!("key_name"),
         f.key.as_ref().map(|k| clip(&k.name, MAX_FIELD)),
     );
-    w.str(key!("route"), (f.route != "-").then_some(f.route));
+    w.plain(
+        key!("route"),
+        (f.route != "-").then_some(f.route.as_bytes()),
+    );
     // The model usage is counted under: the request's, else the one the answer names (the
     // gateway reads a request's model only when it has to).
-    let model = f.usage_model(Some(key_prefix));
+    let model = f.usage_model();
     w.str(
         key!("model"),
         (!model.is_empty()).then(|| clip(model, MAX_FIELD)),
     );
     w.str(key!("upstream"), f.upstream.as_deref());
     w.num(key!("status"), Some(u64::from(f.status)));
-    w.str(
+    w.plain(
         key!("error"),
-        f.error_code.or(f.stream_error.map(|e| e.code())),
+        f.error_code
+            .or(f.stream_error.map(|e| e.code()))
+            .map(str::as_bytes),
     );
     w.bool(key!("complete"), f.complete);
     w.num(key!("latency_us"), Some(total.as_micros() as u64));
@@ -261,97 +321,5 @@ pub fn format_access(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_values_are_quoted_only_when_needed() {
-        let mut out = Vec::new();
-        let mut w = Fields {
-            out: &mut out,
-            json: false,
-        };
-        w.str(key!("a"), Some("plain/1.0"));
-        w.str(key!("b"), Some("two words \"q\"\nx"));
-        w.str(key!("c"), None);
-        w.str(key!("d"), Some(""));
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#" a=plain/1.0 b="two words \"q\"\nx" c=- d="""#
-        );
-    }
-
-    #[test]
-    fn json_values_are_what_serde_json_writes() {
-        for v in [
-            "plain",
-            "",
-            "héllo wörld",
-            "q\"uote",
-            "back\\slash",
-            "ctl\u{1}x\n",
-            "\u{7f}del",
-        ] {
-            let mut out = Vec::new();
-            Fields {
-                out: &mut out,
-                json: true,
-            }
-            .str(key!("k"), Some(v));
-            let expected = format!(",\"k\":{}", serde_json::to_string(v).unwrap());
-            assert_eq!(String::from_utf8(out).unwrap(), expected, "{v:?}");
-        }
-    }
-
-    #[test]
-    fn addresses_are_written_as_displayed() {
-        for ip in [
-            "127.0.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "10.0.12.7",
-            "::1",
-            "2001:db8::2",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            for json in [true, false] {
-                let mut out = Vec::new();
-                Fields {
-                    out: &mut out,
-                    json,
-                }
-                .addr(key!("a"), ip);
-                let want = if json {
-                    format!(",\"a\":\"{ip}\"")
-                } else {
-                    format!(" a={ip}")
-                };
-                assert_eq!(String::from_utf8(out).unwrap(), want);
-            }
-        }
-    }
-
-    #[test]
-    fn escapes_are_found_anywhere_in_a_value() {
-        let long = "x".repeat(70);
-        for bad in ["\"", "\\", "\n", "\u{1f}"] {
-            for at in [0, 1, 31, 69] {
-                let mut v = long.clone();
-                v.insert_str(at, bad);
-                assert!(needs_json_escape(&v), "{v:?}");
-            }
-        }
-        assert!(!needs_json_escape(&long));
-        assert!(!needs_json_escape("héllo \u{7f} wörld"));
-    }
-
-    #[test]
-    fn paths_never_carry_a_key() {
-        assert_eq!(
-            logged_path("/v1/chat/completions", "sk_kg"),
-            "/v1/chat/completions"
-        );
-        assert_eq!(logged_path("/v1/sk_kg_abc/x", "sk_kg"), "/v1/[redacted]/x");
-        assert_eq!(clip("héllo", 2), "h");
-    }
-}
+#[path = "access_log_tests.rs"]
+mod tests;

@@ -23,16 +23,13 @@ use std::sync::atomic::Ordering;
 
 impl RequestRecord {
     /// The model usage is counted under: the request's, when the gateway read it, else the
-    /// one the upstream's answer names (unless it looks like a key of `prefix`), else none
-    /// (`""`).
-    fn usage_model(&self, prefix: Option<&str>) -> &str {
-        if let Some(m) = &self.model {
-            return m;
-        }
-        match (&self.answer_model, prefix) {
-            (Some(m), Some(prefix)) if !looks_like_key(m.as_bytes(), prefix) => m,
-            _ => "",
-        }
+    /// one the upstream's answer names, else none (`""`). An answer's model shaped like a key
+    /// was dropped at settlement (`Drop`), before anything reads this.
+    fn usage_model(&self) -> &str {
+        self.model
+            .as_deref()
+            .or(self.answer_model.as_deref())
+            .unwrap_or("")
     }
 }
 
@@ -54,13 +51,25 @@ impl Drop for RequestRecord {
             };
             charge.settle(used);
         }
+        let gw = self.gateway.take();
         // Read once, for the usage model and the access line.
-        let config = self.gateway.as_ref().map(|gw| gw.config());
+        let config = gw.as_ref().map(|gw| gw.config());
+        // An upstream that echoes a key of ours as its model name must not get it counted or
+        // logged; with no configuration to say what a key looks like, the answer's model is
+        // not used at all.
+        if let Some(m) = &self.answer_model {
+            if config
+                .as_ref()
+                .is_none_or(|c| looks_like_key(m.as_bytes(), &c.keys.prefix))
+            {
+                self.answer_model = None;
+            }
+        }
         if let Some(k) = &self.key {
             let state = k.state();
             let tokens = self.tokens.map(TokenUsage::tokens);
             state.usage.settle(Settled {
-                model: self.usage_model(config.as_ref().map(|c| c.keys.prefix.as_str())),
+                model: self.usage_model(),
                 status: self.status,
                 quota_refused: self.error_code == Some(INSUFFICIENT_QUOTA),
                 tokens,
@@ -72,14 +81,14 @@ impl Drop for RequestRecord {
         }
         let total = self.started.elapsed();
         let added = self.added_latency.unwrap_or(total);
-        let Some(gw) = self.gateway.take() else {
+        let (Some(gw), Some(config)) = (gw, config) else {
             return;
         };
         gw.metrics.record_request(&RequestSample {
             route: self.route,
             status: self.status,
             code: self.error_code,
-            key_id: self.key.as_ref().map(|k| k.id.as_str()),
+            key_id: self.key.as_ref().map(|k| &k.id),
             total,
             added,
             upstream: self
@@ -90,7 +99,6 @@ impl Drop for RequestRecord {
             tokens: self.tokens.map(TokenUsage::tokens),
         });
         if let Some(log) = gw.logging.get() {
-            let config = config.unwrap_or_else(|| gw.config());
             if !self.probe || config.log.probes {
                 access_log::write(log, self, total, added, &config.keys.prefix);
             }

@@ -116,7 +116,10 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with `config`; the key file is loaded by `reload_keys`.
     pub fn new(config: Config) -> Arc<Gateway> {
-        let metrics = Metrics::new(config.metrics.per_key_labels);
+        let metrics = Metrics::new(
+            config.metrics.per_key_labels,
+            config.metrics.listen.is_some(),
+        );
         let upstreams = build_upstreams(&config, &[], &metrics);
         let failed_auth = FailedAuthGuard::new(config.limits.failed_auth_per_minute);
         let capacity = Capacity::new(config.server.max_in_flight);

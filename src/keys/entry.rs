@@ -28,6 +28,12 @@ impl KeyId {
         std::str::from_utf8(&self.0).unwrap_or("key_invalid")
     }
 
+    /// The id's ASCII bytes: what the request path writes (a header, the access line),
+    /// without `as_str`'s UTF-8 check at every use.
+    pub fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+
     /// The 16 characters after `key_` as one integer: ordered as the ids are, compared in
     /// one instruction (sorting a million keys compares them often).
     pub fn sort_key(&self) -> u128 {

@@ -16,6 +16,7 @@
 //! Colour codes only when stderr is a terminal, never in a file, a pipe or `kubectl logs`.
 
 use crate::config::{LogConfig, LogFormat};
+use crate::time::SecondStamp;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -37,6 +38,8 @@ const MAX_PENDING: usize = 8 * 1024 * 1024;
 #[derive(Debug, Default)]
 struct Pending {
     buf: Vec<u8>,
+    /// The access lines' timestamps, worked out once a second.
+    stamp: SecondStamp,
     /// The writer should not wait for its tick.
     wake: bool,
     /// Flushes asked for, and the last one the writer has completed.
@@ -87,17 +90,19 @@ impl Sink {
         self.work.notify_one();
     }
 
-    /// Appends what `format` writes (an access line), unless `max_pending` bytes wait
-    /// already: then it is dropped and counted. Never waits for the writer, wakes it only
-    /// when the buffer passes `WAKE_BYTES`. Returns false if dropped.
-    pub fn offer_with(&self, format: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Appends what `format` writes (an access line, its timestamp through the stamp given),
+    /// unless `max_pending` bytes wait already: then it is dropped and counted. Never waits
+    /// for the writer, wakes it only when the buffer passes `WAKE_BYTES`. Returns false if
+    /// dropped.
+    pub fn offer_with(&self, format: impl FnOnce(&mut Vec<u8>, &mut SecondStamp)) -> bool {
         let mut p = self.lock();
         if p.buf.len() >= self.max_pending {
             drop(p);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        format(&mut p.buf);
+        let Pending { buf, stamp, .. } = &mut *p;
+        format(buf, stamp);
         let wake = p.buf.len() >= WAKE_BYTES && !p.wake;
         if wake {
             p.wake = true;
@@ -293,7 +298,7 @@ impl Logging {
 
     /// Queues an access line written by `format` (`account::access_log`): dropped, and
     /// counted, when the writer cannot keep up, rather than making the request wait.
-    pub fn offer_access(&self, format: impl FnOnce(&mut Vec<u8>)) {
+    pub fn offer_access(&self, format: impl FnOnce(&mut Vec<u8>, &mut SecondStamp)) {
         self.sink.offer_with(format);
     }
 }
@@ -339,11 +344,11 @@ mod tests {
         sink.send(b"first\n");
         sink.flush(Duration::from_millis(200)); // times out: the writer is stuck on "first"
         let mut offered = 0;
-        while sink.offer_with(|b| b.extend_from_slice(b"access\n")) {
+        while sink.offer_with(|b, _| b.extend_from_slice(b"access\n")) {
             offered += 1;
             assert!(offered < 100, "the buffer is bounded");
         }
-        assert!(!sink.offer_with(|b| b.extend_from_slice(b"access\n")));
+        assert!(!sink.offer_with(|b, _| b.extend_from_slice(b"access\n")));
         assert_eq!(sink.dropped(), 2);
         // A line that must not be lost is kept, however much waits.
         sink.send(b"audit\n");
@@ -376,7 +381,7 @@ mod tests {
         }
         let sink = Sink::spawn(Box::new(Shared(Arc::clone(&out))), MAX_PENDING).unwrap();
         for _ in 0..100 {
-            assert!(sink.offer_with(|b| b.extend_from_slice(b"access\n")));
+            assert!(sink.offer_with(|b, _| b.extend_from_slice(b"access\n")));
         }
         assert!(!sink.lock().wake, "an access line never asks for a wake-up");
         let start = std::time::Instant::now();

@@ -9,6 +9,7 @@
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::keys::entry::KeyId;
 use crate::proxy::headers;
 use crate::proxy::health::{HealthState, Status};
 use crate::proxy::pool::{Lease, Pool, SendError};
@@ -199,7 +200,7 @@ pub struct ForwardInfo<'a> {
     /// The credential the client presented: no header carrying it goes upstream.
     pub credential: &'a str,
     pub https: bool,
-    pub key_id: &'a str,
+    pub key_id: &'a KeyId,
     pub request_id: &'a HeaderValue,
 }
 
@@ -223,7 +224,7 @@ pub fn upstream_request(
         headers::X_FORWARDED_PROTO,
         HeaderValue::from_static(if info.https { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(info.key_id) {
+    if let Ok(v) = HeaderValue::from_bytes(info.key_id.as_bytes()) {
         headers.insert(headers::X_KEYGATE_KEY_ID, v);
     }
     headers.insert(headers::X_REQUEST_ID, info.request_id.clone());

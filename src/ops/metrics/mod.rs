@@ -12,6 +12,7 @@
 mod names;
 pub mod scrape;
 
+use crate::keys::entry::KeyId;
 use crate::keys::usage::Tokens;
 use metrics::{Counter, Gauge, Histogram, Key, Recorder};
 use metrics_exporter_prometheus::{
@@ -29,7 +30,7 @@ pub struct RequestSample<'a> {
     pub route: &'static str,
     pub status: u16,
     pub code: Option<&'static str>,
-    pub key_id: Option<&'a str>,
+    pub key_id: Option<&'a KeyId>,
     /// From the request head to the end of the answer.
     pub total: Duration,
     /// The time the gateway itself added.
@@ -93,6 +94,9 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     per_key_labels: AtomicBool,
+    /// Whether the request series can be read at all: without `[metrics] listen` (which
+    /// only a restart changes) nothing serves them, and a request records none.
+    served: bool,
     /// `keygate_requests_total` by (route, status class, code or none), filled on first use.
     requests: Box<[OnceLock<Counter>]>,
     durations: Vec<Histogram>,
@@ -113,7 +117,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(per_key_labels: bool) -> Metrics {
+    /// The metrics of a gateway whose request series are `served` (`[metrics] listen` is
+    /// set), with or without `per_key_labels`.
+    pub fn new(per_key_labels: bool, served: bool) -> Metrics {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(ADDED.into()), &ADDED_BUCKETS)
             .and_then(|b| {
@@ -203,6 +209,7 @@ impl Metrics {
             process,
             requests,
             per_key_labels: AtomicBool::new(per_key_labels),
+            served,
             recorder,
             handle,
         };
@@ -271,14 +278,17 @@ impl Metrics {
         })
     }
 
-    /// Records one finished request.
+    /// Records one finished request, when the series are served.
     pub fn record_request(&self, f: &RequestSample<'_>) {
+        if !self.served {
+            return;
+        }
         let route = route_index(f.route);
         let class = class_index(f.status);
         let code = f.code;
         if self.per_key_labels.load(Ordering::Relaxed) {
             // Opt-in and unbounded by nature: one registry lookup per request.
-            let key = f.key_id.unwrap_or("");
+            let key = f.key_id.map_or("", |k| k.as_str());
             self.recorder
                 .register_counter(
                     &Key::from_parts(
@@ -348,3 +358,6 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 }
+
+#[cfg(test)]
+mod tests;
