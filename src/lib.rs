@@ -102,8 +102,9 @@
 //! | `usage/window.rs` | hours, UTC days and months and their names; the usage `Clock` |
 //! | `admin/console.rs` | the web console's files, embedded |
 //! | `ops/metrics/mod.rs` | `Metrics`: handles resolved once, nothing recorded without a listener; `RequestSample` (`tests.rs`: its unit tests) |
+//! | `ops/metrics/histogram.rs` | the request path's three histograms: fixed buckets of atomics |
 //! | `ops/metrics/names.rs` | series, labels, buckets and their `# HELP`; `UpstreamError` |
-//! | `ops/metrics/scrape.rs` | state gauges set at a scrape; the `/metrics` listener |
+//! | `ops/metrics/scrape.rs` | state gauges set at a scrape, the histograms written after the exporter's families; the `/metrics` listener |
 //! | `ops/logging.rs` | the log writer: a bounded queue, one thread, a reloadable level |
 //! | `ops/audit.rs` | the audit trail of key changes |
 //! | `ops/health.rs` | running the upstreams' health checks |

@@ -2,7 +2,7 @@
 //! counters, and in file mode the hourly buckets the gateway's flusher fills every second), warns of keys
 //! about to expire (one log line per key at 7, 3 and 1 days before its expiry, so an operator
 //! hears about it before its users do), and sweeps what would otherwise only grow: the
-//! failed-auth guard's quiet addresses, histogram samples, idle upstream connections.
+//! failed-auth guard's quiet addresses, idle upstream connections.
 //!
 //! The task owns what it remembers between rounds (the keys already warned about, the usage
 //! last saved), and saves usage a last time when it is stopped.
@@ -84,7 +84,6 @@ impl Maintenance {
         }
         let _ = self.warn_expiring();
         self.gw.failed_auth.sweep();
-        self.gw.metrics.upkeep();
         for u in self.gw.live().upstreams.iter() {
             u.pool().sweep();
         }

@@ -4,23 +4,24 @@
 //! The recorder belongs to the `Gateway` (no process-wide recorder), and every series the
 //! request path touches is a handle resolved once — at start for the label sets known then
 //! (routes × status classes, upstreams × error codes), on first use for an error code — so a
-//! request costs an atomic add per counter and a lock-free push per histogram, never a
+//! request costs an atomic add per counter and two per histogram (`histogram`), never a
 //! registry lookup with label hashing. Registering them at start also exports them at zero
 //! before the first event, so `rate()` and alerts see a series from the first scrape. Gauges
 //! that describe state (index size, reload status, expiry, process) are set when scraped.
 
+mod histogram;
 mod names;
 pub mod scrape;
 
 use crate::keys::entry::KeyId;
 use crate::keys::usage::Tokens;
-use metrics::{Counter, Gauge, Histogram, Key, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use histogram::Buckets;
+use metrics::{Counter, Gauge, Key, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use names::*;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub use names::{Delivery, UpstreamError};
@@ -44,7 +45,7 @@ pub struct RequestSample<'a> {
 /// One upstream's series, resolved when the upstream is built (start and config reloads).
 #[derive(Debug)]
 pub struct UpstreamSeries {
-    latency: Histogram,
+    latency: Arc<Buckets>,
     errors: [Counter; UpstreamError::ALL.len()],
     /// Only for an upstream with a health check: 0 would otherwise read as "down".
     up: Option<Gauge>,
@@ -99,8 +100,12 @@ pub struct Metrics {
     served: bool,
     /// `keygate_requests_total` by (route, status class, code or none), filled on first use.
     requests: Box<[OnceLock<Counter>]>,
-    durations: Vec<Histogram>,
-    added: Histogram,
+    /// `keygate_request_duration_seconds` by route.
+    durations: Box<[Buckets]>,
+    added: Buckets,
+    /// `keygate_upstream_latency_seconds` by upstream name: an upstream rebuilt by a reload
+    /// keeps its series.
+    upstream_latency: Mutex<BTreeMap<String, Arc<Buckets>>>,
     rate_limited: [Counter; RATE_CODES.len()],
     prompt_tokens: Counter,
     completion_tokens: Counter,
@@ -120,19 +125,7 @@ impl Metrics {
     /// The metrics of a gateway whose request series are `served` (`[metrics] listen` is
     /// set), with or without `per_key_labels`.
     pub fn new(per_key_labels: bool, served: bool) -> Metrics {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(ADDED.into()), &ADDED_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(DURATION.into()), &DURATION_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.into()), &DURATION_BUCKETS)
-            });
-        // The bucket lists are constants and never empty, so this cannot fail; a plain
-        // builder (summaries instead of histograms) is still a working recorder.
-        let recorder = builder
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
         let process = metrics_process::Collector::default();
@@ -144,15 +137,12 @@ impl Metrics {
         let gauge = |name: &'static str, pairs: &[(&'static str, &str)]| {
             recorder.register_gauge(&Key::from_parts(name, labels(pairs)), &META)
         };
-        let histogram = |name: &'static str, pairs: &[(&'static str, &str)]| {
-            recorder.register_histogram(&Key::from_parts(name, labels(pairs)), &META)
-        };
 
         let requests: Box<[OnceLock<Counter>]> = (0..ROUTES * CLASSES.len() * (CODES.len() + 1))
             .map(|_| OnceLock::new())
             .collect();
         let durations = (0..ROUTES)
-            .map(|r| histogram(DURATION, &[("route", route_name(r))]))
+            .map(|_| Buckets::new(&DURATION_BUCKETS))
             .collect();
         let state = StateGauges {
             in_flight: gauge("keygate_in_flight", &[]),
@@ -198,7 +188,8 @@ impl Metrics {
         build.set(1.0);
         let m = Metrics {
             durations,
-            added: histogram(ADDED, &[]),
+            added: Buckets::new(&ADDED_BUCKETS),
+            upstream_latency: Mutex::new(BTreeMap::new()),
             rate_limited: RATE_CODES.map(|c| counter(RATE_LIMITED, &[("code", c)])),
             prompt_tokens: counter(TOKENS, &[("kind", "prompt")]),
             completion_tokens: counter(TOKENS, &[("kind", "completion")]),
@@ -251,15 +242,25 @@ impl Metrics {
         })
     }
 
+    /// The latency series of upstream `name`: the one it had, if an upstream of that name
+    /// was built before.
+    fn upstream_latency(&self, name: &str) -> Arc<Buckets> {
+        let mut all = self
+            .upstream_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            all.entry(name.to_string())
+                .or_insert_with(|| Arc::new(Buckets::new(&DURATION_BUCKETS))),
+        )
+    }
+
     /// The series of upstream `name`, its error counters at zero; `checked` when it has a
     /// health check.
     pub fn upstream(&self, name: &str, checked: bool) -> Arc<UpstreamSeries> {
         let r = &self.recorder;
         Arc::new(UpstreamSeries {
-            latency: r.register_histogram(
-                &Key::from_parts(UPSTREAM_LATENCY, labels(&[("upstream", name)])),
-                &META,
-            ),
+            latency: self.upstream_latency(name),
             errors: UpstreamError::ALL.map(|e| {
                 r.register_counter(
                     &Key::from_parts(
@@ -332,11 +333,13 @@ impl Metrics {
                     .increment(1),
             }
         }
-        self.durations[route].record(f.total.as_secs_f64());
-        self.added.record(f.added.as_secs_f64());
+        if let Some(d) = self.durations.get(route) {
+            d.record(f.total);
+        }
+        self.added.record(f.added);
         if let Some((series, latency)) = f.upstream {
             if let Some(u) = latency {
-                series.latency.record(u.as_secs_f64());
+                series.latency.record(u);
             }
             let failure = match code {
                 Some(c) => UpstreamError::from_gateway_code(c),
@@ -351,11 +354,6 @@ impl Metrics {
             self.prompt_tokens.increment(t.prompt);
             self.completion_tokens.increment(t.completion);
         }
-    }
-
-    /// Drains histogram samples into their buckets, so memory stays flat between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
     }
 }
 

@@ -25,6 +25,13 @@ pub const RATE_LIMITED: &str = "keygate_rate_limited_total";
 pub const DURATION: &str = "keygate_request_duration_seconds";
 pub const ADDED: &str = "keygate_added_latency_seconds";
 pub const UPSTREAM_LATENCY: &str = "keygate_upstream_latency_seconds";
+
+/// The request path's histograms (kept by `histogram`, not the exporter) and their help.
+pub const HISTOGRAM_HELP: [(&str, &str); 3] = [
+    (DURATION, "Time from the request head to the end of the answer (the last byte of a stream), by route."),
+    (ADDED, "Time the gateway itself spent before the response head left (all of it when nothing was forwarded)."),
+    (UPSTREAM_LATENCY, "Time from sending upstream to the upstream's response head, by upstream."),
+];
 pub const UPSTREAM_ERRORS: &str = "keygate_upstream_errors_total";
 pub const UPSTREAM_UP: &str = "keygate_upstream_up";
 pub const TOKENS: &str = "keygate_tokens_total";
@@ -235,14 +242,6 @@ pub fn describe(r: &PrometheusRecorder) {
     ];
     for (name, unit, help) in gauges {
         r.describe_gauge(name.into(), unit, help.into());
-    }
-    let histograms: [(&'static str, &'static str); 3] = [
-        (DURATION, "Time from the request head to the end of the answer (the last byte of a stream), by route."),
-        (ADDED, "Time the gateway itself spent before the response head left (all of it when nothing was forwarded)."),
-        (UPSTREAM_LATENCY, "Time from sending upstream to the upstream's response head, by upstream."),
-    ];
-    for (name, help) in histograms {
-        r.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
     }
 }
 

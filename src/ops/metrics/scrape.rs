@@ -1,7 +1,8 @@
 //! What a scrape sees: the gauges that describe the gateway's state, set just before each
 //! scrape, and the `/metrics` listener.
 
-use super::names::{labels, META};
+use super::histogram::write_header;
+use super::names::{labels, route_name, ADDED, DURATION, HISTOGRAM_HELP, META, UPSTREAM_LATENCY};
 use super::Metrics;
 use crate::gateway::Gateway;
 use crate::proxy::health::Status;
@@ -21,7 +22,37 @@ impl Metrics {
     /// The Prometheus text for `gw`, with the state gauges set now.
     pub fn render(&self, gw: &Gateway) -> String {
         self.refresh(gw);
-        self.handle.render()
+        let mut text = self.handle.render();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        self.write_histograms(&mut text);
+        text
+    }
+
+    /// Appends the three histogram families to a scrape's text.
+    pub(super) fn write_histograms(&self, out: &mut String) {
+        for (name, help) in HISTOGRAM_HELP {
+            write_header(out, name, help);
+            match name {
+                DURATION => {
+                    for (r, h) in self.durations.iter().enumerate() {
+                        h.write(out, name, &[("route", route_name(r))]);
+                    }
+                }
+                ADDED => self.added.write(out, name, &[]),
+                UPSTREAM_LATENCY => {
+                    let all = self
+                        .upstream_latency
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for (upstream, h) in all.iter() {
+                        h.write(out, name, &[("upstream", upstream)]);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Sets the gauges that describe state, just before a scrape.

@@ -41,3 +41,19 @@ fn requests_are_recorded_only_when_the_series_are_served() {
     unserved.record_request(&sample);
     assert_eq!(ok_requests(&unserved, route), 0.0);
 }
+
+/// An upstream rebuilt by a configuration reload keeps its latency series (no counter
+/// reset in the scrape), and every upstream seen is written.
+#[test]
+fn an_upstream_rebuilt_keeps_its_latency_series() {
+    let m = Metrics::new(false, true);
+    let first = m.upstream("vllm", false);
+    first.latency.record(Duration::from_millis(2));
+    let rebuilt = m.upstream("vllm", false);
+    assert!(Arc::ptr_eq(&first.latency, &rebuilt.latency));
+    m.upstream("other", false);
+    let mut text = String::new();
+    m.write_histograms(&mut text);
+    assert!(text.contains("keygate_upstream_latency_seconds_count{upstream=\"vllm\"} 1\n"));
+    assert!(text.contains("keygate_upstream_latency_seconds_count{upstream=\"other\"} 0\n"));
+}
