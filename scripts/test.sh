@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs keygate's whole test suite:
 #   formatting, clippy, build, the fuzz targets type-checked, Rust tests, the OpenAI-SDK
-#   end-to-end tests (pytest),
+#   end-to-end tests (pytest), the profile-guided build's training run,
 #   and the web console's browser tests (node --test, playwright-core driving Chromium).
 #
 # Needs only the Rust toolchain (with rustfmt and clippy), Python 3.11 and Node.js (18+);
@@ -158,6 +158,17 @@ if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
         "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk || true
 else
     skip "pytest tests/sdk (OpenAI SDK end to end)" "needs a successful cargo build and venv"
+fi
+# The profile-guided build's training run (scripts/build-pgo.sh runs it on an instrumented
+# build), here against the debug binary: every request it makes gets the status it should.
+pgo_training() {
+    command -v curl >/dev/null 2>&1 || apt_install curl || return 1
+    PGO_REQUESTS=1000 timeout --kill-after=10 300 bash scripts/pgo-train.sh target/debug/keygate
+}
+if [ "$BUILD_OK" -eq 1 ]; then
+    step "PGO training run (scripts/pgo-train.sh)" pgo_training || true
+else
+    skip "PGO training run (scripts/pgo-train.sh)" "needs a successful cargo build"
 fi
 if [ "$VENV_OK" -eq 1 ]; then
     step "kubernetes manifests (schema + Pod Security)" bash scripts/validate-k8s.sh || true

@@ -8,8 +8,9 @@
 # benches; 0: reuse target/criterion results if any), BIG_KEYS (1000000: the large key
 # set for the memory test), WORK (work dir, default a new
 # /tmp/keygate-load.*), OUT (benches/RESULTS.md), NO_INSTALL=1 (never apt-get),
-# OHA (path to oha; else looked up in PATH and ~/.cargo/bin), NO_BUILD=1 (use the existing
-# target/release/keygate).
+# OHA (path to oha; else looked up in PATH and ~/.cargo/bin), PGO (1: measure the
+# profile-guided build the container image ships, scripts/build-pgo.sh → target/pgo/keygate;
+# 0: the plain release build, target/release/keygate), NO_BUILD=1 (use the existing binary).
 #
 # Everything listens on and targets 127.0.0.1 only; every wait is bounded; every process
 # started here is killed on exit.
@@ -31,7 +32,14 @@ RES=$WORK/results.jsonl
 PY=${PYTHON:-python3}
 TOOLS="$ROOT/benches/load/tools.py"
 T() { "$PY" "$TOOLS" "$@"; }
-BIN=$ROOT/target/release/keygate
+PGO=${PGO:-1}
+if [[ "$PGO" == 1 ]]; then
+    BIN=$ROOT/target/pgo/keygate
+    BUILD_KIND="profile-guided (scripts/build-pgo.sh, as the container image)"
+else
+    BIN=$ROOT/target/release/keygate
+    BUILD_KIND="plain release (cargo build --release)"
+fi
 PROXY_CPU=0
 LOAD_CPU=1
 P_MOCK=18080 P_KG=18081 P_HA=18082 P_NG=18083 P_KG100K=18085 P_MEM=18086
@@ -141,6 +149,12 @@ OHA=${OHA:-$(command -v oha || true)}
 
 if [[ "${NO_BUILD:-0}" == 1 && -x "$BIN" ]]; then
     log "NO_BUILD=1: using the existing $BIN"
+elif [[ "$PGO" == 1 ]]; then
+    log "building profile-guided (scripts/build-pgo.sh: two release builds and a training run)"
+    bash scripts/build-pgo.sh >"$WORK/build.log" 2>&1 || {
+        tail -30 "$WORK/build.log"
+        exit 1
+    }
 else
     log "building release"
     cargo build --release --bin keygate >"$WORK/build.log" 2>&1 || {
@@ -877,7 +891,8 @@ cpu=[l.split(":",1)[1].strip() for l in sh("lscpu").splitlines() if l.startswith
 profile=open("$PROFILE_FILE").read() if os.path.exists("$PROFILE_FILE") else ""
 micro=json.load(open("$MICRO_JSON")) if os.path.exists("$MICRO_JSON") else []
 env=os.environ
-meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CONNS_LIST[*]}' MICRO=$MICRO)"),
+meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CONNS_LIST[*]}' MICRO=$MICRO PGO=$PGO)"),
+      "keygate build":"$BUILD_KIND",
       "date":datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "elapsed_s":$ELAPSED,"rounds":$ROUNDS,"keys_main":$KEYS_MAIN,
       "nproc":sh("nproc"),"cpu":cpu[0] if cpu else "n/a","kernel":sh("uname -r"),

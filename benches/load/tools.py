@@ -427,7 +427,7 @@ def report(results_path, meta_path, out):
       "in parentheses. Absolute numbers drift on this shared machine: read the ratios, "
       "which come from the same round.\n")
     w("## Machine and versions\n")
-    for k in ("nproc", "cpu", "kernel", "rustc", "haproxy", "nginx", "wrk", "oha", "python",
+    for k in ("keygate build", "nproc", "cpu", "kernel", "rustc", "haproxy", "nginx", "wrk", "oha", "python",
               "load average (1/5/15 min) at start", "load average at end"):
         w(f"- {k}: `{meta.get(k, 'n/a')}`")
     w("")
