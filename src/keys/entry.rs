@@ -19,9 +19,12 @@ use std::sync::{Arc, OnceLock};
 pub struct KeyId([u8; 20]);
 
 impl KeyId {
+    /// `id` when it has the shape of one: `key_` and 16 ASCII letters or digits (so its bytes
+    /// can be written anywhere, a header or a log line, with nothing to escape).
     pub fn new(id: &str) -> Option<KeyId> {
         let b: [u8; 20] = id.as_bytes().try_into().ok()?;
-        b.is_ascii().then_some(KeyId(b))
+        let shaped = b.starts_with(b"key_") && b[4..].iter().all(u8::is_ascii_alphanumeric);
+        shaped.then_some(KeyId(b))
     }
 
     pub fn as_str(&self) -> &str {
@@ -254,5 +257,31 @@ pub(crate) fn entry(rec: &KeyRecord, limits: &LimitDefaults) -> KeyEntry {
         overrides,
         extra: KeyExtra::new(rec).map(Arc::new),
         state: OnceLock::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyId;
+
+    /// Only ids of the generated shape are ids: their bytes need no escaping anywhere.
+    #[test]
+    fn a_key_id_is_key_and_sixteen_letters_or_digits() {
+        let id = KeyId::new("key_Ab3dEf6hIj9lMn0p");
+        assert_eq!(
+            id.map(|i| i.as_bytes().to_vec()),
+            Some(b"key_Ab3dEf6hIj9lMn0p".to_vec())
+        );
+        for bad in [
+            "key_Ab3dEf6hIj9lMn0",
+            "key_Ab3dEf6hIj9lMn0pq",
+            "kez_Ab3dEf6hIj9lMn0p",
+            "key_Ab3dEf6hIj9lMn\"p",
+            "key_Ab3dEf6hIj9lMn\\p",
+            "key_Ab3dEf6hIj9l n0p",
+            "key_Ab3dEf6hIj9lMn_p",
+        ] {
+            assert!(KeyId::new(bad).is_none(), "{bad}");
+        }
     }
 }
