@@ -28,7 +28,7 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 url_from() {
     for _ in $(seq 200); do
         local url
-        url=$(grep -o 'listening on http://[0-9.:]*' "$1" 2>/dev/null | head -1 | cut -d' ' -f3)
+        url=$(grep -o 'listening on http://[0-9.:]*' "$1" 2>/dev/null | head -1 | cut -d' ' -f3) || true
         [[ -n "$url" ]] && { echo "$url"; return; }
         sleep 0.05
     done
@@ -123,7 +123,7 @@ for profile in minimal production; do
         fi
     } >"$dir/gateway.toml"
     key=$("$BIN" keys create --config "$dir/gateway.toml" --name pgo 2>/dev/null |
-        grep -o 'sk_kg_[A-Za-z0-9]*' | head -1)
+        grep -o 'sk_kg_[A-Za-z0-9]*' | head -1) || true
     [[ -n "$key" ]] || {
         echo "pgo-train: keys create printed no key" >&2
         exit 1
@@ -147,7 +147,7 @@ for profile in minimal production; do
         xargs -0 -P 8 -n 1 curl --no-progress-meter --config >"$dir/h2.got" 2>"$dir/h2.err" || true
     check "$dir/h2" "the $profile gateway over HTTP/2"
     if [[ $profile == production ]]; then
-        maddr=$(grep -o '"addr":"[0-9.:]*"' "$dir/serve.err" | head -1 | cut -d'"' -f4)
+        maddr=$(grep -o '"addr":"[0-9.:]*"' "$dir/serve.err" | head -1 | cut -d'"' -f4) || true
         curl --silent --fail "http://$maddr/metrics" >"$dir/metrics" || true
         grep -q '^keygate_requests_total' "$dir/metrics" || {
             echo "pgo-train: no metrics from the production gateway" >&2
