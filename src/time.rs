@@ -127,13 +127,7 @@ impl fmt::Display for OpenAiDuration {
 /// once: through the formatter it cost the access line as much as all its other fields. A
 /// time before 1970 is written as 1970.
 pub fn write_rfc3339_micros(out: &mut Vec<u8>, at: SystemTime) {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (ten_thousands, mut b) = second_text(since.as_secs());
-    if ten_thousands > 0 {
-        out.extend_from_slice(itoa::Buffer::new().format(ten_thousands).as_bytes());
-    }
-    digits(&mut b[20..26], u64::from(since.subsec_micros()));
-    out.extend_from_slice(&b);
+    SecondStamp::default().write(out, at);
 }
 
 /// `secs` as `YYYY-MM-DDTHH:MM:SS.000000Z` (microseconds left at zero), and the year's
@@ -163,21 +157,22 @@ fn second_text(secs: u64) -> (u64, [u8; 27]) {
 pub struct SecondStamp {
     /// The second `text` is of, when there is one.
     second: Option<u64>,
+    /// The year's digits above the last four (0 before the year 10000).
+    ten_thousands: u64,
     text: [u8; 27],
 }
 
 impl SecondStamp {
-    /// Writes `at` exactly as `write_rfc3339_micros` does.
+    /// Writes `at` in RFC 3339 with microseconds (see `write_rfc3339_micros`).
     pub fn write(&mut self, out: &mut Vec<u8>, at: SystemTime) {
         let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
         if self.second != Some(secs) {
-            let (ten_thousands, text) = second_text(secs);
-            if ten_thousands > 0 {
-                return write_rfc3339_micros(out, at);
-            }
+            (self.ten_thousands, self.text) = second_text(secs);
             self.second = Some(secs);
-            self.text = text;
+        }
+        if self.ten_thousands > 0 {
+            out.extend_from_slice(itoa::Buffer::new().format(self.ten_thousands).as_bytes());
         }
         let mut b = self.text;
         digits(&mut b[20..26], u64::from(since.subsec_micros()));

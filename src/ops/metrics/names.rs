@@ -26,12 +26,12 @@ pub const DURATION: &str = "keygate_request_duration_seconds";
 pub const ADDED: &str = "keygate_added_latency_seconds";
 pub const UPSTREAM_LATENCY: &str = "keygate_upstream_latency_seconds";
 
-/// The request path's histograms (kept by `histogram`, not the exporter) and their help.
-pub const HISTOGRAM_HELP: [(&str, &str); 3] = [
-    (DURATION, "Time from the request head to the end of the answer (the last byte of a stream), by route."),
-    (ADDED, "Time the gateway itself spent before the response head left (all of it when nothing was forwarded)."),
-    (UPSTREAM_LATENCY, "Time from sending upstream to the upstream's response head, by upstream."),
-];
+// The request path's histograms' help (they are kept by `histogram`, not the exporter).
+pub const DURATION_HELP: &str =
+    "Time from the request head to the end of the answer (the last byte of a stream), by route.";
+pub const ADDED_HELP: &str = "Time the gateway itself spent before the response head left (all of it when nothing was forwarded).";
+pub const UPSTREAM_LATENCY_HELP: &str =
+    "Time from sending upstream to the upstream's response head, by upstream.";
 pub const UPSTREAM_ERRORS: &str = "keygate_upstream_errors_total";
 pub const UPSTREAM_UP: &str = "keygate_upstream_up";
 pub const TOKENS: &str = "keygate_tokens_total";

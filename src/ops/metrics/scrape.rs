@@ -2,7 +2,10 @@
 //! scrape, and the `/metrics` listener.
 
 use super::histogram::write_header;
-use super::names::{labels, route_name, ADDED, DURATION, HISTOGRAM_HELP, META, UPSTREAM_LATENCY};
+use super::names::{
+    labels, route_name, ADDED, ADDED_HELP, DURATION, DURATION_HELP, META, UPSTREAM_LATENCY,
+    UPSTREAM_LATENCY_HELP,
+};
 use super::Metrics;
 use crate::gateway::Gateway;
 use crate::proxy::health::Status;
@@ -32,26 +35,19 @@ impl Metrics {
 
     /// Appends the three histogram families to a scrape's text.
     pub(super) fn write_histograms(&self, out: &mut String) {
-        for (name, help) in HISTOGRAM_HELP {
-            write_header(out, name, help);
-            match name {
-                DURATION => {
-                    for (r, h) in self.durations.iter().enumerate() {
-                        h.write(out, name, &[("route", route_name(r))]);
-                    }
-                }
-                ADDED => self.added.write(out, name, &[]),
-                UPSTREAM_LATENCY => {
-                    let all = self
-                        .upstream_latency
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    for (upstream, h) in all.iter() {
-                        h.write(out, name, &[("upstream", upstream)]);
-                    }
-                }
-                _ => {}
-            }
+        write_header(out, DURATION, DURATION_HELP);
+        for (r, h) in self.durations.iter().enumerate() {
+            h.write(out, DURATION, &[("route", route_name(r))]);
+        }
+        write_header(out, ADDED, ADDED_HELP);
+        self.added.write(out, ADDED, &[]);
+        write_header(out, UPSTREAM_LATENCY, UPSTREAM_LATENCY_HELP);
+        let upstreams = self
+            .upstream_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (name, h) in upstreams.iter() {
+            h.write(out, UPSTREAM_LATENCY, &[("upstream", name)]);
         }
     }
 
