@@ -194,11 +194,12 @@ async fn token_limits_charge_real_usage_for_plain_and_streamed_requests() {
     // Reserved max_tokens plus a prompt estimate while it ran.
     assert!((98_900..99_000).contains(&first), "{first}");
     // Settled to the real usage (3 prompt + 10 completion): the second reservation starts
-    // from ~100000 - 13, so it lands ~13 below the first; unrefunded it would be ~1021 below.
+    // from ~100000 - 13, so it lands up to 13 below the first (less as the bucket refills,
+    // 1667 a second); unrefunded it would be ~1021 below.
     let b = chat(&g, &key, plain).await;
     let second = remaining_tokens(&b);
     assert!(
-        (first - 40..=first - 5).contains(&second),
+        (first - 40..=first).contains(&second),
         "the first request was charged its real usage: {first} -> {second}"
     );
 
@@ -429,7 +430,6 @@ async fn a_long_request_keeps_its_slot_and_a_killed_gateway_frees_it() {
 
     b.kill().unwrap();
     b.wait().unwrap();
-    let killed = std::time::Instant::now();
     assert!(
         eventually(Duration::from_secs(6), || async {
             chat(&a, &key, CHAT).await.status == 200
@@ -437,7 +437,6 @@ async fn a_long_request_keeps_its_slot_and_a_killed_gateway_frees_it() {
         .await,
         "a killed gateway's slot frees within about one lease"
     );
-    assert!(killed.elapsed() < Duration::from_secs(6));
     long.abort();
 }
 

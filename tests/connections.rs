@@ -498,14 +498,12 @@ async fn soft_open_file_limit_is_raised_to_the_hard_limit() {
     listening_addr(&mut child);
     let (soft, now_hard) = nofile(&child.id().to_string());
     stop(child);
+    let raised = has_line(&logs, |l| {
+        l.contains("raised the open-file limit") && l.contains("256")
+    });
     let lines = logs.lock().unwrap().clone();
     assert_eq!((soft, now_hard), (hard, hard), "{lines:?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("raised the open-file limit") && l.contains("256")),
-        "{lines:?}"
-    );
+    assert!(raised, "{lines:?}");
 }
 
 // ------------------------------------------------------------------ 2. idle connections

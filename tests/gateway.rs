@@ -873,7 +873,6 @@ async fn cli_revoke_stops_the_key_on_a_running_gateway_within_a_second() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let t = Instant::now();
     assert!(
         eventually(Duration::from_secs(1), || async {
             chat(&g, &key, CHAT).await.status == 401
@@ -881,7 +880,6 @@ async fn cli_revoke_stops_the_key_on_a_running_gateway_within_a_second() {
         .await,
         "still accepted after 1 s"
     );
-    assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(chat(&g, &key, CHAT).await.error_code(), "revoked_api_key");
 }
 

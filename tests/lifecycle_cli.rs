@@ -98,7 +98,6 @@ fn update_changes_each_field_and_keeps_the_name_and_secret() {
     );
     let id = id(&v);
     let secret = env.record(&id).sha256;
-    let now = Timestamp::now();
 
     let u = env.update(&id, &["--description", "second"]);
     assert_eq!(u["description"], "second");
@@ -167,10 +166,18 @@ fn update_changes_each_field_and_keeps_the_name_and_secret() {
     );
 
     // Expiry: set, extend, set a time, remove.
-    let u = env.update(&id, &["--expires-in", "2d"]);
-    assert!(ts(&u["expires_at"]).0.abs_diff(now.0 + 2 * 86_400) <= 10);
-    let u = env.update(&id, &["--expires-in", "30d"]);
-    assert!(ts(&u["expires_at"]).0.abs_diff(now.0 + 30 * 86_400) <= 10);
+    // Between the clock before the command and after it.
+    let expires_in = |arg: &str, secs: u64| {
+        let before = Timestamp::now().0;
+        let u = env.update(&id, &["--expires-in", arg]);
+        let at = ts(&u["expires_at"]).0;
+        assert!(
+            (before + secs..=Timestamp::now().0 + secs).contains(&at),
+            "{arg}: {at}"
+        );
+    };
+    expires_in("2d", 2 * 86_400);
+    expires_in("30d", 30 * 86_400);
     let u = env.update(&id, &["--expires-at", "2099-01-02T03:04:05Z"]);
     assert_eq!(u["expires_at"], "2099-01-02T03:04:05Z");
     let u = env.update(&id, &["--no-expiry"]);

@@ -536,6 +536,14 @@ async fn an_unreadable_key_file_makes_the_gateway_loudly_unhealthy() {
     fs::set_permissions(&g.keys, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(eventually(Duration::from_secs(3), || async { ready().await == 200 }).await);
     assert_eq!(healthy().await, 1.0);
+    // Readiness turns before the line is written (and the log writer batches).
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let n = count(&g.logs, "key file loaded again");
+            async move { n >= 1 }
+        })
+        .await
+    );
     assert_eq!(count(&g.logs, "key file loaded again"), 1);
 }
 
