@@ -223,3 +223,25 @@ async fn a_bad_worker_count_is_refused_with_a_message() {
         );
     }
 }
+
+/// The allocator's options from `.cargo/config.toml` are compiled into the binary: jemalloc's
+/// own statistics, printed at exit, list them.
+#[cfg(not(target_env = "msvc"))]
+#[test]
+fn the_allocator_keeps_a_busy_gateways_blocks_cached() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.tcache_nslots_small_min: 256",
+        "opt.tcache_nslots_small_max: 1024",
+        "opt.tcache_nslots_large: 64",
+        "opt.tcache_gc_incr_bytes: 16777216",
+    ] {
+        assert!(stats.contains(option), "{option} not in jemalloc's stats");
+    }
+}

@@ -36,8 +36,11 @@ PGO=${PGO:-1}
 if [[ "$PGO" == 1 ]]; then
     BIN=$ROOT/target/pgo/keygate
     BUILD_KIND="profile-guided (scripts/build-pgo.sh, as the container image)"
+    # Also built (and measured under callgrind only) to show what the profile changes.
+    PLAIN_BIN=$ROOT/target/release/keygate
 else
     BIN=$ROOT/target/release/keygate
+    PLAIN_BIN=$BIN
     BUILD_KIND="plain release (cargo build --release)"
 fi
 PROXY_CPU=0
@@ -152,6 +155,11 @@ if [[ "${NO_BUILD:-0}" == 1 && -x "$BIN" ]]; then
 elif [[ "$PGO" == 1 ]]; then
     log "building profile-guided (scripts/build-pgo.sh: two release builds and a training run)"
     bash scripts/build-pgo.sh >"$WORK/build.log" 2>&1 || {
+        tail -30 "$WORK/build.log"
+        exit 1
+    }
+    log "building release (the plain build, for the callgrind comparison)"
+    cargo build --release --bin keygate >>"$WORK/build.log" 2>&1 || {
         tail -30 "$WORK/build.log"
         exit 1
     }
@@ -788,35 +796,42 @@ fi
 
 # 3) user-space instructions per request under callgrind: exact and repeatable where timings
 #    drift by ±10% from run to run, so a change's effect shows even on a busy machine (it is
-#    blind to the kernel, to cache misses and to SHA-NI, which valgrind does not emulate). Each
+#    blind to the kernel and to SHA-NI, which valgrind does not emulate; its cache misses come
+#    from a simulated cache of fixed size, not this CPU's). Each
 #    contender is restarted under valgrind on a port of its own, after every timed measurement.
 #    nginx is left out: its worker drops to `nobody` and does not answer callgrind_control.
 if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && [[ "${INSTR:-1}" == 1 ]]; then
     log "profile: instructions per request (valgrind --tool=callgrind)"
+    CG_CACHE="--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64"
     {
-        echo "User-space instructions per request (\`valgrind --tool=callgrind\` on a restarted contender, counters zeroed after a 2 s warm-up, then a 5 s \`wrk -c8\` run; instructions ÷ requests):"
+        echo "User-space instructions and simulated cache misses per request (\`valgrind --tool=callgrind $CG_CACHE\` on a restarted contender, counters zeroed after a 2 s warm-up, then a 5 s \`wrk -c8\` run; each count ÷ requests). The cache is simulated, with fixed sizes (32 KB L1s, 1 MB last level), so these columns are repeatable and comparable between machines; they say where a build misses, not how long a miss takes here:"
         echo
-        echo "| contender | requests | instructions per request | vs HAProxy |"
-        echo "|---|---|---|---|"
+        echo "| contender | requests | instructions per request | vs HAProxy | L1 instruction misses | L1 data misses | data writes |"
+        echo "|---|---|---|---|---|---|---|"
     } >>"$PROFILE_FILE"
     read -r P_CG P_CG_M < <(T free-ports 2)
     declare -A CG_CMD=(
         [keygate]="$BIN serve --config $WORK/kg/gateway-cg.toml"
         [keygate-prod]="$BIN serve --config $WORK/kgp/gateway-cg.toml"
+        [keygate-plain]="$PLAIN_BIN serve --config $WORK/kg/gateway-cg.toml"
         [haproxy]="haproxy -db -f $WORK/haproxy-cg.cfg")
+    # With PGO=1 the plain release build of the same sources runs too, minimal configuration:
+    # the row that shows what the profile-guided build changes.
+    CG_NAMES=(haproxy keygate keygate-prod)
+    [[ "$PGO" == 1 && -x "$PLAIN_BIN" ]] && CG_NAMES+=(keygate-plain)
     sed "s/^listen = \"127.0.0.1:$P_KG\"/listen = \"127.0.0.1:$P_CG\"/" "$WORK/kg/gateway.toml" >"$WORK/kg/gateway-cg.toml"
     sed -e "s/^listen = \"127.0.0.1:$P_KGP\"/listen = \"127.0.0.1:$P_CG\"/" \
         -e "s/^listen = \"127.0.0.1:$P_KGP_M\"/listen = \"127.0.0.1:$P_CG_M\"/" \
         "$WORK/kgp/gateway.toml" >"$WORK/kgp/gateway-cg.toml"
     ((HAVE_HA)) && sed "s/bind 127.0.0.1:$P_HA/bind 127.0.0.1:$P_CG/" "$WORK/haproxy.cfg" >"$WORK/haproxy-cg.cfg"
     HA_IR=0
-    for n in haproxy keygate keygate-prod; do
+    for n in "${CG_NAMES[@]}"; do
         [[ $n == haproxy && $HAVE_HA == 0 ]] && continue
         out="$WORK/callgrind-$n"
         rm -rf "$out"
         mkdir -p "$out"
         # shellcheck disable=SC2086 # the command line is split on purpose
-        TOKIO_WORKER_THREADS=1 start "callgrind-$n" $PROXY_CPU valgrind --tool=callgrind --dump-instr=no \
+        TOKIO_WORKER_THREADS=1 start "callgrind-$n" $PROXY_CPU valgrind --tool=callgrind --dump-instr=no $CG_CACHE \
             --callgrind-out-file="$out/cg.%p" ${CG_CMD[$n]}
         VG_PID=$LAST_PID
         url="http://127.0.0.1:$P_CG/v1/chat/completions"
@@ -833,20 +848,28 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && 
 import sys,glob,json,importlib.util as u
 s=u.spec_from_file_location("t",sys.argv[4]); t=u.module_from_spec(s); s.loader.exec_module(t)
 req=t.parse_wrk(open(sys.argv[2]).read())["requests"] or 0
-ir=0
+tot={}
 for f in glob.glob(sys.argv[1]+"/cg.*.1"):   # the dump taken after the zeroing
+    events=[]
     for line in open(f):
-        if line.startswith("summary:"): ir+=int(line.split()[1])
-name=sys.argv[3]; ha=float(sys.argv[6])
+        if line.startswith("events:"): events=line.split()[1:]
+        if line.startswith("summary:"):
+            for e,v in zip(events,line.split()[1:]): tot[e]=tot.get(e,0)+int(v)
+name=sys.argv[3]; ha=float(sys.argv[6]); ir=tot.get("Ir",0)
 if req and ir:
     per=ir/req
     vs="1.00×" if name=="haproxy" else (f"{per/ha:.2f}×" if ha else "–")
-    print(f"| {name} | {req} | {per:,.0f} | {vs} |")
+    i1=tot.get("I1mr"); d1=(tot["D1mr"]+tot["D1mw"]) if "D1mr" in tot and "D1mw" in tot else None; dw=tot.get("Dw")
+    cell=lambda v: "–" if v is None else f"{v/req:,.0f}"
+    label=name+(" (plain release build)" if name=="keygate-plain" else "")
+    print(f"| {label} | {req} | {per:,.0f} | {vs} | {cell(i1)} | {cell(d1)} | {cell(dw)} |")
     with open(sys.argv[5],"a") as f:
-        f.write(json.dumps({"kind":"instructions","target":name,"requests":req,"per_request":per})+"\n")
+        f.write(json.dumps({"kind":"instructions","target":name,"requests":req,"per_request":per,
+            "i1_misses":None if i1 is None else i1/req,"d1_misses":None if d1 is None else d1/req,
+            "data_writes":None if dw is None else dw/req})+"\n")
     if name=="haproxy": open(sys.argv[1]+"/per_request","w").write(str(per))
 else:
-    print(f"| {name} | {req} | – (no callgrind dump) | – |")
+    print(f"| {name} | {req} | – (no callgrind dump) | – | – | – | – |")
 EOF
         [[ $n == haproxy && -s "$out/per_request" ]] && HA_IR=$(cat "$out/per_request")
     done

@@ -945,10 +945,19 @@ def report(results_path, meta_path, out):
     if ("keygate", "key") in sc and ("haproxy", "key") in sc:
         found["syscalls"] = (f"{sc[('keygate', 'key')]['per_request']:.2f} syscalls per request for keygate vs "
                              f"{sc[('haproxy', 'key')]['per_request']:.2f} for HAProxy")
-    ins = {r["target"]: r["per_request"] for r in by("instructions")}
+    cg = {r["target"]: r for r in by("instructions")}
+    ins = {t: r["per_request"] for t, r in cg.items()}
     if "keygate" in ins and "haproxy" in ins:
-        found["instructions"] = (f"user-space instructions per request (callgrind) keygate {ins['keygate']:,.0f} vs "
-                                 f"HAProxy {ins['haproxy']:,.0f} ({ins['keygate'] / ins['haproxy']:.2f}×)")
+        text = (f"user-space instructions per request (callgrind) keygate {ins['keygate']:,.0f} vs "
+                f"HAProxy {ins['haproxy']:,.0f} ({ins['keygate'] / ins['haproxy']:.2f}×)")
+        i1 = {t: r.get("i1_misses") for t, r in cg.items() if r.get("i1_misses") is not None}
+        if "keygate" in i1 and "haproxy" in i1:
+            text += f"; simulated L1 instruction misses {i1['keygate']:,.0f} vs {i1['haproxy']:,.0f}"
+        if "keygate-plain" in ins:
+            text += f"; the plain release build {ins['keygate-plain']:,.0f} instructions"
+            if "keygate-plain" in i1:
+                text += f", {i1['keygate-plain']:,.0f} L1 instruction misses"
+        found["instructions"] = text
     if ("keygate-prod", "key") in sc and ("keygate", "key") in sc:
         found["prod_syscalls"] = (f"{sc[('keygate-prod', 'key')]['per_request']:.2f} syscalls per request for keygate-prod "
                                   f"vs {sc[('keygate', 'key')]['per_request']:.2f} for keygate")
