@@ -52,7 +52,7 @@
 //! | `proxy/pool.rs` | upstream connections leased to the request's own task |
 //! | `proxy/headers.rs` | header hygiene in both directions |
 //! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
-//! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record |
+//! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record (`response_body_tests.rs`: its unit tests) |
 //! | `proxy/idle.rs` | body frames bounded in time; how a client's body fails |
 //! | `proxy/stream_usage.rs` | the usage-only SSE event hidden from a client that did not ask for it |
 //! | `proxy/revoke.rs` | an answer ended when its key is revoked |

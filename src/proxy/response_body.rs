@@ -80,7 +80,8 @@ pin_project_lite::pin_project! {
         // The upstream connection `inner` arrives on, polled by this body.
         lease: Lease,
         idle: Idle,
-        // An upstream error held back for one poll (see `poll_frame`).
+        // The error that ends the answer (the upstream broke off, or the key was revoked),
+        // held back for one poll so what hyper holds goes out first (see `poll_frame`).
         broken: Option<BoxError>,
         scanner: Option<UsageScanner>,
         // Counts the text an event stream relayed, for a stream cut short (boxed: only event
@@ -222,13 +223,19 @@ impl HttpBody for Body {
                 if let Some(e) = broken.take() {
                     break Poll::Ready(Some(Err(e)));
                 }
+                // A revoke ends the answer with an error, after one more turn: hyper cuts
+                // the connection at a body error without flushing what it holds, which for
+                // a revoke before the first frame is the head itself (the client would see
+                // no answer at all).
                 if let Some(why) = revoke
                     .as_ref()
                     .get_ref()
                     .as_ref()
                     .and_then(RevokeWatch::ended)
                 {
-                    break revoked(&mut this.record, why);
+                    *broken = Some(revoked(&mut this.record, why));
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 lease.drive(cx);
                 let frame = match idle.poll_frame(inner, cx) {
@@ -237,7 +244,8 @@ impl HttpBody for Body {
                         if let Some(mut watch) = revoke.as_mut().as_pin_mut() {
                             if watch.as_mut().poll_revoked(cx).is_ready() {
                                 let why = watch.ended().unwrap_or(Ended::Revoked);
-                                break revoked(&mut this.record, why);
+                                *broken = Some(revoked(&mut this.record, why));
+                                cx.waker().wake_by_ref();
                             }
                         }
                         return Poll::Pending;
@@ -337,16 +345,13 @@ impl HttpBody for Body {
     }
 }
 
-/// Ends an answer whose key was revoked or disabled: an error, so the client sees a broken
-/// stream, not a clean end; the record names the reason.
-fn revoked(
-    record: &mut Option<Box<RequestRecord>>,
-    why: Ended,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+/// The error that ends an answer whose key was revoked or disabled, so the client sees a
+/// broken stream, not a clean end; the record names the reason.
+fn revoked(record: &mut Option<Box<RequestRecord>>, why: Ended) -> BoxError {
     if let Some(f) = record.as_mut() {
         f.error_code = Some(GatewayError::from(why).code());
     }
-    Poll::Ready(Some(Err(Box::new(KeyRevoked))))
+    Box::new(KeyRevoked)
 }
 
 /// A whole answer the gateway writes itself: `text/plain`.
@@ -380,3 +385,7 @@ pub fn without_body(resp: &mut Response<Body>) {
     }
     *resp.body_mut() = Body::full(Bytes::new());
 }
+
+#[cfg(test)]
+#[path = "response_body_tests.rs"]
+mod tests;
