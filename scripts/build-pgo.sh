@@ -11,9 +11,9 @@
 #
 # Why: a request runs through more code than fits the CPU's instruction cache (hyper, tokio,
 # the stages), and the counts let the compiler put the hot paths together and the cold ones
-# aside. Measured with callgrind on the load harness's request (the README's Performance
-# section): 23% fewer instructions and 38% fewer instruction-cache misses per request than
-# the plain release build.
+# aside. The load harness's callgrind table (benches/RESULTS.md) measures both builds on its
+# request: about 23% fewer instructions and a third fewer instruction-cache misses per
+# request than the plain release build.
 # Both builds are from scratch in their own target directories (about twice a release
 # build's time); RUSTFLAGS, if set, are kept. Needs curl and, for the training run's
 # ports, nothing else: everything is on 127.0.0.1. PGO_DIR (target/pgo) is where it works.

@@ -500,7 +500,8 @@ async fn soft_open_file_limit_is_raised_to_the_hard_limit() {
     stop(child);
     let raised = has_line(&logs, |l| {
         l.contains("raised the open-file limit") && l.contains("256")
-    });
+    })
+    .await;
     let lines = logs.lock().unwrap().clone();
     assert_eq!((soft, now_hard), (hard, hard), "{lines:?}");
     assert!(raised, "{lines:?}");

@@ -740,7 +740,7 @@ async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
         "upstream health check passes",
     ] {
         assert!(
-            has_line(&logs, |l| l.contains(needle)),
+            has_line(&logs, |l| l.contains(needle)).await,
             "{needle:?} not in {:?}",
             logs.lock().unwrap()
         );

@@ -81,7 +81,7 @@ pin_project_lite::pin_project! {
         lease: Lease,
         idle: Idle,
         // The error that ends the answer (the upstream broke off, or the key was revoked),
-        // held back for one poll so what hyper holds goes out first (see `poll_frame`).
+        // held back for one poll so what hyper holds goes out first (`end_next_turn`).
         broken: Option<BoxError>,
         scanner: Option<UsageScanner>,
         // Counts the text an event stream relayed, for a stream cut short (boxed: only event
@@ -223,19 +223,13 @@ impl HttpBody for Body {
                 if let Some(e) = broken.take() {
                     break Poll::Ready(Some(Err(e)));
                 }
-                // A revoke ends the answer with an error, after one more turn: hyper cuts
-                // the connection at a body error without flushing what it holds, which for
-                // a revoke before the first frame is the head itself (the client would see
-                // no answer at all).
                 if let Some(why) = revoke
                     .as_ref()
                     .get_ref()
                     .as_ref()
                     .and_then(RevokeWatch::ended)
                 {
-                    *broken = Some(revoked(&mut this.record, why));
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    return end_next_turn(broken, revoked(&mut this.record, why), cx);
                 }
                 lease.drive(cx);
                 let frame = match idle.poll_frame(inner, cx) {
@@ -244,21 +238,16 @@ impl HttpBody for Body {
                         if let Some(mut watch) = revoke.as_mut().as_pin_mut() {
                             if watch.as_mut().poll_revoked(cx).is_ready() {
                                 let why = watch.ended().unwrap_or(Ended::Revoked);
-                                *broken = Some(revoked(&mut this.record, why));
-                                cx.waker().wake_by_ref();
+                                return end_next_turn(broken, revoked(&mut this.record, why), cx);
                             }
                         }
                         return Poll::Pending;
                     }
                 };
                 if let Some(Err(e)) = frame {
-                    // The upstream broke off. hyper cuts the client's connection at a body
-                    // error without flushing what it has buffered, and the frames before
-                    // the break may have arrived in the same read: yield once so they go
-                    // out first, then report the error.
-                    *broken = Some(e);
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    // The upstream broke off (the frames before the break may have arrived
+                    // in the same read).
+                    return end_next_turn(broken, e, cx);
                 }
                 if frame.is_none() {
                     lease.release();
@@ -343,6 +332,16 @@ impl HttpBody for Body {
             Kind::Upstream(r) => r.inner.size_hint(),
         }
     }
+}
+
+/// Ends the answer with `e` at the next poll, after yielding once: hyper cuts the client's
+/// connection at a body error without flushing what it holds (frames that arrived with an
+/// upstream's break; for a revoke before the first frame, the head itself, without which the
+/// client would get no answer at all), so that goes out first.
+fn end_next_turn<T>(broken: &mut Option<BoxError>, e: BoxError, cx: &Context<'_>) -> Poll<T> {
+    *broken = Some(e);
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 /// The error that ends an answer whose key was revoked or disabled, so the client sees a

@@ -76,18 +76,14 @@ pub fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 }
 
 /// Waits (up to 10 s) until a line captured by [`capture_stderr`] satisfies `pred`: the
-/// capture runs on its own thread, so a child that has exited may have lines not read yet.
-pub fn has_line(logs: &Mutex<Vec<String>>, pred: impl Fn(&str) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if logs.lock().unwrap().iter().any(|l| pred(l)) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// capture runs on its own thread, so a child that has exited may have lines not read yet,
+/// and the gateway's log writer batches.
+pub async fn has_line(logs: &Mutex<Vec<String>>, pred: impl Fn(&str) -> bool) -> bool {
+    super::eventually(Duration::from_secs(10), || {
+        let found = logs.lock().unwrap().iter().any(|l| pred(l));
+        std::future::ready(found)
+    })
+    .await
 }
 
 /// The address in a child's first stdout line ("… listening on http://ADDR").
