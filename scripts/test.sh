@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs keygate's whole test suite:
 #   formatting, clippy, build, the fuzz targets type-checked, Rust tests, the OpenAI-SDK
-#   end-to-end tests (pytest), the profile-guided build's training run,
+#   end-to-end tests (pytest), the load harness's statistics (pytest), the profile-guided
+#   build's training run,
 #   and the web console's browser tests (node --test, playwright-core driving Chromium).
 #
 # Needs only the Rust toolchain (with rustfmt and clippy), Python 3.11 and Node.js (18+);
@@ -158,6 +159,13 @@ if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
         "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/sdk || true
 else
     skip "pytest tests/sdk (OpenAI SDK end to end)" "needs a successful cargo build and venv"
+fi
+# The load harness's statistics (the paired runs' interval and verdicts), on made-up results.
+if [ "$VENV_OK" -eq 1 ]; then
+    step "pytest benches/load (the load harness's statistics)" \
+        timeout --kill-after=10 120 "$VENV/bin/python" -m pytest -q -p no:cacheprovider benches/load/test_tools.py || true
+else
+    skip "pytest benches/load (the load harness's statistics)" "needs the venv"
 fi
 # The profile-guided build's training run (scripts/build-pgo.sh runs it on an instrumented
 # build), here against the debug binary: every request it makes gets the status it should.

@@ -3,7 +3,8 @@
 #
 #   benches/load/run.sh
 #
-# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), CONNS (client connections of the
+# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), PAIRS (16) and PAIR_DUR (2 s): the
+# paired runs behind the two-contender targets, CONNS (client connections of the
 # throughput rows, "32 256 1024"), MICRO (1: also run the criterion
 # benches; 0: reuse target/criterion results if any), BIG_KEYS (1000000: the large key
 # set for the memory test), WORK (work dir, default a new
@@ -479,25 +480,28 @@ reset_logs() {
     true
 }
 
-throughput() { # NAME ROUND CONNS
-    local name=$1 round=$2 conns=$3 f="$WORK/wrk-$1-c$3-r$2.txt" c0 c1 m0 m1 d0 d1 extra
+# throughput NAME ROUND CONNS [KIND SECS]: one wrk run and its CPU, recorded as KIND
+# (throughput: the rounds' table; paired: the paired runs below, ROUND being the pair).
+throughput() {
+    local name=$1 round=$2 conns=$3 kind=${4:-throughput} secs=${5:-$DUR}
+    local f="$WORK/wrk-$1-c$3-r$2${4:+-$4}.txt" c0 c1 m0 m1 d0 d1 extra
     reset_logs
     [[ $name == keygate-prod ]] && d0=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
     c0=$(T cpu ${PID_OF[$name]})
     m0=$(state_mtime "$name")
-    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}" "$DUR" "$conns"
+    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}" "$secs" "$conns"
     # keygate-prod: its writer thread may still be writing queued lines; that is CPU the
     # requests caused, so it is counted, and then the lines are.
     [[ $name == keygate-prod ]] && T settle "$KGP_LOG"
     m1=$(state_mtime "$name")
     c1=$(T cpu ${PID_OF[$name]})
-    extra="{\"conns\":$conns,\"state_flush\":$([[ $name == keygate* && $m0 != "$m1" ]] && echo true || echo false)"
+    extra="{\"kind\":\"$kind\",\"conns\":$conns,\"state_flush\":$([[ $name == keygate* && $m0 != "$m1" ]] && echo true || echo false)"
     if [[ $name == keygate-prod ]]; then
         d1=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
         extra+=",\"access_lines\":$(T access-lines "$KGP_LOG"),\"dropped\":$(T delta "$d0" "$d1")"
     fi
-    emit "$(T throughput "$f" "$name" "$round" "$c0" "$c1")" "$extra}"
-    log "  $name c$conns r$round: $(tail -1 "$RES")"
+    emit "$(T throughput "$f" "$name" "$round" "$c0" "$c1")" "$extra${6:+,\"set\":\"$6\"}}"
+    log "  $name c$conns ${kind:0:1}$round: $(tail -1 "$RES")"
 }
 
 fixed_rate() { # NAME ROUND RATE SECS CONNS
@@ -684,6 +688,30 @@ for round in $(seq "$ROUNDS"); do
 done
 cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 
+# ------------------------------------------------------------------ paired runs
+# The targets that compare two contenders' throughput or CPU per request. One run's ratio
+# moves by ±15–25% on this VM from one run to the next, even between two back-to-back 2 s
+# runs, so three or five rounds cannot tell 0.95× from 1.05×. Here each pair of contenders
+# runs PAIRS times, back to back, PAIR_DUR seconds each, the order swapped every pair (A B,
+# B A, ...) so a drift in the machine's speed does not favour either; the report takes the
+# median of the per-pair ratios and an interval around it from order statistics (no
+# assumption about the noise's shape), and calls a target met or missed only when the whole
+# interval is on one side of its bound.
+PAIRS=${PAIRS:-16}
+PAIR_DUR=${PAIR_DUR:-2}
+PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE")
+[[ " ${CONNS_LIST[*]} " == *" 256 "* ]] && PAIRED+=("keygate haproxy 256")
+for spec in "${PAIRED[@]}"; do
+    read -r a b conns <<<"$spec"
+    [[ -n "${PID_OF[$a]:-}" && -n "${PID_OF[$b]:-}" ]] || continue
+    log "paired runs: $a and $b at -c$conns, $PAIRS pairs of ${PAIR_DUR} s"
+    for i in $(seq "$PAIRS"); do
+        if ((i % 2)); then first=$a second=$b; else first=$b second=$a; fi
+        throughput "$first" "$i" "$conns" paired "$PAIR_DUR" "$a/$b"
+        throughput "$second" "$i" "$conns" paired "$PAIR_DUR" "$a/$b"
+    done
+done
+
 # ------------------------------------------------------------------ profile
 # 1) syscalls per request (strace -c, attached for the length of a 3 s wrk run: strace slows
 #    the process, but the count per request does not depend on speed);
@@ -803,48 +831,57 @@ fi
 if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && [[ "${INSTR:-1}" == 1 ]]; then
     log "profile: instructions per request (valgrind --tool=callgrind)"
     CG_CACHE="--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64"
-    {
-        echo "User-space instructions and simulated cache misses per request (\`valgrind --tool=callgrind $CG_CACHE\` on a restarted contender, counters zeroed after a 2 s warm-up, then a 5 s \`wrk -c8\` run; each count ÷ requests). The cache is simulated, with fixed sizes (32 KB L1s, 1 MB last level), so these columns are repeatable and comparable between machines; they say where a build misses, not how long a miss takes here:"
-        echo
-        echo "| contender | requests | instructions per request | vs HAProxy | L1 instruction misses | L1 data misses | data writes |"
-        echo "|---|---|---|---|---|---|---|"
-    } >>"$PROFILE_FILE"
     read -r P_CG P_CG_M < <(T free-ports 2)
     declare -A CG_CMD=(
         [keygate]="$BIN serve --config $WORK/kg/gateway-cg.toml"
         [keygate-prod]="$BIN serve --config $WORK/kgp/gateway-cg.toml"
         [keygate-plain]="$PLAIN_BIN serve --config $WORK/kg/gateway-cg.toml"
         [haproxy]="haproxy -db -f $WORK/haproxy-cg.cfg")
-    # With PGO=1 the plain release build of the same sources runs too, minimal configuration:
-    # the row that shows what the profile-guided build changes.
-    CG_NAMES=(haproxy keygate keygate-prod)
-    [[ "$PGO" == 1 && -x "$PLAIN_BIN" ]] && CG_NAMES+=(keygate-plain)
     sed "s/^listen = \"127.0.0.1:$P_KG\"/listen = \"127.0.0.1:$P_CG\"/" "$WORK/kg/gateway.toml" >"$WORK/kg/gateway-cg.toml"
     sed -e "s/^listen = \"127.0.0.1:$P_KGP\"/listen = \"127.0.0.1:$P_CG\"/" \
         -e "s/^listen = \"127.0.0.1:$P_KGP_M\"/listen = \"127.0.0.1:$P_CG_M\"/" \
         "$WORK/kgp/gateway.toml" >"$WORK/kgp/gateway-cg.toml"
     ((HAVE_HA)) && sed "s/bind 127.0.0.1:$P_HA/bind 127.0.0.1:$P_CG/" "$WORK/haproxy.cfg" >"$WORK/haproxy-cg.cfg"
-    HA_IR=0
-    for n in "${CG_NAMES[@]}"; do
-        [[ $n == haproxy && $HAVE_HA == 0 ]] && continue
-        out="$WORK/callgrind-$n"
-        rm -rf "$out"
-        mkdir -p "$out"
-        # shellcheck disable=SC2086 # the command line is split on purpose
-        TOKIO_WORKER_THREADS=1 start "callgrind-$n" $PROXY_CPU valgrind --tool=callgrind --dump-instr=no $CG_CACHE \
-            --callgrind-out-file="$out/cg.%p" ${CG_CMD[$n]}
-        VG_PID=$LAST_PID
-        url="http://127.0.0.1:$P_CG/v1/chat/completions"
-        if ! wait_http "http://127.0.0.1:$P_CG/healthz" 180; then
-            stop "$VG_PID"
-            continue
+    # Two loads: 8 connections (every contender; with PGO=1 also the plain release build of
+    # the same sources, minimal configuration: the row that shows what the profile-guided
+    # build changes), and 256 connections (HAProxy and keygate), where each request finds its
+    # connection's state cold and the last-level misses are the difference.
+    for CGC in 8 256; do
+        if ((CGC == 8)); then
+            CG_NAMES=(haproxy keygate keygate-prod)
+            [[ "$PGO" == 1 && -x "$PLAIN_BIN" ]] && CG_NAMES+=(keygate-plain)
+            CG_WARM=2 CG_SECS=5
+        else
+            CG_NAMES=(haproxy keygate)
+            CG_WARM=6 CG_SECS=20
         fi
-        wrk_run "$WORK/wrk-cg-warm-$n.txt" "$WORK/key.lua" "$url" 2 8
-        timeout 60 callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true
-        wrk_run "$WORK/wrk-cg-$n.txt" "$WORK/key.lua" "$url" 5 8
-        timeout 60 callgrind_control -d "$VG_PID" >/dev/null 2>&1 || true
-        stop "$VG_PID"
-        "$PY" - "$out" "$WORK/wrk-cg-$n.txt" "$n" "$TOOLS" "$RES" "$HA_IR" >>"$PROFILE_FILE" <<'EOF' || true
+        {
+            echo "User-space instructions and simulated cache misses per request at $CGC connections (\`valgrind --tool=callgrind $CG_CACHE\` on a restarted contender, counters zeroed after a $CG_WARM s \`wrk -c$CGC\` warm-up, then a $CG_SECS s \`wrk -c$CGC\` run; each count ÷ requests). The cache is simulated, with fixed sizes (32 KB L1s, 1 MB last level), so these columns are repeatable and comparable between machines; they say where a build misses, not how long a miss takes here:"
+            echo
+            echo "| contender | requests | instructions per request | vs HAProxy | L1 instruction misses | L1 data misses | last-level misses | data writes |"
+            echo "|---|---|---|---|---|---|---|---|"
+        } >>"$PROFILE_FILE"
+        HA_IR=0
+        for n in "${CG_NAMES[@]}"; do
+            [[ $n == haproxy && $HAVE_HA == 0 ]] && continue
+            out="$WORK/callgrind-$n-c$CGC"
+            rm -rf "$out"
+            mkdir -p "$out"
+            # shellcheck disable=SC2086 # the command line is split on purpose
+            TOKIO_WORKER_THREADS=1 start "callgrind-$n-c$CGC" $PROXY_CPU valgrind --tool=callgrind --dump-instr=no $CG_CACHE \
+                --callgrind-out-file="$out/cg.%p" ${CG_CMD[$n]}
+            VG_PID=$LAST_PID
+            url="http://127.0.0.1:$P_CG/v1/chat/completions"
+            if ! wait_http "http://127.0.0.1:$P_CG/healthz" 180; then
+                stop "$VG_PID"
+                continue
+            fi
+            wrk_run "$WORK/wrk-cg-warm-$n-c$CGC.txt" "$WORK/key.lua" "$url" "$CG_WARM" "$CGC"
+            timeout 60 callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true
+            wrk_run "$WORK/wrk-cg-$n-c$CGC.txt" "$WORK/key.lua" "$url" "$CG_SECS" "$CGC"
+            timeout 60 callgrind_control -d "$VG_PID" >/dev/null 2>&1 || true
+            stop "$VG_PID"
+            "$PY" - "$out" "$WORK/wrk-cg-$n-c$CGC.txt" "$n" "$TOOLS" "$RES" "$HA_IR" "$CGC" >>"$PROFILE_FILE" <<'EOF' || true
 import sys,glob,json,importlib.util as u
 s=u.spec_from_file_location("t",sys.argv[4]); t=u.module_from_spec(s); s.loader.exec_module(t)
 req=t.parse_wrk(open(sys.argv[2]).read())["requests"] or 0
@@ -855,25 +892,27 @@ for f in glob.glob(sys.argv[1]+"/cg.*.1"):   # the dump taken after the zeroing
         if line.startswith("events:"): events=line.split()[1:]
         if line.startswith("summary:"):
             for e,v in zip(events,line.split()[1:]): tot[e]=tot.get(e,0)+int(v)
-name=sys.argv[3]; ha=float(sys.argv[6]); ir=tot.get("Ir",0)
+name=sys.argv[3]; ha=float(sys.argv[6]); ir=tot.get("Ir",0); conns=int(sys.argv[7])
 if req and ir:
     per=ir/req
     vs="1.00×" if name=="haproxy" else (f"{per/ha:.2f}×" if ha else "–")
     i1=tot.get("I1mr"); d1=(tot["D1mr"]+tot["D1mw"]) if "D1mr" in tot and "D1mw" in tot else None; dw=tot.get("Dw")
+    ll=sum(tot[e] for e in ("ILmr","DLmr","DLmw")) if all(e in tot for e in ("ILmr","DLmr","DLmw")) else None
     cell=lambda v: "–" if v is None else f"{v/req:,.0f}"
     label=name+(" (plain release build)" if name=="keygate-plain" else "")
-    print(f"| {label} | {req} | {per:,.0f} | {vs} | {cell(i1)} | {cell(d1)} | {cell(dw)} |")
+    print(f"| {label} | {req} | {per:,.0f} | {vs} | {cell(i1)} | {cell(d1)} | {cell(ll)} | {cell(dw)} |")
     with open(sys.argv[5],"a") as f:
-        f.write(json.dumps({"kind":"instructions","target":name,"requests":req,"per_request":per,
+        f.write(json.dumps({"kind":"instructions","target":name,"conns":conns,"requests":req,"per_request":per,
             "i1_misses":None if i1 is None else i1/req,"d1_misses":None if d1 is None else d1/req,
-            "data_writes":None if dw is None else dw/req})+"\n")
+            "ll_misses":None if ll is None else ll/req,"data_writes":None if dw is None else dw/req})+"\n")
     if name=="haproxy": open(sys.argv[1]+"/per_request","w").write(str(per))
 else:
-    print(f"| {name} | {req} | – (no callgrind dump) | – | – | – | – |")
+    print(f"| {name} | {req} | – (no callgrind dump) | – | – | – | – | – |")
 EOF
-        [[ $n == haproxy && -s "$out/per_request" ]] && HA_IR=$(cat "$out/per_request")
+            [[ $n == haproxy && -s "$out/per_request" ]] && HA_IR=$(cat "$out/per_request")
+        done
+        echo >>"$PROFILE_FILE"
     done
-    echo >>"$PROFILE_FILE"
 fi
 
 # ------------------------------------------------------------------ micro-benchmarks
@@ -914,7 +953,7 @@ cpu=[l.split(":",1)[1].strip() for l in sh("lscpu").splitlines() if l.startswith
 profile=open("$PROFILE_FILE").read() if os.path.exists("$PROFILE_FILE") else ""
 micro=json.load(open("$MICRO_JSON")) if os.path.exists("$MICRO_JSON") else []
 env=os.environ
-meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CONNS_LIST[*]}' MICRO=$MICRO PGO=$PGO)"),
+meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CONNS_LIST[*]}' PAIRS=$PAIRS PAIR_DUR=$PAIR_DUR MICRO=$MICRO PGO=$PGO)"),
       "keygate build":"$BUILD_KIND",
       "date":datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "elapsed_s":$ELAPSED,"rounds":$ROUNDS,"keys_main":$KEYS_MAIN,
@@ -926,7 +965,7 @@ meta={"command":"benches/load/run.sh" + (" (ROUNDS=$ROUNDS DUR=$DUR CONNS='${CON
       "fixed_rate_tool":"oha -q RATE -c CONNS --latency-correction" if "$OHA" else "",
       "fixed_rate_note":"""$FIXED_NOTE""",
       "profile":profile,"profile_note":"""$PROFILE_NOTE""",
-      "micro":micro,"raw":"$RES","dur":$DUR,"conns":[int(c) for c in "${CONNS_LIST[*]}".split()],
+      "micro":micro,"raw":"$RES","dur":$DUR,"pairs":$PAIRS,"pair_dur":$PAIR_DUR,"conns":[int(c) for c in "${CONNS_LIST[*]}".split()],
       "conns_note":"""$CONNS_NOTE""","ha_maxconn":$HA_MAXCONN,"ng_keepalive":$NG_KEEPALIVE,"ng_conns":$NG_CONNS,
       "prod_toml":env.get("PROD_TOML",""),"prod_sample":env.get("KGP_SAMPLE",""),
       "nginx_log_conf":env.get("NGL_DIRECTIVE",""),

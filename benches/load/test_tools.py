@@ -1,0 +1,97 @@
+"""Tests of the load harness's statistics: the paired runs' interval and verdicts.
+
+Run by scripts/test.sh with pytest; standard library otherwise.
+"""
+
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tools  # noqa: E402
+
+
+def test_the_interval_is_order_statistics_with_their_binomial_coverage():
+    m, lo, hi, cov = tools.median_interval(list(range(16)))
+    assert m == 7.5
+    # 16 values: the 5th smallest and the 5th largest, 1 - 2 * P(Bin(16, 1/2) <= 4).
+    assert (lo, hi) == (4, 11)
+    assert abs(cov - (1 - 2 * 2517 / 65536)) < 1e-12
+    # Too few values for a 90% interval: none, and no verdict from it.
+    assert tools.median_interval([1.0, 2.0, 3.0, 4.0])[1:] == (None, None, None)
+    assert tools.median_interval([])[0] is None
+
+
+def _noise(rng):
+    """A per-pair ratio on this VM: log-normal, plus a bad second now and then on one side."""
+    return rng.lognormvariate(0, 0.15) * (1.6 if rng.random() < 0.1 else 1.0)
+
+
+def test_the_interval_holds_the_median_at_least_as_often_as_it_says_under_skewed_noise():
+    rng = random.Random(11)
+    population = sorted(_noise(rng) for _ in range(200_000))
+    true_median = population[len(population) // 2]
+    trials, held, cov = 3000, 0, None
+    for _ in range(trials):
+        _, lo, hi, cov = tools.median_interval([_noise(rng) for _ in range(16)])
+        held += lo <= true_median <= hi
+    assert held / trials >= cov - 0.02, (held / trials, cov)
+
+
+def test_a_target_is_decided_only_when_the_whole_interval_is_on_one_side():
+    assert tools.decide(0.90, 0.98, 1.0, higher_is_better=False) is True
+    assert tools.decide(0.95, 1.05, 1.0, higher_is_better=False) == tools.UNDECIDED
+    assert tools.decide(1.01, 1.20, 1.0, higher_is_better=False) is False
+    assert tools.decide(1.01, 1.20, 1.0, higher_is_better=True) is True
+    assert tools.decide(0.85, 0.99, 1.0, higher_is_better=True) is False
+    assert tools.decide(None, None, 1.0, higher_is_better=True) is None
+
+
+def _records(ratio_of_pairs, rounds_ratio):
+    """keygate and haproxy at -c32: three rounds with keygate at rounds_ratio of HAProxy's CPU
+    per request, and one paired run per value of ratio_of_pairs."""
+    rows = []
+    base = {"p50_ms": 1.0, "p99_ms": 2.0, "requests": 100_000, "cpu_s": 3.0, "conns": 32}
+    for rd in (1, 2, 3):
+        for name, cpu in (("keygate", 30.0 * rounds_ratio), ("haproxy", 30.0)):
+            rows.append(dict(base, kind="throughput", target=name, round=rd, rps=20_000.0, cpu_ms_per_1k=cpu))
+    for i, x in enumerate(ratio_of_pairs, 1):
+        for name, cpu in (("keygate", 30.0 * x), ("haproxy", 30.0)):
+            rows.append(dict(base, kind="paired", set="keygate/haproxy", target=name, round=i, rps=20_000.0,
+                             cpu_ms_per_1k=cpu))
+    return rows
+
+
+def _report(tmp_path, rows):
+    res, meta, out = tmp_path / "r.jsonl", tmp_path / "meta.json", tmp_path / "out.md"
+    res.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    meta.write_text(json.dumps({"command": "test", "date": "today", "elapsed_s": 1, "rounds": 3, "keys_main": 10,
+                                "dur": 5, "pair_dur": 2}))
+    tools.report(str(res), str(meta), str(out))
+    return out.read_text()
+
+
+def _row(text, start):
+    return next(line for line in text.splitlines() if line.startswith("| " + start))
+
+
+def test_the_report_decides_the_cpu_target_on_the_paired_runs_not_the_rounds(tmp_path):
+    # The rounds alone say 0.95× (met); the pairs spread over 0.80–1.20: undecided.
+    spread = [0.80 + 0.4 * i / 15 for i in range(16)]
+    text = _report(tmp_path, _records(spread, 0.95))
+    row = _row(text, "Minimal config CPU per request ≤ 1.0× HAProxy's")
+    assert "**undecided**" in row, row
+    assert "16 pairs" in row and "rounds 0.95×" in row, row
+    assert "## Paired runs" in text
+    # Tight pairs below the bound: met; tight pairs above it: missed, whatever the rounds say.
+    assert "**met**" in _row(_report(tmp_path, _records([0.9 + 0.001 * i for i in range(16)], 1.1)),
+                             "Minimal config CPU per request ≤ 1.0×")
+    assert "**missed**" in _row(_report(tmp_path, _records([1.05 + 0.001 * i for i in range(16)], 0.9)),
+                                "Minimal config CPU per request ≤ 1.0×")
+
+
+def test_without_paired_runs_the_rounds_median_decides_and_says_so(tmp_path):
+    text = _report(tmp_path, _records([], 0.95))
+    row = _row(text, "Minimal config CPU per request ≤ 1.0× HAProxy's")
+    assert "**met**" in row and "no paired runs" in row, row
