@@ -450,6 +450,12 @@ declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [keygate-prod]=$KGP_PID 
     [nginx]=${NG_PID:-} [nginx-log]=${NGL_PID:-})
 # keygate instances and their usage state files.
 declare -A STATE_OF=([keygate]="$WORK/kg/keys.json.state" [keygate-prod]="$WORK/kgp/keys.json.state")
+# keygate-429: the minimal keygate with the rate-limited key (every answer a 429), for the
+# paired runs that compare refusals with proxied requests.
+URL[keygate-429]=${URL[keygate]}
+PID_OF[keygate-429]=$KG_PID
+STATE_OF[keygate-429]=${STATE_OF[keygate]}
+declare -A SCRIPT_OF=([keygate-429]="$WORK/limited.lua")
 CONTENDERS=(direct keygate keygate-prod)
 ((HAVE_HA)) && CONTENDERS+=(haproxy)
 ((HAVE_NG)) && CONTENDERS+=(nginx nginx-log)
@@ -489,7 +495,7 @@ throughput() {
     [[ $name == keygate-prod ]] && d0=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
     c0=$(T cpu ${PID_OF[$name]})
     m0=$(state_mtime "$name")
-    wrk_run "$f" "$WORK/key.lua" "${URL[$name]}" "$secs" "$conns"
+    wrk_run "$f" "${SCRIPT_OF[$name]:-$WORK/key.lua}" "${URL[$name]}" "$secs" "$conns"
     # keygate-prod: its writer thread may still be writing queued lines; that is CPU the
     # requests caused, so it is counted, and then the lines are.
     [[ $name == keygate-prod ]] && T settle "$KGP_LOG"
@@ -689,7 +695,8 @@ done
 cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 
 # ------------------------------------------------------------------ paired runs
-# The targets that compare two contenders' throughput or CPU per request. One run's ratio
+# The targets that compare two contenders' throughput or CPU per request (and the 429's
+# against a proxied request's, on the same instance). One run's ratio
 # moves by ±15–25% on this VM from one run to the next, even between two back-to-back 2 s
 # runs, so three or five rounds cannot tell 0.95× from 1.05×. Here each pair of contenders
 # runs PAIRS times, back to back, PAIR_DUR seconds each, the order swapped every pair (A B,
@@ -699,7 +706,8 @@ cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 # interval is on one side of its bound.
 PAIRS=${PAIRS:-16}
 PAIR_DUR=${PAIR_DUR:-2}
-PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE")
+PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE"
+    "keygate-429 keygate $CBASE")
 [[ " ${CONNS_LIST[*]} " == *" 256 "* ]] && PAIRED+=("keygate haproxy 256")
 for spec in "${PAIRED[@]}"; do
     read -r a b conns <<<"$spec"

@@ -95,3 +95,21 @@ def test_without_paired_runs_the_rounds_median_decides_and_says_so(tmp_path):
     text = _report(tmp_path, _records([], 0.95))
     row = _row(text, "Minimal config CPU per request ≤ 1.0× HAProxy's")
     assert "**met**" in row and "no paired runs" in row, row
+
+
+def test_the_429_target_is_decided_on_its_paired_runs_against_proxied_requests(tmp_path):
+    rows = _records([1.0] * 16, 1.0)
+    # The rounds' 429 runs say 1.5× (missed); the pairs say 2.2–2.4× (met).
+    for rd in (1, 2, 3):
+        rows.append({"kind": "reject", "case": "rate_limited", "target": "keygate", "round": rd, "conns": 32,
+                     "rps": 30_000.0, "requests": 150_000, "non2xx": 150_000, "cpu_s": 3.0, "cpu_ms_per_1k": 20.0,
+                     "p50_ms": 1.0, "p99_ms": 2.0})
+    for i in range(1, 17):
+        for name, rps in (("keygate-429", 20_000.0 * (2.2 + 0.01 * i)), ("keygate", 20_000.0)):
+            rows.append({"kind": "paired", "set": "keygate-429/keygate", "target": name, "round": i, "conns": 32,
+                         "rps": rps, "requests": int(rps * 2), "cpu_s": 2.0, "cpu_ms_per_1k": 2.0e6 / (rps * 2),
+                         "p50_ms": 1.0, "p99_ms": 2.0})
+    text = _report(tmp_path, rows)
+    row = _row(text, "rate_limited answered at ≥ 2× proxied throughput")
+    assert "**met**" in row and "16 pairs" in row and "rounds 1.50×" in row, row
+    assert "**met**" in _row(text, "(same, by CPU per request) rate_limited"), text
