@@ -516,12 +516,14 @@ def report(results_path, meta_path, out):
     rounds = sorted({r["round"] for r in tp_all})
     dur = meta.get("dur", 5)
 
-    def pair(a, b, conns, f):
-        """f(a's record, b's record) per round at `conns`, where both ran and f is defined."""
+    def pair(a, b, conns, f, records=None, keys=None):
+        """f(a's record, b's record) for each round (or each key of `keys`) at `conns` among
+        `records` (default: the rounds' throughput runs), where both ran and f is defined."""
+        records = tp_all if records is None else records
         out = []
-        for rd in rounds:
-            x = [r for r in tp_all if r["round"] == rd and r["target"] == a and r["conns"] == conns]
-            y = [r for r in tp_all if r["round"] == rd and r["target"] == b and r["conns"] == conns]
+        for rd in rounds if keys is None else keys:
+            x = [r for r in records if r["round"] == rd and r["target"] == a and r["conns"] == conns]
+            y = [r for r in records if r["round"] == rd and r["target"] == b and r["conns"] == conns]
             if x and y:
                 try:
                     v = f(x[0], y[0])
@@ -626,16 +628,8 @@ def report(results_path, meta_path, out):
 
     def paired(a, b, conns, f):
         """f(a's record, b's record) for each pair of the paired runs of a and b at `conns`."""
-        out = []
-        for i in pair_n:
-            x = [r for r in pr_all if r["round"] == i and r["target"] == a and r["conns"] == conns and r.get("set") in (f"{a}/{b}", f"{b}/{a}")]
-            y = [r for r in pr_all if r["round"] == i and r["target"] == b and r["conns"] == conns and r.get("set") in (f"{a}/{b}", f"{b}/{a}")]
-            if x and y:
-                try:
-                    out.append(f(x[0], y[0]))
-                except (TypeError, ZeroDivisionError, KeyError):
-                    pass
-        return out
+        mine = [r for r in pr_all if r.get("set") in (f"{a}/{b}", f"{b}/{a}")]
+        return pair(a, b, conns, f, mine, pair_n)
 
     if pr_all:
         sets = []
@@ -855,7 +849,8 @@ def report(results_path, meta_path, out):
             # The refusal target is the 429; the 401 targets are other ones.
             dest = goals if case == "rate_limited" else targets
             flushed = [r for r in rs if r.get("state_flush")]
-            if case == "rate_limited" and paired("keygate-429", "keygate", cbase, rps_r):
+            pairs_429 = case == "rate_limited" and paired("keygate-429", "keygate", cbase, rps_r)
+            if pairs_429:
                 rtext = lambda xs: f"rounds {med(xs):.2f}× ({min(xs):.2f}–{max(xs):.2f})" if xs else ""
                 ratio_goal(f"{case} answered at ≥ 2× proxied throughput", "keygate-429", "keygate", cbase, rps_r,
                            2.0, True, 2, rtext(ratios))
@@ -866,7 +861,7 @@ def report(results_path, meta_path, out):
                 m = med(ratios)
                 dest.append((f"{case} answered at ≥ 2× proxied throughput", f"{m:.2f}× (rounds {min(ratios):.2f}–{max(ratios):.2f})",
                              m >= 2.0, f"{m - 2:.2f}× above" if m >= 2 else f"reaches {m / 2 * 100:.0f}% of the target"))
-            if cpu_ratios and not (case == "rate_limited" and paired("keygate-429", "keygate", cbase, rps_r)):
+            if cpu_ratios and not pairs_429:
                 m = 1 / med(cpu_ratios)
                 dest.append((f"(same, by CPU per request) {case} answers per CPU-second ≥ 2× proxied",
                              f"{m:.2f}×", m >= 2.0,
