@@ -3,10 +3,7 @@ use super::*;
 #[test]
 fn text_values_are_quoted_only_when_needed() {
     let mut out = Vec::new();
-    let mut w = Fields {
-        out: &mut out,
-        json: false,
-    };
+    let mut w = Fields::<false> { out: &mut out };
     w.str(key!("a"), Some("plain/1.0"));
     w.str(key!("b"), Some("two words \"q\"\nx"));
     w.str(key!("c"), None);
@@ -29,11 +26,7 @@ fn json_values_are_what_serde_json_writes() {
         "\u{7f}del",
     ] {
         let mut out = Vec::new();
-        Fields {
-            out: &mut out,
-            json: true,
-        }
-        .str(key!("k"), Some(v));
+        Fields::<true> { out: &mut out }.str(key!("k"), Some(v));
         let expected = format!(",\"k\":{}", serde_json::to_string(v).unwrap());
         assert_eq!(String::from_utf8(out).unwrap(), expected, "{v:?}");
     }
@@ -52,11 +45,11 @@ fn addresses_are_written_as_displayed() {
         let ip: IpAddr = ip.parse().unwrap();
         for json in [true, false] {
             let mut out = Vec::new();
-            Fields {
-                out: &mut out,
-                json,
+            if json {
+                Fields::<true> { out: &mut out }.addr(key!("a"), ip);
+            } else {
+                Fields::<false> { out: &mut out }.addr(key!("a"), ip);
             }
-            .addr(key!("a"), ip);
             let want = if json {
                 format!(",\"a\":\"{ip}\"")
             } else {
