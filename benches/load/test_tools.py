@@ -113,3 +113,34 @@ def test_the_429_target_is_decided_on_its_paired_runs_against_proxied_requests(t
     row = _row(text, "rate_limited answered at ≥ 2× proxied throughput")
     assert "**met**" in row and "16 pairs" in row and "rounds 1.50×" in row, row
     assert "**met**" in _row(text, "(same, by CPU per request) rate_limited"), text
+
+
+def test_callgrind_self_counts_a_functions_own_cost_by_name_or_object(tmp_path):
+    # A compressed dump: names given once with their id, then by id alone; a call's line
+    # (after `calls=`) is the callee's inclusive cost and belongs to neither side.
+    dump = tmp_path / "cg.1.1"
+    dump.write_text(
+        "events: Ir Dr\n"
+        "ob=(1) /usr/bin/proxy\n"
+        "fl=(1) main.rs\n"
+        "fn=(1) proxy::handle\n"
+        "10 100 5\n"
+        "cob=(2) /usr/lib/libcrypto.so.3\n"
+        "cfn=(2) sha256_block\n"
+        "calls=2 0\n"
+        "11 900 7\n"
+        "12 50\n"
+        "fn=(3) sha2::sha256::soft::compress\n"
+        "+1 400\n"
+        "ob=(2)\n"
+        "fn=(2)\n"
+        "0 700 3\n"
+        "ob=(1)\n"
+        "fn=(1)\n"
+        "13 25\n"
+        "summary: 1275\n")
+    assert tools.callgrind_self(dump, fn_re=r"sha2::") == 400
+    assert tools.callgrind_self(dump, ob_re=r"libcrypto") == 700
+    assert tools.callgrind_self(dump, fn_re=r"sha2::", ob_re=r"libcrypto") == 1100
+    assert tools.callgrind_self(dump, fn_re=r"^proxy::handle$") == 175
+    assert tools.callgrind_self(tmp_path / "missing") == 0
