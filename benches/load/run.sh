@@ -703,11 +703,11 @@ cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 # B A, ...) so a drift in the machine's speed does not favour either; the report takes the
 # median of the per-pair ratios and an interval around it from order statistics (no
 # assumption about the noise's shape), and calls a target met or missed only when the whole
-# interval is on one side of its bound. Many short pairs rather than fewer long ones: a 1 s
-# run's ratio scatters no more than a 2 s or 4 s run's (the noise is the machine's speed
-# changing between runs, not a run too short to settle), and the interval narrows with the
-# square root of the number of pairs: 40 pairs of 1 s give about ±4–8% where 16 of 2 s gave
-# ±6–12%, for about a quarter more time.
+# interval is on one side of its bound. Many short pairs rather than fewer long ones: in a
+# scratch check a 1 s run's ratio scattered no more than a 2 s or 4 s run's (the noise is the
+# machine's speed changing between runs, not a run too short to settle), and the interval
+# narrows with the number of pairs: over two harness runs, 40 pairs of 1 s gave intervals
+# 7–24% wide where 16 pairs of 2 s had given 14–33%, for about a quarter more time.
 PAIRS=${PAIRS:-40}
 PAIR_DUR=${PAIR_DUR:-1}
 PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE"

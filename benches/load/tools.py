@@ -1151,32 +1151,25 @@ def callgrind_self(path, fn_re=None, ob_re=None):
         lines = open(path, errors="replace")
     except OSError:
         return 0
-    for line in lines:
-        c = line[:1]
-        if c.isdigit() or c in "+-*":
-            if after_call:  # a call's inclusive cost, not this function's own
+    with lines:
+        for line in lines:
+            if line[:1].isdigit() or line[:1] in "+-*":
+                # The line after `calls=` is the callee's inclusive cost, not this function's.
+                hit = not after_call and ((fn_re and fn_re.search(fn)) or (ob_re and ob_re.search(ob)))
                 after_call = False
-                continue
-            hit = (fn_re and fn_re.search(fn)) or (ob_re and ob_re.search(ob))
-            parts = line.split()
-            if hit and len(parts) > 1 and parts[1].isdigit():
-                total += int(parts[1])
-            continue
-        if line.startswith("calls="):
-            after_call = True
-            continue
-        m = CG_NAME.match(line.rstrip("\n"))
-        if m:
-            kind = m.group(1).lstrip("c")
-            table = names[kind]
-            if m.group(3) is not None:
-                table[m.group(2)] = m.group(3)
-            name = table.get(m.group(2), "")
-            if m.group(1) == "ob":
-                ob = name
-            elif m.group(1) == "fn":
-                fn = name
-    lines.close()
+                parts = line.split()
+                if hit and len(parts) > 1 and parts[1].isdigit():
+                    total += int(parts[1])
+            elif line.startswith("calls="):
+                after_call = True
+            elif m := CG_NAME.match(line.rstrip("\n")):
+                table = names[m.group(1).lstrip("c")]
+                if m.group(3) is not None:
+                    table[m.group(2)] = m.group(3)
+                if m.group(1) == "ob":
+                    ob = table.get(m.group(2), "")
+                elif m.group(1) == "fn":
+                    fn = table.get(m.group(2), "")
     return total
 
 
