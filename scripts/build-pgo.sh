@@ -45,6 +45,8 @@ log "3/4 merging the profiles"
 log "4/4 optimised build"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$OUT/keygate.profdata" \
     cargo build --release --locked --bin keygate --target-dir "$OUT/optimized"
-cp "$OUT/optimized/release/keygate" "$OUT/keygate"
+# Copied beside, then renamed: a `cp` over a binary that is running fails ("Text file busy").
+cp "$OUT/optimized/release/keygate" "$OUT/keygate.new"
+mv -f "$OUT/keygate.new" "$OUT/keygate"
 log "done"
 echo "$OUT/keygate"

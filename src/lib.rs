@@ -48,7 +48,7 @@
 //! | `limit/redis/leases.rs` | in-flight slots held as leases, renewed while their request runs |
 //! | `limit/redis/scripts.rs` | the Lua scripts (`rate.lua`, `slot.lua`, `tokens.lua` beside it), twins of the local limiters |
 //! | `proxy/mod.rs` | stage 5: `choose`, `forward`, `send`, `list_models` |
-//! | `proxy/upstream.rs` | `Upstream`: its pool, the upstream's request, the wait for its head |
+//! | `proxy/upstream.rs` | `Upstream`: its pool, the upstream's request, the first-byte deadline on the wait for its head |
 //! | `proxy/pool.rs` | upstream connections leased to the request's own task |
 //! | `proxy/headers.rs` | header hygiene in both directions |
 //! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
@@ -56,6 +56,7 @@
 //! | `proxy/idle.rs` | body frames bounded in time; how a client's body fails |
 //! | `proxy/stream_usage.rs` | the usage-only SSE event hidden from a client that did not ask for it |
 //! | `proxy/revoke.rs` | an answer ended when its key is revoked |
+//! | `proxy/sending.rs` | `Sending`: the wait for the answer's head, raced against a revoke of the key |
 //! | `proxy/health.rs` | an upstream's cached health-check result |
 //! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod request_body;
 pub mod response_body;
 pub mod revoke;
+pub mod sending;
 pub mod stream_usage;
 pub mod upstream;
 
@@ -28,18 +29,15 @@ use crate::keys::index::KeyRef;
 use crate::keys::scope::Scope;
 use crate::ops::metrics::UpstreamError;
 use bytes::Bytes;
-use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use request_body::UpBody;
 use response_body::{json, Body};
-use revoke::RevokeWatch;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use sending::Sending;
+use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Instant;
-use upstream::{upstream_request, ForwardInfo, Upstream};
+use tokio::time::error::Elapsed;
+use upstream::{upstream_request, ForwardInfo, Sent, Upstream};
 
 /// The upstream for a request on a forward route: the one serving its model where the route
 /// carries one, else the first.
@@ -61,15 +59,15 @@ pub fn choose<'l>(
 /// Forwards a request on a forward route with its body as the model stage left it. Exact
 /// accounting needs a stream's usage too: for a streamed chat or completion whose client did
 /// not ask for it, the upstream is asked for it, and the extra chunk is hidden from the client.
-pub async fn forward(
-    upstream: &Upstream,
-    key: &KeyRef,
+pub fn forward<'a>(
+    upstream: &'a Upstream,
+    key: &'a KeyRef,
     route: RouteMatch,
     parts: http::request::Parts,
     inspected: Inspected,
     caller: &Caller,
-    record: &mut RequestRecord,
-) -> Result<Response<Body>, GatewayError> {
+    record: &'a mut RequestRecord,
+) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
     let Inspected { body, facts, .. } = inspected;
     let mut body = body;
     let completion = matches!(route.scope, Scope::Chat | Scope::Completions);
@@ -82,25 +80,22 @@ pub async fn forward(
             }
         }
     }
-    let mut resp = send(upstream, key, parts, body, caller, record).await?;
-    if strip_usage {
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
-        resp.body_mut().strip_usage_chunk();
-    }
-    Ok(resp)
+    let sending = send(upstream, key, parts, body, caller, record)?;
+    Ok(sending.stripping_usage(strip_usage))
 }
 
-/// Sends to `upstream` and streams the answer back. A revoke of the key ends the wait for
-/// the head (401 `revoked_api_key`; dropping the send closes the upstream connection) and
-/// the answer's body.
-pub async fn send(
-    upstream: &Upstream,
-    key: &KeyRef,
+/// Sends to `upstream`; the future it returns ends with the answer, streaming back. A revoke
+/// of the key ends the wait for the head (401 `revoked_api_key`; dropping the send closes the
+/// upstream connection) and the answer's body. Fails at once on a request the upstream's URL
+/// cannot carry.
+pub fn send<'a>(
+    upstream: &'a Upstream,
+    key: &'a KeyRef,
     parts: http::request::Parts,
     body: UpBody,
     caller: &Caller,
-    record: &mut RequestRecord,
-) -> Result<Response<Body>, GatewayError> {
+    record: &'a mut RequestRecord,
+) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
     let info = ForwardInfo {
         forwarded_for: &caller.peer.forwarded_for,
         https: caller.peer.https,
@@ -111,38 +106,12 @@ pub async fn send(
     let up = upstream_request(upstream, parts, body, &info)?;
     record.upstream = Some(Arc::clone(&upstream.name));
     record.upstream_series = Some(Arc::clone(&upstream.series));
-    let sent = Instant::now();
-    let before = sent - record.started;
-    let state = key.state();
-    // The key's waiter list is locked once to wait and once when done, not at every poll.
-    let mut revoke = pin!(RevokeWatch::new(state));
-    let mut sending = pin!(upstream.send(up));
-    let (resp, lease) = poll_fn(|cx| {
-        if revoke.as_mut().poll_revoked(cx).is_ready() {
-            let why = revoke.ended();
-            return Poll::Ready(Err(why.map_or(GatewayError::RevokedKey, GatewayError::from)));
-        }
-        sending.as_mut().poll(cx)
-    })
-    .await?;
-    let upstream_latency = sent.elapsed();
-    record.upstream_latency = Some(upstream_latency);
-    let (mut parts, incoming) = resp.into_parts();
-    headers::sanitize_response(&mut parts.headers);
-    let event_stream = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut body = Body::upstream(
-        incoming,
-        lease,
-        upstream.config.idle_timeout,
-        true,
-        event_stream,
-    );
-    body.end_on_revoke(state);
-    record.added_latency = Some(before + (sent.elapsed() - upstream_latency));
-    Ok(Response::from_parts(parts, body))
+    Ok(Sending::new(
+        upstream,
+        key.state(),
+        record,
+        upstream.send(up),
+    ))
 }
 
 /// `GET /v1/models`: the union of the upstreams' models that this key may use.
@@ -159,7 +128,11 @@ pub async fn list_models(
             .body(())
             .map_err(|e| GatewayError::Internal(e.to_string()))?
             .into_parts();
-        let resp = match send(u, key, parts, UpBody::full(Bytes::new()), caller, record).await {
+        let sent = match send(u, key, parts, UpBody::full(Bytes::new()), caller, record) {
+            Ok(sending) => sending.await,
+            Err(e) => Err(e),
+        };
+        let resp = match sent {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 tracing::warn!(upstream = %u.name, status = %r.status(), "upstream did not list its models");

@@ -96,48 +96,54 @@ impl Pool {
 
     /// Sends `req` on an idle connection, or a new one, and waits for the response head. The
     /// lease must be kept (and driven) while the response body is read.
-    pub async fn send(
+    ///
+    /// Not an `async fn`, which would hold `req` twice (the call's copy and the body's) for
+    /// the whole wait: the block uses the one it captured.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         self: &Arc<Self>,
         mut req: http::Request<UpBody>,
-    ) -> Result<(http::Response<Incoming>, Lease), SendError> {
-        loop {
-            let (mut conn, reused) = match self.checkout().await {
-                Some(c) => (c, true),
-                None => {
-                    // Boxed: connecting is the rare path, and its future would otherwise
-                    // make every request's future larger by a kilobyte.
-                    let c = Box::pin(self.connect()).await?;
-                    // Connecting took at least one trip through the scheduler; let the
-                    // client's side run once more before writing, so a request it has
-                    // already cancelled (an HTTP/2 reset) is dropped here and costs the
-                    // upstream nothing.
-                    tokio::task::yield_now().await;
-                    (c, false)
+    ) -> impl Future<Output = Result<(http::Response<Incoming>, Lease), SendError>> + '_ {
+        async move {
+            loop {
+                let (mut conn, reused) = match self.checkout().await {
+                    Some(c) => (c, true),
+                    None => {
+                        // Boxed: connecting is the rare path, and its future would otherwise
+                        // make every request's future larger by a kilobyte.
+                        let c = Box::pin(self.connect()).await?;
+                        // Connecting took at least one trip through the scheduler; let the
+                        // client's side run once more before writing, so a request it has
+                        // already cancelled (an HTTP/2 reset) is dropped here and costs the
+                        // upstream nothing.
+                        tokio::task::yield_now().await;
+                        (c, false)
+                    }
+                };
+                let mut pending = std::pin::pin!(conn.sender.try_send_request(req));
+                let answer = poll_fn(|cx| {
+                    let alive = conn.drive(cx);
+                    match pending.as_mut().poll(cx) {
+                        Poll::Pending if !alive => Poll::Ready(None),
+                        p => p.map(Some),
+                    }
+                })
+                .await;
+                match answer {
+                    Some(Ok(resp)) => {
+                        let lease = Lease {
+                            conn: Some(conn),
+                            pool: Arc::clone(self),
+                        };
+                        return Ok((resp, lease));
+                    }
+                    Some(Err(mut e)) => match e.take_message() {
+                        // Not written: a reused connection had gone stale; try another.
+                        Some(r) if reused => req = r,
+                        _ => return Err(SendError::Http(e.into_error())),
+                    },
+                    None => return Err(SendError::Closed),
                 }
-            };
-            let mut pending = std::pin::pin!(conn.sender.try_send_request(req));
-            let answer = poll_fn(|cx| {
-                let alive = conn.drive(cx);
-                match pending.as_mut().poll(cx) {
-                    Poll::Pending if !alive => Poll::Ready(None),
-                    p => p.map(Some),
-                }
-            })
-            .await;
-            match answer {
-                Some(Ok(resp)) => {
-                    let lease = Lease {
-                        conn: Some(conn),
-                        pool: Arc::clone(self),
-                    };
-                    return Ok((resp, lease));
-                }
-                Some(Err(mut e)) => match e.take_message() {
-                    // Not written: a reused connection had gone stale; try another.
-                    Some(r) if reused => req = r,
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
-                None => return Err(SendError::Closed),
             }
         }
     }

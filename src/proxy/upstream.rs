@@ -18,6 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::error::Error as _;
+use std::future::Future;
 use std::sync::Arc;
 
 /// A configured upstream with its connection pool.
@@ -160,14 +161,23 @@ impl Upstream {
         Ok(Uri::from(pq))
     }
 
-    /// Sends `req` (already sanitized) and waits for the response head. The lease carries the
-    /// connection the body arrives on.
-    pub async fn send(
+    /// Sends `req` (already sanitized); the future ends with the response head, or when the
+    /// first byte is late. [`Upstream::settle`] turns its output into the answer or the error.
+    /// A plain future, not an `async fn`: one of those would hold the 264-byte request twice
+    /// for the whole wait (the call's copy and the body's), in memory each request touches.
+    pub fn send(
         &self,
         req: Request<UpBody>,
+    ) -> tokio::time::Timeout<impl Future<Output = Sent> + '_> {
+        tokio::time::timeout(self.config.first_byte_timeout, self.pool.send(req))
+    }
+
+    /// What [`Upstream::send`]'s wait came to.
+    pub fn settle(
+        &self,
+        sent: Result<Sent, tokio::time::error::Elapsed>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-        let fut = self.pool.send(req);
-        match tokio::time::timeout(self.config.first_byte_timeout, fut).await {
+        match sent {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
@@ -181,6 +191,9 @@ impl Upstream {
         }
     }
 }
+
+/// The pool's answer to one request: the response head with the lease of its connection.
+pub type Sent = Result<(Response<Incoming>, Lease), SendError>;
 
 pub(crate) fn error_chain(e: &SendError) -> String {
     let mut s = e.to_string();

@@ -29,6 +29,7 @@ use crate::pipeline;
 use accept::{Acceptor, PerIp};
 use connection::{Activity, Cut, Deadlines, Ended};
 use detect::{CancelGuard, Cancels, Detect};
+use futures_util::FutureExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -270,11 +271,11 @@ async fn serve_io<I>(
         let guard = CancelGuard::new(&counted);
         let conn = conn.clone();
         let exchange = requests.begin();
-        // Boxed, and written straight into its box: hyper keeps the request's future in
-        // the connection's own memory, which with many connections open is cold at every
-        // request, while a box reuses the block the last finished request freed.
-        Box::into_pin(Box::write(Box::new_uninit(), async move {
-            let mut resp = pipeline::handle(gw, req, conn).await;
+        // Boxed: hyper keeps the request's future in the connection's own memory, which
+        // with many connections open is cold at every request, while a box reuses the block
+        // the last finished request freed. A `map`, not an `async` block, which would keep
+        // the request a second time beside the pipeline's future.
+        Box::pin(pipeline::handle(gw, req, conn).map(move |mut resp| {
             guard.answered();
             resp.body_mut().set_exchange(exchange);
             Ok::<_, Infallible>(resp)
