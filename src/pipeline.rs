@@ -141,6 +141,7 @@ fn stages<'a>(
                 let (parts, _) = req.into_parts();
                 let body = UpBody::full(Bytes::new());
                 let sending = proxy::send(&upstream, &key, parts, body, caller, record)?;
+                // Bound before the arm ends: the box borrows `upstream`, dropped with the arm.
                 let answer = Box::pin(sending).await;
                 answer
             }
@@ -197,6 +198,7 @@ fn forward<'a>(
         }
         // Boxed: the wait for the upstream is the request's longest, and a box reuses the
         // block the last finished request freed, warm where this future's own memory is not.
+        // Bound before the block ends, as in `stages`: the box borrows `upstream`.
         let sending = proxy::forward(&upstream, key, route, parts, inspected, caller, record)?;
         let answer = Box::pin(sending).await;
         answer

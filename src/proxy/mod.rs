@@ -31,13 +31,14 @@ use crate::ops::metrics::UpstreamError;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use pool::Sent;
 use request_body::UpBody;
 use response_body::{json, Body};
 use sending::Sending;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::time::error::Elapsed;
-use upstream::{upstream_request, ForwardInfo, Sent, Upstream};
+use upstream::{upstream_request, ForwardInfo, Upstream};
 
 /// The upstream for a request on a forward route: the one serving its model where the route
 /// carries one, else the first.

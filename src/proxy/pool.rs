@@ -65,6 +65,9 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The pool's answer to one request: the response head with the lease of its connection.
+pub type Sent = Result<(http::Response<Incoming>, Lease), SendError>;
+
 impl Pool {
     /// A pool for `host:port`, over TLS when `tls` is given.
     pub fn new(
@@ -103,7 +106,7 @@ impl Pool {
     pub fn send(
         self: &Arc<Self>,
         mut req: http::Request<UpBody>,
-    ) -> impl Future<Output = Result<(http::Response<Incoming>, Lease), SendError>> + '_ {
+    ) -> impl Future<Output = Sent> + '_ {
         async move {
             loop {
                 let (mut conn, reused) = match self.checkout().await {

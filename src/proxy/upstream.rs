@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::keys::entry::KeyId;
 use crate::proxy::headers;
 use crate::proxy::health::{HealthState, Status};
-use crate::proxy::pool::{Lease, Pool, SendError};
+use crate::proxy::pool::{Lease, Pool, SendError, Sent};
 use crate::proxy::request_body::UpBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -191,9 +191,6 @@ impl Upstream {
         }
     }
 }
-
-/// The pool's answer to one request: the response head with the lease of its connection.
-pub type Sent = Result<(Response<Incoming>, Lease), SendError>;
 
 pub(crate) fn error_chain(e: &SendError) -> String {
     let mut s = e.to_string();
