@@ -88,37 +88,84 @@ pub fn human_secs(secs: u64) -> String {
 }
 
 /// OpenAI's reset form: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`. A `Display`, so an error
-/// message or a header (`limit::answer`) is written without an intermediate `String` (a 429
-/// writes it twice).
+/// message is written without an intermediate `String`; an answer's limit headers
+/// (`limit::answer`) take `text`, the same form written on the stack without the formatter's
+/// machinery (they are on every answer, and through `core::fmt` cost more than the rest of
+/// the headers).
+#[derive(Debug, Clone, Copy)]
 pub struct OpenAiDuration(pub Duration);
+
+/// An `OpenAiDuration` as text, on the stack: the longest (`5124095576030431h0m15s`, the
+/// hours of `u64::MAX` seconds) fits with room to spare.
+pub struct DurationText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl DurationText {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        if let Some(to) = self.buf.get_mut(self.len..self.len + b.len()) {
+            to.copy_from_slice(b);
+            self.len += b.len();
+        }
+    }
+
+    fn number(&mut self, n: u64) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+}
+
+impl OpenAiDuration {
+    pub fn text(self) -> DurationText {
+        let mut t = DurationText {
+            buf: [0; 32],
+            len: 0,
+        };
+        let d = self.0;
+        let secs = d.as_secs();
+        let ms = u64::from(d.subsec_millis());
+        if secs == 0 {
+            t.number(ms);
+            t.push(b"ms");
+        } else if secs < 60 {
+            t.number(secs);
+            if ms > 0 {
+                // Milliseconds without trailing zeros: 1.5s, 1.25s, 1.05s, 1.125s.
+                let (mut frac, mut width) = (ms, 3);
+                while frac % 10 == 0 {
+                    frac /= 10;
+                    width -= 1;
+                }
+                let mut f = [b'.', b'0', b'0', b'0'];
+                if let Some(to) = f.get_mut(1..=width) {
+                    digits(to, frac);
+                }
+                t.push(f.get(..=width).unwrap_or_default());
+            }
+            t.push(b"s");
+        } else {
+            let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
+            if h > 0 {
+                t.number(h);
+                t.push(b"h");
+            }
+            t.number(m);
+            t.push(b"m");
+            t.number(s);
+            t.push(b"s");
+        }
+        t
+    }
+}
 
 impl fmt::Display for OpenAiDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        let ms = d.as_millis();
-        if ms < 1_000 {
-            return write!(f, "{ms}ms");
-        }
-        let secs = d.as_secs();
-        if secs < 60 {
-            let frac = (ms % 1_000) as u32;
-            if frac == 0 {
-                return write!(f, "{secs}s");
-            }
-            // Milliseconds without trailing zeros: 1.5s, 1.25s, 1.125s.
-            let (mut frac, mut width) = (frac, 3);
-            while frac % 10 == 0 {
-                frac /= 10;
-                width -= 1;
-            }
-            return write!(f, "{secs}.{frac:0width$}s");
-        }
-        let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
-        if h > 0 {
-            write!(f, "{h}h{m}m{s}s")
-        } else {
-            write!(f, "{m}m{s}s")
-        }
+        // The text is ASCII digits and unit letters.
+        f.write_str(std::str::from_utf8(self.text().as_bytes()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -257,6 +304,45 @@ mod tests {
         OpenAiDuration(d).to_string()
     }
 
+    /// The form as first written, through the formatter: `text` must write the same bytes.
+    fn openai_by_formatter(d: Duration) -> String {
+        let ms = d.as_millis();
+        if ms < 1_000 {
+            return format!("{ms}ms");
+        }
+        let secs = d.as_secs();
+        if secs < 60 {
+            let frac = (ms % 1_000) as u32;
+            if frac == 0 {
+                return format!("{secs}s");
+            }
+            let (mut frac, mut width) = (frac, 3);
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            return format!("{secs}.{frac:0width$}s");
+        }
+        let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
+        if h > 0 {
+            format!("{h}h{m}m{s}s")
+        } else {
+            format!("{m}m{s}s")
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn openai_text_agrees_with_the_formatter(
+            secs in proptest::prop_oneof![0u64..120, 0u64..200_000, proptest::num::u64::ANY],
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let d = Duration::new(secs, nanos);
+            let text = OpenAiDuration(d).text();
+            proptest::prop_assert_eq!(std::str::from_utf8(text.as_bytes()).unwrap(), openai_by_formatter(d));
+        }
+    }
+
     #[test]
     fn openai_forms() {
         assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
@@ -268,6 +354,16 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(59_005)), "59.005s");
         assert_eq!(openai_duration(Duration::from_millis(999)), "999ms");
         assert_eq!(openai_duration(Duration::from_millis(1_050)), "1.05s");
+        assert_eq!(openai_duration(Duration::from_millis(1_001)), "1.001s");
+        assert_eq!(openai_duration(Duration::from_micros(999_999)), "999ms");
+        assert_eq!(openai_duration(Duration::ZERO), "0ms");
+        assert_eq!(openai_duration(Duration::from_millis(60_999)), "1m0s");
+        assert_eq!(openai_duration(Duration::from_secs(86_400)), "24h0m0s");
+        assert_eq!(
+            openai_duration(Duration::from_secs(u64::MAX)),
+            "5124095576030431h0m15s",
+            "the longest fits"
+        );
     }
 
     #[test]

@@ -124,6 +124,51 @@ async fn https_over_http1_and_http2() {
     assert!(plain.is_err());
 }
 
+/// The binary's first line names the scheme it serves: an operator or a script that copies
+/// the address from it must not be sent to `http://` on a port that speaks only TLS.
+#[tokio::test]
+async fn the_binary_says_https_when_it_terminates_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let mock = start_mock().await;
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [keys]\nfile = \"keys.json\"\n[[upstream]]\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(binary::BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let lines = binary::read_until(&mut child, "listening on");
+    let line = lines.last().unwrap().clone();
+    let port = line.rsplit(':').next().unwrap().trim().to_string();
+    // The address it names answers over TLS.
+    let req = http::Request::get(format!("https://localhost:{port}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let status = https_client(&cert, false)
+        .request(req)
+        .await
+        .map(|r| r.status().as_u16());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("keygate listening on https://127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(status.unwrap(), 200);
+}
+
 #[tokio::test]
 async fn certificate_is_reloaded_when_its_files_change() {
     let (g, certs, old) = tls_gateway().await;

@@ -140,6 +140,13 @@ if ((${#need_install[@]})) && [[ "${NO_INSTALL:-0}" != 1 ]] && [[ $(id -u) == 0 
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_install[@]}" >>"$WORK/apt.log" 2>&1 ||
         log "apt-get install failed; continuing with what is there"
 fi
+# The profile-guided build lays the binary out with BOLT when it is there, as the image does
+# (on its own: a distribution without the package must not stop the others).
+if [[ "$PGO" == 1 && "${NO_BUILD:-0}" != 1 && "${NO_INSTALL:-0}" != 1 && $(id -u) == 0 ]] &&
+    ! command -v llvm-bolt >/dev/null && ! ls /usr/lib/llvm-*/bin/llvm-bolt >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y bolt-19 >>"$WORK/apt.log" 2>&1 ||
+        log "no bolt-19 package: the profile-guided build is measured without BOLT's layout"
+fi
 command -v wrk >/dev/null || {
     log "wrk is required"
     exit 1
@@ -170,6 +177,21 @@ else
         tail -30 "$WORK/build.log"
         exit 1
     }
+fi
+# hyper alone (examples/hyper_floor.rs), measured under callgrind beside keygate: the floor
+# under keygate's request path.
+FLOOR_BIN=$ROOT/target/release/examples/hyper_floor
+if [[ "${NO_BUILD:-0}" != 1 || ! -x "$FLOOR_BIN" ]]; then
+    log "building the hyper floor (examples/hyper_floor.rs)"
+    cargo build --release --example hyper_floor >>"$WORK/build.log" 2>&1 ||
+        log "the hyper floor did not build; its callgrind rows are left out"
+fi
+# When build-pgo.sh laid the binary out with BOLT (it leaves target/pgo/bolt only then), the
+# binary before that is measured too, under callgrind only, to show what BOLT changes.
+PGO_ONLY_BIN=""
+if [[ "$PGO" == 1 && -x $ROOT/target/pgo/bolt/keygate ]]; then
+    PGO_ONLY_BIN=$ROOT/target/pgo/optimized/release/keygate
+    BUILD_KIND="profile-guided and laid out by BOLT (scripts/build-pgo.sh, as the container image)"
 fi
 # The micro-benchmark binary is built now, from the same sources, and run at the end.
 MICRO_EXE=""
@@ -848,6 +870,8 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && 
         [keygate]="$BIN serve --config $WORK/kg/gateway-cg.toml"
         [keygate-prod]="$BIN serve --config $WORK/kgp/gateway-cg.toml"
         [keygate-plain]="$PLAIN_BIN serve --config $WORK/kg/gateway-cg.toml"
+        [keygate-pgo-only]="$PGO_ONLY_BIN serve --config $WORK/kg/gateway-cg.toml"
+        [hyper-floor]="$FLOOR_BIN 127.0.0.1:$P_CG 127.0.0.1:$P_MOCK"
         [haproxy]="haproxy -db -f $WORK/haproxy-cg.cfg")
     sed "s/^listen = \"127.0.0.1:$P_KG\"/listen = \"127.0.0.1:$P_CG\"/" "$WORK/kg/gateway.toml" >"$WORK/kg/gateway-cg.toml"
     sed -e "s/^listen = \"127.0.0.1:$P_KGP\"/listen = \"127.0.0.1:$P_CG\"/" \
@@ -862,9 +886,12 @@ if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && 
         if ((CGC == 8)); then
             CG_NAMES=(haproxy keygate keygate-prod)
             [[ "$PGO" == 1 && -x "$PLAIN_BIN" ]] && CG_NAMES+=(keygate-plain)
+            [[ -n "$PGO_ONLY_BIN" ]] && CG_NAMES+=(keygate-pgo-only)
+            [[ -x "$FLOOR_BIN" ]] && CG_NAMES+=(hyper-floor)
             CG_WARM=2 CG_SECS=5
         else
             CG_NAMES=(haproxy keygate)
+            [[ -x "$FLOOR_BIN" ]] && CG_NAMES+=(hyper-floor)
             CG_WARM=6 CG_SECS=20
         fi
         {
@@ -914,7 +941,8 @@ if req and ir:
     i1=tot.get("I1mr"); d1=(tot["D1mr"]+tot["D1mw"]) if "D1mr" in tot and "D1mw" in tot else None; dw=tot.get("Dw")
     ll=sum(tot[e] for e in ("ILmr","DLmr","DLmw")) if all(e in tot for e in ("ILmr","DLmr","DLmw")) else None
     cell=lambda v: "–" if v is None else f"{v/req:,.0f}"
-    label=name+(" (plain release build)" if name=="keygate-plain" else "")
+    label=name+{"keygate-plain":" (plain release build)","keygate-pgo-only":" (profile-guided, before BOLT)",
+                "hyper-floor":" (hyper's server and client alone, plain release build: no gateway work)"}.get(name,"")
     print(f"| {label} | {req} | {per:,.0f} | {vs} | {sha:,.0f} | {bare:,.0f} | {vs_bare} | {cell(i1)} | {cell(d1)} | {cell(ll)} | {cell(dw)} |")
     with open(sys.argv[5],"a") as f:
         f.write(json.dumps({"kind":"instructions","target":name,"conns":conns,"requests":req,"per_request":per,

@@ -1065,6 +1065,13 @@ def report(results_path, meta_path, out):
             text += f"; the plain release build {ins['keygate-plain']:,.0f} instructions"
             if "keygate-plain" in i1:
                 text += f", {i1['keygate-plain']:,.0f} L1 instruction misses"
+        if "hyper-floor" in ins:
+            text += (f"; hyper's server and client alone (examples/hyper_floor.rs, plain build) "
+                     f"{ins['hyper-floor']:,.0f}")
+        if "keygate-pgo-only" in ins:
+            text += f"; before BOLT's layout {ins['keygate-pgo-only']:,.0f} instructions"
+            if "keygate-pgo-only" in i1:
+                text += f", {i1['keygate-pgo-only']:,.0f} L1 instruction misses"
         found["instructions"] = text
     if ("keygate-prod", "key") in sc and ("keygate", "key") in sc:
         found["prod_syscalls"] = (f"{sc[('keygate-prod', 'key')]['per_request']:.2f} syscalls per request for keygate-prod "

@@ -259,8 +259,15 @@ pub(crate) async fn serve_until_signal(
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::Runtime(e.to_string()))?;
-    tracing::info!(%addr, "keygate listening");
-    println!("keygate listening on http://{addr}");
+    // With `[server.tls]` the listener speaks only TLS: the line an operator (or a script)
+    // copies the address from must say so.
+    let scheme = if gw.config().server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, "keygate listening");
+    println!("keygate listening on {scheme}://{addr}");
     crate::server::run(listener, Arc::clone(&gw), shutdown_signal())
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;

@@ -96,12 +96,7 @@ pub fn number(n: u64) -> HeaderValue {
 
 /// A reset time in OpenAI's form (`20ms`, `1.5s`, `6m0s`), formatted on the stack.
 fn reset_value(d: Duration) -> Option<HeaderValue> {
-    use std::io::Write;
-    let mut buf = [0u8; 32];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    write!(cur, "{}", OpenAiDuration(d)).ok()?;
-    let n = cur.position() as usize;
-    HeaderValue::from_bytes(&buf[..n]).ok()
+    HeaderValue::from_bytes(OpenAiDuration(d).text().as_bytes()).ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! anything goes upstream, and the forwarding headers the gateway sets itself are removed
 //! first, so a client cannot spoof its address or its key id.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names the gateway sets, parsed once: a `&str` name is parsed and hashed again on every use.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,8 +24,8 @@ enum Crossing {
 
 /// The name to remove, when `name` is one that must not cross: hop-by-hop names (RFC 9110
 /// §7.6.1, plus the non-standard `Proxy-Connection` some clients still send) both ways;
-/// towards the upstream also `Host` (the client sets the upstream's own), credentials, and
-/// the forwarding headers only the gateway may set.
+/// towards the upstream also credentials and the forwarding headers only the gateway may
+/// set. (The client's `Host` is not removed but replaced: `sanitize_request`.)
 ///
 /// One `match` on the name (a switch on its length, then one compare) instead of comparing
 /// it with each of the ~20 names; the name returned is a constant, so removing it needs no
@@ -47,7 +47,6 @@ fn must_not_cross(name: &HeaderName, crossing: Crossing) -> Option<HeaderName> {
         return hop;
     }
     match name.as_str() {
-        "host" => Some(header::HOST),
         "authorization" => Some(header::AUTHORIZATION),
         "x-api-key" => Some(HeaderName::from_static("x-api-key")),
         "cookie" => Some(header::COOKIE),
@@ -101,10 +100,13 @@ fn strip_connection_named(headers: &mut HeaderMap) {
 }
 
 /// Prepares a client's headers for the upstream: hop-by-hop, credentials and spoofable
-/// forwarding headers removed; `Host` dropped so the client sets the upstream's own.
-pub fn sanitize_request(headers: &mut HeaderMap) {
+/// forwarding headers removed; `Host` is the upstream's own, `host`, in place of every value
+/// the client sent (one insert, not a removal and then an insert: this runs on every
+/// request).
+pub fn sanitize_request(headers: &mut HeaderMap, host: HeaderValue) {
     strip_connection_listed(headers);
     remove_listed(headers, Crossing::ToUpstream);
+    headers.insert(header::HOST, host);
 }
 
 /// Removes every header whose value contains `secret`: a client that sends its key twice
@@ -136,7 +138,6 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
@@ -170,8 +171,7 @@ mod tests {
         "transfer-encoding",
         "upgrade",
     ];
-    const CLIENT_ONLY: [&str; 10] = [
-        "host",
+    const CLIENT_ONLY: [&str; 9] = [
         "authorization",
         "x-api-key",
         "cookie",
@@ -204,13 +204,22 @@ mod tests {
             h
         };
         let mut up = build();
-        sanitize_request(&mut up);
+        up.append("HOST", HeaderValue::from_static("evil"));
+        up.append("host", HeaderValue::from_static("evil2"));
+        sanitize_request(&mut up, HeaderValue::from_static("upstream:8000"));
         let mut left: Vec<&str> = up.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         let mut want = kept.to_vec();
+        want.push("host");
         want.sort_unstable();
         assert_eq!(left, want);
         assert!(up.get_all("content-type").iter().count() == 2);
+        let host: Vec<_> = up.get_all("host").iter().collect();
+        assert_eq!(
+            host,
+            ["upstream:8000"],
+            "every Host the client sent is replaced"
+        );
 
         let mut down = build();
         sanitize_response(&mut down);
@@ -249,7 +258,10 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        sanitize_request(&mut h);
-        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-request-id"]);
+        sanitize_request(&mut h, HeaderValue::from_static("vllm.internal"));
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-request-id"]);
+        assert_eq!(h["host"], "vllm.internal");
     }
 }

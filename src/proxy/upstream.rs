@@ -223,9 +223,8 @@ pub fn upstream_request(
 ) -> Result<Request<UpBody>, GatewayError> {
     let uri = upstream.uri(parts.uri)?;
     let mut headers = parts.headers;
-    headers::sanitize_request(&mut headers);
+    headers::sanitize_request(&mut headers, upstream.host.clone());
     headers::remove_containing(&mut headers, info.credential);
-    headers.insert(header::HOST, upstream.host.clone());
     if let Some(k) = &upstream.config.api_key {
         headers.insert(header::AUTHORIZATION, k.clone());
     }

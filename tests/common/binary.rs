@@ -86,18 +86,17 @@ pub async fn has_line(logs: &Mutex<Vec<String>>, pred: impl Fn(&str) -> bool) ->
     .await
 }
 
-/// The address in a child's first stdout line ("… listening on http://ADDR").
+/// The address in a child's first stdout line ("… listening on http://ADDR", or https:// when
+/// it terminates TLS).
 pub fn listening_addr(child: &mut Child) -> SocketAddr {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on http://"), "{line:?}");
-    line.trim()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    assert!(
+        line.contains("listening on http://") || line.contains("listening on https://"),
+        "{line:?}"
+    );
+    line.trim().rsplit("://").next().unwrap().parse().unwrap()
 }
 
 /// Reads stdout lines until one contains `needle`; returns all lines read so far.
