@@ -68,7 +68,15 @@ fuzz_target!(|pairs: Vec<(u8, Vec<u8>, Vec<u8>)>| {
         .collect();
     let before = headers.clone();
 
-    keygate::proxy::headers::sanitize_request(&mut headers);
+    keygate::proxy::headers::sanitize_request(
+        &mut headers,
+        HeaderValue::from_static("upstream:8000"),
+    );
+
+    // Every `Host` the client sent is replaced by the upstream's one.
+    let host: Vec<_> = headers.get_all(http::header::HOST).iter().collect();
+    assert_eq!(host, ["upstream:8000"], "Host not replaced: {headers:?}");
+    headers.remove(http::header::HOST);
 
     for name in MUST_GO {
         assert!(

@@ -5,10 +5,10 @@
 //! and whatever the gateway forwards is checked for it, in every header of every request.
 #![no_main]
 
-use keygate::mock::{MockOptions, Recorder};
 use keygate::gateway::Gateway;
 use keygate::keys::record::NewKey;
 use keygate::keys::store::KeyStore;
+use keygate::mock::{MockOptions, Recorder};
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -67,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     w.rt.block_on(async {
-        let Ok(mut s) = tokio::net::TcpStream::connect(w.addr).await else { return };
+        let Ok(mut s) = tokio::net::TcpStream::connect(w.addr).await else {
+            return;
+        };
         let _ = s.write_all(&input).await;
         let _ = s.shutdown().await;
         let mut buf = vec![0u8; 64 * 1024];
@@ -89,7 +91,10 @@ fuzz_target!(|data: &[u8]| {
                 "a client credential reached the upstream in header {name}"
             );
             assert!(
-                !matches!(name.as_str(), "authorization" | "x-api-key" | "proxy-authorization" | "cookie"),
+                !matches!(
+                    name.as_str(),
+                    "authorization" | "x-api-key" | "proxy-authorization" | "cookie"
+                ),
                 "header {name} reached the upstream"
             );
         }
