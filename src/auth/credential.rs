@@ -3,11 +3,9 @@
 //! refused: the upstream or a log could take the other one.
 
 use crate::error::GatewayError;
+use crate::proxy::headers::X_API_KEY;
 use base64::Engine;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
-
-/// Parsed once: a `&str` name is parsed and hashed again at every lookup.
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+use http::header::{HeaderMap, AUTHORIZATION};
 
 /// Takes the one credential a request carries. `Ok(None)` means none.
 pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, GatewayError> {

@@ -12,6 +12,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+/// A client credential (`auth::credential` reads it; it never goes upstream).
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Which way a message crosses the gateway: what it must lose depends on it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ fn must_not_cross(name: &HeaderName, crossing: Crossing) -> Option<HeaderName> {
     }
     match name.as_str() {
         "authorization" => Some(header::AUTHORIZATION),
-        "x-api-key" => Some(HeaderName::from_static("x-api-key")),
+        "x-api-key" => Some(X_API_KEY),
         "cookie" => Some(header::COOKIE),
         "forwarded" => Some(header::FORWARDED),
         "x-forwarded-for" => Some(X_FORWARDED_FOR),
