@@ -98,17 +98,17 @@ pub const CLIENT_CLOSED: u16 = 499;
 impl RequestRecord {
     /// The record of a request that has just arrived on `gw` from `client`, with the request
     /// facts the access line logs.
-    pub fn begin<B>(
+    pub fn begin(
         gw: &Arc<Gateway>,
-        req: &http::Request<B>,
+        req: &http::request::Parts,
         request_id: http::HeaderValue,
         client: std::net::IpAddr,
     ) -> Box<RequestRecord> {
-        let mut record = Box::new(RequestRecord::new(request_id, req.method().clone(), client));
+        let mut record = Box::new(RequestRecord::new(request_id, req.method.clone(), client));
         record.gateway = Some(Arc::clone(gw));
-        record.path = req.uri().path_and_query().cloned();
-        record.version = req.version();
-        record.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        record.path = req.uri.path_and_query().cloned();
+        record.version = req.version;
+        record.user_agent = req.headers.get(http::header::USER_AGENT).cloned();
         record
     }
 

@@ -321,16 +321,15 @@ fn key_quota(gw: &Gateway, live: &Live, id: &str, quotas: Option<&KeyQuotas>) ->
 pub async fn usage(
     gw: &Arc<Gateway>,
     live: &Live,
-    req: &Request<Incoming>,
+    uri: &http::Uri,
 ) -> Result<http::Response<Body>, GatewayError> {
     let now = gw.usage.clock.now();
     let retention = live.config.usage.retention;
-    let q = Query::from_url(req.uri().query(), now, retention).map_err(|e| {
-        GatewayError::InvalidParam {
+    let q =
+        Query::from_url(uri.query(), now, retention).map_err(|e| GatewayError::InvalidParam {
             param: e.param,
             message: e.message,
-        }
-    })?;
+        })?;
     // The key file gives names and labels: read only when rows need them.
     let file = match q.group.key || !q.meta.is_empty() {
         true => Some(read_file(gw).await?),

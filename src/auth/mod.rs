@@ -20,15 +20,19 @@ use crate::limit::failed_auth::FailedAuthGuard;
 use crate::server::peer::Peer;
 use crate::time::Timestamp;
 use credential::{credential, Credential};
-use http::{HeaderValue, Request};
+use http::request::Parts;
+use http::HeaderValue;
 use secrets::{contains_secret, url_has_secret};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// An authenticated caller: its connection, and the credential it presented, kept only so
-/// that no copy of it goes upstream or into an answer. Never logged.
+/// An authenticated caller: what the upstream is told of its connection, and the credential it
+/// presented, kept only so that no copy of it goes upstream or into an answer. Never logged.
 pub struct Caller {
-    pub peer: Peer,
+    /// The client's address as `x-forwarded-for` carries it (`Peer::forwarded_for`).
+    pub forwarded_for: HeaderValue,
+    /// The client reached the gateway over TLS.
+    pub https: bool,
     credential: String,
 }
 
@@ -40,17 +44,17 @@ impl Caller {
 
 /// The stage: the request's one credential (never also in its URL; a request id that holds
 /// it is replaced), then its key.
-pub fn authenticate<B>(
+pub fn authenticate(
     gw: &Gateway,
     index: &Arc<KeyIndex>,
     prefix: &str,
-    req: &Request<B>,
-    peer: Peer,
+    req: &Parts,
+    peer: &Peer,
     request_id: &mut HeaderValue,
     now: Timestamp,
 ) -> Result<(KeyRef, Caller), GatewayError> {
-    let cred = credential(req.headers())?.ok_or(GatewayError::MissingKey)?;
-    if url_has_secret(req.uri().path(), req.uri().query(), cred.as_str()) {
+    let cred = credential(&req.headers)?.ok_or(GatewayError::MissingKey)?;
+    if url_has_secret(req.uri.path(), req.uri.query(), cred.as_str()) {
         return Err(GatewayError::KeyInUrl);
     }
     if contains_secret(request_id.as_bytes(), cred.as_str()) {
@@ -58,7 +62,8 @@ pub fn authenticate<B>(
     }
     let key = find_key(index, &cred, prefix, peer.client, &gw.failed_auth, now)?;
     let caller = Caller {
-        peer,
+        forwarded_for: peer.forwarded_for.clone(),
+        https: peer.https,
         credential: cred.as_str().to_owned(),
     };
     Ok((key, caller))

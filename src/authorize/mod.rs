@@ -14,16 +14,17 @@ use crate::auth::secrets::{url_has_key, url_has_secret};
 use crate::error::GatewayError;
 use crate::gateway::Live;
 use crate::keys::index::KeyRef;
-use http::{Method, Request};
+use http::request::Parts;
+use http::Method;
 use routes::{path_problem, RouteMatch};
 
 /// The route of a request, or the refusal: a method that is no API's, a path an upstream
 /// could read differently, a key in the URL (before routing, so that no answer, a 404
 /// included, repeats it), or no route (deny by default).
-pub fn route<B>(live: &Live, req: &Request<B>) -> Result<RouteMatch, GatewayError> {
-    let path = req.uri().path();
+pub fn route(live: &Live, req: &Parts) -> Result<RouteMatch, GatewayError> {
+    let path = req.uri.path();
     if !matches!(
-        *req.method(),
+        req.method,
         Method::GET
             | Method::HEAD
             | Method::POST
@@ -34,28 +35,28 @@ pub fn route<B>(live: &Live, req: &Request<B>) -> Result<RouteMatch, GatewayErro
     ) {
         // CONNECT would become a tunnel upstream and TRACE echoes headers: neither is an API.
         return Err(GatewayError::UnknownRoute(
-            req.method().clone(),
+            req.method.clone(),
             path.to_string(),
         ));
     }
     if let Some(problem) = path_problem(path) {
         return Err(GatewayError::InvalidRequest(problem.into()));
     }
-    if url_has_key(path, req.uri().query(), &live.config.keys.prefix) {
+    if url_has_key(path, req.uri.query(), &live.config.keys.prefix) {
         return Err(GatewayError::KeyInUrl);
     }
     live.config
         .routes
-        .resolve(req.method(), path)
+        .resolve(&req.method, path)
         .ok_or_else(|| unknown_route(live, req))
 }
 
 /// The 404 for a path no route matches, with a hint when the path is a route without its
 /// `/v1` (a client whose `base_url` lacks it).
-fn unknown_route<B>(live: &Live, req: &Request<B>) -> GatewayError {
-    let (method, path) = (req.method(), req.uri().path());
+fn unknown_route(live: &Live, req: &Parts) -> GatewayError {
+    let (method, path) = (&req.method, req.uri.path());
     // A credential that is not key-shaped could still be in the path: never repeat it.
-    if let Ok(Some(c)) = credential(req.headers()) {
+    if let Ok(Some(c)) = credential(&req.headers) {
         if url_has_secret(path, None, c.as_str()) {
             return GatewayError::KeyElsewhere;
         }

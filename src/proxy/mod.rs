@@ -98,8 +98,8 @@ pub fn send<'a>(
     record: &'a mut RequestRecord,
 ) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
     let info = ForwardInfo {
-        forwarded_for: &caller.peer.forwarded_for,
-        https: caller.peer.https,
+        forwarded_for: &caller.forwarded_for,
+        https: caller.https,
         credential: caller.credential(),
         key_id: &key.id,
         request_id: &record.request_id,
