@@ -49,7 +49,10 @@
 //! | `limit/redis/scripts.rs` | the Lua scripts (`rate.lua`, `slot.lua`, `tokens.lua` beside it), twins of the local limiters |
 //! | `proxy/mod.rs` | stage 5: `choose`, `forward`, `send`, `list_models` |
 //! | `proxy/upstream.rs` | `Upstream`: its pool, the upstream's request, the first-byte deadline on the wait for its head |
-//! | `proxy/pool.rs` | upstream connections leased to the request's own task |
+//! | `proxy/pool/mod.rs` | `Pool`: an upstream's connections, leased to the request's own task |
+//! | `proxy/pool/send.rs` | `PoolSend`: a request onto an idle or new connection, and the wait for its head |
+//! | `proxy/pool/connect.rs` | a new connection: TCP, TLS, the HTTP/1.1 handshake, within the connect timeout |
+//! | `proxy/pool/conn.rs` | one connection, the idle stack, its `Lease`, plain or TLS transport, `SendError` |
 //! | `proxy/headers.rs` | header hygiene in both directions |
 //! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
 //! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record (`response_body_tests.rs`: its unit tests) |

@@ -1,0 +1,229 @@
+//! One upstream connection: the idle stack it waits on, the lease a request holds on it, the
+//! transport under it, and why a request on it got no answer head. The leaf of `pool`: the
+//! other files use this one, and it uses none of them.
+
+use crate::proxy::request_body::UpBody;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// How long an unused connection is kept.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+/// Idle connections kept per upstream.
+const MAX_IDLE: usize = 256;
+
+/// Why a request did not get a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("the server name {0:?} is not valid for TLS")]
+    ServerName(String),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+}
+
+/// An upstream's idle connections, most recently used on top.
+#[derive(Default)]
+pub(super) struct Idle {
+    stack: Mutex<Vec<(Instant, Box<UpstreamConn>)>>,
+}
+
+impl Idle {
+    /// An idle connection that is still open, if there is one. `cx` is the waiting
+    /// request's: probing a connection registers its wake-ups.
+    pub(super) fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<UpstreamConn>> {
+        loop {
+            let mut conn = self.pop()?;
+            if conn.usable(cx) {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<Box<UpstreamConn>> {
+        let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, conn) = idle.pop()?;
+        if since.elapsed() < IDLE_FOR {
+            return Some(conn);
+        }
+        // The stack is ordered by age: all the rest are older still.
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
+        drop(stale);
+        None
+    }
+
+    fn put(&self, conn: Box<UpstreamConn>) {
+        let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((Instant::now(), conn));
+        }
+    }
+
+    /// Closes connections that expired or that the upstream closed.
+    pub(super) fn sweep(&self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::mem::take(&mut *idle);
+        let mut gone = Vec::new();
+        for (since, mut conn) in before {
+            if since.elapsed() < IDLE_FOR && conn.usable(&mut cx) {
+                idle.push((since, conn));
+            } else {
+                gone.push(conn);
+            }
+        }
+        drop(idle);
+        drop(gone);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.stack.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One HTTP/1.1 connection: the half that takes requests and the half that does the I/O.
+pub(super) struct UpstreamConn {
+    pub(super) sender: http1::SendRequest<UpBody>,
+    conn: http1::Connection<TokioIo<Transport>, UpBody>,
+    done: bool,
+}
+
+impl UpstreamConn {
+    pub(super) fn new(
+        sender: http1::SendRequest<UpBody>,
+        conn: http1::Connection<TokioIo<Transport>, UpBody>,
+    ) -> Box<UpstreamConn> {
+        Box::new(UpstreamConn {
+            sender,
+            conn,
+            done: false,
+        })
+    }
+
+    /// Moves the connection along (writes, reads, notices a hangup); false once it has ended.
+    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done {
+            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx) {
+                self.done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            }
+        }
+        !self.done
+    }
+
+    pub(super) fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && self.sender.is_ready()
+    }
+}
+
+/// A connection in use by one request. Dropped before the response ended, it closes the
+/// connection (which is how a generation is cancelled when the client leaves).
+pub struct Lease {
+    conn: Option<Box<UpstreamConn>>,
+    idle: Arc<Idle>,
+}
+
+impl Lease {
+    pub(super) fn new(conn: Box<UpstreamConn>, idle: Arc<Idle>) -> Lease {
+        Lease {
+            conn: Some(conn),
+            idle,
+        }
+    }
+
+    /// Polls the connection so the response body moves; call before polling the body.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = &mut self.conn {
+            c.drive(cx);
+        }
+    }
+
+    /// The response has been read to its end: the connection may serve the next request.
+    pub fn release(&mut self) {
+        if let Some(c) = self.conn.take() {
+            if !c.done && !c.sender.is_closed() {
+                self.idle.put(c);
+            }
+        }
+    }
+}
+
+/// Plain TCP or TLS, as the upstream's URL says.
+pub(super) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Upstream connections, driven by the request that uses them.
+//!
+//! hyper's pooled client runs every upstream connection as a task of its own, so each request
+//! crosses tasks for its head and again for every body frame, and handing the connection back
+//! costs a spawned task, a lock and a hash of the pool key. Here a connection is *leased*: the
+//! task serving the client polls the upstream connection itself while it waits for the head
+//! and while the body streams, and the end of the body puts the connection back on a
+//! per-upstream stack (most recently used first, so the warmest connections stay busy).
+//!
+//! An idle connection is polled by no one. When it is taken it is probed once: an upstream
+//! that closed it meanwhile (vLLM's uvicorn does after 5 s idle) is noticed then, the
+//! connection is dropped, and the next one is tried. A request that could not be written on a
+//! reused connection is sent again on another.
+
+mod conn;
+mod connect;
+mod send;
+
+use crate::proxy::request_body::UpBody;
+use conn::Idle;
+pub use conn::{Lease, SendError};
+use connect::Connector;
+use hyper::client::conn::http1;
+use send::PoolSend;
+pub use send::Sent;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An upstream's connections: how to make one, and the idle ones.
+pub struct Pool {
+    connector: Connector,
+    idle: Arc<Idle>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({}:{})", self.connector.host, self.connector.port)
+    }
+}
+
+impl Pool {
+    /// A pool for `host:port`, over TLS when `tls` is given.
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
+    ) -> Pool {
+        Pool {
+            connector: Connector::new(host, port, tls, connect_timeout),
+            idle: Arc::default(),
+        }
+    }
+
+    /// Sends `req` on an idle connection, or a new one, and waits for the response head. The
+    /// lease must be kept (and driven) while the response body is read.
+    pub fn send(&self, req: http::Request<UpBody>) -> impl Future<Output = Sent> + '_ {
+        PoolSend::new(
+            &self.idle,
+            &self.connector,
+            req,
+            http1::SendRequest::try_send_request,
+        )
+    }
+
+    /// Closes idle connections that expired or that the upstream closed, so a pool that
+    /// traffic has left does not hold sockets the other side has given up on. Run on a timer.
+    pub fn sweep(&self) {
+        self.idle.sweep();
+    }
+
+    /// Idle connections held.
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}

@@ -1,0 +1,161 @@
+//! `Pool::send`'s wait, written out as a state machine.
+//!
+//! As an `async` block it kept the request it captured for its whole run, beside hyper's
+//! send (which holds the request until it is written, and holds its own copy after): 264 dead
+//! bytes in a future that every request writes, in memory that is cold at each request when
+//! many connections are open. Here the request is a state of its own, gone once it is sent.
+
+use super::conn::{Idle, Lease, SendError, UpstreamConn};
+use super::connect::Connector;
+use crate::proxy::request_body::UpBody;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, TrySendError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+/// The pool's answer to one request: the response head with the lease of its connection.
+pub type Sent = Result<(Response<Incoming>, Lease), SendError>;
+
+/// What hyper's send of one request comes to.
+pub type Answer = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
+
+/// Making a connection: the rare path, boxed so that its future does not make every
+/// request's larger.
+type Connecting<'p> =
+    Pin<Box<dyn Future<Output = Result<Box<UpstreamConn>, SendError>> + Send + 'p>>;
+
+pin_project_lite::pin_project! {
+    /// Ends with the response head and the lease of its connection, or with why there is
+    /// none. `T` is hyper's send (`F` its future), a type parameter because its future's type
+    /// has no name.
+    pub struct PoolSend<'p, T, F> {
+        idle: &'p Arc<Idle>,
+        connector: &'p Connector,
+        try_send: T,
+        #[pin]
+        step: Step<'p, F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StepProj]
+    enum Step<'p, F> {
+        // The request, on no connection yet. (An `Option` only so that it can be moved out
+        // of a pinned state; it is `None` only between two steps.)
+        Unsent { req: Option<Request<UpBody>> },
+        // No idle connection was usable: a new one is being made.
+        Connecting { req: Option<Request<UpBody>>, connect: Connecting<'p> },
+        // Written (or being written) on `conn`: the wait for the head. `reused`: the
+        // connection had served before, so a request it refused unwritten may try another.
+        Waiting { conn: Option<Box<UpstreamConn>>, reused: bool, #[pin] answer: F },
+    }
+}
+
+impl<'p, T, F> PoolSend<'p, T, F>
+where
+    T: Fn(&mut http1::SendRequest<UpBody>, Request<UpBody>) -> F,
+{
+    pub(super) fn new(
+        idle: &'p Arc<Idle>,
+        connector: &'p Connector,
+        req: Request<UpBody>,
+        try_send: T,
+    ) -> Self {
+        PoolSend {
+            idle,
+            connector,
+            try_send,
+            step: Step::Unsent { req: Some(req) },
+        }
+    }
+}
+
+impl<'p, T, F> Future for PoolSend<'p, T, F>
+where
+    T: Fn(&mut http1::SendRequest<UpBody>, Request<UpBody>) -> F,
+    F: Future<Output = Answer>,
+{
+    type Output = Sent;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sent> {
+        let mut this = self.project();
+        loop {
+            let next = match this.step.as_mut().project() {
+                StepProj::Unsent { req } => {
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err(SendError::Closed));
+                    };
+                    match this.idle.checkout(cx) {
+                        Some(mut conn) => {
+                            let answer = (this.try_send)(&mut conn.sender, req);
+                            Step::Waiting {
+                                conn: Some(conn),
+                                reused: true,
+                                answer,
+                            }
+                        }
+                        None => Step::Connecting {
+                            req: Some(req),
+                            connect: connect(this.connector),
+                        },
+                    }
+                }
+                StepProj::Connecting { req, connect } => {
+                    let mut conn = ready!(connect.as_mut().poll(cx))?;
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err(SendError::Closed));
+                    };
+                    let answer = (this.try_send)(&mut conn.sender, req);
+                    Step::Waiting {
+                        conn: Some(conn),
+                        reused: false,
+                        answer,
+                    }
+                }
+                StepProj::Waiting {
+                    conn,
+                    reused,
+                    answer,
+                } => {
+                    let Some(c) = conn.as_mut() else {
+                        return Poll::Ready(Err(SendError::Closed));
+                    };
+                    // The connection first: it writes the request and reads the head.
+                    let alive = c.drive(cx);
+                    match answer.poll(cx) {
+                        Poll::Pending if alive => return Poll::Pending,
+                        Poll::Pending => return Poll::Ready(Err(SendError::Closed)),
+                        Poll::Ready(Ok(resp)) => {
+                            let lease = conn.take().map(|c| Lease::new(c, Arc::clone(this.idle)));
+                            return match lease {
+                                Some(lease) => Poll::Ready(Ok((resp, lease))),
+                                None => Poll::Ready(Err(SendError::Closed)),
+                            };
+                        }
+                        Poll::Ready(Err(mut e)) => match e.take_message() {
+                            // Not written: a reused connection had gone stale; try another
+                            // (this one is dropped with the step).
+                            Some(req) if *reused => Step::Unsent { req: Some(req) },
+                            _ => return Poll::Ready(Err(SendError::Http(e.into_error()))),
+                        },
+                    }
+                }
+            };
+            this.step.set(next);
+        }
+    }
+}
+
+/// A new connection, then one trip through the scheduler before the request is written: the
+/// client's side runs once more, so a request it has already cancelled meanwhile (an HTTP/2
+/// reset) is dropped here and costs the upstream nothing.
+fn connect(connector: &Connector) -> Connecting<'_> {
+    Box::pin(async move {
+        let conn = connector.connect().await?;
+        tokio::task::yield_now().await;
+        Ok(conn)
+    })
+}
