@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 pub type Sent = Result<(Response<Incoming>, Lease), SendError>;
 
 /// What hyper's send of one request comes to.
-pub type Answer = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
+type Answer = Result<Response<Incoming>, TrySendError<Request<UpBody>>>;
 
 /// Making a connection: the rare path, boxed so that its future does not make every
 /// request's larger.
@@ -89,14 +89,7 @@ where
                         return Poll::Ready(Err(SendError::Closed));
                     };
                     match this.idle.checkout(cx) {
-                        Some(mut conn) => {
-                            let answer = (this.try_send)(&mut conn.sender, req);
-                            Step::Waiting {
-                                conn: Some(conn),
-                                reused: true,
-                                answer,
-                            }
-                        }
+                        Some(conn) => waiting(this.try_send, conn, req, true),
                         None => Step::Connecting {
                             req: Some(req),
                             connect: connect(this.connector),
@@ -104,16 +97,11 @@ where
                     }
                 }
                 StepProj::Connecting { req, connect } => {
-                    let mut conn = ready!(connect.as_mut().poll(cx))?;
+                    let conn = ready!(connect.as_mut().poll(cx))?;
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(SendError::Closed));
                     };
-                    let answer = (this.try_send)(&mut conn.sender, req);
-                    Step::Waiting {
-                        conn: Some(conn),
-                        reused: false,
-                        answer,
-                    }
+                    waiting(this.try_send, conn, req, false)
                 }
                 StepProj::Waiting {
                     conn,
@@ -146,6 +134,24 @@ where
             };
             this.step.set(next);
         }
+    }
+}
+
+/// `req` handed to hyper on `conn`, and the wait for its head.
+fn waiting<'p, T, F>(
+    try_send: &T,
+    mut conn: Box<UpstreamConn>,
+    req: Request<UpBody>,
+    reused: bool,
+) -> Step<'p, F>
+where
+    T: Fn(&mut http1::SendRequest<UpBody>, Request<UpBody>) -> F,
+{
+    let answer = try_send(&mut conn.sender, req);
+    Step::Waiting {
+        conn: Some(conn),
+        reused,
+        answer,
     }
 }
 
