@@ -90,6 +90,12 @@ pub fn handle(
         .await;
         let (mut resp, retry_after) = match answer {
             Ok(r) => (r, None),
+            // Nobody reads this answer: the record, dropped here, logs and counts a client
+            // that left before the head (499, not complete), as when it leaves later.
+            Err(GatewayError::ClientGone) => {
+                drop(record);
+                return GatewayError::ClientGone.to_response();
+            }
             Err(e) => {
                 let e = e.withholding_keys(prefix, caller.as_ref().map(Caller::credential));
                 record.error_code = Some(e.code());

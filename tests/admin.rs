@@ -178,6 +178,50 @@ async fn refusals() {
     )
     .await;
     assert_eq!(a.status, 400);
+    // A compressed body is refused, not read as the plain JSON it claims not to be, and no
+    // key is made.
+    let count = || {
+        std::fs::read_to_string(g.dir.path().join("keys.json"))
+            .unwrap()
+            .matches("\"id\":")
+            .count()
+    };
+    let before = count();
+    for enc in ["gzip", "br, identity"] {
+        let a = send(
+            Method::POST,
+            &g.url("/v1/api-keys"),
+            &[
+                ("authorization", &bearer(&admin)),
+                ("content-type", "application/json"),
+                ("content-encoding", enc),
+            ],
+            r#"{"name":"zipped"}"#,
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (400, "invalid_request"),
+            "{enc}"
+        );
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("Content-Encoding"), "{msg}");
+    }
+    assert_eq!(count(), before);
+    // A field given twice is named.
+    let a = send(
+        Method::POST,
+        &g.url("/v1/api-keys"),
+        &[
+            ("authorization", &bearer(&admin)),
+            ("content-type", "application/json"),
+        ],
+        r#"{"name":"u","name":"v"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "name", "{:?}", a.json());
+    assert_eq!(count(), before);
 
     let a = api(
         &g,

@@ -735,6 +735,21 @@ fn check_names_the_line_of_a_json_syntax_error() {
 }
 
 #[test]
+fn a_key_file_without_its_keys_field_is_refused_not_read_as_empty() {
+    let env = Env::new();
+    env.create("a", &[]);
+    // One dropped field would otherwise be a file of no keys, refusing every client.
+    fs::write(&env.keys, "{\"version\": 1}\n").unwrap();
+    let err = env.fails(&["check"]);
+    assert!(err.contains("missing field `keys`"), "{err}");
+    env.fails(&["keys", "list"]);
+    // An empty list, said so, is a file of no keys.
+    fs::write(&env.keys, "{\"version\": 1, \"keys\": []}\n").unwrap();
+    let out = env.ok(&["check"]);
+    assert!(out.contains("0 keys"), "{out}");
+}
+
+#[test]
 fn check_names_the_key_with_a_bad_field() {
     let env = Env::new();
     let a = env.create("a", &[]);
@@ -786,6 +801,12 @@ fn check_names_the_key_with_a_bad_field() {
             good.replacen("\"name\":", "\"nmae\": \"x\", \"name\":", 1),
             "",
             vec!["nmae", "line"],
+        ),
+        (
+            "a limit of 0",
+            good.replacen("\"name\":", "\"limits\":{\"burst\":0},\"name\":", 1),
+            &a_id,
+            vec!["limits.burst"],
         ),
     ];
     for (what, text, names_id, words) in cases {

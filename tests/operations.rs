@@ -746,3 +746,45 @@ async fn upstream_health_check_gates_readiness_without_a_check_per_probe() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_blocked_address_is_one_tracked_address() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[limits]\nfailed_auth_per_minute = 3\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[[upstream]]\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    cli_create_key(&cfg, "present");
+    let mut served = serve_json(&cfg);
+    let (addr, logs) = (served.addr, Arc::clone(&served.logs));
+    let maddr = logged(&logs, "metrics listening", "addr").await;
+    // Bad keys from one address until it is blocked (401s, then 429s).
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let wrong = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
+        let a = send(
+            Method::POST,
+            &format!("http://{addr}/v1/chat/completions"),
+            &[("authorization", &bearer(&wrong))],
+            CHAT,
+        )
+        .await;
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let (s, _) = scrape(&maddr).await;
+    assert_eq!(
+        sample(&s, "keygate_failed_auth_tracked_addresses", &[]),
+        Some(1.0),
+        "one client address, blocked: counted once"
+    );
+    sigterm(&served.child);
+    assert!(served.child.wait().unwrap().success());
+}

@@ -824,6 +824,72 @@ async fn a_key_as_path_or_model_is_refused_and_never_logged_or_echoed() {
     }
 }
 
+#[tokio::test]
+async fn a_key_in_an_encoded_path_or_in_the_user_agent_is_never_logged() {
+    let g = start_gateway("").await;
+    capture_access(&g);
+    let key = g.key();
+    let auth = bearer(&key);
+    // What makes it a secret: the part after `sk_kg_`, in whatever encoding carries it.
+    let secret = key.strip_prefix("sk_kg_").unwrap().to_string();
+    for path in [
+        format!("/v1/models/sk%5Fkg%5F{secret}"),
+        format!("/v1/models/%73k_kg_{secret}"),
+        format!("/v1/models/%2573k_kg_{secret}"),
+    ] {
+        let a = send(Method::GET, &g.url(&path), &[("authorization", &auth)], "").await;
+        assert_eq!(a.status, 400, "{path}");
+        assert!(!String::from_utf8_lossy(&a.body).contains(&secret));
+        let id = a.header("x-request-id").unwrap().to_string();
+        assert!(logged(&id).await, "no access line for {path}");
+    }
+    // The client's own key, or another one, in its user agent: served, never logged.
+    let other = keygate::keys::token::generate("sk_kg").unwrap().plaintext;
+    for ua in [format!("k {key}"), format!("bot (token {other})")] {
+        let a = send(
+            Method::POST,
+            &g.url("/v1/chat/completions"),
+            &[("authorization", &auth), ("user-agent", &ua)],
+            CHAT,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        let id = a.header("x-request-id").unwrap().to_string();
+        assert!(logged(&id).await, "no access line for {ua}");
+    }
+    let text = logs();
+    assert!(!text.contains(&secret), "a key was logged");
+    assert!(!text.contains(other.as_str()), "another key was logged");
+    assert!(text.contains("user_agent=[redacted]"), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_logged_as_gone_not_as_a_bad_request() {
+    let g = start_gateway("").await;
+    capture_access(&g);
+    let streamed = g.key();
+    // A key with an allowlist: the gateway reads the body itself (for its `model`).
+    let read = allowlisted(&g, &["llama-*"]);
+    for (key, ua) in [(&streamed, "leaver-streamed"), (&read, "leaver-read")] {
+        let mut c = TcpStream::connect(g.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+             user-agent: {ua}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n\
+             {{\"model\":\"llama-3\",\"mess"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.flush().await.unwrap();
+        drop(c);
+        let needle = format!("user_agent={ua}");
+        assert!(logged(&needle).await, "no access line for {ua}");
+        let text = logs();
+        let line = text.lines().find(|l| l.contains(&needle)).unwrap();
+        assert!(line.contains(" status=499"), "{line}");
+        assert!(line.contains(" complete=false"), "{line}");
+        assert!(line.contains(" error=-"), "{line}");
+    }
+}
+
 // ------------------------------------------------------------------ 7. keys in the URL
 
 #[tokio::test]

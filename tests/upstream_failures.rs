@@ -12,6 +12,22 @@ use common::raw_upstream::*;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// A chat request through a real HTTP client: its status and its whole body, or the error
+/// reading it.
+async fn chat_through_a_client(g: &TestGateway, key: &str) -> (u16, Result<Bytes, hyper::Error>) {
+    use http_body_util::BodyExt;
+    let req = http::Request::post(g.url("/v1/chat/completions"))
+        .header("authorization", bearer(key))
+        .body(http_body_util::Full::new(Bytes::from(CHAT)))
+        .unwrap();
+    let resp = within(5 * SEC, "response head", client().request(req))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = within(5 * SEC, "response body", resp.into_body().collect()).await;
+    (status, body.map(|b| b.to_bytes()))
+}
+
 // ------------------------------------------------------------------ 9-12. upstream faults
 
 #[tokio::test]
@@ -101,18 +117,51 @@ async fn upstream_reset_mid_stream_is_an_error_for_the_client() {
         assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
 
         // The same through a real HTTP client: reading the body fails.
-        let req = http::Request::post(g.url("/v1/chat/completions"))
-            .header("authorization", bearer(&key))
-            .body(http_body_util::Full::new(Bytes::from(CHAT)))
-            .unwrap();
-        let resp = within(5 * SEC, "response head", client().request(req))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        use http_body_util::BodyExt;
-        let body = within(5 * SEC, "response body", resp.into_body().collect()).await;
+        let (status, body) = chat_through_a_client(&g, &key).await;
+        assert_eq!(status, 200);
         assert!(body.is_err(), "rst={rst}: a cut stream read as complete");
     }
+}
+
+#[tokio::test]
+async fn an_upstream_answer_framed_twice_reaches_the_client_whole() {
+    // `Content-Length` beside chunked framing: the body is the chunked one (RFC 9112 §6.3),
+    // so the length must not reach the client, whose connection would cut the body at 3.
+    let m = RawMock::start(Mode::Bytes(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ))
+    .await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    for _ in 0..2 {
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!(r.status(), 200, "{r:?}");
+        assert_eq!(r.body, b"hello", "{r:?}");
+        assert_ne!(r.header("content-length"), Some("3"), "{r:?}");
+    }
+    // The same through a real HTTP client.
+    let (status, body) = chat_through_a_client(&g, &key).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body.unwrap()[..], b"hello");
+}
+
+#[tokio::test]
+async fn an_upstream_that_switches_protocols_unasked_is_502() {
+    let m = RawMock::start(Mode::Bytes(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    ))
+    .await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+    let r = c.response().await.unwrap();
+    assert_eq!(r.status(), 502, "{r:?}");
+    assert_eq!(r.error_code(), "upstream_unavailable");
+    assert!(r.header("upgrade").is_none(), "{r:?}");
 }
 
 #[tokio::test]

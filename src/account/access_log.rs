@@ -4,6 +4,7 @@
 //! values are `-` or `null`. Never the query, and never a path segment shaped like a key.
 
 use crate::account::record::{RequestRecord, TokenUsage};
+use crate::auth::secrets::mentions_key;
 use crate::config::LogFormat;
 use crate::ops::logging::Logging;
 use crate::time::SecondStamp;
@@ -15,6 +16,8 @@ use std::time::{Duration, SystemTime};
 const MAX_FIELD: usize = 256;
 /// A path is cut to this many bytes.
 const MAX_PATH: usize = 2048;
+/// What a logged value that named a key becomes.
+const REDACTED: &str = "[redacted]";
 
 /// When a request ended, and how long it and the gateway's part of it took.
 #[derive(Debug, Clone, Copy)]
@@ -220,22 +223,35 @@ fn protocol(v: http::Version) -> &'static str {
 }
 
 /// The path as logged: never the query (it can carry a key or other secrets), and a path
-/// segment that holds something shaped like one of our keys (`<prefix>_…`) is replaced.
+/// segment that names something shaped like one of our keys (`<prefix>_…`, as it is or
+/// percent-decoded: `sk%5Fkg%5F…` is the same key to the client's tools) is replaced.
 fn logged_path<'a>(path: &'a str, key_prefix: &str) -> std::borrow::Cow<'a, str> {
     let path = clip(path, MAX_PATH);
-    // `<prefix>_` in a segment: found without allocating, as almost every path has none.
-    let holds = |text: &str| {
-        crate::auth::secrets::occurrences(text.as_bytes(), key_prefix.as_bytes())
-            .any(|i| text.as_bytes().get(i + key_prefix.len()) == Some(&b'_'))
-    };
-    if !holds(path) {
+    // Found without allocating, as almost every path has neither the prefix nor a `%`.
+    if !mentions_key(path, key_prefix) {
         return std::borrow::Cow::Borrowed(path);
     }
     let redacted: Vec<&str> = path
         .split('/')
-        .map(|seg| if holds(seg) { "[redacted]" } else { seg })
+        .map(|seg| {
+            if mentions_key(seg, key_prefix) {
+                REDACTED
+            } else {
+                seg
+            }
+        })
         .collect();
     std::borrow::Cow::Owned(redacted.join("/"))
+}
+
+/// The user agent as logged: a client's free text, which may hold a key (its own or another
+/// one) in any form; then the whole value is replaced, as a request id would be.
+fn logged_user_agent<'a>(ua: &'a http::HeaderValue, key_prefix: &str) -> std::borrow::Cow<'a, str> {
+    let text = String::from_utf8_lossy(ua.as_bytes());
+    if mentions_key(&text, key_prefix) {
+        return std::borrow::Cow::Borrowed(REDACTED);
+    }
+    text
 }
 
 /// Formats the access line for `f` into `out` (one line, newline included), its timestamp
@@ -282,7 +298,7 @@ fn fields<const JSON: bool>(
     let ua = f
         .user_agent
         .as_ref()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        .map(|v| logged_user_agent(v, key_prefix));
     w.str(
         key!("user_agent"),
         ua.as_deref().map(|s| clip(s, MAX_FIELD)),

@@ -101,5 +101,29 @@ fn paths_never_carry_a_key() {
         "/v1/chat/completions"
     );
     assert_eq!(logged_path("/v1/sk_kg_abc/x", "sk_kg"), "/v1/[redacted]/x");
+    // Percent-encoded, once or more: the same key to any tool that decodes it.
+    for seg in [
+        "sk%5Fkg%5Fabc",
+        "%73k_kg_abc",
+        "%2573k_kg_abc",
+        "x%2Fsk_kg_abc",
+    ] {
+        assert_eq!(
+            logged_path(&format!("/v1/models/{seg}"), "sk_kg"),
+            "/v1/models/[redacted]",
+            "{seg}"
+        );
+    }
+    assert_eq!(logged_path("/v1/a%20b", "sk_kg"), "/v1/a%20b");
     assert_eq!(clip("héllo", 2), "h");
+}
+
+#[test]
+fn a_user_agent_that_names_a_key_is_replaced() {
+    let ua = |v: &'static str| {
+        logged_user_agent(&http::HeaderValue::from_static(v), "sk_kg").into_owned()
+    };
+    assert_eq!(ua("OpenAI/Python 1.54.0"), "OpenAI/Python 1.54.0");
+    assert_eq!(ua("bot (token sk_kg_0123456789abcdefXYZ)"), "[redacted]");
+    assert_eq!(ua("bot sk%5Fkg%5F0123456789"), "[redacted]");
 }

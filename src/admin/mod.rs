@@ -23,6 +23,7 @@ use crate::keys::record::{KeyLimits, KeyQuotas, KeyRecord, NewKey};
 use crate::keys::usage::UsageSnapshot;
 use crate::limit::quota;
 use crate::ops::audit::{Audit, AuditEvent};
+use crate::proxy::idle::client_left;
 use crate::proxy::response_body::{json, Body};
 use crate::time::Timestamp;
 use crate::usage::query::{self, Query};
@@ -75,14 +76,34 @@ fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
 }
 
 async fn read_json<T: for<'de> Deserialize<'de> + Default>(
-    body: Incoming,
+    req: Request<Incoming>,
     required: bool,
     record: &mut RequestRecord,
 ) -> Result<T, GatewayError> {
-    let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+    // A compressed body would be read as garbage JSON, or worse, taken as the plain text
+    // it happens to be.
+    if req
+        .headers()
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::InvalidRequest(
+            "The request body is compressed (`Content-Encoding`); the management API takes uncompressed JSON.".into(),
+        ));
+    }
+    let bytes = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|_| GatewayError::TooLarge(MAX_ADMIN_BODY as u64))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::TooLarge(MAX_ADMIN_BODY as u64)
+            } else if client_left(&*e) {
+                GatewayError::ClientGone
+            } else {
+                GatewayError::ClientBody(e.to_string())
+            }
+        })?
         .to_bytes();
     record.bytes_received = bytes.len() as u64;
     if bytes.iter().all(u8::is_ascii_whitespace) && !required {
@@ -209,7 +230,7 @@ pub async fn handle(
     };
     match (&matched, segs.as_slice()) {
         (&Method::POST, []) => {
-            let b: CreateBody = read_json(req.into_body(), true, record).await?;
+            let b: CreateBody = read_json(req, true, record).await?;
             let expires_at = match (b.expires_in_days, b.expires_at) {
                 (Some(_), Some(_)) => {
                     return Err(GatewayError::InvalidParam {
@@ -247,7 +268,7 @@ pub async fn handle(
             Ok(list::show(live, entry, now, usage, quota))
         }
         (&Method::POST, [id, "rotate"]) => {
-            let b: RotateBody = read_json(req.into_body(), false, record).await?;
+            let b: RotateBody = read_json(req, false, record).await?;
             let op = Op::Rotate {
                 id: id.to_string(),
                 grace: Duration::from_secs(b.grace_seconds),
@@ -261,7 +282,7 @@ pub async fn handle(
             Ok(written(live, done, StatusCode::OK, now))
         }
         (&Method::PATCH, [id]) => {
-            let b: edit::PatchBody = read_json(req.into_body(), true, record).await?;
+            let b: edit::PatchBody = read_json(req, true, record).await?;
             let op = Op::Update {
                 id: id.to_string(),
                 patch: b.into_patch(now)?,

@@ -70,6 +70,16 @@ pub fn holds_key(text: &str, prefix: &str) -> bool {
         || decoded(text).is_some_and(|d| looks_like_key(&d, prefix))
 }
 
+/// True when `text` names this gateway's key prefix followed by `_` (`sk_kg_`), as it is or
+/// percent-decoded: what a log line must not repeat, even when too short to be a whole key
+/// (a log redacts more than a request refuses).
+pub fn mentions_key(text: &str, prefix: &str) -> bool {
+    let marked = |t: &[u8]| {
+        occurrences(t, prefix.as_bytes()).any(|i| t.get(i + prefix.len()) == Some(&b'_'))
+    };
+    marked(text.as_bytes()) || decoded(text).is_some_and(|d| marked(&d))
+}
+
 /// True when the path or query carries a key: a key-named parameter (`api_key=`, …) or
 /// anything shaped like a key anywhere, percent-decoded, whatever the separators around it
 /// (`?q=Bearer%20sk_kg_…`, `?a=1;q=sk_kg_…`, `?q=sk%5Fkg_…`). Without a `%` in the URL this

@@ -18,6 +18,7 @@ use crate::config::LimitDefaults;
 use crate::error::GatewayError;
 use crate::gateway::Live;
 use crate::keys::index::KeyRef;
+use crate::proxy::idle::client_left;
 use crate::proxy::request_body::UpBody;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -271,6 +272,7 @@ async fn read_body_frames(
             .map_err(|_| GatewayError::BodyTimeout)?;
         match frame {
             None => return Ok(buf.freeze()),
+            Some(Err(e)) if client_left(&e) => return Err(GatewayError::ClientGone),
             Some(Err(e)) => return Err(GatewayError::ClientBody(e.to_string())),
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {

@@ -17,7 +17,9 @@
 
 use crate::authorize::part_name::{role, Role};
 use crate::error::GatewayError;
-use crate::proxy::idle::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
+use crate::proxy::idle::{
+    client_body_failure, BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout,
+};
 use bytes::Bytes;
 use http_body::Frame;
 use hyper::body::Incoming;
@@ -57,7 +59,7 @@ impl Source {
                 None
             }
             Some(Err(e)) if e.is::<IdleTimeout>() => Some(Err(e)),
-            Some(Err(e)) => Some(Err(Box::new(ClientBodyError(e.to_string())))),
+            Some(Err(e)) => Some(Err(client_body_failure(e))),
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) => {
                     self.seen += d.len() as u64;

@@ -7,7 +7,7 @@ use crate::auth::secrets::{contains_secret, holds_key};
 use crate::authorize::body::BodyError;
 use crate::keys::error::StoreError;
 use crate::keys::reader::strip_position;
-use crate::proxy::idle::{BodyTooLarge, ClientBodyError, IdleTimeout};
+use crate::proxy::idle::{BodyTooLarge, ClientBodyError, ClientGone, IdleTimeout};
 
 impl From<crate::keys::state::Ended> for GatewayError {
     fn from(why: crate::keys::state::Ended) -> GatewayError {
@@ -59,6 +59,9 @@ impl GatewayError {
             if let Some(t) = err.downcast_ref::<BodyTooLarge>() {
                 return Some(GatewayError::TooLarge(t.0));
             }
+            if err.is::<ClientGone>() {
+                return Some(GatewayError::ClientGone);
+            }
             if let Some(c) = err.downcast_ref::<ClientBodyError>() {
                 return Some(GatewayError::ClientBody(c.0.clone()));
             }
@@ -99,6 +102,13 @@ impl GatewayError {
             let param = at(&field);
             return GatewayError::InvalidParam {
                 message: format!("The request body lacks the required field `{param}`."),
+                param,
+            };
+        }
+        if let Some((field, _)) = named("duplicate field `") {
+            let param = at(&field);
+            return GatewayError::InvalidParam {
+                message: format!("The field `{param}` appears twice in the request body."),
                 param,
             };
         }

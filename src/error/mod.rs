@@ -34,6 +34,10 @@ pub enum GatewayError {
     /// The request body broke off or was malformed (the client's fault, not the upstream's).
     #[error("The request body could not be read: {0}.")]
     ClientBody(String),
+    /// The client left before its request body was complete: nobody reads the answer, and
+    /// the request is recorded as one whose client left (499), not as a bad request.
+    #[error("The client closed its connection before its request body was complete.")]
+    ClientGone,
     #[error("You didn't provide an API key. Send it as `Authorization: Bearer <key>`.")]
     MissingKey,
     #[error("Incorrect API key provided: {0}.")]
@@ -105,9 +109,12 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            InvalidRequest(_) | InvalidParam { .. } | KeyInUrl | BodyTimeout | ClientBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            InvalidRequest(_)
+            | InvalidParam { .. }
+            | KeyInUrl
+            | BodyTimeout
+            | ClientBody(_)
+            | ClientGone => StatusCode::BAD_REQUEST,
             MissingKey | InvalidKey(_) | MalformedKey(_) | ExpiredKey(_) | RevokedKey
             | DisabledKey => StatusCode::UNAUTHORIZED,
             MissingScope(_) | ModelNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -140,6 +147,7 @@ impl GatewayError {
             | KeyInUrl
             | BodyTimeout
             | ClientBody(_)
+            | ClientGone
             | UnknownRoute(..)
             | RouteUnderV1(..)
             | TooLarge(_)
@@ -174,7 +182,8 @@ impl GatewayError {
             | KeyElsewhere
             | KeyInUrl
             | BodyTimeout
-            | ClientBody(_) => "invalid_request",
+            | ClientBody(_)
+            | ClientGone => "invalid_request",
             MissingKey => "missing_api_key",
             InvalidKey(_) | MalformedKey(_) => "invalid_api_key",
             ExpiredKey(_) => "expired_api_key",

@@ -343,7 +343,13 @@ impl<'de> serde::de::Visitor<'de> for FileSeed<'_, '_> {
                 other => return Err(A::Error::unknown_field(other, &["version", "keys"])),
             }
         }
-        version.ok_or_else(|| A::Error::missing_field("version"))
+        let version = version.ok_or_else(|| A::Error::missing_field("version"))?;
+        // Required even when empty (`"keys": []`): a file that lost the field by mistake
+        // would otherwise load as "no keys", and refuse every client.
+        if !keys {
+            return Err(A::Error::missing_field("keys"));
+        }
+        Ok(version)
     }
 }
 

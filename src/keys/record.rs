@@ -183,14 +183,18 @@ pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
     check_annotations(k.description.as_deref(), &k.metadata).map_err(|e| at(e.to_string()))?;
     check_quotas(&k.quotas).map_err(|e| at(e.to_string()))?;
     let l = &k.limits;
-    if l.requests_per_minute == Some(0)
-        || l.burst == Some(0)
-        || l.max_in_flight == Some(0)
-        || l.tokens_per_minute == Some(0)
-    {
-        return Err(at(
-            "`limits` values must be at least 1 (omit a limit to use the default)".into(),
-        ));
+    let zero = [
+        ("requests_per_minute", l.requests_per_minute.map(u64::from)),
+        ("burst", l.burst.map(u64::from)),
+        ("max_in_flight", l.max_in_flight.map(u64::from)),
+        ("tokens_per_minute", l.tokens_per_minute),
+    ]
+    .into_iter()
+    .find(|(_, v)| *v == Some(0));
+    if let Some((name, _)) = zero {
+        return Err(at(format!(
+            "`limits.{name}` must be at least 1 (omit a limit to use the default)"
+        )));
     }
     Ok(())
 }

@@ -8,10 +8,11 @@
 //! on the gateway's core, several times the cost of the line; batching by time costs up to
 //! `TICK` of delay in the log. The writer is woken early only by a line that must not wait
 //! (anything but an access line: warnings, errors, audit), a buffer past `WAKE_BYTES`, or a
-//! flush. Access lines are the only lines ever dropped: when `MAX_PENDING` bytes are waiting
-//! (the writer cannot keep up, e.g. a slow terminal or disk), an access line is counted in
-//! `keygate_log_lines_dropped_total` instead of making the request wait. Every other line is
-//! kept, whatever is waiting.
+//! flush. No line makes anything wait, and memory stays bounded when stderr stalls (a slow
+//! terminal, a pipe nobody reads): past `MAX_PENDING` waiting bytes access lines are dropped,
+//! past twice that every other line but an audit line is dropped too, each counted in
+//! `keygate_log_lines_dropped_total`. Audit lines are never dropped (key changes are few, and
+//! `[log] audit_file` has them too).
 //!
 //! Colour codes only when stderr is a terminal, never in a file, a pipe or `kubectl logs`.
 
@@ -31,8 +32,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// A buffer this full wakes the writer before its tick.
 const WAKE_BYTES: usize = 256 * 1024;
 /// Past this many waiting bytes, access lines are dropped (about 16k lines, a few seconds of
-/// a busy gateway's lines while stderr stalls).
+/// a busy gateway's lines while stderr stalls); past twice as many, warnings and errors too.
 const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// The target of audit lines, the only lines never dropped.
+const AUDIT_TARGET: &str = "keygate::audit";
 
 /// What waits for the writer.
 #[derive(Debug, Default)]
@@ -81,13 +84,21 @@ impl Sink {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a line that must not be lost, and wakes the writer for it.
-    pub fn send(&self, line: &[u8]) {
+    /// Queues a line that should not wait (a warning, an error, an audit line) and wakes the
+    /// writer for it. Unless `keep`, it is dropped and counted when twice `max_pending` bytes
+    /// wait already. Returns false if dropped.
+    pub fn send(&self, line: &[u8], keep: bool) -> bool {
         let mut p = self.lock();
+        if !keep && p.buf.len() >= self.max_pending.saturating_mul(2) {
+            drop(p);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         p.buf.extend_from_slice(line);
         p.wake = true;
         drop(p);
         self.work.notify_one();
+        true
     }
 
     /// Appends what `format` writes (an access line, its timestamp through the stamp given),
@@ -174,17 +185,42 @@ impl Sink {
     }
 }
 
-/// What the tracing subscriber writes through: one event, one queued line, never dropped.
-struct EventWriter(Arc<Sink>);
+/// What the tracing subscriber writes an event through: one event, one queued line, kept
+/// whatever waits only if it is an audit line.
+struct EventWriter {
+    sink: Arc<Sink>,
+    keep: bool,
+}
 
 impl Write for EventWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.send(buf);
+        self.sink.send(buf, self.keep);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Hands the subscriber a writer per event, knowing the event's target.
+struct EventWriters(Arc<Sink>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for EventWriters {
+    type Writer = EventWriter;
+
+    fn make_writer(&'a self) -> EventWriter {
+        EventWriter {
+            sink: Arc::clone(&self.0),
+            keep: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> EventWriter {
+        EventWriter {
+            sink: Arc::clone(&self.0),
+            keep: meta.target() == AUDIT_TARGET,
+        }
     }
 }
 
@@ -230,10 +266,7 @@ pub fn init(cfg: &LogConfig) -> Option<Logging> {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let writer = {
-        let sink = Arc::clone(&sink);
-        move || EventWriter(Arc::clone(&sink))
-    };
+    let writer = EventWriters(Arc::clone(&sink));
     let ansi = std::io::stderr().is_terminal();
     let result = match cfg.format {
         LogFormat::Json => registry
@@ -281,7 +314,7 @@ impl Logging {
         }
     }
 
-    /// Access lines dropped under overload.
+    /// Lines dropped under overload.
     pub fn dropped(&self) -> u64 {
         self.sink.dropped()
     }
@@ -304,90 +337,5 @@ impl Logging {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A writer that blocks until released, to fill the queue.
-    struct Gate {
-        open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-        out: Arc<std::sync::Mutex<Vec<u8>>>,
-    }
-
-    impl Write for Gate {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            let (m, c) = &*self.open;
-            let mut open = m.lock().unwrap();
-            while !*open {
-                open = c.wait(open).unwrap();
-            }
-            self.out.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn overload_drops_only_offered_lines_and_counts_them() {
-        let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = Sink::spawn(
-            Box::new(Gate {
-                open: Arc::clone(&open),
-                out: Arc::clone(&out),
-            }),
-            28,
-        )
-        .unwrap();
-        // The writer takes the first line and blocks writing it; then the buffer fills.
-        sink.send(b"first\n");
-        sink.flush(Duration::from_millis(200)); // times out: the writer is stuck on "first"
-        let mut offered = 0;
-        while sink.offer_with(|b, _| b.extend_from_slice(b"access\n")) {
-            offered += 1;
-            assert!(offered < 100, "the buffer is bounded");
-        }
-        assert!(!sink.offer_with(|b, _| b.extend_from_slice(b"access\n")));
-        assert_eq!(sink.dropped(), 2);
-        // A line that must not be lost is kept, however much waits.
-        sink.send(b"audit\n");
-        {
-            let (m, c) = &*open;
-            *m.lock().unwrap() = true;
-            c.notify_all();
-        }
-        sink.flush(Duration::from_secs(5));
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        assert!(text.starts_with("first\n"), "{text}");
-        assert!(text.ends_with("audit\n"), "{text}");
-        assert_eq!(text.matches("access\n").count(), offered);
-        assert_eq!(offered, 4, "28 bytes hold four 7-byte lines");
-        assert_eq!(sink.dropped(), 2);
-    }
-
-    #[test]
-    fn access_lines_do_not_wake_the_writer_but_reach_it_within_a_tick() {
-        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Sink::spawn(Box::new(Shared(Arc::clone(&out))), MAX_PENDING).unwrap();
-        for _ in 0..100 {
-            assert!(sink.offer_with(|b, _| b.extend_from_slice(b"access\n")));
-        }
-        assert!(!sink.lock().wake, "an access line never asks for a wake-up");
-        let start = std::time::Instant::now();
-        while out.lock().unwrap().len() < 700 {
-            assert!(start.elapsed() < Duration::from_secs(5), "never written");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
+#[path = "logging_tests.rs"]
+mod tests;

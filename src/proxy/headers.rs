@@ -132,8 +132,14 @@ pub fn remove_containing(headers: &mut HeaderMap, secret: &str) {
     }
 }
 
-/// Prepares an upstream's headers for the client.
+/// Prepares an upstream's headers for the client. An answer framed by `Transfer-Encoding`
+/// has its body decoded by that framing, so a `Content-Length` beside it (which the upstream
+/// had no business sending, RFC 9112 §6.3) does not describe the body the client gets: kept,
+/// it would make the client's connection cut the body short and call it complete.
 pub fn sanitize_response(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(headers);
 }
 

@@ -25,6 +25,55 @@ pub struct IdleTimeout(pub Duration);
 #[error("the request body could not be read: {0}")]
 pub struct ClientBodyError(pub String);
 
+/// The client left before its request body was complete: its connection closed (HTTP/1.1),
+/// or it reset its stream or lost its connection (HTTP/2). Nobody is left to answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the client left before its request body was complete")]
+pub struct ClientGone;
+
+/// Whether a failure reading a client's body means the client left, not that it sent
+/// something malformed.
+pub fn client_left(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientGone>() {
+            return true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_reset() || h2.is_io() || h2.is_go_away() {
+                return true;
+            }
+        }
+        // hyper's body error for a connection that ended mid-body (its cause is an I/O error).
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// What a client body's failure becomes on its way upstream: the client left, or its body
+/// could not be read.
+pub fn client_body_failure(e: BoxError) -> BoxError {
+    if client_left(&*e) {
+        Box::new(ClientGone)
+    } else {
+        Box::new(ClientBodyError(e.to_string()))
+    }
+}
+
 /// The request body exceeded `server.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body over {0} bytes")]

@@ -2,7 +2,7 @@
 //! the client's own stream, or a multipart upload whose `model` was read while it streams.
 
 use crate::authorize::multipart::MultipartBody;
-use crate::proxy::idle::{BodyTooLarge, BoxError, ClientBodyError, Idle, IdleTimeout};
+use crate::proxy::idle::{client_body_failure, BodyTooLarge, BoxError, Idle, IdleTimeout};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -96,9 +96,7 @@ impl HttpBody for UpBody {
                         Poll::Ready(Some(Ok(f)))
                     }
                     Some(Err(e)) if e.is::<IdleTimeout>() => Poll::Ready(Some(Err(e))),
-                    Some(Err(e)) => {
-                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e.to_string())))))
-                    }
+                    Some(Err(e)) => Poll::Ready(Some(Err(client_body_failure(e)))),
                     None => Poll::Ready(None),
                 }
             }

@@ -179,6 +179,12 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         match sent {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
+            // hyper hands on a 101 as the answer; the gateway never asks an upstream to
+            // switch protocols (it strips `Upgrade`), so one is an upstream that is broken.
+            Ok(Ok((resp, _))) if resp.status().is_informational() => {
+                tracing::warn!(upstream = %self.config.name, status = %resp.status(), "upstream answered with an interim status as its final answer");
+                Err(GatewayError::UpstreamUnavailable(self.config.name.clone()))
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 // The client's body failed on its way in: the client's fault, not the upstream's.

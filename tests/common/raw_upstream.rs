@@ -29,6 +29,8 @@ pub enum Mode {
     CloseWhenIdle(Duration),
     /// A chunked SSE stream: one event per interval, then the terminating chunk.
     Sse { interval: Duration, count: usize },
+    /// Answers every request with these bytes, as they are (framing faults).
+    Bytes(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +272,11 @@ pub async fn serve_conn(stream: TcpStream, idx: usize, mode: Mode, sh: Shared) {
                         }
                     }
                     Mode::Silent | Mode::CloseImmediately => {}
+                    Mode::Bytes(b) => {
+                        if wr.write_all(b.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
                     Mode::Delay(d) => {
                         tokio::time::sleep(d).await;
                         if wr.write_all(&ok_response()).await.is_err() {

@@ -216,7 +216,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_store_resyncs_total", "Redis key store: full resyncs (first contact, a new epoch, the store went backwards, the change log trimmed)."),
         ("keygate_key_index_changes_applied_total", "Keys changed, added or removed by applying only them to the index in force."),
         ("keygate_key_index_compactions_total", "Overlays of changed keys folded into a new index base, off the request path."),
-        (LOG_DROPPED, "Access-log lines dropped because the log writer could not keep up (audit and other lines are never dropped)."),
+        (LOG_DROPPED, "Log lines dropped because the log writer could not keep up: access lines past 8 MiB waiting, warnings and errors past 16 MiB; audit lines never."),
         (NOTIFICATIONS, "Webhook notifications ([notify]), by event and result: sent, retry (an attempt failed; retried), rejected (a 4xx; not retried), gave_up (failing for a day), elsewhere (another replica sends it)."),
     ];
     for (name, help) in counters {
