@@ -218,6 +218,7 @@ fn forward<'a>(
             record.model = Some(m);
         }
         if let Some(estimate) = inspected.token_estimate(key, route, &live.config.limits) {
+            record.estimated_tokens = Some(estimate);
             if let Reservation::Checked(info, charge) =
                 limit::reserve_tokens(redis, key, estimate).await
             {

@@ -890,6 +890,62 @@ async fn a_client_that_leaves_mid_body_is_logged_as_gone_not_as_a_bad_request() 
     }
 }
 
+#[tokio::test]
+async fn a_json_body_labelled_as_a_form_is_reserved_and_counted_as_json() {
+    let g = start_gateway("").await;
+    capture_access(&g);
+    let key = g.key_with_limits(keygate::keys::record::KeyLimits {
+        tokens_per_minute: Some(100_000),
+        ..Default::default()
+    });
+    let body = r#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":5000}"#;
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // The whole budget is reserved, as for the same body labelled JSON (not 256 + body/4).
+    let remaining: u64 = a
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining <= 95_000, "{remaining}");
+    // And the stream was asked for its usage, so its real tokens are counted.
+    let seen = g.mock.recorder.take();
+    assert!(
+        String::from_utf8_lossy(&seen[0].body).contains("include_usage"),
+        "{:?}",
+        String::from_utf8_lossy(&seen[0].body)
+    );
+    // A body the gateway read and refused still counts what came in the log.
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("content-type", "application/json"),
+            ("x-request-id", "not-json-40"),
+        ],
+        "this is not json at all, 40 bytes long..",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(logged("request_id=not-json-40").await);
+    let text = logs();
+    let line = text
+        .lines()
+        .find(|l| l.contains("request_id=not-json-40"))
+        .unwrap();
+    assert!(line.contains(" bytes_received=40"), "{line}");
+}
+
 // ------------------------------------------------------------------ 7. keys in the URL
 
 #[tokio::test]

@@ -141,6 +141,23 @@ struct Cluster {
     admin: String,
 }
 
+/// A key made with the CLI and in force on every replica: (secret, id).
+async fn victim(c: &Cluster) -> (String, String) {
+    let (ok, out, err) = cli(
+        &c.r[0].cfg,
+        &["keys", "create", "--name", "victim", "--json"],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (key, id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    assert!(all_answer(&refs, &key, 200, PROPAGATION).await);
+    (key, id)
+}
+
 /// One Redis, an admin key made with the CLI (straight into Redis), three replicas serving.
 async fn cluster() -> Cluster {
     cluster_with(true).await
@@ -344,7 +361,9 @@ async fn redis_down_serves_every_key_refuses_writes_and_converges_when_back() {
     // Back (empty: the test Redis keeps nothing) → the replicas see the store behind and
     // mark it: writes refuse until a push.
     c.redis.spawn().await;
-    let deadline = std::time::Instant::now() + PROPAGATION;
+    // A replica retries Redis with a backoff that reaches 2 s while it is down, then
+    // resyncs: more than `PROPAGATION` on a loaded machine.
+    let deadline = std::time::Instant::now() + 3 * PROPAGATION;
     let refused = loop {
         let (ok, _, err) = cli(&c.r[1].cfg, &["keys", "create", "--name", "after"]);
         if !ok && err.contains("keygate keys push") {
@@ -378,18 +397,8 @@ async fn redis_down_serves_every_key_refuses_writes_and_converges_when_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
     let mut c = cluster().await;
-    let (ok, out, err) = cli(
-        &c.r[0].cfg,
-        &["keys", "create", "--name", "victim", "--json"],
-    );
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let (key, id) = (
-        v["key"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    );
+    let (key, id) = victim(&c).await;
     let refs: Vec<&Replica> = c.r.iter().collect();
-    assert!(all_answer(&refs, &key, 200, PROPAGATION).await);
     let (ok, _, err) = cli(&c.r[0].cfg, &["keys", "revoke", &id]);
     assert!(ok, "{err}");
     assert!(all_answer(&refs, &key, 401, PROPAGATION).await);
@@ -429,6 +438,31 @@ async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
         }
     };
     assert!(!ok && err.contains("keygate keys push"), "{err}");
+    // The key list says so before anyone tries a write.
+    let list = api(&c.r[0], &c.admin, Method::GET, "/v1/api-keys", "").await;
+    assert_eq!(
+        list.json()["key_store"]["writable"],
+        false,
+        "{:?}",
+        list.json()
+    );
+    // A replica started now, with no snapshot of its own, knows only what the store kept:
+    // not ready, and it says what to do.
+    let mock = start_mock().await;
+    let mut fresh = Replica::new(&c.redis, &mock, true);
+    fresh.start();
+    let not_ready = eventually(PROPAGATION, || {
+        let url = fresh.url("/readyz");
+        async move {
+            let r = send(Method::GET, &url, &[], "").await;
+            r.status == 503 && String::from_utf8_lossy(&r.body).contains("keys push")
+        }
+    })
+    .await;
+    assert!(
+        not_ready,
+        "a replica with an incomplete key set said it was ready"
+    );
 
     let (ok, out, err) = cli(&c.r[2].cfg, &["keys", "push"]);
     assert!(ok, "{err}");
@@ -449,6 +483,97 @@ async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
     let new_key = made.json()["key"].as_str().unwrap().to_string();
     assert!(all_answer(&refs, &new_key, 200, PROPAGATION).await);
     assert!(all_answer(&refs, &key, 401, SECOND).await);
+    // Restored, the fresh replica has every key and is ready.
+    assert!(all_answer(&[&fresh], &new_key, 200, PROPAGATION).await);
+    assert!(all_answer(&[&fresh], &key, 401, SECOND).await);
+    let ready = send(Method::GET, &fresh.url("/readyz"), &[], "").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_written_under_a_reused_version_reaches_every_replica() {
+    // Without `[cluster]`: the connections dropped below are the key store's alone, not the
+    // shared limits' (which answer by their own failure policy).
+    let c = cluster_with(false).await;
+    let (key, id) = victim(&c).await;
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    // What a Redis restored from an older backup and written to again looks like to a
+    // replica that was cut off meanwhile: the same epoch and version it has applied, but the
+    // change under that version is another one, a revoke. (One script, so no replica sees a
+    // state in between.)
+    let rec_key = "{keygate:keys}:rec";
+    let raw = common::redis::command(c.redis.port, &["HGET", rec_key, &id], SECOND)
+        .await
+        .unwrap();
+    let mut rec: serde_json::Value =
+        serde_json::from_str(raw.split("\r\n").nth(1).unwrap()).unwrap();
+    rec["revoked_at"] = "2026-01-01T00:00:00Z".into();
+    rec["rev"] = (rec["rev"].as_u64().unwrap() + 1).into();
+    let revoked = rec.to_string();
+    let script = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+        local v = redis.call('GET', KEYS[2]) \
+        redis.call('DEL', KEYS[3]) \
+        redis.call('XADD', KEYS[3], v .. '-0', 'id', ARGV[1]) \
+        return v";
+    let args = [
+        "EVAL",
+        script,
+        "3",
+        rec_key,
+        "{keygate:keys}:ver",
+        "{keygate:keys}:log",
+        id.as_str(),
+        revoked.as_str(),
+    ];
+    assert!(common::redis::command(c.redis.port, &args, SECOND)
+        .await
+        .is_some());
+    // The replicas' connections drop, as a restart drops them; they reconnect.
+    assert!(
+        common::redis::command(c.redis.port, &["CLIENT", "KILL", "TYPE", "normal"], SECOND)
+            .await
+            .is_some()
+    );
+    assert!(
+        all_answer(&refs, &key, 401, PROPAGATION).await,
+        "a revoke under a version a replica had already applied never reached it"
+    );
+    assert!(all_answer(&refs, &c.admin, 200, SECOND).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_redis_dropped_its_connections_is_not_refused() {
+    // Without `[cluster]`: the connections dropped below are the key store's alone, not the
+    // shared limits' (which answer by their own failure policy).
+    let c = cluster_with(false).await;
+    let create = |body: &'static str| api(&c.r[0], &c.admin, Method::POST, "/v1/api-keys", body);
+    // A write leaves its connection idle for the next one.
+    let before = create(r#"{"name":"before"}"#).await;
+    assert_eq!(before.status, 201);
+    // (The CLI says where replicas take a change from: the store, not the file.)
+    let id = before.json()["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = cli(&c.r[1].cfg, &["keys", "disable", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("from the shared store"), "{out}");
+    // Redis drops every client connection (a restart, a `CLIENT KILL`, an idle timeout):
+    // the replica's idle connection is dead, which only the next write finds out.
+    assert!(
+        common::redis::command(c.redis.port, &["CLIENT", "KILL", "TYPE", "normal"], SECOND)
+            .await
+            .is_some()
+    );
+    let after = create(r#"{"name":"after"}"#).await;
+    assert_eq!(
+        after.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&after.body)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

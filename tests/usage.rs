@@ -9,6 +9,7 @@
 mod common;
 
 use common::binary::*;
+use common::raw_upstream::*;
 use common::redis::Redis;
 use common::*;
 use http::Method;
@@ -637,4 +638,108 @@ async fn usage_counted_while_redis_is_down_is_written_when_it_returns() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["data"][0]["requests"], 3);
+}
+
+/// The key's token quota `kind` used so far, as the management API shows it.
+async fn quota_used(g: &TestGateway, admin: &str, id: &str, kind: &str) -> u64 {
+    let v = get(&g.addr.to_string(), admin, &format!("/v1/api-keys/{id}"))
+        .await
+        .json();
+    v["quota"][kind]["used"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{v}"))
+}
+
+/// Whether the key's daily token quota has been charged something (the charge lands when the
+/// answer's body ends, just after the client has it).
+async fn charged(g: &TestGateway, admin: &str, id: &str) -> bool {
+    eventually(Duration::from_secs(5), || async move {
+        quota_used(g, admin, id, "tokens_per_day").await > 0
+    })
+    .await
+}
+
+fn token_quota(per_day: u64) -> NewKey {
+    NewKey {
+        name: "token-quota".into(),
+        quotas: KeyQuotas {
+            tokens_per_day: Some(per_day),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_token_quota_counts_streams_whether_or_not_the_upstream_reports_usage() {
+    const STREAM: &str = r#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Say hello in five words."}],"stream":true}"#;
+    // The built-in mock reports a stream's usage only when asked, as vLLM does: for a key
+    // with a token quota (and no token limit) the gateway asks, and the client that did not
+    // ask never sees the answer.
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, key) = g.create_key(token_quota(1_000_000));
+    let r = chat(&g, &key, STREAM).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("\"usage\""),
+        "the client saw usage it did not ask for"
+    );
+    assert!(
+        charged(&g, &admin, &id).await,
+        "a whole stream was not charged to the token quota"
+    );
+
+    // An upstream that never reports usage: the request's estimate is charged, as the
+    // minute's reservation stands (finishing a stream is never cheaper than leaving it).
+    let m = RawMock::start(Mode::Sse {
+        interval: Duration::ZERO,
+        count: 2,
+    })
+    .await;
+    let g = gateway_for(&m, "", "").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, key) = g.create_key(token_quota(1_000_000));
+    let r = chat(&g, &key, STREAM).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        charged(&g, &admin, &id).await,
+        "a stream without usage was not charged to the token quota"
+    );
+}
+
+#[tokio::test]
+async fn the_responses_apis_usage_is_charged() {
+    const ANSWER: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 106\r\n\r\n\
+        {\"id\":\"resp_1\",\"object\":\"response\",\"usage\":{\"input_tokens\":1200,\"output_tokens\":1000,\"total_tokens\":2200}}";
+    let m = RawMock::start(Mode::Bytes(ANSWER)).await;
+    let g = gateway_for(&m, "", "").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, key) = g.create_key(token_quota(3_000));
+    let respond = || async {
+        send(
+            Method::POST,
+            &g.url("/v1/responses"),
+            &[
+                ("authorization", &bearer(&key)),
+                ("content-type", "application/json"),
+            ],
+            r#"{"model":"llama-3.1-8b-instruct","input":"hi"}"#,
+        )
+        .await
+    };
+    assert_eq!(respond().await.status, 200);
+    assert_eq!(
+        quota_used(&g, &admin, &id, "tokens_per_day").await,
+        2200,
+        "input and output tokens are the request's usage"
+    );
+    assert_eq!(
+        respond().await.status,
+        200,
+        "the request that reaches the quota is served"
+    );
+    let r = respond().await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "insufficient_quota");
 }

@@ -16,7 +16,7 @@ pub use record::{RequestRecord, TokenUsage, CLIENT_CLOSED};
 
 use crate::auth::secrets::looks_like_key;
 use crate::error::INSUFFICIENT_QUOTA;
-use crate::keys::usage::Settled;
+use crate::keys::usage::{Settled, Tokens};
 use crate::limit::Used;
 use crate::ops::metrics::RequestSample;
 use std::sync::atomic::Ordering;
@@ -44,8 +44,8 @@ impl Drop for RequestRecord {
         }
         if let Some(charge) = self.token_charge.take() {
             let used = match self.tokens {
-                Some(TokenUsage::Estimated(t)) => Used::Estimated(t.prompt + t.completion),
-                Some(TokenUsage::Reported(t)) => Used::Reported(t.prompt + t.completion),
+                Some(TokenUsage::Estimated(t)) => Used::Estimated(t.total()),
+                Some(TokenUsage::Reported(t)) => Used::Reported(t.total()),
                 None if (200..300).contains(&self.status) => Used::Reservation,
                 None => Used::Nothing,
             };
@@ -75,8 +75,14 @@ impl Drop for RequestRecord {
                 tokens,
                 estimated: self.tokens.is_some_and(TokenUsage::is_estimated),
             });
-            if let Some(t) = tokens {
-                state.quota.add_tokens(t.prompt + t.completion);
+            // A token quota counts what was used; an answer that reported nothing (an
+            // upstream that ignores `include_usage`) counts its estimate, as the minute's
+            // reservation stands: finishing a stream is never cheaper than leaving it.
+            let quota_tokens = tokens.map(Tokens::total).or(self
+                .estimated_tokens
+                .filter(|_| (200..300).contains(&self.status)));
+            if let Some(t) = quota_tokens {
+                state.quota.add_tokens(t);
             }
         }
         let total = self.started.elapsed();

@@ -54,6 +54,9 @@ pub struct RequestRecord {
     pub slot: Option<Slot>,
     /// Tokens reserved before forwarding, settled against the real usage.
     pub token_charge: Option<TokenCharge>,
+    /// The request's token estimate (its completion budget and prompt), for a key that
+    /// counts tokens: what a token quota is charged for an answer that reports no usage.
+    pub estimated_tokens: Option<u64>,
     /// Where the metrics and the access line go (absent in unit tests).
     pub gateway: Option<Arc<Gateway>>,
     /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
@@ -148,6 +151,7 @@ impl RequestRecord {
             capacity: None,
             slot: None,
             token_charge: None,
+            estimated_tokens: None,
             gateway: None,
             probe: false,
             path: None,
@@ -181,6 +185,6 @@ impl RequestRecord {
             }
             _ => return None,
         };
-        (t.prompt + t.completion > 0).then_some(t)
+        (t.total() > 0).then_some(t)
     }
 }

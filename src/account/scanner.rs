@@ -1,6 +1,7 @@
 //! What an upstream's answer says it used, read as it streams past without buffering it.
 //!
-//! `UsageScanner` watches the bytes for `"prompt_tokens":N` and `"completion_tokens":N`: inside
+//! `UsageScanner` watches the bytes for `"prompt_tokens":N` and `"completion_tokens":N` (the
+//! Responses API's `"input_tokens"` and `"output_tokens"`): inside
 //! a JSON string a quote is always escaped, so those byte sequences can only be real fields,
 //! whether in a plain JSON answer or in the last SSE chunk of a stream. `ContentCounter`
 //! estimates the tokens of the text an event stream relayed, for a stream cut short.
@@ -66,9 +67,10 @@ impl UsageScanner {
     fn scan(&mut self, hay: &[u8]) {
         for pos in TOKENS.find_iter(hay) {
             let name = &hay[..pos];
-            let count = if name.ends_with(b"\"prompt") {
+            // Chat and completions say prompt/completion, the Responses API input/output.
+            let count = if name.ends_with(b"\"prompt") || name.ends_with(b"\"input") {
                 &mut self.prompt
-            } else if name.ends_with(b"\"completion") {
+            } else if name.ends_with(b"\"completion") || name.ends_with(b"\"output") {
                 &mut self.completion
             } else {
                 continue;
@@ -100,8 +102,13 @@ fn number_after(rest: &[u8]) -> Option<u64> {
     if digits == 0 || digits == rest.len() || digits > 19 {
         return None;
     }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    let n: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some(n.min(MAX_COUNT))
 }
+
+/// The most tokens one count may say: far above any real request, far below what sums and
+/// counters could overflow on (an upstream that reports nonsense is not believed past it).
+const MAX_COUNT: u64 = 1 << 40;
 
 fn trim_ws(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();

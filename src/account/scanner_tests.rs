@@ -136,3 +136,18 @@ fn assert_at_every_cut(body: &[u8], prompt: u64, completion: u64) {
         );
     }
 }
+
+#[test]
+fn the_responses_apis_input_and_output_counts_are_taken() {
+    let body = br#"{"type":"response.completed","response":{"usage":{"input_tokens":1200,"input_tokens_details":{"cached_tokens":3},"output_tokens":1000,"output_tokens_details":{"reasoning_tokens":20},"total_tokens":2200}}}"#;
+    assert_at_every_cut(body, 1200, 1000);
+}
+
+#[test]
+fn counts_past_any_real_request_are_not_believed_past_the_cap() {
+    let mut s = UsageScanner::default();
+    s.feed(br#"{"usage":{"prompt_tokens":9999999999999999999,"completion_tokens":8446744073709551627}}"#);
+    let t = s.tokens().unwrap();
+    assert_eq!((t.prompt, t.completion), (1 << 40, 1 << 40));
+    assert_eq!(t.total(), 1 << 41, "the sum does not wrap");
+}

@@ -103,6 +103,7 @@ pub fn list(
     live: &Live,
     query: Option<&str>,
     now: Timestamp,
+    diverged: bool,
 ) -> Result<http::Response<Body>, GatewayError> {
     let q = parse_query(query)?;
     let empty;
@@ -130,16 +131,23 @@ pub fn list(
             "first_id": id(page.keys.first()),
             "last_id": id(page.keys.last()),
             "has_more": page.has_more,
-            "key_store": key_store(live),
+            "key_store": key_store(live, diverged),
         }),
     ))
 }
 
-/// `{"writable": true}`, or `false` with the reason writes would get 409
-/// `read_only_key_store`, so the console can say so before anyone tries. The shared store is
-/// never read-only (while Redis does not answer, a write gets 503 `key_store_unavailable`).
-fn key_store(live: &Live) -> serde_json::Value {
+/// `{"writable": true}`, or `false` with the reason writes would be refused (409
+/// `read_only_key_store`; in the shared store, 503 while it is diverged), so the console can
+/// say so before anyone tries. (While Redis does not answer, a write gets 503
+/// `key_store_unavailable`: that is not known here.)
+fn key_store(live: &Live, diverged: bool) -> serde_json::Value {
     if let crate::config::StoreMode::Redis(_) = live.config.keys.store {
+        if diverged {
+            return serde_json::json!({
+                "writable": false,
+                "reason": "the key store lost key changes (diverged); run `keygate keys push` on a replica whose snapshot has them"
+            });
+        }
         return serde_json::json!({ "writable": true });
     }
     match crate::keys::store::KeyStore::new(&live.config.keys.file).writable() {

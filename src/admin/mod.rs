@@ -257,7 +257,11 @@ pub async fn handle(
         (&Method::GET, []) => {
             // A pass over every key: off the runtime's threads, as a write's file work is.
             let (live, query) = (gw.live(), req.uri().query().map(str::to_string));
-            tokio::task::spawn_blocking(move || list::list(&live, query.as_deref(), now))
+            let diverged = gw
+                .key_sync
+                .as_ref()
+                .is_some_and(|s| s.diverged.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::task::spawn_blocking(move || list::list(&live, query.as_deref(), now, diverged))
                 .await
                 .map_err(|e| GatewayError::Internal(e.to_string()))?
         }

@@ -42,7 +42,8 @@ pub struct Inspected {
 impl Inspected {
     /// The tokens to reserve for a request on `route`: the completion budget the body names
     /// (else `[limits] estimated_completion_tokens`) plus one token per 4 bytes of body.
-    /// `None` when the key has no token limit or the body was not read whole.
+    /// `None` when the key counts no tokens (no token limit or quota) or the body was not
+    /// read whole.
     pub fn token_estimate(
         &self,
         key: &KeyRef,
@@ -50,7 +51,7 @@ impl Inspected {
         limits: &LimitDefaults,
     ) -> Option<u64> {
         let len = self.read?;
-        if !route.has_model || key.tokens_per_minute().is_none() {
+        if !route.has_model || !key.counts_tokens() {
             return None;
         }
         let budget = self
@@ -71,7 +72,7 @@ pub enum Plan {
 }
 
 /// Decides, without waiting, whether the body must be read: most requests (no allowlist, one
-/// upstream, no token limit) stream it, and skip the reading stage's future altogether.
+/// upstream, no token limit or quota) stream it, and skip the reading stage's future altogether.
 pub fn plan(
     live: &Live,
     key: &KeyRef,
@@ -113,7 +114,7 @@ impl Wanted {
         Wanted {
             restricted: key.models.is_some(),
             by_model: route.has_model && live.upstreams.len() > 1,
-            count_tokens: route.has_model && key.tokens_per_minute().is_some(),
+            count_tokens: route.has_model && key.counts_tokens(),
         }
     }
 
@@ -171,7 +172,12 @@ pub async fn inspect(
                 declared,
             )
             .await?;
-            let model = if kind == BodyKind::Form {
+            // Counted before anything can refuse it: the log's `bytes_received` is what came.
+            record.bytes_received = bytes.len() as u64;
+            // A JSON object labelled as a form is read as the JSON it is (an upstream that
+            // parses JSON whatever the label would otherwise run a budget and a stream the
+            // gateway never saw); no form starts with `{`.
+            let model = if kind == BodyKind::Form && !is_json_object(&bytes) {
                 form_model(&bytes)?
             } else if bytes.is_empty() {
                 None
@@ -188,7 +194,6 @@ pub async fn inspect(
                 }
             };
             read = Some(bytes.len());
-            record.bytes_received = bytes.len() as u64;
             (model, UpBody::full(bytes))
         }
     };
@@ -241,6 +246,11 @@ fn check(model: &str, prefix: &str, key: &KeyRef, caller: &Caller) -> Result<(),
         return Err(GatewayError::ModelNotAllowed(model.to_string()));
     }
     Ok(())
+}
+
+/// Whether a body is a JSON object (its first byte past whitespace is `{`).
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

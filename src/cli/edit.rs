@@ -7,6 +7,7 @@ use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
 use crate::cli::keys::{audited, expiry, flag_error};
 use crate::cli::output::print_json;
+use crate::config::{KeyCommandsConfig, StoreMode};
 use crate::keys::annotations::is_label_name;
 use crate::keys::ops::{Action, Done, Op};
 use crate::keys::patch::{Edit, KeyPatch, LabelsEdit, LimitsPatch, QuotasPatch};
@@ -160,7 +161,7 @@ pub fn update(config: Option<PathBuf>, a: UpdateArgs) -> Result<(), CliError> {
         patch: a.patch(now)?,
     };
     let (done, recorded) = audited(&cfg, &op, now)?;
-    report(&cfg.keys.prefix, &done, json, now);
+    report(&cfg, &done, json, now);
     Ok(recorded?)
 }
 
@@ -179,12 +180,13 @@ pub fn set_enabled(
         false => Op::Disable { id },
     };
     let (done, recorded) = audited(&cfg, &op, now)?;
-    report(&cfg.keys.prefix, &done, json, now);
+    report(&cfg, &done, json, now);
     Ok(recorded?)
 }
 
 /// What a change did: the key as JSON, or a line per changed field.
-fn report(prefix: &str, done: &Done, json: bool, now: Timestamp) {
+fn report(cfg: &KeyCommandsConfig, done: &Done, json: bool, now: Timestamp) {
+    let prefix = &cfg.keys.prefix;
     let rec = &done.record;
     if json {
         print_json(&rec.view(prefix, now, None));
@@ -205,5 +207,9 @@ fn report(prefix: &str, done: &Done, json: bool, now: Timestamp) {
         let line = format!("  {}: {} → {}", c.field, c.old, c.new);
         println!("{}", Escaped(&line));
     }
-    println!("Running gateways apply it when they next look at the key file (within a second by default).");
+    if let StoreMode::Redis(_) = cfg.keys.store {
+        println!("Every replica applies it from the shared store (within a second).");
+    } else {
+        println!("Running gateways apply it when they next look at the key file (within a second by default).");
+    }
 }

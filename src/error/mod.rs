@@ -320,6 +320,9 @@ pub enum NotReady {
     Upstream(Arc<str>),
     /// Redis key store: no snapshot on disk and the store has not answered yet (why).
     KeyStore(Arc<str>),
+    /// Redis key store: it lost changes (diverged) and this replica, started without a
+    /// snapshot, has only what the store kept.
+    KeyStoreDiverged,
 }
 
 impl std::fmt::Display for NotReady {
@@ -334,6 +337,9 @@ impl std::fmt::Display for NotReady {
                 f,
                 "no key snapshot on disk and the key store has not answered ({why})"
             ),
+            NotReady::KeyStoreDiverged => f.write_str(
+                "the key store lost key changes and this replica has no snapshot of its own to make up for them; run `keygate keys push` on a replica that has one",
+            ),
             NotReady::Upstream(u) => {
                 write!(f, "the upstream `{u}` has not passed its health check")
             }
@@ -342,57 +348,5 @@ impl std::fmt::Display for NotReady {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, Full};
-
-    #[tokio::test]
-    async fn shape() {
-        let r: Response<Full<Bytes>> = GatewayError::MissingKey.to_response();
-        assert_eq!(r.status(), 401);
-        assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["error"]["code"], "missing_api_key");
-        assert_eq!(v["error"]["type"], "authentication_error");
-        assert!(v["error"]["param"].is_null());
-        assert_eq!(v["error"]["message"], GatewayError::MissingKey.to_string());
-        // A message with quotes and control characters stays valid JSON.
-        let e = GatewayError::InvalidRequest("a \"quoted\"\n\\ path".into());
-        let body = e
-            .to_response::<Full<Bytes>>()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["error"]["message"], e.to_string());
-        assert_eq!(v["error"]["code"], "invalid_request");
-        assert!(v["error"]["param"].is_null());
-        // A field error names the field in `param`.
-        let e = GatewayError::InvalidParam {
-            param: "limits.burst".into(),
-            message: "`limits.burst` must be at least 1.".into(),
-        };
-        let r = e.to_response::<Full<Bytes>>();
-        assert_eq!(r.status(), 400);
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["error"]["param"], "limits.burst");
-        assert_eq!(v["error"]["code"], "invalid_request");
-        // A body longer than the stack buffer is written whole all the same.
-        for len in [400, 600, 5000] {
-            let e = GatewayError::ModelNotFound(format!("m\"{}", "x".repeat(len)));
-            let body = e
-                .to_response::<Full<Bytes>>()
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["error"]["message"], e.to_string(), "{len}");
-        }
-    }
-}
+#[path = "error_tests.rs"]
+mod tests;

@@ -214,6 +214,9 @@ impl Gateway {
             }
             return Some(NotReady::NoKeys);
         }
+        if self.key_sync.as_ref().is_some_and(|s| s.incomplete()) {
+            return Some(NotReady::KeyStoreDiverged);
+        }
         if live.config.keys.unready_on_load_error
             && !self.reloads.key_file_ok.load(Ordering::Acquire)
         {
@@ -240,6 +243,24 @@ async fn flush_usage_every_second(gw: Weak<Gateway>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica that started without a snapshot knows only what the store kept: while the
+    /// store is diverged that is incomplete, and it says so; before its first contact it has
+    /// no age to report (it used to say the seconds since 1970).
+    #[tokio::test]
+    async fn a_replica_without_a_snapshot_knows_an_incomplete_set_while_the_store_is_diverged() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[keys]\nfile = \"{}\"\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n",
+            dir.path().join("keys.json").display()
+        );
+        let gw = Gateway::new(Config::parse(&toml, None).unwrap());
+        let sync = gw.key_sync.clone().unwrap();
+        assert_eq!(sync.stale_seconds(), 0);
+        assert!(!sync.incomplete());
+        sync.diverged.store(true, Ordering::Relaxed);
+        assert!(sync.incomplete());
+    }
 
     #[tokio::test]
     async fn restart_only_settings_are_reported_and_keep_their_running_value() {

@@ -185,6 +185,17 @@ impl KeyEntry {
         (self.tokens_per_minute > 0).then_some(self.tokens_per_minute)
     }
 
+    /// Whether the key's requests are counted in tokens: a token limit or a token quota.
+    /// For those the gateway reads a completion request's body (for its estimate) and asks
+    /// a stream for its usage.
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens_per_minute().is_some()
+            || self
+                .quotas
+                .as_ref()
+                .is_some_and(|q| q.tokens_per_day.is_some() || q.tokens_per_month.is_some())
+    }
+
     /// The key's status, as `KeyRecord::status` tells it.
     pub fn status(&self, now: Timestamp) -> Status {
         Status::of(self.revoked_at, self.expires_at, self.disabled_at, now)

@@ -25,6 +25,7 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod tokens;
 pub mod usage;
 pub mod view;
 pub mod writer;

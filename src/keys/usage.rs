@@ -5,6 +5,7 @@
 //! model, what has not yet been drained into the hourly buckets (`ModelTable`; the flusher in
 //! `usage` drains it every second, off the request path).
 
+pub use crate::keys::tokens::Tokens;
 use crate::time::Timestamp;
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -105,7 +106,7 @@ impl KeyUsage {
                 m.add(Counter::PromptTokens, t.prompt);
                 m.add(Counter::CompletionTokens, t.completion);
                 if s.estimated {
-                    m.add(Counter::EstimatedTokens, t.prompt + t.completion);
+                    m.add(Counter::EstimatedTokens, t.total());
                 }
             }
         });
@@ -118,7 +119,7 @@ impl KeyUsage {
             .fetch_add(t.completion, Ordering::Relaxed);
         if estimated {
             self.estimated_tokens
-                .fetch_add(t.prompt + t.completion, Ordering::Relaxed);
+                .fetch_add(t.total(), Ordering::Relaxed);
         }
     }
 
@@ -158,12 +159,6 @@ impl KeyUsage {
             self.last_used.fetch_max(t.0, Ordering::Relaxed);
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tokens {
-    pub prompt: u64,
-    pub completion: u64,
 }
 
 /// One counter of an hourly usage bucket.

@@ -48,7 +48,8 @@ impl LimitHeaders {
             // Round up: a client that waits the whole seconds must not be refused again.
             let secs = d.as_millis().div_ceil(1000).max(1);
             h.insert(RETRY_AFTER, number(secs as u64));
-            h.insert(RETRY_AFTER_MS, number(d.as_millis().max(1) as u64));
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+            h.insert(RETRY_AFTER_MS, number(ms));
         }
         if let Some(r) = &self.rate {
             h.insert(LIMIT_REQUESTS, number(u64::from(r.limit)));

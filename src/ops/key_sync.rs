@@ -4,8 +4,8 @@
 //! Connected, it reads the store's epoch and version: the same epoch and a change log that
 //! reaches back to its position → it applies the changes after it (`XRANGE`), then blocks
 //! for more (`XREAD BLOCK`, 1 s, after which it looks at the epoch again: a Redis flushed
-//! under it is seen within a second). Otherwise (first contact, a new epoch, the version
-//! went backwards, the log trimmed past it) it resyncs in full: every record (`HSCAN`)
+//! under it is seen within a second). Otherwise (first contact and every reconnection, a new
+//! epoch, the version went backwards, the log trimmed past it) it resyncs in full: every record (`HSCAN`)
 //! merged into what it holds (`snapshot::wins`: a higher `rev` wins, a revoked key stays
 //! revoked, a key the store lacks is kept). When the store lacks what this replica has, the
 //! store is behind: it is marked `diverged` (writes refuse until `keygate keys push`), said
@@ -98,6 +98,11 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
         let err = match f.sync.store.connect(Duration::from_secs(3)) {
             Ok(mut con) => {
                 backoff = Duration::from_millis(100);
+                // A new connection starts with a full resync: while this replica was cut
+                // off, Redis may have been restored from a backup and written to again, its
+                // version numbers reused for other changes (a revoke among them) that the
+                // position alone would take for ones already applied.
+                f.resynced = false;
                 let e = f.session(&mut con, &mut down_since);
                 f.sync.connected.store(false, Ordering::Relaxed);
                 e
@@ -256,13 +261,20 @@ impl Follower {
                 records.push(r);
             }
         })?;
+        // Behind: the store lacks a key, or a revoke, or a later revision this replica holds.
+        // A store that has the key revoked is not behind on it, whatever revision this
+        // replica holds unrevoked (revocation is final; e.g. `keys push` revoking again a key
+        // a restored backup had unrevoked with a higher `rev`): counting it would mark the
+        // store diverged again after every push.
         let behind: Vec<&KeyId> = self
             .held
             .iter()
             .filter(|(id, h)| {
-                store
-                    .get(id)
-                    .is_none_or(|s| s.rev < h.rev || (h.revoked && !s.revoked))
+                store.get(id).is_none_or(|s| match (h.revoked, s.revoked) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    _ => s.rev < h.rev,
+                })
             })
             .map(|(id, _)| id)
             .collect();

@@ -10,16 +10,28 @@ use bytes::Bytes;
 #[derive(Default)]
 pub struct UsageChunkFilter {
     pending: bytes::BytesMut,
+    /// The event removed last ended with a CR that was the last byte then: an LF that comes
+    /// next is the rest of its line ending, removed with it.
+    drop_lf: bool,
 }
 
 impl UsageChunkFilter {
     /// The complete events of `data` (and of what was pending), minus the usage chunk.
     pub fn filter(&mut self, data: &[u8]) -> Bytes {
+        let data = match data.split_first() {
+            Some((b'\n', rest)) if self.drop_lf && self.pending.is_empty() => rest,
+            _ => data,
+        };
+        if !data.is_empty() {
+            self.drop_lf = false;
+        }
         self.pending.extend_from_slice(data);
         let mut out = bytes::BytesMut::new();
         while let Some(end) = event_end(&self.pending) {
             let event = self.pending.split_to(end);
-            if !is_usage_only(&event) {
+            if is_usage_only(&event) {
+                self.drop_lf = self.pending.is_empty() && event.ends_with(b"\r");
+            } else {
                 out.extend_from_slice(&event);
             }
         }
@@ -31,24 +43,44 @@ impl UsageChunkFilter {
     }
 }
 
-/// Where the first complete SSE event ends (after its blank line), LF or CRLF.
+/// Where the first complete SSE event ends: after the blank line that ends it. A line ends in
+/// CRLF, LF or CR (the SSE spec's three, mixed as they come). A CR last in the buffer ends
+/// its line; an LF after it, if one comes, starts the next event as a blank line, which
+/// carries nothing: the client gets the same bytes either way.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut line_start = 0;
+    let mut from = 0;
+    while let Some(off) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+        let at = from + off;
+        let mut next = at + 1;
+        if buf[at] == b'\r' && buf.get(next) == Some(&b'\n') {
+            next += 1;
+        }
+        if at == line_start {
+            return Some(next);
+        }
+        line_start = next;
+        from = next;
     }
+    None
 }
 
+/// Whether an event is the usage-only chunk: its `data` (every `data:` line, as SSE joins
+/// them; `id:`, `event:` and comments aside) is a JSON object with no choices and a usage.
 fn is_usage_only(event: &[u8]) -> bool {
     if memchr::memmem::find(event, b"\"usage\"").is_none() {
         return false;
     }
-    let Some(json) = event.strip_prefix(b"data:") else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json.trim_ascii()) else {
+    let mut data = Vec::with_capacity(event.len());
+    for line in event.split(|b| *b == b'\n' || *b == b'\r') {
+        if let Some(v) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else {
         return false;
     };
     v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object()
@@ -80,6 +112,35 @@ mod tests {
             out.extend_from_slice(&f.filter(&stream[cut..]));
             out.extend_from_slice(&f.rest());
             assert_eq!(String::from_utf8(out).unwrap(), want, "cut at {cut}");
+        }
+    }
+
+    /// Every line ending SSE allows, mixed, and fields beside `data:`: the usage chunk goes,
+    /// everything else passes byte for byte, each event as soon as it is complete.
+    #[test]
+    fn any_line_ending_and_an_id_field_are_handled() {
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}";
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}";
+        for (a, b) in [("\n", "\r\n"), ("\r", "\r"), ("\n", "\r"), ("\r\n", "\n")] {
+            let stream =
+                format!("{content}{a}{b}id: 9{a}{usage}{a}{a}: keepalive{b}{b}data: [DONE]{b}{b}");
+            let want = format!("{content}{a}{b}: keepalive{b}{b}data: [DONE]{b}{b}");
+            for cut in 1..stream.len() {
+                let mut f = UsageChunkFilter::default();
+                let mut out = f.filter(&stream.as_bytes()[..cut]).to_vec();
+                out.extend_from_slice(&f.filter(&stream.as_bytes()[cut..]));
+                out.extend_from_slice(&f.rest());
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    want,
+                    "{a:?}{b:?} cut at {cut}"
+                );
+            }
+            // A CR-only event is let through as soon as its blank line has come.
+            let mut f = UsageChunkFilter::default();
+            let first = format!("{content}{a}{b}");
+            let out = f.filter(first.as_bytes());
+            assert_eq!(out.len(), first.len(), "{a:?}{b:?}: held back");
         }
     }
 }

@@ -98,17 +98,26 @@ impl RedisStore {
     }
 
     /// Runs `f` on a connection (an idle one, or a new one), which is kept for reuse only
-    /// when `f` succeeded.
+    /// when `f` succeeded. An idle connection that turns out dead (Redis restarted, or
+    /// closed it, while it sat unused) is dropped and `f` runs once more on a new one: the
+    /// command never reached a live server. (Every command here is a read, or a script
+    /// that checks the revision it changes.)
     pub fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut con = match taken {
-            Some(c) => c,
-            None => self.connect(self.timeout)?,
+        let (mut con, reused) = match taken {
+            Some(c) => (c, true),
+            None => (self.connect(self.timeout)?, false),
         };
-        let out = f(&mut con).map_err(unavailable)?;
+        let out = match f(&mut con) {
+            Err(e) if reused && (e.is_io_error() || e.is_connection_dropped()) => {
+                con = self.connect(self.timeout)?;
+                f(&mut con).map_err(unavailable)?
+            }
+            r => r.map_err(unavailable)?,
+        };
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())

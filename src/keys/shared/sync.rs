@@ -27,6 +27,9 @@ pub struct KeySync {
     pub changes_applied: AtomicU64,
     /// Full resyncs: `keygate_key_store_resyncs_total`.
     pub resyncs: AtomicU64,
+    /// This replica started with no snapshot of its own: all it knows came from the store,
+    /// so while the store is diverged (it lost changes) it knows an incomplete key set.
+    pub without_snapshot: bool,
 }
 
 impl std::fmt::Debug for KeySync {
@@ -39,7 +42,9 @@ impl std::fmt::Debug for KeySync {
 
 impl KeySync {
     pub fn new(store: RedisStore, snapshot: Snapshot) -> KeySync {
+        let without_snapshot = !matches!(snapshot.position(), Ok(Some(_)));
         KeySync {
+            without_snapshot,
             store: Arc::new(store),
             snapshot,
             applied: Mutex::new(Position::default()),
@@ -77,10 +82,21 @@ impl KeySync {
         guard.version >= version
     }
 
-    /// Seconds since this replica last knew it had every change of the store.
+    /// Seconds since this replica last knew it had every change of the store; 0 before it
+    /// ever has (a replica started on its snapshot while Redis is down has no such time: the
+    /// log and `keygate_key_store_connected` say it is not following).
     pub fn stale_seconds(&self) -> u64 {
         let last = self.last_contact.load(Ordering::Relaxed);
+        if last == 0 {
+            return 0;
+        }
         crate::time::Timestamp::now().0.saturating_sub(last)
+    }
+
+    /// Whether this replica's keys are known incomplete: the store lost changes (diverged)
+    /// and this replica has no snapshot of its own to make up for them.
+    pub fn incomplete(&self) -> bool {
+        self.without_snapshot && self.diverged.load(Ordering::Relaxed)
     }
 
     pub fn error(&self) -> Option<String> {
