@@ -18,12 +18,13 @@ pub struct UsageChunkFilter {
 impl UsageChunkFilter {
     /// The complete events of `data` (and of what was pending), minus the usage chunk.
     pub fn filter(&mut self, data: &[u8]) -> Bytes {
-        let data = match data.split_first() {
-            Some((b'\n', rest)) if self.drop_lf && self.pending.is_empty() => rest,
-            _ => data,
-        };
-        if !data.is_empty() {
+        let mut data = data;
+        if self.drop_lf && !data.is_empty() {
+            // Whatever the next byte is, the removed event's line ending is settled by it.
             self.drop_lf = false;
+            if data[0] == b'\n' {
+                data = &data[1..];
+            }
         }
         self.pending.extend_from_slice(data);
         let mut out = bytes::BytesMut::new();
@@ -136,6 +137,27 @@ mod tests {
                     "{a:?}{b:?} cut at {cut}"
                 );
             }
+            // Byte by byte: every cut at once, the LF after a removed event's last CR alone in
+            // its chunk included.
+            let mut f = UsageChunkFilter::default();
+            let mut out = Vec::new();
+            for b in stream.as_bytes() {
+                out.extend_from_slice(&f.filter(std::slice::from_ref(b)));
+            }
+            out.extend_from_slice(&f.rest());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "{a:?}{b:?} byte by byte"
+            );
+            // The LF after a removed event's last CR alone in its chunk is the end of that
+            // event; an LF after it is a blank line of the stream's own, and passes.
+            let mut f = UsageChunkFilter::default();
+            let mut out = f.filter(format!("{usage}\r\n\r").as_bytes()).to_vec();
+            out.extend_from_slice(&f.filter(b"\n"));
+            out.extend_from_slice(&f.filter(b"\ndata: [DONE]\n\n"));
+            out.extend_from_slice(&f.rest());
+            assert_eq!(String::from_utf8(out).unwrap(), "\ndata: [DONE]\n\n");
             // A CR-only event is let through as soon as its blank line has come.
             let mut f = UsageChunkFilter::default();
             let first = format!("{content}{a}{b}");
