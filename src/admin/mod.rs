@@ -13,6 +13,7 @@ mod edit;
 pub mod list;
 
 use crate::account::RequestRecord;
+use crate::authorize::body::{is_compressed, is_json_object};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
 use crate::keys::backend::Store;
@@ -80,14 +81,7 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     required: bool,
     record: &mut RequestRecord,
 ) -> Result<T, GatewayError> {
-    // A compressed body would be read as garbage JSON, or worse, taken as the plain text
-    // it happens to be.
-    if req
-        .headers()
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
-    {
+    if is_compressed(req.headers()) {
         return Err(GatewayError::InvalidRequest(
             "The request body is compressed (`Content-Encoding`); the management API takes uncompressed JSON.".into(),
         ));
@@ -110,7 +104,7 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
         return Ok(T::default());
     }
     // serde would take an array as a struct's fields in order: only an object names fields.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_json_object(&bytes) {
         return Err(GatewayError::InvalidRequest(
             "The request body must be a JSON object.".into(),
         ));

@@ -113,15 +113,26 @@ pub enum BodyKind {
     Multipart { boundary: String },
 }
 
+/// Whether the body is sent compressed: a `Content-Encoding` other than `identity`. A body
+/// the gateway must read is refused then (it would be read as garbage, or as the plain text
+/// it happens to be).
+pub fn is_compressed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
+/// Whether a body is a JSON object (its first byte past whitespace is `{`).
+pub fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// The body's kind from its headers. A second Content-Type, or a multipart one with two
 /// boundaries, is refused: the upstream might take the other one.
 pub fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, BodyError> {
-    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
-    if headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
-    {
+    use http::header::CONTENT_TYPE;
+    if is_compressed(headers) {
         return Err(BodyError::Compressed);
     }
     let mut all = headers.get_all(CONTENT_TYPE).iter();

@@ -11,7 +11,9 @@
 use crate::account::RequestRecord;
 use crate::auth::secrets::{contains_secret, looks_like_key};
 use crate::auth::Caller;
-use crate::authorize::body::{body_facts, body_kind, form_model, BodyError, BodyKind, Summary};
+use crate::authorize::body::{
+    body_facts, body_kind, form_model, is_json_object, BodyError, BodyKind, Summary,
+};
 use crate::authorize::multipart::MultipartBody;
 use crate::authorize::routes::RouteMatch;
 use crate::config::LimitDefaults;
@@ -246,11 +248,6 @@ fn check(model: &str, prefix: &str, key: &KeyRef, caller: &Caller) -> Result<(),
         return Err(GatewayError::ModelNotAllowed(model.to_string()));
     }
     Ok(())
-}
-
-/// Whether a body is a JSON object (its first byte past whitespace is `{`).
-fn is_json_object(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

@@ -73,13 +73,12 @@ fn is_usage_only(event: &[u8]) -> bool {
         return false;
     }
     let mut data = Vec::with_capacity(event.len());
-    for line in event.split(|b| *b == b'\n' || *b == b'\r') {
-        if let Some(v) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+    let lines = event.split(|b| *b == b'\n' || *b == b'\r');
+    for (i, v) in lines.filter_map(|l| l.strip_prefix(b"data:")).enumerate() {
+        if i > 0 {
+            data.push(b'\n');
         }
+        data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii()) else {
         return false;
