@@ -177,7 +177,7 @@ async fn one_core_serves_everything_on_one_runtime_thread() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let refused = eventually(std::time::Duration::from_secs(10), || async {
-        chat_with(&served, &key).await.status == 401
+        chat_status(&served.url("/v1/chat/completions"), &key).await == 401
     })
     .await;
     assert!(refused, "the revoke in the file was never applied");

@@ -61,7 +61,7 @@ async fn a_file_edit_of_one_key_among_many_is_applied_without_a_rebuild() {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            chat(&g, &token.plaintext, CHAT).await.status == 401
+            chat_status(&g.url("/v1/chat/completions"), &token.plaintext).await == 401
         })
         .await,
         "the revoked key is refused"

@@ -476,7 +476,7 @@ async fn a_revoke_written_while_the_gateway_could_not_read_the_file_applies_once
     chown(&g.keys, NOBODY);
     assert!(
         eventually(Duration::from_secs(3), || async {
-            status(&g.url, &g.key).await == 401
+            chat_status(&g.url, &g.key).await == 401
         })
         .await,
         "the revoked key still works after the file became readable"

@@ -314,6 +314,24 @@ pub async fn chat(g: &TestGateway, key: &str, body: &str) -> Answer {
     .await
 }
 
+/// The status of one chat request with `key`, or 0 when the answer was cut short: a request
+/// that was let through just before its key's revoke applied is ended mid-answer by design, so
+/// a test polling for the revoke's 401 treats a cut answer as "not yet" and asks again.
+pub async fn chat_status(url: &str, key: &str) -> u16 {
+    let auth = bearer(key);
+    try_send(
+        Method::POST,
+        url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        CHAT,
+    )
+    .await
+    .map_or(0, |a| a.status.as_u16())
+}
+
 /// Polls `cond` every 20 ms for up to `limit`; returns whether it became true.
 pub async fn eventually<F, Fut>(limit: std::time::Duration, mut cond: F) -> bool
 where
