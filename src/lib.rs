@@ -75,6 +75,7 @@
 //! | `keys/annotations.rs` | description, metadata labels and quotas, with their checks |
 //! | `keys/file.rs` | `KeyFile` (a whole file in memory), `Uniqueness` |
 //! | `keys/reader.rs` | the one key-file reader: streaming, each record's text shown before it is parsed (`reader_tests.rs`: its unit tests) |
+//! | `keys/syntax.rs` | where the reader's JSON errors are: the file's line and column, and a record's place and field (`keys[3].revoked_at`) |
 //! | `keys/source.rs` | where the index reads a key file from: the file a line at a time, or text in memory |
 //! | `keys/writer.rs` | the one key-file writer: one compact record per line |
 //! | `keys/error.rs` | `StoreError`: what goes wrong reading a key file, in it, or changing it |

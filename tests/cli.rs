@@ -725,11 +725,24 @@ fn check_names_the_line_of_a_json_syntax_error() {
     let err = env.fails(&["check"]);
     assert!(err.contains(&format!("line {}", want.line())), "{err}");
 
+    // Well-formed JSON that is no key record: the record and its field are named.
+    let at = text.rfind("\"created_at\":\"").unwrap() + "\"created_at\":\"".len();
+    let bad_time = format!("{}yesterday{}", &text[..at], &text[at + 20..]);
+    fs::write(&env.keys, &bad_time).unwrap();
+    let err = env.fails(&["check"]);
+    assert!(err.contains("keys[1].created_at: `yesterday`"), "{err}");
+
     fs::write(&env.keys, "").unwrap();
     env.fails(&["check"]);
     // Every other command refuses the broken file too, without rewriting it.
     fs::write(&env.keys, truncated).unwrap();
     env.fails(&["keys", "list"]);
+    // Nothing on stdout a script could read as a (short) list: no header, no `[]`.
+    for args in [&["keys", "list"][..], &["keys", "list", "--json"][..]] {
+        let out = env.run(args);
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}");
+    }
     env.fails(&["keys", "create", "--name", "c"]);
     assert_eq!(env.key_text(), truncated);
 }

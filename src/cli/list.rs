@@ -76,7 +76,7 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
             out.key(&rec);
         });
         if let Err(e) = read {
-            out.finish();
+            out.abandon();
             return Err(e.into());
         }
     }
@@ -186,6 +186,14 @@ impl<'a> Printer<'a> {
                 .collect();
             self.write(&format!("{}\n", line.join("  ").trim_end()));
         }
+    }
+
+    /// Ends the output of a file that failed to read: nothing a script could take for a
+    /// (short) list — no header, no `[]`. What is still held or buffered is dropped; only a
+    /// list long enough to have been written out in part shows, and a JSON array is left
+    /// open, so it does not parse.
+    fn abandon(self) {
+        let (_stdout, _unwritten) = self.stdout.into_parts();
     }
 
     fn finish(&mut self) {

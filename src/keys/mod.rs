@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod store;
+mod syntax;
 pub mod token;
 pub mod tokens;
 pub mod usage;

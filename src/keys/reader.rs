@@ -13,6 +13,8 @@
 
 use crate::keys::error::StoreError;
 use crate::keys::record::{self, KeyRecord};
+pub(crate) use crate::keys::syntax::strip_position;
+use crate::keys::syntax::{syntax_error, Placed};
 use std::io;
 use std::path::Path;
 
@@ -235,22 +237,6 @@ pub(crate) fn check_version(version: u32) -> Result<(), String> {
     ))
 }
 
-fn syntax_error(path: &Path, e: &serde_json::Error) -> StoreError {
-    StoreError::Syntax {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: strip_position(&e.to_string()),
-    }
-}
-
-/// A serde_json message without its " at line L column C" (reported in fields of their own).
-pub(crate) fn strip_position(msg: &str) -> String {
-    msg.rsplit_once(" at line ")
-        .map_or(msg, |(head, _)| head)
-        .to_string()
-}
-
 /// The streaming parse's state: where records go, and a record that parsed but is invalid
 /// (reported as such, not as a syntax error).
 struct Reader<'e> {
@@ -266,40 +252,6 @@ enum Problem {
     /// A record whose JSON is well formed but is not a key record (a field of the wrong type,
     /// one missing or unknown), placed in the file.
     Syntax(Placed),
-}
-
-/// A serde_json error in one record's text, with where that text starts in the file.
-struct Placed {
-    error: serde_json::Error,
-    /// 1-based line, and bytes before the record on that line.
-    line: usize,
-    column: usize,
-}
-
-impl Placed {
-    fn new(file: &str, record: &str, error: serde_json::Error) -> Placed {
-        // The record is a slice of the file: its offset is where it starts.
-        let offset = (record.as_ptr() as usize).saturating_sub(file.as_ptr() as usize);
-        let before = file.get(..offset).unwrap_or_default();
-        let line = 1 + memchr::memchr_iter(b'\n', before.as_bytes()).count();
-        let column = offset - before.rfind('\n').map_or(0, |nl| nl + 1);
-        Placed {
-            error,
-            line,
-            column,
-        }
-    }
-
-    /// The error as if the whole file had been parsed at once: same line, same column.
-    fn into_error(self, path: &Path) -> StoreError {
-        let (l, c) = (self.error.line(), self.error.column());
-        StoreError::Syntax {
-            path: path.to_path_buf(),
-            line: self.line + l.saturating_sub(1),
-            column: if l <= 1 { self.column + c } else { c },
-            message: strip_position(&self.error.to_string()),
-        }
-    }
 }
 
 struct FileSeed<'s, 'e>(&'s mut Reader<'e>);
@@ -380,7 +332,8 @@ impl<'de> serde::de::Visitor<'de> for KeysSeed<'_, '_> {
                     let rec = match serde_json::from_str::<KeyRecord>(text) {
                         Ok(rec) => rec,
                         Err(e) => {
-                            r.problem = Some(Problem::Syntax(Placed::new(r.text, text, e)));
+                            r.problem =
+                                Some(Problem::Syntax(Placed::new(r.text, text, r.count, e)));
                             return Err(A::Error::custom("invalid key record"));
                         }
                     };

@@ -55,6 +55,39 @@ fn a_record_that_is_no_key_record_is_placed_in_the_file() {
     assert_eq!(ours.0, 1);
 }
 
+/// The message of reading `text`.
+fn message(text: &str) -> String {
+    match read(Path::new("keys.json"), text, &mut |_| {}) {
+        Err(e @ StoreError::Syntax { .. }) => e.to_string(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_record_that_is_no_key_record_is_named_by_its_place_and_field() {
+    let text = crate::keys::writer::file_text(&file(3));
+    // The second record's time is no time; the third has a nested field of the wrong type.
+    let at = text.match_indices("\"created_at\"").nth(1).unwrap().0;
+    let (head, tail) = text.split_at(at);
+    let end = tail.find("Z\"").unwrap() + 2;
+    let bad_time = format!("{head}\"created_at\":\"yesterday\"{}", &tail[end..]);
+    let m = message(&bad_time);
+    assert!(m.contains("keys[1].created_at: `yesterday`"), "{m}");
+    let nested = text.replacen(
+        "\"name\":\"k2\"",
+        "\"name\":\"k2\",\"limits\":{\"requests_per_minute\":\"x\"}",
+        1,
+    );
+    let m = message(&nested);
+    assert!(
+        m.contains("keys[2].limits.requests_per_minute: invalid type"),
+        "{m}"
+    );
+    let unknown = text.replacen("\"name\":\"k0\"", "\"name\":\"k0\",\"colour\":1", 1);
+    let m = message(&unknown);
+    assert!(m.contains("keys[0].colour: unknown field `colour`"), "{m}");
+}
+
 /// A visitor that answers `answer` and counts what it sees.
 struct Count {
     answer: Raw,
