@@ -720,3 +720,34 @@ async fn a_missing_redis_password_is_logged_once_with_its_reason() {
     assert_eq!(loud.len(), 1, "the reason, once: {lines:#?}");
     assert!(!lines.iter().any(|l| l.contains("s3cret-pass")));
 }
+
+/// Redis drops every client connection (a restart, `CLIENT KILL`, its idle `timeout`): the
+/// next request on each gateway reconnects and is answered, not refused by the failure policy.
+#[tokio::test]
+async fn a_connection_redis_dropped_is_reopened_without_failing_a_request() {
+    let redis = Redis::start().await;
+    let (a, b) = pair(&redis, "deny").await;
+    let key = a.key_with_limits(KeyLimits {
+        requests_per_minute: Some(100_000),
+        max_in_flight: Some(100),
+        tokens_per_minute: Some(1_000_000),
+        ..Default::default()
+    });
+    b.gw.reload_keys().unwrap();
+    for round in 0..3 {
+        for g in [&a, &b] {
+            assert_eq!(chat(g, &key, CHAT).await.status, 200, "round {round}");
+        }
+        let killed = command(
+            redis.port,
+            &["CLIENT", "KILL", "TYPE", "normal"],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(killed.is_some(), "CLIENT KILL answered");
+        for g in [&a, &b] {
+            let r = chat(g, &key, CHAT).await;
+            assert_eq!(r.status, 200, "round {round}: {:?}", r.body);
+        }
+    }
+}

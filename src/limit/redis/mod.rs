@@ -117,12 +117,23 @@ impl RedisBackend {
         self.breaker.is_open()
     }
 
-    /// Runs one script.
+    /// Runs one script; once more, within the same `cluster.timeout`, when the connection
+    /// turns out dropped (below).
     async fn eval<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         key: &str,
         args: &[String],
+    ) -> Call<T> {
+        self.eval_with(script, key, args, Dropped::RunAgain).await
+    }
+
+    async fn eval_with<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[String],
+        dropped: Dropped,
     ) -> Call<T> {
         if !self.breaker.admit() {
             return Call::Skipped;
@@ -136,8 +147,16 @@ impl RedisBackend {
         for a in args {
             inv.arg(a);
         }
-        let result =
-            tokio::time::timeout(self.config.timeout, inv.invoke_async::<T>(&mut conn)).await;
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let mut result = tokio::time::timeout_at(deadline, inv.invoke_async::<T>(&mut conn)).await;
+        if let Ok(Err(e)) = &result {
+            if dropped == Dropped::RunAgain && (e.is_connection_dropped() || e.is_io_error()) {
+                // Redis closed the connection while it sat idle (a restart, `CLIENT KILL`, its
+                // own `timeout`): the manager reconnects, and the call runs on the new one.
+                tracing::debug!(reason = %e, "Redis limit connection dropped; running the call again");
+                result = tokio::time::timeout_at(deadline, inv.invoke_async::<T>(&mut conn)).await;
+            }
+        }
         match result {
             Ok(Ok(v)) => {
                 self.breaker.succeeded();
@@ -245,15 +264,27 @@ impl RedisBackend {
         let key = self.key("tokens", id);
         tokio::spawn(async move {
             let _: Option<(i64, i64, i64)> = r
-                .eval(
+                .eval_with(
                     &r.scripts.tokens,
                     &key,
                     &[per_minute.to_string(), "adjust".into(), refund.to_string()],
+                    Dropped::GiveUp,
                 )
                 .await
                 .answer();
         });
     }
+}
+
+/// What a call does when its connection turns out dropped. Running it again is safe for the
+/// calls on a request's path even if the first run reached Redis before the connection died:
+/// a rate cell or a token reservation counted twice only refuses sooner, and a slot is
+/// leased under the same member, so twice is once. A refund given twice would hand out
+/// tokens never used: an adjustment gives up (as when Redis is down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    RunAgain,
+    GiveUp,
 }
 
 /// Connects in the background, retrying every second; each failure reason is logged once.
