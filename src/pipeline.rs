@@ -99,6 +99,9 @@ pub fn handle(
             Err(e) => {
                 let e = e.withholding_keys(prefix, caller.as_ref().map(Caller::credential));
                 record.error_code = Some(e.code());
+                if let (None, Some(m)) = (&record.model, e.refused_model()) {
+                    record.model = Some(m.to_string());
+                }
                 (e.to_response(), e.retry_after())
             }
         };

@@ -694,9 +694,14 @@ fn check_accepts_a_good_file() {
     env.create("a", &[]);
     let b = env.create("b", &[]);
     env.ok(&["keys", "revoke", s(&b, "id")]);
+    let c = env.create("c", &[]);
+    env.ok(&["keys", "disable", s(&c, "id")]);
     let out = env.ok(&["check"]);
     assert!(out.to_lowercase().contains("ok"), "{out}");
-    assert!(out.contains("2 keys"), "{out}");
+    assert!(
+        out.contains("3 keys: 1 active, 1 disabled, 0 expired, 1 revoked"),
+        "{out}"
+    );
 }
 
 #[test]

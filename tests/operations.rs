@@ -788,3 +788,133 @@ async fn a_blocked_address_is_one_tracked_address() {
     sigterm(&served.child);
     assert!(served.child.wait().unwrap().success());
 }
+
+/// At `level = "warn"` the audit trail still reaches the log (an API write logs its change),
+/// and a misspelt level (`warning`, which the filter syntax would read as a target, switching
+/// every other line off, errors included) is refused at start and on reload, naming the field.
+#[tokio::test]
+async fn at_warn_the_audit_trail_is_logged_and_a_misspelt_level_is_refused() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    let toml = |level: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[log]\nformat = \"json\"\nlevel = \"{level}\"\n[[upstream]]\nurl = \"http://{}\"\n", mock.addr)
+    };
+    std::fs::write(&cfg, toml("warn")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "keys", "create", "--name", "admin", "--scopes", "admin", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let admin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = admin["key"].as_str().unwrap().to_string();
+    std::fs::write(&cfg, toml("warning")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("log.level") && err.contains("`warning` is not a log level"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, toml("warn")).unwrap();
+    let served = serve_with(&cfg, |c| {
+        c.env_remove("RUST_LOG");
+    });
+    let created = send(
+        Method::POST,
+        &served.url("/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        r#"{"name": "made-at-warn"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let line = logged(&served.logs, "key created", "key_name").await;
+    assert_eq!(line, "made-at-warn");
+
+    // A reload to the misspelt level is refused and the audit trail keeps coming.
+    std::fs::write(&cfg, toml("warning")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            served.count("`warning` is not a log level") >= 1
+        })
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    let created = send(
+        Method::POST,
+        &served.url("/v1/api-keys"),
+        &[("authorization", &bearer(&admin))],
+        r#"{"name": "made-after-the-typo"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            served.count("made-after-the-typo") >= 1
+        })
+        .await
+    );
+}
+
+/// `per_key_labels` is live both ways: switched on, requests are counted by key and each key's
+/// expiry is exported; switched off by a reload, no series labelled by key is exported any
+/// more (the registry keeps them; the scrape leaves them out).
+#[tokio::test]
+async fn per_key_labels_switch_on_and_off_live() {
+    let g = start_gateway("[metrics]\nlisten = \"127.0.0.1:0\"\nper_key_labels = true\n").await;
+    let _w = keygate::cli::serve::watch_config_file(
+        g.gw.clone(),
+        g.config_path.clone(),
+        Duration::from_millis(100),
+    );
+    let (_, key) = g.create_key(keygate::keys::record::NewKey {
+        name: "expiring".into(),
+        expires_at: Some(keygate::time::Timestamp::now().plus(Duration::from_secs(86_400))),
+        ..Default::default()
+    });
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    let text = g.gw.metrics.render(&g.gw);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keygate_requests_total{") && l.contains("key_id=\"key_")),
+        "{text}"
+    );
+    assert!(
+        text.contains("keygate_key_expiry_seconds{key_id=\"key_"),
+        "{text}"
+    );
+
+    let original = std::fs::read_to_string(&g.config_path).unwrap();
+    std::fs::write(
+        &g.config_path,
+        original.replace("per_key_labels = true", "per_key_labels = false"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            !g.gw.config().metrics.per_key_labels
+        })
+        .await
+    );
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    let text = g.gw.metrics.render(&g.gw);
+    assert!(!text.contains("key_id="), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keygate_requests_total{") && l.contains("status_class=\"2xx\"")),
+        "the requests are still counted, without the key: {text}"
+    );
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+}

@@ -129,6 +129,14 @@ const ROUTES: &[(&str, &str, Enc)] = &[
     ("POST", "/rerank", Enc::Json),
     ("POST", "/tokenize", Enc::Json),
     ("POST", "/detokenize", Enc::Json),
+    ("POST", "/v1/chat/completions/", Enc::Json),
+    ("POST", "/v1/completions/", Enc::Json),
+    ("POST", "/v1/embeddings/", Enc::Json),
+    ("POST", "/v1/moderations/", Enc::Json),
+    ("POST", "/v1/rerank/", Enc::Json),
+    ("POST", "/rerank/", Enc::Json),
+    ("POST", "/tokenize/", Enc::Json),
+    ("POST", "/detokenize/", Enc::Json),
     ("POST", "/v1/responses", Enc::Json),
     ("POST", "/v1/responses/", Enc::Json),
     ("POST", "/v1/responses/x", Enc::Json),
@@ -1199,4 +1207,114 @@ async fn a_base_url_without_v1_gets_a_hint() {
     .await;
     let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(!msg.contains("base_url"), "{msg}");
+}
+
+/// `max_tokens` is the client's number: at u64::MAX the estimate must not wrap to a few
+/// tokens (which let a key with its minute spent in, and charged a quota next to nothing).
+#[tokio::test]
+async fn a_max_tokens_at_the_top_of_u64_reserves_the_whole_minute() {
+    let g = start_gateway("").await;
+    let key = g.key_with_limits(keygate::keys::record::KeyLimits {
+        tokens_per_minute: Some(300),
+        ..Default::default()
+    });
+    let huge = format!(
+        r#"{{"model":"llama-3.1-8b-instruct","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{}}}"#,
+        u64::MAX
+    );
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("content-type", "application/json"),
+        ],
+        huge.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.header("x-ratelimit-remaining-tokens"), Some("0"));
+    // The minute is spent: the next one waits.
+    let b = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("content-type", "application/json"),
+        ],
+        huge,
+    )
+    .await;
+    assert_eq!(b.status, 429, "{:?}", b.body);
+}
+
+/// A JSON body behind a UTF-8 byte-order mark, labelled as a form: upstreams that parse JSON
+/// whatever the label skip the mark, so the gateway must not read it as a form without a
+/// model (which routed it by default, unreserved and without its stream's usage).
+#[tokio::test]
+async fn a_json_body_behind_a_byte_order_mark_labelled_as_a_form_is_read_as_json() {
+    let g = start_gateway("").await;
+    let key = g.key_with_limits(keygate::keys::record::KeyLimits {
+        tokens_per_minute: Some(100_000),
+        ..Default::default()
+    });
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend_from_slice(
+        br#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":5000}"#,
+    );
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert_eq!(a.error_code(), "invalid_request");
+    assert!(
+        g.mock.recorder.take().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+/// A request refused for its model (not on the key's allowlist, or served by no upstream)
+/// names that model in its access line: the gateway read it, and it holds no key.
+#[tokio::test]
+async fn the_access_line_of_a_refused_model_names_it() {
+    let mock = start_mock().await;
+    let toml = format!(
+        "[[upstream]]\nname = \"a\"\nurl = \"http://{0}\"\nmodels = [\"llama-*\"]\n\
+         [[upstream]]\nname = \"b\"\nurl = \"http://{0}\"\nmodels = [\"whisper-*\"]\n",
+        mock.addr
+    );
+    let g = start_gateway_raw(mock, &toml).await;
+    capture_access(&g);
+    let narrow = allowlisted(&g, &["llama-*"]);
+    let wide = g.key();
+    for (key, model, id, status) in [
+        (&narrow, "gpt-4o-refused", "refused-model-1", 403),
+        (&wide, "mistral-nowhere", "refused-model-2", 404),
+    ] {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let a = send(
+            Method::POST,
+            &g.url("/v1/chat/completions"),
+            &[
+                ("authorization", &bearer(key)),
+                ("content-type", "application/json"),
+                ("x-request-id", id),
+            ],
+            body,
+        )
+        .await;
+        assert_eq!(a.status, status, "{:?}", a.body);
+        let needle = format!("request_id={id}");
+        assert!(logged(&needle).await, "no access line for {id}");
+        let text = logs();
+        let line = text.lines().find(|l| l.contains(&needle)).unwrap();
+        assert!(line.contains(&format!(" model={model} ")), "{line}");
+    }
 }

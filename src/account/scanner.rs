@@ -6,6 +6,7 @@
 //! whether in a plain JSON answer or in the last SSE chunk of a stream. `ContentCounter`
 //! estimates the tokens of the text an event stream relayed, for a stream cut short.
 
+use crate::keys::tokens::MAX_COUNT;
 use crate::keys::usage::Tokens;
 use memchr::memmem;
 use std::sync::LazyLock;
@@ -105,10 +106,6 @@ fn number_after(rest: &[u8]) -> Option<u64> {
     let n: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
     Some(n.min(MAX_COUNT))
 }
-
-/// The most tokens one count may say: far above any real request, far below what sums and
-/// counters could overflow on (an upstream that reports nonsense is not believed past it).
-const MAX_COUNT: u64 = 1 << 40;
 
 fn trim_ws(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();

@@ -123,8 +123,12 @@ pub fn is_compressed(headers: &http::HeaderMap) -> bool {
         .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
 
-/// Whether a body is a JSON object (its first byte past whitespace is `{`).
+/// Whether a body is a JSON object (its first byte past a UTF-8 byte-order mark and
+/// whitespace is `{`). The mark counts: upstreams such as llama.cpp and Python's `json` skip
+/// it, so a body labelled as a form that starts with one is still JSON to them (and is then
+/// refused here as JSON, which may not start with one).
 pub fn is_json_object(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 

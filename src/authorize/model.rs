@@ -20,6 +20,7 @@ use crate::config::LimitDefaults;
 use crate::error::GatewayError;
 use crate::gateway::Live;
 use crate::keys::index::KeyRef;
+use crate::keys::tokens::MAX_COUNT;
 use crate::proxy::idle::client_left;
 use crate::proxy::request_body::UpBody;
 use bytes::{Bytes, BytesMut};
@@ -61,7 +62,9 @@ impl Inspected {
             .as_ref()
             .and_then(|f| f.completion_budget)
             .unwrap_or(limits.estimated_completion_tokens);
-        Some(budget + len as u64 / 4)
+        // `max_tokens` is the client's number, up to u64::MAX: a wrapped sum would reserve
+        // next to nothing, and the estimate is what a quota is charged when no usage comes.
+        Some(budget.min(MAX_COUNT).saturating_add(len as u64 / 4))
     }
 }
 

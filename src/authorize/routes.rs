@@ -182,18 +182,24 @@ impl RouteTable {
                 has_model,
             })
         };
+        // A route that carries a model matches with one trailing `/` too (many servers take
+        // it for the same endpoint); the path goes upstream as the client sent it.
+        let model_route = if post { trim_slash(path) } else { path };
+        match model_route {
+            "/v1/chat/completions" if post => return fwd(Scope::Chat, true),
+            "/v1/completions" if post => return fwd(Scope::Completions, true),
+            "/v1/embeddings" if post => return fwd(Scope::Embeddings, true),
+            "/v1/moderations" if post => return fwd(Scope::Moderations, true),
+            "/v1/rerank" | "/rerank" if post => return fwd(Scope::Rerank, true),
+            "/tokenize" | "/detokenize" if post => return fwd(Scope::Tokenize, true),
+            _ => {}
+        }
         match path {
-            "/v1/chat/completions" if post => fwd(Scope::Chat, true),
-            "/v1/completions" if post => fwd(Scope::Completions, true),
-            "/v1/embeddings" if post => fwd(Scope::Embeddings, true),
             "/v1/models" if get => Some(RouteMatch {
                 scope: Scope::Models,
                 handler: Handler::ListModels,
                 has_model: false,
             }),
-            "/v1/moderations" if post => fwd(Scope::Moderations, true),
-            "/v1/rerank" | "/rerank" if post => fwd(Scope::Rerank, true),
-            "/tokenize" | "/detokenize" if post => fwd(Scope::Tokenize, true),
             "/v1/usage" if get => Some(RouteMatch {
                 scope: Scope::Usage,
                 handler: Handler::Usage,

@@ -25,10 +25,11 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
     let now = Timestamp::now();
     let count = |s: Status| file.keys.iter().filter(|k| k.status(now) == s).count();
     println!(
-        "ok: {} ({} keys: {} active, {} expired, {} revoked)",
+        "ok: {} ({} keys: {} active, {} disabled, {} expired, {} revoked)",
         Escaped(&cfg.keys.file.display().to_string()),
         file.keys.len(),
         count(Status::Active),
+        count(Status::Disabled),
         count(Status::Expired),
         count(Status::Revoked)
     );

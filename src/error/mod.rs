@@ -174,6 +174,15 @@ impl GatewayError {
         }
     }
 
+    /// The model a refusal is about (not allowed for the key, or served by no upstream): it
+    /// passed the check for a key inside it, so the access log may name it.
+    pub fn refused_model(&self) -> Option<&str> {
+        match self {
+            GatewayError::ModelNotAllowed(m) | GatewayError::ModelNotFound(m) => Some(m),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {

@@ -240,16 +240,23 @@ impl std::fmt::Debug for Logging {
     }
 }
 
-/// The filter for a level or filter string. At `trace`, the `notify` crate is held at `debug`:
-/// it traces every inotify event in the directories we watch, so with the log file in one of
-/// them each trace line is itself an event, traced again — a loop that fills the disk. Naming
-/// `notify` in the filter (e.g. `trace,notify=trace`) overrides this.
+/// The filter for a level or filter string. Audit lines (key changes) are logged at every
+/// level — `warn` keeps the trail — unless the filter names their target itself
+/// (`warn,keygate::audit=off`). At `trace`, the `notify` crate is held at `debug`: it traces
+/// every inotify event in the directories we watch, so with the log file in one of them each
+/// trace line is itself an event, traced again — a loop that fills the disk. Naming `notify`
+/// in the filter (e.g. `trace,notify=trace`) overrides this.
 fn filter(spec: &str) -> Option<EnvFilter> {
-    let f = EnvFilter::try_new(spec).ok()?;
+    let mut f = EnvFilter::try_new(spec).ok()?;
     let traces = f.max_level_hint().is_none_or(|l| l >= LevelFilter::TRACE);
     if traces && !spec.contains("notify") {
         if let Ok(d) = "notify=debug".parse() {
-            return Some(f.add_directive(d));
+            f = f.add_directive(d);
+        }
+    }
+    if !spec.contains(AUDIT_TARGET) {
+        if let Ok(d) = format!("{AUDIT_TARGET}=info").parse() {
+            f = f.add_directive(d);
         }
     }
     Some(f)

@@ -364,6 +364,31 @@ impl Validator<'_> {
                 format!("`{}` is not a log level or filter", log.level),
             ));
         }
+        if let Some(word) = not_a_level(&log.level) {
+            return Err(self.err(
+                "log.level",
+                format!(
+                    "`{word}` is not a log level (trace, debug, info, warn, error or off); a filter names a target with its level (`keygate=debug`)"
+                ),
+            ));
+        }
         Ok(log)
     }
+}
+
+/// The first directive of a log filter that is a bare word but no level. The filter syntax
+/// reads a bare word as a target to log at every level, with no level for anything else, so
+/// `warning` (a typo of `warn`) would switch every other line off, errors included. Empty
+/// does the same.
+fn not_a_level(spec: &str) -> Option<&str> {
+    if spec.trim().is_empty() {
+        return Some(spec);
+    }
+    spec.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains('=')
+            && !d.contains('[')
+            && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+    })
 }

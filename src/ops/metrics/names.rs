@@ -233,7 +233,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_store_diverged", None, "Redis key store: 1 while the store is marked behind a replica's snapshot (writes refused until `keygate keys push`)."),
         ("keygate_key_store_applied_version", None, "Redis key store: the store version whose changes are in force on this replica."),
         ("keygate_key_index_overlay_keys", None, "Key versions applied since the index base was built, waiting to be folded into the next one."),
-        ("keygate_keys_active", None, "Keys neither revoked nor expired."),
+        ("keygate_keys_active", None, "Keys that work: neither revoked, disabled nor expired."),
         ("keygate_keys_expiring_7d", None, "Active keys that expire within 7 days."),
         ("keygate_key_expiry_seconds", Some(Unit::Seconds), "Seconds until the key expires (per_key_labels only)."),
         ("keygate_key_reload_last_success_timestamp_seconds", Some(Unit::Seconds), "Unix time of the last successful key-file load."),

@@ -21,11 +21,32 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// A scrape's text without the samples labelled by key (`key_id` is only ever a first label
+/// or a later one; an escaped quote in another label's value cannot match).
+fn without_key_series(text: String) -> String {
+    if !text.contains("key_id=\"") {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if !(line.contains("{key_id=\"") || line.contains(",key_id=\"")) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 impl Metrics {
     /// The Prometheus text for `gw`, with the state gauges set now.
     pub fn render(&self, gw: &Gateway) -> String {
         self.refresh(gw);
         let mut text = self.handle.render();
+        if !self.per_key_labels.load(Ordering::Relaxed) {
+            // Switched off by a reload: the per-key series made while it was on stay in the
+            // registry (it removes none) but are no longer exported.
+            text = without_key_series(text);
+        }
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
