@@ -43,7 +43,8 @@
 //! | `limit/tokens.rs` | `TokenBucket` |
 //! | `limit/inflight.rs` | `InFlight` (per key) and `Capacity` (gateway-wide) |
 //! | `limit/failed_auth.rs` | `FailedAuthGuard`, per client address |
-//! | `limit/redis/mod.rs` | `RedisBackend`: the connection, the checks, the lease keeper |
+//! | `limit/redis/mod.rs` | `RedisBackend`: the checks, the lease keeper |
+//! | `limit/redis/connection.rs` | the one connection: made in the background, made anew after a failed login or on a read-only replica, probed while the breaker is open |
 //! | `limit/redis/breaker.rs` | the circuit breaker; failures logged once per change |
 //! | `limit/redis/leases.rs` | in-flight slots held as leases, renewed while their request runs |
 //! | `limit/redis/scripts.rs` | the Lua scripts (`rate.lua`, `slot.lua`, `tokens.lua` beside it), twins of the local limiters |

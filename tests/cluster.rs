@@ -751,3 +751,107 @@ async fn a_connection_redis_dropped_is_reopened_without_failing_a_request() {
         }
     }
 }
+
+/// Redis's password changes and every connection is dropped (a rotation done in the wrong
+/// order, a Redis briefly up with another password): the replica's logins fail, the policy
+/// applies, and once the password it has works again it reconnects by itself — the failed
+/// login must not leave it failing until a restart.
+#[tokio::test]
+async fn a_failed_login_to_redis_is_retried_until_it_works_again() {
+    let redis = Redis::start_with(&["--requirepass", "first-pass"], None).await;
+    let url = format!("redis://:first-pass@127.0.0.1:{}/", redis.port);
+    // One replica: every refused login counted below is its own.
+    let a = start_gateway(&cluster_toml(&url, "deny", "timeout = \"100ms\"\n")).await;
+    let key = a.key();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&a, &key, CHAT).await.status == 200
+        })
+        .await
+    );
+
+    let changed = commands_as(
+        redis.port,
+        "first-pass",
+        &[
+            &["CONFIG", "SET", "requirepass", "second-pass"],
+            &["CLIENT", "KILL", "TYPE", "normal"],
+        ],
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(changed.is_some(), "password changed");
+    // Logins fail now: the policy (deny) answers.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            chat(&a, &key, CHAT).await.status == 503
+        })
+        .await
+    );
+    // The replica's reconnection has tried its logins and given up (redis-rs's manager makes
+    // two attempts): only now does the password work again.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&a, &key, CHAT).await;
+            wrong_passwords(redis.port, "second-pass", Duration::from_secs(1))
+                .await
+                .is_some_and(|n| n >= 2)
+        })
+        .await,
+        "the replica never tried to log in"
+    );
+    let back = commands_as(
+        redis.port,
+        "second-pass",
+        &[&["CONFIG", "SET", "requirepass", "first-pass"]],
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(back.is_some(), "password changed back");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&a, &key, CHAT).await.status == 200
+        })
+        .await,
+        "the replica never logged in again"
+    );
+}
+
+/// Redis stalls and comes back while a replica has no traffic: the breaker is closed by the
+/// background probe, so the first burst after the stall is served, not refused by a policy
+/// (`deny`) that only a request's probe would have lifted.
+#[tokio::test]
+async fn an_idle_replica_closes_its_breaker_without_waiting_for_a_request() {
+    let redis = Redis::start().await;
+    let a = start_gateway(&cluster_toml(&redis.url(), "deny", "timeout = \"100ms\"\n")).await;
+    let key = a.key();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            chat(&a, &key, CHAT).await.status == 200
+        })
+        .await
+    );
+    redis.signal("STOP");
+    for _ in 0..3 {
+        assert_eq!(chat(&a, &key, CHAT).await.status, 503);
+    }
+    let up = || {
+        let text = a.gw.metrics.render(&a.gw);
+        text.lines()
+            .find_map(|l| l.strip_prefix("keygate_cluster_backend_up "))
+            .map(str::to_string)
+    };
+    assert_eq!(up().as_deref(), Some("0"));
+    redis.signal("CONT");
+    // No request from here on until the breaker has closed (a scrape is no request).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            up().as_deref() == Some("1")
+        })
+        .await,
+        "the breaker stays open while nobody sends a request"
+    );
+    let urls = (0..10).map(|_| a.url("/v1/chat/completions")).collect();
+    let codes = parallel_chat_statuses(urls, &key).await;
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+}

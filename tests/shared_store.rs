@@ -446,6 +446,12 @@ async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
         "{:?}",
         list.json()
     );
+    // These replicas started with no snapshot either, but read the whole store before it lost
+    // data, and hold more than it now does: they stay ready.
+    for r in &c.r {
+        let a = send(Method::GET, &r.url("/readyz"), &[], "").await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
     // A replica started now, with no snapshot of its own, knows only what the store kept:
     // not ready, and it says what to do.
     let mock = start_mock().await;
@@ -574,6 +580,20 @@ async fn a_write_after_redis_dropped_its_connections_is_not_refused() {
         "{}",
         String::from_utf8_lossy(&after.body)
     );
+    // Each follower lost its connection and made a new one at once: a warning, no error.
+    for r in &c.r {
+        let served = r.served.as_ref().unwrap();
+        assert!(
+            eventually(10 * SECOND, || async {
+                served.count("key store connection lost; reconnecting") >= 1
+                    && served.count("key store reachable again") >= 1
+            })
+            .await,
+            "{:?}",
+            served.logs.lock().unwrap()
+        );
+        assert_eq!(served.count("key store unreachable"), 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,7 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
     let mut last_said = Instant::now();
+    let mut told: Option<String> = None;
     while f.gw.strong_count() > 0 {
         let err = match f.sync.store.connect(Duration::from_secs(3)) {
             Ok(mut con) => {
@@ -110,10 +111,19 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
             Err(e) => e,
         };
         let msg = err.to_string();
-        let first = f.sync.error().as_deref() != Some(msg.as_str()) || down_since.is_none();
         f.sync.set_error(Some(msg.clone()));
+        let was_down = down_since.is_some();
         let since = *down_since.get_or_insert_with(Instant::now);
-        if first || last_said.elapsed() >= Duration::from_secs(60) {
+        if !was_down {
+            // The first failure after a working session: a Redis restart or a dropped
+            // connection, which the reconnection right after usually mends. An error only
+            // if it does not (once per reason, and every minute while it lasts).
+            told = None;
+            tracing::warn!(error = %msg, "key store connection lost; reconnecting");
+        } else if told.as_deref() != Some(msg.as_str())
+            || last_said.elapsed() >= Duration::from_secs(60)
+        {
+            told = Some(msg.clone());
             last_said = Instant::now();
             tracing::error!(
                 error = %msg,
@@ -298,8 +308,14 @@ impl Follower {
             epoch: pos.epoch.clone().unwrap_or_default(),
             version: pos.version,
         };
+        let intact = pos.diverged.is_none() && behind.is_empty();
         let n = records.len();
         self.put_in_force(gw, records, position)?;
+        if intact {
+            // The whole of an intact store is in force here (and in the journal): this
+            // replica's own key set from now on.
+            self.sync.without_snapshot.store(false, Ordering::Relaxed);
+        }
         self.resynced = true;
         self.sync.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(

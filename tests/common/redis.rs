@@ -201,3 +201,74 @@ pub async fn command(port: u16, args: &[&str], wait: Duration) -> Option<String>
 pub async fn ping(port: u16, wait: Duration) -> bool {
     command(port, &["PING"], wait).await.as_deref() == Some("+PONG\r\n")
 }
+
+/// Commands sent after `AUTH password` on one fresh connection; the replies' text, once
+/// every command (the `AUTH` too) has a one-line reply, or `None` without them within `wait`.
+pub async fn commands_as(
+    port: u16,
+    password: &str,
+    cmds: &[&[&str]],
+    wait: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut req = String::new();
+    for args in std::iter::once(&["AUTH", password][..]).chain(cmds.iter().copied()) {
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 512];
+        while got.windows(2).filter(|w| w == b"\r\n").count() < cmds.len() + 1 {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(wait, read).await.ok()??;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// How many logins Redis has refused for a wrong password (`INFO errorstats`), asked with
+/// `password`; `None` without an answer within `wait`.
+pub async fn wrong_passwords(port: u16, password: &str, wait: Duration) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let req = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n*2\r\n$4\r\nINFO\r\n$10\r\nerrorstats\r\n",
+        password.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 512];
+        // The bulk reply ends with its last line's CRLF and its own.
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(wait, read).await.ok()??;
+    let text = String::from_utf8_lossy(&got);
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("errorstat_WRONGPASS:count="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0),
+    )
+}

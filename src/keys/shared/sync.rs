@@ -27,9 +27,12 @@ pub struct KeySync {
     pub changes_applied: AtomicU64,
     /// Full resyncs: `keygate_key_store_resyncs_total`.
     pub resyncs: AtomicU64,
-    /// This replica started with no snapshot of its own: all it knows came from the store,
-    /// so while the store is diverged (it lost changes) it knows an incomplete key set.
-    pub without_snapshot: bool,
+    /// This replica has no key set of its own yet: it started with no snapshot, and has not
+    /// since read the whole of a store that was not diverged. Until then all it knows came
+    /// from a store that may have lost changes, so while the store is diverged it knows an
+    /// incomplete key set. Once it has (and journalled what it read), a later loss of the
+    /// store is one it holds more than, like any replica with a snapshot.
+    pub without_snapshot: AtomicBool,
 }
 
 impl std::fmt::Debug for KeySync {
@@ -44,7 +47,7 @@ impl KeySync {
     pub fn new(store: RedisStore, snapshot: Snapshot) -> KeySync {
         let without_snapshot = !matches!(snapshot.position(), Ok(Some(_)));
         KeySync {
-            without_snapshot,
+            without_snapshot: AtomicBool::new(without_snapshot),
             store: Arc::new(store),
             snapshot,
             applied: Mutex::new(Position::default()),
@@ -96,7 +99,7 @@ impl KeySync {
     /// Whether this replica's keys are known incomplete: the store lost changes (diverged)
     /// and this replica has no snapshot of its own to make up for them.
     pub fn incomplete(&self) -> bool {
-        self.without_snapshot && self.diverged.load(Ordering::Relaxed)
+        self.without_snapshot.load(Ordering::Relaxed) && self.diverged.load(Ordering::Relaxed)
     }
 
     pub fn error(&self) -> Option<String> {

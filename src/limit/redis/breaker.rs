@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// Consecutive failures that open the breaker, and how long it stays open before one caller
 /// probes Redis again.
 const THRESHOLD: u32 = 3;
-const OPEN: Duration = Duration::from_secs(2);
+pub(super) const OPEN: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Breaker {
@@ -45,6 +45,12 @@ impl Breaker {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Closed: the last call succeeded, or fewer than `THRESHOLD` failed since (not open, and
+    /// not waiting for a probe).
+    pub fn is_closed(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) == 0
+    }
+
     pub fn is_open(&self) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         until != 0 && self.now_ms() < until
@@ -68,6 +74,12 @@ impl Breaker {
                     Ordering::Acquire,
                 )
                 .is_ok()
+    }
+
+    /// Whether the breaker is open and its interval has passed, claiming the probe if so (a
+    /// background probe, when no request came to be it).
+    pub fn probe_due(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0 && self.admit()
     }
 
     pub fn succeeded(&self) {

@@ -14,29 +14,27 @@
 //! background; recovery is automatic. The reason Redis fails is logged once per change.
 
 mod breaker;
+mod connection;
 mod leases;
 pub mod scripts;
 
-use crate::config::cluster::{redis_client, ClusterConfig};
+use crate::config::cluster::ClusterConfig;
 use crate::limit::rate::{RateInfo, Verdict};
 use crate::limit::tokens::TokenInfo;
-use arc_swap::ArcSwapOption;
-use breaker::Breaker;
+use connection::Link;
 use leases::Leases;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use scripts::Scripts;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// The shared limiters of cluster mode: one connection to Redis, its breaker, the leases
-/// this process holds.
+/// The shared limiters of cluster mode: one connection to Redis and its breaker (`Link`),
+/// the leases this process holds.
 pub struct RedisBackend {
     pub config: ClusterConfig,
-    conn: ArcSwapOption<ConnectionManager>,
-    breaker: Breaker,
+    link: Arc<Link>,
     leases: Leases,
     scripts: Scripts,
 }
@@ -82,14 +80,12 @@ impl RedisBackend {
     /// the failure policy, and a connection that cannot be made is retried (and logged).
     pub fn start(config: ClusterConfig) -> Arc<RedisBackend> {
         let backend = Arc::new(RedisBackend {
-            conn: ArcSwapOption::empty(),
-            breaker: Breaker::new(config.on_backend_error),
+            link: Link::start(config.clone()),
             leases: Leases::new(config.lease),
             scripts: Scripts::new(),
             config,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(connect(Arc::downgrade(&backend)));
             rt.spawn(keep_leases(
                 Arc::downgrade(&backend),
                 backend.leases.wake(),
@@ -102,19 +98,23 @@ impl RedisBackend {
     /// The connection, once made (shared: a clone is a handle to it). Usage (`usage::redis`)
     /// writes and reads through it too, and skips Redis while the breaker is open.
     pub fn connection(&self) -> Option<ConnectionManager> {
-        self.conn.load_full().map(|c| (*c).clone())
+        self.link.load().map(|c| (*c).clone())
     }
 
     /// The timeout of background calls (renewals, removals, the connection's own): longer
     /// than a check's, as they carry batches and nobody waits on them.
     pub fn background_timeout(&self) -> Duration {
-        (self.config.lease / 3)
-            .min(Duration::from_secs(1))
-            .max(self.config.timeout)
+        connection::background_timeout(&self.config)
     }
 
     pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
+        self.link.breaker.is_open()
+    }
+
+    /// Connected, and the breaker closed (not open, not waiting for its probe): what
+    /// `keygate_cluster_backend_up` exports.
+    pub fn is_up(&self) -> bool {
+        self.link.is_up()
     }
 
     /// Runs one script; once more, within the same `cluster.timeout`, when the connection
@@ -135,11 +135,12 @@ impl RedisBackend {
         args: &[String],
         dropped: Dropped,
     ) -> Call<T> {
-        if !self.breaker.admit() {
+        let breaker = &self.link.breaker;
+        if !breaker.admit() {
             return Call::Skipped;
         }
-        let Some(conn) = self.conn.load_full() else {
-            self.breaker.failed("not connected to Redis");
+        let Some(conn) = self.link.load() else {
+            breaker.failed("not connected to Redis");
             return Call::Skipped;
         };
         let mut conn = (*conn).clone();
@@ -159,15 +160,18 @@ impl RedisBackend {
         }
         match result {
             Ok(Ok(v)) => {
-                self.breaker.succeeded();
+                breaker.succeeded();
                 Call::Answer(v)
             }
             Ok(Err(e)) => {
-                self.breaker.failed(&e.to_string());
+                breaker.failed(&e.to_string());
+                if connection::needs_new_connection(&e) {
+                    self.link.reconnect(&e);
+                }
                 Call::Failed
             }
             Err(_) => {
-                self.breaker.failed(&format!(
+                breaker.failed(&format!(
                     "no answer within {} (`cluster.timeout`)",
                     humantime::format_duration(self.config.timeout)
                 ));
@@ -287,51 +291,6 @@ enum Dropped {
     GiveUp,
 }
 
-/// Connects in the background, retrying every second; each failure reason is logged once.
-async fn connect(backend: Weak<RedisBackend>) {
-    let mut last = String::new();
-    loop {
-        let Some(b) = backend.upgrade() else { return };
-        if b.config.redis_url.starts_with("rediss://") {
-            // redis-rs builds its TLS configuration with the process's default provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(b.background_timeout())
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let attempt = match redis_client(&b.config) {
-            Ok(client) => ConnectionManager::new_with_config(client, cfg)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("`{}`: {e}", e.field())),
-        };
-        match attempt {
-            Ok(m) => {
-                tracing::info!("connected to the Redis limit backend");
-                b.conn.store(Some(Arc::new(m)));
-                return;
-            }
-            Err(reason) => {
-                b.breaker.errors.fetch_add(1, Ordering::Relaxed);
-                if reason != last {
-                    tracing::warn!(
-                        %reason,
-                        policy = ?b.config.on_backend_error,
-                        "cannot connect to the Redis limit backend; the failure policy applies, retrying every second"
-                    );
-                    last = reason;
-                } else {
-                    tracing::debug!(%reason, "cannot connect to the Redis limit backend");
-                }
-            }
-        }
-        drop(b);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 /// The lease keeper, one per process: sends queued removals as soon as they come (retrying
 /// with backoff while Redis does not answer), and renews the held slots every `every`.
 async fn keep_leases(backend: Weak<RedisBackend>, wake: Arc<Notify>, every: Duration) {
@@ -347,7 +306,7 @@ async fn keep_leases(backend: Weak<RedisBackend>, wake: Arc<Notify>, every: Dura
         let Some(b) = backend.upgrade() else { return };
         let timeout = b.background_timeout();
         if retry_at.is_none_or(|r| Instant::now() >= r) {
-            if b.leases.flush_removals(b.conn.load_full(), timeout).await {
+            if b.leases.flush_removals(b.link.load(), timeout).await {
                 (retry_at, backoff) = (None, Duration::ZERO);
             } else {
                 backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(2));
@@ -355,7 +314,7 @@ async fn keep_leases(backend: Weak<RedisBackend>, wake: Arc<Notify>, every: Dura
             }
         }
         if Instant::now() >= next_renewal {
-            b.leases.renew(b.conn.load_full(), timeout).await;
+            b.leases.renew(b.link.load(), timeout).await;
             next_renewal = Instant::now() + every;
         }
     }

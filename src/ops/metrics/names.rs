@@ -34,6 +34,7 @@ pub const UPSTREAM_LATENCY_HELP: &str =
     "Time from sending upstream to the upstream's response head, by upstream.";
 pub const UPSTREAM_ERRORS: &str = "keygate_upstream_errors_total";
 pub const UPSTREAM_UP: &str = "keygate_upstream_up";
+pub const CLUSTER_BACKEND_UP: &str = "keygate_cluster_backend_up";
 pub const TOKENS: &str = "keygate_tokens_total";
 pub const LOG_DROPPED: &str = "keygate_log_lines_dropped_total";
 pub const NOTIFICATIONS: &str = "keygate_notifications_total";
@@ -222,12 +223,13 @@ pub fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
-    let gauges: [(&'static str, Option<Unit>, &'static str); 16] = [
+    let gauges: [(&'static str, Option<Unit>, &'static str); 17] = [
         ("keygate_in_flight", None, "Requests in flight now, gateway-wide."),
         ("keygate_ready", None, "1 when /readyz answers 200: keys loaded, not draining, every health-checked upstream up."),
         (UPSTREAM_UP, None, "1 when the upstream's last health check answered 2xx, 0 when it did not (only upstreams with `health`)."),
         ("keygate_keys", None, "Keys in the loaded key file, revoked and expired included."),
         ("keygate_key_file_healthy", None, "1 when the last look at the key file loaded it; 0 while it cannot be read or is invalid (the last good keys keep serving)."),
+        (CLUSTER_BACKEND_UP, None, "Cluster mode: 1 while the Redis limit backend is connected and answering (its circuit breaker closed); 0 while the failure policy applies."),
         ("keygate_key_store_connected", None, "Redis key store: 1 while this replica's follower is connected to the store."),
         ("keygate_key_store_stale_seconds", Some(Unit::Seconds), "Redis key store: seconds since this replica last knew it had every change of the store (about 1 while connected; grows while Redis is down and the snapshot serves)."),
         ("keygate_key_store_diverged", None, "Redis key store: 1 while the store is marked behind a replica's snapshot (writes refused until `keygate keys push`)."),

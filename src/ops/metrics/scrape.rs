@@ -3,8 +3,8 @@
 
 use super::histogram::write_header;
 use super::names::{
-    labels, route_name, ADDED, ADDED_HELP, DURATION, DURATION_HELP, META, UPSTREAM_LATENCY,
-    UPSTREAM_LATENCY_HELP,
+    labels, route_name, ADDED, ADDED_HELP, CLUSTER_BACKEND_UP, DURATION, DURATION_HELP, META,
+    UPSTREAM_LATENCY, UPSTREAM_LATENCY_HELP,
 };
 use super::Metrics;
 use crate::gateway::Gateway;
@@ -118,6 +118,12 @@ impl Metrics {
         }
         if let Some(l) = gw.logging.get() {
             s.log_dropped.absolute(l.dropped());
+        }
+        if let Some(backend) = &gw.redis {
+            // Only in cluster mode: elsewhere there is no backend to be down.
+            self.recorder
+                .register_gauge(&Key::from_name(CLUSTER_BACKEND_UP), &META)
+                .set(if backend.is_up() { 1.0 } else { 0.0 });
         }
         for u in live.upstreams.iter() {
             match u.health().map(|h| h.status()) {
