@@ -686,3 +686,25 @@ async fn usage_sums_over_replicas(c: &Cluster) {
         assert!(summed, "usage summed over the replicas on {}", r.url(""));
     }
 }
+
+/// `keygate check` on a replica that has not run yet (no snapshot on disk: an init step in a
+/// fresh pod) checks the shared store itself, not a file that does not exist; with Redis
+/// down it fails and says why.
+#[tokio::test]
+async fn check_on_a_fresh_replica_reads_the_shared_store() {
+    let mut redis = Redis::start().await;
+    let mock = start_mock().await;
+    let fresh = Replica::new(&redis, &mock, false);
+    let (ok, _, err) = cli(&fresh.cfg, &["keys", "create", "--name", "first"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&fresh.cfg, &["check"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("shared key store") && out.contains("1 keys: 1 active"),
+        "{out}"
+    );
+    redis.kill();
+    let (ok, _, err) = cli(&fresh.cfg, &["check"]);
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("redis") || err.contains("key store"), "{err}");
+}

@@ -1,11 +1,12 @@
 //! `keygate check`: gateway.toml (with upstream credentials from the environment) and the key
-//! file, read as `serve` reads them; exits non-zero with the reason.
+//! file (or the shared key store in Redis), read as `serve` reads them; exits non-zero with
+//! the reason.
 
 use crate::cli::config::load_config;
 use crate::cli::error::CliError;
 use crate::config::is_blank;
 use crate::keys::record::Status;
-use crate::keys::store::KeyStore;
+use crate::keys::backend::Store;
 use crate::text::{self, Escaped};
 use crate::time::Timestamp;
 use std::path::PathBuf;
@@ -21,12 +22,20 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
             );
         }
     }
-    let file = KeyStore::new(&cfg.keys.file).load_existing()?;
+    // The keys as `serve` will have them: the key file, or with the shared store what Redis
+    // holds (a replica's snapshot may not exist yet: it is written from Redis once it runs,
+    // so an init step on a fresh replica checks the store itself).
+    let store = Store::of(&cfg.keys)?;
+    let file = store.load()?;
+    let source = match &store {
+        Store::File(_) => cfg.keys.file.display().to_string(),
+        Store::Redis(_) => "the shared key store (Redis)".to_string(),
+    };
     let now = Timestamp::now();
     let count = |s: Status| file.keys.iter().filter(|k| k.status(now) == s).count();
     println!(
         "ok: {} ({} keys: {} active, {} disabled, {} expired, {} revoked)",
-        Escaped(&cfg.keys.file.display().to_string()),
+        Escaped(&source),
         file.keys.len(),
         count(Status::Active),
         count(Status::Disabled),
