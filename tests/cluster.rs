@@ -855,3 +855,74 @@ async fn an_idle_replica_closes_its_breaker_without_waiting_for_a_request() {
     let codes = parallel_chat_statuses(urls, &key).await;
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
 }
+
+/// Redis loses its data while a key's quota counts are in it (restarted without persistence):
+/// the counts start again from what Redis has, and each replica says so once, loudly.
+#[tokio::test]
+async fn quota_counts_lost_by_redis_are_reported() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock().await;
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[log]\nformat = \"json\"\n[[upstream]]\nurl = \"http://{}\"\n{}",
+            mock.addr,
+            cluster_toml(&redis.url(), "local", "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "quota",
+            "--requests-per-day",
+            "1000",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v["key"].as_str().unwrap().to_string();
+    let served = serve(&cfg);
+    let url = served.url("/v1/chat/completions");
+    let chat_once = || async {
+        send(
+            http::Method::POST,
+            &url,
+            &[("authorization", &bearer(&key))],
+            CHAT,
+        )
+        .await
+        .status
+    };
+    for _ in 0..5 {
+        assert_eq!(chat_once().await, 200);
+    }
+    // Written to Redis (each second): the key's day count is there.
+    let count_in_redis = || async {
+        command(redis.port, &["KEYS", "*quota*"], Duration::from_secs(1))
+            .await
+            .is_some_and(|r| !r.starts_with("*0"))
+    };
+    assert!(eventually(Duration::from_secs(5), count_in_redis).await);
+    assert!(command(redis.port, &["FLUSHALL"], Duration::from_secs(1))
+        .await
+        .is_some());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            served.count("USAGE COUNTS IN REDIS WENT BACKWARDS") == 1
+        })
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    assert_eq!(chat_once().await, 200);
+    sigterm(&served.child);
+}

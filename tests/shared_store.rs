@@ -706,5 +706,8 @@ async fn check_on_a_fresh_replica_reads_the_shared_store() {
     redis.kill();
     let (ok, _, err) = cli(&fresh.cfg, &["check"]);
     assert!(!ok);
-    assert!(err.to_lowercase().contains("redis") || err.contains("key store"), "{err}");
+    assert!(
+        err.to_lowercase().contains("redis") || err.contains("key store"),
+        "{err}"
+    );
 }

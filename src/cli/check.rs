@@ -5,8 +5,8 @@
 use crate::cli::config::load_config;
 use crate::cli::error::CliError;
 use crate::config::is_blank;
-use crate::keys::record::Status;
 use crate::keys::backend::Store;
+use crate::keys::record::Status;
 use crate::text::{self, Escaped};
 use crate::time::Timestamp;
 use std::path::PathBuf;

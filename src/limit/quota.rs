@@ -66,11 +66,21 @@ impl QuotaState {
             .fetch_sub(written.tokens, Ordering::Relaxed);
     }
 
-    /// The store's totals as just read (replaced only when they changed).
-    pub fn set_stored(&self, s: Stored) {
-        if self.stored.load().as_deref() != Some(&s) {
-            self.stored.store(Some(Arc::new(s)));
+    /// The store's totals as just read (replaced only when they changed). Whether they went
+    /// backwards within the same window: the store lost counts it had (a Redis restarted
+    /// without persistence, or restored from a backup), as nothing else lowers them.
+    pub fn set_stored(&self, s: Stored) -> bool {
+        let old = self.stored.load();
+        if old.as_deref() == Some(&s) {
+            return false;
         }
+        let lower = |a: Used, b: Used| a.requests < b.requests || a.tokens < b.tokens;
+        let back = old.as_deref().is_some_and(|o| {
+            (o.day == s.day && lower(s.in_day, o.in_day))
+                || (o.month == s.month && lower(s.in_month, o.in_month))
+        });
+        self.stored.store(Some(Arc::new(s)));
+        back
     }
 
     /// Used in `w` as far as this process knows: the store's total when it was read for

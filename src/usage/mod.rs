@@ -163,10 +163,17 @@ impl Usage {
                         if f.logged.take().is_some() {
                             tracing::info!("usage written to Redis again");
                         }
+                        let mut lost = 0usize;
                         for (id, s) in stored {
                             if let Some(state) = index.state_for(&id) {
-                                state.quota.set_stored(s);
+                                lost += usize::from(state.quota.set_stored(s));
                             }
+                        }
+                        if lost > 0 {
+                            tracing::warn!(
+                                keys = lost,
+                                "USAGE COUNTS IN REDIS WENT BACKWARDS: Redis lost quota counts it had (restarted without persistence, or restored from a backup); quotas count from what it has now"
+                            );
                         }
                         batch.drained();
                     }
