@@ -33,8 +33,20 @@ impl Timestamp {
     }
 
     pub fn parse(s: &str) -> Result<Timestamp, String> {
-        let t = humantime::parse_rfc3339_weak(s.trim())
-            .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))?;
+        let text = s.trim();
+        let t = match humantime::parse_rfc3339_weak(text) {
+            Ok(t) => t,
+            // humantime reads UTC only (`Z`, or no zone); RFC 3339 allows any offset
+            // (`2030-01-01T02:00:00+02:00`), which is that instant in UTC.
+            Err(e) => match chrono::DateTime::parse_from_rfc3339(text) {
+                Ok(d) => {
+                    let secs = u64::try_from(d.timestamp())
+                        .map_err(|_| format!("`{s}` is before 1970"))?;
+                    UNIX_EPOCH + Duration::from_secs(secs)
+                }
+                Err(_) => return Err(format!("`{s}` is not an RFC 3339 time ({e})")),
+            },
+        };
         Ok(Timestamp(
             t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         ))

@@ -655,3 +655,113 @@ fn openapi() -> yaml_rust2::Yaml {
         .unwrap()
         .remove(0)
 }
+
+/// A quota put on a key mid-window starts from what the key used in it, from the very next
+/// request, though that use was already written out of the key's pending counts (the
+/// flusher runs every second): the edit's answer comes once the new quota knows it.
+#[tokio::test]
+async fn a_quota_added_mid_window_counts_what_was_used_from_the_next_request() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, key) = create(&g, &admin, json!({"name": "busy"})).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    }
+    // What a second's wait does: the three requests move from pending to the store.
+    g.gw.flush_usage().await;
+    ok(&patch(&g, &admin, &id, json!({"quotas": {"requests_per_day": 2}})).await);
+    let v = show(&g, &admin, &id).await;
+    assert_eq!(v["quota"]["requests_per_day"]["used"], 3, "{v}");
+    let a = chat(&g, &key, CHAT).await;
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    assert_eq!(a.error_code(), "insufficient_quota");
+}
+
+/// RFC 3339 allows any UTC offset: a time written with one is that instant, kept in UTC, in an
+/// edit and in a usage query alike (they were refused as "not an RFC 3339 time").
+#[tokio::test]
+async fn times_with_a_utc_offset_are_that_instant() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin", "usage"]);
+    let (id, _) = create(&g, &admin, json!({"name": "offset"})).await;
+    let v = ok(&patch(
+        &g,
+        &admin,
+        &id,
+        json!({"expires_at": "2030-01-01T02:00:00+02:00"}),
+    )
+    .await);
+    assert_eq!(v["expires_at"], "2030-01-01T00:00:00Z", "{v}");
+    let v = ok(&patch(
+        &g,
+        &admin,
+        &id,
+        json!({"expires_at": "2029-12-31T19:30:00-04:30"}),
+    )
+    .await);
+    assert_eq!(v["expires_at"], "2030-01-01T00:00:00Z", "{v}");
+    let a = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/usage?from=2026-12-02T23:30:00%2B02:00&to=2026-12-03T03:00:00%2B02:00",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    // Still refused: what is no time at all.
+    let a = patch(
+        &g,
+        &admin,
+        &id,
+        json!({"expires_at": "2030-01-01T02:00:00+25:00"}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+}
+
+/// The small refusals name what was sent, and a key's view lists no secret that would be
+/// refused: a revoked key shows no previous key as valid, a grace past the year 9999 is
+/// `grace_seconds`'s fault, a `from` after now (no `to` given) is `from`'s.
+#[tokio::test]
+async fn refusals_name_what_was_sent_and_a_revoked_key_lists_no_valid_secret() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin", "usage"]);
+    let (id, _) = create(&g, &admin, json!({"name": "rotated"})).await;
+    let rotate_path = format!("/v1/api-keys/{id}/rotate");
+    let rotate = |body: Value| api(&g, &admin, Method::POST, &rotate_path, body);
+    let v = ok(&rotate(json!({"grace_seconds": 300})).await);
+    assert_eq!(
+        v["previous_keys_valid"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    let a = rotate(json!({"grace_seconds": 1_000_000_000_000u64})).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "grace_seconds", "{:?}", a.body);
+    let a = api(
+        &g,
+        &admin,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id}"),
+        Value::Null,
+    )
+    .await;
+    let v = ok(&a);
+    assert!(v.get("previous_keys_valid").is_none(), "{v}");
+    assert!(show(&g, &admin, &id)
+        .await
+        .get("previous_keys_valid")
+        .is_none());
+    let tomorrow = Timestamp(Timestamp::now().0 + 2 * 86_400).to_string();
+    let a = api(
+        &g,
+        &admin,
+        Method::GET,
+        &format!("/v1/usage?from={tomorrow}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "from", "{:?}", a.body);
+}

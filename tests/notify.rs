@@ -855,3 +855,38 @@ async fn a_notification_still_failing_a_day_after_it_was_queued_is_given_up() {
     assert_eq!(saved["done"][&fresh]["result"], "sent");
     assert_eq!(saved["replica"], "rtest");
 }
+
+/// A receiver that closes the connection right after its answer (`Connection: close`, an
+/// HTTP/1.0 server): its 2xx is a delivery, each notification arrives once, and nothing waits
+/// behind a retry. The connection's end used to race the answer and win, so a delivered
+/// notification was taken for a failure and sent again and again.
+#[tokio::test]
+async fn a_receiver_that_closes_after_answering_gets_each_notification_once() {
+    let r = Receiver::start().await;
+    r.closing(true);
+    let (g, _n) = gateway(&r, "").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, _) = g.create_key(new_key(&format!("closing-{i}"), None));
+        let a = api(
+            &g,
+            &admin,
+            Method::POST,
+            &format!("/v1/api-keys/{id}/disable"),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        ids.push(id);
+    }
+    until(&r, "every disable", |r| {
+        ids.iter().all(|id| r.count("key.disabled", id) >= 1)
+    })
+    .await;
+    let ledger = ledger_of(&g);
+    assert!(eventually(WAIT, || async { pending_in(&ledger) == 0 }).await);
+    for id in &ids {
+        assert_eq!(r.count("key.disabled", id), 1, "{:?}", r.events());
+    }
+    assert_eq!(counter(&g, "key.disabled", "sent"), 6.0);
+}

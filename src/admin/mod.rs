@@ -135,7 +135,7 @@ async fn write(
     let prefix = gw.config().keys.prefix.clone();
     let by = format!("api:{}", admin.id);
     let gw2 = Arc::clone(gw);
-    tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let mut audit = Audit::open(audit_file.as_deref()).map_err(|e| {
             tracing::error!(error = %e, "key change refused: its audit record could not be written");
             GatewayError::Internal(
@@ -173,7 +173,14 @@ async fn write(
         Ok::<Done, GatewayError>(done)
     })
     .await
-    .map_err(|e| GatewayError::Internal(e.to_string()))?
+    .map_err(|e| GatewayError::Internal(e.to_string()))??;
+    if done.changed {
+        // A quota set now starts from what the key used in this window, which the last
+        // flush moved out of its pending counts: a flush now hands it to the new quota
+        // before the answer, so the very next request is judged by it.
+        gw.flush_usage().await;
+    }
+    Ok(done)
 }
 
 /// A key's answer after a write: the key as it now is, with `key` when the write made a
@@ -267,6 +274,15 @@ pub async fn handle(
         }
         (&Method::POST, [id, "rotate"]) => {
             let b: RotateBody = read_json(req, false, record).await?;
+            if now
+                .checked_plus(Duration::from_secs(b.grace_seconds))
+                .is_none()
+            {
+                return Err(GatewayError::InvalidParam {
+                    param: "grace_seconds".into(),
+                    message: "`grace_seconds` must end the grace before the year 10000.".into(),
+                });
+            }
             let op = Op::Rotate {
                 id: id.to_string(),
                 grace: Duration::from_secs(b.grace_seconds),

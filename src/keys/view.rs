@@ -122,10 +122,12 @@ impl<'a> KeyView<'a> {
             "updated_at": self.updated_at.unwrap_or(self.created_at),
             "last_used_at": usage.and_then(|u| u.last_used),
         });
+        // A revoked or disabled key's old secrets are refused with it: none is valid.
+        let usable = self.revoked_at.is_none() && self.disabled_at.is_none();
         let grace: Vec<_> = self
             .retired
             .iter()
-            .filter(|(_, valid_until)| *valid_until > now)
+            .filter(|(_, valid_until)| usable && *valid_until > now)
             .map(|(last4, valid_until)| {
                 serde_json::json!({"masked_key": token::mask(prefix, last4), "valid_until": valid_until})
             })
@@ -236,7 +238,14 @@ mod tests {
             v["metadata"],
             serde_json::json!({"env": "prod", "team": "search"})
         );
-        assert_eq!(v["previous_keys_valid"].as_array().unwrap().len(), 1, "{v}");
+        // Disabled: its rotated-out secret, still in its grace, is refused with it.
+        assert!(v.get("previous_keys_valid").is_none(), "{v}");
+        let enabled = KeyRecord {
+            disabled_at: None,
+            ..full.clone()
+        };
+        let e = enabled.view("sk_kg", now, None);
+        assert_eq!(e["previous_keys_valid"].as_array().unwrap().len(), 1, "{e}");
         assert_eq!(v["last_used_at"], "2027-01-03T18:13:20Z");
         assert!(plain
             .view("sk_kg", now, None)

@@ -202,12 +202,17 @@ impl Query {
             "from",
             Timestamp(now.0.saturating_sub(retention.as_secs())),
         )?;
+        let to_given = to.is_some();
         let to = time(to, "to", Query::end_of_hour(now))?;
         let group = match group {
             None => Group::BY_KEY,
             Some(g) => Group::parse(&g).map_err(|e| bad("group_by", format!("`group_by` {e}.")))?,
         };
-        let mut q = Query::new(from, to, group)?;
+        let mut q = Query::new(from, to, group).map_err(|e| match to_given {
+            true => e,
+            // `to` is the end of this hour, which the caller did not give: `from` is wrong.
+            false => bad("from", "`from` must be before the end of the current hour."),
+        })?;
         q.keys = keys;
         q.models = models;
         q.meta = meta;

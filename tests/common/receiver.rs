@@ -58,6 +58,9 @@ struct State {
     plan: VecDeque<Reply>,
     /// When nothing is planned.
     otherwise: Option<Reply>,
+    /// Every answer says `Connection: close` (as an HTTP/1.0 server's does): the connection
+    /// ends right after it.
+    closing: bool,
 }
 
 #[derive(Clone)]
@@ -118,6 +121,10 @@ impl Receiver {
                                 }
                             };
                             *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                            if s.closing {
+                                resp.headers_mut()
+                                    .insert("connection", "close".parse().unwrap());
+                            }
                             s.got.push(Received {
                                 path,
                                 headers,
@@ -162,6 +169,11 @@ impl Receiver {
     /// Requests nothing was planned for are answered so (`None`: 200).
     pub fn otherwise(&self, reply: Option<Reply>) {
         self.state.lock().unwrap().otherwise = reply;
+    }
+
+    /// Answers with `Connection: close` from now on (`true`), or keeps connections open.
+    pub fn closing(&self, on: bool) {
+        self.state.lock().unwrap().closing = on;
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -120,12 +120,18 @@ where
         .await
         .map_err(|e| format!("HTTP with {shown}: {e}"))?;
     let mut conn = std::pin::pin!(conn);
+    let mut answer = std::pin::pin!(sender.send_request(req));
     tokio::select! {
-        answer = sender.send_request(req) => answer.map_err(|e| format!("HTTP with {shown}: {e}")),
-        ended = &mut conn => Err(match ended {
-            Ok(()) => format!("{shown} closed the connection before answering"),
-            Err(e) => format!("HTTP with {shown}: {e}"),
-        }),
+        answer = &mut answer => answer.map_err(|e| format!("HTTP with {shown}: {e}")),
+        ended = &mut conn => {
+            // A receiver that closes after its answer (`Connection: close`, HTTP/1.0) ends the
+            // connection in the same breath: the answer, if one came, is waiting all the same
+            // (a 2xx taken for a failure would be sent again, and again).
+            answer.await.map_err(|_| match ended {
+                Ok(()) => format!("{shown} closed the connection before answering"),
+                Err(e) => format!("HTTP with {shown}: {e}"),
+            })
+        }
     }
 }
 
