@@ -19,6 +19,14 @@ fn cluster_toml(url: &str, policy: &str, extra: &str) -> String {
     format!("[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\non_backend_error = \"{policy}\"\n{extra}")
 }
 
+/// Whether `g` answers a chat with `key` within 10 s (once it has connected to Redis).
+async fn answers(g: &TestGateway, key: &str) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        chat(g, key, CHAT).await.status == 200
+    })
+    .await
+}
+
 /// Two gateways on one key file, sharing `redis` with `policy`.
 async fn pair(redis: &Redis, policy: &str) -> (TestGateway, TestGateway) {
     pair_with(&redis.url(), policy, "timeout = \"100ms\"\n").await
@@ -40,12 +48,7 @@ async fn pair_with(url: &str, policy: &str, extra: &str) -> (TestGateway, TestGa
     // Wait until both are connected to Redis.
     for g in [&a, &b] {
         let probe = g.key();
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                chat(g, &probe, CHAT).await.status == 200
-            })
-            .await
-        );
+        assert!(answers(g, &probe).await);
     }
     (a, b)
 }
@@ -315,12 +318,7 @@ async fn a_redis_stall_leaves_no_phantom_in_flight_slot() {
     let port = redis.port;
     for stall in ["DEBUG SLEEP", "SIGSTOP"] {
         let key = g.key_with_limits(cap_one());
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                chat(&g, &key, CHAT).await.status == 200
-            })
-            .await
-        );
+        assert!(answers(&g, &key).await);
         let sleeper = match stall {
             "DEBUG SLEEP" => Some(tokio::spawn(async move {
                 command(port, &["DEBUG", "SLEEP", "0.6"], Duration::from_secs(10)).await
@@ -362,12 +360,7 @@ async fn a_long_request_keeps_its_slot_and_a_killed_gateway_frees_it() {
     let cluster = cluster_toml(&redis.url(), "deny", "lease = \"1s\"\n");
     let a = start_gateway(&cluster).await;
     let key = a.key_with_limits(cap_one());
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&a, &key, CHAT).await.status == 200
-        })
-        .await
-    );
+    assert!(answers(&a, &key).await);
     // Gateway B: the real binary on the same key file and Redis.
     let mock = start_mock().await;
     let cfg = a.dir.path().join("b.toml");
@@ -474,10 +467,7 @@ async fn a_client_certificate_is_presented_when_redis_asks() {
     let g = start_gateway(&cluster_toml(&redis.url(), "deny", &with_cert)).await;
     let key = g.key();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&g, &key, CHAT).await.status == 200
-        })
-        .await,
+        answers(&g, &key).await,
         "connected with the client certificate"
     );
     let without = start_gateway(&cluster_toml(&redis.url(), "deny", &ca)).await;
@@ -620,12 +610,7 @@ async fn an_open_breaker_lets_one_probe_through_per_interval_and_deny_reports_th
         requests_per_minute: Some(600),
         ..Default::default()
     });
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&g, &key, CHAT).await.status == 200
-        })
-        .await
-    );
+    assert!(answers(&g, &key).await);
     // Redis stops answering; four callers keep asking for 5 s (two and a half intervals).
     proxy.blackhole.store(true, Ordering::Relaxed);
     proxy.calls.lock().unwrap().clear();
@@ -763,12 +748,7 @@ async fn a_failed_login_to_redis_is_retried_until_it_works_again() {
     // One replica: every refused login counted below is its own.
     let a = start_gateway(&cluster_toml(&url, "deny", "timeout = \"100ms\"\n")).await;
     let key = a.key();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&a, &key, CHAT).await.status == 200
-        })
-        .await
-    );
+    assert!(answers(&a, &key).await);
 
     let changed = commands_as(
         redis.port,
@@ -808,13 +788,7 @@ async fn a_failed_login_to_redis_is_retried_until_it_works_again() {
     )
     .await;
     assert!(back.is_some(), "password changed back");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&a, &key, CHAT).await.status == 200
-        })
-        .await,
-        "the replica never logged in again"
-    );
+    assert!(answers(&a, &key).await, "the replica never logged in again");
 }
 
 /// Redis stalls and comes back while a replica has no traffic: the breaker is closed by the
@@ -825,12 +799,7 @@ async fn an_idle_replica_closes_its_breaker_without_waiting_for_a_request() {
     let redis = Redis::start().await;
     let a = start_gateway(&cluster_toml(&redis.url(), "deny", "timeout = \"100ms\"\n")).await;
     let key = a.key();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            chat(&a, &key, CHAT).await.status == 200
-        })
-        .await
-    );
+    assert!(answers(&a, &key).await);
     redis.signal("STOP");
     for _ in 0..3 {
         assert_eq!(chat(&a, &key, CHAT).await.status, 503);

@@ -1222,29 +1222,11 @@ async fn a_max_tokens_at_the_top_of_u64_reserves_the_whole_minute() {
         r#"{{"model":"llama-3.1-8b-instruct","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{}}}"#,
         u64::MAX
     );
-    let a = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", &bearer(&key)),
-            ("content-type", "application/json"),
-        ],
-        huge.clone(),
-    )
-    .await;
+    let a = chat(&g, &key, &huge).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert_eq!(a.header("x-ratelimit-remaining-tokens"), Some("0"));
     // The minute is spent: the next one waits.
-    let b = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", &bearer(&key)),
-            ("content-type", "application/json"),
-        ],
-        huge,
-    )
-    .await;
+    let b = chat(&g, &key, &huge).await;
     assert_eq!(b.status, 429, "{:?}", b.body);
 }
 

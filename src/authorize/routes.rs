@@ -184,15 +184,19 @@ impl RouteTable {
         };
         // A route that carries a model matches with one trailing `/` too (many servers take
         // it for the same endpoint); the path goes upstream as the client sent it.
-        let model_route = if post { trim_slash(path) } else { path };
-        match model_route {
-            "/v1/chat/completions" if post => return fwd(Scope::Chat, true),
-            "/v1/completions" if post => return fwd(Scope::Completions, true),
-            "/v1/embeddings" if post => return fwd(Scope::Embeddings, true),
-            "/v1/moderations" if post => return fwd(Scope::Moderations, true),
-            "/v1/rerank" | "/rerank" if post => return fwd(Scope::Rerank, true),
-            "/tokenize" | "/detokenize" if post => return fwd(Scope::Tokenize, true),
-            _ => {}
+        if post {
+            let fixed = match trim_slash(path) {
+                "/v1/chat/completions" => Some(Scope::Chat),
+                "/v1/completions" => Some(Scope::Completions),
+                "/v1/embeddings" => Some(Scope::Embeddings),
+                "/v1/moderations" => Some(Scope::Moderations),
+                "/v1/rerank" | "/rerank" => Some(Scope::Rerank),
+                "/tokenize" | "/detokenize" => Some(Scope::Tokenize),
+                _ => None,
+            };
+            if let Some(scope) = fixed {
+                return fwd(scope, true);
+            }
         }
         match path {
             "/v1/models" if get => Some(RouteMatch {

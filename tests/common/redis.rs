@@ -202,12 +202,13 @@ pub async fn ping(port: u16, wait: Duration) -> bool {
     command(port, &["PING"], wait).await.as_deref() == Some("+PONG\r\n")
 }
 
-/// Commands sent after `AUTH password` on one fresh connection; the replies' text, once
-/// every command (the `AUTH` too) has a one-line reply, or `None` without them within `wait`.
-pub async fn commands_as(
+/// Commands sent after `AUTH password` on one fresh connection; the replies' text once
+/// `complete` says it is whole, or `None` without that within `wait`.
+async fn exchange_as(
     port: u16,
     password: &str,
     cmds: &[&[&str]],
+    complete: impl Fn(&[u8]) -> bool,
     wait: Duration,
 ) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -225,7 +226,7 @@ pub async fn commands_as(
     let mut got = Vec::new();
     let read = async {
         let mut buf = [0u8; 512];
-        while got.windows(2).filter(|w| w == b"\r\n").count() < cmds.len() + 1 {
+        while !complete(&got) {
             let n = s.read(&mut buf).await.ok()?;
             if n == 0 {
                 return None;
@@ -238,33 +239,24 @@ pub async fn commands_as(
     Some(String::from_utf8_lossy(&got).into_owned())
 }
 
+/// Commands sent after `AUTH password` on one fresh connection; the replies' text, once
+/// every command (the `AUTH` too) has a one-line reply, or `None` without them within `wait`.
+pub async fn commands_as(
+    port: u16,
+    password: &str,
+    cmds: &[&[&str]],
+    wait: Duration,
+) -> Option<String> {
+    let lines = |got: &[u8]| got.windows(2).filter(|w| w == b"\r\n").count() > cmds.len();
+    exchange_as(port, password, cmds, lines, wait).await
+}
+
 /// How many logins Redis has refused for a wrong password (`INFO errorstats`), asked with
 /// `password`; `None` without an answer within `wait`.
 pub async fn wrong_passwords(port: u16, password: &str, wait: Duration) -> Option<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!(
-        "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n*2\r\n$4\r\nINFO\r\n$10\r\nerrorstats\r\n",
-        password.len()
-    );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut got = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 512];
-        // The bulk reply ends with its last line's CRLF and its own.
-        while !got.ends_with(b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        Some(())
-    };
-    tokio::time::timeout(wait, read).await.ok()??;
-    let text = String::from_utf8_lossy(&got);
+    // The bulk reply ends with its last line's CRLF and its own.
+    let whole = |got: &[u8]| got.ends_with(b"\r\n\r\n");
+    let text = exchange_as(port, password, &[&["INFO", "errorstats"]], whole, wait).await?;
     Some(
         text.lines()
             .find_map(|l| l.strip_prefix("errorstat_WRONGPASS:count="))
