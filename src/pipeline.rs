@@ -173,7 +173,8 @@ fn stages<'a>(
                 record.model = Some(model);
                 let upstream = Arc::clone(upstream);
                 let body = UpBody::full(Bytes::new());
-                let sending = proxy::send(&upstream, &key, take(head), body, caller, record)?;
+                let sending =
+                    proxy::send(&upstream, &key, take(head), body, caller, prefix, record)?;
                 // Bound before the arm ends: the box borrows `upstream`, dropped with the arm.
                 let answer = Box::pin(sending).await;
                 answer
@@ -235,7 +236,17 @@ fn forward<'a>(
         // starts, that much larger. (At 256 connections the box is cold too: callgrind counts
         // about 7 last-level misses per request copying the wait into it.)
         // Bound before the block ends, as in `stages`: the box borrows `upstream`.
-        let sending = proxy::forward(&upstream, key, route, take(head), inspected, caller, record)?;
+        let prefix = &live.config.keys.prefix;
+        let sending = proxy::forward(
+            &upstream,
+            key,
+            route,
+            take(head),
+            inspected,
+            caller,
+            prefix,
+            record,
+        )?;
         let answer = Box::pin(sending).await;
         answer
     }

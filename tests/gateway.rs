@@ -621,6 +621,43 @@ async fn canary_no_credential_or_hop_header_reaches_upstream() {
     assert_eq!(seen[0].headers["x-custom"], "kept");
 }
 
+/// Found by reviewing the canary: a second key of this gateway (another app's, pasted into
+/// a custom header or a cookie, percent-encoded or not) rode along to the upstream, which
+/// has no use for it and may log it. Only the presented credential's copies were removed.
+#[tokio::test]
+async fn no_key_of_the_gateway_reaches_upstream_in_any_header() {
+    let g = start_gateway("").await;
+    let (_, key) = g.create_key(new_key("presented"));
+    let (_, other) = g.create_key(new_key("someone-else"));
+    let encoded = format!("session=1; token={}", other.replace('_', "%5F"));
+    let auth = bearer(&key);
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("x-other-app-key", &other),
+            ("x-trace", &encoded),
+            ("x-custom", "kept"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = g.mock.recorder.take();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0].headers;
+    for v in h.values() {
+        let v = v.to_str().unwrap_or("");
+        assert!(
+            !v.contains(&other[6..]) && !v.contains(&other[7..]),
+            "another key reached the upstream: {h:?}"
+        );
+    }
+    assert!(!h.contains_key("x-other-app-key") && !h.contains_key("x-trace"));
+    assert_eq!(h["x-custom"], "kept");
+}
+
 #[tokio::test]
 async fn upstream_credential_is_added() {
     // Only this test reads this variable.

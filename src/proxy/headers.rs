@@ -5,6 +5,7 @@
 //! anything goes upstream, and the forwarding headers the gateway sets itself are removed
 //! first, so a client cannot spoof its address or its key id.
 
+use crate::auth::secrets::{contains_secret, holds_key, looks_like_key};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names the gateway sets, parsed once: a `&str` name is parsed and hashed again on every use.
@@ -111,20 +112,27 @@ pub fn sanitize_request(headers: &mut HeaderMap, host: HeaderValue) {
     headers.insert(header::HOST, host);
 }
 
-/// Removes every header whose value contains `secret`: a client that sends its key twice
-/// (`Authorization` and Azure-style `api-key`, or any custom header) must not leak the copy.
-pub fn remove_containing(headers: &mut HeaderMap, secret: &str) {
-    if secret.len() < 8 {
-        return; // not a real key: nothing a substring search could protect
-    }
-    // Most values are shorter than a key: only build the searcher when one is not.
-    if !headers.values().any(|v| v.len() >= secret.len()) {
+/// Removes every header whose value contains `secret` (the presented credential) or
+/// anything shaped like a key of this gateway (`<prefix>_` and a run of base62, as it is or
+/// percent-decoded): a client that sends its key twice (`Authorization` and Azure-style
+/// `api-key`, or any custom header), or a second key beside its own, must not have the copy
+/// reach the upstream, which has no use for a gateway's key and may log it.
+pub fn remove_keys(headers: &mut HeaderMap, secret: &str, prefix: &str) {
+    let holds = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        contains_secret(b, secret)
+            || match v.to_str() {
+                Ok(text) => holds_key(text, prefix),
+                Err(_) => looks_like_key(b, prefix),
+            }
+    };
+    // Most requests have none: only then is a list of names built.
+    if !headers.values().any(holds) {
         return;
     }
-    let finder = memchr::memmem::Finder::new(secret.as_bytes());
     let leaking: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, v)| v.len() >= secret.len() && finder.find(v.as_bytes()).is_some())
+        .filter(|(_, v)| holds(v))
         .map(|(n, _)| n.clone())
         .collect();
     for name in leaking {
@@ -248,8 +256,34 @@ mod tests {
             HeaderValue::from_static("b Bearer sk_kg_SECRETSECRET"),
         );
         h.append("x-other", HeaderValue::from_static("fine"));
-        remove_containing(&mut h, "sk_kg_SECRETSECRET");
+        remove_keys(&mut h, "sk_kg_SECRETSECRET", "sk_kg");
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-other"]);
+    }
+
+    #[test]
+    fn any_key_of_the_gateway_is_removed_not_only_the_presented_one() {
+        let other = "sk_kg_0123456789abcdefghijABCDEFGHIJ012345";
+        let mut h = HeaderMap::new();
+        h.append("x-second-key", HeaderValue::from_str(other).unwrap());
+        let encoded = format!("t={}", other.replace('_', "%5F"));
+        h.append("cookie-ish", HeaderValue::from_str(&encoded).unwrap());
+        let mut raw = b"\xff ".to_vec();
+        raw.extend_from_slice(other.as_bytes());
+        h.append("x-binary", HeaderValue::from_bytes(&raw).unwrap());
+        // Near misses stay: the prefix alone, another prefix, too short a run.
+        h.append(
+            "x-doc",
+            HeaderValue::from_static("keys look like sk_kg_..."),
+        );
+        h.append("x-short", HeaderValue::from_static("sk_kg_abc123"));
+        h.append(
+            "x-openai",
+            HeaderValue::from_static("sk-proj-0123456789abcdefghij"),
+        );
+        remove_keys(&mut h, "sk_kg_SECRETSECRET", "sk_kg");
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-doc", "x-openai", "x-short"]);
     }
 
     #[test]

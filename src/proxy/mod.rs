@@ -60,6 +60,7 @@ pub fn choose<'l>(
 /// Forwards a request on a forward route with its body as the model stage left it. Exact
 /// accounting needs a stream's usage too: for a streamed chat or completion whose client did
 /// not ask for it, the upstream is asked for it, and the extra chunk is hidden from the client.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<'a>(
     upstream: &'a Upstream,
     key: &'a KeyRef,
@@ -67,6 +68,7 @@ pub fn forward<'a>(
     parts: http::request::Parts,
     inspected: Inspected,
     caller: &Caller,
+    prefix: &str,
     record: &'a mut RequestRecord,
 ) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
     let Inspected { body, facts, .. } = inspected;
@@ -81,26 +83,28 @@ pub fn forward<'a>(
             }
         }
     }
-    let sending = send(upstream, key, parts, body, caller, record)?;
+    let sending = send(upstream, key, parts, body, caller, prefix, record)?;
     Ok(sending.stripping_usage(strip_usage))
 }
 
 /// Sends to `upstream`; the future it returns ends with the answer, streaming back. A revoke
 /// of the key ends the wait for the head (401 `revoked_api_key`; dropping the send closes the
 /// upstream connection) and the answer's body. Fails at once on a request the upstream's URL
-/// cannot carry.
+/// cannot carry. `prefix` is the gateway's key prefix: no header holding a key goes upstream.
 pub fn send<'a>(
     upstream: &'a Upstream,
     key: &'a KeyRef,
     parts: http::request::Parts,
     body: UpBody,
     caller: &Caller,
+    prefix: &str,
     record: &'a mut RequestRecord,
 ) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
     let info = ForwardInfo {
         forwarded_for: &caller.forwarded_for,
         https: caller.https,
         credential: caller.credential(),
+        prefix,
         key_id: &key.id,
         request_id: &record.request_id,
     };
@@ -129,7 +133,9 @@ pub async fn list_models(
             .body(())
             .map_err(|e| GatewayError::Internal(e.to_string()))?
             .into_parts();
-        let sent = match send(u, key, parts, UpBody::full(Bytes::new()), caller, record) {
+        let empty = UpBody::full(Bytes::new());
+        let prefix = &live.config.keys.prefix;
+        let sent = match send(u, key, parts, empty, caller, prefix, record) {
             Ok(sending) => sending.await,
             Err(e) => Err(e),
         };

@@ -215,6 +215,8 @@ pub struct ForwardInfo<'a> {
     pub forwarded_for: &'a HeaderValue,
     /// The credential the client presented: no header carrying it goes upstream.
     pub credential: &'a str,
+    /// The gateway's key prefix: no header holding any key of this gateway goes upstream.
+    pub prefix: &'a str,
     pub https: bool,
     pub key_id: &'a KeyId,
     pub request_id: &'a HeaderValue,
@@ -230,7 +232,7 @@ pub fn upstream_request(
     let uri = upstream.uri(parts.uri)?;
     let mut headers = parts.headers;
     headers::sanitize_request(&mut headers, upstream.host.clone());
-    headers::remove_containing(&mut headers, info.credential);
+    headers::remove_keys(&mut headers, info.credential, info.prefix);
     if let Some(k) = &upstream.config.api_key {
         headers.insert(header::AUTHORIZATION, k.clone());
     }
