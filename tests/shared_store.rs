@@ -612,6 +612,17 @@ async fn a_replica_started_while_redis_is_down_serves_its_snapshot_or_says_why_i
     let ready = send(Method::GET, &c.r[2].url("/readyz"), &[], "").await;
     assert_eq!(ready.status, 200);
     assert!(c.r[2].snapshot().exists());
+    // It never had a connection: an error at once, not a connection "lost" and retried.
+    let served = c.r[2].served.as_ref().unwrap();
+    assert!(
+        eventually(10 * SECOND, || async {
+            served.count("key store unreachable") >= 1
+        })
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    assert_eq!(served.count("key store connection lost"), 0);
 
     // A fourth replica with no snapshot and no Redis: not ready, and it says why.
     let mock = start_mock().await;

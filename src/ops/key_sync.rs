@@ -92,7 +92,10 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
         resynced: false,
     };
     let mut backoff = Duration::from_millis(100);
-    let mut down_since: Option<Instant> = None;
+    // Down until the first contact works: a store unreachable from the start was never
+    // "lost", and waiting for a reconnection that never had a connection would only delay
+    // the error.
+    let mut down_since: Option<Instant> = Some(Instant::now());
     let mut last_said = Instant::now();
     let mut told: Option<String> = None;
     while f.gw.strong_count() > 0 {
