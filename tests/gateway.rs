@@ -658,6 +658,35 @@ async fn no_key_of_the_gateway_reaches_upstream_in_any_header() {
     assert_eq!(h["x-custom"], "kept");
 }
 
+/// Found by an outside probe: the client's `Accept-Encoding: gzip` (the OpenAI SDKs' default)
+/// went upstream, and an upstream behind a compressing proxy answered gzip: its `usage` was
+/// unreadable, so token limits and quotas were charged the estimate (16k real tokens through
+/// a 1k quota), and the usage event hidden from a stream reached the SDK, which failed on
+/// its empty `choices`. The upstream is asked for an uncompressed answer.
+#[tokio::test]
+async fn the_upstream_is_asked_for_an_uncompressed_answer() {
+    let g = start_gateway("").await;
+    let key = g.key();
+    let auth = bearer(&key);
+    for enc in ["gzip, deflate, br, zstd", "identity;q=0, gzip"] {
+        let a = send(
+            Method::POST,
+            &g.url("/v1/chat/completions"),
+            &[("authorization", &auth), ("accept-encoding", enc)],
+            CHAT,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert!(a.headers.get("content-encoding").is_none());
+    }
+    let seen = g.mock.recorder.take();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        let sent: Vec<_> = r.headers.get_all("accept-encoding").iter().collect();
+        assert_eq!(sent, ["identity"], "{:?}", r.headers);
+    }
+}
+
 #[tokio::test]
 async fn upstream_credential_is_added() {
     // Only this test reads this variable.
