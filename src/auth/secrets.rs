@@ -28,6 +28,12 @@ pub fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = 
         .filter(move |&i| first.is_some() && hay[i..].starts_with(needle))
 }
 
+/// The shortest text `holds_key` can find a key in (percent-decoding only shortens a text):
+/// shorter ones need no search.
+pub fn shortest_key(prefix: &str) -> usize {
+    prefix.len() + 1 + MIN_KEY_RUN
+}
+
 /// True when `text` holds something shaped like a key of this gateway: `<prefix>_` and a
 /// run of at least 16 base62 characters.
 pub fn looks_like_key(text: &[u8], prefix: &str) -> bool {

@@ -5,7 +5,7 @@
 //! anything goes upstream, and the forwarding headers the gateway sets itself are removed
 //! first, so a client cannot spoof its address or its key id.
 
-use crate::auth::secrets::{contains_secret, holds_key, looks_like_key};
+use crate::auth::secrets::{contains_secret, holds_key, looks_like_key, shortest_key};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names the gateway sets, parsed once: a `&str` name is parsed and hashed again on every use.
@@ -118,13 +118,17 @@ pub fn sanitize_request(headers: &mut HeaderMap, host: HeaderValue) {
 /// `api-key`, or any custom header), or a second key beside its own, must not have the copy
 /// reach the upstream, which has no use for a gateway's key and may log it.
 pub fn remove_keys(headers: &mut HeaderMap, secret: &str, prefix: &str) {
+    // Most values (a content type, a length, a host) are shorter than any key: the length
+    // alone clears them, which the searches below would cost every request.
+    let shortest = shortest_key(prefix).min(secret.len().max(8));
     let holds = |v: &HeaderValue| {
         let b = v.as_bytes();
-        contains_secret(b, secret)
-            || match v.to_str() {
-                Ok(text) => holds_key(text, prefix),
-                Err(_) => looks_like_key(b, prefix),
-            }
+        b.len() >= shortest
+            && (contains_secret(b, secret)
+                || match v.to_str() {
+                    Ok(text) => holds_key(text, prefix),
+                    Err(_) => looks_like_key(b, prefix),
+                })
     };
     // Most requests have none: only then is a list of names built.
     if !headers.values().any(holds) {
