@@ -1389,3 +1389,99 @@ fn usage_errors_exit_2_and_name_what_was_typed() {
     runtime(&["keys", "list"]);
     runtime(&["check"]);
 }
+
+/// Runs `keygate ARGS` with its stdout on `/dev/full`, where every write fails (ENOSPC).
+fn to_full_disk(env: &Env, args: &[&str]) -> (Option<i32>, String) {
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = env.command(args).stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (out.status.code(), err)
+}
+
+/// Found by an outside probe: `println!` panicked (exit 101) when stdout could not take the
+/// output, after the change was saved: `keys rotate ID | a-tool-that-is-not-installed` lost
+/// the new secret with a crash while the old one had already stopped, and `keys list >
+/// backup.json` on a full disk exited 0 with an empty file. A failed write is now exit 1
+/// with a message that says what was done and what to do.
+#[test]
+fn output_that_cannot_be_written_fails_and_says_what_was_done() {
+    let env = Env::new();
+    let kept = env.create("kept", &[]);
+    let id = s(&kept, "id").to_string();
+
+    let (code, err) = to_full_disk(&env, &["keys", "create", "--name", "lost", "--json"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("was created") && err.contains("keygate keys rotate key_"), "{err}");
+    assert!(env.key_file().keys.iter().any(|k| k.name == "lost"), "the change stands");
+
+    let (code, err) = to_full_disk(&env, &["keys", "rotate", &id]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("key {id} was rotated")), "{err}");
+    assert!(err.contains("rotate it again") && err.contains("stopped working now"), "{err}");
+
+    for args in [
+        &["keys", "update", &id, "--description", "x"][..],
+        &["keys", "disable", &id][..],
+        &["keys", "revoke", &id, "--json"][..],
+    ] {
+        let (code, err) = to_full_disk(&env, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("key {id} was ")), "{args:?}: {err}");
+    }
+    assert!(env.record(&id).revoked_at.is_some());
+
+    // Commands that only read fail too: a backup written to a full disk is not a success.
+    for args in [
+        &["keys", "list"][..],
+        &["keys", "list", "--json", "--all"][..],
+        &["keys", "show", &id][..],
+        &["check"][..],
+        &["completions", "bash"][..],
+        &["usage", "--json"][..],
+    ] {
+        let (code, err) = to_full_disk(&env, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("could not be written"), "{args:?}: {err}");
+    }
+}
+
+/// `serve` with a stdout nobody can write to (closed, full) serves: its address line is also
+/// in the log. (`println!` panicked there before the listener ran.)
+#[test]
+fn serve_runs_with_a_stdout_that_cannot_be_written() {
+    let env = Env::with_extra("[server]\nlisten = \"127.0.0.1:0\"\n");
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut child = env
+        .command(&["serve"])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let mut addr = None;
+    for line in std::io::BufRead::lines(stderr) {
+        let line = line.unwrap();
+        if line.contains("keygate listening") {
+            addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .map(str::to_string);
+            break;
+        }
+        seen.push(line);
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no listening line: {seen:?}"));
+    let health = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = health.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

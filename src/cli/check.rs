@@ -4,6 +4,7 @@
 
 use crate::cli::config::load_config;
 use crate::cli::error::CliError;
+use crate::cli::output::{line, written, Did};
 use crate::config::is_blank;
 use crate::keys::backend::Store;
 use crate::keys::record::Status;
@@ -15,11 +16,11 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
     if let Some(src) = &cfg.source {
         if std::fs::read_to_string(src).is_ok_and(|t| is_blank(&t)) {
-            eprintln!(
+            crate::cli::output::say(format_args!(
                 "warning: {} is empty: every setting is its default, including the upstream \
                  http://127.0.0.1:8000; a running gateway refuses to reload an empty file",
                 Escaped(&src.display().to_string())
-            );
+            ));
         }
     }
     // The keys as `serve` will have them: the key file, or with the shared store what Redis
@@ -33,7 +34,7 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
     };
     let now = Timestamp::now();
     let count = |s: Status| file.keys.iter().filter(|k| k.status(now) == s).count();
-    println!(
+    let ok = line(format_args!(
         "ok: {} ({} keys: {} active, {} disabled, {} expired, {} revoked)",
         Escaped(&source),
         file.keys.len(),
@@ -41,13 +42,14 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
         count(Status::Disabled),
         count(Status::Expired),
         count(Status::Revoked)
-    );
+    ));
+    written(ok, Did::Nothing)?;
     for u in &cfg.upstreams {
-        let line = format!(
+        let text = format!(
             "upstream {}: {}://{}{} models {:?}",
             u.name, u.scheme, u.authority, u.base_path, u.model_patterns
         );
-        println!("{}", text::escape(&line));
+        written(line(format_args!("{}", text::escape(&text))), Did::Nothing)?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! admin key in a temporary directory, and instructions to try it.
 
 use crate::cli::error::CliError;
+use crate::cli::output::{line, written, Did};
 use crate::cli::serve::{attach, bind, runtime, serve_until_signal};
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -79,7 +80,10 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
         let addr = listener
             .local_addr()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        print_demo(addr, &demo_key.plaintext, &admin_key.plaintext);
+        written(
+            print_demo(addr, &demo_key.plaintext, &admin_key.plaintext),
+            Did::Nothing,
+        )?;
         let gw = Gateway::new(cfg);
         attach(&gw, logging.as_ref());
         serve_until_signal(gw, listener, false).await
@@ -93,8 +97,8 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
 
 /// The demo's instructions. The snippets start at the first column so they run when pasted
 /// as they are (a heredoc's end marker and Python code must not be indented).
-fn print_demo(addr: SocketAddr, key: &str, admin: &str) {
-    println!(
+fn print_demo(addr: SocketAddr, key: &str, admin: &str) -> std::io::Result<()> {
+    line(format_args!(
         r#"
 keygate demo: gateway on http://{addr}, forwarding to a built-in mock upstream.
 
@@ -129,5 +133,5 @@ curl http://{addr}/v1/api-keys -H "Authorization: Bearer {admin}"
 
 Press Ctrl-C to stop.
 "#
-    );
+    ))
 }

@@ -5,15 +5,17 @@
 use crate::cli::args::{duration_arg, label_arg, time_arg, ScopeParser};
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::keys::{audited, expiry, flag_error};
-use crate::cli::output::print_json;
+use crate::cli::keys::{audited, expiry, finish, flag_error};
+use crate::cli::output::{line, print_json, Did};
 use crate::config::{KeyCommandsConfig, StoreMode};
 use crate::keys::annotations::is_label_name;
 use crate::keys::ops::{Action, Done, Op};
 use crate::keys::patch::{Edit, KeyPatch, LabelsEdit, LimitsPatch, QuotasPatch};
+use crate::ops::audit::AuditError;
 use crate::text::Escaped;
 use crate::time::Timestamp;
 use clap::Args;
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -161,8 +163,7 @@ pub fn update(config: Option<PathBuf>, a: UpdateArgs) -> Result<(), CliError> {
         patch: a.patch(now)?,
     };
     let (done, recorded) = audited(&cfg, &op, now)?;
-    report(&cfg, &done, json, now);
-    Ok(recorded?)
+    report(&cfg, &done, json, now, recorded)
 }
 
 /// `disable` (`enable: false`) or `enable`.
@@ -180,17 +181,34 @@ pub fn set_enabled(
         false => Op::Disable { id },
     };
     let (done, recorded) = audited(&cfg, &op, now)?;
-    report(&cfg, &done, json, now);
-    Ok(recorded?)
+    report(&cfg, &done, json, now, recorded)
 }
 
 /// What a change did: the key as JSON, or a line per changed field.
-fn report(cfg: &KeyCommandsConfig, done: &Done, json: bool, now: Timestamp) {
+fn report(
+    cfg: &KeyCommandsConfig,
+    done: &Done,
+    json: bool,
+    now: Timestamp,
+    recorded: Result<(), AuditError>,
+) -> Result<(), CliError> {
+    let did = Did::Change {
+        what: format!("key {} was {}", done.record.id, done.action.as_str()),
+        then: "the change stands; `keygate keys show` prints the key".into(),
+    };
+    finish(print_report(cfg, done, json, now), did, recorded)
+}
+
+fn print_report(
+    cfg: &KeyCommandsConfig,
+    done: &Done,
+    json: bool,
+    now: Timestamp,
+) -> io::Result<()> {
     let prefix = &cfg.keys.prefix;
     let rec = &done.record;
     if json {
-        print_json(&rec.view(prefix, now, None));
-        return;
+        return print_json(&rec.view(prefix, now, None));
     }
     let (id, name) = (&rec.id, Escaped(&rec.name));
     if !done.changed {
@@ -199,17 +217,18 @@ fn report(cfg: &KeyCommandsConfig, done: &Done, json: bool, now: Timestamp) {
             Action::Enabled => "is not disabled",
             _ => "already has these values",
         };
-        println!("Key {id} ({name}) {why}: nothing changed.");
-        return;
+        return line(format_args!("Key {id} ({name}) {why}: nothing changed."));
     }
-    println!("Key {id} ({name}) {}:", done.action.as_str());
+    line(format_args!("Key {id} ({name}) {}:", done.action.as_str()))?;
     for c in &done.changes {
-        let line = format!("  {}: {} → {}", c.field, c.old, c.new);
-        println!("{}", Escaped(&line));
+        let text = format!("  {}: {} → {}", c.field, c.old, c.new);
+        line(format_args!("{}", Escaped(&text)))?;
     }
     if let StoreMode::Redis(_) = cfg.keys.store {
-        println!("Every replica applies it from the shared store (within a second).");
+        line(format_args!(
+            "Every replica applies it from the shared store (within a second)."
+        ))
     } else {
-        println!("Running gateways apply it when they next look at the key file (within a second by default).");
+        line(format_args!("Running gateways apply it when they next look at the key file (within a second by default)."))
     }
 }

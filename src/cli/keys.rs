@@ -5,7 +5,7 @@
 use crate::cli::args::CreateArgs;
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::{announce_secret, print_json, print_table};
+use crate::cli::output::{announce_secret, line, print_json, print_table, written, Did};
 use crate::config::KeyCommandsConfig;
 use crate::keys::backend::Store;
 use crate::keys::error::StoreError;
@@ -151,13 +151,29 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
     new.validate(now).map_err(flag_error)?;
     let (done, recorded) = audited(&cfg, &Op::Create(new), now)?;
     let (rec, key) = (&done.record, plaintext(&done)?);
-    if a.json {
+    let printed = if a.json {
         let mut v = rec.view(&cfg.keys.prefix, now, None);
         v["key"] = key.into();
-        print_json(&v);
+        print_json(&v)
     } else {
-        announce_secret("Created", rec, key);
-    }
+        announce_secret("Created", rec, key)
+    };
+    let id = &rec.id;
+    let did = Did::Change {
+        what: format!("key {id} was created"),
+        then: format!("its secret was not seen and is not kept; get a new one with `keygate keys rotate {id}`, or revoke the key"),
+    };
+    finish(printed, did, recorded)
+}
+
+/// A change's end: its output's failure first (the change stands, and the reader must learn
+/// what it missed), then the audit's.
+pub(crate) fn finish(
+    printed: std::io::Result<()>,
+    did: Did,
+    recorded: Result<(), AuditError>,
+) -> Result<(), CliError> {
+    written(printed, did)?;
     Ok(recorded?)
 }
 
@@ -182,8 +198,7 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
     }
     v["quota"] = quota;
     if json {
-        print_json(&v);
-        return Ok(());
+        return written(print_json(&v), Did::Nothing);
     }
     let mut rows = Vec::new();
     if let serde_json::Value::Object(map) = &v {
@@ -214,8 +229,7 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
             rows.push([format!("{field}:"), text]);
         }
     }
-    print_table(&rows);
-    Ok(())
+    written(print_table(&rows), Did::Nothing)
 }
 
 pub fn rotate(
@@ -234,22 +248,27 @@ pub fn rotate(
     };
     let (done, recorded) = audited(&cfg, &op, now)?;
     let (rec, key) = (&done.record, plaintext(&done)?);
-    if json {
+    let previous = if grace.is_zero() {
+        "The previous secret stopped working now.".to_string()
+    } else {
+        format!(
+            "The previous secret keeps working until {}.",
+            now.plus(grace)
+        )
+    };
+    let printed = if json {
         let mut v = rec.view(&cfg.keys.prefix, now, None);
         v["key"] = key.into();
-        print_json(&v);
+        print_json(&v)
     } else {
-        announce_secret("Rotated", rec, key);
-        if grace.is_zero() {
-            println!("The previous secret stopped working now.");
-        } else {
-            println!(
-                "The previous secret keeps working until {}.",
-                now.plus(grace)
-            );
-        }
-    }
-    Ok(recorded?)
+        announce_secret("Rotated", rec, key).and_then(|()| line(format_args!("{previous}")))
+    };
+    let id = &rec.id;
+    let did = Did::Change {
+        what: format!("key {id} was rotated"),
+        then: format!("its new secret was not seen and is not kept; rotate it again (`keygate keys rotate {id}`). {previous}"),
+    };
+    finish(printed, did, recorded)
 }
 
 pub fn revoke(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliError> {
@@ -257,14 +276,18 @@ pub fn revoke(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliEr
     let now = Timestamp::now();
     let op = Op::Revoke { id: id.to_string() };
     let (Done { record: rec, .. }, recorded) = audited(&cfg, &op, now)?;
-    if json {
-        print_json(&rec.view(&cfg.keys.prefix, now, None));
+    let printed = if json {
+        print_json(&rec.view(&cfg.keys.prefix, now, None))
     } else {
-        println!(
+        line(format_args!(
             "Revoked key {} ({}). Running gateways refuse it as soon as they see the change.",
             rec.id,
             Escaped(&rec.name)
-        );
-    }
-    Ok(recorded?)
+        ))
+    };
+    let did = Did::Change {
+        what: format!("key {} was revoked", rec.id),
+        then: "the revoke stands".into(),
+    };
+    finish(printed, did, recorded)
 }

@@ -7,7 +7,7 @@
 use crate::cli::args::ListArgs;
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::{ago, until};
+use crate::cli::output::{ago, until, written, Did};
 use crate::keys::backend::Store;
 use crate::keys::file;
 use crate::keys::list::{Filter, Statuses};
@@ -81,11 +81,12 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
         }
     }
     out.finish();
+    out.failure()?;
     if more {
-        eprintln!(
+        crate::cli::output::say(format_args!(
             "More keys match than the {} shown: show every one with --limit 0, or narrow the list with --status, --name-prefix, --meta or --expiring-within.",
             a.limit
-        );
+        ));
     }
     Ok(())
 }
@@ -102,6 +103,8 @@ struct Printer<'a> {
     /// Set when stdout stops taking output (`keygate keys list | head`): nothing more is
     /// written, the file is still validated.
     closed: bool,
+    /// Why, when it was not a reader that left (a full disk): the command fails with it.
+    failed: Option<std::io::Error>,
     stdout: std::io::BufWriter<std::io::Stdout>,
 }
 
@@ -121,13 +124,24 @@ impl<'a> Printer<'a> {
             widths: [0; HEADER.len()],
             started: false,
             closed: false,
+            failed: None,
             stdout: std::io::BufWriter::new(std::io::stdout()),
         }
     }
 
     fn write(&mut self, s: &str) {
-        if !self.closed && self.stdout.write_all(s.as_bytes()).is_err() {
+        if !self.closed {
+            let r = self.stdout.write_all(s.as_bytes());
+            self.fail(r);
+        }
+    }
+
+    fn fail(&mut self, r: std::io::Result<()>) {
+        if let Err(e) = r {
             self.closed = true;
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                self.failed.get_or_insert(e);
+            }
         }
     }
 
@@ -203,8 +217,15 @@ impl<'a> Printer<'a> {
         } else {
             self.flush_rows();
         }
-        if self.stdout.flush().is_err() {
-            self.closed = true;
+        let r = self.stdout.flush();
+        self.fail(r);
+    }
+
+    /// The output's failure, other than a reader that left.
+    fn failure(&mut self) -> Result<(), CliError> {
+        match self.failed.take() {
+            Some(e) => written(Err(e), Did::Nothing),
+            None => Ok(()),
         }
     }
 }

@@ -156,13 +156,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Usage(a) => usage::usage(c, a),
         Command::Mock { listen } => serve::mock(listen),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "keygate",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            // Into memory first: clap_complete panics on a write that fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keygate", &mut script);
+            let out = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+            output::written(out, output::Did::Nothing)
         }
         Command::Keys { command } => match command {
             KeysCommand::Create(a) => keys::create(c, *a),
@@ -181,7 +179,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Messages can quote the key file (a hand-edited name or id): never raw.
-            eprintln!("error: {}", crate::text::escape(&e.to_string()));
+            output::say(format_args!(
+                "error: {}",
+                crate::text::escape(&e.to_string())
+            ));
             ExitCode::from(e.exit_code())
         }
     }

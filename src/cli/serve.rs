@@ -3,6 +3,7 @@
 
 use crate::cli::config::load_config;
 use crate::cli::error::CliError;
+use crate::cli::output::line;
 use crate::config::{is_blank, Config};
 use crate::gateway::Gateway;
 use crate::ops::logging::Logging;
@@ -267,7 +268,8 @@ pub(crate) async fn serve_until_signal(
         "http"
     };
     tracing::info!(%addr, scheme, "keygate listening");
-    println!("keygate listening on {scheme}://{addr}");
+    // Also in the log: a stdout nobody reads (closed, full) does not stop the server.
+    let _ = line(format_args!("keygate listening on {scheme}://{addr}"));
     crate::server::run(listener, Arc::clone(&gw), shutdown_signal())
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -322,7 +324,9 @@ pub fn mock(addr: SocketAddr) -> Result<(), CliError> {
         let local = listener
             .local_addr()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        println!("keygate mock upstream listening on http://{local}");
+        let _ = line(format_args!(
+            "keygate mock upstream listening on http://{local}"
+        ));
         crate::mock::serve(
             listener,
             Default::default(),

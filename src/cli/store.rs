@@ -3,6 +3,7 @@
 
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
+use crate::cli::output::{self, line, Did};
 use crate::keys::backend::Store;
 use crate::keys::file::KeyFile;
 use crate::keys::shared::RedisStore;
@@ -34,12 +35,16 @@ pub fn push(config: Option<PathBuf>, from: Option<PathBuf>) -> Result<(), CliErr
     let records = snapshot.records()?;
     let n = records.len();
     let (written, version) = store.push(records, seen)?;
-    println!(
+    let said = line(format_args!(
         "Pushed {} of {n} snapshot records from {} (the others the store held as new or newer); store version {version}, writes allowed. Every replica now resyncs.",
         written,
         snapshot.path().display()
-    );
-    Ok(())
+    ));
+    let did = Did::Change {
+        what: format!("{written} snapshot records were pushed"),
+        then: format!("the store is at version {version}, writes allowed"),
+    };
+    output::written(said, did)
 }
 
 pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
@@ -53,6 +58,13 @@ pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
         };
         Ok(())
     })?;
-    println!("Wrote {n} keys from the key store to {}.", out.display());
-    Ok(())
+    let said = line(format_args!(
+        "Wrote {n} keys from the key store to {}.",
+        out.display()
+    ));
+    let did = Did::Change {
+        what: format!("{n} keys were written to {}", out.display()),
+        then: "the file is complete".into(),
+    };
+    output::written(said, did)
 }

@@ -5,7 +5,7 @@
 use crate::cli::args::{duration_arg, key_id_arg};
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::print_json;
+use crate::cli::output::{line, print_json, written, Did};
 use crate::config::KeyCommandsConfig;
 use crate::keys::entry::KeyId;
 use crate::keys::record::KeyRecord;
@@ -80,8 +80,7 @@ pub fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<(), CliError> {
     };
     let lines = query::sum(&q, rows, &keys);
     if a.json {
-        print_json(&query::answer(&q, &lines, &keys));
-        return Ok(());
+        return written(print_json(&query::answer(&q, &lines, &keys)), Did::Nothing);
     }
     let mut table: Vec<Vec<String>> = Vec::new();
     for l in &lines {
@@ -102,15 +101,14 @@ pub fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<(), CliError> {
     }
     if a.csv {
         let mut w = csv::Writer::from_writer(std::io::stdout());
-        for r in &table {
-            w.write_record(r)
-                .map_err(|e| CliError::Runtime(e.to_string()))?;
-        }
-        return w.flush().map_err(|e| CliError::Runtime(e.to_string()));
+        let rows = table
+            .iter()
+            .try_for_each(|r| w.write_record(r).map_err(std::io::Error::from));
+        return written(rows.and_then(|()| w.flush()), Did::Nothing);
     }
     if table.is_empty() {
-        println!("No usage from {} to {}.", q.from, q.to);
-        return Ok(());
+        let none = line(format_args!("No usage from {} to {}.", q.from, q.to));
+        return written(none, Did::Nothing);
     }
     for cell in table[0].iter_mut() {
         *cell = cell.to_uppercase();
@@ -120,8 +118,7 @@ pub fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<(), CliError> {
             *c = "-".into();
         }
     }
-    print_rows(&table);
-    Ok(())
+    written(print_rows(&table), Did::Nothing)
 }
 
 /// The buckets in the state file.
@@ -138,7 +135,7 @@ fn saved_buckets(cfg: &KeyCommandsConfig) -> Result<Buckets, CliError> {
 }
 
 /// Aligned columns, every cell escaped for the terminal (names come from the key file).
-fn print_rows(rows: &[Vec<String>]) {
+fn print_rows(rows: &[Vec<String>]) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -155,13 +152,14 @@ fn print_rows(rows: &[Vec<String>]) {
         }
     }
     for r in &rows {
-        let line: Vec<String> = r
+        let cells: Vec<String> = r
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        line(format_args!("{}", cells.join("  ").trim_end()))?;
     }
+    Ok(())
 }
 
 /// What `keys show` adds about key `rec`: its lifetime usage (summed over every replica in
@@ -190,7 +188,7 @@ pub fn key_figures(
             match read {
                 Ok(((c, last), (d, m))) => (Some(UsageSnapshot::of(&c, last)), d, m),
                 Err(e) => {
-                    eprintln!("warning: cannot read usage from Redis ({e}); showing this host's state file");
+                    crate::cli::output::say(format_args!("warning: cannot read usage from Redis ({e}); showing this host's state file"));
                     let b = saved_buckets(cfg)?;
                     let id = KeyId::new(&rec.id);
                     let of = |w| id.map(|id| b.quota(w, &id)).unwrap_or_default();
