@@ -614,3 +614,139 @@ async fn api_changes_are_appended_to_the_audit_file_and_keep_the_owner() {
         text
     );
 }
+
+/// Found by an outside probe: revoke, disable and enable ignored query parameters and any
+/// body, so `DELETE …?dryRun=All` (a Kubernetes habit) or a body `{"dry_run": true}` really
+/// revoked, while every other endpoint refused unknown fields. Only the list takes
+/// parameters; endpoints without a body take nothing or `{}`.
+#[tokio::test]
+async fn parameters_and_bodies_an_endpoint_does_not_take_are_refused_by_name() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, key) = g.create_key(keygate::keys::record::NewKey {
+        name: "victim".into(),
+        ..Default::default()
+    });
+    let auth = bearer(&admin);
+    let h = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let refused = [
+        (
+            Method::DELETE,
+            format!("/v1/api-keys/{id}?dryRun=All"),
+            "",
+            "dryRun",
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/api-keys/{id}"),
+            r#"{"dry_run":true}"#,
+            "dry_run",
+        ),
+        (
+            Method::POST,
+            format!("/v1/api-keys/{id}/disable"),
+            r#"{"reason":"x"}"#,
+            "reason",
+        ),
+        (
+            Method::POST,
+            format!("/v1/api-keys/{id}/disable"),
+            "not json",
+            "JSON object",
+        ),
+        (
+            Method::POST,
+            format!("/v1/api-keys/{id}/enable?dry_run=true"),
+            "",
+            "dry_run",
+        ),
+        (
+            Method::GET,
+            format!("/v1/api-keys/{id}?bogus=1"),
+            "",
+            "bogus",
+        ),
+        (
+            Method::POST,
+            "/v1/api-keys?limit=5".to_string(),
+            r#"{"name":"n"}"#,
+            "limit",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/api-keys/{id}?x=1"),
+            r#"{"description":"d"}"#,
+            "x",
+        ),
+    ];
+    for (method, path, body, needle) in refused {
+        let a = send(method.clone(), &g.url(&path), &h, body).await;
+        assert_eq!(a.status, 400, "{method} {path} {body}");
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{method} {path}: {msg}");
+    }
+    // Nothing happened to the key: it still works, undisabled, unrevoked, unchanged.
+    assert_eq!(chat(&g, &key, CHAT).await.status, 200);
+    let shown = api(
+        &g,
+        &admin,
+        Method::GET,
+        &format!("/v1/api-keys/{id}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(shown.json()["status"], "active");
+    assert!(shown.json()["description"].is_null());
+    // The list still takes its own; the forms that take no body accept none and `{}`.
+    let a = send(Method::GET, &g.url("/v1/api-keys?limit=5"), &h, "").await;
+    assert_eq!(a.status, 200);
+    let a = send(
+        Method::POST,
+        &g.url(&format!("/v1/api-keys/{id}/disable")),
+        &h,
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = send(
+        Method::POST,
+        &g.url(&format!("/v1/api-keys/{id}/enable")),
+        &h,
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = send(
+        Method::DELETE,
+        &g.url(&format!("/v1/api-keys/{id}")),
+        &h,
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(chat(&g, &key, CHAT).await.status, 401);
+}
+
+/// A declared body over the management API's 64 KiB is refused at once: no `100 Continue`
+/// inviting the client to send 100 MB that will be thrown away.
+#[tokio::test]
+async fn a_declared_admin_body_over_the_limit_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/api-keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}

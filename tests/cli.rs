@@ -1392,7 +1392,10 @@ fn usage_errors_exit_2_and_name_what_was_typed() {
 
 /// Runs `keygate ARGS` with its stdout on `/dev/full`, where every write fails (ENOSPC).
 fn to_full_disk(env: &Env, args: &[&str]) -> (Option<i32>, String) {
-    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let out = env.command(args).stdout(full).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -1412,13 +1415,22 @@ fn output_that_cannot_be_written_fails_and_says_what_was_done() {
 
     let (code, err) = to_full_disk(&env, &["keys", "create", "--name", "lost", "--json"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("was created") && err.contains("keygate keys rotate key_"), "{err}");
-    assert!(env.key_file().keys.iter().any(|k| k.name == "lost"), "the change stands");
+    assert!(
+        err.contains("was created") && err.contains("keygate keys rotate key_"),
+        "{err}"
+    );
+    assert!(
+        env.key_file().keys.iter().any(|k| k.name == "lost"),
+        "the change stands"
+    );
 
     let (code, err) = to_full_disk(&env, &["keys", "rotate", &id]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("key {id} was rotated")), "{err}");
-    assert!(err.contains("rotate it again") && err.contains("stopped working now"), "{err}");
+    assert!(
+        err.contains("rotate it again") && err.contains("stopped working now"),
+        "{err}"
+    );
 
     for args in [
         &["keys", "update", &id, "--description", "x"][..],
@@ -1451,7 +1463,10 @@ fn output_that_cannot_be_written_fails_and_says_what_was_done() {
 #[test]
 fn serve_runs_with_a_stdout_that_cannot_be_written() {
     let env = Env::with_extra("[server]\nlisten = \"127.0.0.1:0\"\n");
-    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let mut child = env
         .command(&["serve"])
         .stdout(full)

@@ -59,6 +59,12 @@ struct CreateBody {
     quotas: crate::keys::record::KeyQuotas,
 }
 
+/// The body of an endpoint that takes none: nothing, or `{}`. Anything else is refused by
+/// name, as every other body's unknown fields are: `{"dry_run": true}` must not revoke.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -85,6 +91,14 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
         return Err(GatewayError::InvalidRequest(
             "The request body is compressed (`Content-Encoding`); the management API takes uncompressed JSON.".into(),
         ));
+    }
+    // A declared length over the limit is refused before `100 Continue` invites the body.
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return Err(GatewayError::TooLarge(MAX_ADMIN_BODY as u64));
     }
     let bytes = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
@@ -223,6 +237,12 @@ pub async fn handle(
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     record.route = "admin";
+    // Only the list takes parameters (it names the ones it knows); elsewhere one would be
+    // a mistake, or an option this API does not have (`?dryRun=All` must not revoke).
+    let listing = segs.is_empty() && (method == Method::GET || method == Method::HEAD);
+    if !listing {
+        no_parameters(req.uri().query())?;
+    }
     // HEAD reads like GET (the gateway drops the body).
     let matched = if method == Method::HEAD {
         Method::GET
@@ -291,6 +311,7 @@ pub async fn handle(
             Ok(written(live, done, StatusCode::OK, now))
         }
         (&Method::DELETE, [id]) => {
+            let NoBody {} = read_json(req, false, record).await?;
             let op = Op::Revoke { id: id.to_string() };
             let done = write(gw, admin, op, now).await?;
             Ok(written(live, done, StatusCode::OK, now))
@@ -305,8 +326,8 @@ pub async fn handle(
             Ok(written(live, done, StatusCode::OK, now))
         }
         (&Method::POST, [id, action @ ("disable" | "enable")]) => {
-            // No body is read: these take none.
             let id = id.to_string();
+            let NoBody {} = read_json(req, false, record).await?;
             let op = match *action {
                 "disable" => Op::Disable { id },
                 _ => Op::Enable { id },
@@ -319,6 +340,24 @@ pub async fn handle(
             req.uri().path().to_string(),
         )),
     }
+}
+
+/// Refuses a query string on an endpoint that takes none, naming its first parameter.
+fn no_parameters(query: Option<&str>) -> Result<(), GatewayError> {
+    let Some(q) = query.filter(|q| !q.is_empty()) else {
+        return Ok(());
+    };
+    let first = form_urlencoded::parse(q.as_bytes())
+        .next()
+        .map(|(name, _)| name.into_owned())
+        .unwrap_or_default();
+    Err(GatewayError::InvalidParam {
+        message: format!(
+            "`{}` is not a parameter of this endpoint: it takes none.",
+            crate::text::escape(&first)
+        ),
+        param: first,
+    })
 }
 
 /// Answers carrying a plaintext key must never be cached by anything in between.
