@@ -171,6 +171,42 @@ async fn stalled_body_is_cut_by_body_read_timeout() {
     }
 }
 
+/// Found by an outside probe: a body that never paused (50 bytes every 100 ms) was cut at
+/// `body_read_timeout` in all, so an upload on a slow link failed however steadily it came.
+/// A body may take longer while it keeps coming at 1 KiB/s or more (`MIN_BODY_RATE`); the
+/// drip below is still cut.
+#[tokio::test]
+async fn a_steady_body_slower_than_the_timeout_in_all_arrives() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "", "[server]\nbody_read_timeout = \"1s\"\n").await;
+    let streamed = g.key();
+    let buffered = key_with_models(&g, &["llama-*"]);
+    // 256 bytes every 100 ms (2.5 KiB/s) for 2.5 s: 2.5 times the timeout.
+    let body = format!("{CHAT:<6400}");
+    for (what, key) in [("buffered", &buffered), ("streamed", &streamed)] {
+        let mut c = Raw::connect(g.addr).await;
+        let framing = format!("Content-Length: {}\r\n", body.len());
+        c.send(chat_head(Some(key), &framing)).await.unwrap();
+        let start = Instant::now();
+        let pieces: Vec<&[u8]> = body.as_bytes().chunks(256).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            c.send(*piece).await.unwrap();
+            if i + 1 == pieces.len() {
+                break;
+            }
+            assert!(
+                c.wait_closed(ms(100)).await.is_none() && c.buf.is_empty(),
+                "{what}: answered or closed after {:?} mid-body: {:?}",
+                start.elapsed(),
+                String::from_utf8_lossy(&c.buf)
+            );
+        }
+        let r = c.response_within(4 * SEC).await.unwrap();
+        assert_eq!(r.status(), 200, "{what}: {r:?}");
+        assert!(start.elapsed() >= ms(2400), "{what}");
+    }
+}
+
 #[tokio::test]
 async fn body_dripped_under_the_idle_gap_is_still_bounded() {
     let m = RawMock::start(Mode::Answer).await;

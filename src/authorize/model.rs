@@ -21,7 +21,7 @@ use crate::error::GatewayError;
 use crate::gateway::Live;
 use crate::keys::index::KeyRef;
 use crate::keys::tokens::MAX_COUNT;
-use crate::proxy::idle::client_left;
+use crate::proxy::idle::{client_left, earned};
 use crate::proxy::request_body::UpBody;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -257,27 +257,19 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Reads a whole request body, bounded in size, in time between frames, and in total time.
+/// Reads a whole request body, bounded in size, in time between frames, and in total time
+/// (`idle` and what the body's bytes earned, as a streamed body: `Idle::for_body`).
 async fn read_body(
-    body: Incoming,
-    limit: u64,
-    idle: Duration,
-    size_hint: Option<u64>,
-) -> Result<Bytes, GatewayError> {
-    tokio::time::timeout(idle, read_body_frames(body, limit, idle, size_hint))
-        .await
-        .map_err(|_| GatewayError::BodyTimeout)?
-}
-
-async fn read_body_frames(
     mut body: Incoming,
     limit: u64,
     idle: Duration,
     size_hint: Option<u64>,
 ) -> Result<Bytes, GatewayError> {
     let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(limit) as usize);
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        let frame = tokio::time::timeout(idle, body.frame())
+        let wait = deadline.min(tokio::time::Instant::now() + idle);
+        let frame = tokio::time::timeout_at(wait, body.frame())
             .await
             .map_err(|_| GatewayError::BodyTimeout)?;
         match frame {
@@ -290,6 +282,7 @@ async fn read_body_frames(
                         return Err(GatewayError::TooLarge(limit));
                     }
                     buf.extend_from_slice(&d);
+                    deadline += earned(d.len() as u64);
                 }
             }
         }

@@ -122,11 +122,12 @@ impl std::fmt::Debug for MultipartBody {
 }
 
 impl MultipartBody {
-    /// `timeout` bounds each gap and the whole body; `limit` its size (`max_body_bytes`).
+    /// `timeout` bounds each gap and, with the body's rate, the whole body
+    /// (`Idle::for_body`); `limit` its size (`max_body_bytes`).
     pub fn new(inner: Incoming, boundary: String, timeout: Duration, limit: u64) -> MultipartBody {
         let source = Arc::new(Mutex::new(Source {
             inner,
-            idle: Idle::with_total(timeout, timeout),
+            idle: Idle::for_body(timeout),
             limit,
             seen: 0,
             pending: VecDeque::new(),

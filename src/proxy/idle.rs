@@ -79,10 +79,21 @@ pub fn client_body_failure(e: BoxError) -> BoxError {
 #[error("request body over {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// Polls `inner`, failing when no frame arrives for `idle`, or, with a total deadline, when
-/// the whole body has not arrived by then (a body dripped just under the idle gap). The
-/// timers are created only once `inner` makes the caller wait: a body whose frames are
-/// already there (most answers) never touches the timer wheel.
+/// The rate a client body must keep to take longer than `body_read_timeout` in all: each
+/// byte received moves the whole-body deadline on by 1/1024 s. A body dripped just under the
+/// idle gap (3 bytes a second) is still cut soon after the timeout; an upload on a slow link
+/// (an audio file at 2 KB/s) is not.
+pub const MIN_BODY_RATE: u64 = 1024;
+
+/// How much later a body that has received `bytes` more may end.
+pub fn earned(bytes: u64) -> Duration {
+    Duration::from_nanos(bytes.saturating_mul(1_000_000_000 / MIN_BODY_RATE))
+}
+
+/// Polls `inner`, failing when no frame arrives for `idle`, or, for a client's body, when the
+/// whole body has not arrived by its deadline (`for_body`). The timers are created only once
+/// `inner` makes the caller wait: a body whose frames are already there (most answers)
+/// never touches the timer wheel.
 pub struct Idle {
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -103,10 +114,12 @@ impl Idle {
         }
     }
 
-    pub fn with_total(idle: Duration, total: Duration) -> Idle {
+    /// A client's body: no gap over `timeout`, and the whole of it within `timeout` plus
+    /// what its bytes earned (`earned`).
+    pub fn for_body(timeout: Duration) -> Idle {
         Idle {
-            total: Some(Instant::now() + total),
-            ..Idle::new(idle)
+            total: Some(Instant::now() + timeout),
+            ..Idle::new(timeout)
         }
     }
 
@@ -119,6 +132,9 @@ impl Idle {
             Poll::Ready(r) => {
                 // The gap starts again at the next wait.
                 self.rearm = true;
+                if let (Some(total), Some(Ok(f))) = (&mut self.total, &r) {
+                    *total += earned(f.data_ref().map_or(0, |d| d.len() as u64));
+                }
                 Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => {
@@ -126,6 +142,9 @@ impl Idle {
                     let total = self
                         .total_sleep
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if total.deadline() != deadline {
+                        total.as_mut().reset(deadline);
+                    }
                     if total.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.idle)))));
                     }

@@ -50,12 +50,13 @@ impl UpBody {
         UpBody::Multipart(Box::new(body))
     }
 
-    /// The client's body, streamed: each gap and the whole body bounded by `timeout`.
+    /// The client's body, streamed: each gap bounded by `timeout`, the whole body by
+    /// `timeout` and its rate (`Idle::for_body`).
     /// `seen` counts the bytes as they pass.
     pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
         UpBody::Stream(Box::new(Streamed {
             inner,
-            idle: Idle::with_total(timeout, timeout),
+            idle: Idle::for_body(timeout),
             limit,
             seen,
         }))
