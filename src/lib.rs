@@ -100,6 +100,7 @@
 //! | `admin/mod.rs` | the management API (`/v1/api-keys`, `/v1/usage`) |
 //! | `admin/list.rs` | `GET /v1/api-keys` (paged, filtered, sorted) and `GET /v1/api-keys/{id}`, from the index |
 //! | `admin/edit.rs` | `PATCH /v1/api-keys/{id}`: its body as a `KeyPatch` |
+//! | `admin/request.rs` | a management request's JSON body (read whole, unknown fields refused by name) and its query string (only the list takes one) |
 //! | `usage/mod.rs` | usage over time: `Usage`, the store (memory or Redis) and its flush every second |
 //! | `usage/batch.rs` | one flush: what every key has pending, taken off once stored |
 //! | `usage/buckets.rs` | file mode's hourly buckets and quota counts, and their state-file form |

@@ -730,8 +730,9 @@ async fn a_used_up_quota_is_notified_once_per_window() {
 #[tokio::test]
 async fn https_receivers_are_reached_with_a_private_ca() {
     let files = common::redis::TlsFiles::new();
-    let tls = keygate::server::tls::server_config(&files.cert, &files.key).unwrap();
-    let mut tls = (*tls).clone();
+    let now = keygate::time::Timestamp::now();
+    let tls = keygate::server::tls::server_config(&files.cert, &files.key, now).unwrap();
+    let mut tls = (*tls.config).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let r = Receiver::start_tls(Arc::new(tls)).await;
     assert!(r.url().starts_with("https://"));

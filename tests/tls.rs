@@ -218,3 +218,107 @@ async fn https_upstream_with_private_ca_and_upstream_key() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
 }
+
+/// A certificate for localhost valid from `from` to `until` (year, month, day), written as
+/// cert.pem and key.pem into `dir`.
+fn write_cert_valid(dir: &Path, from: (i32, u8, u8), until: (i32, u8, u8)) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("key.pem.tmp"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("key.pem.tmp"), dir.join("key.pem")).unwrap();
+    std::fs::write(dir.join("cert.pem.tmp"), cert.pem()).unwrap();
+    std::fs::rename(dir.join("cert.pem.tmp"), dir.join("cert.pem")).unwrap();
+}
+
+/// A metric's value in a scrape of `maddr`, if the series is there.
+async fn metric(maddr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let a = send(
+        http::Method::GET,
+        &format!("http://{maddr}/metrics"),
+        &[],
+        "",
+    )
+    .await;
+    let text = String::from_utf8(a.body.to_vec()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Found by an outside probe: an expired certificate swapped in was loaded ("TLS certificate
+/// reloaded") and served to every client; a refused reload (a mismatched key) was counted in
+/// no metric, although operations.md said it was; and `keygate check` passed TLS files that
+/// `serve` then refused. An expired or not-yet-valid certificate is refused like a broken
+/// one, refusals are counted in `keygate_tls_reloads_total{result="error"}`, the expiry is a
+/// gauge, and `check` loads the files as `serve` does.
+#[tokio::test]
+async fn certificates_outside_their_validity_are_refused_counted_and_checked() {
+    let (g, certs, old) = tls_gateway().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = listener.local_addr().unwrap();
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
+        listener,
+        g.gw.clone(),
+        std::future::pending(),
+    ));
+    let now = keygate::time::Timestamp::now().0 as f64;
+    let expiry = metric(maddr, "keygate_tls_certificate_expires_at_seconds").await;
+    assert!(expiry.is_some_and(|t| t > now), "{expiry:?}");
+    let errors = || metric(maddr, "keygate_tls_reloads_total{result=\"error\"}");
+    assert_eq!(errors().await, Some(0.0));
+
+    let key = g.key();
+    let url = format!("https://localhost:{}/v1/chat/completions", g.addr.port());
+    for (what, from, until) in [
+        ("expired", (2020, 1, 1), (2020, 2, 1)),
+        ("not yet valid", (2099, 1, 1), (2100, 1, 1)),
+    ] {
+        let before = errors().await.unwrap_or(0.0);
+        write_cert_valid(certs.path(), from, until);
+        let counted = eventually(Duration::from_secs(5), || async {
+            errors().await.unwrap_or(0.0) > before
+        })
+        .await;
+        assert!(counted, "{what}: the refused reload was not counted");
+        // The certificate that was valid keeps serving.
+        assert!(
+            tls_chat(&https_client(&old, false), &url, &key)
+                .await
+                .is_ok(),
+            "{what}: the valid certificate was replaced"
+        );
+        // `check` refuses the files as `serve` does, and says why.
+        let cfg = certs.path().join("check.toml");
+        std::fs::write(
+            &cfg,
+            "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
+        )
+        .unwrap();
+        let out = std::process::Command::new(binary::BIN)
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let said = if what == "expired" {
+            "expired at 2020-02-01"
+        } else {
+            "not valid before 2099"
+        };
+        assert!(err.contains(said), "{what}: {err}");
+    }
+    // A valid certificate again: served, counted, and its expiry is the gauge's.
+    let new = write_cert(certs.path());
+    let served = eventually(Duration::from_secs(5), || async {
+        tls_chat(&https_client(&new, false), &url, &key)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(served);
+    assert!(metric(maddr, "keygate_tls_reloads_total{result=\"ok\"}").await >= Some(1.0));
+}

@@ -11,66 +11,31 @@
 pub mod console;
 mod edit;
 pub mod list;
+mod request;
 
 use crate::account::RequestRecord;
-use crate::authorize::body::{is_compressed, is_json_object};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
 use crate::keys::backend::Store;
 use crate::keys::file::KeyFile;
 use crate::keys::index::KeyRef;
 use crate::keys::ops::{Action, Done, Op};
-use crate::keys::record::{KeyLimits, KeyQuotas, KeyRecord, NewKey};
+use crate::keys::record::{KeyQuotas, KeyRecord, NewKey};
 use crate::keys::usage::UsageSnapshot;
 use crate::limit::quota;
 use crate::ops::audit::{Audit, AuditEvent};
-use crate::proxy::idle::client_left;
 use crate::proxy::response_body::{json, Body};
 use crate::time::Timestamp;
 use crate::usage::query::{self, Query};
 use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Deserialize;
+use request::{no_parameters, read_json, CreateBody, NoBody, RotateBody};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// How long a write to the Redis key store waits for this replica to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    models: Vec<String>,
-    expires_in_days: Option<u32>,
-    expires_at: Option<Timestamp>,
-    #[serde(default)]
-    limits: KeyLimits,
-    description: Option<String>,
-    #[serde(default)]
-    metadata: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    quotas: crate::keys::record::KeyQuotas,
-}
-
-/// The body of an endpoint that takes none: nothing, or `{}`. Anything else is refused by
-/// name, as every other body's unknown fields are: `{"dry_run": true}` must not revoke.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoBody {}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    #[serde(default)]
-    grace_seconds: u64,
-}
 
 fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
     let idx = live.keys.as_ref()?;
@@ -80,53 +45,6 @@ fn usage_of(live: &Live, id: &str) -> Option<UsageSnapshot> {
             .map(|s| s.usage.snapshot())
             .unwrap_or_default(),
     )
-}
-
-async fn read_json<T: for<'de> Deserialize<'de> + Default>(
-    req: Request<Incoming>,
-    required: bool,
-    record: &mut RequestRecord,
-) -> Result<T, GatewayError> {
-    if is_compressed(req.headers()) {
-        return Err(GatewayError::InvalidRequest(
-            "The request body is compressed (`Content-Encoding`); the management API takes uncompressed JSON.".into(),
-        ));
-    }
-    // A declared length over the limit is refused before `100 Continue` invites the body.
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
-        return Err(GatewayError::TooLarge(MAX_ADMIN_BODY as u64));
-    }
-    let bytes = http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::TooLarge(MAX_ADMIN_BODY as u64)
-            } else if client_left(&*e) {
-                GatewayError::ClientGone
-            } else {
-                GatewayError::ClientBody(e.to_string())
-            }
-        })?
-        .to_bytes();
-    record.bytes_received = bytes.len() as u64;
-    if bytes.iter().all(u8::is_ascii_whitespace) && !required {
-        return Ok(T::default());
-    }
-    // serde would take an array as a struct's fields in order: only an object names fields.
-    if !is_json_object(&bytes) {
-        return Err(GatewayError::InvalidRequest(
-            "The request body must be a JSON object.".into(),
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(GatewayError::json_body)?;
-    de.end().map_err(|e| GatewayError::json_trailing(&e))?;
-    Ok(value)
 }
 
 /// Runs one key operation on a blocking thread, records it in the audit trail by `admin`,
@@ -340,24 +258,6 @@ pub async fn handle(
             req.uri().path().to_string(),
         )),
     }
-}
-
-/// Refuses a query string on an endpoint that takes none, naming its first parameter.
-fn no_parameters(query: Option<&str>) -> Result<(), GatewayError> {
-    let Some(q) = query.filter(|q| !q.is_empty()) else {
-        return Ok(());
-    };
-    let first = form_urlencoded::parse(q.as_bytes())
-        .next()
-        .map(|(name, _)| name.into_owned())
-        .unwrap_or_default();
-    Err(GatewayError::InvalidParam {
-        message: format!(
-            "`{}` is not a parameter of this endpoint: it takes none.",
-            crate::text::escape(&first)
-        ),
-        param: first,
-    })
 }
 
 /// Answers carrying a plaintext key must never be cached by anything in between.

@@ -23,6 +23,15 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
             ));
         }
     }
+    // The listener's certificate as `serve` loads it: an init step or CI gate that passes
+    // must not be followed by a server that exits on its TLS files.
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(
+            crate::server::tls::ServerTls::load(&t.cert, &t.key)
+                .map_err(|e| CliError::Runtime(format!("[server.tls]: {e}")))?,
+        ),
+        None => None,
+    };
     // The keys as `serve` will have them: the key file, or with the shared store what Redis
     // holds (a replica's snapshot may not exist yet: it is written from Redis once it runs,
     // so an init step on a fresh replica checks the store itself).
@@ -44,6 +53,15 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
         count(Status::Revoked)
     ));
     written(ok, Did::Nothing)?;
+    if let Some(t) = &tls {
+        let text = format!(
+            "tls: {} (key {}), valid until {}",
+            t.cert.display(),
+            t.key.display(),
+            t.expires_at
+        );
+        written(line(format_args!("{}", text::escape(&text))), Did::Nothing)?;
+    }
     for u in &cfg.upstreams {
         let text = format!(
             "upstream {}: {}://{}{} models {:?}",

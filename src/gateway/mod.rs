@@ -71,6 +71,20 @@ pub struct ReloadStats {
     pub index_changes_applied: AtomicU64,
     /// Overlays folded into a new base: `keygate_key_index_compactions_total`.
     pub index_compactions: AtomicU64,
+    /// The listener's certificate reloaded (a change of its files put in force), and a
+    /// reload refused: `keygate_tls_reloads_total`.
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
+    /// Unix seconds at which the listener's certificate expires; 0 without TLS:
+    /// `keygate_tls_certificate_expires_at_seconds`.
+    pub tls_expires_at: AtomicU64,
+}
+
+impl ReloadStats {
+    /// A certificate serves from now on.
+    pub fn tls_loaded(&self, expires_at: crate::time::Timestamp) {
+        self.tls_expires_at.store(expires_at.0, Ordering::Relaxed);
+    }
 }
 
 pub struct Gateway {

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tls::ServerTls;
+use tls::{Reloaded, ServerTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -95,7 +95,10 @@ pub async fn run(
         )),
         None => None,
     };
-    let _cert_watchers = CertWatchers::start(tls.as_ref(), config.keys.poll_interval);
+    if let Some(t) = &tls {
+        gw.reloads.tls_loaded(t.expires_at);
+    }
+    let _cert_watchers = CertWatchers::start(tls.as_ref(), &gw, config.keys.poll_interval);
     // Every connection holds a receiver: `stop` says "close gracefully", and the sender's
     // `closed()` completes when the last connection has ended.
     let (stop, stopped) = watch::channel(false);
@@ -151,26 +154,43 @@ pub async fn run(
 struct CertWatchers(Vec<tokio::task::JoinHandle<()>>);
 
 impl CertWatchers {
-    fn start(tls: Option<&Arc<ServerTls>>, poll: Duration) -> CertWatchers {
+    /// One watcher per file, sharing what they last said: a Secret update changes both
+    /// files at once, and is one reload in the log, not two.
+    fn start(tls: Option<&Arc<ServerTls>>, gw: &Arc<Gateway>, poll: Duration) -> CertWatchers {
         let Some(tls) = tls else {
             return CertWatchers(Vec::new());
         };
+        let failures = Arc::new(crate::watch::FailureLatch::default());
         let tasks = [tls.cert.clone(), tls.key.clone()]
             .into_iter()
             .map(|path| {
                 let t = Arc::clone(tls);
-                let failures = crate::watch::FailureLatch::default();
-                crate::watch::spawn(path, poll, move || match t.reload() {
-                    Ok(()) => {
-                        failures.succeeded();
-                        tracing::info!("TLS certificate reloaded");
-                        true
-                    }
-                    Err(e) => {
-                        if failures.failed(&e.to_string()) {
-                            tracing::error!(error = %e, "TLS certificate reload failed; the current one keeps serving (retried at every poll)");
+                let failures = Arc::clone(&failures);
+                let gw = Arc::downgrade(gw);
+                crate::watch::spawn(path, poll, move || {
+                    let reloaded = t.reload();
+                    let Some(gw) = gw.upgrade() else {
+                        return false;
+                    };
+                    match reloaded {
+                        Ok(Reloaded::Same) => {
+                            failures.succeeded();
+                            true
                         }
-                        false
+                        Ok(Reloaded::Changed { expires_at }) => {
+                            failures.succeeded();
+                            gw.reloads.tls_loaded(expires_at);
+                            gw.reloads.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%expires_at, "TLS certificate reloaded");
+                            true
+                        }
+                        Err(e) => {
+                            gw.reloads.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                            if failures.failed(&e.to_string()) {
+                                tracing::error!(error = %e, "TLS certificate reload failed; the current one keeps serving (retried at every poll)");
+                            }
+                            false
+                        }
                     }
                 })
             })

@@ -3,13 +3,17 @@
 //!
 //! The listener offers ALPN `h2` and `http/1.1`. A certificate reload builds a complete new
 //! server configuration first and swaps it in only if it loaded, so a half-written or broken
-//! certificate never replaces a working one; connections in progress keep theirs.
+//! certificate never replaces a working one; connections in progress keep theirs. A
+//! certificate outside its validity (expired, or not yet valid) is refused as broken: every
+//! client that checks certificates would refuse it.
 
+use crate::time::Timestamp;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -19,6 +23,46 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("the certificate in {path} is not a readable X.509 certificate: {message}")]
+    X509 { path: PathBuf, message: String },
+    #[error("the certificate in {path} expired at {at}")]
+    Expired { path: PathBuf, at: Timestamp },
+    #[error("the certificate in {path} is not valid before {at}")]
+    NotYetValid { path: PathBuf, at: Timestamp },
+}
+
+/// A loaded server configuration, what its certificate is, and until when it is valid.
+pub struct Loaded {
+    pub config: Arc<rustls::ServerConfig>,
+    /// SHA-256 of the certificate chain and the key: a reload that finds the same files
+    /// changes nothing (the cert and the key watcher both fire for one Secret update).
+    fingerprint: [u8; 32],
+    /// The leaf certificate's `notAfter`.
+    pub expires_at: Timestamp,
+}
+
+/// The leaf certificate's validity, refused outside it.
+fn validity(path: &Path, leaf: &CertificateDer<'_>, now: Timestamp) -> Result<Timestamp, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::X509 {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let v = cert.validity();
+    let at = |t: i64| Timestamp(u64::try_from(t).unwrap_or(0));
+    let (from, until) = (at(v.not_before.timestamp()), at(v.not_after.timestamp()));
+    if now < from {
+        return Err(TlsError::NotYetValid {
+            path: path.to_path_buf(),
+            at: from,
+        });
+    }
+    if until <= now {
+        return Err(TlsError::Expired {
+            path: path.to_path_buf(),
+            at: until,
+        });
+    }
+    Ok(until)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -40,34 +84,64 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// A server configuration from PEM files, with ALPN h2 and http/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A server configuration from PEM files, with ALPN h2 and http/1.1, if its certificate is
+/// valid `now`.
+pub fn server_config(cert: &Path, key: &Path, now: Timestamp) -> Result<Loaded, TlsError> {
     let certs = read_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_path_buf(),
         message: e.to_string(),
     })?;
+    let expires_at = match certs.first() {
+        Some(leaf) => validity(cert, leaf, now)?,
+        None => Timestamp(0),
+    };
+    let mut hash = Sha256::new();
+    for c in &certs {
+        hash.update(c.as_ref());
+    }
+    hash.update(key_der.secret_der());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key_der)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(Loaded {
+        config: Arc::new(cfg),
+        fingerprint: hash.finalize().into(),
+        expires_at,
+    })
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new certificate serves from now on, valid until then.
+    Changed { expires_at: Timestamp },
+    /// The files hold what already serves.
+    Same,
 }
 
 /// The listener's TLS state: swapped whole when the certificate files change.
 pub struct ServerTls {
     current: ArcSwap<rustls::ServerConfig>,
+    /// The fingerprint of what serves (`Loaded::fingerprint`).
+    serving: Mutex<[u8; 32]>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// When the certificate that serves expires.
+    pub expires_at: Timestamp,
 }
 
 impl ServerTls {
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+        let loaded = server_config(cert, key, Timestamp::now())?;
         Ok(ServerTls {
-            current: ArcSwap::new(server_config(cert, key)?),
+            current: ArcSwap::new(loaded.config),
+            serving: Mutex::new(loaded.fingerprint),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            expires_at: loaded.expires_at,
         })
     }
 
@@ -76,9 +150,17 @@ impl ServerTls {
     }
 
     /// Re-reads the files; on error the current certificate keeps serving.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        self.current.store(server_config(&self.cert, &self.key)?);
-        Ok(())
+    pub fn reload(&self) -> Result<Reloaded, TlsError> {
+        let loaded = server_config(&self.cert, &self.key, Timestamp::now())?;
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if *serving == loaded.fingerprint {
+            return Ok(Reloaded::Same);
+        }
+        *serving = loaded.fingerprint;
+        self.current.store(loaded.config);
+        Ok(Reloaded::Changed {
+            expires_at: loaded.expires_at,
+        })
     }
 }
 

@@ -5,6 +5,10 @@ use crate::keys::scope::Scope;
 use metrics::{Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::PrometheusRecorder;
 
+/// Listener certificate reloads, by result.
+pub const TLS_RELOADS: &str = "keygate_tls_reloads_total";
+/// When the listener's certificate expires.
+pub const TLS_EXPIRES: &str = "keygate_tls_certificate_expires_at_seconds";
 pub const META: Metadata<'static> = Metadata::new("keygate", Level::INFO, Some("keygate::metrics"));
 
 /// Time the gateway itself adds: microseconds to a second.
@@ -205,13 +209,14 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
 
 /// `# HELP` for every series the gateway exports.
 pub fn describe(r: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 13] = [
+    let counters: [(&'static str, &'static str); 14] = [
         (REQUESTS, "Requests answered, by route, status class and error code (empty for none)."),
         (RATE_LIMITED, "Requests refused with 429, by error code."),
         (UPSTREAM_ERRORS, "Upstream failures, by upstream and kind: unreachable, no answer in time, a 5xx answer, a stream that broke off or stalled."),
         (TOKENS, "Tokens used, by kind (prompt, completion): what upstreams reported, plus the gateway's estimate for streams cut short before their usage."),
         ("keygate_key_reloads_total", "Key-file reloads, by result."),
         ("keygate_config_reloads_total", "gateway.toml reloads, by result."),
+        (TLS_RELOADS, "Listener certificate reloads after its files changed, by result (error: unreadable, mismatched, expired or not yet valid; the current certificate keeps serving)."),
         ("keygate_key_index_rebuilds_total", "Key indexes built from scratch (start, a reload that changed many keys, changed [limits])."),
         ("keygate_key_store_changes_applied_total", "Redis key store: key records from the store put in force on this replica."),
         ("keygate_key_store_resyncs_total", "Redis key store: full resyncs (first contact, a new epoch, the store went backwards, the change log trimmed)."),
@@ -223,7 +228,7 @@ pub fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
-    let gauges: [(&'static str, Option<Unit>, &'static str); 17] = [
+    let gauges: [(&'static str, Option<Unit>, &'static str); 18] = [
         ("keygate_in_flight", None, "Requests in flight now, gateway-wide."),
         ("keygate_ready", None, "1 when /readyz answers 200: keys loaded, not draining, every health-checked upstream up."),
         (UPSTREAM_UP, None, "1 when the upstream's last health check answered 2xx, 0 when it did not (only upstreams with `health`)."),
@@ -241,6 +246,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_reload_last_success_timestamp_seconds", Some(Unit::Seconds), "Unix time of the last successful key-file load."),
         ("keygate_failed_auth_tracked_addresses", None, "Client addresses with recent failed authentications being tracked."),
         ("keygate_build_info", None, "Always 1; the labels say which build is running."),
+        (TLS_EXPIRES, Some(Unit::Seconds), "Unix time at which the listener's certificate expires (only with [server.tls])."),
     ];
     for (name, unit, help) in gauges {
         r.describe_gauge(name.into(), unit, help.into());

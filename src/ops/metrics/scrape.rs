@@ -4,7 +4,7 @@
 use super::histogram::write_header;
 use super::names::{
     labels, route_name, ADDED, ADDED_HELP, CLUSTER_BACKEND_UP, DURATION, DURATION_HELP, META,
-    UPSTREAM_LATENCY, UPSTREAM_LATENCY_HELP,
+    TLS_EXPIRES, UPSTREAM_LATENCY, UPSTREAM_LATENCY_HELP,
 };
 use super::Metrics;
 use crate::gateway::Gateway;
@@ -90,6 +90,17 @@ impl Metrics {
             .absolute(r.config_reload_failures.load(Ordering::Relaxed));
         s.last_key_reload
             .set(r.last_key_reload.load(Ordering::Relaxed) as f64);
+        s.tls_reloads_ok
+            .absolute(r.tls_reloads.load(Ordering::Relaxed));
+        s.tls_reloads_error
+            .absolute(r.tls_reload_failures.load(Ordering::Relaxed));
+        let expires = r.tls_expires_at.load(Ordering::Relaxed);
+        if expires != 0 {
+            // Only with TLS: elsewhere there is no certificate to expire.
+            self.recorder
+                .register_gauge(&Key::from_name(TLS_EXPIRES), &META)
+                .set(expires as f64);
+        }
         s.index_rebuilds
             .absolute(r.index_rebuilds.load(Ordering::Relaxed));
         s.index_changes_applied
