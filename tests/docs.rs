@@ -98,3 +98,75 @@ fn no_document_leans_on_a_file_outside_the_repository() {
         }
     }
 }
+
+/// The `gateway.toml` blocks of a Kubernetes manifest (a ConfigMap's `gateway.toml: |`).
+fn embedded_configs(yaml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = yaml.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(at) = line.find("gateway.toml: |") else {
+            continue;
+        };
+        let mut block = String::new();
+        while let Some(next) = lines.peek() {
+            let indent = next.len() - next.trim_start().len();
+            if !next.trim().is_empty() && indent <= at {
+                break;
+            }
+            block.push_str(next.get(at + 2..).unwrap_or(""));
+            block.push('\n');
+            lines.next();
+        }
+        out.push(block);
+    }
+    out
+}
+
+/// Found by an outside probe: the shared-store example left the grace period at Kubernetes'
+/// 30 s, the default drain timeout, so SIGKILL came as the drain ended (before the usage
+/// flush and the snapshot save), with no shutdown delay or preStop; and it linked a file
+/// that does not exist. Every example's configuration is one the gateway accepts, and its
+/// pods wait for preStop, shutdown_delay and drain_timeout, with time to spare.
+#[test]
+fn kubernetes_examples_are_valid_and_give_the_drain_its_time() {
+    let dir = root().join("deploy/kubernetes");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let name = path.display().to_string();
+        assert!(
+            !yaml.contains("docs/notes/"),
+            "{name} links a file that does not exist"
+        );
+        let configs = embedded_configs(&yaml);
+        assert_eq!(configs.len(), 1, "{name}: one gateway.toml");
+        let cfg = keygate::config::Config::parse(&configs[0], None)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", configs[0]));
+        let grace: u64 = yaml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .unwrap_or_else(|| panic!("{name}: no terminationGracePeriodSeconds (30 s)"))
+            .trim()
+            .parse()
+            .unwrap();
+        let pre_stop: u64 = yaml
+            .split("\"sleep ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no preStop sleep"));
+        let needed =
+            pre_stop + cfg.server.shutdown_delay.as_secs() + cfg.server.drain_timeout.as_secs();
+        assert!(
+            cfg.server.shutdown_delay.as_secs() > 0,
+            "{name}: no shutdown_delay: new connections are refused while endpoints update"
+        );
+        assert!(
+            grace >= needed + 5,
+            "{name}: terminationGracePeriodSeconds {grace} leaves no time after preStop, \
+             shutdown_delay and drain_timeout ({needed} s)"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 2);
+}

@@ -972,3 +972,34 @@ async fn graceful_shutdown_lets_a_stream_finish() {
     let body = reader.await.unwrap().expect("stream completed");
     assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
 }
+
+/// Found by an outside probe: the vLLM example's `health = "/health"` against the built-in
+/// mock never became ready (the mock answered 404 there). The mock answers vLLM's health
+/// path, so the example runs against it as it is.
+#[tokio::test]
+async fn the_mock_answers_vllms_health_path_so_the_examples_get_ready() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nname = \"vllm\"\nurl = \"http://{}\"\nhealth = \"/health\"\nhealth_interval = \"100ms\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    cli_create_key(&cfg, "k");
+    let served = binary::serve(&cfg);
+    let ready = eventually(std::time::Duration::from_secs(5), || async {
+        send(Method::GET, &served.url("/readyz"), &[], "")
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "the gateway never became ready on the mock's /health"
+    );
+}

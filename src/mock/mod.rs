@@ -1,6 +1,6 @@
 //! A small OpenAI-compatible upstream: what `keygate demo` forwards to, and what the tests and
 //! benchmarks measure against. It answers like vLLM does (chat with and without streaming,
-//! completions, embeddings as floats or base64, models, tokenize), and records every request it gets so tests can
+//! completions, embeddings as floats or base64, models, tokenize, `/health`), and records every request it gets so tests can
 //! check exactly what crossed the gateway. It is one cohesive thing: a
 //! whole small server (its answers' bodies are in `reply.rs`).
 //!
@@ -220,6 +220,8 @@ async fn answer(
         &parts.method
     };
     match (method, path) {
+        // vLLM's and TGI's liveness path: the example manifests' `health = "/health"`.
+        (&Method::GET, "/health") => json_resp(StatusCode::OK, &json!({})),
         (&Method::GET, "/v1/models") => {
             let data: Vec<Value> = opts.models.iter().map(|m| model_obj(m)).collect();
             json_resp(StatusCode::OK, &json!({"object": "list", "data": data}))
