@@ -28,6 +28,14 @@ let keys = [];
 
 // ---- small helpers ----------------------------------------------------------------------
 
+// Text a client chose (a model name in usage) as the page shows it: control and bidi
+// characters as \u{…} escapes, as the CLI prints them, so it cannot reorder or hide the text
+// around it.
+function visible(s) {
+  return String(s).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g,
+    (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+}
+
 function h(tag, props, ...kids) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(props || {})) {

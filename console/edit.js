@@ -65,8 +65,22 @@ function wholeNumber(id) {
   return Number(v);
 }
 
+// The model globs typed as a comma-separated list. A comma inside `{…}` or `[…]` is the
+// glob's own (`{llama,qwen}*`), not a separator.
 function globs(id) {
-  return $(id).value.split(',').map((m) => m.trim()).filter(Boolean);
+  const out = [];
+  let depth = 0;
+  let cur = '';
+  for (const c of $(id).value) {
+    if (c === '{' || c === '[') depth++;
+    else if ((c === '}' || c === ']') && depth > 0) depth--;
+    if (c === ',' && depth === 0) {
+      out.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  out.push(cur);
+  return out.map((m) => m.trim()).filter(Boolean);
 }
 
 // The end of the day picked in a date input, in the browser's time zone, as RFC 3339 UTC.
@@ -186,14 +200,18 @@ $('e-expiry').addEventListener('change', () => {
 });
 
 // `name=value` lines into labels; the API checks the names and values.
-function labelsOf(text) {
+// The labels typed as name=value lines. A value is trimmed, unless it is exactly the value
+// the key has (`was`): a label nobody touched is never sent as a change.
+function labelsOf(text, was = {}) {
   const out = {};
   for (const [i, raw] of text.split('\n').entries()) {
     const line = raw.trim();
     if (!line) continue;
     const at = line.indexOf('=');
     if (at < 1) throw new FieldError($('e-metadata'), `Line ${i + 1} is not name=value: “${line}”.`);
-    out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    const name = line.slice(0, at).trim();
+    const value = raw.slice(raw.indexOf('=') + 1);
+    out[name] = (was || {})[name] === value ? value : value.trim();
   }
   return out;
 }
@@ -206,7 +224,7 @@ function editBody(k) {
   const body = {};
   const description = $('e-description').value.trim();
   if (description !== (k.description || '')) body.description = description || null;
-  const metadata = labelsOf($('e-metadata').value);
+  const metadata = labelsOf($('e-metadata').value, k.metadata);
   if (!same(sorted(metadata), sorted(k.metadata))) body.metadata = Object.keys(metadata).length ? metadata : null;
   const scopes = [...document.querySelectorAll('#e-scopes input:checked')].map((c) => c.value);
   if (!scopes.length) throw new FieldError($('e-scopes-set'), 'Choose at least one scope.');

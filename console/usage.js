@@ -142,7 +142,7 @@ function seriesOf(rows, days, split, metric) {
   const by = new Map();
   for (const r of rows) {
     const id = split === 'key' ? r.key_id : r.model == null ? '' : r.model;
-    const name = split === 'key' ? r.key_name || r.key_id : r.model == null ? '(no model)' : r.model;
+    const name = visible(split === 'key' ? r.key_name || r.key_id : r.model == null ? '(no model)' : r.model);
     const s = by.get(id) || { name, values: days.map(() => 0), total: 0 };
     const i = days.indexOf(r.day);
     if (i >= 0) {

@@ -556,6 +556,30 @@ test('revoke: the confirmation says what happens; the key is refused', STEP, asy
   await page.setViewportSize({ width: 1200, height: 860 });
 });
 
+// Found by an outside probe: the edit form split the model globs on every comma (a brace
+// glob `{llama,qwen}*` became two invalid ones, so such a key could not be edited) and
+// trimmed every label value (a padded one was sent as a change on any save).
+test('edit sends only what was touched: a brace glob with a comma, a padded label stay', STEP, async () => {
+  const models = ['{llama,qwen}*', 'mistral-[0-9]*'];
+  const r = await admin('POST', '/v1/api-keys', { name: 'globs-kept', models, metadata: { team: '  padded  ' } });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  await page.locator('#reload').click();
+  await row('globs-kept').locator('button.link').click();
+  await page.locator('#d-edit').click();
+  const dlg = page.locator('#edit-dialog');
+  await dlg.waitFor({ state: 'visible' });
+  await page.fill('#e-description', 'only this');
+  await page.locator('#edit-form button[type=submit]').click();
+  await dlg.waitFor({ state: 'hidden' });
+  const k = await keyNamed('globs-kept');
+  assert.equal(k.description, 'only this');
+  assert.deepEqual(k.models, models);
+  assert.deepEqual(k.metadata, { team: '  padded  ' });
+  await page.keyboard.press('Escape');
+  await admin('DELETE', `/v1/api-keys/${r.body.id}`);
+  assertNoProblems();
+});
+
 test('names, descriptions and labels from the API are text, never markup', STEP, async () => {
   const evil = '<img src=x onerror="window.__xss=1">';
   const r = await admin('POST', '/v1/api-keys', { name: `x${evil}`, description: `d${evil}`, metadata: { lbl: evil } });
@@ -632,6 +656,10 @@ test('the usage page: charts by key and by model from real requests, top keys, t
   for (let i = 0; i < 3; i++) assert.equal((await chat(demoKey)).status, 200);
   assert.equal((await chat(demoKey, 'qwen2.5-7b-instruct')).status, 200);
   assert.equal((await chat(other, 'qwen2.5-7b-instruct')).status, 200);
+  // A model name a client chose, with a right-to-left override: shown escaped, as the CLI
+  // shows it, so it cannot reorder the legend around it (found by an outside probe).
+  const third = (await admin('POST', '/v1/api-keys', { name: 'usage-c' })).body.key;
+  assert.equal((await chat(third, 'evil\u202etxt.exe')).status, 200);
 
   // The trend column: one request for the page, requests per day over 7 days.
   await page.selectOption('#f-limit', '100');
@@ -663,6 +691,9 @@ test('the usage page: charts by key and by model from real requests, top keys, t
 
   await page.selectOption('#u-split', 'model');
   await req.locator('.legend').filter({ hasText: 'qwen2.5-7b-instruct (2)' }).waitFor();
+  await req.locator('.legend').filter({ hasText: 'txt.exe' }).waitFor();
+  const byModel = await req.locator('.legend').innerText();
+  assert.ok(byModel.includes('evil\\u{202e}txt.exe (1)') && !byModel.includes('\u202e'), byModel);
   assert.match(await req.locator('.legend').innerText(), /llama-3\.1-8b-instruct \(\d+\)/);
   await shot('17-usage-by-model', { fullPage: true });
 
