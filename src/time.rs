@@ -32,24 +32,32 @@ impl Timestamp {
         self.checked_plus(d).unwrap_or(Timestamp::MAX)
     }
 
+    /// An RFC 3339 time with its zone (`Z` or an offset), up to 9999-12-31T23:59:59Z.
     pub fn parse(s: &str) -> Result<Timestamp, String> {
         let text = s.trim();
-        let t = match humantime::parse_rfc3339_weak(text) {
-            Ok(t) => t,
-            // humantime reads UTC only (`Z`, or no zone); RFC 3339 allows any offset
+        let t = match humantime::parse_rfc3339(text) {
+            Ok(t) => t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            // humantime reads UTC (`Z`) only; RFC 3339 allows any offset
             // (`2030-01-01T02:00:00+02:00`), which is that instant in UTC.
             Err(e) => match chrono::DateTime::parse_from_rfc3339(text) {
                 Ok(d) => {
-                    let secs = u64::try_from(d.timestamp())
-                        .map_err(|_| format!("`{s}` is before 1970"))?;
-                    UNIX_EPOCH + Duration::from_secs(secs)
+                    u64::try_from(d.timestamp()).map_err(|_| format!("`{s}` is before 1970"))?
+                }
+                // A time without a zone is a local time to whoever typed it: read as UTC it
+                // would be hours off, so it is refused rather than guessed.
+                Err(_) if humantime::parse_rfc3339_weak(text).is_ok() => {
+                    return Err(format!(
+                        "`{s}` has no time zone: add `Z` for UTC or an offset such as `+02:00`"
+                    ))
                 }
                 Err(_) => return Err(format!("`{s}` is not an RFC 3339 time ({e})")),
             },
         };
-        Ok(Timestamp(
-            t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        ))
+        // An offset can carry a time written in 9999 past the year's end.
+        if t > Timestamp::MAX.0 {
+            return Err(format!("`{s}` is past the year 9999"));
+        }
+        Ok(Timestamp(t))
     }
 
     /// Seconds from `self` until `later` (0 if `later` is not later).
@@ -274,6 +282,26 @@ mod tests {
 
     /// The hand-written timestamp is humantime's, byte for byte: every day of 1970–2400 at
     /// varied times of day (leap years, 2000 and 2100 included), and the edges of a day.
+    #[test]
+    fn a_time_needs_its_zone_and_must_fit_before_the_year_10000() {
+        let t = Timestamp::parse("2030-01-01T02:00:00+02:00").unwrap();
+        assert_eq!(t, Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+        assert!(Timestamp::parse("2030-01-01T00:00:00")
+            .unwrap_err()
+            .contains("no time zone"));
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59Z").unwrap(),
+            Timestamp::MAX
+        );
+        for late in ["9999-12-31T20:00:00-05:00", "9999-12-31T23:59:59-00:01"] {
+            assert!(
+                Timestamp::parse(late).unwrap_err().contains("9999"),
+                "{late}"
+            );
+        }
+        assert!(Timestamp::parse("1969-12-31T23:00:00+02:00").is_err());
+    }
+
     #[test]
     fn timestamps_are_rfc3339_micros_as_humantime_writes_them() {
         let mut checked = 0;

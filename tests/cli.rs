@@ -948,6 +948,23 @@ fn an_expiry_or_grace_beyond_year_9999_is_refused_without_a_panic() {
         ],
         vec!["keys", "rotate", &id, "--grace", "20000y"],
         vec!["keys", "rotate", &id, "--grace", "20000y", "--json"],
+        // Found by an outside probe: an offset carried the time past 9999-12-31T23:59:59Z,
+        // and it was stored clamped to that instant without a word.
+        vec![
+            "keys",
+            "create",
+            "--name",
+            "y",
+            "--expires-at",
+            "9999-12-31T20:00:00-05:00",
+        ],
+        vec![
+            "keys",
+            "update",
+            &id,
+            "--expires-at",
+            "9999-12-31T23:59:59-00:01",
+        ],
     ] {
         let out = env.run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -965,6 +982,22 @@ fn an_expiry_or_grace_beyond_year_9999_is_refused_without_a_panic() {
     }
     assert_eq!(env.key_text(), before, "the key file changed");
     env.ok(&["check"]);
+    // A time without a zone is refused, not read as UTC (hours off for whoever typed it).
+    let err = env.fails_with(
+        2,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "y",
+            "--expires-at",
+            "2099-01-01T00:00:00",
+        ],
+    );
+    assert!(err.contains("no time zone"), "{err}");
+    assert_eq!(env.key_text(), before, "the key file changed");
+    let v = env.create("z", &["--expires-at", "2099-01-01T02:00:00+02:00"]);
+    assert_eq!(s(&v, "expires_at"), "2099-01-01T00:00:00Z");
 }
 
 // ------------------------------------------------------------------------------ terminal safety
