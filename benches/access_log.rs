@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
                 Timing {
                     at: SystemTime::now(),
                     total,
-                    added,
+                    added: Some(added),
                 },
                 "sk_kg",
             );
@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion) {
                 Timing {
                     at: SystemTime::now(),
                     total,
-                    added,
+                    added: Some(added),
                 },
                 "sk_kg",
             );

@@ -28,7 +28,7 @@
 //! body and the rare routes (each says why). The request's head is owned by `handle` and
 //! borrowed by every stage (see `handle`).
 
-use crate::account::RequestRecord;
+use crate::account::{Added, RequestRecord};
 use crate::auth::{self, Caller};
 use crate::authorize::model::{self, Inspected, Plan};
 use crate::authorize::routes::{Handler, RouteMatch};
@@ -93,12 +93,18 @@ pub fn handle(
             // Nobody reads this answer: the record, dropped here, logs and counts a client
             // that left before the head (499, not complete), as when it leaves later.
             Err(GatewayError::ClientGone) => {
+                if record.added == Added::All {
+                    record.added = Added::Unknown; // it left while the gateway waited on it
+                }
                 drop(record);
                 return GatewayError::ClientGone.to_response();
             }
             Err(e) => {
                 let e = e.withholding_keys(prefix, caller.as_ref().map(Caller::credential));
                 record.error_code = Some(e.code());
+                if matches!(e, GatewayError::BodyTimeout) && record.added == Added::All {
+                    record.added = Added::Unknown; // the time went waiting for the body
+                }
                 if let (None, Some(m)) = (&record.model, e.refused_model()) {
                     record.model = Some(m.to_string());
                 }

@@ -918,3 +918,86 @@ async fn per_key_labels_switch_on_and_off_live() {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
 }
+
+/// The added-latency histogram's count and sum, from a scrape.
+async fn added_latency(maddr: &str) -> (f64, f64) {
+    let (_, raw) = scrape(maddr).await;
+    let value = |name: &str| {
+        raw.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("keygate_added_latency_seconds_count"),
+        value("keygate_added_latency_seconds_sum"),
+    )
+}
+
+/// Found by an outside probe: `keygate_added_latency_seconds` ("the time the gateway itself
+/// spent") took a 504's whole wait on the upstream (3 s each), and a body timeout's wait on
+/// the client, so an alert on the gateway's own cost fired on a slow upstream or client.
+/// A request that ends waiting on the upstream adds the time before it was sent; one that
+/// ends waiting on its client's body adds nothing known (no observation).
+#[tokio::test]
+async fn added_latency_never_counts_a_wait_on_the_upstream_or_the_client() {
+    let mock = start_mock().await;
+    let toml = format!(
+        "[server]\nbody_read_timeout = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"slow\"\nurl = \"http://{}\"\nfirst_byte_timeout = \"300ms\"\n",
+        mock.addr
+    );
+    let g = start_gateway_raw(mock, &toml).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
+        listener,
+        g.gw.clone(),
+        std::future::pending(),
+    ));
+    let key = g.key();
+    let auth = bearer(&key);
+    let (count0, sum0) = added_latency(&maddr).await;
+    for _ in 0..3 {
+        let a = send(
+            Method::POST,
+            &g.url("/v1/chat/completions"),
+            &[("authorization", &auth), ("x-mock-delay-ms", "2000")],
+            CHAT,
+        )
+        .await;
+        assert_eq!(a.status, 504);
+    }
+    let (count1, sum1) = added_latency(&maddr).await;
+    assert_eq!(count1 - count0, 3.0);
+    assert!(sum1 - sum0 < 0.2, "three 504s added {} s", sum1 - sum0);
+
+    // A body that stops coming: 400 at the body timeout, whether the gateway reads it (a
+    // model allowlist) or streams it on; the wait is not the gateway's.
+    let (_, allowlisted) = g.create_key(keygate::keys::record::NewKey {
+        name: "allowlisted".into(),
+        models: vec!["llama-*".into()],
+        ..Default::default()
+    });
+    for (i, k) in [&key, &allowlisted].into_iter().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {k}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
+        let counted = eventually(Duration::from_secs(2), || async {
+            scrape(&maddr).await.1.lines().any(|l| {
+                l.starts_with("keygate_requests_total{")
+                    && l.contains("code=\"invalid_request\"")
+                    && l.ends_with(&format!(" {}", i + 1))
+            })
+        })
+        .await;
+        assert!(counted, "{}", scrape(&maddr).await.1);
+    }
+    let (_, sum2) = added_latency(&maddr).await;
+    assert!(sum2 - sum1 < 0.05, "body timeouts added {} s", sum2 - sum1);
+}

@@ -24,11 +24,17 @@ const REDACTED: &str = "[redacted]";
 pub struct Timing {
     pub at: SystemTime,
     pub total: Duration,
-    pub added: Duration,
+    pub added: Option<Duration>,
 }
 
 /// Queues the access line for `f`, if `keygate::access` is enabled at info.
-pub fn write(log: &Logging, f: &RequestRecord, total: Duration, added: Duration, key_prefix: &str) {
+pub fn write(
+    log: &Logging,
+    f: &RequestRecord,
+    total: Duration,
+    added: Option<Duration>,
+    key_prefix: &str,
+) {
     if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
         return;
     }
@@ -333,7 +339,7 @@ fn fields<const JSON: bool>(
         key!("upstream_us"),
         f.upstream_latency.map(|d| d.as_micros() as u64),
     );
-    w.num(key!("added_us"), Some(added.as_micros() as u64));
+    w.num(key!("added_us"), added.map(|a| a.as_micros() as u64));
     let tokens = f.tokens.map(TokenUsage::tokens);
     w.num(key!("prompt_tokens"), tokens.map(|t| t.prompt));
     w.num(key!("completion_tokens"), tokens.map(|t| t.completion));

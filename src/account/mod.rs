@@ -12,7 +12,7 @@ pub mod answer_model;
 mod record;
 pub mod scanner;
 
-pub use record::{RequestRecord, TokenUsage, CLIENT_CLOSED};
+pub use record::{Added, RequestRecord, TokenUsage, CLIENT_CLOSED};
 
 use crate::auth::secrets::looks_like_key;
 use crate::error::INSUFFICIENT_QUOTA;
@@ -86,7 +86,7 @@ impl Drop for RequestRecord {
             }
         }
         let total = self.started.elapsed();
-        let added = self.added_latency.unwrap_or(total);
+        let added = self.added.of(total);
         let (Some(gw), Some(config)) = (gw, config) else {
             return;
         };

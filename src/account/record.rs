@@ -30,9 +30,8 @@ pub struct RequestRecord {
     pub started: std::time::Instant,
     /// Time from sending upstream to its response head.
     pub upstream_latency: Option<std::time::Duration>,
-    /// Time the gateway itself spent before the response head left (all of it when nothing
-    /// was forwarded).
-    pub added_latency: Option<std::time::Duration>,
+    /// Time the gateway itself spent before the response head left.
+    pub added: Added,
     pub upstream: Option<std::sync::Arc<str>>,
     /// The tokens the request used, and who counted them.
     pub tokens: Option<TokenUsage>,
@@ -69,6 +68,31 @@ pub struct RequestRecord {
     pub upstream_series: Option<Arc<UpstreamSeries>>,
     /// How the upstream's response stream failed, if it did.
     pub stream_error: Option<UpstreamError>,
+}
+
+/// The time the gateway itself added to a request (`keygate_added_latency_seconds`,
+/// `added_us`): never a wait on the upstream or on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// All of the request's time: nothing was forwarded, nobody was waited on.
+    All,
+    /// Measured around the upstream: before it was sent, and after its head came (a request
+    /// that ended waiting for the head, timed out or left, added the time before).
+    Measured(std::time::Duration),
+    /// The request ended waiting on its client (a body that did not come, a client that
+    /// left before it was forwarded): how much was the gateway's is not known.
+    Unknown,
+}
+
+impl Added {
+    /// The time, given the request's whole `total`; `None` when unknown.
+    pub fn of(self, total: std::time::Duration) -> Option<std::time::Duration> {
+        match self {
+            Added::All => Some(total),
+            Added::Measured(d) => Some(d),
+            Added::Unknown => None,
+        }
+    }
 }
 
 /// A request's token usage, and who counted it.
@@ -140,7 +164,7 @@ impl RequestRecord {
             error_code: None,
             started: std::time::Instant::now(),
             upstream_latency: None,
-            added_latency: None,
+            added: Added::All,
             upstream: None,
             tokens: None,
             relayed_tokens: None,

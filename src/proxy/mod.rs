@@ -18,7 +18,7 @@ pub mod sending;
 pub mod stream_usage;
 pub mod upstream;
 
-use crate::account::RequestRecord;
+use crate::account::{Added, RequestRecord};
 use crate::auth::Caller;
 use crate::authorize::body::with_stream_usage;
 use crate::authorize::model::Inspected;
@@ -179,7 +179,7 @@ pub async fn list_models(
     record.upstream = None;
     record.upstream_series = None;
     record.upstream_latency = None;
-    record.added_latency = None;
+    record.added = Added::All;
     if answered == 0 {
         let name = live
             .default_upstream()

@@ -5,7 +5,7 @@
 //! memory, which with hundreds of connections open is cold at each request. This one holds the
 //! pool's wait, the revoke watch and references, nothing twice.
 
-use crate::account::RequestRecord;
+use crate::account::{Added, RequestRecord};
 use crate::error::GatewayError;
 use crate::keys::state::KeyState;
 use crate::proxy::headers;
@@ -52,6 +52,9 @@ where
     ) -> Self {
         let sent = Instant::now();
         let before = sent - record.started;
+        // Until the head comes: a request that ends waiting for it (timed out, its client
+        // gone, the drain over) added this much, not its wait.
+        record.added = Added::Measured(before);
         Sending {
             // The key's waiter list is locked once to wait and once when done, not at every
             // poll.
@@ -100,7 +103,7 @@ where
         let config = &this.upstream.config;
         let mut body = Body::upstream(incoming, lease, config.idle_timeout, true, event_stream);
         body.end_on_revoke(this.state);
-        record.added_latency = Some(*this.before + (this.sent.elapsed() - upstream_latency));
+        record.added = Added::Measured(*this.before + (this.sent.elapsed() - upstream_latency));
         if *this.strip_usage {
             parts.headers.remove(header::CONTENT_LENGTH);
             body.strip_usage_chunk();

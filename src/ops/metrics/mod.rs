@@ -34,8 +34,8 @@ pub struct RequestSample<'a> {
     pub key_id: Option<&'a KeyId>,
     /// From the request head to the end of the answer.
     pub total: Duration,
-    /// The time the gateway itself added.
-    pub added: Duration,
+    /// The time the gateway itself added, when known.
+    pub added: Option<Duration>,
     /// The upstream's series and its latency to the response head, when forwarded.
     pub upstream: Option<(&'a UpstreamSeries, Option<Duration>)>,
     pub stream_error: Option<UpstreamError>,
@@ -340,7 +340,9 @@ impl Metrics {
         if let Some(d) = self.durations.get(route) {
             d.record(f.total);
         }
-        self.added.record(f.added);
+        if let Some(added) = f.added {
+            self.added.record(added);
+        }
         if let Some((series, latency)) = f.upstream {
             if let Some(u) = latency {
                 series.latency.record(u);

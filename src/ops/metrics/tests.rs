@@ -27,7 +27,7 @@ fn requests_are_recorded_only_when_the_series_are_served() {
         code: None,
         key_id: None,
         total: Duration::from_millis(3),
-        added: Duration::from_micros(90),
+        added: Some(Duration::from_micros(90)),
         upstream: None,
         stream_error: None,
         tokens: None,
