@@ -1001,3 +1001,46 @@ async fn added_latency_never_counts_a_wait_on_the_upstream_or_the_client() {
     let (_, sum2) = added_latency(&maddr).await;
     assert!(sum2 - sum1 < 0.05, "body timeouts added {} s", sum2 - sum1);
 }
+
+/// Found by an outside probe: a stream the upstream cut after its 200 head was counted in
+/// `keygate_requests_total` with an empty code, while the access line said
+/// `upstream_stream_broken`: a dashboard of failed requests by code did not see it.
+#[tokio::test]
+async fn a_stream_the_upstream_cut_is_counted_with_why() {
+    let mock = start_mock().await;
+    let toml = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"stalls\"\nurl = \"http://{}\"\nidle_timeout = \"300ms\"\n",
+        mock.addr
+    );
+    let g = start_gateway_raw(mock, &toml).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
+        listener,
+        g.gw.clone(),
+        std::future::pending(),
+    ));
+    let key = g.key();
+    let body = r#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let cut = try_send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer(&key)),
+            ("x-mock-interval-ms", "2000"),
+        ],
+        body,
+    )
+    .await;
+    assert!(cut.is_err(), "the stream ended cleanly");
+    let counted = eventually(Duration::from_secs(2), || async {
+        scrape(&maddr).await.1.lines().any(|l| {
+            l.starts_with("keygate_requests_total{")
+                && l.contains("status_class=\"2xx\"")
+                && l.contains("code=\"upstream_idle_timeout\"")
+                && l.ends_with(" 1")
+        })
+    })
+    .await;
+    assert!(counted, "{}", scrape(&maddr).await.1);
+}

@@ -93,7 +93,9 @@ impl Drop for RequestRecord {
         gw.metrics.record_request(&RequestSample {
             route: self.route,
             status: self.status,
-            code: self.error_code,
+            // A stream the upstream broke after its 200 head is counted with why, as the
+            // access line says it (a revoke's cut is already the request's error code).
+            code: self.error_code.or(self.stream_error.map(|e| e.code())),
             key_id: self.key.as_ref().map(|k| &k.id),
             total,
             added,

@@ -94,7 +94,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every error code the gateway answers with (`GatewayError::code`). A code missing here is
 /// still counted, through the registry (slower, same result).
-pub const CODES: [&str; 21] = [
+pub const CODES: [&str; 23] = [
     "invalid_request",
     "missing_api_key",
     "invalid_api_key",
@@ -113,6 +113,8 @@ pub const CODES: [&str; 21] = [
     "too_many_failed_attempts",
     "upstream_unavailable",
     "upstream_timeout",
+    "upstream_stream_broken",
+    "upstream_idle_timeout",
     "not_ready",
     "read_only_key_store",
     "internal_error",
