@@ -750,3 +750,61 @@ async fn a_declared_admin_body_over_the_limit_is_refused_before_it_is_sent() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
+
+/// Found by an outside probe: 5,000 copies of one model glob were stored (every request then
+/// matched against all of them), and a name of 60,000 characters was taken (it padded every
+/// row of `keys list`; the console caps names at 200).
+#[tokio::test]
+async fn a_glob_given_twice_is_kept_once_and_names_have_a_length() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let models: Vec<&str> = std::iter::repeat_n("llama-*", 5000)
+        .chain(["qwen*", "llama-*"])
+        .collect();
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "dups", "models": models}),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.json()["models"], json!(["llama-*", "qwen*"]));
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let a = api(
+        &g,
+        &admin,
+        Method::PATCH,
+        &format!("/v1/api-keys/{id}"),
+        json!({"models": ["m", "m"]}),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["models"], json!(["m"]));
+
+    let long = "n".repeat(201);
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": long}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "name");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("200"));
+    let a = api(
+        &g,
+        &admin,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "n".repeat(200)}),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+}

@@ -1533,3 +1533,23 @@ fn serve_runs_with_a_stdout_that_cannot_be_written() {
     let text = health.unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// Found by an outside probe: `--rpm 4294967296` was "not a whole number"; `keys push`
+/// without the shared store, a configuration failure, exited 2 (a typing mistake's status);
+/// the table padded every row to the longest name.
+#[test]
+fn small_cli_answers_say_what_is_wrong() {
+    let env = Env::new();
+    let v = env.create(&"n".repeat(200), &[]);
+    let id = s(&v, "id").to_string();
+    let err = env.fails_with(2, &["keys", "update", &id, "--rpm", "4294967296"]);
+    assert!(err.contains("is too large"), "{err}");
+    let err = env.fails_with(1, &["keys", "push"]);
+    assert!(err.contains("store = \"redis\""), "{err}");
+    let table = env.ok(&["keys", "list"]);
+    assert!(table.contains(&format!("{}…", "n".repeat(40))), "{table}");
+    assert!(!table.contains(&"n".repeat(41)), "{table}");
+    // The JSON has the whole name.
+    let all = env.json(&["keys", "list", "--json"]);
+    assert_eq!(all[0]["name"].as_str().unwrap().len(), 200);
+}

@@ -24,10 +24,12 @@ fn edit_arg<T: std::str::FromStr>(s: &str) -> Result<Edit<T>, String> {
     match s.trim() {
         "none" | "default" => Ok(Edit::Remove),
         n => n.parse().map(Edit::Set).map_err(|_| {
-            format!(
-                "`{}` is not a whole number (or `none` to remove it)",
-                Escaped(s)
-            )
+            let what = if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                "is too large"
+            } else {
+                "is not a whole number"
+            };
+            format!("`{}` {what} (or `none` to remove it)", Escaped(s))
         }),
     }
 }

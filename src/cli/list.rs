@@ -22,6 +22,8 @@ use std::path::PathBuf;
 
 /// Table rows printed at a time; column widths only grow from one block to the next.
 const BLOCK: usize = 100;
+/// The widest NAME cell in the table.
+const NAME_CHARS: usize = 40;
 /// A description is cut to this many characters in the table (`--json` has all of it).
 const DESCRIPTION_CHARS: usize = 40;
 
@@ -162,9 +164,14 @@ impl<'a> Printer<'a> {
             short.push('…');
         }
         let labels: Vec<String> = k.metadata.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        // A long name would pad every row to its width; `--json` and `keys show` have it whole.
+        let mut name: String = k.name.chars().take(NAME_CHARS).collect();
+        if name.len() < k.name.len() {
+            name.push('…');
+        }
         self.rows.push([
             k.id.clone(),
-            k.name.clone(),
+            name,
             crate::keys::token::mask(self.prefix, &k.last4),
             k.scopes().names().join(","),
             ago(self.now, Some(k.created_at)),

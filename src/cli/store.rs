@@ -16,7 +16,8 @@ fn redis(config: Option<PathBuf>) -> Result<(Arc<RedisStore>, PathBuf), CliError
     let cfg = load_key_config(config)?;
     match Store::of(&cfg.keys)? {
         Store::Redis(r) => Ok((r, cfg.keys.file)),
-        Store::File(_) => Err(CliError::Usage(
+        // The configuration, not what was typed: exit status 1, as other config failures.
+        Store::File(_) => Err(CliError::Runtime(
             "`keys push` and `keys pull` need `[keys] store = \"redis\"` in gateway.toml".into(),
         )),
     }

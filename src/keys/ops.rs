@@ -139,7 +139,7 @@ pub fn create(new: NewKey, prefix: &str, now: Timestamp) -> Result<Done, StoreEr
         sha256: record::hash_hex(&token.hash),
         last4: token.last4.clone(),
         scopes: scopes.names(),
-        models: new.models,
+        models: distinct(new.models),
         created_at: now,
         expires_at: new.expires_at,
         revoked_at: None,
@@ -191,7 +191,9 @@ pub fn update(rec: &KeyRecord, patch: KeyPatch, now: Timestamp) -> Result<Done, 
         Edit::Keep => {}
         Edit::Remove => next.models = Vec::new(),
         // `--models ''` and `[""]` mean every model, as on create.
-        Edit::Set(m) => next.models = m.into_iter().filter(|g| !g.trim().is_empty()).collect(),
+        Edit::Set(m) => {
+            next.models = distinct(m.into_iter().filter(|g| !g.trim().is_empty()).collect())
+        }
     }
     next.expires_at = patch.expires_at.apply(next.expires_at);
     let (l, q) = (patch.limits, patch.quotas);
@@ -346,3 +348,15 @@ fn flatten(rec: &KeyRecord) -> BTreeMap<String, Value> {
 #[cfg(test)]
 #[path = "ops_tests.rs"]
 mod tests;
+
+/// A model list with each glob once, in the order first given: 5,000 copies of one glob
+/// are one glob (every request matches against the list).
+fn distinct(globs: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(globs.len());
+    for g in globs {
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    out
+}

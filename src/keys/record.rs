@@ -228,6 +228,10 @@ pub struct NewKey {
     pub quotas: KeyQuotas,
 }
 
+/// The longest key name, as the console's field allows: a name is for people to read in a
+/// table (a 60,000-character one padded every row of `keys list`).
+pub const MAX_NAME: usize = 200;
+
 impl NewKey {
     /// Checks every field as the API names it; what the CLI and the API both call before a
     /// key is made, so both refuse the same things with the same words. Returns the scopes.
@@ -238,6 +242,12 @@ impl NewKey {
         text("name", &self.name)?;
         if self.name.trim().is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
+        }
+        if self.name.trim().chars().count() > MAX_NAME {
+            return Err(FieldError::new(
+                "name",
+                format!("must be at most {MAX_NAME} characters"),
+            ));
         }
         let scopes = check_scopes(&self.scopes)?;
         check_models(&self.models)?;
