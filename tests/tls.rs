@@ -110,7 +110,7 @@ async fn https_over_http1_and_http2() {
     assert!(seen
         .iter()
         .all(|r| r.headers["x-forwarded-proto"] == "https"));
-    // Plain HTTP on the TLS port is not served.
+    // Plain HTTP on the TLS port is not served: it is told to use https://.
     let plain = tokio::time::timeout(
         Duration::from_secs(3),
         client().request(
@@ -121,7 +121,7 @@ async fn https_over_http1_and_http2() {
     )
     .await
     .unwrap();
-    assert!(plain.is_err());
+    assert_eq!(plain.map(|r| r.status().as_u16()).ok(), Some(400));
 }
 
 /// The binary's first line names the scheme it serves: an operator or a script that copies
@@ -321,4 +321,54 @@ async fn certificates_outside_their_validity_are_refused_counted_and_checked() {
     .await;
     assert!(served);
     assert!(metric(maddr, "keygate_tls_reloads_total{result=\"ok\"}").await >= Some(1.0));
+}
+
+/// Found by an outside probe: plain HTTP sent to the TLS port got a raw TLS alert, which curl
+/// calls "Received HTTP/0.9"; and a certificate cut short was described as `missing section
+/// end marker: [67, 69, 82, 84, …]`. The first gets a 400 in plain HTTP that says to use
+/// https://; the second names the line that is missing.
+#[tokio::test]
+async fn plain_http_on_the_tls_port_and_a_cut_certificate_are_explained() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (g, certs, cert) = tls_gateway().await;
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("use https://"), "{answer}");
+    // TLS still works on the same port.
+    let url = format!("https://localhost:{}/v1/chat/completions", g.addr.port());
+    assert!(tls_chat(&https_client(&cert, false), &url, &g.key())
+        .await
+        .is_ok());
+
+    // A certificate cut short, as `check` reads it.
+    let pem = std::fs::read_to_string(certs.path().join("cert.pem")).unwrap();
+    std::fs::write(certs.path().join("cert.pem"), &pem[..pem.len() / 2]).unwrap();
+    let cfg = certs.path().join("check.toml");
+    std::fs::write(
+        &cfg,
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary::BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no end line `-----END CERTIFICATE-----`"),
+        "{err}"
+    );
 }

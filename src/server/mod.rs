@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tls::{Reloaded, ServerTls};
+use tls::{Handshake, Reloaded, ServerTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -254,8 +254,15 @@ impl Ctx {
             match acceptor {
                 None => serve_io(stream, gw, builder, conn, deadlines, stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_io(s, gw, builder, conn, deadlines, stop).await,
+                    match tokio::time::timeout(handshake_timeout, tls::handshake(acceptor, stream))
+                        .await
+                    {
+                        Ok(Ok(Handshake::Tls(s))) => {
+                            serve_io(s, gw, builder, conn, deadlines, stop).await
+                        }
+                        Ok(Ok(Handshake::PlainHttp)) => {
+                            tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, %peer, "TLS handshake failed");
                         }

@@ -14,6 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -69,15 +71,34 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM file's problem in words: rustls prints the bytes of a marker as a list of numbers
+/// (`missing section end marker: [67, 69, 82, …]`).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no end line `-----END {}-----` (the file is cut short?)",
+            text(end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("a PEM section starts with a bad line `{}`", text(line))
+        }
+        E::Base64Decode(e) => format!("a PEM section is not valid base64 ({e})"),
+        E::NoItemsFound => "no PEM section of the kind needed".into(),
+        other => other.to_string(),
+    }
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::Certs {
         path: path.to_path_buf(),
         message,
     };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(pem_problem(&e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(pem_problem(&e)))?;
     if certs.is_empty() {
         return Err(err("no PEM certificate found".into()));
     }
@@ -90,7 +111,7 @@ pub fn server_config(cert: &Path, key: &Path, now: Timestamp) -> Result<Loaded, 
     let certs = read_certs(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_path_buf(),
-        message: e.to_string(),
+        message: pem_problem(&e),
     })?;
     let expires_at = match certs.first() {
         Some(leaf) => validity(cert, leaf, now)?,
@@ -178,4 +199,39 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// How a connection to the TLS listener began.
+pub enum Handshake {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// It spoke plain HTTP: answered 400 in plain HTTP, and closed.
+    PlainHttp,
+}
+
+/// What a client that sends plain HTTP to the TLS port is told, in words it can read (a TLS
+/// alert is garbage to its HTTP parser: curl says "Received HTTP/0.9").
+const PLAIN_HTTP: &str = r#"{"error":{"message":"This port speaks HTTPS: use https:// in the URL.","type":"invalid_request_error","param":null,"code":"invalid_request"}}"#;
+
+/// The TLS handshake, unless the client's first byte shows plain HTTP (a method's capital
+/// letter, where TLS starts with a handshake record, 0x16).
+pub async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stream: TcpStream,
+) -> std::io::Result<Handshake> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    if n == 1 && first[0].is_ascii_uppercase() {
+        // Read what came (the head) so closing does not reset the connection under the
+        // answer, then answer and close.
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await?;
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{PLAIN_HTTP}",
+            PLAIN_HTTP.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        let _ = stream.shutdown().await;
+        return Ok(Handshake::PlainHttp);
+    }
+    Ok(Handshake::Tls(Box::new(acceptor.accept(stream).await?)))
 }
