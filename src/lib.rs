@@ -151,7 +151,7 @@
 //! | `config/notify.rs` | `[notify]`: the webhook, validated |
 //! | `config/tests.rs` | unit tests of parsing and validation |
 //! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |
-//! | `time.rs` | timestamps, human durations, OpenAI's reset form |
+//! | `time.rs` | timestamps, human durations, OpenAI's reset form (`time_tests.rs`: its unit tests) |
 //! | `text.rs` | control characters refused on input, escaped on output |
 //! | `mock/mod.rs`, `mock/reply.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks) |
 #![forbid(unsafe_code)]

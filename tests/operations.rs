@@ -947,13 +947,7 @@ async fn added_latency_never_counts_a_wait_on_the_upstream_or_the_client() {
         mock.addr
     );
     let g = start_gateway_raw(mock, &toml).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let maddr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(keygate::ops::metrics::scrape::serve(
-        listener,
-        g.gw.clone(),
-        std::future::pending(),
-    ));
+    let maddr = serve_metrics(&g).await.to_string();
     let key = g.key();
     let auth = bearer(&key);
     let (count0, sum0) = added_latency(&maddr).await;
@@ -1013,13 +1007,7 @@ async fn a_stream_the_upstream_cut_is_counted_with_why() {
         mock.addr
     );
     let g = start_gateway_raw(mock, &toml).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let maddr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(keygate::ops::metrics::scrape::serve(
-        listener,
-        g.gw.clone(),
-        std::future::pending(),
-    ));
+    let maddr = serve_metrics(&g).await.to_string();
     let key = g.key();
     let body = r#"{"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let cut = try_send(

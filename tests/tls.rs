@@ -233,6 +233,26 @@ fn write_cert_valid(dir: &Path, from: (i32, u8, u8), until: (i32, u8, u8)) {
     std::fs::rename(dir.join("cert.pem.tmp"), dir.join("cert.pem")).unwrap();
 }
 
+/// `keygate check` on a config naming `dir`'s cert.pem and key.pem: its exit status and
+/// stderr.
+fn check_tls(dir: &Path) -> (Option<i32>, String) {
+    let cfg = dir.join("check.toml");
+    std::fs::write(
+        &cfg,
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary::BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A metric's value in a scrape of `maddr`, if the series is there.
 async fn metric(maddr: std::net::SocketAddr, series: &str) -> Option<f64> {
     let a = send(
@@ -257,13 +277,7 @@ async fn metric(maddr: std::net::SocketAddr, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn certificates_outside_their_validity_are_refused_counted_and_checked() {
     let (g, certs, old) = tls_gateway().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let maddr = listener.local_addr().unwrap();
-    tokio::spawn(keygate::ops::metrics::scrape::serve(
-        listener,
-        g.gw.clone(),
-        std::future::pending(),
-    ));
+    let maddr = serve_metrics(&g).await;
     let now = keygate::time::Timestamp::now().0 as f64;
     let expiry = metric(maddr, "keygate_tls_certificate_expires_at_seconds").await;
     assert!(expiry.is_some_and(|t| t > now), "{expiry:?}");
@@ -291,19 +305,8 @@ async fn certificates_outside_their_validity_are_refused_counted_and_checked() {
             "{what}: the valid certificate was replaced"
         );
         // `check` refuses the files as `serve` does, and says why.
-        let cfg = certs.path().join("check.toml");
-        std::fs::write(
-            &cfg,
-            "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
-        )
-        .unwrap();
-        let out = std::process::Command::new(binary::BIN)
-            .args(["check", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let (code, err) = check_tls(certs.path());
+        assert_eq!(code, Some(1), "{what}: {err}");
         let said = if what == "expired" {
             "expired at 2020-02-01"
         } else {
@@ -354,19 +357,8 @@ async fn plain_http_on_the_tls_port_and_a_cut_certificate_are_explained() {
     // A certificate cut short, as `check` reads it.
     let pem = std::fs::read_to_string(certs.path().join("cert.pem")).unwrap();
     std::fs::write(certs.path().join("cert.pem"), &pem[..pem.len() / 2]).unwrap();
-    let cfg = certs.path().join("check.toml");
-    std::fs::write(
-        &cfg,
-        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(binary::BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check_tls(certs.path());
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("no end line `-----END CERTIFICATE-----`"),
         "{err}"

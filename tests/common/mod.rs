@@ -396,3 +396,16 @@ pub async fn parallel_chat_statuses(urls: Vec<String>, key: &str) -> Vec<u16> {
     }
     codes
 }
+
+/// Serves `/metrics` for `g` on a loopback port of its own, as `[metrics] listen` does for
+/// the binary; returns its address.
+pub async fn serve_metrics(g: &TestGateway) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keygate::ops::metrics::scrape::serve(
+        listener,
+        g.gw.clone(),
+        std::future::pending(),
+    ));
+    addr
+}
