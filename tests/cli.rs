@@ -549,8 +549,10 @@ impl Rng {
 }
 
 fn spawn_create(env: &Env, name: &str) -> Child {
+    // Into a pipe (its few hundred bytes fit its buffer): on /dev/null the secret would be
+    // lost, and `create` refuses to make it.
     env.command(&["keys", "create", "--name", name, "--json"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
@@ -1489,6 +1491,45 @@ fn output_that_cannot_be_written_fails_and_says_what_was_done() {
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains("could not be written"), "{args:?}: {err}");
     }
+}
+
+/// Found by an outside probe: with stdout closed (`>&-`) the runtime reopens it on
+/// /dev/null, every write succeeds, and `create`/`rotate` exited 0 with the secret lost.
+/// With stdout on /dev/null they refuse before making anything.
+#[test]
+fn a_secret_is_not_made_when_stdout_is_dev_null() {
+    let env = Env::new();
+    let kept = env.create("kept", &[]);
+    let id = s(&kept, "id").to_string();
+    let before = env.key_text();
+    for args in [
+        &["keys", "create", "--name", "lost"][..],
+        &["keys", "rotate", &id, "--json"][..],
+    ] {
+        let out = env.command(args).stdout(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("stdout is /dev/null") && err.contains("nothing was changed"),
+            "{err}"
+        );
+    }
+    assert_eq!(env.key_text(), before, "a key was made or rotated");
+    // Closed, as `>&-` closes it: the same.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" keys create --name closed --config \"$1\" >&-")
+        .arg(common::binary::BIN)
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.key_text(), before, "a key was made with stdout closed");
 }
 
 /// `serve` with a stdout nobody can write to (closed, full) serves: its address line is also

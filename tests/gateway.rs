@@ -1003,3 +1003,49 @@ async fn the_mock_answers_vllms_health_path_so_the_examples_get_ready() {
         "the gateway never became ready on the mock's /health"
     );
 }
+
+/// Found by an outside probe: an upstream (or a proxy in front of it) that compresses its
+/// answer although asked for none made token accounting fall back to the estimate without a
+/// word. It is said once per upstream, as a warning that names the fix.
+#[tokio::test]
+async fn an_upstream_that_compresses_anyway_is_reported_once() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nname = \"zipped\"\nurl = \"http://{}\"\n",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let (key, _) = cli_create_key(&cfg, "k");
+    let served = binary::serve(&cfg);
+    let url = served.url("/v1/chat/completions");
+    let auth = bearer(&key);
+    let plain = send(Method::POST, &url, &[("authorization", &auth)], CHAT).await;
+    assert_eq!(plain.status, 200);
+    for _ in 0..3 {
+        let a = send(
+            Method::POST,
+            &url,
+            &[
+                ("authorization", &auth),
+                ("x-mock-content-encoding", "gzip"),
+            ],
+            CHAT,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    let said = "the upstream compressed its answer although asked not to";
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || async {
+            served.count(said) >= 1
+        })
+        .await
+    );
+    assert_eq!(served.count(said), 1);
+    assert_eq!(served.count("encoding=gzip"), 1);
+}

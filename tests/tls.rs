@@ -364,3 +364,58 @@ async fn plain_http_on_the_tls_port_and_a_cut_certificate_are_explained() {
         "{err}"
     );
 }
+
+/// Found by an outside probe: a chain whose intermediate had expired (the server's own
+/// certificate still valid) was loaded, `check` passed it, clients refused it, and the expiry
+/// gauge showed the server's own date; and `serve` said it was listening before it refused an
+/// expired certificate. Every certificate of the chain counts, and `serve` checks before it
+/// binds.
+#[test]
+fn an_expired_intermediate_fails_the_chain_and_serve_says_so_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    ca.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    leaf.not_before = rcgen::date_time_ymd(2020, 6, 1);
+    leaf.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&leaf_key, &ca).unwrap();
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        format!("{}{}", leaf.pem(), ca.pem()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    let (code, err) = check_tls(dir.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("certificate 2 in") && err.contains("expired at 2021-01-01"),
+        "{err}"
+    );
+
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[keys]\nfile = \"keys.json\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary::BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stdout.contains("listening") && !stderr.contains("listening"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("expired at 2021-01-01"), "{stderr}");
+}

@@ -59,8 +59,13 @@ pub fn contains_secret(text: &[u8], credential: &str) -> bool {
 /// `text` percent-decoded up to three times (`%255F` is `_` to a client that decodes
 /// twice), or `None` when it has no `%`. Only this case allocates.
 fn decoded(text: &str) -> Option<Vec<u8>> {
-    memchr::memchr(b'%', text.as_bytes())?;
-    let mut cur: Vec<u8> = percent_encoding::percent_decode(text.as_bytes()).collect();
+    decoded_bytes(text.as_bytes())
+}
+
+/// As `decoded`, for bytes that need not be text (a header value with `é` or `\xff` in it).
+fn decoded_bytes(text: &[u8]) -> Option<Vec<u8>> {
+    memchr::memchr(b'%', text)?;
+    let mut cur: Vec<u8> = percent_encoding::percent_decode(text).collect();
     for _ in 0..2 {
         match Cow::from(percent_encoding::percent_decode(&cur)) {
             Cow::Borrowed(_) => break,
@@ -72,8 +77,12 @@ fn decoded(text: &str) -> Option<Vec<u8>> {
 
 /// True when `text` holds something shaped like a key, as it is or percent-decoded.
 pub fn holds_key(text: &str, prefix: &str) -> bool {
-    looks_like_key(text.as_bytes(), prefix)
-        || decoded(text).is_some_and(|d| looks_like_key(&d, prefix))
+    holds_key_bytes(text.as_bytes(), prefix)
+}
+
+/// As `holds_key`, for bytes that need not be text.
+pub fn holds_key_bytes(text: &[u8], prefix: &str) -> bool {
+    looks_like_key(text, prefix) || decoded_bytes(text).is_some_and(|d| looks_like_key(&d, prefix))
 }
 
 /// True when `text` names this gateway's key prefix followed by `_` (`sk_kg_`), as it is or

@@ -2,7 +2,7 @@
 //! admin key in a temporary directory, and instructions to try it.
 
 use crate::cli::error::CliError;
-use crate::cli::output::{line, written, Did};
+use crate::cli::output::{line, secret_can_be_seen, written, Did};
 use crate::cli::serve::{attach, bind, runtime, serve_until_signal};
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -17,6 +17,7 @@ use std::time::Duration;
 const SHIPPED_CONFIG: &str = include_str!("../../gateway.toml");
 
 pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), CliError> {
+    secret_can_be_seen("the demo's keys")?;
     let mut cfg = match config {
         Some(p) => Config::load(&p)?,
         None if std::path::Path::new("gateway.toml").exists() => {
@@ -80,10 +81,13 @@ pub fn demo(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), C
         let addr = listener
             .local_addr()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        written(
-            print_demo(addr, &demo_key.plaintext, &admin_key.plaintext),
-            Did::Nothing,
-        )?;
+        // Any failure stops it, a reader that left too: the keys it prints are its point.
+        let printed = print_demo(addr, &demo_key.plaintext, &admin_key.plaintext);
+        let did = Did::Change {
+            what: "the demo started".into(),
+            then: "its keys were not shown, so it stops (they are kept nowhere)".into(),
+        };
+        written(printed, did)?;
         let gw = Gateway::new(cfg);
         attach(&gw, logging.as_ref());
         serve_until_signal(gw, listener, false).await

@@ -5,7 +5,9 @@
 use crate::cli::args::CreateArgs;
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::{announce_secret, line, print_json, print_table, written, Did};
+use crate::cli::output::{
+    announce_secret, line, print_json, print_table, secret_can_be_seen, written, Did,
+};
 use crate::config::KeyCommandsConfig;
 use crate::keys::backend::Store;
 use crate::keys::error::StoreError;
@@ -126,6 +128,7 @@ fn plaintext(done: &Done) -> Result<&str, CliError> {
 }
 
 pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
+    secret_can_be_seen("the new key's secret")?;
     let cfg = load_key_config(config)?;
     let now = Timestamp::now();
     let new = NewKey {
@@ -238,6 +241,7 @@ pub fn rotate(
     grace: Option<Duration>,
     json: bool,
 ) -> Result<(), CliError> {
+    secret_can_be_seen("the new secret")?;
     let cfg = load_key_config(config)?;
     let grace = grace.unwrap_or_default();
     let now = Timestamp::now();

@@ -26,6 +26,27 @@ pub fn say(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
+/// Refuses to go on when stdout is `/dev/null`, before a command makes a secret it would
+/// print there: the runtime reopens a closed stdout (`>&-`) on `/dev/null`, where every
+/// write succeeds and the secret is lost.
+pub fn secret_can_be_seen(what: &str) -> Result<(), CliError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let out = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata());
+    let null = std::fs::metadata("/dev/null");
+    match (out, null) {
+        (Ok(out), Ok(null)) if out.file_type().is_char_device() && out.rdev() == null.rdev() => {
+            Err(CliError::Runtime(format!(
+                "stdout is /dev/null (or was closed): {what} would be printed nowhere and lost; nothing was changed. Send the output to a terminal, a file or a pipe"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a command had done when its output failed.
 pub enum Did {
     /// Nothing: it only reads.

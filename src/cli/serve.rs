@@ -300,6 +300,12 @@ pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
             tracing::warn!(config = %src.display(), "gateway.toml is empty: every setting is its default, including the upstream 127.0.0.1:8000");
         }
     }
+    // The listener's certificate before the port: a server that cannot serve TLS must not
+    // say it listens (a supervisor waiting for that line would take it as up).
+    if let Some(t) = &cfg.server.tls {
+        crate::server::tls::ServerTls::load(&t.cert, &t.key)
+            .map_err(|e| CliError::Runtime(format!("[server.tls]: {e}")))?;
+    }
     let result = runtime()?.block_on(async {
         let listener = bind(cfg.server.listen).await?;
         let gw = Gateway::new(cfg);

@@ -6,7 +6,8 @@
 //!
 //! Test hooks are request headers, which pass through the gateway untouched:
 //! `x-mock-status` (answer with that status), `x-mock-delay-ms` (wait before the head),
-//! `x-mock-interval-ms` (wait between SSE events), `x-mock-reply-bytes` (pad the reply).
+//! `x-mock-interval-ms` (wait between SSE events), `x-mock-reply-bytes` (pad the reply),
+//! `x-mock-content-encoding` (label the answer with that encoding).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -114,7 +115,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
-                async move { Ok::<_, Infallible>(answer(req, &opts, &recorder).await) }
+                async move {
+                    // A label only, the body stays plain: what a compressing proxy in front
+                    // of an upstream would claim.
+                    let encoding = req.headers().get("x-mock-content-encoding").cloned();
+                    let mut resp = answer(req, &opts, &recorder).await;
+                    if let Some(e) = encoding {
+                        resp.headers_mut().insert(http::header::CONTENT_ENCODING, e);
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

@@ -5,7 +5,7 @@
 //! anything goes upstream, and the forwarding headers the gateway sets itself are removed
 //! first, so a client cannot spoof its address or its key id.
 
-use crate::auth::secrets::{contains_secret, holds_key, looks_like_key, shortest_key};
+use crate::auth::secrets::{contains_secret, holds_key_bytes, shortest_key};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names the gateway sets, parsed once: a `&str` name is parsed and hashed again on every use.
@@ -121,22 +121,20 @@ pub fn remove_keys(headers: &mut HeaderMap, secret: &str, prefix: &str) {
     // Most values (a content type, a length, a host) are shorter than any key: the length
     // alone clears them, which the searches below would cost every request.
     let shortest = shortest_key(prefix).min(secret.len().max(8));
-    let holds = |v: &HeaderValue| {
-        let b = v.as_bytes();
-        b.len() >= shortest
-            && (contains_secret(b, secret)
-                || match v.to_str() {
-                    Ok(text) => holds_key(text, prefix),
-                    Err(_) => looks_like_key(b, prefix),
-                })
+    // Bytes, not text: one `é` or `\xff` must not make the value skip the decoded search.
+    let holds = |b: &[u8]| {
+        b.len() >= shortest && (contains_secret(b, secret) || holds_key_bytes(b, prefix))
     };
+    // A name can carry a key too (`x-sk_kg_…: 1`), lower-cased.
+    let leaks =
+        |(n, v): (&HeaderName, &HeaderValue)| holds(v.as_bytes()) || holds(n.as_str().as_bytes());
     // Most requests have none: only then is a list of names built.
-    if !headers.values().any(holds) {
+    if !headers.iter().any(leaks) {
         return;
     }
     let leaking: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, v)| holds(v))
+        .filter(|&(n, v)| leaks((n, v)))
         .map(|(n, _)| n.clone())
         .collect();
     for name in leaking {
@@ -274,6 +272,16 @@ mod tests {
         let mut raw = b"\xff ".to_vec();
         raw.extend_from_slice(other.as_bytes());
         h.append("x-binary", HeaderValue::from_bytes(&raw).unwrap());
+        // Found by an outside probe: a byte that is not ASCII skipped the decoded search,
+        // and a header's name was never searched.
+        let mut accented = "café ".as_bytes().to_vec();
+        accented.extend_from_slice(other.replace('_', "%5F").as_bytes());
+        h.append("x-accented", HeaderValue::from_bytes(&accented).unwrap());
+        let name = format!("x-{}", other.to_ascii_lowercase());
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("1"),
+        );
         // Near misses stay: the prefix alone, another prefix, too short a run.
         h.append(
             "x-doc",

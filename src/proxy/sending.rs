@@ -96,6 +96,11 @@ where
         record.upstream_latency = Some(upstream_latency);
         let (mut parts, incoming) = resp.into_parts();
         headers::sanitize_response(&mut parts.headers);
+        if let Some(e) = parts.headers.get(header::CONTENT_ENCODING) {
+            if !e.as_bytes().eq_ignore_ascii_case(b"identity") {
+                this.upstream.answered_compressed(e);
+            }
+        }
         let event_stream = parts
             .headers
             .get(header::CONTENT_TYPE)

@@ -19,6 +19,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::error::Error as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A configured upstream with its connection pool.
@@ -33,6 +34,8 @@ pub struct Upstream {
     pub series: Arc<crate::ops::metrics::UpstreamSeries>,
     /// The cached health-check result, when `health` is set.
     health: Option<Arc<HealthState>>,
+    /// Whether a compressed answer was already reported (`answered_compressed`).
+    compressed_said: Arc<AtomicBool>,
 }
 
 fn is_https(config: &UpstreamConfig) -> bool {
@@ -85,6 +88,7 @@ impl Upstream {
             config,
             pool: Arc::new(pool),
             series,
+            compressed_said: Arc::default(),
         }
     }
 
@@ -115,6 +119,21 @@ impl Upstream {
             pool: Arc::clone(&self.pool),
             series,
             health,
+            compressed_said: Arc::clone(&self.compressed_said),
+        }
+    }
+
+    /// An answer came compressed although the gateway asked for none (`Accept-Encoding:
+    /// identity`): its usage cannot be read, so token limits and quotas are charged the
+    /// estimate, and a usage event hidden from a stream reaches the client. Said once per
+    /// upstream: it is how the upstream (or a proxy in front of it) is set up.
+    pub fn answered_compressed(&self, encoding: &HeaderValue) {
+        if !self.compressed_said.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                upstream = %self.name,
+                encoding = %String::from_utf8_lossy(encoding.as_bytes()),
+                "the upstream compressed its answer although asked not to (Accept-Encoding: identity): its token usage cannot be read, so token limits and quotas are charged the estimate; turn compression off in front of it"
+            );
         }
     }
 

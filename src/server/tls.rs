@@ -27,10 +27,20 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("the certificate in {path} is not a readable X.509 certificate: {message}")]
     X509 { path: PathBuf, message: String },
-    #[error("the certificate in {path} expired at {at}")]
-    Expired { path: PathBuf, at: Timestamp },
-    #[error("the certificate in {path} is not valid before {at}")]
-    NotYetValid { path: PathBuf, at: Timestamp },
+    #[error(
+        "certificate {n} in {path} (1 is the server's own, the others its chain) expired at {at}"
+    )]
+    Expired {
+        path: PathBuf,
+        n: usize,
+        at: Timestamp,
+    },
+    #[error("certificate {n} in {path} (1 is the server's own, the others its chain) is not valid before {at}")]
+    NotYetValid {
+        path: PathBuf,
+        n: usize,
+        at: Timestamp,
+    },
 }
 
 /// A loaded server configuration, what its certificate is, and until when it is valid.
@@ -39,13 +49,33 @@ pub struct Loaded {
     /// SHA-256 of the certificate chain and the key: a reload that finds the same files
     /// changes nothing (the cert and the key watcher both fire for one Secret update).
     fingerprint: [u8; 32],
-    /// The leaf certificate's `notAfter`.
+    /// The earliest `notAfter` of the chain (`chain_validity`).
     pub expires_at: Timestamp,
 }
 
-/// The leaf certificate's validity, refused outside it.
-fn validity(path: &Path, leaf: &CertificateDer<'_>, now: Timestamp) -> Result<Timestamp, TlsError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::X509 {
+/// When the chain stops working: the earliest end of any of its certificates' validity
+/// (an intermediate that expires fails clients as the leaf would). Refused when one of them
+/// is outside its validity `now`.
+fn chain_validity(
+    path: &Path,
+    chain: &[CertificateDer<'_>],
+    now: Timestamp,
+) -> Result<Timestamp, TlsError> {
+    let mut until = Timestamp::MAX;
+    for (i, cert) in chain.iter().enumerate() {
+        until = until.min(validity(path, i + 1, cert, now)?);
+    }
+    Ok(until)
+}
+
+/// One certificate's validity, refused outside it.
+fn validity(
+    path: &Path,
+    n: usize,
+    cert: &CertificateDer<'_>,
+    now: Timestamp,
+) -> Result<Timestamp, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::X509 {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -55,12 +85,14 @@ fn validity(path: &Path, leaf: &CertificateDer<'_>, now: Timestamp) -> Result<Ti
     if now < from {
         return Err(TlsError::NotYetValid {
             path: path.to_path_buf(),
+            n,
             at: from,
         });
     }
     if until <= now {
         return Err(TlsError::Expired {
             path: path.to_path_buf(),
+            n,
             at: until,
         });
     }
@@ -113,10 +145,7 @@ pub fn server_config(cert: &Path, key: &Path, now: Timestamp) -> Result<Loaded, 
         path: key.to_path_buf(),
         message: pem_problem(&e),
     })?;
-    let expires_at = match certs.first() {
-        Some(leaf) => validity(cert, leaf, now)?,
-        None => Timestamp(0),
-    };
+    let expires_at = chain_validity(cert, &certs, now)?;
     let mut hash = Sha256::new();
     for c in &certs {
         hash.update(c.as_ref());

@@ -162,14 +162,25 @@ pub fn parse_time(s: &str, now: Timestamp) -> Result<Timestamp, String> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(date_start(d));
     }
-    Timestamp::parse(s).map_err(|_| {
-        format!("`{s}` is not an RFC 3339 time (2026-11-30T12:00:00Z), a date (2026-11-30), `now` or a time ago (-7d, -24h)")
+    Timestamp::parse(s).map_err(|e| {
+        format!("{e}: give an RFC 3339 time with its zone (2026-11-30T12:00:00Z), a date (2026-11-30), `now` or a time ago (-7d, -24h)")
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by an outside probe: a usage query's time past 9999 (or without a zone) was
+    /// "not an RFC 3339 time", where the CLI and `expires_at` said why.
+    #[test]
+    fn a_query_time_says_why_it_is_refused() {
+        let now = Timestamp(1_800_000_000);
+        let late = parse_time("9999-12-31T23:00:00-01:00", now).unwrap_err();
+        assert!(late.contains("past the year 9999"), "{late}");
+        let local = parse_time("2026-11-30T12:00:00", now).unwrap_err();
+        assert!(local.contains("no time zone"), "{local}");
+    }
 
     #[test]
     fn calendar_windows() {

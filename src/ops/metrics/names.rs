@@ -218,7 +218,7 @@ pub fn describe(r: &PrometheusRecorder) {
         (TOKENS, "Tokens used, by kind (prompt, completion): what upstreams reported, plus the gateway's estimate for streams cut short before their usage."),
         ("keygate_key_reloads_total", "Key-file reloads, by result."),
         ("keygate_config_reloads_total", "gateway.toml reloads, by result."),
-        (TLS_RELOADS, "Listener certificate reloads after its files changed, by result (error: unreadable, mismatched, expired or not yet valid; the current certificate keeps serving)."),
+        (TLS_RELOADS, "Listener certificate reloads, by result: ok when changed files were put in force; error at every attempt (each poll) while they cannot be (unreadable, mismatched, expired or not yet valid; the current certificate keeps serving)."),
         ("keygate_key_index_rebuilds_total", "Key indexes built from scratch (start, a reload that changed many keys, changed [limits])."),
         ("keygate_key_store_changes_applied_total", "Redis key store: key records from the store put in force on this replica."),
         ("keygate_key_store_resyncs_total", "Redis key store: full resyncs (first contact, a new epoch, the store went backwards, the change log trimmed)."),
