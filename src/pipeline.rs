@@ -116,7 +116,6 @@ pub fn handle(
         }
         record.status = resp.status().as_u16();
         let h = resp.headers_mut();
-        h.reserve(1 + limits.count(retry_after));
         h.insert(X_REQUEST_ID, record.request_id.clone());
         limits.write(h, retry_after);
         resp.body_mut().set_record(record);

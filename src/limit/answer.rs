@@ -41,15 +41,6 @@ pub struct LimitHeaders {
 }
 
 impl LimitHeaders {
-    /// How many headers `write` adds at most: room reserved for them (and the caller's own)
-    /// at once grows an upstream's answer's map once, not once per header that overflows it.
-    pub fn count(&self, retry_after: Option<Duration>) -> usize {
-        2 * usize::from(retry_after.is_some())
-            + 3 * usize::from(self.rate.is_some())
-            + 2 * usize::from(self.quota.is_some())
-            + 3 * usize::from(self.tokens.is_some())
-    }
-
     /// Writes every limit header of an answer: `retry_after` is the refusal's hint, if the
     /// answer is one that has it (`GatewayError::retry_after`).
     pub fn write(&self, h: &mut HeaderMap, retry_after: Option<Duration>) {

@@ -252,8 +252,6 @@ pub fn upstream_request(
     let mut headers = parts.headers;
     headers::sanitize_request(&mut headers, upstream.host.clone());
     headers::remove_keys(&mut headers, info.credential, info.prefix);
-    // Room for the headers set below at once: the client's map was sized for what it sent.
-    headers.reserve(7);
     // The answer is read on its way through (its `usage` is what token limits and quotas are
     // charged, a usage event the client did not ask for is hidden): a compressed one could
     // not be, so the client's `Accept-Encoding` (the OpenAI SDKs send gzip) does not go up.
