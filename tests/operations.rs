@@ -422,6 +422,42 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
     assert!(child.wait().unwrap().success(), "exit 0");
 }
 
+/// Found by an outside probe: a stream the gateway cut when `drain_timeout` ran out was
+/// logged `error=- complete=false`, as a client that left. It is logged and counted as
+/// `drain_timeout`.
+#[tokio::test]
+async fn a_stream_cut_by_the_end_of_the_drain_says_so() {
+    let mock = start_mock().await;
+    let (_dir, cfg, key, _) = setup("drain_timeout = \"1s\"\n", mock.addr);
+    let mut served = serve(&cfg);
+    let addr = served.addr;
+    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", bearer(&key))
+        .header("x-mock-interval-ms", "1000")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#,
+        )))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stream = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.map(|c| c.to_bytes())
+    });
+    sigterm(&served.child);
+    assert!(stream.await.unwrap().is_err(), "the stream was not cut");
+    assert!(served.child.wait().unwrap().success(), "exit 0");
+    let logs = Arc::clone(&served.logs);
+    let cut = eventually(Duration::from_secs(3), || async {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("drain_timeout") && l.contains("keygate::access"))
+    })
+    .await;
+    assert!(cut, "{:?}", logs.lock().unwrap());
+}
+
 /// Starts `keygate serve` (a config with JSON logs).
 fn serve_json(cfg: &std::path::Path) -> Served {
     serve(cfg)

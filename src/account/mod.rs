@@ -14,6 +14,9 @@ pub mod scanner;
 
 pub use record::{Added, RequestRecord, TokenUsage, CLIENT_CLOSED};
 
+/// The error code of a request the gateway cut because its drain ran out at shutdown.
+pub const DRAIN_TIMEOUT: &str = "drain_timeout";
+
 use crate::auth::secrets::looks_like_key;
 use crate::error::INSUFFICIENT_QUOTA;
 use crate::keys::usage::{Settled, Tokens};
@@ -52,6 +55,16 @@ impl Drop for RequestRecord {
             charge.settle(used);
         }
         let gw = self.gateway.take();
+        // Cut by the end of the drain, not left by its client: said so in the log and counted.
+        if !self.complete
+            && self.error_code.is_none()
+            && self.stream_error.is_none()
+            && gw
+                .as_ref()
+                .is_some_and(|g| g.drain_over.load(Ordering::Relaxed))
+        {
+            self.error_code = Some(DRAIN_TIMEOUT);
+        }
         // Read once, for the usage model and the access line.
         let config = gw.as_ref().map(|gw| gw.config());
         // An upstream that echoes a key of ours as its model name must not get it counted or

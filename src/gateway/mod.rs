@@ -102,6 +102,9 @@ pub struct Gateway {
     pub rate_clock: RateClock,
     pub capacity: Arc<Capacity>,
     pub draining: AtomicBool,
+    /// The drain ran out (`drain_timeout`): requests still running are cut by the gateway,
+    /// and are logged and counted as such (`drain_timeout`), not as clients that left.
+    pub drain_over: AtomicBool,
     pub reloads: ReloadStats,
     /// Redis key-store mode (`[keys] store = "redis"`): the store, this replica's snapshot
     /// of it, and how far the follower (`ops::key_sync`) has applied it. Fixed at start.
@@ -170,6 +173,7 @@ impl Gateway {
             rate_clock: RateClock::new(),
             capacity,
             draining: AtomicBool::new(false),
+            drain_over: AtomicBool::new(false),
             reloads: ReloadStats::default(),
             metrics,
             logging: OnceLock::new(),

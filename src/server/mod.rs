@@ -144,6 +144,7 @@ pub async fn run(
     tokio::select! {
         _ = stop.closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(config.server.drain_timeout) => {
+            gw.drain_over.store(true, Ordering::Relaxed);
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
     }
