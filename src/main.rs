@@ -1,7 +1,7 @@
 //! The `keygate` binary: parses arguments and hands over to the library (`keygate::cli`).
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::Parser as _;
 use std::process::ExitCode;
 
 // jemalloc, not glibc's malloc: see Cargo.toml. The one static the binary has, by the
@@ -11,5 +11,8 @@ use std::process::ExitCode;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    keygate::cli::run(keygate::cli::Cli::parse())
+    match keygate::cli::Cli::try_parse() {
+        Ok(cli) => keygate::cli::run(cli),
+        Err(e) => keygate::cli::parse_failed(&e),
+    }
 }

@@ -1486,6 +1486,9 @@ fn output_that_cannot_be_written_fails_and_says_what_was_done() {
         &["check"][..],
         &["completions", "bash"][..],
         &["usage", "--json"][..],
+        &["--help"][..],
+        &["keys", "--help"][..],
+        &["--version"][..],
     ] {
         let (code, err) = to_full_disk(&env, args);
         assert_eq!(code, Some(1), "{args:?}: {err}");

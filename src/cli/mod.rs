@@ -147,6 +147,19 @@ pub enum KeysCommand {
 }
 
 /// Runs the command `cli` names; its exit status.
+/// clap's own answers (help, version, a mistake in what was typed), printed as clap prints
+/// them; a failure to print is exit 1, as any command's output (clap would exit 0).
+pub fn parse_failed(e: &clap::Error) -> ExitCode {
+    let code = u8::try_from(e.exit_code()).unwrap_or(1);
+    match output::written(e.print(), output::Did::Nothing) {
+        Ok(()) => ExitCode::from(code),
+        Err(err) => {
+            output::say(format_args!("error: {err}"));
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     let c = cli.config;
     let result = match cli.command {
