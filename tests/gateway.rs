@@ -973,22 +973,32 @@ async fn graceful_shutdown_lets_a_stream_finish() {
     assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
 }
 
+/// A `gateway.toml` for the binary in a directory of its own: a port the kernel picks, a
+/// key file beside it, one upstream (the mock) with `upstream` added to its section.
+fn binary_config(mock: &Mock, upstream: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nurl = \"http://{}\"\n{upstream}",
+            mock.addr
+        ),
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
 /// Found by an outside probe: the vLLM example's `health = "/health"` against the built-in
 /// mock never became ready (the mock answered 404 there). The mock answers vLLM's health
 /// path, so the example runs against it as it is.
 #[tokio::test]
 async fn the_mock_answers_vllms_health_path_so_the_examples_get_ready() {
     let mock = start_mock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nname = \"vllm\"\nurl = \"http://{}\"\nhealth = \"/health\"\nhealth_interval = \"100ms\"\n",
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let (_dir, cfg) = binary_config(
+        &mock,
+        "name = \"vllm\"\nhealth = \"/health\"\nhealth_interval = \"100ms\"\n",
+    );
     cli_create_key(&cfg, "k");
     let served = binary::serve(&cfg);
     let ready = eventually(std::time::Duration::from_secs(5), || async {
@@ -1010,16 +1020,7 @@ async fn the_mock_answers_vllms_health_path_so_the_examples_get_ready() {
 #[tokio::test]
 async fn an_upstream_that_compresses_anyway_is_reported_once() {
     let mock = start_mock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\n[[upstream]]\nname = \"zipped\"\nurl = \"http://{}\"\n",
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let (_dir, cfg) = binary_config(&mock, "name = \"zipped\"\n");
     let (key, _) = cli_create_key(&cfg, "k");
     let served = binary::serve(&cfg);
     let url = served.url("/v1/chat/completions");

@@ -387,19 +387,7 @@ async fn sigterm_fails_readiness_first_and_lets_the_stream_finish() {
     let mut served = serve(&cfg);
     let addr = served.addr;
     let child = &mut served.child;
-    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("authorization", bearer(&key))
-        .header("x-mock-interval-ms", "150")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#,
-        )))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let stream = tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        resp.into_body().collect().await.map(|c| c.to_bytes())
-    });
+    let stream = open_stream(addr, &key, "150").await;
     assert_eq!(
         send(Method::GET, &format!("http://{addr}/readyz"), &[], "")
             .await
@@ -431,19 +419,7 @@ async fn a_stream_cut_by_the_end_of_the_drain_says_so() {
     let (_dir, cfg, key, _) = setup("drain_timeout = \"1s\"\n", mock.addr);
     let mut served = serve(&cfg);
     let addr = served.addr;
-    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("authorization", bearer(&key))
-        .header("x-mock-interval-ms", "1000")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#,
-        )))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let stream = tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        resp.into_body().collect().await.map(|c| c.to_bytes())
-    });
+    let stream = open_stream(addr, &key, "1000").await;
     sigterm(&served.child);
     assert!(stream.await.unwrap().is_err(), "the stream was not cut");
     assert!(served.child.wait().unwrap().success(), "exit 0");
@@ -456,6 +432,28 @@ async fn a_stream_cut_by_the_end_of_the_drain_says_so() {
     })
     .await;
     assert!(cut, "{:?}", logs.lock().unwrap());
+}
+
+/// A streamed chat through the gateway at `addr`, `interval_ms` between the mock's events:
+/// its 200 head checked, its body read to the end (or its cut) by the task returned.
+async fn open_stream(
+    addr: std::net::SocketAddr,
+    key: &str,
+    interval_ms: &str,
+) -> tokio::task::JoinHandle<Result<bytes::Bytes, hyper::Error>> {
+    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", bearer(key))
+        .header("x-mock-interval-ms", interval_ms)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a b c d e f"}]}"#,
+        )))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.map(|c| c.to_bytes())
+    })
 }
 
 /// Starts `keygate serve` (a config with JSON logs).
