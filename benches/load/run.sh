@@ -33,6 +33,9 @@ RES=$WORK/results.jsonl
 PY=${PYTHON:-python3}
 TOOLS="$ROOT/benches/load/tools.py"
 T() { "$PY" "$TOOLS" "$@"; }
+# core_ticks CPU: "busy,total" clock ticks of one CPU from /proc/stat (busy: all but idle and
+# iowait, so softirq and steal count). awk, not Python: read right at the run's edges.
+core_ticks() { awk -v c="cpu$1" '$1 == c { for (i = 2; i <= NF; i++) { t += $i; if (i != 5 && i != 6) b += $i } print b "," t }' /proc/stat; }
 PGO=${PGO:-1}
 if [[ "$PGO" == 1 ]]; then
     BIN=$ROOT/target/pgo/keygate
@@ -512,18 +515,22 @@ reset_logs() {
 # (throughput: the rounds' table; paired: the paired runs below, ROUND being the pair).
 throughput() {
     local name=$1 round=$2 conns=$3 kind=${4:-throughput} secs=${5:-$DUR}
-    local f="$WORK/wrk-$1-c$3-r$2${4:+-$4}.txt" c0 c1 m0 m1 d0 d1 extra
+    local f="$WORK/wrk-$1-c$3-r$2${4:+-$4}.txt" c0 c1 m0 m1 d0 d1 l0 l1 extra
     reset_logs
     [[ $name == keygate-prod ]] && d0=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
     c0=$(T cpu ${PID_OF[$name]})
     m0=$(state_mtime "$name")
+    l0=$(core_ticks "$LOAD_CPU")
     wrk_run "$f" "${SCRIPT_OF[$name]:-$WORK/key.lua}" "${URL[$name]}" "$secs" "$conns"
+    # How busy wrk and the mock kept their core: near 100%, the load generator and not the
+    # proxy set the pace, and its own queue the latency's spread.
+    l1=$(core_ticks "$LOAD_CPU")
     # keygate-prod: its writer thread may still be writing queued lines; that is CPU the
     # requests caused, so it is counted, and then the lines are.
     [[ $name == keygate-prod ]] && T settle "$KGP_LOG"
     m1=$(state_mtime "$name")
     c1=$(T cpu ${PID_OF[$name]})
-    extra="{\"kind\":\"$kind\",\"conns\":$conns,\"state_flush\":$([[ $name == keygate* && $m0 != "$m1" ]] && echo true || echo false)"
+    extra="{\"kind\":\"$kind\",\"conns\":$conns,\"load_core_busy\":$(T core-busy "$l0" "$l1"),\"state_flush\":$([[ $name == keygate* && $m0 != "$m1" ]] && echo true || echo false)"
     if [[ $name == keygate-prod ]]; then
         d1=$(T metrics "$KGP_METRICS" keygate_log_lines_dropped_total)
         extra+=",\"access_lines\":$(T access-lines "$KGP_LOG"),\"dropped\":$(T delta "$d0" "$d1")"

@@ -144,3 +144,22 @@ def test_callgrind_self_counts_a_functions_own_cost_by_name_or_object(tmp_path):
     assert tools.callgrind_self(dump, fn_re=r"sha2::", ob_re=r"libcrypto") == 1100
     assert tools.callgrind_self(dump, fn_re=r"^proxy::handle$") == 175
     assert tools.callgrind_self(tmp_path / "missing") == 0
+
+
+def test_the_load_generators_core_is_read_from_two_tick_counts_and_reported_beside_the_p99(tmp_path):
+    assert tools.core_busy("100,1000", "190,1100") == 0.9
+    assert tools.core_busy("100,1000", "100,1000") is None  # no tick passed
+    assert tools.core_busy("", "190,1100") is None  # a reading that failed
+    rows = []
+    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256, "kind": "throughput"}
+    for rd in (1, 2, 3):
+        for name, rps, p99, busy in (("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
+                                     ("haproxy", 42_000.0, 8.0, 0.92)):
+            rows.append(dict(base, target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0,
+                             load_core_busy=busy))
+    text = _report(tmp_path, rows)
+    assert "load generator's core busy, %" in text
+    assert _row(text, "256 | haproxy |").endswith("| 92.0 (92.0–92.0) |")
+    # The missed p99 target's explanation names how busy the load generator was for each.
+    assert "the load generator's core was 99.5% busy with keygate, 92.0% with HAProxy and 100% going direct, " \
+           "whose p99 is 7.40 ms (keygate 9.50, HAProxy 8.00)" in text, text

@@ -351,6 +351,17 @@ def tree(pid):
     return pids
 
 
+def core_busy(before, after):
+    """The share of the time a CPU was busy between two "busy,total" readings of its clock ticks
+    in /proc/stat (run.sh's `core_ticks`; None when either is missing or no tick passed)."""
+    try:
+        b0, t0 = map(int, before.split(","))
+        b1, t1 = map(int, after.split(","))
+    except ValueError:
+        return None
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+
 def cpu(pids):
     tck = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -544,10 +555,18 @@ def report(results_path, meta_path, out):
     def col(n, conns, field):
         return [r.get(field) for r in tp_all if r["target"] == n and r["conns"] == conns]
 
+    def load_core(rs):
+        busy = [r["load_core_busy"] * 100 for r in rs if r.get("load_core_busy") is not None]
+        return mmm(busy, 1) if busy else "–"
+
+    def busy_med(n, conns):
+        busy = [b * 100 for b in col(n, conns, "load_core_busy") if b is not None]
+        return fmt(med(busy), 1) if busy else "–"
+
     w(f"## Max throughput (`wrk -t1 -cN -d{dur}s --latency`, N = {', '.join(map(str, conns_list))}; "
       "POST 130 B chat body, ~400 B JSON reply)\n")
-    w("| conns | contender | req/s | p50 ms | p99 ms | ratio to direct | ratio to keygate | CPU ms per 1k req | CPU, % of a core |")
-    w("|---|---|---|---|---|---|---|---|---|")
+    w("| conns | contender | req/s | p50 ms | p99 ms | ratio to direct | ratio to keygate | CPU ms per 1k req | CPU, % of a core | load generator's core busy, % |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for c in conns_list:
         for n in present:
             rs = [r for r in tp_all if r["target"] == n and r["conns"] == c]
@@ -556,7 +575,8 @@ def report(results_path, meta_path, out):
             w(f"| {c} | {n} | {mmm([r['rps'] for r in rs])} | {mmm([r['p50_ms'] for r in rs], 3)} | "
               f"{mmm([r['p99_ms'] for r in rs], 3)} | {mmm(ratio(n, 'direct', c), 3)} | "
               f"{mmm(ratio(n, 'keygate', c), 3)} | {mmm([r.get('cpu_ms_per_1k') for r in rs], 1)} | "
-              f"{mmm([r['cpu_s'] * r['rps'] / r['requests'] * 100 if r.get('requests') and r.get('rps') and r.get('cpu_s') is not None else None for r in rs], 0)} |")
+              f"{mmm([r['cpu_s'] * r['rps'] / r['requests'] * 100 if r.get('requests') and r.get('rps') and r.get('cpu_s') is not None else None for r in rs], 0)} | "
+              f"{load_core(rs)} |")
     fl = [r for r in tp_all + by("reject") if r.get("state_flush")]
     if fl:
         w("\nRuns during which a keygate instance rewrote its usage state file (every 10 s when counters moved, keys that were used, on a "
@@ -583,7 +603,14 @@ def report(results_path, meta_path, out):
       "the 'after' is read once its access log has stopped growing (its writer thread's work is "
       "part of the requests' cost). CPU, % of a core = that CPU time over the run's length (for "
       "direct: the mock's, on the load generator's core): a proxy well under 100% was not the "
-      "bottleneck, or did not get all of CPU 0 (other work on the machine).\n")
+      "bottleneck, or did not get all of CPU 0 (other work on the machine). The load "
+      "generator's core busy = the share of the run CPU 1 (wrk and the mock) was busy, from "
+      "/proc/stat: where it nears 100% (as going direct), the load generator and not the proxy "
+      "set the pace, and its own queue, two processes taking turns on one core, spreads the "
+      "latency: a proxy that outruns another pushes it there and has its p99 widened by it. "
+      "A proxy's answers with more headers cost wrk more to read, and its forwarded requests "
+      "cost the mock more to parse (keygate adds the forwarding and rate-limit headers its "
+      "contract names; the HAProxy and nginx configurations add none).\n")
 
     cr = {n: pair(n, "keygate", cbase, cpu_r) for n in ("haproxy", "nginx") if n in present}
     if any(cr.values()):
@@ -720,7 +747,13 @@ def report(results_path, meta_path, out):
                           f"{fmt(med(col('haproxy', c, 'p99_ms')), 2)} ms, CPU per 1k {fmt(cpu_med('keygate', c), 1)} vs "
                           f"{fmt(cpu_med('haproxy', c), 1)} ms (at -c{cbase}: {fmt(cpu_med('keygate', cbase), 1)} vs "
                           f"{fmt(cpu_med('haproxy', cbase), 1)}); direct to the mock reaches "
-                          f"{fmt(med(col('direct', c, 'rps')))} req/s, the most this load generator drives.")
+                          f"{fmt(med(col('direct', c, 'rps')))} req/s, the most this load generator drives"
+                          + (f"; the load generator's core was {busy_med('keygate', c)}% "
+                             f"busy with keygate, {busy_med('haproxy', c)}% with HAProxy and "
+                             f"{busy_med('direct', c)}% going direct, whose p99 is "
+                             f"{fmt(med(col('direct', c, 'p99_ms')), 2)} ms (keygate {fmt(med(col('keygate', c, 'p99_ms')), 2)}, "
+                             f"HAProxy {fmt(med(col('haproxy', c, 'p99_ms')), 2)})"
+                             if any(r.get("load_core_busy") is not None for r in tp_all) else "") + ".")
     ka, kb = cpu_med("keygate-prod", cbase), cpu_med("keygate", cbase)
     na, nb = cpu_med("nginx-log", cbase), cpu_med("nginx", cbase)
     if ka and kb:
@@ -1047,7 +1080,7 @@ def report(results_path, meta_path, out):
     if "keygate" in cg256 and "haproxy" in cg256:
         k, h = cg256["keygate"], cg256["haproxy"]
         found["instructions256"] = (
-            f"at 256 connections under callgrind keygate {k['per_request']:,.0f} instructions per request vs HAProxy "
+            f"At 256 connections under callgrind keygate {k['per_request']:,.0f} instructions per request vs HAProxy "
             f"{h['per_request']:,.0f}" + (f", simulated last-level misses {k['ll_misses']:,.0f} vs {h['ll_misses']:,.0f}"
                                            if k.get("ll_misses") is not None and h.get("ll_misses") is not None else ""))
     ins = {t: r["per_request"] for t, r in cg.items()}
@@ -1356,6 +1389,8 @@ def main():
                               "ok": 0, "error": str(e)}))
     elif cmd == "cpu":
         print(f"{cpu(args):.3f}")
+    elif cmd == "core-busy":
+        print(json.dumps(core_busy(args[0], args[1])))
     elif cmd == "free-ports":
         free_ports(int(args[0]))
     elif cmd == "metrics":
