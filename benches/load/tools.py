@@ -555,13 +555,12 @@ def report(results_path, meta_path, out):
     def col(n, conns, field):
         return [r.get(field) for r in tp_all if r["target"] == n and r["conns"] == conns]
 
-    def load_core(rs):
-        busy = [r["load_core_busy"] * 100 for r in rs if r.get("load_core_busy") is not None]
-        return mmm(busy, 1) if busy else "–"
+    def busy(n, conns):
+        """The load generator's core busy, % (runs that recorded it)."""
+        return [b * 100 for b in col(n, conns, "load_core_busy") if b is not None]
 
     def busy_med(n, conns):
-        busy = [b * 100 for b in col(n, conns, "load_core_busy") if b is not None]
-        return fmt(med(busy), 1) if busy else "–"
+        return fmt(med(busy(n, conns)), 1) if busy(n, conns) else "–"
 
     w(f"## Max throughput (`wrk -t1 -cN -d{dur}s --latency`, N = {', '.join(map(str, conns_list))}; "
       "POST 130 B chat body, ~400 B JSON reply)\n")
@@ -576,7 +575,7 @@ def report(results_path, meta_path, out):
               f"{mmm([r['p99_ms'] for r in rs], 3)} | {mmm(ratio(n, 'direct', c), 3)} | "
               f"{mmm(ratio(n, 'keygate', c), 3)} | {mmm([r.get('cpu_ms_per_1k') for r in rs], 1)} | "
               f"{mmm([r['cpu_s'] * r['rps'] / r['requests'] * 100 if r.get('requests') and r.get('rps') and r.get('cpu_s') is not None else None for r in rs], 0)} | "
-              f"{load_core(rs)} |")
+              f"{mmm(busy(n, c), 1)} |")
     fl = [r for r in tp_all + by("reject") if r.get("state_flush")]
     if fl:
         w("\nRuns during which a keygate instance rewrote its usage state file (every 10 s when counters moved, keys that were used, on a "
