@@ -51,7 +51,7 @@ PROXY_CPU=0
 LOAD_CPU=1
 P_MOCK=18080 P_KG=18081 P_HA=18082 P_NG=18083 P_KG100K=18085 P_MEM=18086
 # The later contenders and the metrics listeners take ports the kernel reports free.
-read -r P_KGP P_KGP_M P_NGL P_K100_M < <(T free-ports 4)
+read -r P_KGP P_KGP_M P_NGL P_K100_M P_HAW < <(T free-ports 5)
 STARTED=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # An operator's RUST_LOG would override the generated [log] levels.
@@ -327,6 +327,25 @@ backend mock
     http-reuse always
     server mock 127.0.0.1:$P_MOCK
 EOF
+# haproxy-wire: the same HAProxy, made to put on the wire what keygate's contract puts there,
+# so the load generator (wrk and the mock on one core) does the same work behind either: to
+# the upstream the forwarding headers, a request id and a key id, identity encoding and no
+# Authorization; to the client the request id and the three rate-limit headers. At 256
+# connections that core is the bottleneck, and these bytes are part of its cost per request.
+awk '/^    default_backend mock/ {
+        print "    unique-id-format req_%{+X}o%rt%pid%Ts%ci"
+        print "    http-request set-header x-request-id %[unique-id]"
+        print "    http-request set-header x-forwarded-for %[src]"
+        print "    http-request set-header x-forwarded-proto http"
+        print "    http-request set-header x-keygate-key-id key_%[var(txn.kh),bytes(0,16)]"
+        print "    http-request set-header accept-encoding identity"
+        print "    http-request del-header authorization"
+        print "    http-response set-header x-request-id %[unique-id]"
+        print "    http-response set-header x-ratelimit-limit-requests 100000000"
+        print "    http-response set-header x-ratelimit-remaining-requests %[sc_http_req_rate(0),neg,add(100000000)]"
+        print "    http-response set-header x-ratelimit-reset-requests 0ms"
+    }
+    { sub("bind 127.0.0.1:'"$P_HA"'$", "bind 127.0.0.1:'"$P_HAW"'"); print }' "$WORK/haproxy.cfg" >"$WORK/haproxy-wire.cfg"
 
 # nginx: `map` on the whole Authorization header (the bench key plus fillers of the same
 # shape, as many as keygate has keys), per-key limit_req, keep-alive upstream. Two instances:
@@ -398,7 +417,7 @@ NGL_LOG="$WORK/nginx-log/logs/access.log"
 nginx_conf "$WORK/nginx-log" "$P_NGL" "access_log $NGL_LOG main buffer=64k flush=1s;"
 
 # ------------------------------------------------------------------ start everything
-log "starting mock, keygate, keygate-prod$( ((HAVE_HA)) && echo ', haproxy')$( ((HAVE_NG)) && echo ', nginx, nginx-log')"
+log "starting mock, keygate, keygate-prod$( ((HAVE_HA)) && echo ', haproxy, haproxy-wire')$( ((HAVE_NG)) && echo ', nginx, nginx-log')"
 TOKIO_WORKER_THREADS=1 start mock $LOAD_CPU "$BIN" mock --listen 127.0.0.1:$P_MOCK
 MOCK_PID=$LAST_PID
 wait_http "http://127.0.0.1:$P_MOCK/v1/models" 30
@@ -419,6 +438,13 @@ if ((HAVE_HA)); then
     start haproxy $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg"
     HA_PID=$LAST_PID
     wait_http "http://127.0.0.1:$P_HA/" 30
+    haproxy -c -f "$WORK/haproxy-wire.cfg" >"$WORK/haproxy-wire-check.log" 2>&1 || {
+        cat "$WORK/haproxy-wire-check.log"
+        exit 1
+    }
+    start haproxy-wire $PROXY_CPU haproxy -db -f "$WORK/haproxy-wire.cfg"
+    HAW_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$P_HAW/" 30
 fi
 if ((HAVE_NG)); then
     nginx -t -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx-check.log" 2>&1 || {
@@ -438,9 +464,9 @@ if ((HAVE_NG)); then
 fi
 
 # Sanity: every contender forwards the bench key and refuses a missing one.
-for t in "direct $P_MOCK" "keygate $P_KG" "keygate-prod $P_KGP" "haproxy $P_HA" "nginx $P_NG" "nginx-log $P_NGL"; do
+for t in "direct $P_MOCK" "keygate $P_KG" "keygate-prod $P_KGP" "haproxy $P_HA" "haproxy-wire $P_HAW" "nginx $P_NG" "nginx-log $P_NGL"; do
     set -- $t
-    [[ $1 == haproxy && $HAVE_HA == 0 ]] && continue
+    [[ $1 == haproxy* && $HAVE_HA == 0 ]] && continue
     [[ $1 == nginx* && $HAVE_NG == 0 ]] && continue
     ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
         -d "$BODY" "http://127.0.0.1:$2/v1/chat/completions")
@@ -452,6 +478,18 @@ for t in "direct $P_MOCK" "keygate $P_KG" "keygate-prod $P_KGP" "haproxy $P_HA" 
         exit 1
     }
 done
+# haproxy-wire is only a like-for-like baseline if its answers carry keygate's headers.
+if ((HAVE_HA)); then
+    heads=$(curl -s -o /dev/null -D - -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d "$BODY" "http://127.0.0.1:$P_HAW/v1/chat/completions" | tr -d '\r')
+    for h in x-request-id x-ratelimit-limit-requests x-ratelimit-remaining-requests x-ratelimit-reset-requests; do
+        grep -qi "^$h: " <<<"$heads" || {
+            log "haproxy-wire's answer lacks $h:"
+            printf '%s\n' "$heads" >&2
+            exit 1
+        }
+    done
+fi
 # The production row is only that if its access lines reach the file: wait (bounded) for the
 # sanity requests' lines, JSON, and show one.
 ACCESS_MARK='"target":"keygate::access"'
@@ -469,9 +507,10 @@ declare -A URL=([direct]="http://127.0.0.1:$P_MOCK/v1/chat/completions"
     [keygate]="http://127.0.0.1:$P_KG/v1/chat/completions"
     [keygate-prod]="http://127.0.0.1:$P_KGP/v1/chat/completions"
     [haproxy]="http://127.0.0.1:$P_HA/v1/chat/completions"
+    [haproxy-wire]="http://127.0.0.1:$P_HAW/v1/chat/completions"
     [nginx]="http://127.0.0.1:$P_NG/v1/chat/completions"
     [nginx-log]="http://127.0.0.1:$P_NGL/v1/chat/completions")
-declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [keygate-prod]=$KGP_PID [haproxy]=${HA_PID:-}
+declare -A PID_OF=([direct]=$MOCK_PID [keygate]=$KG_PID [keygate-prod]=$KGP_PID [haproxy]=${HA_PID:-} [haproxy-wire]=${HAW_PID:-}
     [nginx]=${NG_PID:-} [nginx-log]=${NGL_PID:-})
 # keygate instances and their usage state files.
 declare -A STATE_OF=([keygate]="$WORK/kg/keys.json.state" [keygate-prod]="$WORK/kgp/keys.json.state")
@@ -482,7 +521,7 @@ PID_OF[keygate-429]=$KG_PID
 STATE_OF[keygate-429]=${STATE_OF[keygate]}
 declare -A SCRIPT_OF=([keygate-429]="$WORK/limited.lua")
 CONTENDERS=(direct keygate keygate-prod)
-((HAVE_HA)) && CONTENDERS+=(haproxy)
+((HAVE_HA)) && CONTENDERS+=(haproxy haproxy-wire)
 ((HAVE_NG)) && CONTENDERS+=(nginx nginx-log)
 
 # emit JSON_FROM_TOOL EXTRA_JSON: merges and appends one record to results.jsonl.
@@ -741,7 +780,7 @@ PAIRS=${PAIRS:-40}
 PAIR_DUR=${PAIR_DUR:-1}
 PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE"
     "keygate-429 keygate $CBASE")
-[[ " ${CONNS_LIST[*]} " == *" 256 "* ]] && PAIRED+=("keygate haproxy 256")
+[[ " ${CONNS_LIST[*]} " == *" 256 "* ]] && PAIRED+=("keygate haproxy 256" "keygate haproxy-wire 256")
 for spec in "${PAIRED[@]}"; do
     read -r a b conns <<<"$spec"
     [[ -n "${PID_OF[$a]:-}" && -n "${PID_OF[$b]:-}" ]] || continue

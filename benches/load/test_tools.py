@@ -163,3 +163,26 @@ def test_the_load_generators_core_is_read_from_two_tick_counts_and_reported_besi
     # The missed p99 target's explanation names how busy the load generator was for each.
     assert "the load generator's core was 99.5% busy with keygate, 92.0% with HAProxy and 100% going direct, " \
            "whose p99 is 7.40 ms (keygate 9.50, HAProxy 8.00)" in text, text
+
+
+def test_the_256_targets_are_also_decided_against_haproxy_with_keygates_headers(tmp_path):
+    # haproxy-wire: HAProxy putting keygate's headers on the wire. Its rows are in the table,
+    # and the 256-connection targets get a same-wire verdict beside the plain-HAProxy one.
+    rows = []
+    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256}
+    for rd in (1, 2, 3):
+        for name, rps, p99, busy in (("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
+                                     ("haproxy", 42_000.0, 8.0, 0.92), ("haproxy-wire", 40_000.0, 10.5, 0.99)):
+            rows.append(dict(base, kind="throughput", target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0,
+                             load_core_busy=busy))
+    for i in range(1, 17):
+        for name, p99 in (("keygate", 9.5 + 0.01 * i), ("haproxy-wire", 10.5)):
+            rows.append(dict(base, kind="paired", set="keygate/haproxy-wire", target=name, round=i, rps=45_000.0,
+                             p99_ms=p99, cpu_ms_per_1k=22.0))
+    text = _report(tmp_path, rows)
+    assert _row(text, "256 | haproxy-wire |").endswith("| 99.0 (99.0–99.0) |")
+    assert "**missed**" in _row(text, "-c256: keygate p99 ≤ HAProxy's")
+    same = _row(text, "(same wire) -c256: keygate p99 ≤ haproxy-wire's")
+    assert "**met**" in same and "16 pairs" in same, same
+    assert "with keygate's headers on the wire HAProxy (haproxy-wire) has the load generator's core 99.0% busy " \
+           "and a p99 of 10.50 ms" in text, text

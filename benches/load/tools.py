@@ -522,7 +522,7 @@ def report(results_path, meta_path, out):
     conns_list = sorted({r["conns"] for r in tp_all})
     cbase = conns_list[0] if conns_list else 32
     tp = [r for r in tp_all if r["conns"] == cbase]
-    names = ["direct", "keygate", "keygate-prod", "haproxy", "nginx", "nginx-log"]
+    names = ["direct", "keygate", "keygate-prod", "haproxy", "haproxy-wire", "nginx", "nginx-log"]
     present = [n for n in names if any(r["target"] == n for r in tp_all)]
     rounds = sorted({r["round"] for r in tp_all})
     dur = meta.get("dur", 5)
@@ -609,9 +609,11 @@ def report(results_path, meta_path, out):
       "latency: a proxy that outruns another pushes it there and has its p99 widened by it. "
       "A proxy's answers with more headers cost wrk more to read, and its forwarded requests "
       "cost the mock more to parse (keygate adds the forwarding and rate-limit headers its "
-      "contract names; the HAProxy and nginx configurations add none).\n")
+      "contract names; the HAProxy and nginx configurations add none). haproxy-wire is the "
+      "HAProxy configuration made to add the same ones, both ways, so that behind it the load "
+      "generator does the same work per request as behind keygate.\n")
 
-    cr = {n: pair(n, "keygate", cbase, cpu_r) for n in ("haproxy", "nginx") if n in present}
+    cr = {n: pair(n, "keygate", cbase, cpu_r) for n in ("haproxy", "haproxy-wire", "nginx") if n in present}
     if any(cr.values()):
         w(f"At -c{cbase}, keygate's requests per CPU-second as a multiple of each other proxy's (= that proxy's "
           "CPU per request ÷ keygate's; above 1 means keygate needs less CPU per request). This ratio does not "
@@ -625,6 +627,9 @@ def report(results_path, meta_path, out):
         ("keygate ÷ HAProxy, CPU per request", "keygate", "haproxy", cpu_r, 2, "≤ 1.0 (ambition 0.9)"),
         ("keygate ÷ HAProxy, req/s", "keygate", "haproxy", rps_r, 3, "≥ 1.0 at 256 and 1024"),
         ("keygate ÷ HAProxy, p99", "keygate", "haproxy", p99_r, 2, "≤ 1.0 at 256 and 1024"),
+        ("keygate ÷ haproxy-wire, CPU per request", "keygate", "haproxy-wire", cpu_r, 2, ""),
+        ("keygate ÷ haproxy-wire, req/s", "keygate", "haproxy-wire", rps_r, 3, ""),
+        ("keygate ÷ haproxy-wire, p99", "keygate", "haproxy-wire", p99_r, 2, ""),
         ("keygate-prod ÷ HAProxy, req/s", "keygate-prod", "haproxy", rps_r, 3, ""),
         ("nginx-log ÷ nginx, req/s", "nginx-log", "nginx", rps_r, 3, ""),
         ("keygate-prod − keygate, CPU ms per 1k req", "keygate-prod", "keygate", cpu_d, 1, ""),
@@ -741,6 +746,16 @@ def report(results_path, meta_path, out):
                    f"{fmt(med(col('keygate', c, 'rps')))} vs {fmt(med(col('haproxy', c, 'rps')))} req/s in the rounds")
         ratio_goal(f"-c{c}: keygate p99 ≤ HAProxy's", "keygate", "haproxy", c, p99_r, 1.0, False, 2,
                    f"{fmt(med(col('keygate', c, 'p99_ms')), 2)} vs {fmt(med(col('haproxy', c, 'p99_ms')), 2)} ms in the rounds")
+        if "haproxy-wire" in present:
+            # The same targets against HAProxy putting keygate's headers on the wire: the load
+            # generator's work per request is then the same behind either.
+            ratio_goal(f"(same wire) -c{c}: keygate req/s ≥ haproxy-wire's", "keygate", "haproxy-wire", c, rps_r, 1.0, True, 3,
+                       f"{fmt(med(col('keygate', c, 'rps')))} vs {fmt(med(col('haproxy-wire', c, 'rps')))} req/s in the rounds")
+            ratio_goal(f"(same wire) -c{c}: keygate p99 ≤ haproxy-wire's", "keygate", "haproxy-wire", c, p99_r, 1.0, False, 2,
+                       f"{fmt(med(col('keygate', c, 'p99_ms')), 2)} vs {fmt(med(col('haproxy-wire', c, 'p99_ms')), 2)} ms in the rounds")
+        wire = (f"; with keygate's headers on the wire HAProxy (haproxy-wire) has the load generator's core "
+                f"{busy_med('haproxy-wire', c)}% busy and a p99 of {fmt(med(col('haproxy-wire', c, 'p99_ms')), 2)} ms"
+                if "haproxy-wire" in present and any(r.get("load_core_busy") is not None for r in tp_all) else "")
         found[f"c{c}"] = (f"keygate {fmt(med(col('keygate', c, 'rps')))} vs HAProxy "
                           f"{fmt(med(col('haproxy', c, 'rps')))} req/s, p99 {fmt(med(col('keygate', c, 'p99_ms')), 2)} vs "
                           f"{fmt(med(col('haproxy', c, 'p99_ms')), 2)} ms, CPU per 1k {fmt(cpu_med('keygate', c), 1)} vs "
@@ -752,7 +767,7 @@ def report(results_path, meta_path, out):
                              f"{busy_med('direct', c)}% going direct, whose p99 is "
                              f"{fmt(med(col('direct', c, 'p99_ms')), 2)} ms (keygate {fmt(med(col('keygate', c, 'p99_ms')), 2)}, "
                              f"HAProxy {fmt(med(col('haproxy', c, 'p99_ms')), 2)})"
-                             if any(r.get("load_core_busy") is not None for r in tp_all) else "") + ".")
+                             if any(r.get("load_core_busy") is not None for r in tp_all) else "") + wire + ".")
     ka, kb = cpu_med("keygate-prod", cbase), cpu_med("keygate", cbase)
     na, nb = cpu_med("nginx-log", cbase), cpu_med("nginx", cbase)
     if ka and kb:
