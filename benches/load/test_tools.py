@@ -186,3 +186,31 @@ def test_the_256_targets_are_also_decided_against_haproxy_with_keygates_headers(
     assert "**met**" in same and "16 pairs" in same, same
     assert "with keygate's headers on the wire HAProxy (haproxy-wire) has the load generator's core 99.0% busy " \
            "and a p99 of 10.50 ms" in text, text
+
+
+def test_the_load_generators_cpu_per_request_is_its_busy_share_over_the_rate(tmp_path):
+    rows = []
+    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256, "kind": "throughput"}
+    for rd in (1, 2, 3):
+        # keygate's p99 above HAProxy's: a missed target, which the note explains.
+        for name, rps, p99, busy in (("direct", 50_000.0, 9.0, 1.0), ("keygate", 40_000.0, 10.0, 0.96),
+                                     ("haproxy", 40_000.0, 9.0, 0.84), ("haproxy-wire", 30_000.0, 11.0, 0.9)):
+            rows.append(dict(base, target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0, load_core_busy=busy))
+    text = _report(tmp_path, rows)
+    assert "load generator's CPU µs per request" in text
+    assert _row(text, "256 | keygate |").endswith("| 24.0 (24.0–24.0) | 96.0 (96.0–96.0) |")
+    assert "the load generator spent 24.0 µs of CPU per request behind keygate, 21.0 behind HAProxy, " \
+           "30.0 behind haproxy-wire" in text, text
+
+
+def test_the_paired_table_sets_the_load_generators_cpu_per_request_side_by_side(tmp_path):
+    rows = []
+    base = {"p50_ms": 5.0, "p99_ms": 9.0, "requests": 40_000, "cpu_s": 1.0, "conns": 256, "kind": "paired",
+            "set": "keygate/haproxy", "cpu_ms_per_1k": 22.0}
+    for i in range(1, 17):
+        # Behind keygate each request costs the load generator 1.1× what it does behind HAProxy.
+        rows.append(dict(base, target="keygate", round=i, rps=40_000.0, load_core_busy=0.88))
+        rows.append(dict(base, target="haproxy", round=i, rps=40_000.0, load_core_busy=0.80))
+    text = _report(tmp_path, rows)
+    assert "load generator's CPU per request ratio" in text
+    assert _row(text, "keygate / haproxy | 256 |").endswith("| 1.10× (1.10–1.10) |")

@@ -548,6 +548,8 @@ def report(results_path, meta_path, out):
     cpu_r = lambda x, y: x["cpu_ms_per_1k"] / y["cpu_ms_per_1k"]
     p99_r = lambda x, y: x["p99_ms"] / y["p99_ms"]
     cpu_d = lambda x, y: x["cpu_ms_per_1k"] - y["cpu_ms_per_1k"]
+    # The load generator's CPU per request behind x over behind y (its busy share over the rate).
+    lg_r = lambda x, y: (x["load_core_busy"] / x["rps"]) / (y["load_core_busy"] / y["rps"])
 
     def ratio(a, b, conns=None):
         return pair(a, b, cbase if conns is None else conns, rps_r)
@@ -562,10 +564,20 @@ def report(results_path, meta_path, out):
     def busy_med(n, conns):
         return fmt(med(busy(n, conns)), 1) if busy(n, conns) else "–"
 
+    def lg_us(rs):
+        """The load generator's CPU per request, µs: its core's busy share over the request rate."""
+        return [r["load_core_busy"] / r["rps"] * 1e6 if r.get("load_core_busy") is not None and r.get("rps") else None
+                for r in rs]
+
+    def lg_med(n, conns):
+        v = [x for x in lg_us([r for r in tp_all if r["target"] == n and r["conns"] == conns]) if x is not None]
+        return fmt(med(v), 1) if v else "–"
+
     w(f"## Max throughput (`wrk -t1 -cN -d{dur}s --latency`, N = {', '.join(map(str, conns_list))}; "
       "POST 130 B chat body, ~400 B JSON reply)\n")
-    w("| conns | contender | req/s | p50 ms | p99 ms | ratio to direct | ratio to keygate | CPU ms per 1k req | CPU, % of a core | load generator's core busy, % |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+    w("| conns | contender | req/s | p50 ms | p99 ms | ratio to direct | ratio to keygate | CPU ms per 1k req | CPU, % of a core | "
+      "load generator's CPU µs per request | load generator's core busy, % |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in conns_list:
         for n in present:
             rs = [r for r in tp_all if r["target"] == n and r["conns"] == c]
@@ -575,7 +587,7 @@ def report(results_path, meta_path, out):
               f"{mmm([r['p99_ms'] for r in rs], 3)} | {mmm(ratio(n, 'direct', c), 3)} | "
               f"{mmm(ratio(n, 'keygate', c), 3)} | {mmm([r.get('cpu_ms_per_1k') for r in rs], 1)} | "
               f"{mmm([r['cpu_s'] * r['rps'] / r['requests'] * 100 if r.get('requests') and r.get('rps') and r.get('cpu_s') is not None else None for r in rs], 0)} | "
-              f"{mmm(busy(n, c), 1)} |")
+              f"{mmm(lg_us(rs), 1)} | {mmm(busy(n, c), 1)} |")
     fl = [r for r in tp_all + by("reject") if r.get("state_flush")]
     if fl:
         w("\nRuns during which a keygate instance rewrote its usage state file (every 10 s when counters moved, keys that were used, on a "
@@ -607,6 +619,8 @@ def report(results_path, meta_path, out):
       "/proc/stat: where it nears 100% (as going direct), the load generator and not the proxy "
       "set the pace, and its own queue, two processes taking turns on one core, spreads the "
       "latency: a proxy that outruns another pushes it there and has its p99 widened by it. "
+      "The load generator's CPU µs per request = that busy share ÷ req/s: what one request "
+      "through that contender cost wrk and the mock. "
       "A proxy's answers with more headers cost wrk more to read, and its forwarded requests "
       "cost the mock more to parse (keygate adds the forwarding and rate-limit headers its "
       "contract names; the HAProxy and nginx configurations add none). haproxy-wire is the "
@@ -678,13 +692,13 @@ def report(results_path, meta_path, out):
           "rows: met or missed only when the whole interval is on one side of the bound, undecided "
           "otherwise.\n")
         w("| A / B | conns | pairs | interval holds the median with | req/s A / B | CPU ms per 1k A / B | "
-          "req/s ratio | CPU per request ratio | p99 ratio |")
-        w("|---|---|---|---|---|---|---|---|---|")
+          "req/s ratio | CPU per request ratio | p99 ratio | load generator's CPU per request ratio |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for st, c in sets:
             a, b = st.split("/")
             cells = []
             cov = None
-            for f, d in ((rps_r, 3), (cpu_r, 3), (p99_r, 2)):
+            for f, d in ((rps_r, 3), (cpu_r, 3), (p99_r, 2), (lg_r, 2)):
                 m, lo, hi, cv = median_interval(paired(a, b, c, f))
                 cov = cov or cv
                 cells.append("–" if m is None else f"{m:.{d}f}× ({fmt(lo, d)}–{fmt(hi, d)})")
@@ -753,9 +767,14 @@ def report(results_path, meta_path, out):
                        f"{fmt(med(col('keygate', c, 'rps')))} vs {fmt(med(col('haproxy-wire', c, 'rps')))} req/s in the rounds")
             ratio_goal(f"(same wire) -c{c}: keygate p99 ≤ haproxy-wire's", "keygate", "haproxy-wire", c, p99_r, 1.0, False, 2,
                        f"{fmt(med(col('keygate', c, 'p99_ms')), 2)} vs {fmt(med(col('haproxy-wire', c, 'p99_ms')), 2)} ms in the rounds")
+        measured_lg = any(r.get("load_core_busy") is not None for r in tp_all)
         wire = (f"; with keygate's headers on the wire HAProxy (haproxy-wire) has the load generator's core "
                 f"{busy_med('haproxy-wire', c)}% busy and a p99 of {fmt(med(col('haproxy-wire', c, 'p99_ms')), 2)} ms"
-                if "haproxy-wire" in present and any(r.get("load_core_busy") is not None for r in tp_all) else "")
+                if "haproxy-wire" in present and measured_lg else "")
+        spent = (f"; the load generator spent {lg_med('keygate', c)} µs of CPU per request behind keygate, "
+                 f"{lg_med('haproxy', c)} behind HAProxy" + (f", {lg_med('haproxy-wire', c)} behind haproxy-wire"
+                                                            if "haproxy-wire" in present else "")
+                 if measured_lg else "")
         found[f"c{c}"] = (f"keygate {fmt(med(col('keygate', c, 'rps')))} vs HAProxy "
                           f"{fmt(med(col('haproxy', c, 'rps')))} req/s, p99 {fmt(med(col('keygate', c, 'p99_ms')), 2)} vs "
                           f"{fmt(med(col('haproxy', c, 'p99_ms')), 2)} ms, CPU per 1k {fmt(cpu_med('keygate', c), 1)} vs "
@@ -767,7 +786,7 @@ def report(results_path, meta_path, out):
                              f"{busy_med('direct', c)}% going direct, whose p99 is "
                              f"{fmt(med(col('direct', c, 'p99_ms')), 2)} ms (keygate {fmt(med(col('keygate', c, 'p99_ms')), 2)}, "
                              f"HAProxy {fmt(med(col('haproxy', c, 'p99_ms')), 2)})"
-                             if any(r.get("load_core_busy") is not None for r in tp_all) else "") + wire + ".")
+                             if measured_lg else "") + wire + spent + ".")
     ka, kb = cpu_med("keygate-prod", cbase), cpu_med("keygate", cbase)
     na, nb = cpu_med("nginx-log", cbase), cpu_med("nginx", cbase)
     if ka and kb:
