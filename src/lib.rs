@@ -53,7 +53,8 @@
 //! | `proxy/pool/mod.rs` | `Pool`: an upstream's connections, leased to the request's own task |
 //! | `proxy/pool/send.rs` | `PoolSend`: a request onto an idle or new connection, and the wait for its head |
 //! | `proxy/pool/connect.rs` | a new connection: TCP, TLS, the HTTP/1.1 handshake, within the connect timeout |
-//! | `proxy/pool/conn.rs` | one connection, the idle stack, its `Lease`, plain or TLS transport, `SendError` |
+//! | `proxy/pool/lease.rs` | `Lease`: a connection in use by one request; a healthy one closed by a cancel is replaced |
+//! | `proxy/pool/conn.rs` | one connection, the idle stack, plain or TLS transport, `SendError` |
 //! | `proxy/headers.rs` | header hygiene in both directions |
 //! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
 //! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record (`response_body_tests.rs`: its unit tests) |

@@ -270,6 +270,123 @@ async fn client_gone_before_first_byte_closes_upstream() {
     assert_eq!(g.gw.capacity.in_use(), 0, "slots still held");
 }
 
+/// Which connection the `n`-th event matching `pred` was on, and when it came.
+fn nth_event(m: &RawMock, n: usize, pred: impl Fn(&Event) -> bool) -> Option<(Event, Instant)> {
+    m.sh.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(e, _)| pred(e))
+        .nth(n)
+        .copied()
+}
+
+/// A client that leaves closes its request's upstream connection (the cancel), and a new one
+/// is made at once in its place, in the background: the next request is sent on it, with no
+/// connect on its path. Both ways a client can leave: before the answer's head (the wait for
+/// it) and during its body (the lease).
+#[tokio::test]
+async fn a_connection_closed_by_a_client_that_left_is_replaced_in_the_background() {
+    for (mode, mid_body) in [
+        (Mode::Delay(Duration::from_secs(30)), false),
+        (
+            Mode::Sse {
+                interval: ms(50),
+                count: 400,
+            },
+            true,
+        ),
+    ] {
+        let m = RawMock::start(mode).await;
+        let g = gateway_for(&m, "", "").await;
+        let key = g.key();
+        let pool = || g.gw.live().upstreams[0].pool().idle();
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        assert!(
+            m.wait(2 * SEC, |e| matches!(e, Event::Request(0)))
+                .await
+                .is_some(),
+            "mid_body {mid_body}: the request did not reach the upstream"
+        );
+        if mid_body {
+            let deadline = tokio::time::Instant::now() + 3 * SEC;
+            while !contains(&c.buf, "w1 ") {
+                assert!(c.fill(deadline).await && !c.eof, "no events: {:?}", c.buf);
+            }
+        }
+        drop(c);
+        assert!(
+            m.wait(2 * SEC, |e| matches!(e, Event::Eof(0)))
+                .await
+                .is_some(),
+            "mid_body {mid_body}: the upstream request was not cancelled"
+        );
+        // The replacement: a second connection, with no request on it, idle in the pool.
+        assert!(
+            m.wait(2 * SEC, |e| matches!(e, Event::Accepted(1)))
+                .await
+                .is_some(),
+            "mid_body {mid_body}: the cancelled connection was not replaced"
+        );
+        assert!(
+            eventually(2 * SEC, || async { pool() == 1 }).await,
+            "mid_body {mid_body}: the replacement is not in the pool ({} idle)",
+            pool()
+        );
+        assert_eq!(m.heads(), 1, "mid_body {mid_body}");
+        // The next request goes on it.
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        let head = m
+            .wait_n(2 * SEC, 2, |e| matches!(e, Event::Head(_)))
+            .await
+            .is_some();
+        assert!(
+            head,
+            "mid_body {mid_body}: the second request did not arrive"
+        );
+        assert_eq!(
+            nth_event(&m, 1, |e| matches!(e, Event::Head(_))).map(|(e, _)| e),
+            Some(Event::Head(1)),
+            "mid_body {mid_body}: the second request was not sent on the replacement"
+        );
+        assert_eq!(m.connections(), 2, "mid_body {mid_body}");
+        drop(c);
+    }
+}
+
+/// A connection the upstream broke is closed and not replaced: the next request makes its
+/// own, after it was sent (no reconnecting to a failing upstream behind the clients' backs).
+#[tokio::test]
+async fn a_connection_the_upstream_broke_is_not_replaced() {
+    let m = RawMock::start(Mode::ResetMidStream { rst: false }).await;
+    let g = gateway_for(&m, "", "").await;
+    let key = g.key();
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + 3 * SEC;
+    while c.fill(deadline).await && !c.eof {}
+    assert!(
+        m.wait(2 * SEC, |e| matches!(e, Event::MockClosed(0)))
+            .await
+            .is_some(),
+        "the mock did not close"
+    );
+    let sent = Instant::now();
+    let mut c = Raw::connect(g.addr).await;
+    c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+    let accepted = m
+        .wait(2 * SEC, |e| matches!(e, Event::Accepted(1)))
+        .await
+        .expect("the second request did not reach the upstream");
+    assert!(
+        accepted >= sent,
+        "a connection was made before the second request: a broken one was replaced"
+    );
+    drop(c);
+}
+
 #[tokio::test]
 async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
     /// A chat request through a gateway with a 400 ms idle timeout to an SSE upstream.

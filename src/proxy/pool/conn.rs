@@ -1,6 +1,6 @@
-//! One upstream connection: the idle stack it waits on, the lease a request holds on it, the
-//! transport under it, and why a request on it got no answer head. The leaf of `pool`: the
-//! other files use this one, and it uses none of them.
+//! One upstream connection: the idle stack it waits on, the transport under it, and why a
+//! request on it got no answer head. The leaf of `pool`: the other files use this one, and it
+//! uses none of them.
 
 use crate::proxy::request_body::UpBody;
 use hyper::client::conn::http1;
@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 /// How long an unused connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(60);
 /// Idle connections kept per upstream.
-const MAX_IDLE: usize = 256;
+pub(super) const MAX_IDLE: usize = 256;
 
 /// Why a request did not get a response head.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ impl Idle {
         None
     }
 
-    fn put(&self, conn: Box<UpstreamConn>) {
+    pub(super) fn put(&self, conn: Box<UpstreamConn>) {
         let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), conn));
@@ -130,37 +130,10 @@ impl UpstreamConn {
     pub(super) fn usable(&mut self, cx: &mut Context<'_>) -> bool {
         self.drive(cx) && self.sender.is_ready()
     }
-}
 
-/// A connection in use by one request. Dropped before the response ended, it closes the
-/// connection (which is how a generation is cancelled when the client leaves).
-pub struct Lease {
-    conn: Option<Box<UpstreamConn>>,
-    idle: Arc<Idle>,
-}
-
-impl Lease {
-    pub(super) fn new(conn: Box<UpstreamConn>, idle: Arc<Idle>) -> Lease {
-        Lease {
-            conn: Some(conn),
-            idle,
-        }
-    }
-
-    /// Polls the connection so the response body moves; call before polling the body.
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(c) = &mut self.conn {
-            c.drive(cx);
-        }
-    }
-
-    /// The response has been read to its end: the connection may serve the next request.
-    pub fn release(&mut self) {
-        if let Some(c) = self.conn.take() {
-            if !c.done && !c.sender.is_closed() {
-                self.idle.put(c);
-            }
-        }
+    /// Neither side has ended it: closing it now would end a healthy connection.
+    pub(super) fn open(&self) -> bool {
+        !self.done && !self.sender.is_closed()
     }
 }
 

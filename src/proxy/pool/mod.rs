@@ -10,17 +10,20 @@
 //! An idle connection is polled by no one. When it is taken it is probed once: an upstream
 //! that closed it meanwhile (vLLM's uvicorn does after 5 s idle) is noticed then, the
 //! connection is dropped, and the next one is tried. A request that could not be written on a
-//! reused connection is sent again on another.
+//! reused connection is sent again on another. A request cancelled by its client closes its
+//! connection, and a healthy one is replaced in the background (`lease`).
 
 mod conn;
 mod connect;
+mod lease;
 mod send;
 
 use crate::proxy::request_body::UpBody;
-use conn::Idle;
-pub use conn::{Lease, SendError};
+pub use conn::SendError;
 use connect::Connector;
 use hyper::client::conn::http1;
+pub use lease::Lease;
+use lease::Shared;
 use send::PoolSend;
 pub use send::Sent;
 use std::future::Future;
@@ -29,13 +32,13 @@ use std::time::Duration;
 
 /// An upstream's connections: how to make one, and the idle ones.
 pub struct Pool {
-    connector: Connector,
-    idle: Arc<Idle>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pool({}:{})", self.connector.host, self.connector.port)
+        let c = &self.shared.connector;
+        write!(f, "Pool({}:{})", c.host, c.port)
     }
 }
 
@@ -48,30 +51,29 @@ impl Pool {
         connect_timeout: Duration,
     ) -> Pool {
         Pool {
-            connector: Connector::new(host, port, tls, connect_timeout),
-            idle: Arc::default(),
+            shared: Arc::new(Shared::new(Connector::new(
+                host,
+                port,
+                tls,
+                connect_timeout,
+            ))),
         }
     }
 
     /// Sends `req` on an idle connection, or a new one, and waits for the response head. The
     /// lease must be kept (and driven) while the response body is read.
     pub fn send(&self, req: http::Request<UpBody>) -> impl Future<Output = Sent> + '_ {
-        PoolSend::new(
-            &self.idle,
-            &self.connector,
-            req,
-            http1::SendRequest::try_send_request,
-        )
+        PoolSend::new(&self.shared, req, http1::SendRequest::try_send_request)
     }
 
     /// Closes idle connections that expired or that the upstream closed, so a pool that
     /// traffic has left does not hold sockets the other side has given up on. Run on a timer.
     pub fn sweep(&self) {
-        self.idle.sweep();
+        self.shared.idle.sweep();
     }
 
     /// Idle connections held.
     pub fn idle(&self) -> usize {
-        self.idle.len()
+        self.shared.idle.len()
     }
 }

@@ -5,8 +5,8 @@
 //! bytes in a future that every request writes, in memory that is cold at each request when
 //! many connections are open. Here the request is a state of its own, gone once it is sent.
 
-use super::conn::{Idle, Lease, SendError, UpstreamConn};
-use super::connect::Connector;
+use super::conn::{SendError, UpstreamConn};
+use super::lease::{Lease, Shared};
 use crate::proxy::request_body::UpBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -32,8 +32,7 @@ pin_project_lite::pin_project! {
     /// none. `T` is hyper's send (`F` its future), a type parameter because its future's type
     /// has no name.
     pub struct PoolSend<'p, T, F> {
-        idle: &'p Arc<Idle>,
-        connector: &'p Connector,
+        shared: &'p Arc<Shared>,
         try_send: T,
         #[pin]
         step: Step<'p, F>,
@@ -48,9 +47,10 @@ pin_project_lite::pin_project! {
         Unsent { req: Option<Request<UpBody>> },
         // No idle connection was usable: a new one is being made.
         Connecting { req: Option<Request<UpBody>>, connect: Connecting<'p> },
-        // Written (or being written) on `conn`: the wait for the head. `reused`: the
-        // connection had served before, so a request it refused unwritten may try another.
-        Waiting { conn: Option<Box<UpstreamConn>>, reused: bool, #[pin] answer: F },
+        // Written (or being written) on the lease's connection: the wait for the head.
+        // `reused`: the connection had served before, so a request it refused unwritten may
+        // try another. Dropped here (the client left), the lease cancels the request.
+        Waiting { lease: Option<Lease>, reused: bool, #[pin] answer: F },
     }
 }
 
@@ -58,15 +58,9 @@ impl<'p, T, F> PoolSend<'p, T, F>
 where
     T: Fn(&mut http1::SendRequest<UpBody>, Request<UpBody>) -> F,
 {
-    pub(super) fn new(
-        idle: &'p Arc<Idle>,
-        connector: &'p Connector,
-        req: Request<UpBody>,
-        try_send: T,
-    ) -> Self {
+    pub(super) fn new(shared: &'p Arc<Shared>, req: Request<UpBody>, try_send: T) -> Self {
         PoolSend {
-            idle,
-            connector,
+            shared,
             try_send,
             step: Step::Unsent { req: Some(req) },
         }
@@ -88,11 +82,11 @@ where
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(SendError::Closed));
                     };
-                    match this.idle.checkout(cx) {
-                        Some(conn) => waiting(this.try_send, conn, req, true),
+                    match this.shared.idle.checkout(cx) {
+                        Some(conn) => waiting(this.try_send, this.shared, conn, req, true),
                         None => Step::Connecting {
                             req: Some(req),
-                            connect: connect(this.connector),
+                            connect: connect(this.shared),
                         },
                     }
                 }
@@ -101,34 +95,37 @@ where
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(SendError::Closed));
                     };
-                    waiting(this.try_send, conn, req, false)
+                    waiting(this.try_send, this.shared, conn, req, false)
                 }
                 StepProj::Waiting {
-                    conn,
+                    lease,
                     reused,
                     answer,
                 } => {
-                    let Some(c) = conn.as_mut() else {
-                        return Poll::Ready(Err(SendError::Closed));
-                    };
                     // The connection first: it writes the request and reads the head.
-                    let alive = c.drive(cx);
-                    match answer.poll(cx) {
+                    let alive = lease.as_mut().is_some_and(|l| l.alive(cx));
+                    let failed = match answer.poll(cx) {
                         Poll::Pending if alive => return Poll::Pending,
-                        Poll::Pending => return Poll::Ready(Err(SendError::Closed)),
+                        Poll::Pending => Err(SendError::Closed),
                         Poll::Ready(Ok(resp)) => {
-                            let lease = conn.take().map(|c| Lease::new(c, Arc::clone(this.idle)));
-                            return match lease {
+                            return match lease.take() {
                                 Some(lease) => Poll::Ready(Ok((resp, lease))),
                                 None => Poll::Ready(Err(SendError::Closed)),
                             };
                         }
                         Poll::Ready(Err(mut e)) => match e.take_message() {
-                            // Not written: a reused connection had gone stale; try another
-                            // (this one is dropped with the step).
-                            Some(req) if *reused => Step::Unsent { req: Some(req) },
-                            _ => return Poll::Ready(Err(SendError::Http(e.into_error()))),
+                            // Not written: a reused connection had gone stale; try another.
+                            Some(req) if *reused => Ok(req),
+                            _ => Err(SendError::Http(e.into_error())),
                         },
+                    };
+                    // The connection failed: closed, and not replaced.
+                    if let Some(mut l) = lease.take() {
+                        l.discard();
+                    }
+                    match failed {
+                        Ok(req) => Step::Unsent { req: Some(req) },
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
             };
@@ -140,6 +137,7 @@ where
 /// `req` handed to hyper on `conn`, and the wait for its head.
 fn waiting<'p, T, F>(
     try_send: &T,
+    shared: &Arc<Shared>,
     mut conn: Box<UpstreamConn>,
     req: Request<UpBody>,
     reused: bool,
@@ -149,7 +147,7 @@ where
 {
     let answer = try_send(&mut conn.sender, req);
     Step::Waiting {
-        conn: Some(conn),
+        lease: Some(Lease::new(conn, Arc::clone(shared))),
         reused,
         answer,
     }
@@ -158,9 +156,9 @@ where
 /// A new connection, then one trip through the scheduler before the request is written: the
 /// client's side runs once more, so a request it has already cancelled meanwhile (an HTTP/2
 /// reset) is dropped here and costs the upstream nothing.
-fn connect(connector: &Connector) -> Connecting<'_> {
+fn connect(shared: &Shared) -> Connecting<'_> {
     Box::pin(async move {
-        let conn = connector.connect().await?;
+        let conn = shared.connector.connect().await?;
         tokio::task::yield_now().await;
         Ok(conn)
     })
