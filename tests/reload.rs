@@ -145,19 +145,19 @@ async fn trace_logging_into_the_key_directory_does_not_feed_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The watcher still reacts to the key file itself.
+    // The watcher still reacts to the key file itself. (An answer under way when the revoke
+    // lands is cut short, by design: not yet the 401, not a failure.)
     cli(&cfg, &["keys", "revoke", &id]);
     assert!(
         eventually(Duration::from_secs(3), || async {
-            send(
+            try_send(
                 Method::POST,
                 &url,
                 &[("authorization", &bearer(&key))],
                 CHAT,
             )
             .await
-            .status
-                == 401
+            .is_ok_and(|a| a.status == 401)
         })
         .await,
         "the revoke was not applied"
