@@ -72,6 +72,14 @@ def _report(tmp_path, rows):
     return out.read_text()
 
 
+def _rounds_at_256(contenders):
+    """Three throughput rounds at 256 connections: (name, rps, p99, load core busy) each."""
+    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256, "kind": "throughput",
+            "cpu_ms_per_1k": 22.0}
+    return [dict(base, target=name, round=rd, rps=rps, p99_ms=p99, load_core_busy=busy)
+            for rd in (1, 2, 3) for name, rps, p99, busy in contenders]
+
+
 def _row(text, start):
     return next(line for line in text.splitlines() if line.startswith("| " + start))
 
@@ -150,13 +158,8 @@ def test_the_load_generators_core_is_read_from_two_tick_counts_and_reported_besi
     assert tools.core_busy("100,1000", "190,1100") == 0.9
     assert tools.core_busy("100,1000", "100,1000") is None  # no tick passed
     assert tools.core_busy("", "190,1100") is None  # a reading that failed
-    rows = []
-    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256, "kind": "throughput"}
-    for rd in (1, 2, 3):
-        for name, rps, p99, busy in (("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
-                                     ("haproxy", 42_000.0, 8.0, 0.92)):
-            rows.append(dict(base, target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0,
-                             load_core_busy=busy))
+    rows = _rounds_at_256((("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
+                           ("haproxy", 42_000.0, 8.0, 0.92)))
     text = _report(tmp_path, rows)
     assert "load generator's core busy, %" in text
     assert _row(text, "256 | haproxy |").endswith("| 92.0 (92.0–92.0) |")
@@ -168,13 +171,9 @@ def test_the_load_generators_core_is_read_from_two_tick_counts_and_reported_besi
 def test_the_256_targets_are_also_decided_against_haproxy_with_keygates_headers(tmp_path):
     # haproxy-wire: HAProxy putting keygate's headers on the wire. Its rows are in the table,
     # and the 256-connection targets get a same-wire verdict beside the plain-HAProxy one.
-    rows = []
+    rows = _rounds_at_256((("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
+                           ("haproxy", 42_000.0, 8.0, 0.92), ("haproxy-wire", 40_000.0, 10.5, 0.99)))
     base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256}
-    for rd in (1, 2, 3):
-        for name, rps, p99, busy in (("direct", 48_000.0, 7.4, 1.0), ("keygate", 45_000.0, 9.5, 0.995),
-                                     ("haproxy", 42_000.0, 8.0, 0.92), ("haproxy-wire", 40_000.0, 10.5, 0.99)):
-            rows.append(dict(base, kind="throughput", target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0,
-                             load_core_busy=busy))
     for i in range(1, 17):
         for name, p99 in (("keygate", 9.5 + 0.01 * i), ("haproxy-wire", 10.5)):
             rows.append(dict(base, kind="paired", set="keygate/haproxy-wire", target=name, round=i, rps=45_000.0,
@@ -189,13 +188,9 @@ def test_the_256_targets_are_also_decided_against_haproxy_with_keygates_headers(
 
 
 def test_the_load_generators_cpu_per_request_is_its_busy_share_over_the_rate(tmp_path):
-    rows = []
-    base = {"p50_ms": 5.0, "requests": 200_000, "cpu_s": 4.5, "conns": 256, "kind": "throughput"}
-    for rd in (1, 2, 3):
-        # keygate's p99 above HAProxy's: a missed target, which the note explains.
-        for name, rps, p99, busy in (("direct", 50_000.0, 9.0, 1.0), ("keygate", 40_000.0, 10.0, 0.96),
-                                     ("haproxy", 40_000.0, 9.0, 0.84), ("haproxy-wire", 30_000.0, 11.0, 0.9)):
-            rows.append(dict(base, target=name, round=rd, rps=rps, p99_ms=p99, cpu_ms_per_1k=22.0, load_core_busy=busy))
+    # keygate's p99 above HAProxy's: a missed target, which the note explains.
+    rows = _rounds_at_256((("direct", 50_000.0, 9.0, 1.0), ("keygate", 40_000.0, 10.0, 0.96),
+                           ("haproxy", 40_000.0, 9.0, 0.84), ("haproxy-wire", 30_000.0, 11.0, 0.9)))
     text = _report(tmp_path, rows)
     assert "load generator's CPU µs per request" in text
     assert _row(text, "256 | keygate |").endswith("| 24.0 (24.0–24.0) | 96.0 (96.0–96.0) |")
