@@ -53,8 +53,13 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3)).sample_size(30);
     g.bench_function("local", |b| {
         b.iter(|| {
-            rt.block_on(keygate::limit::check_rate(None, &clock, &key))
-                .unwrap()
+            rt.block_on(keygate::limit::check_rate(
+                None,
+                &clock,
+                std::time::Instant::now(),
+                &key,
+            ))
+            .unwrap()
         })
     });
 
@@ -90,7 +95,7 @@ fn bench(c: &mut Criterion) {
             tls: Default::default(),
         });
         for _ in 0..200 {
-            if keygate::limit::check_rate(Some(&cluster), &clock, &key)
+            if keygate::limit::check_rate(Some(&cluster), &clock, std::time::Instant::now(), &key)
                 .await
                 .is_ok_and(|i| i.verdict.is_allowed())
             {
@@ -102,8 +107,13 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("redis_rate", |b| {
         b.iter(|| {
-            rt.block_on(keygate::limit::check_rate(Some(&cluster), &clock, &key))
-                .unwrap()
+            rt.block_on(keygate::limit::check_rate(
+                Some(&cluster),
+                &clock,
+                std::time::Instant::now(),
+                &key,
+            ))
+            .unwrap()
         })
     });
     g.bench_function("redis_in_flight_lease", |b| {

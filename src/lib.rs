@@ -55,9 +55,11 @@
 //! | `proxy/pool/connect.rs` | a new connection: TCP, TLS, the HTTP/1.1 handshake, within the connect timeout |
 //! | `proxy/pool/lease.rs` | `Lease`: a connection in use by one request; a healthy one closed by a cancel is replaced |
 //! | `proxy/pool/conn.rs` | one connection, the idle stack, plain or TLS transport, `SendError` |
+//! | `proxy/pool/wake.rs` | `DriveWaker`: the waker a connection is driven with, which drops the body channel's wake of the task taking a frame |
 //! | `proxy/headers.rs` | header hygiene in both directions |
 //! | `proxy/request_body.rs` | `UpBody`: the body sent upstream |
 //! | `proxy/response_body.rs` | `Body`: the answer as it streams, carrying the request's record (`response_body_tests.rs`: its unit tests) |
+//! | `proxy/whole.rs` | whole answers the gateway writes itself (`text`, `json`) and the bodiless HEAD answer |
 //! | `proxy/idle.rs` | body frames bounded in time; how a client's body fails |
 //! | `proxy/stream_usage.rs` | the usage-only SSE event hidden from a client that did not ask for it |
 //! | `proxy/revoke.rs` | an answer ended when its key is revoked |

@@ -40,7 +40,8 @@ use crate::limit::redis::RedisBackend;
 use crate::limit::{self, Reservation};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::request_body::UpBody;
-use crate::proxy::response_body::{without_body, Body};
+use crate::proxy::response_body::Body;
+use crate::proxy::whole::without_body;
 use crate::server::peer::Peer;
 use crate::time::Timestamp;
 use crate::{admin, authorize, ops, proxy};
@@ -160,7 +161,7 @@ fn stages<'a>(
         record.count_use(&key, now);
 
         let redis = gw.redis.as_ref();
-        let rate = limit::check_rate(redis, &gw.rate_clock, &key).await?;
+        let rate = limit::check_rate(redis, &gw.rate_clock, record.started, &key).await?;
         limits.rate = Some(rate);
         authorize::scope(&key, route)?;
         limit::rate_verdict(&rate)?;
@@ -289,7 +290,10 @@ mod tests {
         let toml = "[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:9\"\nmodels = [\"*\"]\n";
         let gw = Gateway::new(Config::parse(toml, None).unwrap());
         let live = gw.live();
-        let sending = live.upstreams[0].send(Request::new(UpBody::full(Bytes::new())));
+        let sending = live.upstreams[0].send(
+            Request::new(UpBody::full(Bytes::new())),
+            std::time::Instant::now(),
+        );
         let size = std::mem::size_of_val(&sending);
         assert!(size <= 448, "the wait for the head is {size} bytes");
     }

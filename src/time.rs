@@ -10,6 +10,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub u64);
 
+/// A monotonic clock read taken once, when first wanted, for the several that want the same
+/// moment (the end of an answer: the request's latency, its client connection's idle time,
+/// its upstream connection's). Under load a read costs as much as the rest of what those
+/// three do with it.
+#[derive(Debug, Default)]
+pub struct LazyNow(Option<std::time::Instant>);
+
+impl LazyNow {
+    pub fn at(&mut self) -> std::time::Instant {
+        *self.0.get_or_insert_with(std::time::Instant::now)
+    }
+}
+
 impl Timestamp {
     /// 9999-12-31T23:59:59Z: the last time RFC 3339 can write.
     pub const MAX: Timestamp = Timestamp(253_402_300_799);

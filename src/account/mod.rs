@@ -98,7 +98,8 @@ impl Drop for RequestRecord {
                 state.quota.add_tokens(t);
             }
         }
-        let total = self.started.elapsed();
+        let ended = self.ended.unwrap_or_else(std::time::Instant::now);
+        let total = ended.saturating_duration_since(self.started);
         let added = self.added.of(total);
         let (Some(gw), Some(config)) = (gw, config) else {
             return;

@@ -27,7 +27,12 @@ pub struct RequestRecord {
     pub answer_model: Option<String>,
     pub status: u16,
     pub error_code: Option<&'static str>,
+    /// When the request began: the head was read. The request's rate cell is taken at
+    /// this moment too (`limit::check_rate`).
     pub started: std::time::Instant,
+    /// When its answer ended, if the body that ended it said so (else the record reads the
+    /// clock when it is dropped).
+    pub ended: Option<std::time::Instant>,
     /// Time from sending upstream to its response head.
     pub upstream_latency: Option<std::time::Duration>,
     /// Time the gateway itself spent before the response head left.
@@ -163,6 +168,7 @@ impl RequestRecord {
             status: CLIENT_CLOSED,
             error_code: None,
             started: std::time::Instant::now(),
+            ended: None,
             upstream_latency: None,
             added: Added::All,
             upstream: None,

@@ -10,7 +10,8 @@ use crate::keys::error::StoreError;
 use crate::keys::list::{self, Filter, ListQuery, Order, SortBy, Statuses};
 use crate::keys::usage::UsageSnapshot;
 use crate::keys::view::KeyView;
-use crate::proxy::response_body::{json, Body};
+use crate::proxy::response_body::Body;
+use crate::proxy::whole::json;
 use crate::time::Timestamp;
 use http::StatusCode;
 

@@ -134,7 +134,13 @@ fn streamed(live: &Live, body: Incoming, record: &mut RequestRecord) -> UpBody {
     let server = &live.config.server;
     let seen = Arc::new(AtomicU64::new(0));
     record.received = Some(Arc::clone(&seen));
-    UpBody::stream(body, server.body_read_timeout, server.max_body_bytes, seen)
+    UpBody::stream(
+        body,
+        server.body_read_timeout,
+        record.started,
+        server.max_body_bytes,
+        seen,
+    )
 }
 
 /// Reads a body `plan` said must be read, as far as its model (see the module doc), and
@@ -163,6 +169,7 @@ pub async fn inspect(
                 body,
                 boundary,
                 server.body_read_timeout,
+                record.started,
                 server.max_body_bytes,
             );
             (m.find_model().await?, UpBody::multipart(m))

@@ -122,12 +122,18 @@ impl std::fmt::Debug for MultipartBody {
 }
 
 impl MultipartBody {
-    /// `timeout` bounds each gap and, with the body's rate, the whole body
-    /// (`Idle::for_body`); `limit` its size (`max_body_bytes`).
-    pub fn new(inner: Incoming, boundary: String, timeout: Duration, limit: u64) -> MultipartBody {
+    /// `timeout` bounds each gap and, from `started` (when the request began) and with the
+    /// body's rate, the whole body (`Idle::for_body`); `limit` its size (`max_body_bytes`).
+    pub fn new(
+        inner: Incoming,
+        boundary: String,
+        timeout: Duration,
+        started: std::time::Instant,
+        limit: u64,
+    ) -> MultipartBody {
         let source = Arc::new(Mutex::new(Source {
             inner,
-            idle: Idle::for_body(timeout),
+            idle: Idle::for_body(timeout, started),
             limit,
             seen: 0,
             pending: VecDeque::new(),

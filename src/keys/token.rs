@@ -53,7 +53,10 @@ impl<'a> Token<'a> {
                 min,
             });
         }
-        if let Some(pos) = body.bytes().position(|b| !b.is_ascii_alphanumeric()) {
+        // Every byte checked with no early exit, which the compiler turns into a few
+        // vector compares; the position is looked for only when one is wrong.
+        if !body.bytes().fold(true, |ok, b| ok & is_base62(b)) {
+            let pos = body.bytes().position(|b| !is_base62(b)).unwrap_or(0);
             return Err(ParseError::Alphabet(text.len() - body.len() + pos));
         }
         let (covered, check) = text.split_at(text.len() - CHECK_LEN);
@@ -147,6 +150,13 @@ fn random_base62(n: usize) -> Result<String, getrandom::Error> {
     Ok(out)
 }
 
+/// `[0-9A-Za-z]`, without branches (`u8::is_ascii_alphanumeric` is a `match`, checked a
+/// byte at a time).
+#[inline]
+fn is_base62(b: u8) -> bool {
+    (b.wrapping_sub(b'0') < 10) | ((b | 0x20).wrapping_sub(b'a') < 26)
+}
+
 /// CRC32 as 6 base62 digits, most significant first, zero-padded.
 fn encode_check(mut crc: u32) -> [u8; CHECK_LEN] {
     let mut out = [b'0'; CHECK_LEN];
@@ -195,6 +205,26 @@ mod tests {
             Token::parse(&flipped, "sk_kg").unwrap_err(),
             ParseError::Checksum
         );
+    }
+
+    #[test]
+    fn the_alphabet_is_exactly_base62() {
+        for b in 0..=255u8 {
+            assert_eq!(is_base62(b), b.is_ascii_alphanumeric(), "byte {b}");
+        }
+        // A wrong byte anywhere after the prefix is found, and named by its position.
+        let t = generate("sk_kg").unwrap().plaintext;
+        for pos in "sk_kg_".len()..t.len() {
+            for bad in ["_", "-", "\u{e9}", " "] {
+                let mut s = t.clone();
+                s.replace_range(pos..pos + 1, bad);
+                assert_eq!(
+                    Token::parse(&s, "sk_kg").unwrap_err(),
+                    ParseError::Alphabet(pos),
+                    "{bad:?} at {pos}"
+                );
+            }
+        }
     }
 
     #[test]

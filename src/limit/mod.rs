@@ -29,21 +29,23 @@ use crate::limit::redis::{Acquired, RedisBackend, SlotLease};
 use crate::limit::tokens::TokenInfo;
 use crate::time::Timestamp;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The retry hint of a `deny` refusal while the shared backend cannot answer (the same as
 /// the 503's `retry-after`).
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
-/// Takes one request cell of the key's rate: shared in cluster mode, else this process's.
-/// When Redis cannot answer, the policy decides; a `deny` refusal still reports the key's
-/// limit (`rate_verdict` turns it into the 503).
+/// Takes one request cell of the key's rate, for a request that began at `at`: shared in
+/// cluster mode (on Redis's clock), else this process's. When Redis cannot answer, the
+/// policy decides; a `deny` refusal still reports the key's limit (`rate_verdict` turns it
+/// into the 503).
 pub async fn check_rate(
     redis: Option<&Arc<RedisBackend>>,
     clock: &RateClock,
+    at: Instant,
     key: &KeyRef,
 ) -> Result<RateInfo, GatewayError> {
-    let local = || key.state().rate.check(clock, &key.rate);
+    let local = || key.state().rate.check_at(clock.at(at), &key.rate);
     let Some(r) = redis else {
         return Ok(local());
     };

@@ -63,7 +63,14 @@ impl RateClock {
 
     /// Now, in nanoseconds since the origin.
     pub fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.at(Instant::now())
+    }
+
+    /// The moment `t`, in nanoseconds since the origin (0 before it). A request's cell is
+    /// taken at the moment the request began (`RequestRecord::started`), a clock read it
+    /// already paid for: one less per request.
+    pub fn at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 

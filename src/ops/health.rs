@@ -75,7 +75,7 @@ pub async fn check(u: &Upstream) -> Result<(), CheckError> {
     let attempt = async {
         let (resp, lease) = u
             .pool()
-            .send(req)
+            .send(req, std::time::Instant::now())
             .await
             .map_err(|e| CheckError::Send(error_chain(&e)))?;
         let status = resp.status();

@@ -5,7 +5,8 @@
 use crate::admin::console;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::proxy::response_body::{text, Body};
+use crate::proxy::response_body::Body;
+use crate::proxy::whole::text;
 use http::{Method, Response, StatusCode};
 
 /// The answer to a probe, if the request is one. HEAD is answered as GET (the pipeline drops

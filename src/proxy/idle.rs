@@ -114,11 +114,12 @@ impl Idle {
         }
     }
 
-    /// A client's body: no gap over `timeout`, and the whole of it within `timeout` plus
+    /// A client's body: no gap over `timeout`, and the whole of it within `timeout` of
+    /// `started` (when its request began: a clock read the request already paid for) plus
     /// what its bytes earned (`earned`).
-    pub fn for_body(timeout: Duration) -> Idle {
+    pub fn for_body(timeout: Duration, started: std::time::Instant) -> Idle {
         Idle {
-            total: Some(Instant::now() + timeout),
+            total: Some(Instant::from_std(started) + timeout),
             ..Idle::new(timeout)
         }
     }

@@ -17,6 +17,7 @@ pub mod revoke;
 pub mod sending;
 pub mod stream_usage;
 pub mod upstream;
+pub mod whole;
 
 use crate::account::{Added, RequestRecord};
 use crate::auth::Caller;
@@ -33,12 +34,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use pool::Sent;
 use request_body::UpBody;
-use response_body::{json, Body};
+use response_body::Body;
 use sending::Sending;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::time::error::Elapsed;
 use upstream::{upstream_request, ForwardInfo, Upstream};
+use whole::json;
 
 /// The upstream for a request on a forward route: the one serving its model where the route
 /// carries one, else the first.
@@ -111,11 +113,15 @@ pub fn send<'a>(
     let up = upstream_request(upstream, parts, body, &info)?;
     record.upstream = Some(Arc::clone(&upstream.name));
     record.upstream_series = Some(Arc::clone(&upstream.series));
+    // One clock read: the request's sending time, its first-byte deadline, and the age of
+    // the idle connection it goes on.
+    let sent = std::time::Instant::now();
     Ok(Sending::new(
         upstream,
         key.state(),
         record,
-        upstream.send(up),
+        sent,
+        upstream.send(up, sent),
     ))
 }
 

@@ -51,12 +51,18 @@ impl UpBody {
     }
 
     /// The client's body, streamed: each gap bounded by `timeout`, the whole body by
-    /// `timeout` and its rate (`Idle::for_body`).
+    /// `timeout` of `started` and its rate (`Idle::for_body`).
     /// `seen` counts the bytes as they pass.
-    pub fn stream(inner: Incoming, timeout: Duration, limit: u64, seen: Arc<AtomicU64>) -> UpBody {
+    pub fn stream(
+        inner: Incoming,
+        timeout: Duration,
+        started: std::time::Instant,
+        limit: u64,
+        seen: Arc<AtomicU64>,
+    ) -> UpBody {
         UpBody::Stream(Box::new(Streamed {
             inner,
-            idle: Idle::for_body(timeout),
+            idle: Idle::for_body(timeout, started),
             limit,
             seen,
         }))

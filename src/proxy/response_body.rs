@@ -18,15 +18,14 @@ use crate::proxy::pool::Lease;
 use crate::proxy::revoke::RevokeWatch;
 use crate::proxy::stream_usage::UsageChunkFilter;
 use crate::server::connection::Exchange;
+use crate::time::LazyNow;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The key of an answer was revoked (or left the key file) while the answer streamed.
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +49,24 @@ impl Drop for Body {
         // read to its end: hyper stops polling (and drops the body) as soon as the last frame
         // of a known length is out. Dropped before that, the client cut it short, and its
         // connection closes with it.
+        // One clock read for the three that want the moment the answer ended.
+        let mut end = LazyNow::default();
         if let Kind::Upstream(relay) = &mut self.kind {
             let relay = relay.as_mut().project();
-            if relay.inner.is_end_stream() {
-                relay.lease.release();
+            if relay.inner.is_end_stream() && relay.lease.is_held() {
+                relay.lease.release(end.at());
             }
         }
         let complete = match &self.kind {
             Kind::Full(_) => true,
             upstream => upstream.is_end_stream(),
         };
-        settle(&self.kind, &mut self.record, self.sent, complete);
+        if self.record.is_some() {
+            settle(&self.kind, &mut self.record, self.sent, complete, end.at());
+        }
+        if let Some(e) = self.exchange.as_mut().filter(|e| !e.is_ended()) {
+            e.end(end.at());
+        }
     }
 }
 
@@ -173,8 +179,15 @@ impl Body {
 
 /// Hands the request's record what the body knows, and drops it (`RequestRecord::drop` records and
 /// logs). Once only: later calls find no record.
-fn settle(kind: &Kind, record: &mut Option<Box<RequestRecord>>, sent: u64, complete: bool) {
+fn settle(
+    kind: &Kind,
+    record: &mut Option<Box<RequestRecord>>,
+    sent: u64,
+    complete: bool,
+    at: Instant,
+) {
     if let Some(mut f) = record.take() {
+        f.ended = Some(at);
         if let Kind::Upstream(r) = kind {
             f.tokens = r
                 .scanner
@@ -207,6 +220,7 @@ impl HttpBody for Body {
         if let Some(e) = this.exchange.as_mut() {
             e.polled();
         }
+        let mut end = LazyNow::default();
         let out = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(relay) => loop {
@@ -232,7 +246,9 @@ impl HttpBody for Body {
                     return end_next_turn(broken, revoked(&mut this.record, why), cx);
                 }
                 lease.drive(cx);
-                let frame = match idle.poll_frame(inner, cx) {
+                // The take from the connection's channel would wake this task to drive the
+                // connection again, which the next poll does first anyway: not woken.
+                let frame = match lease.taking(|| idle.poll_frame(inner, cx)) {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
                         if let Some(mut watch) = revoke.as_mut().as_pin_mut() {
@@ -250,7 +266,7 @@ impl HttpBody for Body {
                     return end_next_turn(broken, e, cx);
                 }
                 if frame.is_none() {
-                    lease.release();
+                    lease.release(end.at());
                 }
                 if let Some(Ok(f)) = &frame {
                     if let Some(d) = f.data_ref() {
@@ -302,7 +318,13 @@ impl HttpBody for Body {
                     e.handed();
                 }
             }
-            Poll::Ready(None) => settle(&this.kind, &mut this.record, this.sent, true),
+            Poll::Ready(None) => {
+                let at = end.at();
+                settle(&this.kind, &mut this.record, this.sent, true, at);
+                if let Some(e) = this.exchange.as_mut() {
+                    e.end(at);
+                }
+            }
             Poll::Ready(Some(Err(e))) => {
                 // Only an upstream body fails here: it broke off, stalled, or its key was
                 // revoked.
@@ -313,7 +335,7 @@ impl HttpBody for Body {
                         f.stream_error = Some(UpstreamError::StreamBroken);
                     }
                 }
-                settle(&this.kind, &mut this.record, this.sent, false)
+                settle(&this.kind, &mut this.record, this.sent, false, end.at());
             }
             Poll::Pending => {}
         }
@@ -351,38 +373,6 @@ fn revoked(record: &mut Option<Box<RequestRecord>>, why: Ended) -> BoxError {
         f.error_code = Some(GatewayError::from(why).code());
     }
     Box::new(KeyRevoked)
-}
-
-/// A whole answer the gateway writes itself: `text/plain`.
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
-}
-
-/// A whole answer the gateway writes itself: JSON.
-pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::full(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// The answer to a HEAD request: the GET answer's head, with its length, and no body. hyper
-/// leaves the body out of an HTTP/1.1 HEAD answer but not out of an HTTP/2 one.
-pub fn without_body(resp: &mut Response<Body>) {
-    if let Some(n) = HttpBody::size_hint(resp.body()).exact() {
-        if n > 0 && !resp.headers().contains_key(header::CONTENT_LENGTH) {
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
-    *resp.body_mut() = Body::full(Bytes::new());
 }
 
 #[cfg(test)]

@@ -48,9 +48,9 @@ where
         upstream: &'a Upstream,
         state: &'a Arc<KeyState>,
         record: &'a mut RequestRecord,
+        sent: Instant,
         sending: F,
     ) -> Self {
-        let sent = Instant::now();
         let before = sent - record.started;
         // Until the head comes: a request that ends waiting for it (timed out, its client
         // gone, the drain over) added this much, not its wait.

@@ -184,11 +184,15 @@ impl Upstream {
     /// first byte is late. [`Upstream::settle`] turns its output into the answer or the error.
     /// A plain future, not an `async fn`: one of those would hold the 264-byte request twice
     /// for the whole wait (the call's copy and the body's), in memory each request touches.
+    /// `sent` is the moment it is sent, read once by the caller: the first-byte deadline
+    /// counts from it.
     pub fn send(
         &self,
         req: Request<UpBody>,
+        sent: std::time::Instant,
     ) -> tokio::time::Timeout<impl Future<Output = Sent> + '_> {
-        tokio::time::timeout(self.config.first_byte_timeout, self.pool.send(req))
+        let deadline = tokio::time::Instant::from_std(sent) + self.config.first_byte_timeout;
+        tokio::time::timeout_at(deadline, self.pool.send(req, sent))
     }
 
     /// What [`Upstream::send`]'s wait came to.

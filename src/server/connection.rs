@@ -111,6 +111,7 @@ impl Activity {
         Exchange {
             activity: Arc::clone(self),
             waiting: None,
+            ended: false,
         }
     }
 
@@ -147,6 +148,8 @@ pub struct Exchange {
     /// The slot this response counts in while hyper holds a frame of it and has not asked for
     /// the next one.
     waiting: Option<usize>,
+    /// `end` has told the connection when the answer ended.
+    ended: bool,
 }
 
 impl Exchange {
@@ -167,14 +170,31 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// `end` was called.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The answer ended at `at` (the body's own clock read, which its record and its upstream
+    /// connection use too): the connection's idle time counts from then.
+    pub fn end(&mut self, at: std::time::Instant) {
+        if !std::mem::replace(&mut self.ended, true) {
+            let a = &self.activity;
+            a.ended_ms
+                .fetch_max(a.ms_since_start(Instant::from_std(at)), Ordering::AcqRel);
+        }
+    }
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.polled();
-        let a = &self.activity;
         // Before `open` falls, so the driver never sees it idle with an older end time.
-        a.ended_ms
-            .fetch_max(a.ms_since_start(Instant::now()), Ordering::AcqRel);
-        a.open.fetch_sub(1, Ordering::AcqRel);
+        if !self.ended {
+            self.end(std::time::Instant::now());
+        }
+        self.activity.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

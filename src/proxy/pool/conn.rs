@@ -2,6 +2,7 @@
 //! request on it got no answer head. The leaf of `pool`: the other files use this one, and it
 //! uses none of them.
 
+use super::wake::DriveWaker;
 use crate::proxy::request_body::UpBody;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -42,21 +43,26 @@ pub(super) struct Idle {
 }
 
 impl Idle {
-    /// An idle connection that is still open, if there is one. `cx` is the waiting
-    /// request's: probing a connection registers its wake-ups.
-    pub(super) fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<UpstreamConn>> {
+    /// An idle connection that is still open, if there is one, for a request sent `now`.
+    ///
+    /// The probe registers no waker. The request that takes the connection drives it with
+    /// its own task's right after, once its request is handed over; a waker registered here
+    /// (or the one the connection's last request left) would be woken by that handing over
+    /// itself, a wasted poll of a whole client connection each request, its own or another's.
+    pub(super) fn checkout(&self, now: Instant) -> Option<Box<UpstreamConn>> {
+        let mut quiet = Context::from_waker(std::task::Waker::noop());
         loop {
-            let mut conn = self.pop()?;
-            if conn.usable(cx) {
+            let mut conn = self.pop(now)?;
+            if conn.usable(&mut quiet) {
                 return Some(conn);
             }
         }
     }
 
-    fn pop(&self) -> Option<Box<UpstreamConn>> {
+    fn pop(&self, now: Instant) -> Option<Box<UpstreamConn>> {
         let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
         let (since, conn) = idle.pop()?;
-        if since.elapsed() < IDLE_FOR {
+        if now.saturating_duration_since(since) < IDLE_FOR {
             return Some(conn);
         }
         // The stack is ordered by age: all the rest are older still.
@@ -66,10 +72,12 @@ impl Idle {
         None
     }
 
-    pub(super) fn put(&self, conn: Box<UpstreamConn>) {
+    /// Keeps `conn`, idle since `now`. (The times are the requests' own clock reads, passed
+    /// in: a clock read costs as much as the rest of a checkout.)
+    pub(super) fn put(&self, conn: Box<UpstreamConn>, now: Instant) {
         let mut idle = self.stack.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push((Instant::now(), conn));
+            idle.push((now, conn));
         }
     }
 
@@ -100,6 +108,8 @@ pub(super) struct UpstreamConn {
     pub(super) sender: http1::SendRequest<UpBody>,
     conn: http1::Connection<TokioIo<Transport>, UpBody>,
     done: bool,
+    /// What the connection is driven with (see `wake`).
+    waker: DriveWaker,
 }
 
 impl UpstreamConn {
@@ -111,13 +121,16 @@ impl UpstreamConn {
             sender,
             conn,
             done: false,
+            waker: DriveWaker::new(),
         })
     }
 
-    /// Moves the connection along (writes, reads, notices a hangup); false once it has ended.
+    /// Moves the connection along (writes, reads, notices a hangup) for `cx`'s task; false
+    /// once it has ended.
     pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.done {
-            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx) {
+            let mut cx = self.waker.context(cx);
+            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(&mut cx) {
                 self.done = true;
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "upstream connection ended");
@@ -125,6 +138,12 @@ impl UpstreamConn {
             }
         }
         !self.done
+    }
+
+    /// Runs `take`, a read of the response body this connection feeds, with the
+    /// connection's wake for that read dropped (see `wake`).
+    pub(super) fn taking<R>(&self, take: impl FnOnce() -> R) -> R {
+        self.waker.taking(take)
     }
 
     pub(super) fn usable(&mut self, cx: &mut Context<'_>) -> bool {

@@ -15,6 +15,7 @@ use super::connect::Connector;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Context;
+use std::time::Instant;
 
 /// An upstream's connections: how to make one, the idle ones, the replacements being made.
 pub(super) struct Shared {
@@ -45,7 +46,7 @@ impl Shared {
         let shared = Arc::clone(self);
         runtime.spawn(async move {
             match shared.connector.connect().await {
-                Ok(conn) => shared.idle.put(conn),
+                Ok(conn) => shared.idle.put(conn, Instant::now()),
                 Err(e) => tracing::debug!(error = %e, "no replacement upstream connection"),
             }
             shared.replacing.fetch_sub(1, Ordering::AcqRel);
@@ -74,6 +75,16 @@ impl Lease {
         self.alive(cx);
     }
 
+    /// Runs `take`, a read of the response body this lease's connection feeds: the
+    /// connection's wake for it is dropped, since the body drives the connection before
+    /// each read anyway (see `wake`).
+    pub fn taking<R>(&self, take: impl FnOnce() -> R) -> R {
+        match &self.conn {
+            Some(c) => c.taking(take),
+            None => take(),
+        }
+    }
+
     /// Drives the connection; false once it has ended (or was handed on).
     pub(super) fn alive(&mut self, cx: &mut Context<'_>) -> bool {
         self.conn.as_mut().is_some_and(|c| c.drive(cx))
@@ -84,11 +95,17 @@ impl Lease {
         self.conn = None;
     }
 
-    /// The response has been read to its end: the connection may serve the next request.
-    pub fn release(&mut self) {
+    /// The connection has not been released, discarded or closed yet.
+    pub fn is_held(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// The response was read to its end at `now`: the connection may serve the next
+    /// request.
+    pub fn release(&mut self, now: Instant) {
         if let Some(c) = self.conn.take() {
             if c.open() {
-                self.shared.idle.put(c);
+                self.shared.idle.put(c, now);
             }
         }
     }

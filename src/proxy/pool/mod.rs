@@ -17,6 +17,7 @@ mod conn;
 mod connect;
 mod lease;
 mod send;
+mod wake;
 
 use crate::proxy::request_body::UpBody;
 pub use conn::SendError;
@@ -28,7 +29,7 @@ use send::PoolSend;
 pub use send::Sent;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An upstream's connections: how to make one, and the idle ones.
 pub struct Pool {
@@ -62,8 +63,8 @@ impl Pool {
 
     /// Sends `req` on an idle connection, or a new one, and waits for the response head. The
     /// lease must be kept (and driven) while the response body is read.
-    pub fn send(&self, req: http::Request<UpBody>) -> impl Future<Output = Sent> + '_ {
-        PoolSend::new(&self.shared, req, http1::SendRequest::try_send_request)
+    pub fn send(&self, req: http::Request<UpBody>, at: Instant) -> impl Future<Output = Sent> + '_ {
+        PoolSend::new(&self.shared, req, at, http1::SendRequest::try_send_request)
     }
 
     /// Closes idle connections that expired or that the upstream closed, so a pool that

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 /// The pool's answer to one request: the response head with the lease of its connection.
 pub type Sent = Result<(Response<Incoming>, Lease), SendError>;
@@ -34,6 +35,8 @@ pin_project_lite::pin_project! {
     pub struct PoolSend<'p, T, F> {
         shared: &'p Arc<Shared>,
         try_send: T,
+        // When the request was handed to the pool: an idle connection's age is told from it.
+        at: Instant,
         #[pin]
         step: Step<'p, F>,
     }
@@ -58,10 +61,16 @@ impl<'p, T, F> PoolSend<'p, T, F>
 where
     T: Fn(&mut http1::SendRequest<UpBody>, Request<UpBody>) -> F,
 {
-    pub(super) fn new(shared: &'p Arc<Shared>, req: Request<UpBody>, try_send: T) -> Self {
+    pub(super) fn new(
+        shared: &'p Arc<Shared>,
+        req: Request<UpBody>,
+        at: Instant,
+        try_send: T,
+    ) -> Self {
         PoolSend {
             shared,
             try_send,
+            at,
             step: Step::Unsent { req: Some(req) },
         }
     }
@@ -82,7 +91,7 @@ where
                     let Some(req) = req.take() else {
                         return Poll::Ready(Err(SendError::Closed));
                     };
-                    match this.shared.idle.checkout(cx) {
+                    match this.shared.idle.checkout(*this.at) {
                         Some(conn) => waiting(this.try_send, this.shared, conn, req, true),
                         None => Step::Connecting {
                             req: Some(req),
@@ -104,7 +113,13 @@ where
                 } => {
                     // The connection first: it writes the request and reads the head.
                     let alive = lease.as_mut().is_some_and(|l| l.alive(cx));
-                    let failed = match answer.poll(cx) {
+                    // The answer is asked with no waker: only driving the connection, above,
+                    // can complete it, and that registered this task's waker wherever the
+                    // connection waits. A waker here would be woken by that completion,
+                    // from inside this very poll: one more wasted poll of the client's
+                    // connection per request.
+                    let mut quiet = Context::from_waker(std::task::Waker::noop());
+                    let failed = match answer.poll(&mut quiet) {
                         Poll::Pending if alive => return Poll::Pending,
                         Poll::Pending => Err(SendError::Closed),
                         Poll::Ready(Ok(resp)) => {
