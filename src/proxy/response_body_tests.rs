@@ -102,26 +102,32 @@ async fn taking_a_frame_does_not_wake_the_task_taking_it() {
         true,
         false,
     );
-    let (waker, wakes) = counting_waker();
-    let mut cx = Context::from_waker(&waker);
-    match Pin::new(&mut body).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "hello"),
-        other => panic!("the body's frame was not there: {other:?}"),
-    }
-    assert_eq!(
-        wakes.load(Ordering::SeqCst),
-        0,
-        "taking the frame woke the task taking it"
-    );
-    // Not (yet) spared: the connection, driven for the next frame, hands it over with a wake
-    // of the body's reader, which is this task too (one poll more per frame of a streamed
-    // answer, none for an answer that comes in one frame).
-    match Pin::new(&mut body).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "world"),
-        other => panic!("the body's second frame was not there: {other:?}"),
-    }
-    assert!(matches!(
-        Pin::new(&mut body).poll_frame(&mut cx),
-        Poll::Ready(None)
-    ));
+    // Read in a task of its own, as a client connection's task reads it (the taker is told
+    // by its task id).
+    tokio::spawn(async move {
+        let (waker, wakes) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "hello"),
+            other => panic!("the body's frame was not there: {other:?}"),
+        }
+        assert_eq!(
+            wakes.load(Ordering::SeqCst),
+            0,
+            "taking the frame woke the task taking it"
+        );
+        // Not (yet) spared: the connection, driven for the next frame, hands it over with a
+        // wake of the body's reader, which is this task too (one poll more per frame of a
+        // streamed answer, none for an answer that comes in one frame).
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.into_data().unwrap(), "world"),
+            other => panic!("the body's second frame was not there: {other:?}"),
+        }
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+    })
+    .await
+    .unwrap();
 }

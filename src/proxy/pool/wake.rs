@@ -10,14 +10,15 @@
 //! connection cannot send another frame before the body has taken this one.
 //!
 //! So the connection is driven with a waker of its own that passes every wake on to the task
-//! that drives it now, except a wake raised on the thread that is taking a frame, while it
-//! takes it (`DriveWaker::taking`). A wake from any other thread (the I/O driver of a
-//! multi-threaded runtime, an HTTP/2 stream's task feeding the request's body) passes
-//! during the take too: only the channel's own wake, raised inside the take, is dropped.
+//! that drives it now, except a wake raised by the task taking a frame, while it takes it
+//! (`DriveWaker::taking`). Whoever else wakes it meanwhile (the I/O driver of a
+//! multi-threaded runtime, on another thread; an HTTP/2 stream's task feeding the request's
+//! body) is passed on: only the channel's own wake, raised inside the take, is dropped. The
+//! taker is told by tokio's task id, which is read without a panic even while a thread ends.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Wake, Waker};
-use std::thread::ThreadId;
+use tokio::task::Id;
 
 /// The waker one upstream connection is driven with, kept for the connection's life.
 pub(super) struct DriveWaker {
@@ -33,8 +34,8 @@ struct State {
 struct Inner {
     /// The waker of the task driving the connection now.
     task: Waker,
-    /// The thread taking a body frame, while it does.
-    taking: Option<ThreadId>,
+    /// The task taking a body frame, while it does.
+    taking: Option<Id>,
 }
 
 impl DriveWaker {
@@ -60,10 +61,13 @@ impl DriveWaker {
         Context::from_waker(&self.waker)
     }
 
-    /// Runs `take` (a read of the connection's body channel) with the channel's wake of the
-    /// connection's driver dropped, on this thread only.
+    /// Runs `take` (a read of the connection's body channel) with the wakes this task raises
+    /// meanwhile dropped. Outside a task (no id to tell it by) nothing is dropped.
     pub(super) fn taking<R>(&self, take: impl FnOnce() -> R) -> R {
-        self.state.lock().taking = Some(std::thread::current().id());
+        let Some(me) = tokio::task::try_id() else {
+            return take();
+        };
+        self.state.lock().taking = Some(me);
         let r = take();
         self.state.lock().taking = None;
         r
@@ -85,7 +89,7 @@ impl Wake for State {
         let inner = self.lock();
         if inner
             .taking
-            .is_some_and(|t| t == std::thread::current().id())
+            .is_some_and(|t| Some(t) == tokio::task::try_id())
         {
             return;
         }
@@ -127,21 +131,39 @@ mod tests {
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
     }
 
-    #[test]
-    fn only_a_wake_from_inside_the_take_on_its_thread_is_dropped() {
-        let d = DriveWaker::new();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_wake_the_taking_task_raises_during_its_take_is_dropped() {
+        let d = Arc::new(DriveWaker::new());
         let (task, w) = counted();
         let registered = d.context(&Context::from_waker(&w)).waker().clone();
-        d.taking(|| {
-            // The channel's own wake, raised by the take: dropped.
-            registered.wake_by_ref();
-            // A wake from another thread meanwhile (the I/O driver, another task): passed on.
-            let other = registered.clone();
-            std::thread::spawn(move || other.wake()).join().unwrap();
-        });
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        // After the take, wakes pass again.
-        registered.wake_by_ref();
+        let (d2, r2) = (Arc::clone(&d), registered.clone());
+        tokio::spawn(async move {
+            let (r3, r4) = (r2.clone(), r2.clone());
+            d2.taking(|| {
+                // The channel's own wake, raised by the take: dropped.
+                r2.wake_by_ref();
+                // A wake from a thread outside the runtime meanwhile: passed on.
+                std::thread::spawn(move || r3.wake()).join().unwrap();
+                // A wake from another task meanwhile, on the other worker (an HTTP/2 stream
+                // feeding the request's body): passed on. The take waits for it. (Spawned
+                // from outside the runtime: a task spawned on this worker would wait for it.)
+                let (done, wait) = std::sync::mpsc::channel();
+                let rt = tokio::runtime::Handle::current();
+                std::thread::spawn(move || {
+                    rt.spawn(async move {
+                        r4.wake_by_ref();
+                        let _ = done.send(());
+                    })
+                });
+                wait.recv().unwrap();
+            });
+        })
+        .await
+        .unwrap();
         assert_eq!(task.0.load(Ordering::SeqCst), 2);
+        // Outside a take, and outside any task, wakes pass.
+        registered.wake_by_ref();
+        d.taking(|| registered.wake_by_ref());
+        assert_eq!(task.0.load(Ordering::SeqCst), 4);
     }
 }
