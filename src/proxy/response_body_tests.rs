@@ -6,21 +6,31 @@ use http::header;
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An upstream on loopback that answers one request with a chunked head and then holds the
-/// body back, as a model that has not produced its first token yet.
-async fn head_only_upstream() -> std::net::SocketAddr {
+/// The body of the answer an upstream on loopback gives one request: it writes `reply` (a
+/// head, and whatever of the body comes with it) in one write, then holds the connection.
+async fn answer_from(reply: &'static [u8]) -> Body {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf).await.unwrap();
-        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(reply).await.unwrap();
         std::future::pending::<()>().await;
     });
-    addr
+    let pool = Pool::new("127.0.0.1", addr.port(), None, Duration::from_secs(2));
+    let req = http::Request::post("/v1/chat/completions")
+        .header(header::HOST, "upstream")
+        .body(UpBody::full(Bytes::new()))
+        .unwrap();
+    let (resp, lease) = pool.send(req, std::time::Instant::now()).await.unwrap();
+    Body::upstream(
+        resp.into_body(),
+        lease,
+        Duration::from_secs(60),
+        true,
+        false,
+    )
 }
 
 /// A key revoked after the upstream's head arrived but before the answer's body was first
@@ -28,25 +38,8 @@ async fn head_only_upstream() -> std::net::SocketAddr {
 /// the error. Ending at once cut an HTTP/1.1 connection with no answer at all.
 #[tokio::test]
 async fn a_revoke_before_the_first_frame_lets_the_head_out_first() {
-    let addr = head_only_upstream().await;
-    let pool = Arc::new(Pool::new(
-        "127.0.0.1",
-        addr.port(),
-        None,
-        Duration::from_secs(2),
-    ));
-    let req = http::Request::post("/v1/chat/completions")
-        .header(header::HOST, "upstream")
-        .body(UpBody::full(Bytes::new()))
-        .unwrap();
-    let (resp, lease) = pool.send(req, std::time::Instant::now()).await.unwrap();
-    let mut body = Body::upstream(
-        resp.into_body(),
-        lease,
-        Duration::from_secs(60),
-        true,
-        false,
-    );
+    // A chunked head, the body held back: a model that has not produced its first token.
+    let mut body = answer_from(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
     let state = Arc::new(KeyState::default());
     body.end_on_revoke(&state);
     state.revocation.revoke(Ended::Disabled);
@@ -64,44 +57,18 @@ async fn a_revoke_before_the_first_frame_lets_the_head_out_first() {
     }
 }
 
-/// An upstream on loopback that answers one request at once, the head and a body of two
-/// chunks in one write: the connection reads them all, and hands the body over a frame at a
-/// time.
-async fn whole_answer_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await.unwrap();
-        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n")
-            .await
-            .unwrap();
-        std::future::pending::<()>().await;
-    });
-    addr
-}
-
 /// Taking a frame the connection already read does not wake the task that takes it: the
 /// body drives the connection before every read of hyper's channel, so the channel's wake of
 /// the connection's driver (this very task, in its own poll) was one more poll of the whole
 /// client connection for nothing. It woke the task once per answer before `pool::wake`.
 #[tokio::test]
 async fn taking_a_frame_does_not_wake_the_task_taking_it() {
-    let addr = whole_answer_upstream().await;
-    let pool = Pool::new("127.0.0.1", addr.port(), None, Duration::from_secs(2));
-    let req = http::Request::post("/v1/chat/completions")
-        .header(header::HOST, "upstream")
-        .body(UpBody::full(Bytes::new()))
-        .unwrap();
-    let (resp, lease) = pool.send(req, std::time::Instant::now()).await.unwrap();
-    let mut body = Body::upstream(
-        resp.into_body(),
-        lease,
-        Duration::from_secs(60),
-        true,
-        false,
-    );
+    // The head and a body of two chunks in one write: the connection reads them all, and
+    // hands the body over a frame at a time.
+    let mut body = answer_from(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n",
+    )
+    .await;
     // Read in a task of its own, as a client connection's task reads it (the taker is told
     // by its task id).
     tokio::spawn(async move {
