@@ -22,8 +22,9 @@
 //! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them) |
 //! | `server/accept.rs` | accepting while out of descriptors, the per-address cap, raising the open-file limit |
 //! | `server/connection.rs` | a connection's driver: header-read, idle and write deadlines, graceful close |
-//! | `server/nudge.rs` | a waker per future the driver polls beside hyper, so it polls only what woke it |
-//! | `server/detect.rs` | the first bytes of a connection bounded in time; clients that cancel what they ask |
+//! | `server/activity.rs` | `Activity`: what a connection's requests tell its driver (in progress, waiting on the client, cancelled before their answer, which of its futures woke it) |
+//! | `server/nudge.rs` | a waker per future the driver polls beside hyper, each setting one bit, so it polls only what woke it |
+//! | `server/detect.rs` | the first bytes of a connection bounded in time; a client that cancels what it asks is cut off at its next read |
 //! | `server/peer.rs` | `Peer`: the peer, TLS or not, the client address behind trusted proxies |
 //! | `server/request_id.rs` | request ids: the client's when it may be kept, else the gateway's |
 //! | `server/tls.rs` | the listener's certificate (reloaded when its files change); trust roots for HTTPS upstreams |

@@ -17,7 +17,7 @@ use crate::proxy::idle::{BoxError, Idle, IdleTimeout};
 use crate::proxy::pool::Lease;
 use crate::proxy::revoke::RevokeWatch;
 use crate::proxy::stream_usage::UsageChunkFilter;
-use crate::server::connection::Exchange;
+use crate::server::activity::Exchange;
 use crate::time::LazyNow;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -39,7 +39,7 @@ pub struct Body {
     // Data bytes handed to the client's connection so far.
     sent: u64,
     // The request's place on its connection: tells the connection's driver whether this
-    // answer is waiting on the client (see `server::connection`). Dropped with the body.
+    // answer is waiting on the client (see `server::activity`). Dropped with the body.
     exchange: Option<Exchange>,
 }
 

@@ -24,179 +24,23 @@
 //! HTTP/1.1); a connection that has still not ended `header_read_timeout` later, with no
 //! request in progress, is dropped.
 //!
-//! The request path pays little for this: one `Arc` clone and two atomic adds when a request
-//! starts, a clock read when it ends and when the next one's head starts, and two relaxed
-//! atomic adds per response frame. Nothing on the request path wakes the driver (a wake per
-//! request would cost the connection's task an extra poll): it wakes on its own at least every
-//! `header_read_timeout` and every quarter of `write_timeout`, which is soon enough to find a
-//! head that started since, and then times that head from its first byte.
+//! The request path pays little for this (`activity`): one `Arc` clone and two atomic adds
+//! when a request starts, one when it is answered, a clock read when it ends and when the next
+//! one's head starts, and two relaxed atomic adds per response frame. Nothing on the request
+//! path wakes the driver (a wake per request would cost the connection's task an extra poll):
+//! it wakes on its own at least every `header_read_timeout` and every quarter of
+//! `write_timeout`, which is soon enough to find a head that started since, and then times
+//! that head from its first byte.
 
-use super::nudge::Nudged;
+use super::activity::{Activity, PARTS, STOP, TIMER};
+use super::nudge;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// How finely a wait on the client is timed: the driver checks every `write_timeout / PARTS`,
-/// so a stalled response is found between 1 and 1 + 1/PARTS times `write_timeout`.
-const PARTS: u32 = 4;
-/// Counters of responses waiting on the client, by the check period they started waiting in;
-/// at least `PARTS + 2` (the periods still counting, the one checked, the next one).
-const SLOTS: usize = 8;
-
-/// What the connection is doing, shared by its requests' response bodies and its driver.
-#[derive(Debug)]
-pub struct Activity {
-    start: Instant,
-    /// Requests begun and not yet ended (their response body not yet dropped).
-    open: AtomicU32,
-    /// A request has begun on this connection.
-    used: AtomicBool,
-    /// When a request last ended, in milliseconds since `start`.
-    ended_ms: AtomicU64,
-    /// The driver's check period; bodies count their wait in `waiting[period % SLOTS]`.
-    period: AtomicU32,
-    waiting: [AtomicU32; SLOTS],
-    /// When the first byte of an HTTP/1.1 request head arrived while no request was in
-    /// progress, in milliseconds since `start`, plus one; 0 for none.
-    head_ms: AtomicU64,
-}
-
-impl Activity {
-    pub fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            start: Instant::now(),
-            open: AtomicU32::new(0),
-            used: AtomicBool::new(false),
-            ended_ms: AtomicU64::new(0),
-            period: AtomicU32::new(0),
-            waiting: Default::default(),
-            head_ms: AtomicU64::new(0),
-        })
-    }
-
-    /// Bytes of an HTTP/1.1 connection arrived: if no request is in progress, they start the
-    /// next request's head (bounded by `header_read_timeout` from now). Cheap when a request
-    /// is in progress (one load), which is when nearly all bytes arrive.
-    pub fn http1_bytes_read(&self) {
-        if self.open.load(Ordering::Acquire) > 0 || self.head_ms.load(Ordering::Relaxed) != 0 {
-            return;
-        }
-        let ms = self.ms_since_start(Instant::now()).saturating_add(1);
-        // The driver finds it on its next wake, at most `header_read_timeout` from now.
-        let _ = self
-            .head_ms
-            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed);
-    }
-
-    /// When the head of a request not begun yet started arriving.
-    fn head_since(&self) -> Option<Instant> {
-        match self.head_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(self.start + Duration::from_millis(ms - 1)),
-        }
-    }
-
-    /// A request begins: the connection is busy until the returned `Exchange` is dropped.
-    pub fn begin(self: &Arc<Self>) -> Exchange {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        self.used.store(true, Ordering::Release);
-        if self.head_ms.load(Ordering::Relaxed) != 0 {
-            self.head_ms.store(0, Ordering::Release);
-        }
-        Exchange {
-            activity: Arc::clone(self),
-            waiting: None,
-            ended: false,
-        }
-    }
-
-    fn ms_since_start(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// When the connection became idle, or `None` while a request is in progress.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        if !self.used.load(Ordering::Acquire) {
-            return Some(self.start);
-        }
-        let ms = self.ended_ms.load(Ordering::Acquire);
-        Some(self.start + Duration::from_millis(ms))
-    }
-
-    /// Starts the next check period; true if a response has waited on the client since
-    /// before the period `PARTS` periods ago began.
-    fn next_period(&self) -> bool {
-        let n = self.period.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        let old = n.wrapping_sub(PARTS + 1) as usize % SLOTS;
-        self.waiting[old].load(Ordering::Relaxed) > 0
-    }
-}
-
-/// One request on a connection, held by its response body: marks the connection busy, and
-/// tells the driver when the body waits on the client.
-#[derive(Debug)]
-pub struct Exchange {
-    activity: Arc<Activity>,
-    /// The slot this response counts in while hyper holds a frame of it and has not asked for
-    /// the next one.
-    waiting: Option<usize>,
-    /// `end` has told the connection when the answer ended.
-    ended: bool,
-}
-
-impl Exchange {
-    /// hyper has the response (or its latest frame) and has not asked for more yet.
-    pub fn handed(&mut self) {
-        if self.waiting.is_none() {
-            let slot = self.activity.period.load(Ordering::Relaxed) as usize % SLOTS;
-            self.activity.waiting[slot].fetch_add(1, Ordering::Relaxed);
-            self.waiting = Some(slot);
-        }
-    }
-
-    /// hyper asks for the next frame: the client took the last one.
-    pub fn polled(&mut self) {
-        if let Some(slot) = self.waiting.take() {
-            self.activity.waiting[slot].fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Exchange {
-    /// `end` was called.
-    pub fn is_ended(&self) -> bool {
-        self.ended
-    }
-
-    /// The answer ended at `at` (the body's own clock read, which its record and its upstream
-    /// connection use too): the connection's idle time counts from then.
-    pub fn end(&mut self, at: std::time::Instant) {
-        if !std::mem::replace(&mut self.ended, true) {
-            let a = &self.activity;
-            a.ended_ms
-                .fetch_max(a.ms_since_start(Instant::from_std(at)), Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        self.polled();
-        // Before `open` falls, so the driver never sees it idle with an older end time.
-        if !self.ended {
-            self.end(std::time::Instant::now());
-        }
-        self.activity.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The deadlines the driver applies (see the module doc).
 #[derive(Debug, Clone, Copy)]
@@ -233,7 +77,7 @@ pub enum Ended<E> {
 pub async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
-    activity: &Activity,
+    activity: &Arc<Activity>,
     d: Deadlines,
     mut stop: watch::Receiver<bool>,
 ) -> Ended<E>
@@ -249,32 +93,44 @@ where
     // The first wake works out the first deadline.
     let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
     let mut stopped = pin!(stop.changed());
-    let (stop_nudge, timer_nudge) = (Nudged::new(), Nudged::new());
+    let (stop_waker, timer_waker) = (nudge::waker(activity, STOP), nudge::waker(activity, TIMER));
+    let nudges = activity.nudges();
     let mut task: Option<Waker> = None;
     poll_fn(|cx| {
         if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-            stop_nudge.wakes(cx.waker());
-            timer_nudge.wakes(cx.waker());
+            nudges.wakes(cx.waker());
             task = Some(cx.waker().clone());
         }
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(Ended::Done(r));
         }
         let mut closed = false;
+        let mut woke = nudges.take();
         if !stopping
-            && stop_nudge.take()
-            && stopped.as_mut().poll(&mut stop_nudge.context()).is_ready()
+            && woke & STOP != 0
+            && stopped
+                .as_mut()
+                .poll(&mut Context::from_waker(&stop_waker))
+                .is_ready()
         {
             stopping = true;
             closed = clock.closing.is_none();
         }
-        while timer_nudge.take() && timer.as_mut().poll(&mut timer_nudge.context()).is_ready() {
+        while woke & TIMER != 0 {
+            woke = 0;
+            if timer
+                .as_mut()
+                .poll(&mut Context::from_waker(&timer_waker))
+                .is_pending()
+            {
+                break;
+            }
             match clock.fired(activity) {
                 Ok((wake, close)) => {
                     closed |= close;
                     timer.as_mut().reset(wake);
                     // Polled again: tokio registers a timer's waker when it is polled.
-                    timer_nudge.mark();
+                    woke = TIMER;
                 }
                 Err(cut) => return Poll::Ready(Ended::Cut(cut)),
             }
@@ -345,7 +201,7 @@ impl Clock {
                     wake = wake.min(give_up);
                 }
                 None => {
-                    let used = activity.used.load(Ordering::Acquire);
+                    let used = activity.was_used();
                     let head = activity.head_since();
                     // A head being read: cut at its deadline (hyper would wait for it to
                     // finish before closing gracefully). The first request's deadline counts

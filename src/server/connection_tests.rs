@@ -1,47 +1,7 @@
-//! The connection's activity bookkeeping and its driver's deadlines, on a real runtime.
+//! The connection driver's deadlines and stop signal, on a real runtime.
 
 use super::*;
-
-#[test]
-fn a_response_waiting_through_parts_plus_one_periods_is_stalled() {
-    let a = Activity::new();
-    let mut s = a.begin();
-    s.handed();
-    for _ in 0..PARTS {
-        assert!(!a.next_period());
-    }
-    assert!(a.next_period(), "waited more than PARTS whole periods");
-    s.polled();
-    for _ in 0..(2 * SLOTS) {
-        assert!(!a.next_period());
-    }
-}
-
-#[test]
-fn responses_that_keep_moving_are_never_stalled() {
-    let a = Activity::new();
-    let mut s = a.begin();
-    for _ in 0..(4 * SLOTS) {
-        s.handed();
-        assert!(!a.next_period());
-        s.polled();
-    }
-    drop(s);
-    assert!(a.idle_since().is_some());
-}
-
-#[test]
-fn idle_only_with_no_open_request() {
-    let a = Activity::new();
-    assert_eq!(a.idle_since(), Some(a.start));
-    let s1 = a.begin();
-    let s2 = a.begin();
-    assert_eq!(a.idle_since(), None);
-    drop(s1);
-    assert_eq!(a.idle_since(), None);
-    drop(s2);
-    assert!(a.idle_since().is_some());
-}
+use std::sync::atomic::Ordering;
 
 /// A connection that never answers and never ends, idle from the start: the driver asks it to
 /// close at `header_read_timeout`, and drops it one more `header_read_timeout` later: its

@@ -1,9 +1,8 @@
 //! The first bytes of a connection, bounded in time, and clients that cancel what they ask.
 
-use super::connection::Activity;
+use super::activity::Activity;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,16 +20,15 @@ const PREFACE_LEN: usize = 24;
 /// client speaks HTTP/1.1 (hyper's header timeout then applies).
 ///
 /// It also ends a connection whose requests are cancelled by the client before they are
-/// answered, over and over (an HTTP/2 "rapid reset" after the server accepted each stream,
-/// which hyper's pending-reset limit does not see): see `Cancels`.
+/// answered, over and over: see `Activity::abusive`.
 pub struct Detect<I> {
     inner: I,
     deadline: Option<Pin<Box<Sleep>>>,
     seen: usize,
-    cancels: Arc<Cancels>,
     /// Which protocol the client speaks, once its first bytes tell.
     proto: Proto,
-    /// Told of HTTP/1.1 bytes that arrive between requests (the start of a request head).
+    /// Told of HTTP/1.1 bytes that arrive between requests (the start of a request head);
+    /// says whether the client cancels too many requests.
     activity: Arc<Activity>,
 }
 
@@ -65,60 +63,13 @@ impl Proto {
 }
 
 impl<I> Detect<I> {
-    pub fn new(
-        inner: I,
-        timeout: Duration,
-        cancels: Arc<Cancels>,
-        activity: Arc<Activity>,
-    ) -> Detect<I> {
+    pub fn new(inner: I, timeout: Duration, activity: Arc<Activity>) -> Detect<I> {
         Detect {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             seen: 0,
-            cancels,
             proto: Proto::Undecided(0),
             activity,
-        }
-    }
-}
-
-/// Requests on one connection that the client abandoned before their answer, against those
-/// answered. A client that cancels more than `CANCEL_LIMIT` requests, and more than it lets
-/// finish, is cut off: its next read fails and hyper closes the connection.
-#[derive(Default)]
-pub struct Cancels {
-    cancelled: AtomicU32,
-    answered: AtomicU32,
-}
-
-const CANCEL_LIMIT: u32 = 8;
-
-impl Cancels {
-    fn abusive(&self) -> bool {
-        let c = self.cancelled.load(Ordering::Relaxed);
-        c > CANCEL_LIMIT && c > self.answered.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request as cancelled unless `answered` is called before it drops.
-pub struct CancelGuard(Option<Arc<Cancels>>);
-
-impl CancelGuard {
-    pub fn new(cancels: &Arc<Cancels>) -> CancelGuard {
-        CancelGuard(Some(Arc::clone(cancels)))
-    }
-
-    pub fn answered(mut self) {
-        if let Some(c) = self.0.take() {
-            c.answered.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            c.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -130,7 +81,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Detect<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.cancels.abusive() {
+        if this.activity.abusive() {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "too many requests cancelled before their answer",

@@ -16,6 +16,7 @@
 //! `tls`, which need a restart (`Gateway::apply_config` logs that).
 
 pub mod accept;
+pub mod activity;
 pub mod connection;
 pub mod detect;
 pub(crate) mod nudge;
@@ -27,8 +28,9 @@ use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::pipeline;
 use accept::{Acceptor, PerIp};
-use connection::{Activity, Cut, Deadlines, Ended};
-use detect::{CancelGuard, Cancels, Detect};
+use activity::Activity;
+use connection::{Cut, Deadlines, Ended};
+use detect::Detect;
 use futures_util::FutureExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -291,20 +293,19 @@ async fn serve_io<I>(
 {
     let peer = conn.addr;
     let activity = Activity::new();
-    let cancels = Arc::new(Cancels::default());
-    let counted = Arc::clone(&cancels);
     let requests = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
-        let guard = CancelGuard::new(&counted);
         let conn = conn.clone();
-        let exchange = requests.begin();
+        // Dropped unanswered (the client cancelled the request), it counts against the
+        // connection (`Activity::abusive`).
+        let mut exchange = requests.begin();
         // Boxed: hyper keeps the request's future in the connection's own memory, which
         // with many connections open is cold at every request, while a box reuses the block
         // the last finished request freed. A `map`, not an `async` block, which would keep
         // the request a second time beside the pipeline's future.
         Box::pin(pipeline::handle(gw, req, conn).map(move |mut resp| {
-            guard.answered();
+            exchange.answered();
             resp.body_mut().set_exchange(exchange);
             Ok::<_, Infallible>(resp)
         }))
@@ -313,7 +314,6 @@ async fn serve_io<I>(
         TokioIo::new(Detect::new(
             io,
             deadlines.header_read,
-            cancels,
             Arc::clone(&activity),
         )),
         svc,

@@ -25,6 +25,11 @@ pub(super) struct DriveWaker {
     state: Arc<State>,
     /// `state` as a `Waker`, made once.
     waker: Waker,
+    /// A copy of the task waker in `state`, kept here so that the driving task's check that
+    /// it is still the one there reads the connection's own memory, not `state`'s lock: with
+    /// many connections open, `state` is cold at each drive, and its lock costs two locked
+    /// instructions.
+    driver: Waker,
 }
 
 struct State {
@@ -49,14 +54,15 @@ impl DriveWaker {
         DriveWaker {
             waker: Waker::from(Arc::clone(&state)),
             state,
+            driver: Waker::noop().clone(),
         }
     }
 
     /// A context for driving the connection on behalf of `cx`'s task.
-    pub(super) fn context<'w>(&'w self, cx: &Context<'_>) -> Context<'w> {
-        let mut inner = self.state.lock();
-        if !inner.task.will_wake(cx.waker()) {
-            inner.task = cx.waker().clone();
+    pub(super) fn context<'w>(&'w mut self, cx: &Context<'_>) -> Context<'w> {
+        if !self.driver.will_wake(cx.waker()) {
+            self.driver = cx.waker().clone();
+            self.state.lock().task = cx.waker().clone();
         }
         Context::from_waker(&self.waker)
     }
@@ -119,23 +125,29 @@ mod tests {
 
     #[test]
     fn wakes_reach_the_task_driving_now() {
-        let d = DriveWaker::new();
+        let mut d = DriveWaker::new();
         let (first, w1) = counted();
         let (second, w2) = counted();
         d.context(&Context::from_waker(&w1)).waker().wake_by_ref();
         // The connection changes hands: wakes registered earlier reach the new driver.
         let registered = d.context(&Context::from_waker(&w1)).waker().clone();
         let _ = d.context(&Context::from_waker(&w2));
-        registered.wake();
+        registered.wake_by_ref();
         assert_eq!(first.0.load(Ordering::SeqCst), 1);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        // And back: the copy kept beside the waker follows every change.
+        let _ = d.context(&Context::from_waker(&w1));
+        registered.wake();
+        assert_eq!(first.0.load(Ordering::SeqCst), 2);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_a_wake_the_taking_task_raises_during_its_take_is_dropped() {
-        let d = Arc::new(DriveWaker::new());
+        let mut d = DriveWaker::new();
         let (task, w) = counted();
         let registered = d.context(&Context::from_waker(&w)).waker().clone();
+        let d = Arc::new(d);
         let (d2, r2) = (Arc::clone(&d), registered.clone());
         tokio::spawn(async move {
             let (r3, r4) = (r2.clone(), r2.clone());
