@@ -42,11 +42,6 @@ impl Nudges {
         self.bits.swap(0, Ordering::AcqRel)
     }
 
-    /// Asks for a poll of `bit`'s future without a wake: the caller is about to look anyway.
-    pub fn mark(&self, bit: u8) {
-        self.bits.fetch_or(bit, Ordering::Release);
-    }
-
     /// The task to wake from now on.
     pub fn wakes(&self, task: &Waker) {
         *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
@@ -128,9 +123,6 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 3);
         assert_eq!(n.take(), A | B);
         assert_eq!(n.take(), 0);
-        n.mark(A);
-        assert_eq!(n.take(), A, "marked without a wake");
-        assert_eq!(count.load(Ordering::SeqCst), 3);
     }
 
     /// A wake from another thread, racing the driver's look, is never lost: either the look
