@@ -48,6 +48,8 @@ impl Nudges {
     }
 }
 
+/// A task's own `Nudges`, for tests of the wakers alone.
+#[cfg(test)]
 impl AsRef<Nudges> for Nudges {
     fn as_ref(&self) -> &Nudges {
         self

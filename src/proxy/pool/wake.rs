@@ -106,46 +106,32 @@ impl Wake for State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counted() -> (Arc<Count>, Waker) {
-        let c = Arc::new(Count::default());
-        let w = Waker::from(Arc::clone(&c));
-        (c, w)
-    }
+    use crate::server::nudge::counting_waker;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn wakes_reach_the_task_driving_now() {
         let mut d = DriveWaker::new();
-        let (first, w1) = counted();
-        let (second, w2) = counted();
+        let (w1, first) = counting_waker();
+        let (w2, second) = counting_waker();
         d.context(&Context::from_waker(&w1)).waker().wake_by_ref();
         // The connection changes hands: wakes registered earlier reach the new driver.
         let registered = d.context(&Context::from_waker(&w1)).waker().clone();
         let _ = d.context(&Context::from_waker(&w2));
         registered.wake_by_ref();
-        assert_eq!(first.0.load(Ordering::SeqCst), 1);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.load(Ordering::SeqCst), 1);
+        assert_eq!(second.load(Ordering::SeqCst), 1);
         // And back: the copy kept beside the waker follows every change.
         let _ = d.context(&Context::from_waker(&w1));
         registered.wake();
-        assert_eq!(first.0.load(Ordering::SeqCst), 2);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.load(Ordering::SeqCst), 2);
+        assert_eq!(second.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_a_wake_the_taking_task_raises_during_its_take_is_dropped() {
         let mut d = DriveWaker::new();
-        let (task, w) = counted();
+        let (w, task) = counting_waker();
         let registered = d.context(&Context::from_waker(&w)).waker().clone();
         let d = Arc::new(d);
         let (d2, r2) = (Arc::clone(&d), registered.clone());
@@ -172,10 +158,10 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(task.0.load(Ordering::SeqCst), 2);
+        assert_eq!(task.load(Ordering::SeqCst), 2);
         // Outside a take, and outside any task, wakes pass.
         registered.wake_by_ref();
         d.taking(|| registered.wake_by_ref());
-        assert_eq!(task.0.load(Ordering::SeqCst), 4);
+        assert_eq!(task.load(Ordering::SeqCst), 4);
     }
 }
