@@ -3,7 +3,7 @@
 #
 #   benches/load/run.sh
 #
-# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), PAIRS (40) and PAIR_DUR (1 s): the
+# Environment knobs: ROUNDS (3), DUR (wrk seconds, 5), PAIRS (80) and PAIR_DUR (1 s): the
 # paired runs behind the two-contender targets, CONNS (client connections of the
 # throughput rows, "32 256 1024"), MICRO (1: also run the criterion
 # benches; 0: reuse target/criterion results if any), BIG_KEYS (1000000: the large key
@@ -775,8 +775,10 @@ cat "$WORK/sse.jsonl" >>"$RES" 2>/dev/null || true
 # scratch check a 1 s run's ratio scattered no more than a 2 s or 4 s run's (the noise is the
 # machine's speed changing between runs, not a run too short to settle), and the interval
 # narrows with the number of pairs: over two harness runs, 40 pairs of 1 s gave intervals
-# 7–24% wide where 16 pairs of 2 s had given 14–33%, for about a quarter more time.
-PAIRS=${PAIRS:-40}
+# 7–24% wide where 16 pairs of 2 s had given 14–33%, for about a quarter more time; 80 pairs
+# (since 2026-12-03, after two runs left a target undecided by 0.002–0.003 with 40) gave
+# intervals about half as wide again, for about 15 minutes more.
+PAIRS=${PAIRS:-80}
 PAIR_DUR=${PAIR_DUR:-1}
 PAIRED=("keygate-prod keygate $CBASE" "keygate haproxy $CBASE" "keygate-prod nginx-log $CBASE"
     "keygate-429 keygate $CBASE")
