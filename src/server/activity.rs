@@ -88,7 +88,6 @@ impl Activity {
             .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// When the head of a request not begun yet started arriving.
     /// A request has begun on this connection.
     pub(super) fn was_used(&self) -> bool {
         self.used.load(Ordering::Acquire)
@@ -99,6 +98,7 @@ impl Activity {
         &self.nudges
     }
 
+    /// When the head of a request not begun yet started arriving.
     pub(super) fn head_since(&self) -> Option<Instant> {
         match self.head_ms.load(Ordering::Acquire) {
             0 => None,
@@ -192,9 +192,7 @@ impl Exchange {
             self.activity.waiting[slot].fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
 
-impl Exchange {
     /// `end` was called.
     pub fn is_ended(&self) -> bool {
         self.ended
