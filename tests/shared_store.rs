@@ -724,3 +724,55 @@ async fn check_on_a_fresh_replica_reads_the_shared_store() {
         "{err}"
     );
 }
+
+/// `keys push` reads the replica's snapshot while the replica may be folding it (every
+/// `snapshot_interval`): it must write nothing there. It used to fold the snapshot itself,
+/// from another process: it removed the replica's temporary file (the replica's fold then
+/// failed, or the push did: CI saw "cannot write key file …: No such file or directory"),
+/// and each trimmed the journal by what it had read, which can drop lines the other
+/// appended meanwhile.
+#[tokio::test]
+async fn push_reads_the_snapshot_and_writes_nothing_there() {
+    let mut redis = Redis::start().await;
+    let mock = start_mock().await;
+    let r = Replica::new(&redis, &mock, false);
+    let created = cli_json(&r.cfg, &["keys", "create", "--name", "kept", "--json"]);
+    let pulled = r.dir.path().join("pulled.json");
+    let (ok, _, err) = cli(&r.cfg, &["keys", "pull", "--out", pulled.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pulled).unwrap()).unwrap();
+    // The replica's snapshot: only a journal so far (a record not folded yet), and the
+    // temporary file of a fold it has under way.
+    let mut line = serde_json::json!({"epoch": "e", "version": 1});
+    line["record"] = file["keys"][0].clone();
+    let journal = r.dir.path().join("keys.json.journal");
+    std::fs::write(&journal, format!("{line}\n")).unwrap();
+    let folding = r.dir.path().join(".keys.json.tmpFOLDING");
+    std::fs::write(&folding, "half a fold").unwrap();
+    let journal_bytes = std::fs::read(&journal).unwrap();
+
+    redis.kill();
+    redis.spawn().await; // empty: the push has something to restore
+    let (ok, out, err) = cli(&r.cfg, &["keys", "push"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Pushed 1 of 1"), "{out}");
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        journal_bytes,
+        "journal untouched"
+    );
+    assert!(
+        folding.exists(),
+        "the replica's temporary file is left alone"
+    );
+    assert!(
+        !r.snapshot().exists(),
+        "no snapshot file written by the push"
+    );
+    let listed = cli_json(&r.cfg, &["keys", "list", "--json"]);
+    assert!(
+        listed.to_string().contains(created["id"].as_str().unwrap()),
+        "{listed}"
+    );
+}

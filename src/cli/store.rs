@@ -33,7 +33,8 @@ pub fn push(config: Option<PathBuf>, from: Option<PathBuf>) -> Result<(), CliErr
         )));
     }
     let seen = snapshot.position()?.map_or(0, |p| p.version);
-    let records = snapshot.records()?;
+    // Read only: the replica that owns the snapshot may be folding it right now.
+    let records = snapshot.read_records()?;
     let n = records.len();
     let (written, version) = store.push(records, seen)?;
     let said = line(format_args!(

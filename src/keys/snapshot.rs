@@ -200,13 +200,7 @@ impl Snapshot {
             }
             return Ok(journal.position);
         }
-        let mut changed: HashMap<String, KeyRecord> = HashMap::new();
-        for rec in journal.records {
-            let held = changed.get(&rec.id).map(Seen::of);
-            if wins(held, &rec) {
-                changed.insert(rec.id.clone(), rec);
-            }
-        }
+        let mut changed = latest(journal.records);
         let werr = |source| StoreError::Write {
             path: self.file.path().to_path_buf(),
             source,
@@ -217,18 +211,12 @@ impl Snapshot {
         let mut failed = None;
         if let Some(text) = self.file.read_text()? {
             file::read(self.file.path(), &text, &mut |rec| {
-                let rec = match changed.remove(&rec.id) {
-                    Some(j) if wins(Some(Seen::of(&rec)), &j) => j,
-                    _ => rec,
-                };
-                if let Err(e) = out.record(&rec) {
+                if let Err(e) = out.record(&merged(rec, &mut changed)) {
                     failed.get_or_insert(e);
                 }
             })?;
         }
-        let mut added: Vec<KeyRecord> = changed.into_values().collect();
-        added.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        for rec in &added {
+        for rec in &added(changed) {
             out.record(rec).map_err(werr)?;
         }
         if let Some(e) = failed {
@@ -279,7 +267,8 @@ impl Snapshot {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
     }
 
-    /// Every record of the snapshot as it now is (journal folded in first).
+    /// Every record of the snapshot as it now is (journal folded in first). For the replica
+    /// that owns the snapshot only: another process reads it with `read_records`.
     pub fn records(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.fold()?;
         let mut all = Vec::new();
@@ -288,6 +277,56 @@ impl Snapshot {
         }
         Ok(all)
     }
+
+    /// Every record of the snapshot as it now is, the journal merged in memory: nothing is
+    /// written. For a process other than the replica that owns the snapshot (`keys push`):
+    /// its fold, racing the replica's, would remove the replica's temporary file (and the
+    /// replica its), and each would trim the journal by the length it had read, dropping
+    /// lines the other appended meanwhile. The journal is read before the file, so a fold by
+    /// the replica in between only means reading its changes twice (merging is idempotent).
+    pub fn read_records(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let journal = {
+            let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
+            self.read_journal()?
+        };
+        let mut changed = latest(journal.records);
+        let mut all = Vec::new();
+        if let Some(text) = self.file.read_text()? {
+            file::read(self.file.path(), &text, &mut |r| {
+                all.push(merged(r, &mut changed));
+            })?;
+        }
+        all.extend(added(changed));
+        Ok(all)
+    }
+}
+
+/// The journal's records, the one that wins for each key.
+fn latest(records: Vec<KeyRecord>) -> HashMap<String, KeyRecord> {
+    let mut changed: HashMap<String, KeyRecord> = HashMap::new();
+    for rec in records {
+        let held = changed.get(&rec.id).map(Seen::of);
+        if wins(held, &rec) {
+            changed.insert(rec.id.clone(), rec);
+        }
+    }
+    changed
+}
+
+/// A record of the file, or the journal's record of the same key if that one wins (taken out
+/// of `changed`).
+fn merged(rec: KeyRecord, changed: &mut HashMap<String, KeyRecord>) -> KeyRecord {
+    match changed.remove(&rec.id) {
+        Some(j) if wins(Some(Seen::of(&rec)), &j) => j,
+        _ => rec,
+    }
+}
+
+/// The journal's records of keys the file lacks, oldest first (as the file orders them).
+fn added(changed: HashMap<String, KeyRecord>) -> Vec<KeyRecord> {
+    let mut added: Vec<KeyRecord> = changed.into_values().collect();
+    added.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    added
 }
 
 #[cfg(test)]

@@ -73,3 +73,60 @@ fn the_journal_survives_a_crash_and_folds_into_the_file() {
     assert!(all.iter().any(|r| r.id == a.id && r.revoked_at.is_some()));
     assert_eq!(again.position().unwrap(), Some(pos(4)));
 }
+
+/// `keys push` reads a snapshot its replica may be folding: it gets what the fold would give,
+/// and writes nothing: not the file, not the journal, and it leaves the replica's temporary
+/// file alone.
+#[test]
+fn another_process_reads_the_snapshot_without_writing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let s = Snapshot::new(&path);
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    s.fold().unwrap();
+    let mut revoked = a.clone();
+    revoked.revoked_at = Some(Timestamp::now());
+    revoked.rev = 2;
+    let mut stale = b.clone();
+    stale.rev = 0;
+    s.append(&[revoked, stale, c.clone()], &pos(5)).unwrap();
+    let replicas_temp = dir.path().join(".keys.json.tmpFOLDING");
+    fs::write(&replicas_temp, b"half a fold").unwrap();
+    let (file, journal) = (fs::read(&path).unwrap(), fs::read(&s.journal).unwrap());
+
+    let read = Snapshot::new(&path).read_records().unwrap();
+    assert_eq!(fs::read(&path).unwrap(), file, "the file is not rewritten");
+    assert_eq!(
+        fs::read(&s.journal).unwrap(),
+        journal,
+        "the journal is not trimmed"
+    );
+    assert!(
+        replicas_temp.exists(),
+        "the replica's temporary file is left alone"
+    );
+
+    let by_id = |all: &[KeyRecord], id: &str| all.iter().find(|r| r.id == id).cloned().unwrap();
+    assert_eq!(read.len(), 3);
+    assert!(
+        by_id(&read, &a.id).revoked_at.is_some(),
+        "the journal's revoke"
+    );
+    assert_eq!(
+        by_id(&read, &b.id).rev,
+        b.rev,
+        "an older revision does not win"
+    );
+    assert_eq!(by_id(&read, &c.id).name, "c", "a key only the journal has");
+    // The same records the owner's fold gives.
+    fs::remove_file(&replicas_temp).unwrap();
+    let folded = s.records().unwrap();
+    for r in &read {
+        let f = by_id(&folded, &r.id);
+        assert_eq!(
+            (f.rev, f.revoked_at.is_some()),
+            (r.rev, r.revoked_at.is_some())
+        );
+    }
+}
