@@ -13,9 +13,10 @@ use crate::time::Timestamp;
 /// A whole key set, immutable once built.
 #[derive(Debug, Default)]
 pub(super) struct Base {
-    /// Current secrets, sorted; `hash_pos[i]` is where the key of `hashes[i]` is.
-    pub(super) hashes: Vec<KeyHash>,
-    pub(super) hash_pos: Vec<u32>,
+    /// Current secrets, sorted, each beside where its key is: a lookup reads one array,
+    /// the position in the same cache line as the hash it matched (at 1M keys a second
+    /// array cost a lookup one more cache and TLB miss).
+    pub(super) current: Vec<(KeyHash, u32)>,
     /// `dir[j]..dir[j + 1]`: where hashes whose top `dir_bits` bits are `j` sit.
     dir: Vec<u32>,
     dir_bits: u32,
@@ -31,9 +32,13 @@ pub(super) struct Base {
     pub(super) by_id: Vec<u32>,
 }
 
-/// How many leading hash bits the directory uses: about 8 keys a bucket.
+/// How many leading hash bits the directory uses: one or two keys a bucket (a 4-byte
+/// directory entry per one or two keys), so that a lookup reads about one cache line of the
+/// array after the directory's. With about 8 a bucket (a quarter of the directory) the search
+/// read three to five lines: at 1M keys, more memory and TLB misses than the larger directory
+/// costs (`cargo bench --bench keycheck`).
 fn dir_bits(n: usize) -> u32 {
-    (usize::BITS - n.leading_zeros()).saturating_sub(3).min(24)
+    (usize::BITS - n.leading_zeros()).saturating_sub(1).min(24)
 }
 
 fn bucket(hash: &KeyHash, bits: u32) -> usize {
@@ -53,11 +58,58 @@ fn bucket(hash: &KeyHash, bits: u32) -> usize {
 /// text; a guess only gets in by hashing to a stored digest exactly, which no ordering
 /// information helps to aim at. The one comparison that decides "this is the key" is the one
 /// kept free of data-dependent timing.
-pub(super) fn ct_position(sorted: &[KeyHash], hash: &KeyHash) -> Option<usize> {
-    use subtle::ConstantTimeEq;
-    let i = sorted.partition_point(|h| h < hash);
+pub(super) fn ct_position<T: Digest>(sorted: &[T], hash: &KeyHash) -> Option<usize> {
+    // The leading 8 bytes first, as one number (the same order as the bytes'): digests are
+    // uniform, so that decides all but equal ones without a call to `memcmp`.
+    let lead = leading(hash);
+    let i = sorted.partition_point(|h| {
+        let d = h.digest();
+        let l = leading(d);
+        l < lead || (l == lead && d < hash)
+    });
     let candidate = sorted.get(i)?;
-    bool::from(candidate.ct_eq(hash)).then_some(i)
+    bool::from(ct_same(candidate.digest(), hash)).then_some(i)
+}
+
+/// Whether two digests are equal, in time independent of their bytes: compared as four
+/// 64-bit words (`subtle` makes each word's comparison opaque to the optimiser; byte by
+/// byte it was 32 such barriers, most of a lookup's time).
+pub(super) fn ct_same(a: &KeyHash, b: &KeyHash) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    words(a).ct_eq(&words(b))
+}
+
+fn words(hash: &KeyHash) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (word, bytes) in w.iter_mut().zip(hash.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        *word = u64::from_ne_bytes(b);
+    }
+    w
+}
+
+fn leading(hash: &KeyHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// What `ct_position` searches by: a secret's digest, alone or with what it leads to.
+pub(super) trait Digest {
+    fn digest(&self) -> &KeyHash;
+}
+
+impl Digest for KeyHash {
+    fn digest(&self) -> &KeyHash {
+        self
+    }
+}
+
+impl<T> Digest for (KeyHash, T) {
+    fn digest(&self) -> &KeyHash {
+        &self.0
+    }
 }
 
 /// A record's digest, of its text: equal digests, same text, same record (64 bits: a
@@ -92,18 +144,16 @@ impl Base {
         } = secrets;
         let (retired, retired_at): (Vec<KeyHash>, Vec<(u32, Timestamp)>) =
             retired.into_iter().unzip();
-        let (hashes, hash_pos): (Vec<KeyHash>, Vec<u32>) = current.into_iter().unzip();
-        let bits = dir_bits(hashes.len());
+        let bits = dir_bits(current.len());
         let mut dir = vec![0u32; (1usize << bits) + 1];
-        for h in &hashes {
+        for (h, _) in &current {
             dir[bucket(h, bits) + 1] += 1;
         }
         for j in 1..dir.len() {
             dir[j] += dir[j - 1];
         }
         Base {
-            hashes,
-            hash_pos,
+            current,
             dir,
             dir_bits: bits,
             entries,
@@ -124,8 +174,8 @@ impl Base {
         let b = bucket(hash, self.dir_bits);
         let current = (|| {
             let (lo, hi) = (*self.dir.get(b)? as usize, *self.dir.get(b + 1)? as usize);
-            let i = ct_position(self.hashes.get(lo..hi)?, hash)?;
-            self.hash_pos.get(lo + i).copied()
+            let candidates = self.current.get(lo..hi)?;
+            Some(candidates.get(ct_position(candidates, hash)?)?.1)
         })();
         if let Some(pos) = current {
             return Some((pos, Secret::Current));

@@ -53,9 +53,8 @@ pub(super) fn merge(base: &Base, overlay: &Overlay) -> Base {
     // Secrets: the base's, of keys kept, and the overlay's, of versions kept; both
     // already sorted.
     let current = merge_sorted(
-        base.hashes
+        base.current
             .iter()
-            .zip(&base.hash_pos)
             .filter_map(|(h, p)| Some((*h, kept(*p)?))),
         overlay.by_hash.iter().filter_map(|(h, (op, s))| match s {
             Secret::Current => Some((*h, added(*op)?)),

@@ -2,9 +2,9 @@
 //! (see `gateway::Live`), so a request sees the old index or the new one, never a mix.
 //!
 //! Sized for a million keys, and for a key set that changes a key at a time. A *base* holds
-//! a whole key file: the hashes in one sorted array with a small directory on their leading
-//! bits (32 bytes a key, one or two cache lines a lookup), each key's facts in one flat
-//! record. An *overlay* of persistent maps (`overlay.rs`) holds the keys changed since:
+//! a whole key file: the hashes in one sorted array with a directory on their leading bits
+//! (36 bytes a key and 2–4 of directory, about one cache line a lookup), each key's facts in
+//! one flat record. An *overlay* of persistent maps (`overlay.rs`) holds the keys changed since:
 //! applying a change builds a new overlay in O(log n) and leaves the base as it is, so a
 //! revoke is live in microseconds at any size. A lookup asks the overlay first; a base hit
 //! on a key the overlay replaced or removed is no hit. Once the overlay holds

@@ -7,7 +7,7 @@
 //! has — is no hit. A key's old secret therefore stops working the moment a rotation or
 //! revocation is applied, while one still in its grace period is found in `by_hash`.
 
-use super::base::{digest, Base};
+use super::base::{ct_same, digest, Base};
 use crate::config::LimitDefaults;
 use crate::keys::entry::{entry, KeyEntry, KeyId, Secret};
 use crate::keys::record::{self, KeyRecord};
@@ -141,12 +141,11 @@ impl Overlay {
     /// `ct_position`).
     #[inline]
     pub(super) fn find(&self, hash: &KeyHash) -> Option<(u32, Secret)> {
-        use subtle::ConstantTimeEq;
         if !self.hash_filter.may_hold(hash_bits(hash)) {
             return None;
         }
         let (candidate, found) = self.by_hash.get_next(hash)?;
-        bool::from(candidate.ct_eq(hash)).then_some(*found)
+        bool::from(ct_same(candidate, hash)).then_some(*found)
     }
 
     /// Base positions replaced or removed, in order.

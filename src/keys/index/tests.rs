@@ -1,6 +1,6 @@
 //! Unit tests of the key index (a file of their own: the index itself is long enough).
 
-use super::base::{ct_position, records_at_most};
+use super::base::{ct_position, ct_same, records_at_most};
 use super::reload::Reloaded;
 use super::*;
 use crate::keys::entry::KeyName;
@@ -76,7 +76,38 @@ fn constant_time_final_match() {
         assert_eq!(ct_position(&sorted, &near), None);
     }
     assert_eq!(ct_position(&sorted, &[0xff; 32]), None);
-    assert_eq!(ct_position(&[], &[0; 32]), None);
+    assert_eq!(ct_position::<KeyHash>(&[], &[0; 32]), None);
+}
+
+proptest::proptest! {
+    /// The search orders by the leading 8 bytes as one number and then by the rest, and the
+    /// final match compares whole words: it must agree with the bytes' own order and
+    /// equality everywhere, ties on the leading bytes and single-byte differences included.
+    #[test]
+    fn search_agrees_with_byte_order(
+        seeds in proptest::collection::vec((0u8..4, 0usize..32, proptest::num::u8::ANY), 0..60),
+        probe in (0u8..4, 0usize..32, proptest::num::u8::ANY),
+    ) {
+        // Few distinct leading bytes and one differing byte: many shared prefixes.
+        let hash = |(lead, at, byte): (u8, usize, u8)| {
+            let mut h = [lead; 32];
+            h[at] = byte;
+            h
+        };
+        let mut sorted: Vec<(KeyHash, u32)> =
+            seeds.into_iter().enumerate().map(|(i, s)| (hash(s), i as u32)).collect();
+        sorted.sort_unstable_by_key(|e| e.0);
+        sorted.dedup_by_key(|e| e.0);
+        for (i, (h, _)) in sorted.iter().enumerate() {
+            proptest::prop_assert_eq!(ct_position(&sorted, h), Some(i));
+        }
+        let probe = hash(probe);
+        let expected = sorted.binary_search_by(|e| e.0.cmp(&probe)).ok();
+        proptest::prop_assert_eq!(ct_position(&sorted, &probe), expected);
+        for (h, _) in &sorted {
+            proptest::prop_assert_eq!(bool::from(ct_same(h, &probe)), *h == probe);
+        }
+    }
 }
 
 #[test]
