@@ -776,3 +776,80 @@ async fn push_reads_the_snapshot_and_writes_nothing_there() {
         "{listed}"
     );
 }
+
+/// Two replicas given one snapshot (`[keys] file` on a volume their pods share): each would
+/// fold the journal into the file and trim it by what it had read, dropping the other's
+/// lines. The second refuses to start, naming the file and what to do, before it listens; the
+/// first keeps serving; once the first has exited, the second starts.
+#[tokio::test]
+async fn a_second_replica_on_the_same_snapshot_refuses_to_start() {
+    let redis = Redis::start().await;
+    let mock = start_mock().await;
+    let mut first = Replica::new(&redis, &mock, false);
+    let admin = cli_json(&first.cfg, &["keys", "create", "--name", "a", "--json"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first.start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = {:?}\nstore = \"redis\"\nredis_url = \"{}\"\n[[upstream]]\nurl = \"http://{}\"\n",
+            first.snapshot().to_str().unwrap(),
+            redis.url(),
+            mock.addr
+        ),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new(common::binary::BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > 20 * SECOND {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second replica started on the snapshot another replica is using");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out = second.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    let snapshot = first.snapshot().display().to_string();
+    assert!(
+        stderr.contains(&snapshot) && stderr.contains("in use by another running keygate replica"),
+        "{stderr}"
+    );
+    assert_eq!(
+        status_of(first.url("/v1/chat/completions"), &admin).await,
+        200
+    );
+
+    // The first replica gone (its lock goes with the process), the second starts and serves.
+    let mut served = first.served.take().unwrap();
+    sigterm(&served.child);
+    served.child.wait().unwrap();
+    drop(served);
+    let second = serve(&cfg);
+    assert!(
+        eventually(10 * SECOND, || async {
+            status_of(second.url("/v1/chat/completions"), &admin).await == 200
+        })
+        .await
+    );
+}

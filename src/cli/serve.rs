@@ -294,6 +294,12 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
 pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
     let logging = crate::ops::logging::init(&cfg.log);
+    // A replica of the shared key store owns its snapshot until it exits: claimed before the
+    // port is bound, so a second replica on the same file never says it listens.
+    let _claim = match &cfg.keys.store {
+        crate::config::StoreMode::Redis(_) => crate::keys::snapshot::Claim::take(&cfg.keys.file)?,
+        crate::config::StoreMode::File => None,
+    };
     crate::server::accept::raise_open_file_limit();
     if let Some(src) = &cfg.source {
         if std::fs::read_to_string(src).is_ok_and(|t| is_blank(&t)) {

@@ -38,4 +38,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
+    /// Another running replica holds this key snapshot (`keys::snapshot::Claim`).
+    #[error(
+        "the key snapshot {path} is in use by another running keygate replica (it holds a lock on {lock}); give each replica its own `[keys] file` (in Kubernetes a volume per pod: an emptyDir, or a StatefulSet's volumeClaimTemplates)"
+    )]
+    SnapshotInUse { path: PathBuf, lock: PathBuf },
 }

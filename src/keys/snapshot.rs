@@ -68,6 +68,55 @@ struct Line {
     record: Option<KeyRecord>,
 }
 
+/// A running replica's hold on its snapshot: an exclusive lock on `<file>.owner`, released
+/// when the process ends, however it ends. The replica folds the journal into the file
+/// through a temporary file and trims the journal by what it read, so a second replica given
+/// the same `[keys] file` (a volume the pods of a Deployment share) would remove the other's
+/// temporary file or have its own removed, and trim lines the other had appended. Readers
+/// (`keys push`, `keygate check`) take no claim and write nothing there.
+#[derive(Debug)]
+pub struct Claim {
+    _lock: fs::File,
+}
+
+impl Claim {
+    /// Claims the snapshot at `file` for this process; refused (`SnapshotInUse`) while
+    /// another process holds it. `None` when the lock file cannot be opened at all (a
+    /// directory this process cannot write): the replica cannot write its journal there
+    /// either, which it reports itself, and nobody can be claiming it.
+    pub fn take(file: &Path) -> Result<Option<Claim>, StoreError> {
+        let mut name = file
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".owner");
+        let lock = file.with_file_name(name);
+        let f = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(lock = %lock.display(), error = %e, "cannot open the key snapshot's lock file; running without a claim on the snapshot");
+                return Ok(None);
+            }
+        };
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Claim { _lock: f })),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::SnapshotInUse {
+                path: file.to_path_buf(),
+                lock,
+            }),
+            Err(fs::TryLockError::Error(e)) => {
+                tracing::warn!(lock = %lock.display(), error = %e, "cannot lock the key snapshot's lock file; running without a claim on the snapshot");
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The snapshot file and its journal.
 #[derive(Debug)]
 pub struct Snapshot {

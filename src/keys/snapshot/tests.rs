@@ -130,3 +130,26 @@ fn another_process_reads_the_snapshot_without_writing_it() {
         );
     }
 }
+
+#[test]
+fn one_claim_at_a_time_on_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.json");
+    let held = Claim::take(&file).unwrap().expect("a writable directory");
+    match Claim::take(&file) {
+        Err(StoreError::SnapshotInUse { path, lock }) => {
+            assert_eq!(path, file);
+            assert_eq!(lock, dir.path().join("keys.json.owner"));
+        }
+        other => panic!("a second claim while the first is held: {other:?}"),
+    }
+    // Another snapshot in the same directory is another claim.
+    assert!(Claim::take(&dir.path().join("other.json"))
+        .unwrap()
+        .is_some());
+    drop(held);
+    assert!(
+        Claim::take(&file).unwrap().is_some(),
+        "released with its holder"
+    );
+}
