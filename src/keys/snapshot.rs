@@ -81,9 +81,10 @@ pub struct Claim {
 
 impl Claim {
     /// Claims the snapshot at `file` for this process; refused (`SnapshotInUse`) while
-    /// another process holds it. `None` when the lock file cannot be opened at all (a
-    /// directory this process cannot write): the replica cannot write its journal there
-    /// either, which it reports itself, and nobody can be claiming it.
+    /// another process holds it. `None`, with a warning, when the lock file cannot be opened
+    /// or locked (a directory this process may not write, a file system without locks): the
+    /// replica then runs unguarded, as before there was a claim; in a directory it may not
+    /// write, its journal fails too, and says so.
     pub fn take(file: &Path) -> Result<Option<Claim>, StoreError> {
         let mut name = file
             .file_name()
