@@ -28,6 +28,11 @@ impl Replica {
     /// A replica's directory and configuration; `with_cluster`: limits shared through
     /// `[cluster]` too (else only the key store names Redis).
     fn new(redis: &Redis, mock: &Mock, with_cluster: bool) -> Replica {
+        Replica::with_snapshot(redis, mock, with_cluster, Path::new("keys.json"))
+    }
+
+    /// As `new`, with `[keys] file` (the snapshot) at `file`, relative to its directory.
+    fn with_snapshot(redis: &Redis, mock: &Mock, with_cluster: bool, file: &Path) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("gateway.toml");
         let cluster = match with_cluster {
@@ -40,9 +45,10 @@ impl Replica {
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = \"keys.json\"\nstore = \"redis\"\nredis_url = \"{url}\"\nsnapshot_interval = \"1s\"\n{cluster}[[upstream]]\nurl = \"http://{}\"\n",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = {file:?}\nstore = \"redis\"\nredis_url = \"{url}\"\nsnapshot_interval = \"1s\"\n{cluster}[[upstream]]\nurl = \"http://{}\"\n",
                 mock.addr,
-                url = redis.url()
+                url = redis.url(),
+                file = file.to_str().unwrap()
             ),
         )
         .unwrap();
@@ -791,18 +797,8 @@ async fn a_second_replica_on_the_same_snapshot_refuses_to_start() {
         .unwrap()
         .to_string();
     first.start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[keys]\nfile = {:?}\nstore = \"redis\"\nredis_url = \"{}\"\n[[upstream]]\nurl = \"http://{}\"\n",
-            first.snapshot().to_str().unwrap(),
-            redis.url(),
-            mock.addr
-        ),
-    )
-    .unwrap();
+    let other = Replica::with_snapshot(&redis, &mock, false, &first.snapshot());
+    let cfg = other.cfg.clone();
     let mut second = std::process::Command::new(common::binary::BIN)
         .arg("serve")
         .arg("--config")

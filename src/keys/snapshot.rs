@@ -15,7 +15,7 @@
 use crate::keys::error::StoreError;
 use crate::keys::file;
 use crate::keys::record::KeyRecord;
-use crate::keys::store::KeyStore;
+use crate::keys::store::{beside, KeyStore};
 use crate::keys::writer::Writer;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -86,12 +86,7 @@ impl Claim {
     /// replica then runs unguarded, as before there was a claim; in a directory it may not
     /// write, its journal fails too, and says so.
     pub fn take(file: &Path) -> Result<Option<Claim>, StoreError> {
-        let mut name = file
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".owner");
-        let lock = file.with_file_name(name);
+        let lock = beside(file, ".owner");
         let f = match OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -140,14 +135,9 @@ struct Journal {
 
 impl Snapshot {
     pub fn new(file: &Path) -> Snapshot {
-        let mut name = file
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".journal");
         Snapshot {
             file: KeyStore::new(file),
-            journal: file.with_file_name(name),
+            journal: beside(file, ".journal"),
             append: Mutex::new(()),
             folding: Mutex::new(()),
         }

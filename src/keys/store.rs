@@ -33,6 +33,16 @@ pub struct KeyStore {
     path: PathBuf,
 }
 
+/// The file named as `file` plus `suffix`, in its directory (`keys.json.lock`).
+pub(crate) fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    file.with_file_name(name)
+}
+
 impl KeyStore {
     pub fn new(path: impl Into<PathBuf>) -> KeyStore {
         KeyStore { path: path.into() }
@@ -108,13 +118,7 @@ impl KeyStore {
     }
 
     fn lock_path(&self) -> PathBuf {
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".lock");
-        self.path.with_file_name(name)
+        beside(&self.path, ".lock")
     }
 
     fn dir(&self) -> PathBuf {

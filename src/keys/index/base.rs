@@ -24,10 +24,9 @@ pub(super) struct Base {
     pub(super) entries: Vec<KeyEntry>,
     /// `digests[p]`: the digest of the record `entries[p]` was built from (`super::digest`).
     pub(super) digests: Vec<u64>,
-    /// Secrets replaced by rotation and still in their grace period (few), sorted;
-    /// `retired_at[i]` is the key and end of grace of `retired[i]`.
-    pub(super) retired: Vec<KeyHash>,
-    pub(super) retired_at: Vec<(u32, Timestamp)>,
+    /// Secrets replaced by rotation and still in their grace period (few), sorted, each
+    /// with its key's position and the end of its grace.
+    pub(super) retired: Vec<(KeyHash, (u32, Timestamp))>,
     /// Positions sorted by key id.
     pub(super) by_id: Vec<u32>,
 }
@@ -58,17 +57,16 @@ fn bucket(hash: &KeyHash, bits: u32) -> usize {
 /// text; a guess only gets in by hashing to a stored digest exactly, which no ordering
 /// information helps to aim at. The one comparison that decides "this is the key" is the one
 /// kept free of data-dependent timing.
-pub(super) fn ct_position<T: Digest>(sorted: &[T], hash: &KeyHash) -> Option<usize> {
+pub(super) fn ct_position<T>(sorted: &[(KeyHash, T)], hash: &KeyHash) -> Option<usize> {
     // The leading 8 bytes first, as one number (the same order as the bytes'): digests are
     // uniform, so that decides all but equal ones without a call to `memcmp`.
     let lead = leading(hash);
-    let i = sorted.partition_point(|h| {
-        let d = h.digest();
+    let i = sorted.partition_point(|(d, _)| {
         let l = leading(d);
         l < lead || (l == lead && d < hash)
     });
-    let candidate = sorted.get(i)?;
-    bool::from(ct_same(candidate.digest(), hash)).then_some(i)
+    let (candidate, _) = sorted.get(i)?;
+    bool::from(ct_same(candidate, hash)).then_some(i)
 }
 
 /// Whether two digests are equal, in time independent of their bytes: compared as four
@@ -93,23 +91,6 @@ fn leading(hash: &KeyHash) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&hash[..8]);
     u64::from_be_bytes(b)
-}
-
-/// What `ct_position` searches by: a secret's digest, alone or with what it leads to.
-pub(super) trait Digest {
-    fn digest(&self) -> &KeyHash;
-}
-
-impl Digest for KeyHash {
-    fn digest(&self) -> &KeyHash {
-        self
-    }
-}
-
-impl<T> Digest for (KeyHash, T) {
-    fn digest(&self) -> &KeyHash {
-        &self.0
-    }
 }
 
 /// A record's digest, of its text: equal digests, same text, same record (64 bits: a
@@ -142,8 +123,6 @@ impl Base {
             retired,
             by_id,
         } = secrets;
-        let (retired, retired_at): (Vec<KeyHash>, Vec<(u32, Timestamp)>) =
-            retired.into_iter().unzip();
         let bits = dir_bits(current.len());
         let mut dir = vec![0u32; (1usize << bits) + 1];
         for (h, _) in &current {
@@ -159,7 +138,6 @@ impl Base {
             entries,
             digests,
             retired,
-            retired_at,
             by_id,
         }
     }
@@ -180,8 +158,7 @@ impl Base {
         if let Some(pos) = current {
             return Some((pos, Secret::Current));
         }
-        let i = ct_position(&self.retired, hash)?;
-        let (pos, valid_until) = *self.retired_at.get(i)?;
+        let (_, (pos, valid_until)) = *self.retired.get(ct_position(&self.retired, hash)?)?;
         Some((pos, Secret::Retired { valid_until }))
     }
 

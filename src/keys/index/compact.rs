@@ -65,7 +65,6 @@ pub(super) fn merge(base: &Base, overlay: &Overlay) -> Base {
     let retired = merge_sorted(
         base.retired
             .iter()
-            .zip(&base.retired_at)
             .filter_map(|(h, (p, until))| Some((*h, (kept(*p)?, *until)))),
         overlay.by_hash.iter().filter_map(|(h, (op, s))| match s {
             Secret::Retired { valid_until } => Some((*h, (added(*op)?, *valid_until))),

@@ -66,9 +66,9 @@ fn finds_every_key_and_nothing_else() {
 
 #[test]
 fn constant_time_final_match() {
-    let mut sorted: Vec<KeyHash> = (0u8..40).map(|i| [i.wrapping_mul(7); 32]).collect();
+    let mut sorted: Vec<(KeyHash, ())> = (0u8..40).map(|i| ([i.wrapping_mul(7); 32], ())).collect();
     sorted.sort_unstable();
-    for (i, h) in sorted.iter().enumerate() {
+    for (i, (h, _)) in sorted.iter().enumerate() {
         assert_eq!(ct_position(&sorted, h), Some(i));
         // One bit off in the last byte, or past either end: no match.
         let mut near = *h;
@@ -76,7 +76,7 @@ fn constant_time_final_match() {
         assert_eq!(ct_position(&sorted, &near), None);
     }
     assert_eq!(ct_position(&sorted, &[0xff; 32]), None);
-    assert_eq!(ct_position::<KeyHash>(&[], &[0; 32]), None);
+    assert_eq!(ct_position::<()>(&[], &[0; 32]), None);
 }
 
 proptest::proptest! {
