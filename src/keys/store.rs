@@ -117,10 +117,6 @@ impl KeyStore {
         self.open_lock().map(drop)
     }
 
-    fn lock_path(&self) -> PathBuf {
-        beside(&self.path, ".lock")
-    }
-
     fn dir(&self) -> PathBuf {
         match self.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -230,7 +226,7 @@ impl KeyStore {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.lock_path())
+            .open(beside(&self.path, ".lock"))
             .map_err(|e| match e.kind() {
                 io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
                     StoreError::ReadOnly {
