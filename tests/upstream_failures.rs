@@ -387,6 +387,57 @@ async fn a_connection_the_upstream_broke_is_not_replaced() {
     drop(c);
 }
 
+/// Replacements stop at the pool's cap: at most 256 connections idle or being made. 300
+/// requests in flight whose clients all leave at once close 300 upstream connections; 256 are
+/// made again, the other 44 are not (a gateway whose clients vanish together must not dial
+/// its upstream without bound), and the pool keeps 256 idle.
+#[tokio::test]
+async fn replacements_stop_at_the_idle_cap() {
+    const CLIENTS: usize = 300;
+    const CAP: usize = 256;
+    let m = RawMock::start_with(Mode::Delay(Duration::from_secs(60)), false).await;
+    let limits = "[limits]\nmax_in_flight = 1000\nrequests_per_minute = 1000000\n";
+    let g = gateway_for(&m, "", limits).await;
+    let key = g.key();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut c = Raw::connect(g.addr).await;
+        c.send(chat_req(Some(&key), "", CHAT)).await.unwrap();
+        clients.push(c);
+    }
+    assert!(
+        eventually(10 * SEC, || async { m.heads() == CLIENTS }).await,
+        "{} of {CLIENTS} requests reached the upstream",
+        m.heads()
+    );
+    assert_eq!(
+        m.connections(),
+        CLIENTS,
+        "one connection per request in flight"
+    );
+    drop(clients);
+    let pool = || g.gw.live().upstreams[0].pool().idle();
+    assert!(
+        eventually(10 * SEC, || async {
+            g.gw.capacity.in_use() == 0 && pool() == CAP && m.connections() >= CLIENTS + CAP
+        })
+        .await,
+        "the cancelled connections were not replaced up to the cap: {} idle, {} made, {} in flight",
+        pool(),
+        m.connections() - CLIENTS,
+        g.gw.capacity.in_use()
+    );
+    // Every cancel was decided when its lease was dropped; a replacement past the cap would
+    // arrive with the others. Give a stray one time to show.
+    let stray = eventually(ms(500), || async { m.connections() > CLIENTS + CAP }).await;
+    assert!(
+        !stray,
+        "{} replacements were made for {CLIENTS} cancels: the cap is {CAP}",
+        m.connections() - CLIENTS
+    );
+    assert_eq!(pool(), CAP);
+}
+
 #[tokio::test]
 async fn upstream_stalled_mid_stream_is_cut_at_idle_timeout() {
     /// A chat request through a gateway with a 400 ms idle timeout to an SSE upstream.

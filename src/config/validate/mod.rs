@@ -11,6 +11,7 @@ use super::{
 };
 use crate::authorize::routes::{RouteRule, RouteTable};
 use crate::keys::scope::Scopes;
+use crate::keys::store::beside;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -314,14 +315,7 @@ impl Validator<'_> {
         let file = resolve(k.file.as_deref().unwrap_or("keys.json"));
         let state_file = match k.state_file {
             Some(p) => resolve(&p),
-            None => {
-                let mut name = file
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
-                name.push(".state");
-                file.with_file_name(name)
-            }
+            None => beside(&file, ".state"),
         };
         let keys = KeysConfig {
             file,

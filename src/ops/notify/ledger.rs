@@ -8,6 +8,7 @@
 //! Redis (`claim`), so a restarted replica takes up its own claims again.
 
 use super::event::Event;
+use crate::keys::store::beside;
 use crate::time::Timestamp;
 use crate::watch::FailureLatch;
 use serde::{Deserialize, Serialize};
@@ -113,12 +114,7 @@ impl Ledger {
 
     /// `<state_file>.notify`.
     pub fn path_for(state_file: &Path) -> PathBuf {
-        let mut name = state_file
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".notify");
-        state_file.with_file_name(name)
+        beside(state_file, ".notify")
     }
 
     fn lock(&self) -> MutexGuard<'_, File> {
