@@ -19,7 +19,7 @@
 //! | `gateway/upstreams.rs` | upstreams built from the configuration, reusing unchanged pools |
 //! | `error/mod.rs` | `GatewayError`: every refusal's status, type, code and message; `NotReady` |
 //! | `error/convert.rs` | other errors as refusals (key store, bodies, JSON bodies); no answer repeats a key |
-//! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them) |
+//! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them), a connection's task (`server_tests.rs`: its unit test) |
 //! | `server/accept.rs` | accepting while out of descriptors, the per-address cap, raising the open-file limit |
 //! | `server/connection.rs` | a connection's driver: header-read, idle and write deadlines, graceful close |
 //! | `server/activity.rs` | `Activity`: what a connection's requests tell its driver (in progress, waiting on the client, cancelled before their answer, which of its futures woke it) |
