@@ -24,7 +24,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::Method;
 use keygate::account::scanner::UsageScanner;
-use keygate::authorize::body::body_facts;
+use keygate::authorize::json_body::body_facts;
 use keygate::authorize::routes::{is_normal_path, RouteTable};
 use keygate::config::LimitDefaults;
 use keygate::keys::file::{KeyFile, FILE_VERSION};

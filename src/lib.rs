@@ -34,12 +34,14 @@
 //! | `authorize/mod.rs` | stage 3: `route` (deny by default), `scope` |
 //! | `authorize/routes.rs` | the route table (built-in and `[[route]]`), paths in normal form |
 //! | `authorize/model.rs` | the model stage: the body read as far as its model, the model checked |
-//! | `authorize/body.rs` | what a body says: encoding, model, facts; the stream-usage rewrite |
+//! | `authorize/body.rs` | how a body is encoded, why one cannot be checked, a form's model |
+//! | `authorize/json_body.rs` | the one JSON body reader: model and facts, read as every upstream would; the stream-usage rewrite (`json_body_tests.rs`: its unit tests) |
 //! | `authorize/multipart.rs` | a multipart upload whose model is read while it streams |
+//! | `authorize/envelope.rs` | nothing but whitespace before a multipart body's first boundary and after its last |
 //! | `authorize/part_name.rs` | which multipart part is `model`, read strictly |
 //! | `limit/mod.rs` | stage 4: `check_rate`, `acquire_slot`, `reserve_tokens`, local or on Redis with its failure policy; settling a token charge |
 //! | `limit/answer.rs` | every limit header: `x-ratelimit-*`, `retry-after`, `retry-after-ms`, a quota refusal's `x-should-retry` |
-//! | `limit/quota.rs` | quotas per UTC day and month: `QuotaState` (store total + unflushed), the check, the view |
+//! | `limit/quota.rs` | quotas per UTC day and month: `QuotaState` (store total + unflushed + running requests' token estimates), the check, the token hold, the view (`quota_tests.rs`: its unit tests) |
 //! | `limit/rate.rs` | `RateCell` (GCRA in 8 bytes), `RateClock`, `Quota`, `Verdict` |
 //! | `limit/tokens.rs` | `TokenBucket` |
 //! | `limit/inflight.rs` | `InFlight` (per key) and `Capacity` (gateway-wide) |

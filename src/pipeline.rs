@@ -16,7 +16,9 @@
 //! 8. **slot** (`limit::acquire_slot`): the key's in-flight cap.
 //! 9. **the route's handler**. Forward: **model** (`authorize::model`: the body read as far as
 //!    its model, which the key's allowlist must match), **upstream** (`proxy::choose`, by
-//!    model), **tokens** (`limit::reserve_tokens`), **forward** (`proxy::forward`). Or: a model
+//!    model), **tokens** (`limit::hold_quota_tokens`, the estimate held against the token
+//!    quotas while the request runs; `limit::reserve_tokens`, the minute's bucket), **forward**
+//!    (`proxy::forward`). Or: a model
 //!    by name, the model list, the management API (`admin`), usage.
 //! 10. **answer**: a refusal becomes its OpenAI-shaped answer (`error`), with no key in it;
 //!     every answer gets `x-request-id` and its limit headers (`limit::answer`).
@@ -170,7 +172,11 @@ fn stages<'a>(
 
         match route.handler {
             Handler::Forward => {
-                forward(live, redis, &key, route, head, body, caller, record, limits).await
+                let quota_now = gw.usage.clock.at(now);
+                forward(
+                    live, redis, &key, route, head, body, caller, record, limits, quota_now,
+                )
+                .await
             }
             Handler::RetrieveModel => {
                 let model = model::in_path(head.uri.path(), prefix, &key, caller)?;
@@ -198,7 +204,8 @@ fn stages<'a>(
     }
 }
 
-/// A forward route: model, upstream, tokens, forward. The model stage's first step (does the
+/// A forward route: model, upstream, tokens (the token quotas' hold, then the minute's
+/// reservation), forward. The model stage's first step (does the
 /// body need reading?) runs at once; the rest waits.
 #[allow(clippy::too_many_arguments)]
 fn forward<'a>(
@@ -211,6 +218,7 @@ fn forward<'a>(
     caller: &'a Caller,
     record: &'a mut RequestRecord,
     limits: &'a mut LimitHeaders,
+    quota_now: Timestamp,
 ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + 'a {
     let plan = model::plan(live, key, route, head, body, record);
     async move {
@@ -230,6 +238,7 @@ fn forward<'a>(
         }
         if let Some(estimate) = inspected.token_estimate(key, route, &live.config.limits) {
             record.estimated_tokens = Some(estimate);
+            record.quota_held = limit::hold_quota_tokens(key, quota_now, estimate, limits)?;
             if let Reservation::Checked(info, charge) =
                 limit::reserve_tokens(redis, key, estimate).await
             {

@@ -706,6 +706,59 @@ async fn a_token_quota_counts_streams_whether_or_not_the_upstream_reports_usage(
         charged(&g, &admin, &id).await,
         "a stream without usage was not charged to the token quota"
     );
+    // What the quota was charged is what the key's usage shows, as the gateway's estimate
+    // (it showed 0 tokens while the quota had been charged its estimate).
+    let quota = quota_used(&g, &admin, &id, "tokens_per_day").await;
+    let v = get(&g.addr.to_string(), &admin, &format!("/v1/api-keys/{id}"))
+        .await
+        .json();
+    let u = &v["usage"];
+    let shown = u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap();
+    assert_eq!(shown, quota, "{v}");
+    assert_eq!(u["estimated_tokens"].as_u64().unwrap(), quota, "{v}");
+    assert!(quota >= 256, "the default completion budget: {quota}");
+}
+
+/// Requests admitted together each hold their estimate against a token quota while they run.
+/// Before: ten requests sent at once, each estimated at about 310 tokens, were all served
+/// against a quota of 1,000 tokens a day (the tokens only counted when they ended).
+#[tokio::test]
+async fn requests_running_together_cannot_all_pass_a_token_quota() {
+    let g = start_gateway("").await;
+    let (_, key) = g.create_key(token_quota(1_000));
+    let body = r#"{"model":"llama-3.1-8b-instruct","max_tokens":300,"messages":[]}"#;
+    let url = g.url("/v1/chat/completions");
+    let auth = bearer(&key);
+    let all = (0..10).map(|_| {
+        let (url, auth) = (url.clone(), auth.clone());
+        tokio::spawn(async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("x-mock-delay-ms", "400"),
+            ];
+            send(Method::POST, &url, &headers, body).await
+        })
+    });
+    let mut served = 0;
+    let mut refused = 0;
+    for a in all.collect::<Vec<_>>() {
+        let a = a.await.unwrap();
+        match a.status.as_u16() {
+            200 => served += 1,
+            429 => {
+                assert_eq!(a.error_code(), "insufficient_quota");
+                refused += 1;
+            }
+            s => panic!("{s}: {:?}", a.body),
+        }
+    }
+    // Each holds ~310 of 1,000: the fourth is the one that reaches the quota.
+    assert!(
+        (1..=4).contains(&served),
+        "{served} served, {refused} refused"
+    );
+    assert_eq!(served + refused, 10);
 }
 
 #[tokio::test]

@@ -54,6 +54,13 @@ impl Drop for RequestRecord {
             };
             charge.settle(used);
         }
+        // A successful answer that reported no usage (an upstream that ignores
+        // `include_usage`) is charged its estimate, as the minute's reservation stands:
+        // finishing a stream is never cheaper than leaving it. The key's usage, the metrics
+        // and the access line show that estimate, as the quota counts it.
+        if self.tokens.is_none() {
+            self.tokens = self.reserved_estimate().map(TokenUsage::Estimated);
+        }
         let gw = self.gateway.take();
         // Cut by the end of the drain, not left by its client: said so in the log and counted.
         if !self.complete
@@ -88,13 +95,9 @@ impl Drop for RequestRecord {
                 tokens,
                 estimated: self.tokens.is_some_and(TokenUsage::is_estimated),
             });
-            // A token quota counts what was used; an answer that reported nothing (an
-            // upstream that ignores `include_usage`) counts its estimate, as the minute's
-            // reservation stands: finishing a stream is never cheaper than leaving it.
-            let quota_tokens = tokens.map(Tokens::total).or(self
-                .estimated_tokens
-                .filter(|_| (200..300).contains(&self.status)));
-            if let Some(t) = quota_tokens {
+            state.quota.release(self.quota_held);
+            // A token quota counts what was used, estimates included.
+            if let Some(t) = tokens.map(Tokens::total) {
                 state.quota.add_tokens(t);
             }
         }

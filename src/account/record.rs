@@ -61,6 +61,9 @@ pub struct RequestRecord {
     /// The request's token estimate (its completion budget and prompt), for a key that
     /// counts tokens: what a token quota is charged for an answer that reports no usage.
     pub estimated_tokens: Option<u64>,
+    /// What the request holds of its key's token quotas while it runs (its estimate, for a
+    /// key with one): given back when it ends.
+    pub quota_held: u64,
     /// Where the metrics and the access line go (absent in unit tests).
     pub gateway: Option<Arc<Gateway>>,
     /// `/healthz`, `/readyz`, a console file: no access line unless `[log] probes`.
@@ -182,6 +185,7 @@ impl RequestRecord {
             slot: None,
             token_charge: None,
             estimated_tokens: None,
+            quota_held: 0,
             gateway: None,
             probe: false,
             path: None,
@@ -216,5 +220,19 @@ impl RequestRecord {
             _ => return None,
         };
         (t.total() > 0).then_some(t)
+    }
+
+    /// What a successful answer that reported no usage is charged: the reservation's
+    /// estimate (`estimated_tokens`), its prompt part one token per 4 bytes of request body
+    /// as the reservation counted it, the rest its completion budget.
+    pub(crate) fn reserved_estimate(&self) -> Option<Tokens> {
+        let reserved = self
+            .estimated_tokens
+            .filter(|_| (200..300).contains(&self.status))?;
+        let prompt = (self.bytes_received / CHARS_PER_TOKEN).min(reserved);
+        Some(Tokens {
+            prompt,
+            completion: reserved - prompt,
+        })
     }
 }

@@ -1,84 +1,5 @@
-//! What a request body says, read without copying what the gateway does not need: its
-//! encoding (JSON, form, multipart), its `model`, and the facts the token estimate and the
-//! stream-usage rewrite use.
-
-use serde::Deserialize;
-use std::borrow::Cow;
-
-/// The fields of an OpenAI request body the gateway looks at. Everything else is skipped
-/// without being copied.
-#[derive(Debug, Default, Deserialize)]
-pub struct BodyFacts<'a> {
-    #[serde(borrow, default)]
-    pub model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_completion_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub max_output_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: Option<bool>,
-}
-
-/// A count the gateway only uses for estimates: anything that is not a whole number is
-/// left for the upstream to judge.
-fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    Ok(serde_json::Value::deserialize(d)?.as_u64())
-}
-
-/// What the request path keeps of a body's facts, owned.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub model: String,
-    pub stream: bool,
-    /// The client asked for `stream_options.include_usage`.
-    pub wants_usage: bool,
-    /// `max_completion_tokens`, `max_tokens` or `max_output_tokens`, if given.
-    pub completion_budget: Option<u64>,
-}
-
-impl BodyFacts<'_> {
-    pub fn summary(&self) -> Summary {
-        Summary {
-            model: self.model.as_deref().unwrap_or_default().to_string(),
-            stream: self.stream == Some(true),
-            wants_usage: self
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
-            completion_budget: self
-                .max_completion_tokens
-                .or(self.max_tokens)
-                .or(self.max_output_tokens),
-        }
-    }
-}
-
-/// The same JSON body with `stream_options.include_usage = true`, or `None` if it is not
-/// a JSON object.
-pub fn with_stream_usage(body: &[u8]) -> Option<bytes::Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    let opts = obj
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::json!({}));
-    if !opts.is_object() {
-        *opts = serde_json::json!({});
-    }
-    opts.as_object_mut()?
-        .insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
-}
+//! How a request body is encoded (JSON, form, multipart), why one cannot be checked, and the
+//! `model` of a form. A JSON body is read by `json_body`, a multipart one by `multipart`.
 
 /// Why a body cannot be checked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,8 +8,17 @@ pub enum BodyError {
     NotJson(String),
     #[error("the request body has no `model` field (a string naming the model)")]
     NoModel,
-    #[error("the request body has more than one `model` field")]
-    TwoModels,
+    #[error("the request body has more than one `{0}` field; send it once")]
+    Twice(&'static str),
+    #[error("the request body has a field `{spelled}`, spelled like `{field}` but not exactly (upstreams that match names ignoring case would read it as `{field}`); name it exactly `{field}`")]
+    SpelledLike {
+        field: &'static str,
+        spelled: String,
+    },
+    #[error(
+        "the request body cannot be rewritten to ask the upstream for the stream's usage: {0}"
+    )]
+    Unrewritable(String),
     #[error("the request has more than one Content-Type header")]
     TwoContentTypes,
     #[error("the Content-Type header cannot be read (a multipart/form-data body needs exactly one `boundary`)")]
@@ -180,23 +110,13 @@ pub fn form_model(body: &[u8]) -> Result<Option<String>, BodyError> {
     for (name, value) in form_urlencoded::parse(body) {
         if name == "model" {
             if model.replace(value).is_some() {
-                return Err(BodyError::TwoModels);
+                return Err(BodyError::Twice("model"));
             }
         } else if name.trim().eq_ignore_ascii_case("model") {
             return Err(BodyError::FormAmbiguous);
         }
     }
     Ok(model.filter(|m| !m.is_empty()).map(|m| m.into_owned()))
-}
-
-/// Reads the `model` (and `stream`) of a JSON body.
-pub fn body_facts(body: &[u8]) -> Result<BodyFacts<'_>, BodyError> {
-    let facts: BodyFacts =
-        serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    if facts.model.as_deref().is_none_or(str::is_empty) {
-        return Err(BodyError::NoModel);
-    }
-    Ok(facts)
 }
 
 #[cfg(test)]
@@ -258,27 +178,14 @@ mod tests {
         assert_eq!(form_model(b"mod%65l=gpt%2D4"), Ok(Some("gpt-4".into())));
         assert_eq!(form_model(b"x=1"), Ok(None));
         assert_eq!(form_model(b"model="), Ok(None));
-        assert_eq!(form_model(b"model=a&model=b"), Err(BodyError::TwoModels));
+        assert_eq!(
+            form_model(b"model=a&model=b"),
+            Err(BodyError::Twice("model"))
+        );
         assert_eq!(
             form_model(b"model=a;model=b"),
             Err(BodyError::FormSemicolon)
         );
         assert_eq!(form_model(b"Model=gpt-4"), Err(BodyError::FormAmbiguous));
-    }
-
-    #[test]
-    fn body_model() {
-        assert_eq!(
-            body_facts(br#"{"messages":[],"model":"llama-3"}"#)
-                .unwrap()
-                .model
-                .unwrap(),
-            "llama-3"
-        );
-        assert_eq!(
-            body_facts(br#"{"messages":[]}"#).unwrap_err(),
-            BodyError::NoModel
-        );
-        assert!(matches!(body_facts(b"{nope"), Err(BodyError::NotJson(_))));
     }
 }

@@ -1,9 +1,11 @@
 //! Stage 3 of a request: what it may do. First its route (`route`, before authentication: a
 //! path no route matches is refused without looking at the key), then whether the key has the
 //! route's scope (`scope`), and on routes that name a model, whether the key may use it
-//! (`model`, with the body read as far as needed: `body`, `multipart`).
+//! (`model`, with the body read as far as needed: `body`, `json_body`, `multipart`).
 
 pub mod body;
+pub mod envelope;
+pub mod json_body;
 pub mod model;
 pub mod multipart;
 pub mod part_name;

@@ -3,7 +3,8 @@
 //! and on a route that carries one it must name one), when several upstreams are chosen
 //! between by model, or when a token limit needs an estimate. JSON and form bodies are read
 //! whole, bounded by `max_body_bytes`; a multipart upload only up to its `model` field, then
-//! streamed on through the parser (`multipart`). Other bodies stream untouched.
+//! streamed on through the parser (`multipart`), which also holds it to its boundaries. Other
+//! bodies stream untouched.
 //!
 //! A model name is checked twice: it must hold no key (it would be logged and could be
 //! echoed), and the key's allowlist must match it.
@@ -11,9 +12,8 @@
 use crate::account::RequestRecord;
 use crate::auth::secrets::{contains_secret, looks_like_key};
 use crate::auth::Caller;
-use crate::authorize::body::{
-    body_facts, body_kind, form_model, is_json_object, BodyError, BodyKind, Summary,
-};
+use crate::authorize::body::{body_kind, form_model, is_json_object, BodyError, BodyKind};
+use crate::authorize::json_body::{body_facts, Summary};
 use crate::authorize::multipart::MultipartBody;
 use crate::authorize::routes::RouteMatch;
 use crate::config::LimitDefaults;
@@ -40,20 +40,26 @@ pub struct Inspected {
     pub facts: Option<Summary>,
     /// The length of a body read whole (JSON or form).
     pub read: Option<usize>,
+    /// A multipart upload read through its parser.
+    pub upload: bool,
 }
 
 impl Inspected {
     /// The tokens to reserve for a request on `route`: the completion budget the body names
-    /// (else `[limits] estimated_completion_tokens`) plus one token per 4 bytes of body.
-    /// `None` when the key counts no tokens (no token limit or quota) or the body was not
-    /// read whole.
+    /// (else `[limits] estimated_completion_tokens`) plus one token per 4 bytes of a body
+    /// read whole (none for a multipart upload: a file is not prompt text). `None` when the
+    /// key counts no tokens (no token limit or quota) or the body was not read.
     pub fn token_estimate(
         &self,
         key: &KeyRef,
         route: RouteMatch,
         limits: &LimitDefaults,
     ) -> Option<u64> {
-        let len = self.read?;
+        let len = match self.read {
+            Some(len) => len,
+            None if self.upload => 0,
+            None => return None,
+        };
         if !route.has_model || !key.counts_tokens() {
             return None;
         }
@@ -103,6 +109,7 @@ pub fn plan(
         body: streamed(live, body, record),
         facts: None,
         read: None,
+        upload: false,
     }))
 }
 
@@ -156,15 +163,15 @@ pub async fn inspect(
 ) -> Result<Inspected, GatewayError> {
     let server = &live.config.server;
     let declared = content_length(&parts.headers);
-    let Wanted {
-        restricted,
-        by_model,
-        ..
-    } = Wanted::of(live, key, route);
+    let restricted = Wanted::of(live, key, route).restricted;
     let mut read = None; // a JSON or form body read whole
+    let mut upload = false;
     let mut facts = None;
     let (model, body) = match body_kind(&parts.headers)? {
-        BodyKind::Multipart { boundary } if restricted || by_model => {
+        // Read through the parser even when only a token estimate wanted the body: streamed
+        // unread, JSON labelled as multipart went to an upstream that reads JSON whatever the
+        // label with no estimate reserved, past the key's token limit.
+        BodyKind::Multipart { boundary } => {
             let mut m = MultipartBody::new(
                 body,
                 boundary,
@@ -172,10 +179,9 @@ pub async fn inspect(
                 record.started,
                 server.max_body_bytes,
             );
+            upload = true;
             (m.find_model().await?, UpBody::multipart(m))
         }
-        // Only a token estimate wanted it, and a multipart upload gives none.
-        BodyKind::Multipart { .. } => (None, streamed(live, body, record)),
         kind => {
             let bytes = read_body(
                 body,
@@ -219,6 +225,7 @@ pub async fn inspect(
         body,
         facts,
         read,
+        upload,
     })
 }
 

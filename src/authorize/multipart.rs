@@ -10,11 +10,15 @@
 //! with an error before the chunk that holds it is sent, so the upstream never gets a whole
 //! request naming another model.
 //!
+//! Before the first boundary and after the closing one only whitespace may come
+//! (`envelope`): an upstream reading the body as JSON would find a preamble's.
+//!
 //! A part counts as the `model` field only when multer and a strict reading of its
 //! `Content-Disposition` agree on its name; a part they read differently (a `name*=`, a
 //! `NAME=`, two names, two headers) is refused, since the upstream's parser might read it
 //! the other way.
 
+use crate::authorize::envelope::Envelope;
 use crate::authorize::part_name::{role, Role};
 use crate::error::GatewayError;
 use crate::proxy::idle::{
@@ -44,6 +48,8 @@ struct Source {
     pending: VecDeque<Bytes>,
     /// Why the body stopped, when it broke off: the parser only gets an opaque error.
     failure: Option<BoxError>,
+    /// Nothing but whitespace before the first boundary and after the last (`envelope`).
+    envelope: Envelope,
     ended: bool,
 }
 
@@ -65,6 +71,8 @@ impl Source {
                     self.seen += d.len() as u64;
                     if self.seen > self.limit {
                         Some(Err(Box::new(BodyTooLarge(self.limit))))
+                    } else if let Err(why) = self.envelope.check(&d) {
+                        Some(Err(Box::new(ClientBodyError(why.into()))))
                     } else {
                         Some(Ok(d))
                     }
@@ -138,6 +146,7 @@ impl MultipartBody {
             seen: 0,
             pending: VecDeque::new(),
             failure: None,
+            envelope: Envelope::new(&boundary),
             ended: false,
         }));
         MultipartBody {

@@ -45,7 +45,15 @@ impl From<StoreError> for GatewayError {
 /// A body whose model cannot be checked.
 impl From<BodyError> for GatewayError {
     fn from(e: BodyError) -> GatewayError {
-        GatewayError::InvalidRequest(e.to_string())
+        match &e {
+            BodyError::Twice(field) | BodyError::SpelledLike { field, .. } => {
+                GatewayError::InvalidParam {
+                    param: (*field).to_string(),
+                    message: format!("{e}."),
+                }
+            }
+            _ => GatewayError::InvalidRequest(e.to_string()),
+        }
     }
 }
 

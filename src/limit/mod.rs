@@ -98,6 +98,20 @@ pub fn check_quota(
     })
 }
 
+/// Holds a request's token `estimate` against its key's token quotas while it runs
+/// (`quota::hold_tokens`); what is held, for the request's record to give back.
+pub fn hold_quota_tokens(
+    key: &KeyRef,
+    now: Timestamp,
+    estimate: u64,
+    limits: &mut LimitHeaders,
+) -> Result<u64, GatewayError> {
+    quota::hold_tokens(key.quotas.as_deref(), &key.state().quota, now, estimate).map_err(|r| {
+        limits.quota = Some(r.reset_in);
+        GatewayError::InsufficientQuota(r)
+    })
+}
+
 /// The refusal a token reservation calls for, if any.
 pub fn token_verdict(info: &TokenInfo) -> Result<(), GatewayError> {
     match info.verdict {

@@ -6,7 +6,9 @@
 //! this process has counted and not written yet. A request is admitted while every quota has
 //! something left; the tokens it uses are only known when it ends, so the last admitted
 //! request can take a token quota past its limit, and replicas can overshoot together by about
-//! a second of traffic. Requests are counted when admitted, tokens when the request ends.
+//! a second of traffic. Requests are counted when admitted, tokens when the request ends;
+//! while it runs, its token estimate is held (`hold_tokens`): requests admitted together
+//! cannot all pass a token quota, as each sees the others' estimates.
 
 use crate::keys::annotations::KeyQuotas;
 use crate::time::Timestamp;
@@ -37,6 +39,8 @@ pub struct Stored {
 pub struct QuotaState {
     /// Admitted requests not yet written to the usage store.
     pending_requests: AtomicU64,
+    /// The token estimates of admitted requests that have not ended (`hold_tokens`).
+    held_tokens: AtomicU64,
     /// Tokens of ended requests not yet written to the usage store.
     pending_tokens: AtomicU64,
     stored: ArcSwapOption<Stored>,
@@ -47,6 +51,13 @@ impl QuotaState {
     pub fn add_tokens(&self, n: u64) {
         if n > 0 {
             self.pending_tokens.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives back what `hold_tokens` held for a request that ended.
+    pub fn release(&self, held: u64) {
+        if held > 0 {
+            self.held_tokens.fetch_sub(held, Ordering::Relaxed);
         }
     }
 
@@ -212,6 +223,46 @@ pub fn check(
     }
 }
 
+/// Holds a request's token `estimate` against the key's token quotas until it ends
+/// (`QuotaState::release`), or refuses it (and takes back the request `check` counted) when
+/// what was used plus what running requests hold reaches a token quota. Without a hold, every
+/// request admitted while the first ran passed a quota that the first alone used up. Returns
+/// what is held: 0 for a key without a token quota.
+pub fn hold_tokens(
+    quotas: Option<&KeyQuotas>,
+    state: &QuotaState,
+    now: Timestamp,
+    estimate: u64,
+) -> Result<u64, QuotaRefusal> {
+    let Some(q) = quotas.filter(|q| q.tokens_per_day.is_some() || q.tokens_per_month.is_some())
+    else {
+        return Ok(0);
+    };
+    let held = state.held_tokens.fetch_add(estimate, Ordering::Relaxed);
+    let mut refusal: Option<QuotaRefusal> = None;
+    for kind in [QuotaKind::TokensPerDay, QuotaKind::TokensPerMonth] {
+        let Some(limit) = kind.limit(q) else { continue };
+        let w = kind.window(now);
+        let used = kind.of(state.used(w)).saturating_add(held);
+        if used >= limit && refusal.is_none_or(|r| r.resets_at < w.end()) {
+            refusal = Some(QuotaRefusal {
+                kind,
+                limit,
+                resets_at: w.end(),
+                reset_in: Duration::from_secs(now.until(w.end())),
+            });
+        }
+    }
+    match refusal {
+        None => Ok(estimate),
+        Some(r) => {
+            state.held_tokens.fetch_sub(estimate, Ordering::Relaxed);
+            state.pending_requests.fetch_sub(1, Ordering::Relaxed);
+            Err(r)
+        }
+    }
+}
+
 /// One of a key's quotas used up: the next request is refused until `window` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsedUp {
@@ -272,100 +323,5 @@ pub fn view(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_and_tokens_per_window() {
-        let now = Timestamp::parse("2026-11-29T23:00:00Z").unwrap();
-        let q = KeyQuotas {
-            requests_per_day: Some(2),
-            tokens_per_month: Some(100),
-            ..Default::default()
-        };
-        let s = QuotaState::default();
-        assert!(check(Some(&q), &s, now).is_ok());
-        assert!(check(Some(&q), &s, now).is_ok());
-        let r = check(Some(&q), &s, now).unwrap_err();
-        assert_eq!(r.kind, QuotaKind::RequestsPerDay);
-        assert_eq!(r.resets_at.to_string(), "2026-11-30T00:00:00Z");
-        assert_eq!(r.reset_in, Duration::from_secs(3600));
-        assert_eq!(s.pending().requests, 2, "a refusal is not counted");
-        // Written to the store: the store's total for today counts, pending is gone.
-        let day = day_of(now);
-        s.drained(s.pending());
-        s.set_stored(Stored {
-            day,
-            month: month_of(now),
-            in_day: Used {
-                requests: 2,
-                tokens: 0,
-            },
-            in_month: Used {
-                requests: 2,
-                tokens: 100,
-            },
-        });
-        // Both used up: the month's, which resets last, is named.
-        let r = check(Some(&q), &s, now).unwrap_err();
-        assert_eq!(r.kind, QuotaKind::TokensPerMonth);
-        // The next day the daily quota starts again, the monthly one not.
-        let tomorrow = Timestamp(now.0 + 3600);
-        let r = check(Some(&q), &s, tomorrow).unwrap_err();
-        assert_eq!(r.kind, QuotaKind::TokensPerMonth);
-        assert_eq!(r.resets_at.to_string(), "2026-12-01T00:00:00Z");
-        let v = view(Some(&q), |w| s.used(w), now);
-        assert_eq!(v["tokens_per_month"]["remaining"], 0);
-        assert_eq!(v["requests_per_day"]["used"], 2);
-        assert_eq!(v["requests_per_day"]["resets_at"], "2026-11-30T00:00:00Z");
-        // A new month starts from nothing.
-        let december = Timestamp::parse("2026-12-01T00:00:00Z").unwrap();
-        assert!(check(Some(&q), &s, december).is_ok());
-        assert!(v.get("tokens_per_day").is_none());
-    }
-
-    #[test]
-    fn used_up_agrees_with_check() {
-        let now = Timestamp::parse("2026-11-29T23:00:00Z").unwrap();
-        let q = KeyQuotas {
-            requests_per_day: Some(2),
-            tokens_per_month: Some(100),
-            ..Default::default()
-        };
-        let s = QuotaState::default();
-        assert!(used_up(&q, &s, now).is_empty());
-        assert!(check(Some(&q), &s, now).is_ok());
-        assert!(used_up(&q, &s, now).is_empty(), "one request of two left");
-        assert!(check(Some(&q), &s, now).is_ok());
-        let up = used_up(&q, &s, now);
-        assert_eq!(up.len(), 1);
-        assert_eq!(up[0].kind, QuotaKind::RequestsPerDay);
-        assert_eq!((up[0].limit, up[0].used), (2, 2));
-        assert_eq!(up[0].window, Window::Day(day_of(now)));
-        assert!(
-            check(Some(&q), &s, now).is_err(),
-            "and check refuses the next"
-        );
-        s.add_tokens(100);
-        assert_eq!(used_up(&q, &s, now).len(), 2, "tokens per month reached");
-        // Written to the store for today and this month; the next day has a fresh day.
-        s.drained(s.pending());
-        s.set_stored(Stored {
-            day: day_of(now),
-            month: month_of(now),
-            in_day: Used {
-                requests: 2,
-                tokens: 100,
-            },
-            in_month: Used {
-                requests: 2,
-                tokens: 100,
-            },
-        });
-        assert_eq!(used_up(&q, &s, now).len(), 2);
-        let tomorrow = Timestamp(now.0 + 3600);
-        let up = used_up(&q, &s, tomorrow);
-        assert_eq!(up.len(), 1);
-        assert_eq!(up[0].kind, QuotaKind::TokensPerMonth);
-    }
-}
+#[path = "quota_tests.rs"]
+mod tests;

@@ -21,7 +21,7 @@ pub mod whole;
 
 use crate::account::{Added, RequestRecord};
 use crate::auth::Caller;
-use crate::authorize::body::with_stream_usage;
+use crate::authorize::json_body::with_stream_usage;
 use crate::authorize::model::Inspected;
 use crate::authorize::routes::RouteMatch;
 use crate::error::GatewayError;
@@ -79,10 +79,8 @@ pub fn forward<'a>(
     let mut strip_usage = false;
     if completion && facts.as_ref().is_some_and(|f| f.stream && !f.wants_usage) {
         if let UpBody::Full(Some(bytes)) = &body {
-            if let Some(rewritten) = with_stream_usage(bytes) {
-                body = UpBody::full(rewritten);
-                strip_usage = true;
-            }
+            body = UpBody::full(with_stream_usage(bytes)?);
+            strip_usage = true;
         }
     }
     let sending = send(upstream, key, parts, body, caller, prefix, record)?;

@@ -1,5 +1,5 @@
 //! Exact accounting of a stream whose client did not ask for its usage: the gateway asks the
-//! upstream for it (`authorize::body::with_stream_usage`) and hides the extra usage-only event
+//! upstream for it (`authorize::json_body::with_stream_usage`) and hides the extra usage-only event
 //! from the client here, so the client gets exactly the stream it asked for.
 
 use bytes::Bytes;

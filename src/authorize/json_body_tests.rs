@@ -1,0 +1,168 @@
+use super::*;
+
+fn rewrite(body: &str) -> String {
+    String::from_utf8(with_stream_usage(body.as_bytes()).unwrap().to_vec()).unwrap()
+}
+
+#[test]
+fn reads_the_model_and_the_budget() {
+    let f = body_facts(br#"{"messages":[],"model":"llama-3","max_tokens":10}"#).unwrap();
+    assert_eq!(f.model.as_deref(), Some("llama-3"));
+    assert_eq!(f.summary().completion_budget, Some(10));
+    assert_eq!(
+        body_facts(br#"{"messages":[]}"#).unwrap_err(),
+        BodyError::NoModel
+    );
+    assert_eq!(
+        body_facts(br#"{"model":null}"#).unwrap_err(),
+        BodyError::NoModel
+    );
+    assert!(matches!(body_facts(b"{nope"), Err(BodyError::NotJson(_))));
+    assert!(matches!(body_facts(b"[1]"), Err(BodyError::NotJson(_))));
+    assert!(matches!(
+        body_facts(br#"{"model":5}"#),
+        Err(BodyError::NotJson(_))
+    ));
+}
+
+/// Go's `encoding/json` (Ollama) takes `Model` or `MODEL` for `model`, the last one winning,
+/// and folds `ſ` to `s` and the Kelvin sign to `k`; .NET's case-insensitive option folds `ı`.
+/// The gateway read only the exact `model`: `{"model":"llama-3","Model":"gpt-4"}` passed an
+/// allowlist of `llama-*` and reached an upstream that served `gpt-4`.
+#[test]
+fn a_field_spelled_like_a_read_one_is_refused() {
+    for (body, field) in [
+        (r#"{"model":"llama-3","Model":"gpt-4"}"#, "model"),
+        (r#"{"MODEL":"gpt-4","model":"llama-3"}"#, "model"),
+        (r#"{"model":"llama-3","mod\u0045l":"gpt-4"}"#, "model"),
+        (r#"{"model":"m","Stream":true}"#, "stream"),
+        (r#"{"model":"m","ſtream":true}"#, "stream"),
+        (r#"{"model":"m","max_to\u212Aens":9}"#, "max_tokens"),
+        (
+            r#"{"model":"m","max_completıon_tokens":9}"#,
+            "max_completion_tokens",
+        ),
+        (r#"{"model":"m","STREAM_OPTIONS":{}}"#, "stream_options"),
+    ] {
+        match body_facts(body.as_bytes()) {
+            Err(BodyError::SpelledLike { field: f, .. }) => assert_eq!(f, field, "{body}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // Names that fold to nothing the gateway reads are the upstream's business.
+    assert!(body_facts(br#"{"model":"m","Messages":[],"models":1,"model_":2}"#).is_ok());
+}
+
+#[test]
+fn a_read_field_twice_is_refused() {
+    for (body, field) in [
+        (r#"{"model":"llama-3","model":"gpt-4"}"#, "model"),
+        (r#"{"model":"llama-3","mod\u0065l":"gpt-4"}"#, "model"),
+        (r#"{"model":"m","stream":false,"stream":true}"#, "stream"),
+        (
+            r#"{"model":"m","max_tokens":1,"max_tokens":100000}"#,
+            "max_tokens",
+        ),
+    ] {
+        assert_eq!(
+            body_facts(body.as_bytes()).unwrap_err(),
+            BodyError::Twice(field),
+            "{body}"
+        );
+    }
+}
+
+/// `max_completion_tokens: 0` beside `max_tokens: 100000` made the estimate 0 where vLLM
+/// (`max_completion_tokens or max_tokens`) generates 100,000: the largest given wins now.
+#[test]
+fn the_budget_is_the_largest_count_given() {
+    let budget = |b: &str| {
+        body_facts(b.as_bytes())
+            .unwrap()
+            .summary()
+            .completion_budget
+    };
+    assert_eq!(
+        budget(r#"{"model":"m","max_completion_tokens":0,"max_tokens":100000}"#),
+        Some(100000)
+    );
+    assert_eq!(
+        budget(r#"{"model":"m","max_completion_tokens":50,"max_tokens":10}"#),
+        Some(50)
+    );
+    assert_eq!(budget(r#"{"model":"m","max_output_tokens":7}"#), Some(7));
+    assert_eq!(budget(r#"{"model":"m","max_tokens":"300"}"#), Some(300));
+    assert_eq!(budget(r#"{"model":"m","max_tokens":2.5}"#), Some(3));
+    assert_eq!(budget(r#"{"model":"m","max_tokens":0}"#), None);
+    assert_eq!(budget(r#"{"model":"m","max_tokens":-4}"#), None);
+    assert_eq!(budget(r#"{"model":"m","max_tokens":null}"#), None);
+}
+
+#[test]
+fn the_rewrite_asks_for_usage_and_keeps_the_rest_as_written() {
+    assert_eq!(
+        rewrite(r#"{"model":"m","stream":true}"#),
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+    );
+    // Order, numbers past f64 and u64, and spacing inside values stay as the client wrote them
+    // (a round trip through `serde_json::Value` sorted the members and rounded the numbers).
+    assert_eq!(
+        rewrite(
+            r#"{"z":1,"seed":12345678901234567890123,"t":0.1000000000000000055,"a":[ 1, 2 ],"model":"m"}"#
+        ),
+        r#"{"z":1,"seed":12345678901234567890123,"t":0.1000000000000000055,"a":[ 1, 2 ],"model":"m","stream_options":{"include_usage":true}}"#
+    );
+    assert_eq!(
+        rewrite(
+            r#"{"stream_options":{"include_usage":false,"continuous_usage_stats":true},"model":"m"}"#
+        ),
+        r#"{"stream_options":{"continuous_usage_stats":true,"include_usage":true},"model":"m"}"#
+    );
+    assert_eq!(
+        rewrite(r#"{"stream_options":null,"model":"m"}"#),
+        r#"{"stream_options":{"include_usage":true},"model":"m"}"#
+    );
+    assert_eq!(
+        rewrite(r#"{"model":"m","x":1e400}"#),
+        r#"{"model":"m","x":1e400,"stream_options":{"include_usage":true}}"#
+    );
+}
+
+/// A body the facts reader took but a rewrite through `serde_json::Value` could not (a number
+/// past f64, nesting past its depth limit) went upstream unrewritten: the upstream sent no
+/// usage, and the key was charged next to nothing for a whole stream.
+#[test]
+fn what_the_facts_reader_takes_the_rewrite_takes() {
+    let deep = format!(
+        r#"{{"model":"m","stream":true,"x":{}1{}}}"#,
+        "[".repeat(120),
+        "]".repeat(120)
+    );
+    for body in [r#"{"model":"m","stream":true,"x":1e400}"#.to_string(), deep] {
+        assert!(body_facts(body.as_bytes()).is_ok());
+        let out = with_stream_usage(body.as_bytes()).unwrap();
+        assert!(serde_json::from_slice::<BodyFacts>(&out)
+            .unwrap()
+            .stream_options
+            .unwrap()
+            .include_usage
+            .unwrap());
+    }
+    assert!(matches!(
+        with_stream_usage(b"{nope"),
+        Err(BodyError::Unrewritable(_))
+    ));
+    // Past serde_json's depth limit both refuse.
+    for depth in [126, 127, 128, 129, 200] {
+        let body = format!(
+            r#"{{"model":"m","x":{}1{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(
+            body_facts(body.as_bytes()).is_ok(),
+            with_stream_usage(body.as_bytes()).is_ok(),
+            "depth {depth}"
+        );
+    }
+}
