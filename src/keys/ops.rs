@@ -214,7 +214,9 @@ pub fn update(rec: &KeyRecord, patch: KeyPatch, now: Timestamp) -> Result<Done, 
     Ok(finish(rec, next, Action::Updated, None, now))
 }
 
-/// Gives the key a new secret; the old one works for `grace` more (zero: it stops now).
+/// Gives the key a new secret; the old one works for `grace` more (zero: it stops now), and
+/// so do earlier retired secrets at most: each one's end is capped at the new grace's end,
+/// never extended (a rotation with no grace, after a leak, leaves no earlier secret working).
 /// Everything else stays, the expiry included.
 pub fn rotate(
     rec: &KeyRecord,
@@ -228,6 +230,9 @@ pub fn rotate(
     let mut next = rec.clone();
     next.previous
         .retain(|p| p.valid_until.0 + KEEP_RETIRED_SECS > now.0);
+    for p in &mut next.previous {
+        p.valid_until = p.valid_until.min(valid_until);
+    }
     next.previous.push(RetiredSecret {
         sha256: std::mem::replace(&mut next.sha256, record::hash_hex(&token.hash)),
         last4: std::mem::replace(&mut next.last4, token.last4.clone()),
