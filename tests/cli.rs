@@ -1597,3 +1597,46 @@ fn small_cli_answers_say_what_is_wrong() {
     let all = env.json(&["keys", "list", "--json"]);
     assert_eq!(all[0]["name"].as_str().unwrap().len(), 200);
 }
+
+/// `--models` takes brace globs as the key file and the API do: a comma inside `{…}` is the
+/// glob's, not the list's (`{llama` was refused as an invalid glob). The running gateway
+/// admits the models the glob names and no other.
+#[tokio::test]
+async fn models_take_brace_globs_whose_commas_are_not_the_lists() {
+    let mock = common::start_mock().await;
+    let env = Env::with_extra(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
+        mock.addr
+    ));
+    let v = env.create("app", &["--models", "{llama,mistral}-*,qwen[,]x"]);
+    let (id, key) = (s(&v, "id").to_string(), s(&v, "key").to_string());
+    let globs = serde_json::json!(["{llama,mistral}-*", "qwen[,]x"]);
+    assert_eq!(v["models"], globs);
+    assert_eq!(env.show(&id)["models"], globs);
+    let served = common::binary::serve(&env.config);
+    for (model, status) in [("llama-3", 200), ("mistral-7b", 200), ("gpt-4", 403)] {
+        let a = common::send(
+            http::Method::POST,
+            &served.url("/v1/chat/completions"),
+            &[("authorization", &common::bearer(&key))],
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
+        )
+        .await;
+        assert_eq!(a.status, status, "{model}");
+    }
+
+    let v = env.update(&id, &["--models", r"{a,b}-\{,c"]);
+    assert_eq!(v["models"], serde_json::json!([r"{a,b}-\{", "c"]));
+    // An unbalanced brace is a usage error that names the flag; nothing is written.
+    let before = env.key_text();
+    for bad in ["{llama,mistral-*", "llama}-*,x"] {
+        for args in [
+            vec!["keys", "create", "--name", "y", "--models", bad],
+            vec!["keys", "update", &id, "--models", bad],
+        ] {
+            let err = env.fails_with(2, &args);
+            assert!(err.contains("`--models`") && err.contains("brace"), "{err}");
+        }
+    }
+    assert_eq!(env.key_text(), before);
+}

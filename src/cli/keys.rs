@@ -134,7 +134,7 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
     let new = NewKey {
         name: a.name,
         scopes: a.scopes,
-        models: a.models,
+        models: crate::cli::args::globs(a.models),
         expires_at: expiry(now, a.expires_in, a.expires_at)?,
         limits: KeyLimits {
             requests_per_minute: a.rpm,
