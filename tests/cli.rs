@@ -1043,10 +1043,14 @@ fn control_characters_are_refused_in_names_and_escaped_on_output() {
     assert_eq!(env.key_text(), before, "nothing was written");
 
     // A hand-edited file is trusted, but what it holds reaches the terminal escaped.
-    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}";
+    // Invisible characters too: the CLI and the API refuse them in new text, but a file
+    // written before (a name, a glob, a description) still loads, and prints escaped.
+    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}\u{200b}\u{2028}\u{ad}";
+    let invisible = ['\u{200b}', '\u{2028}', '\u{ad}'];
     let mut file = env.key_file();
     file.keys[0].name = evil.to_string();
-    file.keys[0].models = vec!["llama-\u{1b}\u{9b}5m*".into()];
+    file.keys[0].models = vec!["llama-\u{1b}\u{9b}5m*\u{feff}".into()];
+    file.keys[0].description = Some("soft\u{ad}hyphen".into());
     fs::write(&env.keys, serde_json::to_string_pretty(&file).unwrap()).unwrap();
 
     for args in [
@@ -1063,6 +1067,11 @@ fn control_characters_are_refused_in_names_and_escaped_on_output() {
         assert!(
             !has_terminal_control(&out),
             "`keygate {}` printed a control character raw: {out:?}",
+            args.join(" ")
+        );
+        assert!(
+            !out.contains(invisible),
+            "`keygate {}` printed an invisible character raw: {out:?}",
             args.join(" ")
         );
         if !args.contains(&"--json") {

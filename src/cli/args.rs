@@ -12,7 +12,8 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// A name people recognise, e.g. the app or person using the key (no control characters).
+    /// A name people recognise, e.g. the app or person using the key (no control characters
+    /// or invisible formatting such as U+200B).
     #[arg(long)]
     pub name: String,
     /// Comma-separated scopes the key may use (default: inference, i.e. every scope but usage

@@ -11,7 +11,7 @@
 use crate::keys::error::StoreError;
 use crate::keys::patch::{Edit, KeyPatch, LabelsEdit};
 use crate::keys::record::{
-    self, check_annotations, check_limits, check_quotas, check_scopes, KeyRecord, NewKey,
+    self, check_limits, check_quotas, check_scopes, check_stored_annotations, KeyRecord, NewKey,
     RetiredSecret,
 };
 use crate::keys::token::{self, NewToken};
@@ -207,7 +207,9 @@ pub fn update(rec: &KeyRecord, patch: KeyPatch, now: Timestamp) -> Result<Done, 
     quotas.tokens_per_month = q.tokens_per_month.apply(quotas.tokens_per_month);
     quotas.requests_per_day = q.requests_per_day.apply(quotas.requests_per_day);
     quotas.requests_per_month = q.requests_per_month.apply(quotas.requests_per_month);
-    check_annotations(next.description.as_deref(), &next.metadata)?;
+    // The new values were checked by `patch.check`; what the edit kept is held to the rule
+    // it was stored under (an edit of the rpm must not fail on an old description).
+    check_stored_annotations(next.description.as_deref(), &next.metadata)?;
     check_limits(&next.limits)?;
     check_quotas(&next.quotas)?;
     record::validate_record(0, &next).map_err(StoreError::Rejected)?;
