@@ -28,11 +28,12 @@ let keys = [];
 
 // ---- small helpers ----------------------------------------------------------------------
 
-// Text a client chose (a model name in usage) as the page shows it: control and bidi
-// characters as \u{…} escapes, as the CLI prints them, so it cannot reorder or hide the text
+// Text a client chose (a model name in usage) as the page shows it: control characters,
+// format characters (Cf: zero width, bidi, soft hyphen, tags, …) and the line and paragraph
+// separators as \u{…} escapes, as the CLI prints them, so it cannot reorder or hide the text
 // around it.
 function visible(s) {
-  return String(s).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g,
+  return String(s).replace(/[\p{Cc}\p{Cf}\u2028\u2029]/gu,
     (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
 }
 

@@ -71,7 +71,8 @@ async fn create_use_show_list_rotate_revoke() {
     assert!(sv["last_used_at"].is_string());
     assert!(!String::from_utf8_lossy(&show.body).contains(&key[6..]));
 
-    // Rotate with grace: both work; then rotate without grace: the previous stops at once.
+    // Rotate with grace: both work; then rotate without grace: the previous stops at once,
+    // and so does the first, whose grace would have run for an hour more.
     let r = api(
         &g,
         &admin,
@@ -97,9 +98,9 @@ async fn create_use_show_list_rotate_revoke() {
     let key3 = r.json()["key"].as_str().unwrap().to_string();
     assert_eq!(chat(&g, &key2, CHAT).await.error_code(), "expired_api_key");
     assert_eq!(
-        chat(&g, &key, CHAT).await.status,
-        200,
-        "the first grace period still runs"
+        chat(&g, &key, CHAT).await.error_code(),
+        "expired_api_key",
+        "a rotation without grace ends the first grace period too"
     );
     assert_eq!(chat(&g, &key3, CHAT).await.status, 200);
 
@@ -492,6 +493,13 @@ async fn control_characters_in_names_are_refused() {
         "c1\u{9b}31m",
         "del\u{7f}",
         "rtl\u{202e}cod.exe",
+        "zw\u{200b}sp",
+        "bom\u{feff}",
+        "alm\u{61c}x",
+        "line\u{2028}sep",
+        "para\u{2029}sep",
+        "soft\u{ad}hyphen",
+        "tag\u{e0041}",
     ] {
         let a = api(
             &g,
@@ -538,6 +546,19 @@ async fn control_characters_in_names_are_refused() {
     )
     .await;
     assert_eq!(a.status, 201);
+    // An edit is held to the same rule: globs, labels and the description.
+    let path = format!("/v1/api-keys/{}", a.json()["id"].as_str().unwrap());
+    for (body, param) in [
+        (json!({"models": ["llama\u{200b}-*"]}), "models"),
+        (json!({"metadata": {"team": "a\u{2067}b"}}), "metadata"),
+        (json!({"description": "x\u{feff}"}), "description"),
+    ] {
+        let a = api(&g, &admin, Method::PATCH, &path, body.clone()).await;
+        assert_eq!(a.status, 400, "{body}");
+        let e = &a.json()["error"];
+        assert_eq!(e["param"], param, "{e}");
+        assert!(e["message"].as_str().unwrap().contains("U+"), "{e}");
+    }
 }
 
 #[tokio::test]

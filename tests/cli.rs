@@ -1043,10 +1043,14 @@ fn control_characters_are_refused_in_names_and_escaped_on_output() {
     assert_eq!(env.key_text(), before, "nothing was written");
 
     // A hand-edited file is trusted, but what it holds reaches the terminal escaped.
-    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}";
+    // Invisible characters too: the CLI and the API refuse them in new text, but a file
+    // written before (a name, a glob, a description) still loads, and prints escaped.
+    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}\u{200b}\u{2028}\u{ad}";
+    let invisible = ['\u{200b}', '\u{2028}', '\u{ad}'];
     let mut file = env.key_file();
     file.keys[0].name = evil.to_string();
-    file.keys[0].models = vec!["llama-\u{1b}\u{9b}5m*".into()];
+    file.keys[0].models = vec!["llama-\u{1b}\u{9b}5m*\u{feff}".into()];
+    file.keys[0].description = Some("soft\u{ad}hyphen".into());
     fs::write(&env.keys, serde_json::to_string_pretty(&file).unwrap()).unwrap();
 
     for args in [
@@ -1063,6 +1067,11 @@ fn control_characters_are_refused_in_names_and_escaped_on_output() {
         assert!(
             !has_terminal_control(&out),
             "`keygate {}` printed a control character raw: {out:?}",
+            args.join(" ")
+        );
+        assert!(
+            !out.contains(invisible),
+            "`keygate {}` printed an invisible character raw: {out:?}",
             args.join(" ")
         );
         if !args.contains(&"--json") {
@@ -1596,4 +1605,47 @@ fn small_cli_answers_say_what_is_wrong() {
     // The JSON has the whole name.
     let all = env.json(&["keys", "list", "--json"]);
     assert_eq!(all[0]["name"].as_str().unwrap().len(), 200);
+}
+
+/// `--models` takes brace globs as the key file and the API do: a comma inside `{…}` is the
+/// glob's, not the list's (`{llama` was refused as an invalid glob). The running gateway
+/// admits the models the glob names and no other.
+#[tokio::test]
+async fn models_take_brace_globs_whose_commas_are_not_the_lists() {
+    let mock = common::start_mock().await;
+    let env = Env::with_extra(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
+        mock.addr
+    ));
+    let v = env.create("app", &["--models", "{llama,mistral}-*,qwen[,]x"]);
+    let (id, key) = (s(&v, "id").to_string(), s(&v, "key").to_string());
+    let globs = serde_json::json!(["{llama,mistral}-*", "qwen[,]x"]);
+    assert_eq!(v["models"], globs);
+    assert_eq!(env.show(&id)["models"], globs);
+    let served = common::binary::serve(&env.config);
+    for (model, status) in [("llama-3", 200), ("mistral-7b", 200), ("gpt-4", 403)] {
+        let a = common::send(
+            http::Method::POST,
+            &served.url("/v1/chat/completions"),
+            &[("authorization", &common::bearer(&key))],
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
+        )
+        .await;
+        assert_eq!(a.status, status, "{model}");
+    }
+
+    let v = env.update(&id, &["--models", r"{a,b}-\{,c"]);
+    assert_eq!(v["models"], serde_json::json!([r"{a,b}-\{", "c"]));
+    // An unbalanced brace is a usage error that names the flag; nothing is written.
+    let before = env.key_text();
+    for bad in ["{llama,mistral-*", "llama}-*,x"] {
+        for args in [
+            vec!["keys", "create", "--name", "y", "--models", bad],
+            vec!["keys", "update", &id, "--models", bad],
+        ] {
+            let err = env.fails_with(2, &args);
+            assert!(err.contains("`--models`") && err.contains("brace"), "{err}");
+        }
+    }
+    assert_eq!(env.key_text(), before);
 }

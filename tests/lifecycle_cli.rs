@@ -496,6 +496,68 @@ async fn cli_edits_are_in_force_on_a_running_gateway() {
     eprintln!("CLI change to a request seeing it: {took:?}");
 }
 
+/// Waits (at most 10 s) until the running gateway accepts `key`: a newly rotated secret is
+/// accepted once the gateway has read the rotation, so what comes after it is in force.
+async fn until_accepted(addr: std::net::SocketAddr, key: &str) {
+    let started = Instant::now();
+    loop {
+        let got = chat(addr, key).await;
+        if got.as_ref().is_some_and(|g| g.0 == 200) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new secret not accepted after 10 s: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `keys rotate --grace 0s` after a rotation with a grace: every earlier secret stops, the
+/// one still in its grace too (it kept working, until the fix, for the rest of its day).
+#[tokio::test]
+async fn a_rotation_without_grace_stops_every_earlier_secret_on_a_running_gateway() {
+    let mock = common::start_mock().await;
+    let env = Env::with_extra(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
+        mock.addr
+    ));
+    let v = env.create("app", &[]);
+    let (id, s1) = (id(&v), v["key"].as_str().unwrap().to_string());
+    let served = binary::serve(&env.config);
+    assert_eq!(chat(served.addr, &s1).await.unwrap().0, 200);
+    let rotate = |grace: &str| {
+        env.json(&["keys", "rotate", &id, "--grace", grace, "--json"])["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let s2 = rotate("24h");
+    until_accepted(served.addr, &s2).await;
+    assert_eq!(
+        chat(served.addr, &s1).await.unwrap().0,
+        200,
+        "S1 in its grace"
+    );
+    let s3 = rotate("0s");
+    until_accepted(served.addr, &s3).await;
+    for (name, secret) in [("S1", &s1), ("S2", &s2)] {
+        let got = chat(served.addr, secret).await.unwrap();
+        assert_eq!(
+            (got.0, got.1.as_str()),
+            (401, "expired_api_key"),
+            "{name} after `keys rotate --grace 0s`"
+        );
+    }
+    let file = env.key_file();
+    let now = Timestamp::now();
+    assert!(
+        file.keys[0].previous.iter().all(|p| p.valid_until <= now),
+        "{:?}",
+        file.keys[0].previous
+    );
+}
+
 #[tokio::test]
 async fn api_disable_and_enable_on_the_running_binary_apply_before_the_answer() {
     let mock = common::start_mock().await;

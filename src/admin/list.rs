@@ -45,7 +45,9 @@ pub fn parse_query(query: Option<&str>) -> Result<ListQuery, GatewayError> {
             }
             seen.push(name.to_string());
         }
-        crate::text::check(name, &value).map_err(|e| bad(&e.problem()))?;
+        // A filter matches stored text, so it is held to the stored rule (a name written
+        // before invisible characters were refused can still be looked for).
+        crate::text::check_stored(name, &value).map_err(|e| bad(&e.problem()))?;
         let time = |v: &str| {
             Timestamp::parse(v)
                 .map_err(|_| bad("must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"))

@@ -12,16 +12,18 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// A name people recognise, e.g. the app or person using the key (no control characters).
+    /// A name people recognise, e.g. the app or person using the key (no control characters
+    /// or invisible formatting such as U+200B).
     #[arg(long)]
     pub name: String,
     /// Comma-separated scopes the key may use (default: inference, i.e. every scope but usage
     /// and admin). Aliases such as inference:read or analytics:read are accepted too.
     #[arg(long, value_delimiter = ',', value_name = "SCOPE,…", value_parser = ScopeParser)]
     pub scopes: Vec<String>,
-    /// Comma-separated model globs the key may use, e.g. 'llama-*' (default: every model).
-    #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
-    pub models: Vec<String>,
+    /// Comma-separated model globs the key may use, e.g. 'llama-*' or '{llama,mistral}-*'
+    /// (a comma inside braces is the glob's; default: every model).
+    #[arg(long, value_name = "GLOB,…", value_parser = GlobListParser)]
+    pub models: Vec<GlobList>,
     /// Expire after this long, e.g. 90d, 24h, 30m, 1h30m (default: never).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "expires_at")]
     pub expires_in: Option<Duration>,
@@ -118,6 +120,51 @@ pub fn label_arg(s: &str) -> Result<(String, String), String> {
             Escaped(s)
         )),
     }
+}
+
+/// The globs of one `--models` value: split at the commas between globs, not at those
+/// inside braces (`{llama,mistral}-*` is one glob, as in the key file and the API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobList(pub Vec<String>);
+
+/// `--models`: a comma-separated list of model globs (see [`GlobList`]). Its error names
+/// the flag and shows the value escaped (clap's own would print it raw).
+#[derive(Debug, Clone, Copy)]
+pub struct GlobListParser;
+
+impl TypedValueParser for GlobListParser {
+    type Value = GlobList;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<GlobList, clap::Error> {
+        let flag = arg
+            .and_then(clap::Arg::get_long)
+            .map_or_else(|| "--models".to_string(), |l| format!("--{l}"));
+        let fail = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
+                .with_cmd(cmd)
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| fail(format!("`{flag}` must be UTF-8")))?;
+        crate::keys::models::split_list(s)
+            .map(GlobList)
+            .map_err(|e| {
+                fail(format!(
+                    "`{flag}` {e} (in `{}`; a comma inside braces is part of a glob)",
+                    Escaped(s)
+                ))
+            })
+    }
+}
+
+/// The globs of every `--models` given, in order.
+pub fn globs(lists: Vec<GlobList>) -> Vec<String> {
+    lists.into_iter().flat_map(|l| l.0).collect()
 }
 
 /// A key id argument: `key_` and 16 letters or digits.

@@ -2,7 +2,9 @@
 //! changed. A running gateway that watches the key file applies it at its next look (within
 //! `[keys] poll_interval`, 1 s by default).
 
-use crate::cli::args::{duration_arg, label_arg, time_arg, ScopeParser};
+use crate::cli::args::{
+    duration_arg, globs, label_arg, time_arg, GlobList, GlobListParser, ScopeParser,
+};
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
 use crate::cli::keys::{audited, expiry, finish, flag_error};
@@ -51,9 +53,10 @@ pub struct UpdateArgs {
     /// Replace the scopes (comma-separated, as on create).
     #[arg(long, value_delimiter = ',', value_name = "SCOPE,…", value_parser = ScopeParser)]
     pub scopes: Option<Vec<String>>,
-    /// Replace the model globs (comma-separated; '' allows every model).
-    #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
-    pub models: Option<Vec<String>>,
+    /// Replace the model globs (comma-separated, a comma inside braces is the glob's, as
+    /// in '{llama,mistral}-*'; '' allows every model).
+    #[arg(long, value_name = "GLOB,…", value_parser = GlobListParser)]
+    pub models: Option<Vec<GlobList>>,
     /// Expire this long from now, e.g. 30d (sets or extends the expiry).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with_all = ["expires_at", "no_expiry"])]
     pub expires_in: Option<Duration>,
@@ -129,7 +132,12 @@ impl UpdateArgs {
             metadata,
             scopes: self.scopes.map_or(Edit::Keep, Edit::Set),
             models: self.models.map_or(Edit::Keep, |m| {
-                Edit::Set(m.into_iter().filter(|g| !g.trim().is_empty()).collect())
+                Edit::Set(
+                    globs(m)
+                        .into_iter()
+                        .filter(|g| !g.trim().is_empty())
+                        .collect(),
+                )
             }),
             expires_at,
             limits: LimitsPatch {

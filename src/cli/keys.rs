@@ -134,7 +134,7 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
     let new = NewKey {
         name: a.name,
         scopes: a.scopes,
-        models: a.models,
+        models: crate::cli::args::globs(a.models),
         expires_at: expiry(now, a.expires_in, a.expires_at)?,
         limits: KeyLimits {
             requests_per_minute: a.rpm,
@@ -253,10 +253,10 @@ pub fn rotate(
     let (done, recorded) = audited(&cfg, &op, now)?;
     let (rec, key) = (&done.record, plaintext(&done)?);
     let previous = if grace.is_zero() {
-        "The previous secret stopped working now.".to_string()
+        "The previous secret stopped working now, and so did any earlier one.".to_string()
     } else {
         format!(
-            "The previous secret keeps working until {}.",
+            "The previous secret keeps working until {}; an earlier one stops then at the latest.",
             now.plus(grace)
         )
     };

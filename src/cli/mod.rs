@@ -94,7 +94,8 @@ pub enum KeysCommand {
         /// The key's id (`key_…`, as `keygate keys list` shows it).
         #[arg(value_name = "ID", value_parser = key_id_arg)]
         id: String,
-        /// How long the old secret keeps working, e.g. 24h (default: it stops at once).
+        /// How long the old secret keeps working, e.g. 24h (default: it stops at once); a
+        /// secret retired earlier stops then too if it would have worked longer.
         #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
         grace: Option<Duration>,
         /// Print the rotated key as JSON (with its new plaintext in `key`) instead of text.

@@ -70,14 +70,37 @@ pub fn is_label_name(k: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }
 
-/// Checks a description and labels, naming the field as the API does.
+/// The check of a text field: `crate::text::check` or `crate::text::check_stored`.
+type TextRule = fn(&str, &str) -> Result<(), crate::text::ControlCharacter>;
+
+/// Checks a description and labels given by a person, naming the field as the API does:
+/// no control characters or invisible formatting (`crate::text::check`).
 pub fn check_annotations(
     description: Option<&str>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), FieldError> {
+    annotations(description, metadata, crate::text::check)
+}
+
+/// As [`check_annotations`] for a description and labels already stored (read from the key
+/// file, or kept by an edit of other fields): held to the narrower rule they were written
+/// under (`crate::text::check_stored`: controls and bidirectional controls), so that a file
+/// written before the invisible characters were refused still loads and its keys can still
+/// be edited.
+pub fn check_stored_annotations(
+    description: Option<&str>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), FieldError> {
+    annotations(description, metadata, crate::text::check_stored)
+}
+
+fn annotations(
+    description: Option<&str>,
+    metadata: &BTreeMap<String, String>,
+    text: TextRule,
+) -> Result<(), FieldError> {
     if let Some(d) = description {
-        crate::text::check("description", d)
-            .map_err(|e| FieldError::new("description", e.problem()))?;
+        text("description", d).map_err(|e| FieldError::new("description", e.problem()))?;
         if d.chars().count() > MAX_DESCRIPTION {
             return Err(FieldError::new(
                 "description",
@@ -101,7 +124,7 @@ pub fn check_annotations(
                 ),
             ));
         }
-        crate::text::check("metadata", v)
+        text("metadata", v)
             .map_err(|e| FieldError::new("metadata", format!("label `{k}` {}", e.problem())))?;
         if v.chars().count() > MAX_LABEL_VALUE {
             return Err(FieldError::new(

@@ -11,7 +11,7 @@
 use crate::keys::error::StoreError;
 use crate::keys::patch::{Edit, KeyPatch, LabelsEdit};
 use crate::keys::record::{
-    self, check_annotations, check_limits, check_quotas, check_scopes, KeyRecord, NewKey,
+    self, check_limits, check_quotas, check_scopes, check_stored_annotations, KeyRecord, NewKey,
     RetiredSecret,
 };
 use crate::keys::token::{self, NewToken};
@@ -207,14 +207,18 @@ pub fn update(rec: &KeyRecord, patch: KeyPatch, now: Timestamp) -> Result<Done, 
     quotas.tokens_per_month = q.tokens_per_month.apply(quotas.tokens_per_month);
     quotas.requests_per_day = q.requests_per_day.apply(quotas.requests_per_day);
     quotas.requests_per_month = q.requests_per_month.apply(quotas.requests_per_month);
-    check_annotations(next.description.as_deref(), &next.metadata)?;
+    // The new values were checked by `patch.check`; what the edit kept is held to the rule
+    // it was stored under (an edit of the rpm must not fail on an old description).
+    check_stored_annotations(next.description.as_deref(), &next.metadata)?;
     check_limits(&next.limits)?;
     check_quotas(&next.quotas)?;
     record::validate_record(0, &next).map_err(StoreError::Rejected)?;
     Ok(finish(rec, next, Action::Updated, None, now))
 }
 
-/// Gives the key a new secret; the old one works for `grace` more (zero: it stops now).
+/// Gives the key a new secret; the old one works for `grace` more (zero: it stops now), and
+/// so do earlier retired secrets at most: each one's end is capped at the new grace's end,
+/// never extended (a rotation with no grace, after a leak, leaves no earlier secret working).
 /// Everything else stays, the expiry included.
 pub fn rotate(
     rec: &KeyRecord,
@@ -228,6 +232,9 @@ pub fn rotate(
     let mut next = rec.clone();
     next.previous
         .retain(|p| p.valid_until.0 + KEEP_RETIRED_SECS > now.0);
+    for p in &mut next.previous {
+        p.valid_until = p.valid_until.min(valid_until);
+    }
     next.previous.push(RetiredSecret {
         sha256: std::mem::replace(&mut next.sha256, record::hash_hex(&token.hash)),
         last4: std::mem::replace(&mut next.last4, token.last4.clone()),

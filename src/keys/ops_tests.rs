@@ -203,3 +203,39 @@ fn rotation_keeps_the_expiry_and_reports_the_new_last4_only() {
         assert!(["last4", "rotated_at"].contains(&c.field.as_str()), "{c:?}");
     }
 }
+
+#[test]
+fn a_rotation_caps_every_earlier_retired_secret_at_its_grace_end() {
+    // S1 retired with a day's grace, then S2 retired with none: S1 must stop too (an
+    // operator who rotates with no grace because a secret leaked expects every earlier
+    // secret dead), and a later rotation never extends a retired secret.
+    let s1 = key();
+    let day = rotate(&s1, Duration::from_secs(86_400), "sk_kg", NOW).unwrap();
+    let later = Timestamp(NOW.0 + 60);
+    let now = rotate(&day.record, Duration::ZERO, "sk_kg", later).unwrap();
+    let until: Vec<(&str, Timestamp)> = now
+        .record
+        .previous
+        .iter()
+        .map(|p| (p.sha256.as_str(), p.valid_until))
+        .collect();
+    assert_eq!(
+        until,
+        vec![
+            (s1.sha256.as_str(), later),
+            (day.record.sha256.as_str(), later)
+        ]
+    );
+    // A longer grace than an earlier secret has left leaves that one as it was.
+    let week = rotate(&now.record, Duration::from_secs(7 * 86_400), "sk_kg", later).unwrap();
+    assert!(week
+        .record
+        .previous
+        .iter()
+        .take(2)
+        .all(|p| p.valid_until == later));
+    assert_eq!(
+        week.record.previous[2].valid_until,
+        Timestamp(later.0 + 7 * 86_400)
+    );
+}

@@ -11,7 +11,9 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use crate::keys::annotations::{check_annotations, check_quotas, FieldError, KeyQuotas};
+pub use crate::keys::annotations::{
+    check_annotations, check_quotas, check_stored_annotations, FieldError, KeyQuotas,
+};
 
 /// `Hash` gives the index a digest of each record (`keys::index`), so a reload can tell the
 /// records that changed from those that did not: every field takes part.
@@ -180,7 +182,10 @@ pub fn validate_record(i: usize, k: &KeyRecord) -> Result<(), String> {
     if k.expires_at.is_some_and(|e| e < k.created_at) {
         return Err(at("`expires_at` is before `created_at`".into()));
     }
-    check_annotations(k.description.as_deref(), &k.metadata).map_err(|e| at(e.to_string()))?;
+    // Stored text is held to the rule it was written under (names and globs are not checked
+    // for characters at all: a hand edit is trusted, and escaped on output).
+    check_stored_annotations(k.description.as_deref(), &k.metadata)
+        .map_err(|e| at(e.to_string()))?;
     check_quotas(&k.quotas).map_err(|e| at(e.to_string()))?;
     let l = &k.limits;
     let zero = [
