@@ -187,6 +187,18 @@ async fn the_stream_usage_rewrite_carries_every_body_and_changes_nothing_else() 
             r#"{{"seed":12345678901234567890123,"model":"{GOOD}","stream":true,"t":0.1000000000000000055,"messages":[{{"role":"user","content":"hi"}}],"stream_options":{{"include_usage":true}}}}"#
         )
     );
+    // `[true]` is not asking (serde's derive read it as `{"include_usage":true}`, and the
+    // body went up without the rewrite): replaced.
+    let odd =
+        format!(r#"{{"model":"{GOOD}","stream":true,"stream_options":[true],"messages":[]}}"#);
+    chat(&g, &key, &odd).await;
+    let sent = g.mock.recorder.take();
+    assert_eq!(
+        String::from_utf8(sent[0].body.to_vec()).unwrap(),
+        format!(
+            r#"{{"model":"{GOOD}","stream":true,"stream_options":{{"include_usage":true}},"messages":[]}}"#
+        )
+    );
     // The usage event the client did not ask for is hidden from it.
     assert!(!String::from_utf8_lossy(&a.body).contains("\"usage\""));
 }

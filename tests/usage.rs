@@ -721,7 +721,8 @@ async fn a_token_quota_counts_streams_whether_or_not_the_upstream_reports_usage(
 
 /// Requests admitted together each hold their estimate against a token quota while they run.
 /// Before: ten requests sent at once, each estimated at about 310 tokens, were all served
-/// against a quota of 1,000 tokens a day (the tokens only counted when they ended).
+/// against a quota of 1,000 tokens a day (the tokens only counted when they ended). Those
+/// the holds refuse are told to retry, not that the quota is used up.
 #[tokio::test]
 async fn requests_running_together_cannot_all_pass_a_token_quota() {
     let g = start_gateway("").await;
@@ -747,7 +748,14 @@ async fn requests_running_together_cannot_all_pass_a_token_quota() {
         match a.status.as_u16() {
             200 => served += 1,
             429 => {
-                assert_eq!(a.error_code(), "insufficient_quota");
+                // Not used up: held by the running ones. A retry helps, so the answer is not
+                // the quota's (which tells SDKs to stop until the window resets).
+                assert_eq!(a.error_code(), "concurrency_limit_exceeded", "{:?}", a.body);
+                assert_eq!(a.header("retry-after"), Some("1"));
+                assert_eq!(a.header("x-should-retry"), None);
+                assert_eq!(a.header("x-ratelimit-reset-quota"), None);
+                let m = a.json()["error"]["message"].as_str().unwrap().to_string();
+                assert!(m.contains("still running hold"), "{m}");
                 refused += 1;
             }
             s => panic!("{s}: {:?}", a.body),
@@ -759,6 +767,19 @@ async fn requests_running_together_cannot_all_pass_a_token_quota() {
         "{served} served, {refused} refused"
     );
     assert_eq!(served + refused, 10);
+    // Once they ended, what they held is free again: the quota has room (the mock's usage
+    // is a few tokens each).
+    let a = send(
+        Method::POST,
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! the stream-usage rewrite use, and that rewrite.
 //!
 //! Upstreams do not all read JSON alike. Go's `encoding/json` (Ollama) matches a field's name
-//! ignoring case and Unicode folds (`Model`, `ſtream`), .NET's case-insensitive option folds
-//! `ı` too, and parsers keep the first or the last of two fields with one name. A body the
+//! ignoring case and Unicode folds (`Model`, `ſtream`), .NET's case-insensitive option and
+//! Java's `equalsIgnoreCase` fold `ı` and `İ` too, and parsers keep the first or the last of two fields with one name. A body the
 //! gateway and its upstream could read differently is refused: every field the gateway reads
 //! must appear once and be spelled exactly, and no other field may fold to its name.
 //!
@@ -41,10 +41,65 @@ pub struct BodyFacts<'a> {
     problem: Option<BodyError>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct StreamOptions {
-    #[serde(default)]
+    /// `Some(true)` only when the client asked, unmistakably: one `include_usage`, spelled
+    /// exactly, `true`. Anything else (`[true]`, a `1`, a spelling variant beside it) is not
+    /// asking, and the rewrite puts a plain `{"include_usage":true}` in its place.
     pub include_usage: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for StreamOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StreamOptions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("stream options")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
+                let mut asks: Option<bool> = None;
+                while let Some(Name(name)) = map.next_key()? {
+                    if folds_to(&name, INCLUDE_USAGE) {
+                        let v: serde_json::Value = map.next_value()?;
+                        let this = name == INCLUDE_USAGE && v == serde_json::Value::Bool(true);
+                        asks = Some(asks.is_none() && this);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(StreamOptions {
+                    include_usage: asks,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StreamOptions, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(StreamOptions::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+            fn visit_unit<E>(self) -> Result<StreamOptions, E> {
+                Ok(StreamOptions::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// What the request path keeps of a body's facts, owned.
@@ -96,13 +151,14 @@ pub fn body_facts(body: &[u8]) -> Result<BodyFacts<'_>, BodyError> {
 }
 
 /// Whether `name` is what a case-insensitive JSON decoder takes for `field`: ASCII case,
-/// and the non-ASCII letters Go (`ſ`, `K`) and .NET (`ı`) fold onto ASCII ones.
+/// and the non-ASCII letters that Go (`ſ`, `K`), .NET (`ı`) or Java's `equalsIgnoreCase`
+/// (all of those and `İ`) fold onto ASCII ones.
 fn folds_to(name: &str, field: &str) -> bool {
     name.chars()
         .map(|c| match c {
             'ſ' => 's',
             '\u{212A}' => 'k',
-            'ı' => 'i',
+            'ı' | 'İ' => 'i',
             c => c.to_ascii_lowercase(),
         })
         .eq(field.chars())

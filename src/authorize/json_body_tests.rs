@@ -43,6 +43,10 @@ fn a_field_spelled_like_a_read_one_is_refused() {
             "max_completion_tokens",
         ),
         (r#"{"model":"m","STREAM_OPTIONS":{}}"#, "stream_options"),
+        (
+            r#"{"model":"m","max_completİon_tokens":9}"#,
+            "max_completion_tokens",
+        ),
     ] {
         match body_facts(body.as_bytes()) {
             Err(BodyError::SpelledLike { field: f, .. }) => assert_eq!(f, field, "{body}"),
@@ -163,6 +167,43 @@ fn what_the_facts_reader_takes_the_rewrite_takes() {
             body_facts(body.as_bytes()).is_ok(),
             with_stream_usage(body.as_bytes()).is_ok(),
             "depth {depth}"
+        );
+    }
+}
+
+/// `"stream_options":[true]` was read as asking for usage (serde's derive takes a sequence
+/// for a struct), so the body went upstream without the rewrite; only one exact `true` asks.
+#[test]
+fn only_a_plain_include_usage_true_asks_for_usage() {
+    let asks = |opts: &str| {
+        let body = format!(r#"{{"model":"m","stream":true,"stream_options":{opts}}}"#);
+        body_facts(body.as_bytes()).unwrap().summary().wants_usage
+    };
+    assert!(asks(r#"{"include_usage":true}"#));
+    assert!(asks(
+        r#"{"continuous_usage_stats":true,"include_usage":true}"#
+    ));
+    for not in [
+        "[true]",
+        "[]",
+        "true",
+        "1",
+        r#""yes""#,
+        "null",
+        r#"{"include_usage":1}"#,
+        r#"{"include_usage":"true"}"#,
+        r#"{"include_usage":false}"#,
+        r#"{"Include_Usage":true}"#,
+        r#"{"include_usage":true,"include_usage":false}"#,
+        r#"{"include_usage":true,"include_uſage":false}"#,
+    ] {
+        assert!(!asks(not), "{not}");
+        let body = format!(r#"{{"model":"m","stream":true,"stream_options":{not}}}"#);
+        let out = rewrite(&body);
+        assert!(out.ends_with(r#""include_usage":true}}"#), "{not}: {out}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+            "{out}"
         );
     }
 }

@@ -76,6 +76,15 @@ pub enum GatewayError {
     LimiterUnavailable,
     #[error("Too many requests in flight for this key (limit {0}). Retry when one finishes.")]
     ConcurrencyLimited(u32),
+    /// The key's token quota is not used up, but what its running requests hold of it
+    /// (`limit::quota::hold_tokens`) leaves nothing for this one: retry when one ends.
+    #[error("Requests of this API key that are still running hold {held} tokens of its quota of {limit} {words} ({used} used); retry when one finishes.")]
+    QuotaHeld {
+        limit: u64,
+        words: &'static str,
+        used: u64,
+        held: u64,
+    },
     #[error("Too many failed authentication attempts from this address. Retry in {}.", crate::time::OpenAiDuration(*retry_after))]
     TooManyFailedAttempts { retry_after: Duration },
     #[error("The upstream `{0}` is unavailable.")]
@@ -126,6 +135,7 @@ impl GatewayError {
             RateLimited { .. }
             | TokenRateLimited { .. }
             | ConcurrencyLimited(_)
+            | QuotaHeld { .. }
             | TooManyFailedAttempts { .. }
             | InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             LimiterUnavailable | UsageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,6 +171,7 @@ impl GatewayError {
             RateLimited { .. }
             | TokenRateLimited { .. }
             | ConcurrencyLimited(_)
+            | QuotaHeld { .. }
             | TooManyFailedAttempts { .. } => "rate_limit_error",
             InsufficientQuota(_) => INSUFFICIENT_QUOTA,
             UpstreamUnavailable(_) | UpstreamTimeout(_) => "upstream_error",
@@ -206,7 +217,7 @@ impl GatewayError {
             TooLarge(_) => "request_too_large",
             RateLimited { .. } | TokenRateLimited { .. } => "rate_limit_exceeded",
             LimiterUnavailable => "overloaded",
-            ConcurrencyLimited(_) => "concurrency_limit_exceeded",
+            ConcurrencyLimited(_) | QuotaHeld { .. } => "concurrency_limit_exceeded",
             TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             InsufficientQuota(_) => INSUFFICIENT_QUOTA,
             UsageUnavailable(_) => "usage_store_unavailable",
@@ -252,6 +263,7 @@ impl GatewayError {
             | GatewayError::TokenRateLimited { retry_after, .. }
             | GatewayError::TooManyFailedAttempts { retry_after } => Some(*retry_after),
             GatewayError::ConcurrencyLimited(_)
+            | GatewayError::QuotaHeld { .. }
             | GatewayError::Overloaded
             | GatewayError::LimiterUnavailable
             | GatewayError::UsageUnavailable(_)

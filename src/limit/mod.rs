@@ -107,8 +107,24 @@ pub fn hold_quota_tokens(
     limits: &mut LimitHeaders,
 ) -> Result<u64, GatewayError> {
     quota::hold_tokens(key.quotas.as_deref(), &key.state().quota, now, estimate).map_err(|r| {
-        limits.quota = Some(r.reset_in);
-        GatewayError::InsufficientQuota(r)
+        match r {
+            quota::HoldRefusal::UsedUp(r) => {
+                limits.quota = Some(r.reset_in);
+                GatewayError::InsufficientQuota(r)
+            }
+            // Not the quota's answer (no `x-should-retry: false`, no reset): a retry helps.
+            quota::HoldRefusal::Held {
+                kind,
+                limit,
+                used,
+                held,
+            } => GatewayError::QuotaHeld {
+                limit,
+                words: kind.words(),
+                used,
+                held,
+            },
+        }
     })
 }
 

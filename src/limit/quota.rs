@@ -223,6 +223,20 @@ pub fn check(
     }
 }
 
+/// Why `hold_tokens` refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRefusal {
+    /// A token quota is used up (since `check`, other requests ended): until its window ends.
+    UsedUp(QuotaRefusal),
+    /// Not used up, but what running requests hold leaves nothing: until one of them ends.
+    Held {
+        kind: QuotaKind,
+        limit: u64,
+        used: u64,
+        held: u64,
+    },
+}
+
 /// Holds a request's token `estimate` against the key's token quotas until it ends
 /// (`QuotaState::release`), or refuses it (and takes back the request `check` counted) when
 /// what was used plus what running requests hold reaches a token quota. Without a hold, every
@@ -233,23 +247,33 @@ pub fn hold_tokens(
     state: &QuotaState,
     now: Timestamp,
     estimate: u64,
-) -> Result<u64, QuotaRefusal> {
+) -> Result<u64, HoldRefusal> {
     let Some(q) = quotas.filter(|q| q.tokens_per_day.is_some() || q.tokens_per_month.is_some())
     else {
         return Ok(0);
     };
     let held = state.held_tokens.fetch_add(estimate, Ordering::Relaxed);
-    let mut refusal: Option<QuotaRefusal> = None;
+    let mut refusal: Option<HoldRefusal> = None;
     for kind in [QuotaKind::TokensPerDay, QuotaKind::TokensPerMonth] {
         let Some(limit) = kind.limit(q) else { continue };
         let w = kind.window(now);
-        let used = kind.of(state.used(w)).saturating_add(held);
-        if used >= limit && refusal.is_none_or(|r| r.resets_at < w.end()) {
-            refusal = Some(QuotaRefusal {
+        let used = kind.of(state.used(w));
+        if used >= limit {
+            // Used up outranks held: it is the refusal that lasts.
+            if !matches!(refusal, Some(HoldRefusal::UsedUp(r)) if r.resets_at >= w.end()) {
+                refusal = Some(HoldRefusal::UsedUp(QuotaRefusal {
+                    kind,
+                    limit,
+                    resets_at: w.end(),
+                    reset_in: Duration::from_secs(now.until(w.end())),
+                }));
+            }
+        } else if used.saturating_add(held) >= limit && refusal.is_none() {
+            refusal = Some(HoldRefusal::Held {
                 kind,
                 limit,
-                resets_at: w.end(),
-                reset_in: Duration::from_secs(now.until(w.end())),
+                used,
+                held,
             });
         }
     }
