@@ -53,6 +53,7 @@
 //! | `limit/redis/scripts.rs` | the Lua scripts (`rate.lua`, `slot.lua`, `tokens.lua` beside it), twins of the local limiters |
 //! | `proxy/mod.rs` | stage 5: `choose`, `forward`, `send`, `list_models` |
 //! | `proxy/upstream.rs` | `Upstream`: its pool, the upstream's request, the first-byte deadline on the wait for its head |
+//! | `proxy/first_byte.rs` | that deadline, counted from the request body's last byte (an upload still arriving moves it on) |
 //! | `proxy/pool/mod.rs` | `Pool`: an upstream's connections, leased to the request's own task |
 //! | `proxy/pool/send.rs` | `PoolSend`: a request onto an idle or new connection, and the wait for its head |
 //! | `proxy/pool/connect.rs` | a new connection: TCP, TLS, the HTTP/1.1 handshake, within the connect timeout |

@@ -302,6 +302,7 @@ mod tests {
         let sending = live.upstreams[0].send(
             Request::new(UpBody::full(Bytes::new())),
             std::time::Instant::now(),
+            None,
         );
         let size = std::mem::size_of_val(&sending);
         assert!(size <= 448, "the wait for the head is {size} bytes");

@@ -553,3 +553,56 @@ async fn gateway_capacity_exhausted_is_fast_503() {
     );
     assert_eq!(g.gw.capacity.in_use(), 0, "slots were not given back");
 }
+
+/// Before: the first-byte deadline counted from when the gateway began sending, while the
+/// client was still uploading, so a slow upload got 504 `upstream_timeout`, blamed on an
+/// upstream that could not answer before it had the body. It now counts from the body's last
+/// byte: a body streamed unread, and a multipart upload read through its parser.
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    let m = RawMock::start(Mode::Answer).await;
+    let g = gateway_for(&m, "first_byte_timeout = \"400ms\"\n", "").await;
+    let plain = g.key();
+    let allowlisted = key_with_models(&g, &["llama-*"]);
+    let filler = "x".repeat(1500);
+    let json = format!(
+        r#"{{"model":"llama-3.1-8b-instruct","messages":[{{"role":"user","content":"{filler}"}}]}}"#
+    );
+    let b = "kgSlowB0undary";
+    let upload = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nllama-3.1-8b-instruct\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n{filler}\r\n--{b}--\r\n"
+    );
+    let cases = [
+        (
+            "streamed unread",
+            &plain,
+            "application/json".to_string(),
+            "/v1/chat/completions",
+            json,
+        ),
+        (
+            "multipart, parsed",
+            &allowlisted,
+            format!("multipart/form-data; boundary={b}"),
+            "/v1/audio/transcriptions",
+            upload,
+        ),
+    ];
+    for (what, key, ct, path, body) in cases {
+        let mut c = Raw::connect(g.addr).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.send(head).await.unwrap();
+        let start = Instant::now();
+        // About 1.2 s of upload at about 1.4 KB/s, three first-byte timeouts long.
+        for piece in body.as_bytes().chunks(body.len().div_ceil(8)) {
+            tokio::time::sleep(ms(150)).await;
+            c.send(piece).await.unwrap();
+        }
+        let r = c.response().await.unwrap();
+        eprintln!("{what}: {} after {:?}", r.status(), start.elapsed());
+        assert_eq!(r.status(), 200, "{what}: {r:?}");
+    }
+}

@@ -31,6 +31,7 @@ use multer::{Field, Multipart};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -45,6 +46,8 @@ struct Source {
     idle: Idle,
     limit: u64,
     seen: u64,
+    /// `seen`, shared: the first-byte deadline waits while it moves (`proxy::first_byte`).
+    progress: Arc<AtomicU64>,
     pending: VecDeque<Bytes>,
     /// Why the body stopped, when it broke off: the parser only gets an opaque error.
     failure: Option<BoxError>,
@@ -69,6 +72,7 @@ impl Source {
             Some(Ok(f)) => match f.into_data() {
                 Ok(d) => {
                     self.seen += d.len() as u64;
+                    self.progress.store(self.seen, Ordering::Relaxed);
                     if self.seen > self.limit {
                         Some(Err(Box::new(BodyTooLarge(self.limit))))
                     } else if let Err(why) = self.envelope.check(&d) {
@@ -144,6 +148,7 @@ impl MultipartBody {
             idle: Idle::for_body(timeout, started),
             limit,
             seen: 0,
+            progress: Arc::default(),
             pending: VecDeque::new(),
             failure: None,
             envelope: Envelope::new(&boundary),
@@ -276,6 +281,11 @@ impl MultipartBody {
         }
         // After the closing boundary (an epilogue, ignored by form parsers): as it comes.
         Poll::Ready(ready!(s.poll_chunk(cx)).map(|r| r.map(Frame::data)))
+    }
+
+    /// The bytes received so far, shared (`UpBody::progress`).
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        Arc::clone(&lock(&self.source).progress)
     }
 
     pub fn is_end_stream(&self) -> bool {

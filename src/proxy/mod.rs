@@ -7,6 +7,7 @@
 //! stalls). A client that goes away drops the response body, which drops the upstream
 //! connection and so cancels the generation. Headers are cleaned both ways (`headers`).
 
+pub mod first_byte;
 pub mod headers;
 pub mod health;
 pub mod idle;
@@ -30,6 +31,7 @@ use crate::keys::index::KeyRef;
 use crate::keys::scope::Scope;
 use crate::ops::metrics::UpstreamError;
 use bytes::Bytes;
+use first_byte::HeadLate;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use pool::Sent;
@@ -38,7 +40,6 @@ use response_body::Body;
 use sending::Sending;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::time::error::Elapsed;
 use upstream::{upstream_request, ForwardInfo, Upstream};
 use whole::json;
 
@@ -72,7 +73,7 @@ pub fn forward<'a>(
     caller: &Caller,
     prefix: &str,
     record: &'a mut RequestRecord,
-) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
+) -> Result<Sending<'a, impl Future<Output = Result<Sent, HeadLate>> + 'a>, GatewayError> {
     let Inspected { body, facts, .. } = inspected;
     let mut body = body;
     let completion = matches!(route.scope, Scope::Chat | Scope::Completions);
@@ -99,7 +100,7 @@ pub fn send<'a>(
     caller: &Caller,
     prefix: &str,
     record: &'a mut RequestRecord,
-) -> Result<Sending<'a, impl Future<Output = Result<Sent, Elapsed>> + 'a>, GatewayError> {
+) -> Result<Sending<'a, impl Future<Output = Result<Sent, HeadLate>> + 'a>, GatewayError> {
     let info = ForwardInfo {
         forwarded_for: &caller.forwarded_for,
         https: caller.https,
@@ -108,6 +109,7 @@ pub fn send<'a>(
         key_id: &key.id,
         request_id: &record.request_id,
     };
+    let progress = body.progress();
     let up = upstream_request(upstream, parts, body, &info)?;
     record.upstream = Some(Arc::clone(&upstream.name));
     record.upstream_series = Some(Arc::clone(&upstream.series));
@@ -119,7 +121,7 @@ pub fn send<'a>(
         key.state(),
         record,
         sent,
-        upstream.send(up, sent),
+        upstream.send(up, sent, progress),
     ))
 }
 

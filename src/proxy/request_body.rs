@@ -45,6 +45,16 @@ impl UpBody {
         }
     }
 
+    /// How many bytes of a streamed body have passed so far, shared: the first-byte deadline
+    /// waits while it moves (`proxy::first_byte`). `None` for a body held whole.
+    pub fn progress(&self) -> Option<Arc<AtomicU64>> {
+        match self {
+            UpBody::Full(_) => None,
+            UpBody::Stream(s) => Some(Arc::clone(&s.seen)),
+            UpBody::Multipart(m) => Some(m.progress()),
+        }
+    }
+
     /// A multipart upload, forwarded as it streams (see `multipart`).
     pub fn multipart(body: MultipartBody) -> UpBody {
         UpBody::Multipart(Box::new(body))

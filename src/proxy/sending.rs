@@ -8,6 +8,7 @@
 use crate::account::{Added, RequestRecord};
 use crate::error::GatewayError;
 use crate::keys::state::KeyState;
+use crate::proxy::first_byte::HeadLate;
 use crate::proxy::headers;
 use crate::proxy::pool::Sent;
 use crate::proxy::response_body::Body;
@@ -19,7 +20,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::time::error::Elapsed;
 
 pin_project_lite::pin_project! {
     /// Ends with the answer (its body streaming from the upstream), or with the request's
@@ -42,7 +42,7 @@ pin_project_lite::pin_project! {
 
 impl<'a, F> Sending<'a, F>
 where
-    F: Future<Output = Result<Sent, Elapsed>>,
+    F: Future<Output = Result<Sent, HeadLate>>,
 {
     pub(super) fn new(
         upstream: &'a Upstream,
@@ -79,7 +79,7 @@ where
 
 impl<F> Future for Sending<'_, F>
 where
-    F: Future<Output = Result<Sent, Elapsed>>,
+    F: Future<Output = Result<Sent, HeadLate>>,
 {
     type Output = Result<Response<Body>, GatewayError>;
 

@@ -10,6 +10,7 @@
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::keys::entry::KeyId;
+use crate::proxy::first_byte::{FirstByte, HeadLate};
 use crate::proxy::headers;
 use crate::proxy::health::{HealthState, Status};
 use crate::proxy::pool::{Lease, Pool, SendError, Sent};
@@ -19,7 +20,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::error::Error as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A configured upstream with its connection pool.
@@ -185,20 +186,26 @@ impl Upstream {
     /// A plain future, not an `async fn`: one of those would hold the 264-byte request twice
     /// for the whole wait (the call's copy and the body's), in memory each request touches.
     /// `sent` is the moment it is sent, read once by the caller: the first-byte deadline
-    /// counts from it.
+    /// counts from it, and moves on while a streamed body's `progress` does
+    /// (`proxy::first_byte`).
     pub fn send(
         &self,
         req: Request<UpBody>,
         sent: std::time::Instant,
-    ) -> tokio::time::Timeout<impl Future<Output = Sent> + '_> {
-        let deadline = tokio::time::Instant::from_std(sent) + self.config.first_byte_timeout;
-        tokio::time::timeout_at(deadline, self.pool.send(req, sent))
+        progress: Option<Arc<AtomicU64>>,
+    ) -> FirstByte<impl Future<Output = Sent> + '_> {
+        FirstByte::new(
+            self.pool.send(req, sent),
+            tokio::time::Instant::from_std(sent),
+            self.config.first_byte_timeout,
+            progress,
+        )
     }
 
     /// What [`Upstream::send`]'s wait came to.
     pub fn settle(
         &self,
-        sent: Result<Sent, tokio::time::error::Elapsed>,
+        sent: Result<Sent, HeadLate>,
     ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         match sent {
             Err(_) => Err(GatewayError::UpstreamTimeout(self.config.name.clone())),
