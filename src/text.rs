@@ -148,18 +148,7 @@ fn find(field: &str, value: &str, forbidden: fn(char) -> bool) -> Result<(), Con
 
 /// `s` with every forbidden character written as `\u{1b}`, for terminal output.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_forbidden) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_forbidden(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    escape_where(s, is_forbidden, |out, c| out.extend(c.escape_unicode()))
 }
 
 /// JSON text (as serde_json writes it) with the forbidden characters JSON allows raw in
@@ -169,15 +158,26 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 /// the escape means the same character.
 pub fn escape_json(json: &str) -> Cow<'_, str> {
     let escaped = |c: char| is_forbidden(c) && !matches!(c, '\n' | '\r' | '\t');
-    if !json.chars().any(escaped) {
-        return Cow::Borrowed(json);
+    escape_where(json, escaped, |out, c| {
+        for unit in c.encode_utf16(&mut [0u16; 2]) {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+    })
+}
+
+/// `s` with each character `escaped` says written by `write`; borrowed when there is none.
+fn escape_where(
+    s: &str,
+    escaped: impl Fn(char) -> bool,
+    write: impl Fn(&mut String, char),
+) -> Cow<'_, str> {
+    if !s.chars().any(&escaped) {
+        return Cow::Borrowed(s);
     }
-    let mut out = String::with_capacity(json.len() + 8);
-    for c in json.chars() {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
         if escaped(c) {
-            for unit in c.encode_utf16(&mut [0u16; 2]) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
+            write(&mut out, c);
         } else {
             out.push(c);
         }

@@ -33,73 +33,13 @@ const READ: [&str; 6] = [
 pub struct BodyFacts<'a> {
     pub model: Option<Cow<'a, str>>,
     pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
+    /// As written: read by `asks_for_usage`, as the rewrite reads it.
+    pub stream_options: Option<&'a RawValue>,
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
     /// The first reason the body is ambiguous (a field twice, or spelled like a read one).
     problem: Option<BodyError>,
-}
-
-#[derive(Debug, Default)]
-pub struct StreamOptions {
-    /// `Some(true)` only when the client asked, unmistakably: one `include_usage`, spelled
-    /// exactly, `true`. Anything else (`[true]`, a `1`, a spelling variant beside it) is not
-    /// asking, and the rewrite puts a plain `{"include_usage":true}` in its place.
-    pub include_usage: Option<bool>,
-}
-
-impl<'de> Deserialize<'de> for StreamOptions {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StreamOptions;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("stream options")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
-                let mut asks: Option<bool> = None;
-                while let Some(Name(name)) = map.next_key()? {
-                    if folds_to(&name, INCLUDE_USAGE) {
-                        let v: serde_json::Value = map.next_value()?;
-                        let this = name == INCLUDE_USAGE && v == serde_json::Value::Bool(true);
-                        asks = Some(asks.is_none() && this);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(StreamOptions {
-                    include_usage: asks,
-                })
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<StreamOptions, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(StreamOptions::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-            fn visit_unit<E>(self) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::default())
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// What the request path keeps of a body's facts, owned.
@@ -119,11 +59,7 @@ impl BodyFacts<'_> {
         Summary {
             model: self.model.as_deref().unwrap_or_default().to_string(),
             stream: self.stream == Some(true),
-            wants_usage: self
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+            wants_usage: self.stream_options.is_some_and(asks_for_usage),
             completion_budget: [
                 self.max_completion_tokens,
                 self.max_tokens,
@@ -240,7 +176,7 @@ impl<'de> Deserialize<'de> for BodyFacts<'de> {
                     match i {
                         0 => f.model = map.next_value::<Option<Name<'de>>>()?.map(|n| n.0),
                         1 => f.stream = map.next_value()?,
-                        2 => f.stream_options = map.next_value()?,
+                        2 => f.stream_options = map.next_value::<Option<&'de RawValue>>()?,
                         3 => f.max_tokens = map.next_value::<Count>()?.0,
                         4 => f.max_completion_tokens = map.next_value::<Count>()?.0,
                         _ => f.max_output_tokens = map.next_value::<Count>()?.0,
@@ -287,6 +223,22 @@ fn member(out: &mut Vec<u8>, first: &mut bool, name: &str, value: &[u8]) {
 }
 
 const INCLUDE_USAGE: &str = "include_usage";
+
+/// Whether `stream_options` asks for usage unmistakably: an object with one `include_usage`,
+/// spelled exactly, `true`. Anything else (`[true]`, a `1`, a spelling variant beside it) is
+/// not asking, and the rewrite puts a plain `{"include_usage":true}` in its place.
+fn asks_for_usage(opts: &RawValue) -> bool {
+    let Ok(Members(members)) = serde_json::from_str::<Members>(opts.get()) else {
+        return false;
+    };
+    let mut named = members
+        .iter()
+        .filter(|(Name(n), _)| folds_to(n, INCLUDE_USAGE));
+    matches!(
+        (named.next(), named.next()),
+        (Some((Name(n), v)), None) if n == INCLUDE_USAGE && v.get() == "true"
+    )
+}
 
 /// The same JSON body with `stream_options.include_usage = true`: every other member as it
 /// was written; a `stream_options` that is not an object is replaced.

@@ -141,25 +141,40 @@ impl TypedValueParser for GlobListParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<GlobList, clap::Error> {
-        let flag = arg
-            .and_then(clap::Arg::get_long)
-            .map_or_else(|| "--models".to_string(), |l| format!("--{l}"));
-        let fail = |message: String| {
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
-                .with_cmd(cmd)
-        };
-        let s = value
-            .to_str()
-            .ok_or_else(|| fail(format!("`{flag}` must be UTF-8")))?;
+        let (flag, s) = flag_and_text(cmd, arg, value, "--models")?;
         crate::keys::models::split_list(s)
             .map(GlobList)
             .map_err(|e| {
-                fail(format!(
-                    "`{flag}` {e} (in `{}`; a comma inside braces is part of a glob)",
-                    Escaped(s)
-                ))
+                invalid(
+                    cmd,
+                    format!(
+                        "`{flag}` {e} (in `{}`; a comma inside braces is part of a glob)",
+                        Escaped(s)
+                    ),
+                )
             })
     }
+}
+
+/// The flag a value was given to (`fallback` when clap does not say) and the value as text.
+fn flag_and_text<'v>(
+    cmd: &clap::Command,
+    arg: Option<&clap::Arg>,
+    value: &'v std::ffi::OsStr,
+    fallback: &str,
+) -> Result<(String, &'v str), clap::Error> {
+    let flag = arg
+        .and_then(clap::Arg::get_long)
+        .map_or_else(|| fallback.to_string(), |l| format!("--{l}"));
+    let text = value
+        .to_str()
+        .ok_or_else(|| invalid(cmd, format!("`{flag}` must be UTF-8")))?;
+    Ok((flag, text))
+}
+
+/// clap's error for an invalid value, with our own message.
+fn invalid(cmd: &clap::Command, message: String) -> clap::Error {
+    clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n")).with_cmd(cmd)
 }
 
 /// The globs of every `--models` given, in order.
@@ -190,19 +205,10 @@ impl TypedValueParser for ScopeParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<String, clap::Error> {
-        let flag = arg
-            .and_then(clap::Arg::get_long)
-            .map_or_else(|| "--scopes".to_string(), |l| format!("--{l}"));
-        let fail = |message: String| {
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
-                .with_cmd(cmd)
-        };
-        let s = value
-            .to_str()
-            .ok_or_else(|| fail(format!("`{flag}` must be UTF-8")))?;
+        let (flag, s) = flag_and_text(cmd, arg, value, "--scopes")?;
         Scopes::parse_one(s)
             .map(|_| s.trim().to_string())
-            .map_err(|e| fail(format!("`{flag}` {}", Escaped(&format!("has an {e}")))))
+            .map_err(|e| invalid(cmd, format!("`{flag}` {}", Escaped(&format!("has an {e}")))))
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {

@@ -185,6 +185,18 @@ pub struct QuotaRefusal {
     pub reset_in: Duration,
 }
 
+impl QuotaRefusal {
+    /// `kind`'s quota of `limit` is used up at `now`, until window `w` ends.
+    fn until_end(kind: QuotaKind, limit: u64, w: Window, now: Timestamp) -> QuotaRefusal {
+        QuotaRefusal {
+            kind,
+            limit,
+            resets_at: w.end(),
+            reset_in: Duration::from_secs(now.until(w.end())),
+        }
+    }
+}
+
 /// Admits one request of a key with `quotas` at `now`, counting it, or refuses it (not
 /// counted) when a quota is used up: a request quota when this request would pass it, a
 /// token quota once it is reached. Keys without quotas are counted too, so a quota set later
@@ -206,12 +218,7 @@ pub fn check(
             QuotaKind::TokensPerDay | QuotaKind::TokensPerMonth => used >= limit,
         };
         if over && refusal.is_none_or(|r| r.resets_at < w.end()) {
-            refusal = Some(QuotaRefusal {
-                kind,
-                limit,
-                resets_at: w.end(),
-                reset_in: Duration::from_secs(now.until(w.end())),
-            });
+            refusal = Some(QuotaRefusal::until_end(kind, limit, w, now));
         }
     }
     match refusal {
@@ -261,12 +268,9 @@ pub fn hold_tokens(
         if used >= limit {
             // Used up outranks held: it is the refusal that lasts.
             if !matches!(refusal, Some(HoldRefusal::UsedUp(r)) if r.resets_at >= w.end()) {
-                refusal = Some(HoldRefusal::UsedUp(QuotaRefusal {
-                    kind,
-                    limit,
-                    resets_at: w.end(),
-                    reset_in: Duration::from_secs(now.until(w.end())),
-                }));
+                refusal = Some(HoldRefusal::UsedUp(QuotaRefusal::until_end(
+                    kind, limit, w, now,
+                )));
             }
         } else if used.saturating_add(held) >= limit && refusal.is_none() {
             refusal = Some(HoldRefusal::Held {
