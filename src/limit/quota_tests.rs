@@ -1,13 +1,19 @@
 use super::*;
 
-#[test]
-fn requests_and_tokens_per_window() {
+/// A moment late on 2026-11-29 and quotas of 2 requests a day and 100 tokens a month.
+fn two_a_day_and_100_tokens_a_month() -> (Timestamp, KeyQuotas) {
     let now = Timestamp::parse("2026-11-29T23:00:00Z").unwrap();
     let q = KeyQuotas {
         requests_per_day: Some(2),
         tokens_per_month: Some(100),
         ..Default::default()
     };
+    (now, q)
+}
+
+#[test]
+fn requests_and_tokens_per_window() {
+    let (now, q) = two_a_day_and_100_tokens_a_month();
     let s = QuotaState::default();
     assert!(check(Some(&q), &s, now).is_ok());
     assert!(check(Some(&q), &s, now).is_ok());
@@ -51,12 +57,7 @@ fn requests_and_tokens_per_window() {
 
 #[test]
 fn used_up_agrees_with_check() {
-    let now = Timestamp::parse("2026-11-29T23:00:00Z").unwrap();
-    let q = KeyQuotas {
-        requests_per_day: Some(2),
-        tokens_per_month: Some(100),
-        ..Default::default()
-    };
+    let (now, q) = two_a_day_and_100_tokens_a_month();
     let s = QuotaState::default();
     assert!(used_up(&q, &s, now).is_empty());
     assert!(check(Some(&q), &s, now).is_ok());
