@@ -599,6 +599,81 @@ async fn h2_headers_dripped_in_continuation_frames_are_cut() {
     assert!(at <= ms(4000), "closed after {at:?}");
 }
 
+/// The listener tells a plain connection's protocol by peeking at its first bytes, which it
+/// leaves for hyper. When they do not tell yet ("P" could begin a POST or the HTTP/2
+/// preface), hyper-util's own detection reads on: both protocols are still served.
+#[tokio::test]
+async fn first_bytes_that_arrive_in_pieces_are_still_served() {
+    let g = start_gateway("").await;
+    // HTTP/1.1, its first byte alone.
+    let mut c = Raw::connect(g.addr).await;
+    c.send("P").await.unwrap();
+    // Apart, so that the listener's peek finds the one byte (there is nothing to await).
+    tokio::time::sleep(ms(200)).await;
+    c.send("OST /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let status = c.status().await;
+    assert!(
+        status.is_some_and(|s| s >= 200),
+        "an HTTP/1.1 request whose first byte came alone: {status:?}"
+    );
+
+    // HTTP/2, its preface in two pieces, then GET /healthz on stream 1.
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let n = payload.len();
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    wr.write_all(&preface[..16]).await.unwrap();
+    tokio::time::sleep(ms(200)).await;
+    let mut rest = preface[16..].to_vec();
+    rest.extend(frame(0x4, 0, 0, &[]));
+    // :method GET, :scheme http, :path /healthz, :authority gw; END_STREAM | END_HEADERS.
+    let mut block = vec![0x82, 0x86, 0x44, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x01, 0x02, b'g', b'w']);
+    rest.extend(frame(0x1, 0x5, 1, &block));
+    wr.write_all(&rest).await.unwrap();
+    let deadline = tokio::time::Instant::now() + 5 * SEC;
+    let mut seen = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let status = loop {
+        // The frames so far: the first HEADERS on stream 1 holds the status.
+        let mut at = 0;
+        let mut found = None;
+        while seen.len() >= at + 9 {
+            let len = (usize::from(seen[at]) << 16)
+                | (usize::from(seen[at + 1]) << 8)
+                | usize::from(seen[at + 2]);
+            if seen.len() < at + 9 + len {
+                break;
+            }
+            let stream =
+                u32::from_be_bytes([seen[at + 5], seen[at + 6], seen[at + 7], seen[at + 8]]);
+            if seen[at + 3] == 0x1 && stream == 1 {
+                found = seen.get(at + 9).copied();
+                break;
+            }
+            at += 9 + len;
+        }
+        if found.is_some() {
+            break found;
+        }
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+            other => panic!("no HTTP/2 answer to a preface sent in two pieces: {other:?}"),
+        }
+    };
+    // 0x88: the static table's ":status: 200".
+    assert_eq!(status, Some(0x88), "the answer's first header field");
+}
+
 #[tokio::test]
 async fn idle_http1_keep_alive_connection_is_closed_at_idle_timeout() {
     let g = start_gateway("[server]\nheader_read_timeout = \"5s\"\nidle_timeout = \"1s\"\n").await;
