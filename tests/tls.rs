@@ -9,6 +9,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Cert {
     pem: String,
@@ -91,6 +92,41 @@ async fn tls_gateway() -> (TestGateway, tempfile::TempDir, Cert) {
     );
     let g = start_gateway_raw(mock, &toml).await;
     (g, certs, cert)
+}
+
+/// ALPN tells the listener which protocol to serve; a client that offers none is served
+/// after the listener reads its first bytes to tell.
+#[tokio::test]
+async fn https_without_alpn_is_still_served() {
+    let (g, _certs, cert) = tls_gateway().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    assert!(cfg.alpn_protocols.is_empty());
+    let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server closes after its answer (`Connection: close`); rustls may report the
+    // close without a close_notify as an error, after the bytes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[tokio::test]

@@ -255,7 +255,7 @@ impl Ctx {
                     let handshake = tls::handshake(acceptor, stream);
                     match Box::pin(tokio::time::timeout(handshake_timeout, handshake)).await {
                         Ok(Ok(Handshake::Tls(s))) => {
-                            let http = builders.get(Sniffed::Unsure);
+                            let http = builders.get(tls::negotiated(&s));
                             let serving = serve_io(s, gw, http, activity, conn, deadlines, stop);
                             Box::pin(serving).await
                         }
