@@ -599,16 +599,15 @@ async fn h2_headers_dripped_in_continuation_frames_are_cut() {
     assert!(at <= ms(4000), "closed after {at:?}");
 }
 
-/// The listener tells a plain connection's protocol by peeking at its first bytes, which it
-/// leaves for hyper. When they do not tell yet ("P" could begin a POST or the HTTP/2
-/// preface), hyper-util's own detection reads on: both protocols are still served.
+/// The listener tells HTTP/1.1 from HTTP/2 by the first bytes; when they do not tell yet ("P"
+/// could begin a POST or the HTTP/2 preface), detection reads on: both are still served.
 #[tokio::test]
 async fn first_bytes_that_arrive_in_pieces_are_still_served() {
     let g = start_gateway("").await;
     // HTTP/1.1, its first byte alone.
     let mut c = Raw::connect(g.addr).await;
     c.send("P").await.unwrap();
-    // Apart, so that the listener's peek finds the one byte (there is nothing to await).
+    // Apart, so that the listener finds the one byte alone (there is nothing to await).
     tokio::time::sleep(ms(200)).await;
     c.send("OST /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
         .await

@@ -94,8 +94,8 @@ async fn tls_gateway() -> (TestGateway, tempfile::TempDir, Cert) {
     (g, certs, cert)
 }
 
-/// ALPN tells the listener which protocol to serve; a client that offers none is served
-/// after the listener reads its first bytes to tell.
+/// A client that offers no ALPN is served too: the listener tells the protocol from its
+/// first bytes.
 #[tokio::test]
 async fn https_without_alpn_is_still_served() {
     let (g, _certs, cert) = tls_gateway().await;

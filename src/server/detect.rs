@@ -1,12 +1,4 @@
 //! The first bytes of a connection, bounded in time, and clients that cancel what they ask.
-//!
-//! A plain connection's protocol is told by peeking at its first bytes (`sniff`), which stay
-//! in the socket for hyper to read: hyper-util's own detection reads them first and hands
-//! them to hyper ahead of the rest, and hyper's read buffer, part filled when it makes room
-//! for the rest of the head, is then reallocated twice as large. Each later request on the
-//! connection is then read further along that 16 KiB buffer (half of it, before hyper takes
-//! it back to its start), into memory last touched a pass ago, where an 8 KiB buffer is taken
-//! back to its start for every request: the same few lines each time (README, "Performance").
 
 use super::activity::Activity;
 use std::future::Future;
@@ -15,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 /// Length of the HTTP/2 connection preface.
@@ -69,33 +60,6 @@ impl Proto {
         }
         Proto::Undecided(n)
     }
-}
-
-/// What a plain connection's first bytes say, peeked and left in the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
-    Http1,
-    Http2,
-    /// Only a prefix of the HTTP/2 preface so far (a client that sends it in pieces): left
-    /// to hyper-util's detection, which reads until it knows.
-    Unsure,
-    /// The client closed the connection without sending a byte.
-    Closed,
-}
-
-/// Waits for the connection's first bytes and tells its protocol from them without taking
-/// them from the socket.
-pub async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
-    let mut first = [0u8; PREFACE_LEN];
-    let n = stream.peek(&mut first).await?;
-    if n == 0 {
-        return Ok(Sniffed::Closed);
-    }
-    Ok(match Proto::Undecided(0).after(&first[..n]) {
-        Proto::Http1 => Sniffed::Http1,
-        Proto::Http2 => Sniffed::Http2,
-        Proto::Undecided(_) => Sniffed::Unsure,
-    })
 }
 
 impl<I> Detect<I> {
@@ -189,7 +153,3 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Detect<I> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
-
-#[cfg(test)]
-#[path = "detect_tests.rs"]
-mod tests;

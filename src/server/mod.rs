@@ -8,8 +8,6 @@
 //!
 //! Each connection is run by [`connection::drive`], which closes idle connections and those
 //! whose client stops reading; its first bytes are bounded in time by [`detect::Detect`].
-//! A plain connection's protocol is told by peeking at its first bytes ([`detect::sniff`]),
-//! so that hyper reads them itself, and served by one of [`builders::Builders`].
 //! Accepting pauses while the process is out of descriptors ([`accept::Acceptor`]), and
 //! `max_connections_per_ip` bounds one address's share ([`accept::PerIp`]).
 //!
@@ -19,7 +17,6 @@
 
 pub mod accept;
 pub mod activity;
-pub mod builders;
 pub mod connection;
 pub mod detect;
 pub(crate) mod nudge;
@@ -27,17 +24,16 @@ pub mod peer;
 pub mod request_id;
 pub mod tls;
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::pipeline;
 use accept::{Acceptor, PerIp};
 use activity::Activity;
-use builders::{builder_settings, Builders};
 use connection::{Cut, Deadlines, Ended};
-use detect::{Detect, Sniffed};
+use detect::Detect;
 use futures_util::FutureExt as _;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use peer::Peer;
 use std::convert::Infallible;
@@ -50,6 +46,43 @@ use tls::{Handshake, Reloaded, ServerTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+
+/// The server settings hyper's builder takes: when a reload changes them, a new builder is
+/// made for the connections accepted from then on.
+fn builder_settings(s: &ServerConfig) -> impl PartialEq {
+    (
+        s.max_header_bytes,
+        s.max_headers,
+        s.http2_max_concurrent_streams,
+        s.http2_max_header_list_size,
+    )
+}
+
+/// The HTTP server settings, all explicit rather than hyper's defaults.
+pub fn builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Off: the connection driver bounds a request head from its first byte, and the idle
+        // wait between requests by idle_timeout (hyper's timer would count that wait too).
+        .header_read_timeout(None)
+        .max_buf_size(s.max_header_bytes)
+        .max_headers(s.max_headers)
+        .keep_alive(true)
+        .half_close(false)
+        .writev(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(s.http2_max_header_list_size)
+        // Rapid-reset (CVE-2023-44487) and error-reset floods end in GOAWAY.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
 
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn run(
@@ -74,7 +107,7 @@ pub async fn run(
     let mut acceptor = Acceptor::new("api");
     let mut ctx = Ctx {
         gw: Arc::clone(&gw),
-        builders: Arc::new(Builders::new(&config.server)),
+        builder: Arc::new(builder(&config.server)),
         built_from: Arc::clone(&config),
         tls,
         stop: stopped,
@@ -180,8 +213,8 @@ impl Drop for CertWatchers {
 /// What every connection task needs from the listener.
 struct Ctx {
     gw: Arc<Gateway>,
-    builders: Arc<Builders>,
-    /// The configuration `builders` were made from.
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The configuration `builder` was made from.
     built_from: Arc<Config>,
     tls: Option<Arc<ServerTls>>,
     stop: watch::Receiver<bool>,
@@ -213,7 +246,7 @@ impl Ctx {
         let config = self.gw.config();
         if !Arc::ptr_eq(&config, &self.built_from) {
             if builder_settings(&config.server) != builder_settings(&self.built_from.server) {
-                self.builders = Arc::new(Builders::new(&config.server));
+                self.builder = Arc::new(builder(&config.server));
             }
             self.built_from = Arc::clone(&config);
         }
@@ -233,31 +266,20 @@ impl Ctx {
         let _ = stream.set_nodelay(true);
         let conn = Peer::new(peer, self.tls.is_some());
         let gw = Arc::clone(&self.gw);
-        let builders = Arc::clone(&self.builders);
+        let builder = Arc::clone(&self.builder);
         let acceptor = self.tls.as_ref().map(|t| t.acceptor());
         let stop = self.stop.clone();
         let freed = Arc::clone(&self.freed);
         Some(async move {
             let _slot = slot;
             let handshake_timeout = deadlines.header_read;
-            // The first request's head is bounded from here (`connection::drive`).
-            let activity = Activity::new();
             match acceptor {
-                None => {
-                    // Boxed, as the TLS handshake is: the wait is over before hyper starts.
-                    let first = Box::pin(first_bytes(&stream, handshake_timeout, &stop)).await;
-                    if let Some(first) = first {
-                        let http = builders.get(first);
-                        serve_io(stream, gw, http, activity, conn, deadlines, stop).await;
-                    }
-                }
+                None => serve_io(stream, gw, builder, conn, deadlines, stop).await,
                 Some(acceptor) => {
                     let handshake = tls::handshake(acceptor, stream);
                     match Box::pin(tokio::time::timeout(handshake_timeout, handshake)).await {
                         Ok(Ok(Handshake::Tls(s))) => {
-                            let http = builders.get(tls::negotiated(&s));
-                            let serving = serve_io(s, gw, http, activity, conn, deadlines, stop);
-                            Box::pin(serving).await
+                            Box::pin(serve_io(s, gw, builder, conn, deadlines, stop)).await
                         }
                         Ok(Ok(Handshake::PlainHttp)) => {
                             tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400");
@@ -276,32 +298,11 @@ impl Ctx {
     }
 }
 
-/// A plain connection's first bytes, peeked (`detect::sniff`): `None` when the client sent
-/// none within `within`, closed, or the server began to stop meanwhile.
-async fn first_bytes(
-    stream: &TcpStream,
-    within: Duration,
-    stop: &watch::Receiver<bool>,
-) -> Option<Sniffed> {
-    let mut stop = stop.clone();
-    if *stop.borrow_and_update() {
-        return None;
-    }
-    tokio::select! {
-        first = tokio::time::timeout(within, detect::sniff(stream)) => match first {
-            Ok(Ok(Sniffed::Closed)) | Ok(Err(_)) | Err(_) => None,
-            Ok(Ok(first)) => Some(first),
-        },
-        _ = stop.changed() => None,
-    }
-}
-
 /// Serves HTTP on one connection until it ends or its driver cuts it.
 async fn serve_io<I>(
     io: I,
     gw: Arc<Gateway>,
-    http: &auto::Builder<TokioExecutor>,
-    activity: Arc<Activity>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     conn: Peer,
     deadlines: Deadlines,
     stop: watch::Receiver<bool>,
@@ -309,6 +310,7 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.addr;
+    let activity = Activity::new();
     let requests = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
@@ -327,7 +329,7 @@ async fn serve_io<I>(
         }))
     });
     // Boxed: see `Ctx::connection`.
-    let mut http = Box::pin(http.serve_connection(
+    let mut http = Box::pin(builder.serve_connection(
         TokioIo::new(Detect::new(
             io,
             deadlines.header_read,

@@ -13,7 +13,7 @@ async fn a_connections_task_stays_small() {
     let config = gw.config();
     let (_stop, stopped) = watch::channel(false);
     let mut ctx = Ctx {
-        builders: Arc::new(Builders::new(&config.server)),
+        builder: Arc::new(builder(&config.server)),
         built_from: Arc::clone(&config),
         gw,
         tls: None,

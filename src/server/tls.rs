@@ -1,14 +1,12 @@
 //! TLS with rustls (ring provider): the listener's certificate, reloaded when its files
 //! change, and the trust roots for HTTPS upstreams.
 //!
-//! The listener offers ALPN `h2` and `http/1.1`, and serves the one chosen without reading
-//! the first bytes to tell (`negotiated`). A certificate reload builds a complete new
+//! The listener offers ALPN `h2` and `http/1.1`. A certificate reload builds a complete new
 //! server configuration first and swaps it in only if it loaded, so a half-written or broken
 //! certificate never replaces a working one; connections in progress keep theirs. A
 //! certificate outside its validity (expired, or not yet valid) is refused as broken: every
 //! client that checks certificates would refuse it.
 
-use super::detect::Sniffed;
 use crate::time::Timestamp;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -237,17 +235,6 @@ pub enum Handshake {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// It spoke plain HTTP: answered 400 in plain HTTP, and closed.
     PlainHttp,
-}
-
-/// The protocol ALPN settled on, in the terms of a plain connection's peek (`detect`): hyper
-/// is then told which to serve rather than reading the first bytes to find out (see `detect`
-/// for what that reading costs). A client that offered no ALPN is left to the detection.
-pub fn negotiated(s: &tokio_rustls::server::TlsStream<TcpStream>) -> Sniffed {
-    match s.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Sniffed::Http2,
-        Some(b"http/1.1") => Sniffed::Http1,
-        _ => Sniffed::Unsure,
-    }
 }
 
 /// What a client that sends plain HTTP to the TLS port is told, in words it can read (a TLS
