@@ -551,22 +551,24 @@ async fn h2_connection_is_closed_idle_timeout_after_its_last_stream_with_goaway(
     assert_eq!(c.goaway(), Some(0), "no GOAWAY (NO_ERROR) before the close");
 }
 
+/// One raw HTTP/2 frame: its 9-byte header (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
 #[tokio::test]
 async fn h2_headers_dripped_in_continuation_frames_are_cut() {
     let g = start_gateway("[server]\nheader_read_timeout = \"1s\"\n").await;
     let tcp = TcpStream::connect(g.addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let n = payload.len();
-        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
     // :method GET, :scheme http, :path /, :authority gw; no END_HEADERS.
     let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    start.extend(frame(0x4, 0, 0, &[]));
-    start.extend(frame(
+    start.extend(h2_frame(0x4, 0, 0, &[]));
+    start.extend(h2_frame(
         0x1,
         0x1,
         1,
@@ -578,7 +580,7 @@ async fn h2_headers_dripped_in_continuation_frames_are_cut() {
     let drip = tokio::spawn(async move {
         for _ in 0..5 {
             tokio::time::sleep(ms(1500)).await;
-            if wr.write_all(&frame(0x9, 0, 1, &[0x90])).await.is_err() {
+            if wr.write_all(&h2_frame(0x9, 0, 1, &[0x90])).await.is_err() {
                 return;
             }
         }
@@ -621,23 +623,16 @@ async fn first_bytes_that_arrive_in_pieces_are_still_served() {
     // HTTP/2, its preface in two pieces, then GET /healthz on stream 1.
     let tcp = TcpStream::connect(g.addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let n = payload.len();
-        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     wr.write_all(&preface[..16]).await.unwrap();
     tokio::time::sleep(ms(200)).await;
     let mut rest = preface[16..].to_vec();
-    rest.extend(frame(0x4, 0, 0, &[]));
+    rest.extend(h2_frame(0x4, 0, 0, &[]));
     // :method GET, :scheme http, :path /healthz, :authority gw; END_STREAM | END_HEADERS.
     let mut block = vec![0x82, 0x86, 0x44, 8];
     block.extend_from_slice(b"/healthz");
     block.extend_from_slice(&[0x01, 0x02, b'g', b'w']);
-    rest.extend(frame(0x1, 0x5, 1, &block));
+    rest.extend(h2_frame(0x1, 0x5, 1, &block));
     wr.write_all(&rest).await.unwrap();
     let deadline = tokio::time::Instant::now() + 5 * SEC;
     let mut seen = Vec::new();

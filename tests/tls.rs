@@ -28,6 +28,21 @@ fn write_cert(dir: &Path) -> Cert {
     Cert { pem }
 }
 
+/// A client's TLS settings that trust `trust` and offer no ALPN.
+fn client_tls(trust: &Cert) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(trust.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 fn https_client(
     trust: &Cert,
     h2: bool,
@@ -35,17 +50,7 @@ fn https_client(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 > {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(trust.pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = client_tls(trust);
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_only();
@@ -99,17 +104,7 @@ async fn tls_gateway() -> (TestGateway, tempfile::TempDir, Cert) {
 #[tokio::test]
 async fn https_without_alpn_is_still_served() {
     let (g, _certs, cert) = tls_gateway().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = client_tls(&cert);
     assert!(cfg.alpn_protocols.is_empty());
     let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
