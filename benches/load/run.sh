@@ -740,12 +740,18 @@ for round in $(seq "$ROUNDS"); do
             reset_logs
             fixed_rate "$n" "$round" 1000 6 16
         done
-        # 1 req/s: direct and keygate side by side (the machine is idle between requests).
-        fixed_rate direct "$round" 1 15 1 &
-        FR_PID=$!
-        PIDS+=("$FR_PID")
+        # 1 req/s: direct, keygate, HAProxy and nginx side by side (the machine is idle
+        # between requests; four clients at 1 req/s each rarely meet), so the target's row can
+        # say what the VM's wake-ups from idle cost any proxy.
+        FR_PIDS=()
+        for n in direct haproxy nginx; do
+            [[ " ${CONTENDERS[*]} " == *" $n "* ]] || continue
+            fixed_rate "$n" "$round" 1 15 1 &
+            FR_PIDS+=($!)
+        done
+        PIDS+=("${FR_PIDS[@]}")
         fixed_rate keygate "$round" 1 15 1
-        wait "$FR_PID" || true
+        for p in "${FR_PIDS[@]}"; do wait "$p" || true; done
     fi
 
     log "round $round: SSE"

@@ -209,3 +209,30 @@ def test_the_paired_table_sets_the_load_generators_cpu_per_request_side_by_side(
     text = _report(tmp_path, rows)
     assert "load generator's CPU per request ratio" in text
     assert _row(text, "keygate / haproxy | 256 |").endswith("| 1.10× (1.10–1.10) |")
+
+
+def _fixed_rate(rate, added):
+    """Open-loop records at one rate: direct at 0.2 ms p99, each contender that much more."""
+    rows = []
+    for rd in (1, 2, 3):
+        rows.append({"kind": "fixed_rate", "target": "direct", "round": rd, "rate": rate, "p50_ms": 0.1,
+                     "p99_ms": 0.2, "max_ms": 0.3, "n": 15, "ok": 15})
+        for name, us in added.items():
+            rows.append({"kind": "fixed_rate", "target": name, "round": rd, "rate": rate, "p50_ms": 0.1 + us / 2e3,
+                         "p99_ms": 0.2 + us / 1e3, "max_ms": 0.3 + us / 1e3, "n": 15, "ok": 15})
+    return rows
+
+
+def test_the_open_loop_target_names_the_other_proxies_added_p99_from_the_same_runs(tmp_path):
+    rows = _records([1.0] * 16, 1.0) + _fixed_rate(1, {"keygate": 300, "haproxy": 480, "nginx": 350})
+    row = _row(_report(tmp_path, rows), "added p99 vs direct at 1 req/s ≤ 100 µs")
+    assert "**missed**" in row and "300 µs" in row, row
+    assert "HAProxy 480 µs, nginx 350 µs" in row and "every proxy over the bound" in row, row
+    # One proxy under the bound: the row does not say every proxy missed it.
+    rows = _records([1.0] * 16, 1.0) + _fixed_rate(1, {"keygate": 300, "haproxy": 80, "nginx": 350})
+    row = _row(_report(tmp_path, rows), "added p99 vs direct at 1 req/s ≤ 100 µs")
+    assert "HAProxy 80 µs" in row and "every proxy" not in row, row
+    # keygate alone (no other proxy installed): the row has keygate's figure only.
+    rows = _records([1.0] * 16, 1.0) + _fixed_rate(1000, {"keygate": 90})
+    row = _row(_report(tmp_path, rows), "added p99 vs direct at 1000 req/s ≤ 150 µs")
+    assert "**met**" in row and "in the same runs" not in row, row

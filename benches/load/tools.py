@@ -826,6 +826,7 @@ def report(results_path, meta_path, out):
         w("| rate | contender | p50 ms | p99 ms | max ms | added p50 µs vs direct | added p99 µs vs direct | requests |")
         w("|---|---|---|---|---|---|---|---|")
         for rate in sorted({r["rate"] for r in fr}, reverse=True):
+            added99 = {}
             for n in names:
                 rs = [r for r in fr if r["rate"] == rate and r["target"] == n]
                 if not rs:
@@ -836,15 +837,13 @@ def report(results_path, meta_path, out):
                     if d and n != "direct" and r["p50_ms"] is not None and d[0]["p50_ms"] is not None:
                         add50.append((r["p50_ms"] - d[0]["p50_ms"]) * 1e3)
                         add99.append((r["p99_ms"] - d[0]["p99_ms"]) * 1e3)
+                if add99:
+                    added99[n] = add99
                 w(f"| {rate}/s | {n} | {mmm([r['p50_ms'] for r in rs], 3)} | {mmm([r['p99_ms'] for r in rs], 3)} | "
                   f"{mmm([r['max_ms'] for r in rs], 3)} | {mmm(add50, 0) if add50 else '–'} | "
                   f"{mmm(add99, 0) if add99 else '–'} | {sum(r['n'] for r in rs)} ({sum(r['ok'] for r in rs)} × 200) |")
-                if n == "keygate" and add99:
-                    lim = 150 if rate >= 1000 else 100
-                    m = med(add99)
-                    targets.append((f"added p99 vs direct at {rate} req/s ≤ {lim} µs",
-                                    f"{m:.0f} µs (rounds {min(add99):.0f}–{max(add99):.0f})", m <= lim,
-                                    f"over by {m - lim:.0f} µs" if m > lim else ""))
+            if "keygate" in added99:
+                targets.append(added_latency_target(rate, added99))
         if any(r["rate"] <= 1 for r in fr):
             w("\nAt 1 req/s each run has only a few samples per round, so its p99 is close to "
               "its maximum: treat that row as indicative.\n")
@@ -1348,6 +1347,27 @@ def goal_notes(found, missed):
     return out
 
 
+def added_latency_target(rate, added99):
+    """The open-loop target for one rate: keygate's added p99 over going direct (the median of
+    the rounds), beside the other proxies' in the same runs, which say whether the bound is one
+    a proxy on this machine can meet at all (each hop pays the VM's wake-up from idle)."""
+    lim = 150 if rate >= 1000 else 100
+    add99 = added99["keygate"]
+    m = med(add99)
+    others = [(n, med(v)) for n, v in added99.items() if n in ("haproxy", "nginx")]
+    beside = ""
+    if others:
+        beside = "; in the same runs " + ", ".join(f"{LABEL[n]} {v:.0f} µs" for n, v in others)
+        if all(v > lim for _, v in others):
+            beside += " (every proxy over the bound)"
+    return (f"added p99 vs direct at {rate} req/s ≤ {lim} µs",
+            f"{m:.0f} µs (rounds {min(add99):.0f}–{max(add99):.0f}){beside}", m <= lim,
+            f"over by {m - lim:.0f} µs" if m > lim else "")
+
+
+LABEL = {"haproxy": "HAProxy", "nginx": "nginx"}
+
+
 # Why a target can be missed, as the tables and the profile of this harness show it. Each is
 # printed only when a target whose name contains the first string was missed in the run.
 MISS_NOTES = [
@@ -1358,13 +1378,15 @@ MISS_NOTES = [
      "and encoding on both sides, tokio's readiness and timer bookkeeping, and allocation, "
      "against HAProxy's hand-tuned C. Compare the CPU per 1k requests column."),
     ("added p99 vs direct at 1000",
-     "Added latency at 1000 req/s: all three proxies add about the same p50 (the latency "
-     "table), which is the cost on this VM of waking an idle process for each extra hop; "
-     "HAProxy and nginx miss the same target by similar margins."),
+     "Added latency at 1000 req/s: the proxies add p50s of the same order (the latency "
+     "table), the cost on this VM of waking an idle process for each extra hop; the target's "
+     "row gives HAProxy's and nginx's added p99 in the same runs."),
     ("added p99 vs direct at 1 req/s",
      "Added latency at 1 req/s: with a request a second every process sleeps in between, so "
-     "each hop pays the VM's idle wake-up; a handful of samples per round makes the p99 "
-     "close to the maximum."),
+     "each hop pays the VM's idle wake-up (a proxy adds two: its own, on the request and on "
+     "the answer); HAProxy and nginx run side by side with keygate and direct, and the "
+     "target's row gives their added p99; a handful of samples per round makes the p99 close "
+     "to the maximum."),
     ("traffic p99 during reload",
      "Traffic p99 during a reload: the gateway is pinned to one core, and reading, validating "
      "and applying the 100k-key file on a blocking thread shares that core with the worker, "
