@@ -232,6 +232,10 @@ def test_the_open_loop_target_names_the_other_proxies_added_p99_from_the_same_ru
     rows = _records([1.0] * 16, 1.0) + _fixed_rate(1, {"keygate": 300, "haproxy": 80, "nginx": 350})
     row = _row(_report(tmp_path, rows), "added p99 vs direct at 1 req/s ≤ 100 µs")
     assert "HAProxy 80 µs" in row and "every proxy" not in row, row
+    # keygate under the bound, the others over it: met, and not "every proxy".
+    rows = _records([1.0] * 16, 1.0) + _fixed_rate(1, {"keygate": 90, "haproxy": 480, "nginx": 350})
+    row = _row(_report(tmp_path, rows), "added p99 vs direct at 1 req/s ≤ 100 µs")
+    assert "**met**" in row and "every proxy" not in row, row
     # keygate alone (no other proxy installed): the row has keygate's figure only.
     rows = _records([1.0] * 16, 1.0) + _fixed_rate(1000, {"keygate": 90})
     row = _row(_report(tmp_path, rows), "added p99 vs direct at 1000 req/s ≤ 150 µs")

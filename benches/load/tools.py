@@ -1358,7 +1358,7 @@ def added_latency_target(rate, added99):
     beside = ""
     if others:
         beside = "; in the same runs " + ", ".join(f"{LABEL[n]} {v:.0f} µs" for n, v in others)
-        if all(v > lim for _, v in others):
+        if m > lim and all(v > lim for _, v in others):
             beside += " (every proxy over the bound)"
     return (f"added p99 vs direct at {rate} req/s ≤ {lim} µs",
             f"{m:.0f} µs (rounds {min(add99):.0f}–{max(add99):.0f}){beside}", m <= lim,
