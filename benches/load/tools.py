@@ -1354,18 +1354,16 @@ def added_latency_target(rate, added99):
     lim = 150 if rate >= 1000 else 100
     add99 = added99["keygate"]
     m = med(add99)
-    others = [(n, med(v)) for n, v in added99.items() if n in ("haproxy", "nginx")]
+    others = [(label, med(added99[n])) for n, label in (("haproxy", "HAProxy"), ("nginx", "nginx"))
+              if n in added99]
     beside = ""
     if others:
-        beside = "; in the same runs " + ", ".join(f"{LABEL[n]} {v:.0f} µs" for n, v in others)
+        beside = "; in the same runs " + ", ".join(f"{label} {v:.0f} µs" for label, v in others)
         if m > lim and all(v > lim for _, v in others):
             beside += " (every proxy over the bound)"
     return (f"added p99 vs direct at {rate} req/s ≤ {lim} µs",
             f"{m:.0f} µs (rounds {min(add99):.0f}–{max(add99):.0f}){beside}", m <= lim,
             f"over by {m - lim:.0f} µs" if m > lim else "")
-
-
-LABEL = {"haproxy": "HAProxy", "nginx": "nginx"}
 
 
 # Why a target can be missed, as the tables and the profile of this harness show it. Each is
