@@ -160,7 +160,7 @@
 //! | `watch.rs` | noticing that a file changed (directory watch, fingerprints, settling) |
 //! | `time.rs` | timestamps, human durations, OpenAI's reset form (`time_tests.rs`: its unit tests) |
 //! | `text.rs` | control characters refused on input, escaped on output |
-//! | `mock/mod.rs`, `mock/reply.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks) |
+//! | `mock/mod.rs`, `mock/reply.rs`, `mock/last_reply.rs` | an OpenAI-compatible mock upstream (demo, tests, benchmarks); a repeated whole completion is the last one again |
 #![forbid(unsafe_code)]
 
 pub mod account;

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+mod last_reply;
 mod reply;
+use last_reply::LastReply;
 pub use reply::MockBody;
 use reply::{embed, embedding_base64, model_obj, sse};
 
@@ -101,7 +103,10 @@ pub async fn serve(
     recorder: Recorder,
     shutdown: impl Future<Output = ()>,
 ) {
-    let opts = Arc::new(opts);
+    let shared = Arc::new(Shared {
+        opts,
+        last: LastReply::default(),
+    });
     tokio::pin!(shutdown);
     let mut acceptor = crate::server::accept::Acceptor::new("mock");
     loop {
@@ -110,16 +115,16 @@ pub async fn serve(
             accepted = acceptor.accept(&listener) => accepted,
         };
         let _ = stream.set_nodelay(true);
-        let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
+        let (shared, recorder) = (Arc::clone(&shared), recorder.clone());
         let freed = acceptor.freed();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let (opts, recorder) = (Arc::clone(&opts), recorder.clone());
+                let (shared, recorder) = (Arc::clone(&shared), recorder.clone());
                 async move {
                     // A label only, the body stays plain: what a compressing proxy in front
                     // of an upstream would claim.
                     let encoding = req.headers().get("x-mock-content-encoding").cloned();
-                    let mut resp = answer(req, &opts, &recorder).await;
+                    let mut resp = answer(req, &shared.opts, &shared.last, &recorder).await;
                     if let Some(e) = encoding {
                         resp.headers_mut().insert(http::header::CONTENT_ENCODING, e);
                     }
@@ -132,6 +137,12 @@ pub async fn serve(
             freed.notify_one();
         });
     }
+}
+
+/// What every connection of one mock shares.
+struct Shared {
+    opts: MockOptions,
+    last: LastReply,
 }
 
 fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
@@ -188,6 +199,7 @@ fn last_user_text(body: &Value) -> String {
 async fn answer(
     req: Request<hyper::body::Incoming>,
     opts: &MockOptions,
+    last: &LastReply,
     rec: &Recorder,
 ) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
@@ -214,6 +226,14 @@ async fn answer(
         header_num(h, "x-mock-interval-ms").map_or(opts.sse_interval, Duration::from_millis);
     let pad = header_num(h, "x-mock-reply-bytes").unwrap_or(0) as usize;
     let path = parts.uri.path();
+    let chat = path == "/v1/chat/completions";
+    // A whole, unpadded completion is the last one's again when the request is (`last_reply`).
+    let keep = parts.method == Method::POST && (chat || path == "/v1/completions") && pad == 0;
+    if keep {
+        if let Some(reply) = last.get(chat, &body) {
+            return full(StatusCode::OK, "application/json", reply);
+        }
+    }
     let req_json: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -248,7 +268,6 @@ async fn answer(
             }
         }
         (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
-            let chat = path == "/v1/chat/completions";
             let mut reply = format!(
                 "Hello from the keygate mock. You said: {}",
                 last_user_text(&req_json)
@@ -265,26 +284,26 @@ async fn answer(
             let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
             if req_json["stream"] == true {
                 let include_usage = req_json["stream_options"]["include_usage"] == true;
-                sse(chat, &model, &reply, usage, include_usage, interval)
-            } else if chat {
-                json_resp(
-                    StatusCode::OK,
-                    &json!({
-                        "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                        "usage": usage,
-                    }),
-                )
-            } else {
-                json_resp(
-                    StatusCode::OK,
-                    &json!({
-                        "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
-                        "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
-                        "usage": usage,
-                    }),
-                )
+                return sse(chat, &model, &reply, usage, include_usage, interval);
             }
+            let whole = if chat {
+                json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                    "usage": usage,
+                })
+            } else {
+                json!({
+                    "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
+                    "usage": usage,
+                })
+            };
+            let whole = Bytes::from(whole.to_string());
+            if keep {
+                last.put(chat, &body, &whole);
+            }
+            full(StatusCode::OK, "application/json", whole)
         }
         (&Method::POST, "/v1/embeddings") => {
             let inputs: Vec<String> = match &req_json["input"] {
