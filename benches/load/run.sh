@@ -743,15 +743,22 @@ for round in $(seq "$ROUNDS"); do
         # 1 req/s: direct, keygate, HAProxy and nginx side by side (the machine is idle
         # between requests; four clients at 1 req/s each rarely meet), so the target's row can
         # say what the VM's wake-ups from idle cost any proxy.
+        # Each run in the background writes its record to a file of its own, added to the
+        # results once all have ended: appends from processes running at once can interleave
+        # (two records on one line ended a run's report).
         FR_PIDS=()
         for n in direct haproxy nginx; do
             [[ " ${CONTENDERS[*]} " == *" $n "* ]] || continue
-            fixed_rate "$n" "$round" 1 15 1 &
+            RES="$WORK/fixed-rate-1-$n.jsonl" fixed_rate "$n" "$round" 1 15 1 &
             FR_PIDS+=($!)
         done
         PIDS+=("${FR_PIDS[@]}")
         fixed_rate keygate "$round" 1 15 1
         for p in "${FR_PIDS[@]}"; do wait "$p" || true; done
+        for n in direct haproxy nginx; do
+            f="$WORK/fixed-rate-1-$n.jsonl"
+            [[ -f "$f" ]] && cat "$f" >>"$RES" && rm -f "$f"
+        done
     fi
 
     log "round $round: SSE"
