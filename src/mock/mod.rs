@@ -227,7 +227,7 @@ async fn answer(
     let pad = header_num(h, "x-mock-reply-bytes").unwrap_or(0) as usize;
     let path = parts.uri.path();
     let chat = path == "/v1/chat/completions";
-    // A whole, unpadded completion is the last one's again when the request is (`last_reply`).
+    // The same request as the last whole, unpadded completion's gets its reply (`last_reply`).
     let keep = parts.method == Method::POST && (chat || path == "/v1/completions") && pad == 0;
     if keep {
         if let Some(reply) = last.get(chat, &body) {
