@@ -746,17 +746,17 @@ for round in $(seq "$ROUNDS"); do
         # Each run in the background writes its record to a file of its own, added to the
         # results once all have ended: appends from processes running at once can interleave
         # (two records on one line ended a run's report).
-        FR_PIDS=()
+        FR_PIDS=() FR_FILES=()
         for n in direct haproxy nginx; do
             [[ " ${CONTENDERS[*]} " == *" $n "* ]] || continue
-            RES="$WORK/fixed-rate-1-$n.jsonl" fixed_rate "$n" "$round" 1 15 1 &
+            FR_FILES+=("$WORK/fixed-rate-1-$n.jsonl")
+            RES="${FR_FILES[-1]}" fixed_rate "$n" "$round" 1 15 1 &
             FR_PIDS+=($!)
         done
         PIDS+=("${FR_PIDS[@]}")
         fixed_rate keygate "$round" 1 15 1
         for p in "${FR_PIDS[@]}"; do wait "$p" || true; done
-        for n in direct haproxy nginx; do
-            f="$WORK/fixed-rate-1-$n.jsonl"
+        for f in "${FR_FILES[@]}"; do
             [[ -f "$f" ]] && cat "$f" >>"$RES" && rm -f "$f"
         done
     fi
