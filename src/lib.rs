@@ -18,6 +18,7 @@
 //! | `gateway/reload.rs` | every way `Live` changes: key reloads, changes applied to the index, compaction, config reloads |
 //! | `gateway/upstreams.rs` | upstreams built from the configuration, reusing unchanged pools |
 //! | `error/mod.rs` | `GatewayError`: every refusal's status, type, code and message; `NotReady` |
+//! | `error/body.rs` | a refusal's JSON body written by hand, byte for byte what `serde_json` writes: refusals are what an abusive client makes the gateway write |
 //! | `error/convert.rs` | other errors as refusals (key store, bodies, JSON bodies); no answer repeats a key |
 //! | `server/mod.rs` | stage 1: `run` — accept loop, shutdown and drain, hyper's settings (rebuilt when a reload changes them), a connection's task (`server_tests.rs`: its unit test) |
 //! | `server/accept.rs` | accepting while out of descriptors, the per-address cap, raising the open-file limit |

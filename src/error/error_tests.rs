@@ -6,6 +6,8 @@ async fn shape() {
     let r: Response<Full<Bytes>> = GatewayError::MissingKey.to_response();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    // Room for a 429's headers from the start (see `to_response`).
+    assert!(r.headers().capacity() >= 12, "{}", r.headers().capacity());
     let body = r.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "missing_api_key");
@@ -48,5 +50,68 @@ async fn shape() {
             .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["message"], e.to_string(), "{len}");
+    }
+}
+
+/// What `serde_json` writes for the same envelope, fields in the same order.
+fn reference(e: &GatewayError) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Detail<'a> {
+        message: String,
+        r#type: &'a str,
+        param: Option<&'a str>,
+        code: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        error: Detail<'a>,
+    }
+    serde_json::to_vec(&Envelope {
+        error: Detail {
+            message: e.to_string(),
+            r#type: e.kind(),
+            param: e.param(),
+            code: e.code(),
+        },
+    })
+    .unwrap()
+}
+
+/// The hand-written body (`body`) is byte for byte what `serde_json` writes, and the messages
+/// written from their parts are their variants' `Display`.
+#[tokio::test]
+async fn the_body_is_what_serde_json_writes() {
+    let every_control: String = (0u8..0x20).map(char::from).collect();
+    let mut cases = vec![
+        GatewayError::MissingKey,
+        GatewayError::InvalidKey("the key's checksum does not match"),
+        GatewayError::RevokedKey,
+        GatewayError::InvalidRequest(format!("a \"quoted\"\n\\ path {every_control} é ✓")),
+        GatewayError::InvalidParam {
+            param: "limits.\"burst\"".into(),
+            message: "`limits.burst` must be at least 1.".into(),
+        },
+        GatewayError::ModelNotFound(format!("m\"{}", "x".repeat(5000))),
+        GatewayError::ModelNotFound("x".repeat(480)),
+    ];
+    for (limit, ms) in [(1, 35_052), (60, 0), (u32::MAX, 1_000), (7, 3_600_000)] {
+        cases.push(GatewayError::RateLimited {
+            limit,
+            retry_after: Duration::from_millis(ms),
+        });
+    }
+    for e in &cases {
+        let body = e
+            .to_response::<Full<Bytes>>()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            std::str::from_utf8(&reference(e)).unwrap(),
+            "{e:?}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! Messages are written here, from the variant's fields, never from anything the client sent
 //! as a credential: an error can name a scope, a model or a limit, but never a key.
 
+mod body;
 mod convert;
 
 use bytes::Bytes;
@@ -275,46 +276,26 @@ impl GatewayError {
     /// The OpenAI-shaped answer. The pipeline adds the request-scoped headers (request id,
     /// limits and `retry-after`).
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        // Serialized from borrowed fields rather than built as a `serde_json::Value` tree:
-        // refusals are the gateway's cheapest answers and must stay so.
-        #[derive(serde::Serialize)]
-        struct Detail<'a> {
-            message: Message<'a>,
-            r#type: &'a str,
-            param: Option<&'a str>,
-            code: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        struct Envelope<'a> {
-            error: Detail<'a>,
-        }
-        /// The message written straight from `Display` into the body, escaped, never held
-        /// as a `String` of its own.
-        struct Message<'a>(&'a GatewayError);
-        impl serde::Serialize for Message<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self.0)
-            }
-        }
-        let envelope = Envelope {
-            error: Detail {
-                message: Message(self),
-                r#type: self.kind(),
-                param: self.param(),
-                code: self.code(),
+        let message = match self {
+            GatewayError::RateLimited { limit, retry_after } => body::Message::RateLimited {
+                limit: *limit,
+                retry_after: *retry_after,
             },
+            GatewayError::InvalidKey(why) => body::Message::InvalidKey(why),
+            e => body::Message::Display(e),
         };
-        // Written on the stack and copied once into a body of its exact size; a longer one
-        // (a message naming a long model) takes the allocating path.
-        let mut buf = std::io::Cursor::new([0u8; 512]);
-        let body = match serde_json::to_writer(&mut buf, &envelope) {
-            Ok(()) => {
-                let n = buf.position() as usize;
-                Bytes::copy_from_slice(&buf.get_ref()[..n])
-            }
-            Err(_) => Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
-        };
+        let body = body::envelope(&body::Envelope {
+            message,
+            kind: self.kind(),
+            param: self.param(),
+            code: self.code(),
+        });
         let mut resp = Response::new(B::from(body));
+        // Room for every header a refusal gets (content type, `www-authenticate`, request id,
+        // the rate's three, `retry-after`'s two, a quota's two) without growing: a header map
+        // starts with room for six, and its growth (a new index, the entries moved) cost a 429
+        // a twentieth of its user time.
+        *resp.headers_mut() = http::HeaderMap::with_capacity(12);
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(
