@@ -2,12 +2,12 @@
 //!
 //! Refusals are the answers an abusive client makes the gateway write at its own pace (a 429
 //! flood from a key over its rate, a key-guessing run), so they must cost as little as
-//! possible. Through `serde_json` and `core::fmt` the body of a 429 cost a tenth of the whole
-//! answer's user time: the escaper goes byte by byte, and the message went through the
-//! formatter's machinery. Here the body is written on the stack, each string checked for
-//! characters to escape in one pass and copied whole when there are none (as they almost
-//! never are), and the commonest refusals' messages are written from their parts. The output
-//! is byte for byte what `serde_json` writes for the same envelope (tested).
+//! possible. Through `serde_json` and `core::fmt` the body went byte by byte through the
+//! escaper, and the message through the formatter's machinery. Here the body is written on
+//! the stack, each string checked for characters to escape in one pass and copied whole when
+//! there are none (as they almost never are), and the commonest refusals' messages are
+//! written from their parts. The output is byte for byte what `serde_json` writes for the
+//! same envelope (tested).
 
 use std::fmt;
 use std::time::Duration;

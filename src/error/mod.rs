@@ -293,8 +293,8 @@ impl GatewayError {
         let mut resp = Response::new(B::from(body));
         // Room for every header a refusal gets (content type, `www-authenticate`, request id,
         // the rate's three, `retry-after`'s two, a quota's two) without growing: a header map
-        // starts with room for six, and its growth (a new index, the entries moved) cost a 429
-        // a twentieth of its user time.
+        // starts with room for six, and a 429 has seven: its growth (a new index, the entries
+        // moved by a `realloc`) was paid on every 429.
         *resp.headers_mut() = http::HeaderMap::with_capacity(12);
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
