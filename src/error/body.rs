@@ -13,8 +13,8 @@ use std::fmt;
 use std::time::Duration;
 
 /// A refusal's message: the ones a client can have the gateway repeat at will are written
-/// from their parts (`GatewayError` says which; their text is their variant's `Display`,
-/// tested), every other one through `Display`.
+/// from their parts (`GatewayError::to_response` picks them; their text is their variant's
+/// `Display`, tested), every other one through `Display`.
 pub(super) enum Message<'a> {
     /// `Rate limit reached: {limit} requests per minute. Retry in {retry_after}.`
     RateLimited {
@@ -65,7 +65,7 @@ impl Out for Vec<u8> {
     }
 }
 
-/// The body, in one allocation of its size.
+/// The body: in one allocation of its exact size when it fits the stack buffer.
 pub(super) fn envelope(e: &Envelope<'_>) -> bytes::Bytes {
     let mut s = Stack {
         buf: [0; 512],
@@ -139,7 +139,7 @@ impl<O: Out> fmt::Write for Escaping<'_, O> {
 /// short forms `\b \f \n \r \t`, `\u00XX` for the other control characters).
 fn escaped(out: &mut impl Out, s: &str) {
     let b = s.as_bytes();
-    // One pass with no early exit, which the compiler vectorizes: the common case.
+    // One pass with no early exit (a loop the compiler can vectorize): the common case.
     if !b.iter().fold(false, |any, &c| any | needs_escape(c)) {
         out.put(b);
         return;

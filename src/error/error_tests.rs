@@ -6,14 +6,19 @@ async fn shape() {
     let r: Response<Full<Bytes>> = GatewayError::MissingKey.to_response();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    // Room for a 429's headers from the start (see `to_response`).
-    assert!(r.headers().capacity() >= 12, "{}", r.headers().capacity());
     let body = r.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "missing_api_key");
     assert_eq!(v["error"]["type"], "authentication_error");
     assert!(v["error"]["param"].is_null());
     assert_eq!(v["error"]["message"], GatewayError::MissingKey.to_string());
+    // A 429 has room for its headers from the start (see `to_response`).
+    let r: Response<Full<Bytes>> = GatewayError::RateLimited {
+        limit: 1,
+        retry_after: Duration::from_secs(1),
+    }
+    .to_response();
+    assert!(r.headers().capacity() >= 12, "{}", r.headers().capacity());
     // A message with quotes and control characters stays valid JSON.
     let e = GatewayError::InvalidRequest("a \"quoted\"\n\\ path".into());
     let body = e
@@ -92,8 +97,19 @@ async fn the_body_is_what_serde_json_writes() {
             message: "`limits.burst` must be at least 1.".into(),
         },
         GatewayError::ModelNotFound(format!("m\"{}", "x".repeat(5000))),
-        GatewayError::ModelNotFound("x".repeat(480)),
+        // Starting with a byte to escape; U+2028 and DEL, which JSON leaves as they are.
+        GatewayError::InvalidRequest("\"\u{1}\u{7f}\u{2028}\"".into()),
     ];
+    // Around the stack buffer's end (512 bytes): bodies that fit it, one that fills it
+    // exactly, and ones that take the `Vec`.
+    let body_len = |n: usize| {
+        let e = GatewayError::ModelNotFound("x".repeat(n));
+        reference(&e).len()
+    };
+    let exact = (0..600).find(|&n| body_len(n) == 512).unwrap();
+    for n in exact - 2..=exact + 2 {
+        cases.push(GatewayError::ModelNotFound("x".repeat(n)));
+    }
     for (limit, ms) in [(1, 35_052), (60, 0), (u32::MAX, 1_000), (7, 3_600_000)] {
         cases.push(GatewayError::RateLimited {
             limit,

