@@ -194,6 +194,37 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Whether a JSON string needs escapes: a control character, a quote or a backslash (what
+/// `serde_json` escapes; other characters are written as they are). For the writers that copy
+/// a string that needs none as it is (the access line, a refusal's body).
+pub fn needs_json_escape(v: &str) -> bool {
+    // Eight bytes at a time, branch-free (the classic "has a zero byte" and "has a byte less
+    // than n" word tricks, exact for "any byte"): the values are short, and a byte loop's
+    // tail or a vector loop's set-up cost more than the test itself. A partial last word is
+    // padded with a byte that needs nothing.
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let hit = |w: u64| {
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        control | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')))
+    };
+    let mut words = v.as_bytes().chunks_exact(8);
+    let mut any = 0;
+    for w in &mut words {
+        let mut b = [b'a'; 8];
+        b.copy_from_slice(w);
+        any |= hit(u64::from_ne_bytes(b));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [b'a'; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        any |= hit(u64::from_ne_bytes(b));
+    }
+    any != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

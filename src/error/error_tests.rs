@@ -21,13 +21,7 @@ async fn shape() {
     assert!(r.headers().capacity() >= 12, "{}", r.headers().capacity());
     // A message with quotes and control characters stays valid JSON.
     let e = GatewayError::InvalidRequest("a \"quoted\"\n\\ path".into());
-    let body = e
-        .to_response::<Full<Bytes>>()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+    let body = body_of(&e).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["message"], e.to_string());
     assert_eq!(v["error"]["code"], "invalid_request");
@@ -46,16 +40,20 @@ async fn shape() {
     // A body longer than the stack buffer is written whole all the same.
     for len in [400, 600, 5000] {
         let e = GatewayError::ModelNotFound(format!("m\"{}", "x".repeat(len)));
-        let body = e
-            .to_response::<Full<Bytes>>()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+        let body = body_of(&e).await;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["message"], e.to_string(), "{len}");
     }
+}
+
+/// The body of `e`'s answer.
+async fn body_of(e: &GatewayError) -> Bytes {
+    e.to_response::<Full<Bytes>>()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
 }
 
 /// What `serde_json` writes for the same envelope, fields in the same order.
@@ -117,13 +115,7 @@ async fn the_body_is_what_serde_json_writes() {
         });
     }
     for e in &cases {
-        let body = e
-            .to_response::<Full<Bytes>>()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+        let body = body_of(e).await;
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             std::str::from_utf8(&reference(e)).unwrap(),
