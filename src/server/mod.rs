@@ -237,7 +237,7 @@ impl Ctx {
     /// handshake, a TLS stream) and hyper's connection state are boxed. Unboxed, the TLS
     /// handshake sized every plain connection's task at 5,880 bytes (1,256 boxed; held by
     /// `tests::a_connections_task_stays_small`); a new connection per request cost 326
-    /// simulated last-level misses per request under callgrind, 106 boxed (README).
+    /// simulated last-level misses per request under callgrind, 106 boxed (docs/performance.md).
     fn connection(
         &mut self,
         stream: TcpStream,
