@@ -209,10 +209,10 @@ async fn allowlist_holds_on_every_route_and_encoding() {
     )
     .await;
     assert_eq!(a.error_code(), "model_not_allowed");
-    // ... by the name the upstream will see, percent-decoded.
+    // ... by the name the upstream will see, percent-decoded (an Ollama tag's `:`).
     let a = send(
         Method::GET,
-        &g.url("/v1/models/gpt%2D4"),
+        &g.url("/v1/models/gpt-4%3Alatest"),
         &[("authorization", &auth)],
         "",
     )
@@ -221,18 +221,38 @@ async fn allowlist_holds_on_every_route_and_encoding() {
     assert!(a.json()["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("`gpt-4`"));
+        .contains("`gpt-4:latest`"));
+    // An encoded letter, digit or `-._~` is refused: no encoder writes one, and an upstream
+    // decodes it into a route the table never saw (`/v1/audio/%73peech`: found by a probe).
+    for path in [
+        "/v1/models/gpt%2D4",
+        "/v1/audio/%73peech",
+        "/v1/images/%67enerations",
+    ] {
+        let a = send(
+            Method::POST,
+            &g.url(path),
+            &[("authorization", &auth)],
+            "{}",
+        )
+        .await;
+        assert_eq!(a.status, 400, "{path}");
+        assert!(a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a letter, digit"));
+    }
     assert!(g.mock.recorder.is_empty());
     let a = send(
         Method::GET,
-        &g.url("/v1/models/llama%2D3.1-8b-instruct"),
+        &g.url("/v1/models/llama-3.1-8b-instruct%3Aq4"),
         &[("authorization", &auth)],
         "",
     )
     .await;
     let seen = g.mock.recorder.take();
     assert_eq!(seen.len(), 1, "{:?}", a.body);
-    assert_eq!(seen[0].path, "/v1/models/llama%2D3.1-8b-instruct");
+    assert_eq!(seen[0].path, "/v1/models/llama-3.1-8b-instruct%3Aq4");
 }
 
 #[tokio::test]
@@ -723,7 +743,14 @@ async fn a_key_in_the_request_id_is_replaced() {
     let g = start_gateway("").await;
     capture_access(&g);
     let key = g.key();
-    for id in [key.clone(), format!("trace-{key}-1")] {
+    // Percent-encoded too (found by a probe: `sk_kg%5F…` was kept, logged and forwarded).
+    let (prefix, rest) = key.split_once('_').unwrap();
+    for id in [
+        key.clone(),
+        format!("trace-{key}-1"),
+        format!("{prefix}%5F{rest}"),
+        format!("trace-{prefix}%255F{rest}"),
+    ] {
         let auth = bearer(&key);
         let a = send(
             Method::POST,
@@ -738,32 +765,37 @@ async fn a_key_in_the_request_id_is_replaced() {
         let seen = g.mock.recorder.take();
         assert_eq!(seen[0].headers["x-request-id"], echoed.as_str());
         for (name, v) in seen[0].headers.iter() {
+            let v = String::from_utf8_lossy(v.as_bytes());
             assert!(
-                !String::from_utf8_lossy(v.as_bytes()).contains(&key),
+                !v.contains(&key) && !v.contains(&id),
                 "{name} carries the key"
             );
         }
         assert!(logged(&echoed).await, "no access-log line for {echoed}");
+        assert!(!logs().contains(&id), "the request id {id} was logged");
     }
-    // A credential that is not key-shaped is a secret too.
-    let a = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", "Bearer hunter2-hunter2"),
-            ("x-request-id", "id-hunter2-hunter2"),
-        ],
-        CHAT,
-    )
-    .await;
-    assert_eq!(a.status, 401);
-    let echoed = a.header("x-request-id").unwrap().to_string();
-    assert!(echoed.starts_with("req_"));
-    // Its access line is written by now (the log is in order), so its absence means something.
-    assert!(logged(&echoed).await, "no access-log line for {echoed}");
+    // A credential that is not key-shaped is a secret too, as sent or percent-encoded.
+    for id in ["id-hunter2-hunter2", "id-hunter2%2Dhunter2"] {
+        let a = send(
+            Method::POST,
+            &g.url("/v1/chat/completions"),
+            &[
+                ("authorization", "Bearer hunter2-hunter2"),
+                ("x-request-id", id),
+            ],
+            CHAT,
+        )
+        .await;
+        assert_eq!(a.status, 401);
+        let echoed = a.header("x-request-id").unwrap().to_string();
+        assert!(echoed.starts_with("req_"), "{id} was kept as {echoed}");
+        // Its access line is written by now (the log is in order), so its absence means
+        // something.
+        assert!(logged(&echoed).await, "no access-log line for {echoed}");
+    }
     assert!(!logs().contains(&key), "the key was logged");
     assert!(
-        !logs().contains("hunter2-hunter2"),
+        !logs().contains("hunter2-hunter2") && !logs().contains("hunter2%2Dhunter2"),
         "the credential was logged"
     );
 }

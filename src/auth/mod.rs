@@ -22,7 +22,7 @@ use crate::time::Timestamp;
 use credential::{credential, Credential};
 use http::request::Parts;
 use http::HeaderValue;
-use secrets::{contains_secret, url_has_secret};
+use secrets::{holds_secret, url_has_secret};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -57,7 +57,7 @@ pub fn authenticate(
     if url_has_secret(req.uri.path(), req.uri.query(), cred.as_str()) {
         return Err(GatewayError::KeyInUrl);
     }
-    if contains_secret(request_id.as_bytes(), cred.as_str()) {
+    if holds_secret(request_id.as_bytes(), cred.as_str()) {
         *request_id = gw.request_ids.next();
     }
     let key = find_key(index, &cred, prefix, peer.client, &gw.failed_auth, now)?;

@@ -56,6 +56,13 @@ pub fn contains_secret(text: &[u8], credential: &str) -> bool {
     credential.len() >= 8 && occurrences(text, credential.as_bytes()).next().is_some()
 }
 
+/// True when `text` contains the presented credential, as it is or percent-decoded (up to
+/// three times, as `decoded`).
+pub fn holds_secret(text: &[u8], credential: &str) -> bool {
+    contains_secret(text, credential)
+        || decoded_bytes(text).is_some_and(|d| contains_secret(&d, credential))
+}
+
 /// `text` percent-decoded up to three times (`%255F` is `_` to a client that decodes
 /// twice), or `None` when it has no `%`. Only this case allocates.
 fn decoded(text: &str) -> Option<Vec<u8>> {
@@ -120,10 +127,9 @@ pub fn url_has_key(path: &str, query: Option<&str>, prefix: &str) -> bool {
 /// True when the path or query contains the presented credential (as it is, or decoded):
 /// a credential that is not key-shaped escapes `url_has_key`.
 pub fn url_has_secret(path: &str, query: Option<&str>, credential: &str) -> bool {
-    [path, query.unwrap_or_default()].iter().any(|part| {
-        contains_secret(part.as_bytes(), credential)
-            || decoded(part).is_some_and(|d| contains_secret(&d, credential))
-    })
+    [path, query.unwrap_or_default()]
+        .iter()
+        .any(|part| holds_secret(part.as_bytes(), credential))
 }
 
 #[cfg(test)]

@@ -27,12 +27,15 @@ enum Crossing {
 
 /// The name to remove, when `name` is one that must not cross: hop-by-hop names (RFC 9110
 /// §7.6.1, plus the non-standard `Proxy-Connection` some clients still send) both ways;
-/// towards the upstream also credentials and the forwarding headers only the gateway may
-/// set. (The client's `Host` is not removed but replaced: `sanitize_request`.)
+/// towards the upstream also credentials and what only a proxy in front may say about a
+/// request: its client (`Forwarded`, every `X-Forwarded-*`, `X-Real-IP` and the CDNs'
+/// client-address headers), its original URL or method (every `X-Original-*`,
+/// `X-Rewrite-URL`, the method overrides), which frameworks behind the gateway honour.
+/// (The client's `Host` is not removed but replaced: `sanitize_request`.)
 ///
 /// One `match` on the name (a switch on its length, then one compare) instead of comparing
-/// it with each of the ~20 names; the name returned is a constant, so removing it needs no
-/// clone of the message's own.
+/// it with each of the ~30 names; the name returned is a constant where it can be, so
+/// removing it needs no clone of the message's own.
 fn must_not_cross(name: &HeaderName, crossing: Crossing) -> Option<HeaderName> {
     let hop = match name.as_str() {
         "connection" => Some(header::CONNECTION),
@@ -59,6 +62,16 @@ fn must_not_cross(name: &HeaderName, crossing: Crossing) -> Option<HeaderName> {
         "x-forwarded-host" => Some(HeaderName::from_static("x-forwarded-host")),
         "x-real-ip" => Some(HeaderName::from_static("x-real-ip")),
         "x-keygate-key-id" => Some(X_KEYGATE_KEY_ID),
+        "x-client-ip"
+        | "true-client-ip"
+        | "x-cluster-client-ip"
+        | "cf-connecting-ip"
+        | "fastly-client-ip"
+        | "x-rewrite-url"
+        | "x-http-method-override"
+        | "x-http-method"
+        | "x-method-override" => Some(name.clone()),
+        n if n.starts_with("x-forwarded-") || n.starts_with("x-original-") => Some(name.clone()),
         _ => None,
     }
 }
@@ -189,7 +202,7 @@ mod tests {
         "transfer-encoding",
         "upgrade",
     ];
-    const CLIENT_ONLY: [&str; 9] = [
+    const CLIENT_ONLY: [&str; 25] = [
         "authorization",
         "x-api-key",
         "cookie",
@@ -199,6 +212,22 @@ mod tests {
         "x-forwarded-host",
         "x-real-ip",
         "x-keygate-key-id",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-url",
+        "x-original-uri",
+        "x-original-forwarded-for",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     ];
 
     /// Every listed name, in any case the client wrote it, and every value it came with, is
@@ -210,7 +239,9 @@ mod tests {
             "hosts",
             "tee",
             "content-type",
-            "x-forwarded-port",
+            "x-forwarded",
+            "x-originals",
+            "x-real-ips",
         ];
         let build = || {
             let mut h = HeaderMap::new();

@@ -2,7 +2,7 @@
 //! nothing shaped like a key), else one of ours, `req_` + 16 hex of a per-gateway seed + 8 hex
 //! of a counter. Every answer carries it, the access line logs it, the upstream gets it.
 
-use crate::auth::secrets::looks_like_key;
+use crate::auth::secrets::holds_key_bytes;
 use crate::proxy::headers::X_REQUEST_ID;
 use http::header::{HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,13 +26,14 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// The client's request id, if it may be kept: a request id that looks like a key is
-    /// replaced, never logged, echoed or forwarded (one that holds the presented credential
-    /// is replaced once that is known, by `auth`).
+    /// The client's request id, if it may be kept: a request id that holds something shaped
+    /// like a key, as sent or percent-decoded (`sk_kg%5F…`), is replaced, never logged, echoed
+    /// or forwarded (one that holds the presented credential is replaced once that is known,
+    /// by `auth`).
     pub fn for_request(&self, headers: &HeaderMap, prefix: &str) -> HeaderValue {
         headers
             .get(X_REQUEST_ID)
-            .filter(|v| is_valid(v) && !looks_like_key(v.as_bytes(), prefix))
+            .filter(|v| is_valid(v) && !holds_key_bytes(v.as_bytes(), prefix))
             .cloned()
             .unwrap_or_else(|| self.next())
     }
@@ -81,5 +82,19 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("req_"));
+        // As a client that decodes once or twice reads it.
+        for id in [
+            "sk%5Fkg_0123456789ABCDEFabcdef",
+            "x-sk_kg%255F0123456789ABCDEFabcdef",
+        ] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_static(id));
+            assert!(
+                ids.for_request(&h, "sk_kg")
+                    .to_str()
+                    .unwrap()
+                    .starts_with("req_"),
+                "{id}"
+            );
+        }
     }
 }
