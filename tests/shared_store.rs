@@ -849,3 +849,99 @@ async fn a_second_replica_on_the_same_snapshot_refuses_to_start() {
         .await
     );
 }
+
+/// `path` with `suffix` appended to its file name (`keys.json` → `keys.json.journal`).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Found by an operator's probe: a replica whose snapshot disk refused the journal (full, an
+/// emptyDir over its size limit) took that for a lost Redis connection, reconnected and
+/// resynced ten times a second, never put the revoke in force, and stayed ready. Now the
+/// revoke is in force at once, the snapshot is set aside (a restart waits for Redis rather
+/// than serve keys from before it) and put back, revoke included, once the disk takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_is_in_force_where_the_snapshot_disk_refuses_it() {
+    let mut c = cluster().await;
+    let (key, id) = victim(&c).await;
+    // A journal no one can append to, root included: a directory in its place, on two
+    // replicas (one gets its disk back, the other restarts without it).
+    for r in &c.r[..2] {
+        let journal = beside(&r.snapshot(), ".journal");
+        let _ = std::fs::remove_file(&journal);
+        std::fs::create_dir(&journal).unwrap();
+    }
+    let served = c.r[0].served.as_ref().unwrap();
+    let resyncs = served.count("key store resynced in full");
+    let (ok, _, err) = cli(&c.r[2].cfg, &["keys", "revoke", &id]);
+    assert!(ok, "{err}");
+    let refs: Vec<&Replica> = c.r.iter().collect();
+    assert!(all_answer(&refs, &key, 401, PROPAGATION).await);
+    for r in &c.r[..2] {
+        let served = r.served.as_ref().unwrap();
+        assert!(
+            eventually(PROPAGATION, || async {
+                served.count("key snapshot cannot take changes") == 1
+            })
+            .await,
+            "{:?}",
+            served.logs.lock().unwrap()
+        );
+        assert!(!r.snapshot().exists(), "the old snapshot was left in place");
+        assert!(beside(&r.snapshot(), ".aside").exists());
+    }
+    // The connection was kept: no reconnection, no resync (a failure would show within the
+    // 5 s it takes to try the disk again).
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(served.count("key store resynced in full"), resyncs);
+    assert_eq!(served.count("key store connection lost"), 0);
+    assert!(all_answer(&refs, &c.admin, 200, SECOND).await);
+
+    // Replica 0 gets its disk back: its snapshot returns with the revoke.
+    std::fs::remove_dir(beside(&c.r[0].snapshot(), ".journal.aside")).unwrap();
+    assert!(
+        eventually(10 * SECOND, || async {
+            served.count("key snapshot put back") == 1
+        })
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    assert!(c.r[0].snapshot().exists());
+    // Both stop, Redis too: replica 0 serves its snapshot, the key revoked; replica 1, whose
+    // snapshot was set aside, has none and waits for Redis rather than serve the key.
+    for r in &mut c.r[..2] {
+        let served = r.served.take().unwrap();
+        sigterm(&served.child);
+        drop(served);
+    }
+    c.redis.kill();
+    for r in &mut c.r[..2] {
+        r.start();
+    }
+    assert_eq!(
+        status_of(c.r[0].url("/v1/chat/completions"), &c.admin).await,
+        200
+    );
+    assert_eq!(
+        status_of(c.r[0].url("/v1/chat/completions"), &key).await,
+        401
+    );
+    let ready = send(Method::GET, &c.r[1].url("/readyz"), &[], "").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        status_of(c.r[1].url("/v1/chat/completions"), &key).await,
+        503
+    );
+    let restarted = c.r[1].served.as_ref().unwrap();
+    assert!(
+        eventually(PROPAGATION, || async {
+            restarted.count("removed a key snapshot an earlier run set aside") == 1
+        })
+        .await,
+        "{:?}",
+        restarted.logs.lock().unwrap()
+    );
+}

@@ -10,7 +10,8 @@
 //! journal folded in.
 //!
 //! Merging is monotonic (`wins`): a record replaces the one held only when its `rev` is
-//! higher, and never un-revokes.
+//! higher, and never un-revokes. A snapshot the disk stops taking changes for is set aside
+//! (`aside`) until it does.
 
 use crate::keys::error::StoreError;
 use crate::keys::file;
@@ -22,6 +23,8 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+mod aside;
 
 /// What a replica holds of a key, for merging: its revision and whether it is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

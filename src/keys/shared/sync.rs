@@ -33,6 +33,9 @@ pub struct KeySync {
     /// incomplete key set. Once it has (and journalled what it read), a later loss of the
     /// store is one it holds more than, like any replica with a snapshot.
     pub without_snapshot: AtomicBool,
+    /// Why this replica's snapshot cannot take the changes in force (it is set aside until it
+    /// can: `keys::snapshot`), while it cannot: `keygate_key_snapshot_healthy` 0.
+    snapshot_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for KeySync {
@@ -58,6 +61,7 @@ impl KeySync {
             last_error: Mutex::new(None),
             changes_applied: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            snapshot_error: Mutex::new(None),
         }
     }
 
@@ -107,6 +111,20 @@ impl KeySync {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn snapshot_error(&self) -> Option<String> {
+        self.snapshot_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_snapshot_error(&self, e: Option<String>) {
+        *self
+            .snapshot_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     pub fn set_error(&self, e: Option<String>) {

@@ -90,6 +90,7 @@ struct StateGauges {
     key_store_version: Gauge,
     key_store_changes: Counter,
     key_store_resyncs: Counter,
+    key_snapshot_healthy: Gauge,
 }
 
 /// The gateway's metrics: the recorder and the handles the request path uses.
@@ -172,6 +173,7 @@ impl Metrics {
             key_store_version: gauge("keygate_key_store_applied_version", &[]),
             key_store_changes: counter("keygate_key_store_changes_applied_total", &[]),
             key_store_resyncs: counter("keygate_key_store_resyncs_total", &[]),
+            key_snapshot_healthy: gauge("keygate_key_snapshot_healthy", &[]),
         };
         let build = gauge(
             "keygate_build_info",

@@ -230,7 +230,7 @@ pub fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
-    let gauges: [(&'static str, Option<Unit>, &'static str); 18] = [
+    let gauges: [(&'static str, Option<Unit>, &'static str); 19] = [
         ("keygate_in_flight", None, "Requests in flight now, gateway-wide."),
         ("keygate_ready", None, "1 when /readyz answers 200: keys loaded, not draining, every health-checked upstream up."),
         (UPSTREAM_UP, None, "1 when the upstream's last health check answered 2xx, 0 when it did not (only upstreams with `health`)."),
@@ -241,6 +241,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_store_stale_seconds", Some(Unit::Seconds), "Redis key store: seconds since this replica last knew it had every change of the store (about 1 while connected; grows while Redis is down and the snapshot serves)."),
         ("keygate_key_store_diverged", None, "Redis key store: 1 while the store is marked behind a replica's snapshot (writes refused until `keygate keys push`)."),
         ("keygate_key_store_applied_version", None, "Redis key store: the store version whose changes are in force on this replica."),
+        ("keygate_key_snapshot_healthy", None, "Redis key store: 0 while this replica's snapshot cannot take the changes in force (a full or read-only disk): they are in force, and the snapshot is set aside until the disk takes them."),
         ("keygate_key_index_overlay_keys", None, "Key versions applied since the index base was built, waiting to be folded into the next one."),
         ("keygate_keys_active", None, "Keys that work: neither revoked, disabled nor expired."),
         ("keygate_keys_expiring_7d", None, "Active keys that expire within 7 days."),

@@ -11,6 +11,13 @@
 //! store is behind: it is marked `diverged` (writes refuse until `keygate keys push`), said
 //! loudly in the log, and counted. Every change is journaled (fsynced) before it is put in
 //! force, so a revoke seen survives a crash. Redis down: the index keeps serving.
+//!
+//! A journal the disk refuses (full, read-only) is a local failure, not the store's: the
+//! changes are put in force all the same (a revoke must not wait for disk space), the
+//! snapshot is set aside so that a restart cannot serve keys from before them, and it is put
+//! back with them once the disk takes them (`journal`). The connection stays up.
+
+mod journal;
 
 use crate::gateway::Gateway;
 use crate::keys::entry::KeyId;
@@ -20,6 +27,7 @@ use crate::keys::record::KeyRecord;
 use crate::keys::shared::read::StorePosition;
 use crate::keys::shared::sync::KeySync;
 use crate::keys::snapshot::{wins, Position, Seen};
+use journal::Unjournaled;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -29,6 +37,9 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 1000;
 /// Above this many records a resync rewrites the snapshot and reloads rather than applying.
 const REBUILD_ABOVE: usize = 10_000;
+/// A session shorter than this does not reset the reconnection backoff: a failure right
+/// after each connect must not become a full resync ten times a second.
+const SETTLED: Duration = Duration::from_secs(10);
 
 /// Starts the follower and the snapshot writer. `seen` is what the index holds (the
 /// snapshot as loaded).
@@ -79,9 +90,20 @@ struct Follower {
     held: HashMap<KeyId, Seen>,
     /// Whether a full resync has run in this process (the first contact always does one).
     resynced: bool,
+    /// Changes in force that the snapshot (set aside) lacks, while the disk refuses them.
+    unjournaled: Option<Unjournaled>,
 }
 
 fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
+    match sync.snapshot.discard_aside() {
+        Ok(true) => {
+            tracing::warn!(snapshot = %sync.snapshot.path().display(), "removed a key snapshot an earlier run set aside (its disk refused changes): the store has them")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "a key snapshot an earlier run set aside cannot be removed")
+        }
+    }
     if let Ok(Some(p)) = sync.snapshot.position() {
         sync.set_applied(p);
     }
@@ -90,6 +112,7 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
         gw,
         sync,
         resynced: false,
+        unjournaled: None,
     };
     let mut backoff = Duration::from_millis(100);
     // Down until the first contact works: a store unreachable from the start was never
@@ -101,7 +124,7 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
     while f.gw.strong_count() > 0 {
         let err = match f.sync.store.connect(Duration::from_secs(3)) {
             Ok(mut con) => {
-                backoff = Duration::from_millis(100);
+                let connected = Instant::now();
                 // A new connection starts with a full resync: while this replica was cut
                 // off, Redis may have been restored from a backup and written to again, its
                 // version numbers reused for other changes (a revoke among them) that the
@@ -109,12 +132,27 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
                 f.resynced = false;
                 let e = f.session(&mut con, &mut down_since);
                 f.sync.connected.store(false, Ordering::Relaxed);
+                if connected.elapsed() >= SETTLED {
+                    backoff = Duration::from_millis(100);
+                }
                 e
             }
             Err(e) => e,
         };
         let msg = err.to_string();
         f.sync.set_error(Some(msg.clone()));
+        if let StoreError::Read { .. }
+        | StoreError::Write { .. }
+        | StoreError::Syntax { .. }
+        | StoreError::Invalid { .. } = err
+        {
+            // A file of this replica's (its snapshot), not the store: said as such, so that
+            // no one goes looking for a Redis problem.
+            tracing::error!(error = %msg, "key store follower stopped on an error of this replica, not of Redis; starting over");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
         let was_down = down_since.is_some();
         let since = *down_since.get_or_insert_with(Instant::now);
         if !was_down {
@@ -179,6 +217,7 @@ impl Follower {
 
     /// One round: applies what is new. Whether this replica has caught up.
     fn step(&mut self, gw: &Gateway, con: &mut redis::Connection) -> Result<bool, StoreError> {
+        journal::restore(&mut self.unjournaled, &self.sync);
         let pos = self.sync.store.position(con)?;
         self.sync
             .diverged
@@ -222,22 +261,29 @@ impl Follower {
             .filter(|r| KeyId::new(&r.id).is_some_and(|id| wins(self.held.get(&id).copied(), r)))
             .collect();
         // Durable before in force: a revoke seen here is never forgotten.
-        self.sync.snapshot.append(&winners, &position)?;
+        let durable = journal::append(&mut self.unjournaled, &self.sync, &winners, &position);
         let n = winners.len();
-        let rebuild = n > REBUILD_ABOVE || gw.live().keys.is_none();
+        let rebuild = durable && (n > REBUILD_ABOVE || gw.live().keys.is_none());
         for r in &winners {
             if let Some(id) = KeyId::new(&r.id) {
                 self.held.insert(id, Seen::of(r));
             }
         }
-        if rebuild {
-            self.sync.snapshot.fold()?;
-            if self.sync.snapshot.path().exists() {
-                gw.reload_keys()?;
-            } else if let Err(e) = gw.apply_key_changes(Vec::new()) {
-                tracing::error!(error = %e, "empty key index not made");
-            }
-        } else if n > 0 {
+        // Rebuilt from the snapshot when it is on disk; otherwise (none yet, or a disk that
+        // refuses the rewrite) applied in memory, an empty index made when there is none.
+        let rebuilt = rebuild
+            && match self.sync.snapshot.fold() {
+                Ok(_) if self.sync.snapshot.path().exists() => {
+                    gw.reload_keys()?;
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "key snapshot not rewritten (the journal keeps every change): the changes are applied in memory");
+                    false
+                }
+            };
+        if !rebuilt && (n > 0 || gw.live().keys.is_none()) {
             let changes: Vec<KeyChange> = winners.iter().cloned().map(KeyChange::Put).collect();
             if let Err(e) = gw.apply_key_changes(changes) {
                 // One bad record must not hold back the rest: one at a time.

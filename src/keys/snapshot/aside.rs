@@ -1,0 +1,114 @@
+//! A snapshot that cannot take a change (a full disk, an emptyDir over its size limit, a
+//! volume gone read-only) is set aside: renamed where a start does not look. Left in place it
+//! would lack a change this replica has already put in force, a revoke perhaps, and a restart
+//! while Redis is down would serve the key again. The follower keeps the changes in memory
+//! meanwhile and puts the snapshot back, with them, once the disk takes them; a replica that
+//! restarts meanwhile has no snapshot, and waits for the store (not ready) rather than serve
+//! an old one.
+
+use super::{Line, Position, Snapshot};
+use crate::keys::error::StoreError;
+use crate::keys::record::KeyRecord;
+use crate::keys::store::beside;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The suffix of a snapshot's file and journal while they are set aside.
+const ASIDE: &str = ".aside";
+
+/// `path` renamed to `to`; nothing to rename is no error.
+fn rename(path: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(path, to) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(file: &Path) -> io::Result<()> {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+    fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+}
+
+impl Snapshot {
+    /// The file and the journal while set aside.
+    fn aside(&self) -> (PathBuf, PathBuf) {
+        (beside(self.path(), ASIDE), beside(&self.journal, ASIDE))
+    }
+
+    /// Moves the file and its journal out of a start's way (a rename needs no free space).
+    pub fn set_aside(&self) -> io::Result<()> {
+        let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
+        let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, journal) = self.aside();
+        rename(&self.journal, &journal)?;
+        rename(self.path(), &file)?;
+        sync_dir(self.path())
+    }
+
+    /// Puts a snapshot set aside back, with `records` (every change put in force since) and
+    /// `position` journaled after what it held. The journal first, whole lines only (the
+    /// append that failed may have left a cut one), written whole and renamed into place;
+    /// then the file.
+    pub fn restore(&self, records: &[KeyRecord], position: &Position) -> Result<(), StoreError> {
+        let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
+        let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        let err = |source| StoreError::Write {
+            path: self.journal.clone(),
+            source,
+        };
+        let (file, journal) = self.aside();
+        let mut text = match fs::read(&journal) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            read => read.map_err(err)?,
+        };
+        text.truncate(text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
+        let lines: Vec<Option<&KeyRecord>> = match records {
+            [] => vec![None],
+            _ => records.iter().map(Some).collect(),
+        };
+        for record in lines {
+            let line = Line {
+                position: position.clone(),
+                record: record.cloned(),
+            };
+            serde_json::to_writer(&mut text, &line).map_err(|e| err(e.into()))?;
+            text.push(b'\n');
+        }
+        let dir = self.journal.parent().filter(|p| !p.as_os_str().is_empty());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".journal.tmp")
+            .tempfile_in(dir.unwrap_or(Path::new(".")))
+            .map_err(err)?;
+        tmp.write_all(&text)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(err)?;
+        tmp.persist(&self.journal).map_err(|e| err(e.error))?;
+        rename(&file, self.path()).map_err(err)?;
+        match fs::remove_file(&journal) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
+            _ => {}
+        }
+        sync_dir(self.path()).map_err(err)
+    }
+
+    /// Removes a snapshot an earlier process set aside, when there is one (it lacks what that
+    /// process held only in memory: the store has it). Whether there was.
+    pub fn discard_aside(&self) -> io::Result<bool> {
+        let mut found = false;
+        for path in <[PathBuf; 2]>::from(self.aside()) {
+            // A name of the gateway's own: whatever is there (a directory, if an operator
+            // or a test made one to stop the journal) goes.
+            let removed = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            match removed {
+                Ok(()) => found = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+}
