@@ -276,6 +276,8 @@ async fn a_route_that_carries_a_model_must_name_one() {
         );
         let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(msg.contains("`model`"), "{path}: {msg}");
+        // Named in `param` too, as a second `model` is (it was `null`).
+        assert_eq!(a.json()["error"]["param"], "model", "{path} {enc:?}");
     }
     // An empty body on such a route names no model either.
     let a = post(
@@ -288,6 +290,7 @@ async fn a_route_that_carries_a_model_must_name_one() {
     )
     .await;
     assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "model");
     // A body that cannot be read for its model is refused rather than passed on.
     let a = post(
         &g,

@@ -6,8 +6,13 @@
 pub enum BodyError {
     #[error("the request body is not valid JSON: {0}")]
     NotJson(String),
-    #[error("the request body has no `model` field (a string naming the model)")]
+    /// No `model`, or an empty one (on a route without a model, the body is then forwarded).
+    #[error("the request body names no model (its `model` must be a non-empty string)")]
     NoModel,
+    /// A `model` that is not a string: refused on every route, as it was when the parser
+    /// refused it.
+    #[error("the request body's `model` is not a string (it must be a string naming the model)")]
+    ModelNotString,
     #[error("the request body has more than one `{0}` field; send it once")]
     Twice(&'static str),
     #[error("the request body has a field `{spelled}`, spelled like `{field}` but not exactly (upstreams that match names ignoring case would read it as `{field}`); name it exactly `{field}`")]

@@ -1,6 +1,9 @@
 //! The one reader of a JSON request body: its `model` and the facts the token estimate and
 //! the stream-usage rewrite use, and that rewrite.
 //!
+//! A `model` that is not a string (`5`, `{}`) is refused by name, whatever the route: no
+//! upstream reads it as a model, and an allowlist cannot check it.
+//!
 //! Upstreams do not all read JSON alike. Go's `encoding/json` (Ollama) matches a field's name
 //! ignoring case and Unicode folds (`Model`, `ſtream`), .NET's case-insensitive option and
 //! Java's `equalsIgnoreCase` fold `ı` and `İ` too, and parsers keep the first or the last of two fields with one name. A body the
@@ -12,19 +15,24 @@
 //! (the usage the gateway charges would then never come).
 
 use crate::authorize::body::BodyError;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use crate::keys::tokens::MAX_COUNT;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-/// The fields of an OpenAI request body the gateway reads, in `BodyFacts` order.
-const READ: [&str; 6] = [
+/// The fields of an OpenAI request body the gateway reads, in `BodyFacts` order. `n` and
+/// `best_of` are here for the reason the budgets are: a body the gateway read as one sequence
+/// and an upstream (folding `N`, or keeping the last of two) as a hundred would dodge the hold.
+const READ: [&str; 8] = [
     "model",
     "stream",
     "stream_options",
     "max_tokens",
     "max_completion_tokens",
     "max_output_tokens",
+    "n",
+    "best_of",
 ];
 
 /// The fields of an OpenAI request body the gateway looks at. Everything else is skipped
@@ -38,6 +46,10 @@ pub struct BodyFacts<'a> {
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    /// The choices to return (`n`) and the sequences to generate for them (`best_of`, in
+    /// `/v1/completions`): each is up to the completion budget long.
+    pub n: Option<u64>,
+    pub best_of: Option<u64>,
     /// The first reason the body is ambiguous (a field twice, or spelled like a read one).
     problem: Option<BodyError>,
 }
@@ -52,6 +64,22 @@ pub struct Summary {
     /// The largest of `max_completion_tokens`, `max_tokens` and `max_output_tokens` given
     /// and not 0 (upstreams differ on which wins, and vLLM takes a 0 as "not given").
     pub completion_budget: Option<u64>,
+    /// The sequences the upstream generates, each up to the budget: the largest of `n` and
+    /// `best_of`, at least 1 (vLLM and OpenAI generate `best_of`, and return `n`).
+    pub sequences: u64,
+}
+
+impl Summary {
+    /// The completion tokens the answer may take: the budget (else `default`) for each
+    /// sequence, at most `MAX_COUNT` (both are the client's numbers: a wrapped product would
+    /// hold next to nothing).
+    pub fn completion_tokens(&self, default: u64) -> u64 {
+        self.completion_budget
+            .unwrap_or(default)
+            .min(MAX_COUNT)
+            .saturating_mul(self.sequences)
+            .min(MAX_COUNT)
+    }
 }
 
 impl BodyFacts<'_> {
@@ -69,6 +97,10 @@ impl BodyFacts<'_> {
             .flatten()
             .filter(|n| *n > 0)
             .max(),
+            sequences: [self.n, self.best_of]
+                .into_iter()
+                .flatten()
+                .fold(1, u64::max),
         }
     }
 }
@@ -81,6 +113,7 @@ pub fn body_facts(body: &[u8]) -> Result<BodyFacts<'_>, BodyError> {
         return Err(problem);
     }
     if facts.model.as_deref().is_none_or(str::is_empty) {
+        // (A `model` that is not a string is a `problem`, refused above.)
         return Err(BodyError::NoModel);
     }
     Ok(facts)
@@ -122,6 +155,59 @@ impl<'de> Deserialize<'de> for Name<'de> {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// A body's `model` as written: a string, `null` (absent), or any other value, which is read
+/// (and skipped) here rather than failing the parse, so that the refusal can name `model`.
+enum ModelValue<'a> {
+    Named(Cow<'a, str>),
+    Null,
+    NotString,
+}
+
+impl<'de> Deserialize<'de> for ModelValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ModelValue<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::Named(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::Named(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::Named(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::NotString)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::NotString)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::NotString)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ModelValue<'de>, E> {
+                Ok(ModelValue::NotString)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<ModelValue<'de>, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ModelValue::NotString)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ModelValue<'de>, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(ModelValue::NotString)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -174,12 +260,20 @@ impl<'de> Deserialize<'de> for BodyFacts<'de> {
                         continue;
                     }
                     match i {
-                        0 => f.model = map.next_value::<Option<Name<'de>>>()?.map(|n| n.0),
+                        0 => match map.next_value()? {
+                            ModelValue::Named(m) => f.model = Some(m),
+                            ModelValue::Null => {}
+                            ModelValue::NotString => {
+                                f.problem.get_or_insert(BodyError::ModelNotString);
+                            }
+                        },
                         1 => f.stream = map.next_value()?,
                         2 => f.stream_options = map.next_value::<Option<&'de RawValue>>()?,
                         3 => f.max_tokens = map.next_value::<Count>()?.0,
                         4 => f.max_completion_tokens = map.next_value::<Count>()?.0,
-                        _ => f.max_output_tokens = map.next_value::<Count>()?.0,
+                        5 => f.max_output_tokens = map.next_value::<Count>()?.0,
+                        6 => f.n = map.next_value::<Count>()?.0,
+                        _ => f.best_of = map.next_value::<Count>()?.0,
                     }
                 }
                 Ok(f)

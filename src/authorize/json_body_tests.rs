@@ -19,10 +19,46 @@ fn reads_the_model_and_the_budget() {
     );
     assert!(matches!(body_facts(b"{nope"), Err(BodyError::NotJson(_))));
     assert!(matches!(body_facts(b"[1]"), Err(BodyError::NotJson(_))));
+}
+
+/// `{"model":5}` was refused with serde's "invalid type: integer `5`, expected a string" and
+/// `param: null`; `{"model":""}` and no `model` with `param: null` too. Each is now its own
+/// error, which the refusal names `model` by (`error::convert`).
+#[test]
+fn a_model_that_is_no_string_is_told_apart_from_none() {
+    for body in [
+        r#"{"messages":[]}"#,
+        r#"{"model":""}"#,
+        r#"{"model":null,"messages":[]}"#,
+    ] {
+        assert_eq!(
+            body_facts(body.as_bytes()).unwrap_err(),
+            BodyError::NoModel,
+            "{body}"
+        );
+    }
+    for body in [
+        r#"{"model":5}"#,
+        r#"{"model":-1.5,"messages":[]}"#,
+        r#"{"model":true}"#,
+        r#"{"model":["llama-3"],"messages":[]}"#,
+        r#"{"model":{"name":"llama-3","x":[1,{"y":2}]},"messages":[]}"#,
+        r#"{"messages":[],"model":[]}"#,
+    ] {
+        assert_eq!(
+            body_facts(body.as_bytes()).unwrap_err(),
+            BodyError::ModelNotString,
+            "{body}"
+        );
+    }
+    // The rest of the body is still parsed: broken JSON after it is not JSON.
     assert!(matches!(
-        body_facts(br#"{"model":5}"#),
+        body_facts(br#"{"model":{"a":1},"messages":[}"#),
         Err(BodyError::NotJson(_))
     ));
+    // A string with escapes is a string.
+    let f = body_facts(br#"{"model":"llama\u002d3"}"#).unwrap();
+    assert_eq!(f.model.as_deref(), Some("llama-3"));
 }
 
 /// Go's `encoding/json` (Ollama) takes `Model` or `MODEL` for `model`, the last one winning,
@@ -47,6 +83,9 @@ fn a_field_spelled_like_a_read_one_is_refused() {
             r#"{"model":"m","max_completİon_tokens":9}"#,
             "max_completion_tokens",
         ),
+        (r#"{"model":"m","max_tokens":9,"N":100}"#, "n"),
+        (r#"{"model":"m","beſt_of":100}"#, "best_of"),
+        (r#"{"model":"m","Best_Of":100}"#, "best_of"),
     ] {
         match body_facts(body.as_bytes()) {
             Err(BodyError::SpelledLike { field: f, .. }) => assert_eq!(f, field, "{body}"),
@@ -67,6 +106,8 @@ fn a_read_field_twice_is_refused() {
             r#"{"model":"m","max_tokens":1,"max_tokens":100000}"#,
             "max_tokens",
         ),
+        (r#"{"model":"m","n":1,"n":100}"#, "n"),
+        (r#"{"model":"m","best_of":1,"best_of":100}"#, "best_of"),
     ] {
         assert_eq!(
             body_facts(body.as_bytes()).unwrap_err(),
@@ -100,6 +141,46 @@ fn the_budget_is_the_largest_count_given() {
     assert_eq!(budget(r#"{"model":"m","max_tokens":0}"#), None);
     assert_eq!(budget(r#"{"model":"m","max_tokens":-4}"#), None);
     assert_eq!(budget(r#"{"model":"m","max_tokens":null}"#), None);
+}
+
+/// `max_tokens: 100, n: 100` held 100 tokens where vLLM generates 100 choices of up to 100
+/// each: eight such requests at once passed a quota of 1,000 and used 80,000.
+#[test]
+fn the_hold_counts_every_sequence() {
+    let summary = |b: &str| body_facts(b.as_bytes()).unwrap().summary();
+    let tokens = |b: &str| summary(b).completion_tokens(256);
+    assert_eq!(tokens(r#"{"model":"m","max_tokens":100}"#), 100);
+    assert_eq!(tokens(r#"{"model":"m","max_tokens":100,"n":100}"#), 10_000);
+    assert_eq!(tokens(r#"{"model":"m","max_tokens":100,"n":"8"}"#), 800);
+    assert_eq!(tokens(r#"{"model":"m","max_tokens":100,"n":2.5}"#), 300);
+    // `best_of` sequences are generated to return `n` of them: the larger counts.
+    assert_eq!(
+        tokens(r#"{"model":"m","max_tokens":10,"n":2,"best_of":5}"#),
+        50
+    );
+    assert_eq!(tokens(r#"{"model":"m","max_tokens":10,"best_of":3}"#), 30);
+    // No budget given: the default, for each sequence.
+    assert_eq!(tokens(r#"{"model":"m","n":4}"#), 1024);
+    // What no upstream reads as a count is one sequence (the upstream judges it).
+    for n in ["0", "-3", "null", "true", r#""many""#, "[5]"] {
+        let body = format!(r#"{{"model":"m","max_tokens":100,"n":{n}}}"#);
+        assert_eq!(summary(&body).sequences, 1, "{n}");
+        assert_eq!(tokens(&body), 100, "{n}");
+    }
+    // The client's numbers, up to u64::MAX: the product saturates at `MAX_COUNT`.
+    let max = u64::MAX;
+    for body in [
+        format!(r#"{{"model":"m","max_tokens":{max},"n":{max}}}"#),
+        format!(r#"{{"model":"m","max_tokens":{max},"best_of":2}}"#),
+        format!(
+            r#"{{"model":"m","max_tokens":{},"n":{}}}"#,
+            1 << 20,
+            (1 << 20) + 1
+        ),
+        format!(r#"{{"model":"m","n":{max}}}"#),
+    ] {
+        assert_eq!(tokens(&body), MAX_COUNT, "{body}");
+    }
 }
 
 #[test]

@@ -46,7 +46,8 @@ pub struct Inspected {
 
 impl Inspected {
     /// The tokens to reserve for a request on `route`: the completion budget the body names
-    /// (else `[limits] estimated_completion_tokens`) plus one token per 4 bytes of a body
+    /// (else `[limits] estimated_completion_tokens`) times the sequences it asks for (`n`,
+    /// `best_of`: each is generated up to the budget), plus one token per 4 bytes of a body
     /// read whole (none for a multipart upload: a file is not prompt text). `None` when the
     /// key counts no tokens (no token limit or quota) or the body was not read.
     pub fn token_estimate(
@@ -63,14 +64,14 @@ impl Inspected {
         if !route.has_model || !key.counts_tokens() {
             return None;
         }
-        let budget = self
+        let default = limits.estimated_completion_tokens;
+        let completion = self
             .facts
             .as_ref()
-            .and_then(|f| f.completion_budget)
-            .unwrap_or(limits.estimated_completion_tokens);
-        // `max_tokens` is the client's number, up to u64::MAX: a wrapped sum would reserve
-        // next to nothing, and the estimate is what a quota is charged when no usage comes.
-        Some(budget.min(MAX_COUNT).saturating_add(len as u64 / 4))
+            .map_or(default.min(MAX_COUNT), |f| f.completion_tokens(default));
+        // Both at most `MAX_COUNT`, or the body's length: a wrapped sum would reserve next to
+        // nothing, and the estimate is what a quota is charged when no usage comes.
+        Some(completion.saturating_add(len as u64 / 4))
     }
 }
 

@@ -162,7 +162,8 @@ impl MultipartBody {
     }
 
     /// Reads up to the end of the `model` field: its value, or `None` when the body ends
-    /// without one. What was read is kept and forwarded first.
+    /// without one or it is empty (as in a JSON or form body: an allowlisted key is told to
+    /// name a model, not that `` is not allowed). What was read is kept and forwarded first.
     pub async fn find_model(&mut self) -> Result<Option<String>, GatewayError> {
         loop {
             let next = poll_fn(|cx| self.parser.poll_next_field(cx)).await;
@@ -178,7 +179,10 @@ impl MultipartBody {
                 Err(problem) => return Err(GatewayError::InvalidRequest(format!("{problem}."))),
                 // Dropped: the parser skips the rest of its data.
                 Ok(Role::Other) => {}
-                Ok(Role::Model) => return self.read_model(field).await.map(Some),
+                Ok(Role::Model) => {
+                    let model = self.read_model(field).await?;
+                    return Ok(Some(model).filter(|m| !m.is_empty()));
+                }
             }
         }
     }

@@ -42,19 +42,32 @@ impl From<StoreError> for GatewayError {
     }
 }
 
-/// A body whose model cannot be checked.
+/// A body whose model cannot be checked: a refusal about one field names it in `param` (a
+/// missing `model` as much as a second one), as OpenAI's errors do.
 impl From<BodyError> for GatewayError {
     fn from(e: BodyError) -> GatewayError {
-        match &e {
-            BodyError::Twice(field) | BodyError::SpelledLike { field, .. } => {
-                GatewayError::InvalidParam {
-                    param: (*field).to_string(),
-                    message: format!("{e}."),
-                }
-            }
-            _ => GatewayError::InvalidRequest(e.to_string()),
+        let field = match &e {
+            BodyError::Twice(field) | BodyError::SpelledLike { field, .. } => Some(*field),
+            BodyError::NoModel | BodyError::ModelNotString => Some("model"),
+            _ => None,
+        };
+        let message = sentence(&e);
+        match field {
+            Some(field) => GatewayError::InvalidParam {
+                param: field.to_string(),
+                message,
+            },
+            None => GatewayError::InvalidRequest(message),
         }
     }
+}
+
+/// A body error's message as the gateway's other messages are written: a sentence.
+fn sentence(e: &BodyError) -> String {
+    let text = e.to_string();
+    let mut chars = text.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase());
+    first.into_iter().chain(chars).chain(['.']).collect()
 }
 
 impl GatewayError {

@@ -123,3 +123,32 @@ async fn the_body_is_what_serde_json_writes() {
         );
     }
 }
+
+/// A body without a `model`, an empty one, or one that is not a string was a 400 with
+/// `param: null` (a second `model` named it); every body error about one field names it now,
+/// and every one is a sentence.
+#[test]
+fn body_errors_about_a_field_name_it() {
+    use crate::authorize::body::BodyError;
+    for (e, param) in [
+        (BodyError::NoModel, Some("model")),
+        (BodyError::ModelNotString, Some("model")),
+        (BodyError::Twice("n"), Some("n")),
+        (
+            BodyError::SpelledLike {
+                field: "best_of",
+                spelled: "Best_Of".into(),
+            },
+            Some("best_of"),
+        ),
+        (BodyError::NotJson("expected value".into()), None),
+        (BodyError::FormSemicolon, None),
+    ] {
+        let what = format!("{e:?}");
+        let g = GatewayError::from(e);
+        assert_eq!(g.status(), 400, "{what}");
+        assert_eq!(g.param(), param, "{what}");
+        let m = g.to_string();
+        assert!(m.starts_with("The ") && m.ends_with('.'), "{m}");
+    }
+}
