@@ -323,6 +323,72 @@ async fn read_only_key_store_answers_409() {
     );
 }
 
+/// Found by an outside probe: a key file whose directory stopped taking new files, beside
+/// the lock file earlier writes left, was listed as `writable: true` and a write answered 500
+/// (the temp file refused); only without the lock file was it the documented 409. The list
+/// says it is read-only, naming the directory, and writes answer 409 `read_only_key_store`.
+#[tokio::test]
+async fn a_key_file_directory_that_refuses_new_files_answers_409() {
+    let g = start_gateway("").await;
+    let admin = g.key_with_scopes(&["admin"]);
+    let (id, _) = g.create_key(keygate::keys::record::NewKey {
+        name: "svc".into(),
+        ..Default::default()
+    });
+    assert!(g.dir.path().join("keys.json.lock").exists());
+    let before = std::fs::read_to_string(g.dir.path().join("keys.json")).unwrap();
+    let _locked = match common::locked_dir::LockedDir::lock(g.dir.path()) {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("skipped: no directory can refuse new files here: {why}");
+            return;
+        }
+    };
+    let list = api(
+        &g,
+        &admin,
+        Method::GET,
+        "/v1/api-keys",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(list.status, 200, "reads still work");
+    let store = &list.json()["key_store"];
+    let said = format!("its directory {} is not writable", g.dir.path().display());
+    assert_eq!(store["writable"], false, "{store}");
+    assert!(
+        store["reason"].as_str().unwrap().starts_with(&said),
+        "{store}"
+    );
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/api-keys".to_string(),
+            json!({"name": "x"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/api-keys/{id}"),
+            json!({"description": "d"}),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/api-keys/{id}"),
+            serde_json::Value::Null,
+        ),
+    ] {
+        let a = api(&g, &admin, method.clone(), &path, body).await;
+        assert_eq!(
+            (a.status.as_u16(), a.error_code().as_str()),
+            (409, "read_only_key_store"),
+            "{method} {path}: {:?}",
+            a.body
+        );
+    }
+    let after = std::fs::read_to_string(g.dir.path().join("keys.json")).unwrap();
+    assert_eq!(after, before, "nothing changed");
+}
+
 #[tokio::test]
 async fn usage_endpoint_needs_the_usage_scope() {
     let g = start_gateway("").await;

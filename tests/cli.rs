@@ -5,6 +5,7 @@
 mod common;
 
 use common::cli::CliEnv as Env;
+use common::locked_dir::LockedDir;
 
 use keygate::keys::file::KeyFile;
 use keygate::keys::record::NewKey;
@@ -928,6 +929,46 @@ fn a_symlinked_key_file_is_read_only() {
     let list = env.json(&["keys", "list", "--json"]);
     assert_eq!(list[0]["id"], id.as_str());
     env.ok(&["check"]);
+}
+
+/// Found by an outside probe: a key file whose directory no longer takes new files, beside
+/// the lock file earlier writes left, failed with "cannot write key file" (through the API a
+/// 500): the lock file still opened, and only the temp file was refused. It is read-only
+/// (exit 1), the message names the directory, and nothing changes; without the lock file too.
+#[test]
+fn a_key_file_whose_directory_refuses_new_files_is_read_only() {
+    let env = Env::new();
+    let id = s(&env.create("kept", &[]), "id").to_string();
+    let lock = env.dir.path().join("keys.json.lock");
+    assert!(lock.exists(), "the create left its lock file");
+    let before = env.key_text();
+    let said = format!("its directory {} is not writable", env.dir.path().display());
+    for with_lock in [true, false] {
+        if !with_lock {
+            fs::remove_file(&lock).unwrap();
+        }
+        let _locked = match LockedDir::lock(env.dir.path()) {
+            Ok(l) => l,
+            Err(why) => {
+                eprintln!("skipped: no directory can refuse new files here: {why}");
+                return;
+            }
+        };
+        for args in [
+            vec!["keys", "create", "--name", "new"],
+            vec!["keys", "revoke", &id],
+            vec!["keys", "update", &id, "--description", "d"],
+        ] {
+            let err = env.fails_with(1, &args);
+            assert!(
+                err.contains("read-only") && err.contains(&said),
+                "`keygate {}` (lock file there: {with_lock}): {err}",
+                args.join(" ")
+            );
+        }
+        assert_eq!(env.key_text(), before, "nothing changed");
+        env.ok(&["keys", "list"]);
+    }
 }
 
 #[test]

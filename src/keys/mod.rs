@@ -18,6 +18,7 @@ pub mod reader;
 #[cfg(test)]
 mod reader_tests;
 pub mod record;
+mod replace;
 pub mod scope;
 pub mod shared;
 pub mod snapshot;

@@ -16,6 +16,7 @@
 use crate::keys::error::StoreError;
 use crate::keys::file;
 use crate::keys::record::KeyRecord;
+use crate::keys::replace;
 use crate::keys::store::{beside, KeyStore};
 use crate::keys::writer::Writer;
 use std::collections::HashMap;
@@ -248,7 +249,7 @@ impl Snapshot {
             path: self.file.path().to_path_buf(),
             source,
         };
-        let mut tmp = self.file.temp_file().map_err(werr)?;
+        let mut tmp = replace::temp_file(self.file.path()).map_err(werr)?;
         let mut out =
             Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut())).map_err(werr)?;
         let mut failed = None;
@@ -268,7 +269,7 @@ impl Snapshot {
         out.finish()
             .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
             .map_err(werr)?;
-        self.file.commit(tmp).map_err(werr)?;
+        replace::commit(self.file.path(), tmp).map_err(werr)?;
         self.trim(journal.len, journal.position.as_ref())?;
         Ok(journal.position)
     }

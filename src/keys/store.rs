@@ -17,11 +17,12 @@ use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
 use crate::keys::file::{self, KeyFile, Uniqueness};
 use crate::keys::ops::{self, Done, Op};
+use crate::keys::replace;
 use crate::keys::writer::{self, Writer};
 use crate::time::Timestamp;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// How much of the key file one `read` takes (`read_text`): about 0.1 ms of copying.
@@ -111,17 +112,63 @@ impl KeyStore {
         })
     }
 
-    /// Whether a write could start now (the same check a write makes first: not a symbolic
-    /// link, the lock file can be opened for writing), so a reader can say so up front.
+    /// Whether a write could start now, so a reader can say so up front: the steps a write
+    /// takes before it changes anything (not a symbolic link, the lock file opens for writing,
+    /// the directory takes a new file), the last one tried for real with a temp file made and
+    /// removed. A lock file left by earlier writes opens in a directory that no longer takes
+    /// files, so it alone said "writable" where every write would fail.
     pub fn writable(&self) -> Result<(), StoreError> {
-        self.open_lock().map(drop)
+        drop(self.open_lock()?);
+        replace::probe(&self.path).map_err(|e| self.dir_err(e))
     }
 
-    fn dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+    /// Why the key file is read-only when its directory refused a new file (`e`), else a
+    /// write error.
+    fn dir_err(&self, e: io::Error) -> StoreError {
+        if !replace::refused(&e) {
+            return (self.write_err())(e);
         }
+        StoreError::ReadOnly {
+            path: self.path.clone(),
+            reason: format!(
+                "its directory {} is not writable: {}",
+                self.dir_name(),
+                replace::plain(&e)
+            ),
+        }
+    }
+
+    /// A new temp file beside the key file with its owner and mode, under the lock. The
+    /// directory's refusal is read-only (409 through the API), as [`KeyStore::writable`] says.
+    fn new_temp(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let tmp = replace::create_temp(&self.path).map_err(|e| self.dir_err(e))?;
+        replace::keep_owner_and_mode(tmp.as_file(), &self.path).map_err(self.write_err())?;
+        Ok(tmp)
+    }
+
+    /// Makes the written temp file the key file. A rename the system refuses (the directory
+    /// stopped taking changes since the temp file was made, or the key file may not be
+    /// replaced: immutable, or another user's in a sticky directory) is read-only too.
+    fn replace_with(&self, tmp: tempfile::NamedTempFile) -> Result<(), StoreError> {
+        replace::sync(&tmp).map_err(self.write_err())?;
+        replace::rename(&self.path, tmp).map_err(|e| match replace::refused(&e) {
+            true => StoreError::ReadOnly {
+                path: self.path.clone(),
+                reason: format!(
+                    "it cannot be replaced in {}: {}",
+                    self.dir_name(),
+                    replace::plain(&e)
+                ),
+            },
+            false => (self.write_err())(e),
+        })?;
+        replace::sync_dir(&self.path).map_err(self.write_err())
+    }
+
+    /// The key file's directory for a message: absolute when it can be (not `.`).
+    fn dir_name(&self) -> String {
+        let dir = replace::dir_of(&self.path);
+        fs::canonicalize(&dir).unwrap_or(dir).display().to_string()
     }
 
     fn write_err(&self) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -143,10 +190,10 @@ impl KeyStore {
         let mut file = self.load()?;
         let out = change(&mut file)?;
         file.validate().map_err(StoreError::Rejected)?;
-        let mut tmp = self.temp_file().map_err(self.write_err())?;
+        let mut tmp = self.new_temp()?;
         tmp.write_all(writer::file_text(&file).as_bytes())
             .map_err(self.write_err())?;
-        self.commit(tmp).map_err(self.write_err())?;
+        self.replace_with(tmp)?;
         drop(lock); // closing the descriptor releases the lock
         Ok(out)
     }
@@ -159,7 +206,7 @@ impl KeyStore {
         let lock = self.open_lock()?;
         lock.lock().map_err(self.write_err())?;
         let text = self.read_text()?;
-        let mut tmp = self.temp_file().map_err(self.write_err())?;
+        let mut tmp = self.new_temp()?;
         let mut out = Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()))
             .map_err(self.write_err())?;
         let capacity = text.as_ref().map_or(0, |t| t.len() / 300);
@@ -209,7 +256,7 @@ impl KeyStore {
         out.finish()
             .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
             .map_err(self.write_err())?;
-        self.commit(tmp).map_err(self.write_err())?;
+        self.replace_with(tmp)?;
         drop(lock);
         Ok(done)
     }
@@ -222,22 +269,23 @@ impl KeyStore {
                 reason: "it is a symbolic link, as in a mounted Secret".into(),
             });
         }
+        let lock_path = beside(&self.path, ".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(beside(&self.path, ".lock"))
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                    StoreError::ReadOnly {
-                        path: self.path.clone(),
-                        reason: e.to_string(),
-                    }
-                }
-                _ => StoreError::Write {
+            .open(&lock_path)
+            .map_err(|e| match fs::symlink_metadata(&lock_path) {
+                // Named so the operator knows which permission to fix.
+                Ok(_) if replace::refused(&e) => StoreError::ReadOnly {
                     path: self.path.clone(),
-                    source: e,
+                    reason: format!(
+                        "its lock file {} cannot be opened for writing: {e}",
+                        lock_path.display()
+                    ),
                 },
+                Ok(_) => (self.write_err())(e),
+                Err(_) => self.dir_err(e),
             })?;
         // A lock file first made by root would shut the file's owner (the gateway's user) out
         // of writing through the API: give it the key file's owner. Best effort: only root can.
@@ -247,34 +295,6 @@ impl KeyStore {
             }
         }
         Ok(lock)
-    }
-
-    /// A new, empty temp file beside the key file with the key file's owner and mode (temp
-    /// files a killed writer left are removed first).
-    pub(crate) fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
-        let dir = self.dir();
-        let base = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp_prefix = format!(".{base}.tmp");
-        remove_stale_temps(&dir, &tmp_prefix);
-        let tmp = tempfile::Builder::new()
-            .prefix(&tmp_prefix)
-            .tempfile_in(&dir)?; // created with mode 0600
-        if let Ok(old) = fs::metadata(&self.path) {
-            keep_owner_and_mode(tmp.as_file(), &old)?;
-        }
-        Ok(tmp)
-    }
-
-    /// Makes the written temp file the key file: its data synced, renamed, the directory
-    /// synced.
-    pub(crate) fn commit(&self, tmp: tempfile::NamedTempFile) -> io::Result<()> {
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        File::open(self.dir())?.sync_all()
     }
 }
 
@@ -307,41 +327,6 @@ impl Pass {
                 path: path.to_path_buf(),
                 source,
             });
-        }
-    }
-}
-
-/// Gives the replacement file the owner and mode of the file it replaces. Without this a
-/// rewrite by another user (root running the CLI) leaves a file the gateway's own user cannot
-/// read, and every later change, a revoke included, is silently not applied. A writer that may
-/// not give the file its owner fails here, before anything is replaced.
-fn keep_owner_and_mode(tmp: &File, old: &fs::Metadata) -> io::Result<()> {
-    let mine = tmp.metadata()?;
-    let uid = (mine.uid() != old.uid()).then_some(old.uid());
-    let gid = (mine.gid() != old.gid()).then_some(old.gid());
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::fchown(tmp, uid, gid).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot keep the file's owner (uid {}, gid {}): {e}; run this as that user",
-                    old.uid(),
-                    old.gid()
-                ),
-            )
-        })?;
-    }
-    tmp.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
-}
-
-/// Temp files a killed writer left behind. Only called under the lock, so none is in use.
-fn remove_stale_temps(dir: &Path, prefix: &str) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = fs::remove_file(e.path());
         }
     }
 }

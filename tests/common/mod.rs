@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod cli;
+pub mod locked_dir;
 pub mod raw;
 pub mod raw_upstream;
 pub mod receiver;
