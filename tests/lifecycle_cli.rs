@@ -496,6 +496,73 @@ async fn cli_edits_are_in_force_on_a_running_gateway() {
     eprintln!("CLI change to a request seeing it: {took:?}");
 }
 
+/// Found by an outside probe: with `[keys] reload = false` a running gateway never looks at
+/// the key file again, yet `keys revoke` said "Running gateways refuse it as soon as they see
+/// the change" and `keys update` "within a second by default". Each change now says that
+/// running gateways must be restarted, which the gateway bears out: the revoked key works
+/// until the restart and not after.
+#[tokio::test]
+async fn with_reload_off_changes_say_running_gateways_need_a_restart() {
+    let mock = common::start_mock().await;
+    let env = Env::with_extra(&format!(
+        "reload = false\n[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nurl = \"http://{}\"\n",
+        mock.addr
+    ));
+    let restart = "do not watch the key file (`[keys] reload = false` in this configuration)";
+    let v = env.create("app", &[]);
+    let (app, key) = (id(&v), v["key"].as_str().unwrap().to_string());
+    let out = env.ok(&["keys", "create", "--name", "other"]);
+    assert!(
+        out.contains(restart) && out.contains("restart them"),
+        "{out}"
+    );
+    let other = out
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .unwrap();
+    let mut served = binary::serve(&env.config);
+    assert_eq!(chat(served.addr, &key).await.unwrap().0, 200);
+
+    let out = env.ok(&["keys", "revoke", &app]);
+    assert!(
+        out.contains(restart) && out.contains("restart them to make them refuse it"),
+        "{out}"
+    );
+    assert!(!out.contains("as soon as"), "{out}");
+    let out = env.ok(&["keys", "update", other, "--description", "d"]);
+    assert!(
+        out.contains(restart) && out.contains("restart them"),
+        "{out}"
+    );
+    assert!(!out.contains("within a second"), "{out}");
+    let out = env.ok(&["keys", "rotate", other]);
+    assert!(
+        out.contains(restart) && out.contains("restart them"),
+        "{out}"
+    );
+    // What the CLI says is what the gateway does: polls and settling come and go, the key
+    // keeps working; after a restart it is refused.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(chat(served.addr, &key).await.unwrap().0, 200);
+    drop(served);
+    served = binary::serve(&env.config);
+    assert_eq!(chat(served.addr, &key).await.unwrap().1, "revoked_api_key");
+
+    // With the default (`reload = true`) the words stay as they were.
+    let watched = Env::new();
+    let v = watched.create("w", &[]);
+    let out = watched.ok(&["keys", "update", &id(&v), "--description", "d"]);
+    assert!(
+        out.contains("within a second") && !out.contains(restart),
+        "{out}"
+    );
+    let out = watched.ok(&["keys", "revoke", &id(&v)]);
+    assert!(
+        out.contains("as soon as") && !out.contains(restart),
+        "{out}"
+    );
+}
+
 /// Waits (at most 10 s) until the running gateway accepts `key`: a newly rotated secret is
 /// accepted once the gateway has read the rotation, so what comes after it is in force.
 async fn until_accepted(addr: std::net::SocketAddr, key: &str) {

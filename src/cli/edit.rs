@@ -1,13 +1,13 @@
 //! `keygate keys update | disable | enable`: a key changed in place, audited with what
 //! changed. A running gateway that watches the key file applies it at its next look (within
-//! `[keys] poll_interval`, 1 s by default).
+//! `[keys] poll_interval`, 1 s by default); one with `[keys] reload = false` once restarted.
 
 use crate::cli::args::{
     duration_arg, globs, label_arg, time_arg, GlobList, GlobListParser, ScopeParser,
 };
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::keys::{audited, expiry, finish, flag_error};
+use crate::cli::keys::{audited, expiry, finish, flag_error, unwatched};
 use crate::cli::output::{line, print_json, Did};
 use crate::config::{KeyCommandsConfig, StoreMode};
 use crate::keys::annotations::is_label_name;
@@ -238,6 +238,8 @@ fn print_report(
         line(format_args!(
             "Every replica applies it from the shared store (within a second)."
         ))
+    } else if let Some(no) = unwatched(&cfg.keys) {
+        line(format_args!("{no}: restart them to apply it."))
     } else {
         line(format_args!("Running gateways apply it when they next look at the key file (within a second by default)."))
     }

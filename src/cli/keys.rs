@@ -8,7 +8,7 @@ use crate::cli::error::CliError;
 use crate::cli::output::{
     announce_secret, line, print_json, print_table, secret_can_be_seen, written, Did,
 };
-use crate::config::KeyCommandsConfig;
+use crate::config::{KeyCommandsConfig, KeysConfig, StoreMode};
 use crate::keys::backend::Store;
 use crate::keys::error::StoreError;
 use crate::keys::ops::{Done, Op};
@@ -68,6 +68,19 @@ pub(crate) fn expiry(
 pub(crate) fn after(now: Timestamp, d: Duration, flag: &str) -> Result<Timestamp, CliError> {
     now.checked_plus(d)
         .ok_or_else(|| CliError::Usage(format!("`{flag}` must end before the year 10000")))
+}
+
+/// What running gateways do about a change made here, when they will not notice it: with
+/// `[keys] reload = false` (file mode) a gateway neither watches nor polls the key file and
+/// serves the keys it loaded until it restarts, so "refused at once" would be false. `None`
+/// when gateways follow the file (or, in the shared store, Redis) by themselves.
+pub(crate) fn unwatched(keys: &KeysConfig) -> Option<&'static str> {
+    match keys.store {
+        StoreMode::File if !keys.reload => Some(
+            "Running gateways do not watch the key file (`[keys] reload = false` in this configuration)",
+        ),
+        _ => None,
+    }
 }
 
 /// Who runs the CLI, for the audit trail: `cli:<login name>`.
@@ -159,7 +172,10 @@ pub fn create(config: Option<PathBuf>, a: CreateArgs) -> Result<(), CliError> {
         v["key"] = key.into();
         print_json(&v)
     } else {
-        announce_secret("Created", rec, key)
+        announce_secret("Created", rec, key).and_then(|()| match unwatched(&cfg.keys) {
+            Some(no) => line(format_args!("{no}: restart them to put the key in force.")),
+            None => Ok(()),
+        })
     };
     let id = &rec.id;
     let did = Did::Change {
@@ -265,7 +281,14 @@ pub fn rotate(
         v["key"] = key.into();
         print_json(&v)
     } else {
-        announce_secret("Rotated", rec, key).and_then(|()| line(format_args!("{previous}")))
+        announce_secret("Rotated", rec, key)
+            .and_then(|()| line(format_args!("{previous}")))
+            .and_then(|()| match unwatched(&cfg.keys) {
+                Some(no) => line(format_args!(
+                    "{no}: restart them to put the new secret in force (until then they accept the previous one)."
+                )),
+                None => Ok(()),
+            })
     };
     let id = &rec.id;
     let did = Did::Change {
@@ -283,8 +306,12 @@ pub fn revoke(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliEr
     let printed = if json {
         print_json(&rec.view(&cfg.keys.prefix, now, None))
     } else {
+        let then = match unwatched(&cfg.keys) {
+            Some(no) => format!("{no}: restart them to make them refuse it."),
+            None => "Running gateways refuse it as soon as they see the change.".into(),
+        };
         line(format_args!(
-            "Revoked key {} ({}). Running gateways refuse it as soon as they see the change.",
+            "Revoked key {} ({}). {then}",
             rec.id,
             Escaped(&rec.name)
         ))
