@@ -971,6 +971,56 @@ fn a_key_file_whose_directory_refuses_new_files_is_read_only() {
     }
 }
 
+/// Found by an outside probe: a negative value (`--expires-in -1d`, `--limit -1`) was taken
+/// for an unknown flag by the parser ("unexpected argument '-1' found"), without a word of
+/// the flag it was given to. Each is refused naming its flag, as a usage error (exit 2).
+#[test]
+fn negative_values_are_refused_naming_their_flag() {
+    let env = Env::new();
+    let id = s(&env.create("x", &[]), "id").to_string();
+    let before = env.key_text();
+    for (args, flag) in [
+        (
+            vec!["keys", "create", "--name", "y", "--expires-in", "-1d"],
+            "--expires-in",
+        ),
+        (
+            vec!["keys", "create", "--name", "y", "--rpm", "-1"],
+            "--rpm",
+        ),
+        (
+            vec!["keys", "create", "--name", "y", "--tokens-per-day", "-5"],
+            "--tokens-per-day",
+        ),
+        (vec!["keys", "rotate", &id, "--grace", "-1s"], "--grace"),
+        (
+            vec!["keys", "update", &id, "--expires-in", "-30d"],
+            "--expires-in",
+        ),
+        (vec!["keys", "update", &id, "--burst", "-2"], "--burst"),
+        (vec!["keys", "list", "--limit", "-1"], "--limit"),
+        (
+            vec!["keys", "list", "--expiring-within", "-7d"],
+            "--expiring-within",
+        ),
+        (vec!["usage", "--since", "-7d"], "--since"),
+    ] {
+        let err = env.fails_with(2, &args);
+        assert!(
+            err.contains(flag) && err.contains("is negative") && !err.contains("unexpected"),
+            "`keygate {}`: {err}",
+            args.join(" ")
+        );
+    }
+    // A flag followed by another flag instead of its value is still a usage error.
+    let err = env.fails_with(
+        2,
+        &["keys", "create", "--name", "y", "--expires-in", "--json"],
+    );
+    assert!(err.contains("--expires-in"), "{err}");
+    assert_eq!(env.key_text(), before, "nothing changed");
+}
+
 #[test]
 fn an_expiry_or_grace_beyond_year_9999_is_refused_without_a_panic() {
     // Times are written as RFC 3339, which stops at 9999-12-31: a later time cannot be stored,

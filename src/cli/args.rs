@@ -25,7 +25,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "GLOB,…", value_parser = GlobListParser)]
     pub models: Vec<GlobList>,
     /// Expire after this long, e.g. 90d, 24h, 30m, 1h30m (default: never).
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "expires_at")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with = "expires_at", allow_hyphen_values = true)]
     pub expires_in: Option<Duration>,
     /// Expire at this time, RFC 3339, e.g. 2027-01-31T00:00:00Z (default: never).
     #[arg(long, value_name = "TIME", value_parser = time_arg)]
@@ -37,28 +37,28 @@ pub struct CreateArgs {
     #[arg(long, value_name = "LABEL=VALUE", value_parser = label_arg)]
     pub meta: Vec<(String, String)>,
     /// Requests per minute, at least 1 (default: [limits] requests_per_minute).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u32>, allow_negative_numbers = true)]
     pub rpm: Option<u32>,
     /// Burst size in requests, at least 1 (default: the per-minute rate).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u32>, allow_negative_numbers = true)]
     pub burst: Option<u32>,
     /// Tokens per minute, at least 1 (default: [limits] tokens_per_minute, unset: no limit).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u64>, allow_negative_numbers = true)]
     pub tpm: Option<u64>,
     /// Requests in flight at once, at least 1 (default: [limits] max_in_flight).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u32>, allow_negative_numbers = true)]
     pub max_in_flight: Option<u32>,
     /// Tokens a UTC day, at least 1 (default: no quota).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u64>, allow_negative_numbers = true)]
     pub tokens_per_day: Option<u64>,
     /// Tokens a UTC calendar month, at least 1 (default: no quota).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u64>, allow_negative_numbers = true)]
     pub tokens_per_month: Option<u64>,
     /// Requests a UTC day, at least 1 (default: no quota).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u64>, allow_negative_numbers = true)]
     pub requests_per_day: Option<u64>,
     /// Requests a UTC calendar month, at least 1 (default: no quota).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole_arg::<u64>, allow_negative_numbers = true)]
     pub requests_per_month: Option<u64>,
     /// Print the new key as JSON (with its plaintext in `key`) instead of text.
     #[arg(long)]
@@ -71,7 +71,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub json: bool,
     /// Only keys that expire within this long from now, e.g. 7d.
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, allow_hyphen_values = true)]
     pub expiring_within: Option<Duration>,
     /// Include revoked keys (the same as --status all).
     #[arg(long, conflicts_with = "status")]
@@ -87,7 +87,7 @@ pub struct ListArgs {
     #[arg(long, value_name = "NAME=VALUE", value_parser = meta_filter_arg)]
     pub meta: Vec<(String, String)>,
     /// Show at most this many keys, in file order; 0 shows every one.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = whole_arg::<usize>, allow_negative_numbers = true)]
     pub limit: usize,
 }
 
@@ -101,9 +101,35 @@ pub fn meta_filter_arg(s: &str) -> Result<(String, String), String> {
     crate::keys::list::parse_label(s, '=')
 }
 
-/// A duration flag: `90d`, `24h`, `30m`, `1h30m`.
+/// A duration flag: `90d`, `24h`, `30m`, `1h30m`. Its flag takes a value that starts with
+/// `-`, so that `-1d` is refused here, naming the flag, rather than by clap as an unknown
+/// argument `-1`.
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
-    time::parse_duration(s)
+    match s.trim().strip_prefix('-') {
+        Some(rest) if time::parse_duration(rest).is_ok() => Err(format!(
+            "`{}` is negative: give a length of time, e.g. 90d",
+            Escaped(s)
+        )),
+        _ => time::parse_duration(s),
+    }
+}
+
+/// A count flag (`--rpm`, `--limit`): a whole number. Its flag takes negative numbers, so
+/// that `-1` is refused here, naming the flag and saying why (clap's own would call it an
+/// unknown argument, or an "invalid digit").
+pub fn whole_arg<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    let n = s.trim();
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    n.parse().map_err(|_| {
+        let what = if digits(n) {
+            "is too large"
+        } else if n.strip_prefix('-').is_some_and(digits) {
+            "is negative"
+        } else {
+            "is not a whole number"
+        };
+        format!("`{}` {what}", Escaped(s))
+    })
 }
 
 /// A time flag: RFC 3339 (`2027-01-31T00:00:00Z`).

@@ -3,7 +3,7 @@
 //! `[keys] poll_interval`, 1 s by default); one with `[keys] reload = false` once restarted.
 
 use crate::cli::args::{
-    duration_arg, globs, label_arg, time_arg, GlobList, GlobListParser, ScopeParser,
+    duration_arg, globs, label_arg, time_arg, whole_arg, GlobList, GlobListParser, ScopeParser,
 };
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
@@ -25,14 +25,9 @@ use std::time::Duration;
 fn edit_arg<T: std::str::FromStr>(s: &str) -> Result<Edit<T>, String> {
     match s.trim() {
         "none" | "default" => Ok(Edit::Remove),
-        n => n.parse().map(Edit::Set).map_err(|_| {
-            let what = if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-                "is too large"
-            } else {
-                "is not a whole number"
-            };
-            format!("`{}` {what} (or `none` to remove it)", Escaped(s))
-        }),
+        _ => whole_arg(s)
+            .map(Edit::Set)
+            .map_err(|e| format!("{e} (or `none` to remove it)")),
     }
 }
 
@@ -58,7 +53,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "GLOB,…", value_parser = GlobListParser)]
     pub models: Option<Vec<GlobList>>,
     /// Expire this long from now, e.g. 30d (sets or extends the expiry).
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with_all = ["expires_at", "no_expiry"])]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, conflicts_with_all = ["expires_at", "no_expiry"], allow_hyphen_values = true)]
     pub expires_in: Option<Duration>,
     /// Expire at this time, RFC 3339, e.g. 2027-01-31T00:00:00Z.
     #[arg(long, value_name = "TIME", value_parser = time_arg, conflicts_with = "no_expiry")]
@@ -67,28 +62,28 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub no_expiry: bool,
     /// Requests per minute, at least 1, or `none` for [limits] requests_per_minute.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>, allow_negative_numbers = true)]
     pub rpm: Option<Edit<u32>>,
     /// Burst size in requests, at least 1, or `none` for the default.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>, allow_negative_numbers = true)]
     pub burst: Option<Edit<u32>>,
     /// Tokens per minute, at least 1, or `none` for [limits] tokens_per_minute.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>, allow_negative_numbers = true)]
     pub tpm: Option<Edit<u64>>,
     /// Requests in flight at once, at least 1, or `none` for [limits] max_in_flight.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u32>, allow_negative_numbers = true)]
     pub max_in_flight: Option<Edit<u32>>,
     /// Tokens a UTC day, at least 1, or `none` for no quota.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>, allow_negative_numbers = true)]
     pub tokens_per_day: Option<Edit<u64>>,
     /// Tokens a UTC calendar month, at least 1, or `none` for no quota.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>, allow_negative_numbers = true)]
     pub tokens_per_month: Option<Edit<u64>>,
     /// Requests a UTC day, at least 1, or `none` for no quota.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>, allow_negative_numbers = true)]
     pub requests_per_day: Option<Edit<u64>>,
     /// Requests a UTC calendar month, at least 1, or `none` for no quota.
-    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>)]
+    #[arg(long, value_name = "N|none", value_parser = edit_arg::<u64>, allow_negative_numbers = true)]
     pub requests_per_month: Option<Edit<u64>>,
     /// Print the key as JSON instead of the changes.
     #[arg(long)]

@@ -96,7 +96,7 @@ pub enum KeysCommand {
         id: String,
         /// How long the old secret keeps working, e.g. 24h (default: it stops at once); a
         /// secret retired earlier stops then too if it would have worked longer.
-        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg, allow_hyphen_values = true)]
         grace: Option<Duration>,
         /// Print the rotated key as JSON (with its new plaintext in `key`) instead of text.
         #[arg(long)]

@@ -25,7 +25,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     /// How far back, e.g. 7d, 24h, 90d.
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "7d")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "7d", allow_hyphen_values = true)]
     pub since: Duration,
     /// What rows are summed by: key, model, day or hour, comma-separated (e.g. key,day; not
     /// day with hour); an empty value sums everything into one row.
