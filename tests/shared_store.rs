@@ -783,6 +783,44 @@ async fn push_reads_the_snapshot_and_writes_nothing_there() {
     );
 }
 
+/// Found by an outside probe: `keys pull --out -` wrote a file named `-`. `-` is stdout: the
+/// key file's text, which loads as a key file, with what was done on stderr; no file written.
+#[tokio::test]
+async fn pull_with_out_dash_writes_the_key_file_to_stdout() {
+    let redis = Redis::start().await;
+    let mock = start_mock().await;
+    let r = Replica::new(&redis, &mock, false);
+    let created = cli_json(&r.cfg, &["keys", "create", "--name", "pulled", "--json"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--config",
+            r.cfg.to_str().unwrap(),
+            "keys",
+            "pull",
+            "--out",
+            "-",
+        ])
+        .current_dir(r.dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !r.dir.path().join("-").exists(),
+        "a file named `-` was written"
+    );
+    let file = keygate::keys::file::KeyFile::parse(&stdout, Path::new("stdout")).unwrap();
+    assert_eq!(file.keys.len(), 1, "{stdout}");
+    assert_eq!(file.keys[0].id, created["id"].as_str().unwrap());
+    assert!(
+        stderr.contains("Wrote 1 keys") && stderr.contains("stdout"),
+        "{stderr}"
+    );
+}
+
 /// Two replicas given one snapshot (`[keys] file` on a volume their pods share): each would
 /// fold the journal into the file and trim it by what it had read, dropping the other's
 /// lines. The second refuses to start, naming the file and what to do, before it listens; the

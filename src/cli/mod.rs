@@ -132,7 +132,7 @@ pub enum KeysCommand {
     },
     /// Redis key store: write every record of the store to a key file (backup, GitOps).
     Pull {
-        /// The key file to write (atomically; replaced if it exists).
+        /// The key file to write (atomically; replaced if it exists), or `-` for stdout.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },

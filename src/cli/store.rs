@@ -1,14 +1,16 @@
 //! `keygate keys push | pull`: the Redis key store restored from a replica's snapshot, or
-//! written to a key file.
+//! written to a key file (`--out -`: to stdout).
 
 use crate::cli::config::load_key_config;
 use crate::cli::error::CliError;
-use crate::cli::output::{self, line, Did};
+use crate::cli::output::{self, line, say, Did};
 use crate::keys::backend::Store;
+use crate::keys::error::StoreError;
 use crate::keys::file::KeyFile;
 use crate::keys::shared::RedisStore;
 use crate::keys::snapshot::Snapshot;
 use crate::keys::store::KeyStore;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,11 +55,15 @@ pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
     let (store, _) = redis(config)?;
     let keys = store.read_all()?;
     let n = keys.len();
+    let file = KeyFile {
+        keys,
+        ..KeyFile::empty()
+    };
+    if out == Path::new("-") {
+        return pull_to_stdout(&file);
+    }
     KeyStore::new(out).update(|f| {
-        *f = KeyFile {
-            keys,
-            ..KeyFile::empty()
-        };
+        *f = file;
         Ok(())
     })?;
     let said = line(format_args!(
@@ -69,4 +75,26 @@ pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
         then: "the file is complete".into(),
     };
     output::written(said, did)
+}
+
+/// `keys pull --out -`: the key file's text on stdout, as the file would hold it (for `jq`,
+/// or a backup tool reading a pipe), checked as a write checks it; escaped as every JSON
+/// printed (the same JSON). What was done goes to stderr, so stdout is the file alone. (A
+/// file named `-` is `--out ./-`.)
+fn pull_to_stdout(file: &KeyFile) -> Result<(), CliError> {
+    file.validate().map_err(StoreError::Rejected)?;
+    let text = crate::keys::writer::file_text(file);
+    let mut stdout = std::io::stdout().lock();
+    let printed = stdout
+        .write_all(crate::text::escape_json(&text).as_bytes())
+        .and_then(|()| stdout.flush());
+    let complete = printed.is_ok();
+    output::written(printed, Did::Nothing)?;
+    if complete {
+        say(format_args!(
+            "Wrote {} keys from the key store to stdout.",
+            file.keys.len()
+        ));
+    }
+    Ok(())
 }
