@@ -55,6 +55,24 @@ fn bad_values_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("upstream[1].url"), "{err}");
+    // Found by a probe: a URL's password went out as the upstream's `Host`, its query was
+    // dropped, and `keygate check` printed it. Refused, and never repeated.
+    for (url, says) in [
+        ("http://user:hunter2pass@127.0.0.1:9000/v1", "credentials"),
+        ("http://:hunter2pass@h", "credentials"),
+        ("http://h/base?token=hunter2pass", "query"),
+        ("http://h/b#hunter2pass", "fragment"),
+        ("http://h:hunter2pass", "port"),
+    ] {
+        let err = Config::parse(&format!("[[upstream]]\nurl = \"{url}\"\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstream[1].url") && err.contains(says),
+            "{url}: {err}"
+        );
+        assert!(!err.contains("hunter2pass"), "{err}");
+    }
     let err = Config::parse("[limits]\nrequests_per_minute = 0\n", None)
         .unwrap_err()
         .to_string();

@@ -18,10 +18,16 @@ impl Validator<'_> {
         base: &Path,
     ) -> Result<UpstreamConfig, ConfigError> {
         let field = |f: &str| format!("upstream[{}].{f}", i + 1);
-        let uri: Uri = u
-            .url
-            .parse()
-            .map_err(|_| self.err(&field("url"), format!("`{}` is not a URL", u.url)))?;
+        // No message repeats the URL: it may hold a password (refused below).
+        if u.url.contains('#') {
+            return Err(self.err(&field("url"), "must not have a fragment (`#…`)"));
+        }
+        let uri: Uri = u.url.trim().parse().map_err(|_| {
+            self.err(
+                &field("url"),
+                "is not a URL (for example \"http://127.0.0.1:8000\")",
+            )
+        })?;
         let scheme = uri
             .scheme()
             .cloned()
@@ -34,6 +40,24 @@ impl Validator<'_> {
             .authority()
             .cloned()
             .ok_or_else(|| self.err(&field("url"), "has no host"))?;
+        // Dropped silently they would surprise (and a password would go out as the `Host`).
+        if authority.as_str().contains('@') {
+            return Err(self.err(
+                &field("url"),
+                "must not hold credentials (user:password@): give the upstream's key with api_key_env",
+            ));
+        }
+        let a = authority.as_str();
+        let after_host = a.rsplit_once(']').map_or(a, |(_, rest)| rest);
+        if after_host.contains(':') && authority.port_u16().is_none() {
+            return Err(self.err(&field("url"), "has a port that is not a number"));
+        }
+        if uri.query().is_some() {
+            return Err(self.err(
+                &field("url"),
+                "must not have a query (`?…`): each request's own goes upstream",
+            ));
+        }
         let base_path = uri.path().trim_end_matches('/').to_string();
         let patterns = u.models.unwrap_or_else(|| vec!["*".into()]);
         let mut set = globset::GlobSetBuilder::new();
