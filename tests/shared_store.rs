@@ -477,10 +477,19 @@ async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
         not_ready,
         "a replica with an incomplete key set said it was ready"
     );
+    // `check` says so too, failing (found by a probe: it printed "ok" and the keys the
+    // store had kept, which an init step or a CI gate took for a healthy store).
+    let (ok, _, err) = cli(&c.r[0].cfg, &["check"]);
+    assert!(
+        !ok && err.contains("diverged") && err.contains("keygate keys push"),
+        "{err}"
+    );
 
     let (ok, out, err) = cli(&c.r[2].cfg, &["keys", "push"]);
     assert!(ok, "{err}");
     assert!(out.contains("Pushed"), "{out}");
+    let (ok, _, err) = cli(&c.r[0].cfg, &["check"]);
+    assert!(ok, "{err}");
     // The store has the revoked key back, revoked; every replica converges.
     let (ok, out, _) = cli(&c.r[1].cfg, &["keys", "show", &id, "--json"]);
     assert!(ok);
@@ -982,4 +991,48 @@ async fn a_revoke_is_in_force_where_the_snapshot_disk_refuses_it() {
         "{:?}",
         restarted.logs.lock().unwrap()
     );
+}
+
+/// Found by an operator's probe: with `[keys] file = "data/keys.json"` and no `data/`, `check`
+/// said ok, and `serve` started, never became ready, skipped its lock with a warning and
+/// blamed Redis ("key store unreachable") ten times a second.
+#[tokio::test]
+async fn a_missing_snapshot_directory_is_refused_naming_it() {
+    let redis = Redis::start().await;
+    let mock = start_mock().await;
+    let r = Replica::with_snapshot(&redis, &mock, false, Path::new("data/keys.json"));
+    let (ok, _, err) = cli(&r.cfg, &["check"]);
+    assert!(
+        !ok && err.contains("data") && err.contains("does not exist"),
+        "{err}"
+    );
+    let mut child = std::process::Command::new(common::binary::BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&r.cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > 20 * SECOND {
+            let _ = child.kill();
+            panic!("serve started without its snapshot directory");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("data")
+            && stderr.contains("does not exist")
+            && !stderr.contains("listening"),
+        "{stderr}"
+    );
+    // Made, the replica starts and serves.
+    std::fs::create_dir(r.dir.path().join("data")).unwrap();
+    let (ok, _, err) = cli(&r.cfg, &["check"]);
+    assert!(ok, "{err}");
 }

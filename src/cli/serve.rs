@@ -291,13 +291,31 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
 }
 
+/// A replica's snapshot (`[keys] file` in redis mode) needs its directory: without it the
+/// replica would never be ready, its lock skipped, and its journal's failure read as a Redis
+/// one. Refused at start (and by `check`), naming the directory.
+pub(crate) fn snapshot_directory(file: &std::path::Path) -> Result<(), CliError> {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or(std::path::Path::new("."));
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(CliError::Runtime(format!(
+        "[keys] file: the key snapshot's directory {} does not exist (or is not a directory): create it; a replica writes its snapshot there (in Kubernetes, mount a volume such as an emptyDir)",
+        crate::text::Escaped(&dir.display().to_string())
+    )))
+}
+
 pub fn serve(config: Option<PathBuf>) -> Result<(), CliError> {
     let cfg = load_config(config)?;
     let logging = crate::ops::logging::init(&cfg.log);
     // A replica of the shared key store owns its snapshot until it exits: claimed before the
     // port is bound, so a second replica on the same file never says it listens.
     let _claim = match &cfg.keys.store {
-        crate::config::StoreMode::Redis(_) => crate::keys::snapshot::Claim::take(&cfg.keys.file)?,
+        crate::config::StoreMode::Redis(_) => {
+            snapshot_directory(&cfg.keys.file)?;
+            crate::keys::snapshot::Claim::take(&cfg.keys.file)?
+        }
         crate::config::StoreMode::File => None,
     };
     crate::server::accept::raise_open_file_limit();
