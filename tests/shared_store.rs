@@ -484,6 +484,14 @@ async fn a_store_restarted_empty_never_unrevokes_and_push_restores_it() {
         !ok && err.contains("diverged") && err.contains("keygate keys push"),
         "{err}"
     );
+    // And a list or a key read from it warns that the store may lack keys and revokes.
+    for args in [vec!["keys", "list", "--all"], vec!["keys", "show", &id]] {
+        let (_, _, err) = cli(&c.r[0].cfg, &args);
+        assert!(
+            err.contains("warning: the shared key store is diverged"),
+            "{args:?}: {err}"
+        );
+    }
 
     let (ok, out, err) = cli(&c.r[2].cfg, &["keys", "push"]);
     assert!(ok, "{err}");

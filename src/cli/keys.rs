@@ -205,7 +205,10 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
     let cfg = load_key_config(config)?;
     let file = match Store::of(&cfg.keys)? {
         Store::File(f) => f.load()?,
-        redis => redis.load()?,
+        redis => {
+            crate::cli::list::warn_if_diverged(&redis);
+            redis.load()?
+        }
     };
     let k = file.get(id)?;
     let now = Timestamp::now();

@@ -40,6 +40,17 @@ const HEADER: [&str; 10] = [
     "DESCRIPTION",
 ];
 
+/// Says on stderr that the shared store lost changes, before a list or a key read from it
+/// (found by a probe: an empty list, exit 0, read as "no keys").
+pub(crate) fn warn_if_diverged(store: &Store) {
+    if let Some(why) = store.diverged() {
+        crate::cli::output::say(format_args!(
+            "warning: the shared key store is diverged, what it shows may lack keys and revokes the replicas hold: {}",
+            crate::text::Escaped(&why)
+        ));
+    }
+}
+
 pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
     let cfg = load_key_config(config)?;
     let filter = Filter {
@@ -55,7 +66,9 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
         last_used_after: None,
     };
     let store = KeyStore::new(&cfg.keys.file);
-    let text = match Store::of(&cfg.keys)? {
+    let backend = Store::of(&cfg.keys)?;
+    warn_if_diverged(&backend);
+    let text = match backend {
         Store::File(_) => store.read_text()?,
         // The shared store's records, in the key file's form, through the same reader.
         redis => Some(crate::keys::writer::file_text(&redis.load()?)),

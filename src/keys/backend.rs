@@ -42,6 +42,15 @@ impl Store {
     }
 
     /// Every record (the key file must exist; the Redis store may be empty).
+    /// Why the shared store is marked behind a replica's snapshot, when it is: what it holds
+    /// may lack keys and revokes the replicas have. `None` for a key file, a store that is
+    /// not, or one that does not answer (the read that follows says so).
+    pub fn diverged(&self) -> Option<String> {
+        let Store::Redis(r) = self else { return None };
+        let mut con = r.connect(std::time::Duration::from_secs(3)).ok()?;
+        r.position(&mut con).ok()?.diverged
+    }
+
     pub fn load(&self) -> Result<KeyFile, StoreError> {
         match self {
             Store::File(f) => f.load_existing(),
