@@ -668,3 +668,37 @@ async fn a_management_write_reloads_the_index_once() {
         "a change by the CLI was not reloaded"
     );
 }
+
+/// Found by a probe: a gateway started on a broken key file said "the last good keys keep
+/// serving" when it had none (every request was refused), and "loaded again" once it loaded.
+#[tokio::test]
+async fn a_key_file_broken_from_the_start_is_said_to_leave_no_keys() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &mock, "");
+    let key = cli_create_key(&cfg, "service").0;
+    let file = dir.path().join("keys.json");
+    let good = fs::read(&file).unwrap();
+    fs::write(&file, r#"{"key": "not a key file"}"#).unwrap();
+    let served = serve(&cfg);
+    assert!(
+        has_line(&served.logs, |l| l
+            .contains("no keys yet, so every request is refused"))
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    assert_eq!(count(&served.logs, "the last good keys keep serving"), 0);
+    assert_eq!(status(&served.url("/v1/chat/completions"), &key).await, 503);
+    let tmp = dir.path().join("keys.json.tmp");
+    fs::write(&tmp, good).unwrap();
+    fs::rename(&tmp, &file).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&served.url("/v1/chat/completions"), &key).await == 200
+        })
+        .await
+    );
+    assert!(has_line(&served.logs, |l| l.contains("key file loaded")).await);
+    assert_eq!(count(&served.logs, "key file loaded again"), 0);
+}

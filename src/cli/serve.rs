@@ -128,7 +128,8 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
             gw.reload_keys()
         } {
             Ok(n) => {
-                if failures.succeeded() {
+                let first = !restored.load(Ordering::Acquire);
+                if failures.succeeded() && !first {
                     tracing::info!(
                         keys = n,
                         "key file loaded again; the keys in force are current"
@@ -144,7 +145,12 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
             Err(e) => {
                 // Loud once, quiet while the same error repeats at every retry.
                 if failures.failed(&e.to_string()) {
-                    tracing::error!(error = %e, "key file not loaded: the last good keys keep serving, so a change (a revoke) is not in force; retried at every poll");
+                    if restored.load(Ordering::Acquire) {
+                        tracing::error!(error = %e, "key file not loaded: the last good keys keep serving, so a change (a revoke) is not in force; retried at every poll");
+                    } else {
+                        // Nothing loaded yet: no keys serve, every request is refused.
+                        tracing::error!(error = %e, "key file not loaded: no keys yet, so every request is refused (503 not_ready) until it loads; retried at every poll");
+                    }
                 }
                 false
             }
