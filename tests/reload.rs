@@ -702,3 +702,29 @@ async fn a_key_file_broken_from_the_start_is_said_to_leave_no_keys() {
     assert!(has_line(&served.logs, |l| l.contains("key file loaded")).await);
     assert_eq!(count(&served.logs, "key file loaded again"), 0);
 }
+
+/// Found by a probe: a state file cut short was logged as a warning and replaced by the
+/// first save, its usage history and quota counts gone for good. It is kept aside now.
+#[tokio::test]
+async fn a_usage_state_file_that_does_not_parse_is_kept_aside() {
+    let mock = start_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &mock, "");
+    let key = cli_create_key(&cfg, "service").0;
+    let state = dir.path().join("keys.json.state");
+    let cut = br#"{"version":2,"keys":{"key_0123"#;
+    fs::write(&state, cut).unwrap();
+    let served = serve(&cfg);
+    assert!(
+        has_line(&served.logs, |l| l
+            .contains("usage state file unreadable, kept aside"))
+        .await,
+        "{:?}",
+        served.logs.lock().unwrap()
+    );
+    assert_eq!(
+        fs::read(dir.path().join("keys.json.state.corrupt")).unwrap(),
+        cut
+    );
+    assert_eq!(status(&served.url("/v1/chat/completions"), &key).await, 200);
+}

@@ -131,6 +131,20 @@ pub fn save_state(gw: &Gateway, path: &Path) -> std::io::Result<()> {
 pub fn restore(gw: &Gateway, path: &Path) {
     let saved = match load(path) {
         Ok(s) => s,
+        // A file that does not parse (cut short, edited) is moved aside before the first save
+        // replaces it: its counts are lost to this run, not destroyed.
+        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+            let kept = crate::keys::store::beside(path, ".corrupt");
+            match std::fs::rename(path, &kept) {
+                Ok(()) => {
+                    tracing::error!(path = %path.display(), kept = %kept.display(), error = %e, "usage state file unreadable, kept aside; starting from zero (lifetime usage, usage history and this day's and month's quota counts)")
+                }
+                Err(r) => {
+                    tracing::error!(path = %path.display(), error = %e, rename_error = %r, "usage state file unreadable and cannot be kept aside; starting from zero, and the next save replaces it")
+                }
+            }
+            return;
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "usage state file unreadable; starting from zero");
             return;
