@@ -166,6 +166,23 @@ fn kubernetes_examples_are_valid_and_give_the_drain_its_time() {
             "{name}: terminationGracePeriodSeconds {grace} leaves no time after preStop, \
              shutdown_delay and drain_timeout ({needed} s)"
         );
+        // Found by a probe: a StatefulSet governed by an ordinary Service, so its pods had no
+        // stable DNS names.
+        for svc in yaml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("serviceName:"))
+        {
+            let svc = svc.trim();
+            let headless = yaml.split("\n---").any(|doc| {
+                doc.contains("kind: Service")
+                    && doc.contains(&format!("name: {svc}\n"))
+                    && doc.contains("clusterIP: None")
+            });
+            assert!(
+                headless,
+                "{name}: serviceName {svc} is not a headless Service here"
+            );
+        }
         seen += 1;
     }
     assert!(seen >= 2);
