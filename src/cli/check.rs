@@ -36,12 +36,12 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
     // holds (a replica's snapshot may not exist yet: it is written from Redis once it runs,
     // so an init step on a fresh replica checks the store itself).
     let store = Store::of(&cfg.keys)?;
-    if let Store::Redis(r) = &store {
+    if let Store::Redis(_) = &store {
         // What a replica needs besides the records: a directory for its snapshot, and a
-        // store not marked behind one (which refuses writes until `keys push`).
+        // store not marked behind one (which refuses writes until `keys push`). A store that
+        // does not answer is said by the read below.
         crate::cli::serve::snapshot_directory(&cfg.keys.file)?;
-        let mut con = r.connect(std::time::Duration::from_secs(3))?;
-        if let Some(why) = r.position(&mut con)?.diverged {
+        if let Some(why) = store.diverged() {
             return Err(CliError::Runtime(format!(
                 "the shared key store is diverged (it lacks changes replicas hold; writes are refused): {why}"
             )));

@@ -163,23 +163,7 @@ impl Snapshot {
             source,
         };
         let mut text = Vec::new();
-        let mut line = |record: Option<&KeyRecord>| {
-            let l = Line {
-                position: position.clone(),
-                record: record.cloned(),
-            };
-            serde_json::to_writer(&mut text, &l).map_err(io::Error::from)?;
-            text.push(b'\n');
-            Ok::<(), io::Error>(())
-        };
-        match records {
-            [] => line(None).map_err(err)?,
-            _ => {
-                for r in records {
-                    line(Some(r)).map_err(err)?;
-                }
-            }
-        }
+        push_lines(&mut text, records, position).map_err(err)?;
         let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
         let mut f = OpenOptions::new()
             .create(true)
@@ -285,30 +269,23 @@ impl Snapshot {
         let bytes = fs::read(&self.journal).unwrap_or_default();
         let mut text = Vec::new();
         if let Some(p) = position {
-            serde_json::to_writer(
-                &mut text,
-                &Line {
-                    position: p.clone(),
-                    record: None,
-                },
-            )
-            .map_err(|e| err(e.into()))?;
-            text.push(b'\n');
+            push_lines(&mut text, &[], p).map_err(err)?;
         }
         // What was appended meanwhile: whole lines only (a line cut by a crash is dropped).
-        let tail = bytes.get(len..).unwrap_or_default();
-        let whole = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        text.extend_from_slice(&tail[..whole]);
-        let dir = self.journal.parent().filter(|p| !p.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".journal.tmp")
-            .tempfile_in(dir)
-            .map_err(err)?;
-        tmp.write_all(&text).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&self.journal).map_err(|e| err(e.error))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+        text.extend_from_slice(whole_lines(bytes.get(len..).unwrap_or_default()));
+        self.replace_journal(&text)
+    }
+
+    /// `text` as the whole journal: a temp file beside it, synced and renamed over it
+    /// (`keys::replace`). The caller holds `append`.
+    fn replace_journal(&self, text: &[u8]) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            path: self.journal.clone(),
+            source,
+        };
+        let mut tmp = replace::create_temp(&self.journal).map_err(err)?;
+        tmp.write_all(text).map_err(err)?;
+        replace::commit(&self.journal, tmp).map_err(err)
     }
 
     /// Every record of the snapshot as it now is (journal folded in first). For the replica
@@ -343,6 +320,29 @@ impl Snapshot {
         all.extend(added(changed));
         Ok(all)
     }
+}
+
+/// Journal lines for `records` at `position` (none: the position alone), appended to `text`.
+fn push_lines(text: &mut Vec<u8>, records: &[KeyRecord], position: &Position) -> io::Result<()> {
+    let mut line = |record: Option<&KeyRecord>| {
+        let l = Line {
+            position: position.clone(),
+            record: record.cloned(),
+        };
+        serde_json::to_writer(&mut *text, &l)?;
+        text.push(b'\n');
+        Ok::<(), io::Error>(())
+    };
+    match records {
+        [] => line(None),
+        _ => records.iter().try_for_each(|r| line(Some(r))),
+    }
+}
+
+/// `bytes` up to the end of its last whole line (a line cut by a crash, or by a full disk,
+/// is no line).
+fn whole_lines(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)]
 }
 
 /// The journal's records, the one that wins for each key.

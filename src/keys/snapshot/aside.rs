@@ -6,12 +6,13 @@
 //! restarts meanwhile has no snapshot, and waits for the store (not ready) rather than serve
 //! an old one.
 
-use super::{Line, Position, Snapshot};
+use super::{push_lines, whole_lines, Position, Snapshot};
 use crate::keys::error::StoreError;
 use crate::keys::record::KeyRecord;
+use crate::keys::replace::sync_dir;
 use crate::keys::store::beside;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The suffix of a snapshot's file and journal while they are set aside.
@@ -23,11 +24,6 @@ fn rename(path: &Path, to: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-fn sync_dir(file: &Path) -> io::Result<()> {
-    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
-    fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
 }
 
 impl Snapshot {
@@ -58,32 +54,13 @@ impl Snapshot {
             source,
         };
         let (file, journal) = self.aside();
-        let mut text = match fs::read(&journal) {
+        let old = match fs::read(&journal) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             read => read.map_err(err)?,
         };
-        text.truncate(text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
-        let lines: Vec<Option<&KeyRecord>> = match records {
-            [] => vec![None],
-            _ => records.iter().map(Some).collect(),
-        };
-        for record in lines {
-            let line = Line {
-                position: position.clone(),
-                record: record.cloned(),
-            };
-            serde_json::to_writer(&mut text, &line).map_err(|e| err(e.into()))?;
-            text.push(b'\n');
-        }
-        let dir = self.journal.parent().filter(|p| !p.as_os_str().is_empty());
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".journal.tmp")
-            .tempfile_in(dir.unwrap_or(Path::new(".")))
-            .map_err(err)?;
-        tmp.write_all(&text)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(err)?;
-        tmp.persist(&self.journal).map_err(|e| err(e.error))?;
+        let mut text = whole_lines(&old).to_vec();
+        push_lines(&mut text, records, position).map_err(err)?;
+        self.replace_journal(&text)?;
         rename(&file, self.path()).map_err(err)?;
         match fs::remove_file(&journal) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),

@@ -141,20 +141,19 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
         };
         let msg = err.to_string();
         f.sync.set_error(Some(msg.clone()));
-        if let StoreError::Read { .. }
-        | StoreError::Write { .. }
-        | StoreError::Syntax { .. }
-        | StoreError::Invalid { .. } = err
-        {
-            // A file of this replica's (its snapshot), not the store: said as such, so that
-            // no one goes looking for a Redis problem.
-            tracing::error!(error = %msg, "key store follower stopped on an error of this replica, not of Redis; starting over");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            continue;
+        // A file of this replica's (its snapshot), not the store: said as such, so that no
+        // one goes looking for a Redis problem.
+        let local = matches!(
+            err,
+            StoreError::Read { .. }
+                | StoreError::Write { .. }
+                | StoreError::Syntax { .. }
+                | StoreError::Invalid { .. }
+        );
+        let was_down = local || down_since.is_some();
+        if !local {
+            down_since.get_or_insert_with(Instant::now);
         }
-        let was_down = down_since.is_some();
-        let since = *down_since.get_or_insert_with(Instant::now);
         if !was_down {
             // The first failure after a working session: a Redis restart or a dropped
             // connection, which the reconnection right after usually mends. An error only
@@ -166,12 +165,16 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
         {
             told = Some(msg.clone());
             last_said = Instant::now();
-            tracing::error!(
-                error = %msg,
-                stale_seconds = f.sync.stale_seconds(),
-                down_seconds = since.elapsed().as_secs(),
-                "key store unreachable: serving the key snapshot, key changes are not seen and writes fail until it answers"
-            );
+            if local {
+                tracing::error!(error = %msg, "key store follower stopped on an error of this replica, not of Redis; starting over");
+            } else {
+                tracing::error!(
+                    error = %msg,
+                    stale_seconds = f.sync.stale_seconds(),
+                    down_seconds = down_since.map_or(0, |s| s.elapsed().as_secs()),
+                    "key store unreachable: serving the key snapshot, key changes are not seen and writes fail until it answers"
+                );
+            }
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(2));
