@@ -824,6 +824,71 @@ async fn h2_client_with_no_receive_window_frees_upstream_and_slot_at_write_timeo
     drop(resp);
 }
 
+/// A refusal is the gateway's own whole answer: it holds no place in the gateway's in-flight
+/// cap while a client that opened no window leaves it unsent. Before, a client with no key
+/// could fill every place with 401s nobody read, and everyone got 503 until write_timeout.
+#[tokio::test]
+async fn refusals_a_client_never_reads_hold_no_in_flight_place() {
+    let upstream = SseUpstream::start().await;
+    let g = gateway_for(&upstream, "write_timeout = \"30s\"\nmax_in_flight = 4\n").await;
+    let (_, key) = g.create_key(keygate::keys::record::NewKey {
+        name: "one-at-a-time".into(),
+        models: vec!["llama-*".into()],
+        limits: KeyLimits {
+            max_in_flight: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(0);
+    let c = H2::connect(g.addr, &b).await;
+    let mut heads = Vec::new();
+    // Twice the cap of refusals: every other one has no key (401), the rest the key and a
+    // model its allowlist refuses (403, after the key's own in-flight slot is taken).
+    for i in 0..8 {
+        let mut h2 = c.client.clone().ready().await.unwrap();
+        let mut req = http::Request::post(format!("http://{}/v1/chat/completions", g.addr));
+        if i % 2 == 1 {
+            req = req.header("authorization", bearer(&key));
+        }
+        let (resp, mut up) = h2.send_request(req.body(()).unwrap(), false).unwrap();
+        let body = if i % 2 == 1 {
+            r#"{"model":"gpt-4o","messages":[]}"#
+        } else {
+            CHAT
+        };
+        up.send_data(Bytes::from(body), true).unwrap();
+        let resp = tokio::time::timeout(5 * SEC, resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert!(
+            resp.status() == 401 || resp.status() == 403,
+            "request {i}: {}",
+            resp.status()
+        );
+        heads.push(resp);
+    }
+    assert!(
+        eventually(SEC, || async { g.gw.capacity.in_use() == 0 }).await,
+        "unsent refusals hold {} in-flight places",
+        g.gw.capacity.in_use()
+    );
+    let a = send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", bearer(&key).as_str()),
+            ("x-test-events", "2"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    drop(heads);
+}
+
 #[tokio::test]
 async fn http1_client_that_never_reads_frees_upstream_and_slot_at_write_timeout() {
     let upstream = SseUpstream::start().await;

@@ -172,7 +172,16 @@ impl Body {
         self.exchange = Some(e);
     }
 
-    pub fn set_record(&mut self, f: Box<RequestRecord>) {
+    /// The request's record, settled when this body ends. A whole answer the gateway wrote (a
+    /// refusal, the model list, the management API's) asks nothing more of the upstream or of
+    /// the key: its in-flight places go back now, not when a client that may never open its
+    /// HTTP/2 window has read it (until `write_timeout`, a client with no key could otherwise
+    /// hold every place of the gateway's cap with refusals it never reads).
+    pub fn set_record(&mut self, mut f: Box<RequestRecord>) {
+        if let Kind::Full(_) = self.kind {
+            f.capacity = None;
+            f.slot = None;
+        }
         self.record = Some(f);
     }
 }
