@@ -194,11 +194,25 @@ async fn abandoned_streams_are_charged_through_redis_too() {
 /// An upstream that answers every request with a 200 event stream of three content events
 /// and then drops the connection without ending the stream.
 async fn breaking_upstream() -> std::net::SocketAddr {
+    breaking_upstream_with(
+        ["Hello", " wonderful", " world"]
+            .iter()
+            .map(|w| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{w}\"}}}}]}}\n\n"))
+            .collect(),
+    )
+    .await
+}
+
+/// An upstream that answers every request with a 200 event stream of `events` and then drops
+/// the connection without ending the stream.
+async fn breaking_upstream_with(events: Vec<String>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let events = std::sync::Arc::new(events);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let events = std::sync::Arc::clone(&events);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut tmp = [0u8; 4096];
@@ -225,10 +239,7 @@ async fn breaking_upstream() -> std::net::SocketAddr {
                     }
                 }
                 let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-                for w in ["Hello", " wonderful", " world"] {
-                    let event = format!(
-                        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{w}\"}}}}]}}\n\n"
-                    );
+                for event in events.iter() {
                     out.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
                 }
                 let _ = s.write_all(&out).await;
@@ -238,6 +249,68 @@ async fn breaking_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// The Responses API's first event echoes the request's tools back: a client that names
+/// members of its tool's schema `input_tokens` and `output_tokens`, then leaves (or whose
+/// upstream breaks) before `response.completed`, is charged what was relayed, not those
+/// planted zeros as if the upstream had reported them.
+#[tokio::test]
+async fn counts_a_client_planted_in_its_echoed_tools_are_not_its_usage() {
+    let created = r#"event: response.created
+data: {"type":"response.created","response":{"id":"resp_1","status":"in_progress","tools":[{"type":"function","name":"f","parameters":{"type":"object","input_tokens":0,"output_tokens":0}}],"usage":null},"sequence_number":0}
+
+"#;
+    let mut events = vec![created.to_string()];
+    for (i, w) in ["Hello", " wonderful", " world"].iter().enumerate() {
+        events.push(format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{w}\",\"sequence_number\":{}}}\n\n",
+            i + 1
+        ));
+    }
+    let addr = breaking_upstream_with(events).await;
+    let g = start_gateway_raw(
+        start_mock().await,
+        &format!("[[upstream]]\nname = \"breaks\"\nurl = \"http://{addr}\"\n"),
+    )
+    .await;
+    let (id, key) = g.create_key(NewKey {
+        name: "planter".into(),
+        limits: KeyLimits {
+            tokens_per_minute: Some(10_000),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let body = r#"{"model":"llama-3.1-8b-instruct","stream":true,"max_output_tokens":500,"input":"write a long story","tools":[{"type":"function","name":"f","parameters":{"type":"object","input_tokens":0,"output_tokens":0}}]}"#;
+    let resp = client()
+        .request(
+            http::Request::post(g.url("/v1/responses"))
+                .header("authorization", bearer(&key))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut b = resp.into_body();
+    while let Ok(Some(_)) = next_data(&mut b).await {}
+    assert!(eventually(5 * SEC, || async { g.gw.capacity.in_use() == 0 }).await);
+    let usage =
+        g.gw.live()
+            .keys
+            .as_ref()
+            .unwrap()
+            .state_of(&id)
+            .unwrap()
+            .usage
+            .snapshot();
+    // "Hello" 1 + " wonderful" 2 + " world" 1; the prompt at 4 bytes a token.
+    assert_eq!(usage.completion_tokens, 4, "{usage:?}");
+    assert_eq!(usage.prompt_tokens, body.len() as u64 / 4, "{usage:?}");
+    let v = serde_json::to_value(usage).unwrap();
+    assert_eq!(v["estimated_tokens"], usage.prompt_tokens + 4, "{v}");
 }
 
 #[tokio::test]

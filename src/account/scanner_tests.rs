@@ -151,3 +151,54 @@ fn counts_past_any_real_request_are_not_believed_past_the_cap() {
     assert_eq!((t.prompt, t.completion), (1 << 40, 1 << 40));
     assert_eq!(t.total(), 1 << 41, "the sum does not wrap");
 }
+
+/// Feeds `body` in two chunks cut at every point: no counts are found wherever the cut falls.
+fn assert_none_at_every_cut(body: &[u8]) {
+    for cut in 1..body.len() {
+        let mut s = UsageScanner::default();
+        s.feed(&body[..cut]);
+        s.feed(&body[cut..]);
+        assert_eq!(s.tokens(), None, "cut at {cut}");
+    }
+}
+
+#[test]
+fn counts_a_client_had_echoed_back_are_not_usage() {
+    // vLLM's `response.created` carries the request's tools, JSON schemas and all, with a
+    // `usage` of null: a client's members named like counts are not the upstream's report.
+    assert_none_at_every_cut(
+        br#"data: {"type":"response.created","response":{"id":"r","tools":[{"type":"function","name":"f","parameters":{"type":"object","input_tokens":0,"output_tokens":0}}],"text":{"format":{"schema":{"prompt_tokens":0}}},"usage":null},"sequence_number":0}"#,
+    );
+    // Nor when the client names its own object `usage`, at any depth it can reach.
+    assert_none_at_every_cut(
+        br#"{"response":{"tools":[{"parameters":{"usage":{"input_tokens":0,"output_tokens":0}}}]}}"#,
+    );
+    assert_none_at_every_cut(
+        br#"{"id":"c","kv_transfer_params":{"usage":{"prompt_tokens":0,"completion_tokens":0}},"choices":[]}"#,
+    );
+}
+
+#[test]
+fn the_upstreams_usage_stands_whatever_a_client_echo_says_around_it() {
+    // Planted counts after the real ones, in the same answer, do not replace them.
+    assert_at_every_cut(
+        br#"{"usage":{"prompt_tokens":12,"completion_tokens":7},"kv_transfer_params":{"prompt_tokens":0,"completion_tokens":0,"usage":{"prompt_tokens":0}}}"#,
+        12,
+        7,
+    );
+    // A stream's planted first event and its real last one.
+    assert_at_every_cut(
+        b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"tools\":[{\"parameters\":{\"input_tokens\":0,\"output_tokens\":0}}],\"usage\":null}}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"tools\":[{\"parameters\":{\"input_tokens\":0,\"output_tokens\":0}}],\"usage\":{\"input_tokens\":31,\"output_tokens\":250,\"total_tokens\":281}}}\n\n",
+        31,
+        250,
+    );
+}
+
+#[test]
+fn a_pretty_printed_answer_is_read_as_a_compact_one() {
+    assert_at_every_cut(
+        b"{\n  \"choices\": [],\n  \"usage\": {\n    \"prompt_tokens\" : 5,\n    \"completion_tokens\":\t6\n  }\n}\n",
+        5,
+        6,
+    );
+}
