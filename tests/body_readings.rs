@@ -271,6 +271,14 @@ async fn a_token_hold_counts_every_choice_the_body_asks_for() {
             format!(r#"{{"model":"{GOOD}","max_tokens":100,"n":1,"best_of":20,"prompt":"hi"}}"#),
             20,
         ),
+        (
+            "/v1/completions",
+            format!(
+                r#"{{"model":"{GOOD}","max_tokens":100,"prompt":[{}]}}"#,
+                vec![r#""hi""#; 20].join(",")
+            ),
+            20,
+        ),
     ] {
         let (a, first) = while_one_runs(&g, &key, path, &body).await;
         assert_eq!(first, 200, "{body}");

@@ -15,16 +15,18 @@
 //! (the usage the gateway charges would then never come).
 
 use crate::authorize::body::BodyError;
+use crate::authorize::json_values::{Count, ModelValue, Prompts};
 use crate::keys::tokens::MAX_COUNT;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-/// The fields of an OpenAI request body the gateway reads, in `BodyFacts` order. `n` and
-/// `best_of` are here for the reason the budgets are: a body the gateway read as one sequence
-/// and an upstream (folding `N`, or keeping the last of two) as a hundred would dodge the hold.
-const READ: [&str; 8] = [
+/// The fields of an OpenAI request body the gateway reads, in `BodyFacts` order. `n`,
+/// `best_of` and `prompt` (an array of prompts) are here for the reason the budgets are: a
+/// body the gateway read as one sequence and an upstream (folding `N`, or keeping the last of
+/// two) as a hundred would dodge the hold.
+const READ: [&str; 9] = [
     "model",
     "stream",
     "stream_options",
@@ -33,6 +35,7 @@ const READ: [&str; 8] = [
     "max_output_tokens",
     "n",
     "best_of",
+    "prompt",
 ];
 
 /// The fields of an OpenAI request body the gateway looks at. Everything else is skipped
@@ -50,6 +53,8 @@ pub struct BodyFacts<'a> {
     /// `/v1/completions`): each is up to the completion budget long.
     pub n: Option<u64>,
     pub best_of: Option<u64>,
+    /// The prompts of a completions body, each generated on its own (`Prompts`).
+    pub prompts: Option<u64>,
     /// The first reason the body is ambiguous (a field twice, or spelled like a read one).
     problem: Option<BodyError>,
 }
@@ -65,7 +70,8 @@ pub struct Summary {
     /// and not 0 (upstreams differ on which wins, and vLLM takes a 0 as "not given").
     pub completion_budget: Option<u64>,
     /// The sequences the upstream generates, each up to the budget: the largest of `n` and
-    /// `best_of`, at least 1 (vLLM and OpenAI generate `best_of`, and return `n`).
+    /// `best_of`, at least 1 (vLLM and OpenAI generate `best_of`, and return `n`), for each
+    /// prompt of a completions body's array of prompts.
     pub sequences: u64,
 }
 
@@ -100,7 +106,8 @@ impl BodyFacts<'_> {
             sequences: [self.n, self.best_of]
                 .into_iter()
                 .flatten()
-                .fold(1, u64::max),
+                .fold(1, u64::max)
+                .saturating_mul(self.prompts.unwrap_or(1).max(1)),
         }
     }
 }
@@ -158,80 +165,6 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
-/// A body's `model` as written: a string, `null` (absent), or any other value, which is read
-/// (and skipped) here rather than failing the parse, so that the refusal can name `model`.
-enum ModelValue<'a> {
-    Named(Cow<'a, str>),
-    Null,
-    NotString,
-}
-
-impl<'de> Deserialize<'de> for ModelValue<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ModelValue<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::Named(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::Named(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::Named(Cow::Owned(v)))
-            }
-            fn visit_unit<E>(self) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::Null)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::NotString)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::NotString)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::NotString)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ModelValue<'de>, E> {
-                Ok(ModelValue::NotString)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<ModelValue<'de>, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ModelValue::NotString)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ModelValue<'de>, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(ModelValue::NotString)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A count the gateway only uses for estimates, read generously (a whole number, a number
-/// rounded up, digits in a string, as lenient upstreams read it); anything else is left for
-/// the upstream to judge.
-struct Count(Option<u64>);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        let n = match &v {
-            serde_json::Value::Number(n) => n.as_u64().or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite() && *f > 0.0)
-                    .map(|f| f.ceil().min(u64::MAX as f64) as u64)
-            }),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        Ok(Count(n))
-    }
-}
-
 impl<'de> Deserialize<'de> for BodyFacts<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -273,7 +206,8 @@ impl<'de> Deserialize<'de> for BodyFacts<'de> {
                         4 => f.max_completion_tokens = map.next_value::<Count>()?.0,
                         5 => f.max_output_tokens = map.next_value::<Count>()?.0,
                         6 => f.n = map.next_value::<Count>()?.0,
-                        _ => f.best_of = map.next_value::<Count>()?.0,
+                        7 => f.best_of = map.next_value::<Count>()?.0,
+                        _ => f.prompts = Some(map.next_value::<Prompts>()?.0),
                     }
                 }
                 Ok(f)

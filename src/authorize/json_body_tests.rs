@@ -86,6 +86,7 @@ fn a_field_spelled_like_a_read_one_is_refused() {
         (r#"{"model":"m","max_tokens":9,"N":100}"#, "n"),
         (r#"{"model":"m","beſt_of":100}"#, "best_of"),
         (r#"{"model":"m","Best_Of":100}"#, "best_of"),
+        (r#"{"model":"m","Prompt":["a","b"]}"#, "prompt"),
     ] {
         match body_facts(body.as_bytes()) {
             Err(BodyError::SpelledLike { field: f, .. }) => assert_eq!(f, field, "{body}"),
@@ -108,6 +109,7 @@ fn a_read_field_twice_is_refused() {
         ),
         (r#"{"model":"m","n":1,"n":100}"#, "n"),
         (r#"{"model":"m","best_of":1,"best_of":100}"#, "best_of"),
+        (r#"{"model":"m","prompt":"a","prompt":["a","b"]}"#, "prompt"),
     ] {
         assert_eq!(
             body_facts(body.as_bytes()).unwrap_err(),
@@ -159,6 +161,30 @@ fn the_hold_counts_every_sequence() {
         50
     );
     assert_eq!(tokens(r#"{"model":"m","max_tokens":10,"best_of":3}"#), 30);
+    // Each prompt of an array of prompts is generated on its own (vLLM, OpenAI's
+    // completions): twenty prompts on the hold of one overshot the quota twentyfold.
+    assert_eq!(
+        tokens(r#"{"model":"m","max_tokens":10,"prompt":["a","b","c"]}"#),
+        30
+    );
+    assert_eq!(
+        tokens(r#"{"model":"m","max_tokens":10,"prompt":[[1,2],[3]]}"#),
+        20
+    );
+    assert_eq!(
+        tokens(r#"{"model":"m","max_tokens":10,"n":2,"prompt":["a","b","c"]}"#),
+        60
+    );
+    // One prompt: a string, token ids, an empty array, the Responses API's template object.
+    for p in [
+        r#""a""#,
+        "[1,2,3]",
+        "[]",
+        r#"{"id":"p","variables":{"x":["a","b"]}}"#,
+    ] {
+        let body = format!(r#"{{"model":"m","max_tokens":10,"prompt":{p}}}"#);
+        assert_eq!(tokens(&body), 10, "{p}");
+    }
     // No budget given: the default, for each sequence.
     assert_eq!(tokens(r#"{"model":"m","n":4}"#), 1024);
     // What no upstream reads as a count is one sequence (the upstream judges it).

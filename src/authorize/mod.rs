@@ -6,6 +6,7 @@
 pub mod body;
 pub mod envelope;
 pub mod json_body;
+mod json_values;
 pub mod model;
 pub mod multipart;
 pub mod part_name;

@@ -47,7 +47,7 @@ pub struct Inspected {
 impl Inspected {
     /// The tokens to reserve for a request on `route`: the completion budget the body names
     /// (else `[limits] estimated_completion_tokens`) times the sequences it asks for (`n`,
-    /// `best_of`: each is generated up to the budget), plus one token per 4 bytes of a body
+    /// `best_of`, for each prompt of an array: each is generated up to the budget), plus one token per 4 bytes of a body
     /// read whole (none for a multipart upload: a file is not prompt text). `None` when the
     /// key counts no tokens (no token limit or quota) or the body was not read.
     pub fn token_estimate(
