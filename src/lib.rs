@@ -37,6 +37,7 @@
 //! | `authorize/model.rs` | the model stage: the body read as far as its model, the model checked |
 //! | `authorize/body.rs` | how a body is encoded, why one cannot be checked, a form's model |
 //! | `authorize/json_body.rs` | the one JSON body reader: model and facts, read as every upstream would; the stream-usage rewrite (`json_body_tests.rs`: its unit tests) |
+//! | `authorize/json_values.rs` | how that reader reads a value: `model` as any JSON value, counts as leniently as upstreams do, the prompts in `prompt` |
 //! | `authorize/multipart.rs` | a multipart upload whose model is read while it streams |
 //! | `authorize/envelope.rs` | nothing but whitespace before a multipart body's first boundary and after its last |
 //! | `authorize/part_name.rs` | which multipart part is `model`, read strictly |
@@ -72,7 +73,8 @@
 //! | `proxy/health.rs` | an upstream's cached health-check result |
 //! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
-//! | `account/scanner.rs` | usage read from an answer as it streams; relayed text counted for a stream cut short (`scanner_tests.rs`: its unit tests) |
+//! | `account/scanner.rs` | usage read from an answer as it streams, only where upstreams report it (`scanner_tests.rs`: its unit tests) |
+//! | `account/relayed.rs` | relayed text counted for a stream cut short |
 //! | `account/access_log.rs` | the access line (`access_log_tests.rs`: its unit tests) |
 //! | `account/answer_model.rs` | the model an upstream's answer names (usage's model when the request's was not read) |
 //! | `keys/token.rs` | the token format (prefix, secret, checksum), generation, hashing |

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod answer_model;
 mod record;
+pub mod relayed;
 pub mod scanner;
 
 pub use record::{Added, RequestRecord, TokenUsage, CLIENT_CLOSED};

@@ -1,7 +1,7 @@
 //! The record of one request: everything known about it when its answer is done, filled in
 //! by the stages as they run and settled once, on drop (see `account`).
 
-use crate::account::scanner::CHARS_PER_TOKEN;
+use crate::account::relayed::CHARS_PER_TOKEN;
 use crate::gateway::Gateway;
 use crate::keys::index::KeyRef;
 use crate::keys::usage::Tokens;

@@ -1,6 +1,7 @@
 //! Unit tests of `account::scanner`: usage found wherever the chunks split.
 
 use super::*;
+use crate::account::relayed::ContentCounter;
 
 #[test]
 fn plain_json_usage() {

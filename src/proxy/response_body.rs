@@ -7,7 +7,8 @@
 //! text, for a stream cut short) and ends with an error when its key is revoked.
 
 use crate::account::answer_model;
-use crate::account::scanner::{ContentCounter, UsageScanner};
+use crate::account::relayed::ContentCounter;
+use crate::account::scanner::UsageScanner;
 use crate::account::{RequestRecord, TokenUsage};
 use crate::error::GatewayError;
 use crate::keys::state::Ended;
