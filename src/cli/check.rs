@@ -47,7 +47,8 @@ pub fn check(config: Option<PathBuf>) -> Result<(), CliError> {
             )));
         }
     }
-    let file = store.load()?;
+    let (file, left_out) = store.load_noting()?;
+    crate::cli::list::warn_left_out(&left_out);
     let source = match &store {
         Store::File(_) => cfg.keys.file.display().to_string(),
         Store::Redis(_) => "the shared key store (Redis)".to_string(),

@@ -207,7 +207,9 @@ pub fn show(config: Option<PathBuf>, id: &str, json: bool) -> Result<(), CliErro
         Store::File(f) => f.load()?,
         redis => {
             crate::cli::list::warn_if_diverged(&redis);
-            redis.load()?
+            let (file, left_out) = redis.load_noting()?;
+            crate::cli::list::warn_left_out(&left_out);
+            file
         }
     };
     let k = file.get(id)?;

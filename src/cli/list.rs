@@ -51,6 +51,18 @@ pub(crate) fn warn_if_diverged(store: &Store) {
     }
 }
 
+/// Says on stderr which of the shared store's records were left out, as this version cannot
+/// read them (`Store::load_noting`): the rest are shown, and nothing reads as complete.
+pub(crate) fn warn_left_out(left_out: &[String]) {
+    if !left_out.is_empty() {
+        crate::cli::output::say(format_args!(
+            "warning: {} record(s) in the shared key store cannot be read by this version of keygate and are left out: {}; rewrite them with the version that wrote them, or remove them (redis-cli HDEL)",
+            left_out.len(),
+            crate::text::Escaped(&left_out.join(", "))
+        ));
+    }
+}
+
 pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
     let cfg = load_key_config(config)?;
     let filter = Filter {
@@ -71,7 +83,11 @@ pub fn list(config: Option<PathBuf>, a: ListArgs) -> Result<(), CliError> {
     let text = match backend {
         Store::File(_) => store.read_text()?,
         // The shared store's records, in the key file's form, through the same reader.
-        redis => Some(crate::keys::writer::file_text(&redis.load()?)),
+        redis => {
+            let (file, left_out) = redis.load_noting()?;
+            warn_left_out(&left_out);
+            Some(crate::keys::writer::file_text(&file))
+        }
     };
     let usage: HashMap<String, UsageSnapshot> =
         crate::ops::usage_state::load_state(&cfg.keys.state_file).unwrap_or_default();

@@ -53,7 +53,8 @@ pub fn push(config: Option<PathBuf>, from: Option<PathBuf>) -> Result<(), CliErr
 
 pub fn pull(config: Option<PathBuf>, out: &Path) -> Result<(), CliError> {
     let (store, _) = redis(config)?;
-    let keys = store.read_all()?;
+    let (keys, left_out) = store.read_all()?;
+    crate::cli::list::warn_left_out(&left_out);
     let n = keys.len();
     let file = KeyFile {
         keys,

@@ -41,7 +41,6 @@ impl Store {
         }
     }
 
-    /// Every record (the key file must exist; the Redis store may be empty).
     /// Why the shared store is marked behind a replica's snapshot, when it is: what it holds
     /// may lack keys and revokes the replicas have. `None` for a key file, a store that is
     /// not, or one that does not answer (the read that follows says so).
@@ -51,13 +50,25 @@ impl Store {
         r.position(&mut con).ok()?.diverged
     }
 
+    /// Every record (the key file must exist; the Redis store may be empty).
     pub fn load(&self) -> Result<KeyFile, StoreError> {
+        self.load_noting().map(|(file, _)| file)
+    }
+
+    /// `load`, with the ids of the shared store's records left out because this version
+    /// cannot read them (`RedisStore::read_all`): the rest are listed, checked and served
+    /// rather than none.
+    pub fn load_noting(&self) -> Result<(KeyFile, Vec<String>), StoreError> {
         match self {
-            Store::File(f) => f.load_existing(),
-            Store::Redis(r) => Ok(KeyFile {
-                keys: r.read_all()?,
-                ..KeyFile::empty()
-            }),
+            Store::File(f) => Ok((f.load_existing()?, Vec::new())),
+            Store::Redis(r) => {
+                let (keys, left_out) = r.read_all()?;
+                let file = KeyFile {
+                    keys,
+                    ..KeyFile::empty()
+                };
+                Ok((file, left_out))
+            }
         }
     }
 }

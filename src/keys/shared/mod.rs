@@ -23,6 +23,7 @@ use crate::keys::ops::{self, Done, Op};
 use crate::keys::record::{self, KeyRecord};
 use crate::time::Timestamp;
 use redis::Script;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ pub struct RedisStore {
     write: Script,
     push: Script,
     restore: Script,
+    /// Records read and left out, as this version cannot read them (`read`):
+    /// `keygate_key_store_records_skipped_total`.
+    pub skipped: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -94,6 +98,7 @@ impl RedisStore {
             write: Script::new(include_str!("write.lua")),
             push: Script::new(include_str!("push.lua")),
             restore: Script::new(include_str!("restore.lua")),
+            skipped: AtomicU64::new(0),
         })
     }
 
@@ -277,8 +282,13 @@ enum Written {
     Conflict,
 }
 
-/// A record as the store holds it.
+/// A record as the store holds it. The error says where the text fails, not what it holds
+/// (a key hash, or anything a hand edit put there).
 pub fn parse(text: &str) -> Result<KeyRecord, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Rejected(format!("a record in the key store is invalid: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Rejected(format!(
+            "the record in the key store does not parse (column {}): this version of keygate cannot read it; rewrite it with the version that wrote it, or remove it",
+            e.column()
+        ))
+    })
 }

@@ -1,10 +1,15 @@
 //! What a replica reads from the shared store to follow it: where the store is (epoch,
 //! version, the diverged marker), the changes after a version, the records they name, and
 //! every record (a full resync, `keys pull`).
+//!
+//! A record this version cannot read (a field a newer keygate wrote, a hand edit) is left
+//! out of what is read, logged by id and counted (`readable`): failing the whole read on it
+//! held back every other change, revokes included, on every replica.
 
-use super::{parse, unavailable, RedisStore};
+use super::{unavailable, RedisStore};
 use crate::keys::error::StoreError;
-use crate::keys::record::KeyRecord;
+use crate::keys::record::{self, KeyRecord};
+use std::sync::atomic::Ordering;
 
 /// The store as a replica finds it when it (re)connects.
 #[derive(Debug, Clone, Default)]
@@ -95,7 +100,7 @@ impl RedisStore {
         Ok(!matches!(v, redis::Value::Nil))
     }
 
-    /// The records with these ids (missing ones left out).
+    /// The records with these ids (missing ones left out, and those `readable` refuses).
     pub fn records(
         &self,
         con: &mut redis::Connection,
@@ -109,15 +114,21 @@ impl RedisStore {
             .arg(ids)
             .query(con)
             .map_err(unavailable)?;
-        texts.into_iter().flatten().map(|t| parse(&t)).collect()
+        Ok(ids
+            .iter()
+            .zip(texts)
+            .filter_map(|(id, text)| self.readable(id, &text?))
+            .collect())
     }
 
-    /// Every record, a batch at a time (`HSCAN`).
+    /// Every record, a batch at a time (`HSCAN`). Returns the ids of those it left out
+    /// (`readable`).
     pub fn scan(
         &self,
         con: &mut redis::Connection,
         each: &mut dyn FnMut(KeyRecord),
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
+        let mut left_out = Vec::new();
         let mut cursor = 0u64;
         loop {
             let (next, pairs): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -127,23 +138,50 @@ impl RedisStore {
                 .arg(1000)
                 .query(con)
                 .map_err(unavailable)?;
-            for (_, text) in pairs {
-                each(parse(&text)?);
+            for (id, text) in pairs {
+                match self.readable(&id, &text) {
+                    Some(rec) => each(rec),
+                    None => left_out.push(id),
+                }
             }
             if next == 0 {
-                return Ok(());
+                return Ok(left_out);
             }
             cursor = next;
         }
     }
 
-    /// Every record, in creation order (as a key file holds them).
-    pub fn read_all(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    /// Every record, in creation order (as a key file holds them), with the ids of those
+    /// left out: that do not parse, or are invalid (a key file holding them would not load).
+    pub fn read_all(&self) -> Result<(Vec<KeyRecord>, Vec<String>), StoreError> {
         let mut con = self.connect(std::time::Duration::from_secs(10))?;
         let mut all = Vec::new();
-        self.scan(&mut con, &mut |r| all.push(r))?;
+        let mut left_out = self.scan(&mut con, &mut |r| all.push(r))?;
+        all.retain(|r| {
+            let valid = record::validate_record(0, r).is_ok();
+            if !valid {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                left_out.push(r.id.clone());
+            }
+            valid
+        });
         all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(all)
+        Ok((all, left_out))
+    }
+
+    /// The record stored under `id`; `None` when this version cannot parse it, logged by id
+    /// and counted (`keygate_key_store_records_skipped_total`). Its text is never logged: it
+    /// holds a key hash, and a hand edit could hold anything. What a replica held for that
+    /// key stays in force (a revoke stays revoked).
+    fn readable(&self, id: &str, text: &str) -> Option<KeyRecord> {
+        match serde_json::from_str(text) {
+            Ok(rec) => Some(rec),
+            Err(e) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(key_id = ?id, column = e.column(), "a record in the key store does not parse (a field a newer keygate wrote, or a hand edit): left out, and what this replica held for that key stays in force; rewrite it with the version that wrote it, or remove it (redis-cli HDEL)");
+                None
+            }
+        }
     }
 
     /// Marks the store as behind this replica — writes refuse until `keygate keys push` —

@@ -317,7 +317,7 @@ impl Follower {
         let started = Instant::now();
         let mut store: HashMap<KeyId, Seen> = HashMap::with_capacity(self.held.len());
         let mut records = Vec::new();
-        self.sync.store.scan(con, &mut |r| {
+        let unreadable = self.sync.store.scan(con, &mut |r| {
             if let Some(id) = KeyId::new(&r.id) {
                 store.insert(id, Seen::of(&r));
                 records.push(r);
@@ -327,10 +327,12 @@ impl Follower {
         // A store that has the key revoked is not behind on it, whatever revision this
         // replica holds unrevoked (revocation is final; e.g. `keys push` revoking again a key
         // a restored backup had unrevoked with a higher `rev`): counting it would mark the
-        // store diverged again after every push.
+        // store diverged again after every push. A record this version cannot read is not
+        // missing: the store has it (what this replica holds for it stays in force).
         let behind: Vec<&KeyId> = self
             .held
             .iter()
+            .filter(|(id, _)| !unreadable.iter().any(|u| u == id.as_str()))
             .filter(|(id, h)| {
                 store.get(id).is_none_or(|s| match (h.revoked, s.revoked) {
                     (true, false) => true,

@@ -90,6 +90,7 @@ struct StateGauges {
     key_store_version: Gauge,
     key_store_changes: Counter,
     key_store_resyncs: Counter,
+    key_store_skipped: Counter,
     key_snapshot_healthy: Gauge,
 }
 
@@ -173,6 +174,7 @@ impl Metrics {
             key_store_version: gauge("keygate_key_store_applied_version", &[]),
             key_store_changes: counter("keygate_key_store_changes_applied_total", &[]),
             key_store_resyncs: counter("keygate_key_store_resyncs_total", &[]),
+            key_store_skipped: counter("keygate_key_store_records_skipped_total", &[]),
             key_snapshot_healthy: gauge("keygate_key_snapshot_healthy", &[]),
         };
         let build = gauge(

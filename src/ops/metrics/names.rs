@@ -211,7 +211,7 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
 
 /// `# HELP` for every series the gateway exports.
 pub fn describe(r: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 14] = [
+    let counters: [(&'static str, &'static str); 15] = [
         (REQUESTS, "Requests answered, by route, status class and error code (empty for none)."),
         (RATE_LIMITED, "Requests refused with 429, by error code."),
         (UPSTREAM_ERRORS, "Upstream failures, by upstream and kind: unreachable, no answer in time, a 5xx answer, a stream that broke off or stalled."),
@@ -222,6 +222,7 @@ pub fn describe(r: &PrometheusRecorder) {
         ("keygate_key_index_rebuilds_total", "Key indexes built from scratch (start, a reload that changed many keys, changed [limits])."),
         ("keygate_key_store_changes_applied_total", "Redis key store: key records from the store put in force on this replica."),
         ("keygate_key_store_resyncs_total", "Redis key store: full resyncs (first contact, a new epoch, the store went backwards, the change log trimmed)."),
+        ("keygate_key_store_records_skipped_total", "Redis key store: records from the store left out, at each read, because this version cannot use them (they do not parse, or are invalid); what the replica held for those keys stays in force."),
         ("keygate_key_index_changes_applied_total", "Keys changed, added or removed by applying only them to the index in force."),
         ("keygate_key_index_compactions_total", "Overlays of changed keys folded into a new index base, off the request path."),
         (LOG_DROPPED, "Log lines dropped because the log writer could not keep up: access lines past 8 MiB waiting, warnings and errors past 16 MiB; audit lines never."),

@@ -126,6 +126,8 @@ impl Metrics {
                 .absolute(k.changes_applied.load(Ordering::Relaxed));
             s.key_store_resyncs
                 .absolute(k.resyncs.load(Ordering::Relaxed));
+            s.key_store_skipped
+                .absolute(k.store.skipped.load(Ordering::Relaxed));
             s.key_snapshot_healthy
                 .set(flag(k.snapshot_error().is_none()));
         }
