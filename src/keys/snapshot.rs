@@ -15,7 +15,7 @@
 
 use crate::keys::error::StoreError;
 use crate::keys::file;
-use crate::keys::record::KeyRecord;
+use crate::keys::record::{self, KeyRecord};
 use crate::keys::replace;
 use crate::keys::store::{beside, KeyStore};
 use crate::keys::writer::Writer;
@@ -345,10 +345,16 @@ fn whole_lines(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)]
 }
 
-/// The journal's records, the one that wins for each key.
+/// The journal's records, the one that wins for each key. An invalid one (journaled by an
+/// earlier version, which did not check) is left out, logged by id: in the file it would
+/// make the file unreadable, every later fold and every start from it failing.
 fn latest(records: Vec<KeyRecord>) -> HashMap<String, KeyRecord> {
     let mut changed: HashMap<String, KeyRecord> = HashMap::new();
     for rec in records {
+        if record::validate_record(0, &rec).is_err() {
+            tracing::error!(key_id = ?rec.id, "an invalid record in the key snapshot's journal is left out (what the snapshot holds for that key stays)");
+            continue;
+        }
         let held = changed.get(&rec.id).map(Seen::of);
         if wins(held, &rec) {
             changed.insert(rec.id.clone(), rec);

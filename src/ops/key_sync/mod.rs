@@ -18,16 +18,17 @@
 //! back with them once the disk takes them (`journal`). The connection stays up.
 
 mod journal;
+mod local;
 
 use crate::gateway::Gateway;
 use crate::keys::entry::KeyId;
 use crate::keys::error::StoreError;
-use crate::keys::index::KeyChange;
 use crate::keys::record::KeyRecord;
 use crate::keys::shared::read::StorePosition;
 use crate::keys::shared::sync::KeySync;
 use crate::keys::snapshot::{wins, Position, Seen};
 use journal::Unjournaled;
+use local::held;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -67,20 +68,6 @@ pub fn start(gw: &Arc<Gateway>, sync: Arc<KeySync>) {
         });
     if let Err(e) = writer {
         tracing::error!(error = %e, "key snapshot writer not started");
-    }
-}
-
-/// What the index holds, id → (rev, revoked), read from the snapshot.
-fn held(sync: &KeySync) -> HashMap<KeyId, Seen> {
-    match sync.snapshot.records() {
-        Ok(all) => all
-            .iter()
-            .filter_map(|r| Some((KeyId::new(&r.id)?, Seen::of(r))))
-            .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "key snapshot unreadable: following the store from scratch");
-            HashMap::new()
-        }
     }
 }
 
@@ -252,14 +239,15 @@ impl Follower {
         Ok(last >= pos.version)
     }
 
-    /// Journals the records that win over what is held, then applies them to the index.
+    /// Journals the records that win over what is held (and that this version can use at
+    /// all: `local::usable`), then applies them to the index.
     fn put_in_force(
         &mut self,
         gw: &Gateway,
         records: Vec<KeyRecord>,
         position: Position,
     ) -> Result<(), StoreError> {
-        let winners: Vec<KeyRecord> = records
+        let winners: Vec<KeyRecord> = local::usable(&self.sync, records)
             .into_iter()
             .filter(|r| KeyId::new(&r.id).is_some_and(|id| wins(self.held.get(&id).copied(), r)))
             .collect();
@@ -273,31 +261,25 @@ impl Follower {
             }
         }
         // Rebuilt from the snapshot when it is on disk; otherwise (none yet, or a disk that
-        // refuses the rewrite) applied in memory, an empty index made when there is none.
+        // refuses the rewrite, or a file that does not load) applied in memory, an empty
+        // index made when there is none: `held` already has them, so no later resync would.
         let rebuilt = rebuild
             && match self.sync.snapshot.fold() {
-                Ok(_) if self.sync.snapshot.path().exists() => {
-                    gw.reload_keys()?;
-                    true
-                }
-                Ok(_) => false,
+                Ok(_) if !self.sync.snapshot.path().exists() => false,
+                Ok(_) => match gw.reload_keys() {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "key snapshot rewritten but not loaded: the changes are applied in memory");
+                        false
+                    }
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "key snapshot not rewritten (the journal keeps every change): the changes are applied in memory");
                     false
                 }
             };
         if !rebuilt && (n > 0 || gw.live().keys.is_none()) {
-            let changes: Vec<KeyChange> = winners.iter().cloned().map(KeyChange::Put).collect();
-            if let Err(e) = gw.apply_key_changes(changes) {
-                // One bad record must not hold back the rest: one at a time.
-                tracing::warn!(error = %e, "key changes not applied together; applying them one by one");
-                for r in winners {
-                    let id = r.id.clone();
-                    if let Err(e) = gw.apply_key_changes(vec![KeyChange::Put(r)]) {
-                        tracing::error!(error = %e, key_id = %id, "key change from the store not applied");
-                    }
-                }
-            }
+            local::apply(gw, winners);
         }
         self.sync
             .changes_applied
