@@ -45,7 +45,10 @@ impl Snapshot {
     /// Puts a snapshot set aside back, with `records` (every change put in force since) and
     /// `position` journaled after what it held. The journal first, whole lines only (the
     /// append that failed may have left a cut one), written whole and renamed into place;
-    /// then the file.
+    /// then the file. The journal set aside and the one in place are both kept, in that
+    /// order: when the set-aside itself failed (a read-only volume refuses renames too), the
+    /// journal in place holds changes not yet folded, a revoke perhaps, and replacing it
+    /// with the pending changes alone would lose them.
     pub fn restore(&self, records: &[KeyRecord], position: &Position) -> Result<(), StoreError> {
         let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
         let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,11 +57,14 @@ impl Snapshot {
             source,
         };
         let (file, journal) = self.aside();
-        let old = match fs::read(&journal) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            read => read.map_err(err)?,
-        };
-        let mut text = whole_lines(&old).to_vec();
+        let mut text = Vec::new();
+        for path in [&journal, &self.journal] {
+            let old = match fs::read(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                read => read.map_err(err)?,
+            };
+            text.extend_from_slice(whole_lines(&old));
+        }
         push_lines(&mut text, records, position).map_err(err)?;
         self.replace_journal(&text)?;
         rename(&file, self.path()).map_err(err)?;

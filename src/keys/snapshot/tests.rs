@@ -172,3 +172,29 @@ fn an_invalid_record_in_the_journal_never_reaches_the_file() {
     assert!(!fs::read_to_string(&path).unwrap().contains(&bad.id));
     assert_eq!(Snapshot::new(&path).read_records().unwrap().len(), 1);
 }
+
+/// Review finding: when the set-aside itself failed (a read-only volume refuses renames
+/// too), `restore` found no journal set aside and replaced the live one with the pending
+/// changes alone: a revoke journaled but not yet folded was lost from disk.
+#[test]
+fn a_restore_after_a_failed_set_aside_keeps_the_journal_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let s = Snapshot::new(&path);
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    s.fold().unwrap();
+    let mut revoked = a.clone();
+    revoked.revoked_at = Some(Timestamp::now());
+    revoked.rev = 2;
+    s.append(std::slice::from_ref(&revoked), &pos(3)).unwrap();
+    // The next change could not be journaled, and nothing could be set aside either.
+    s.restore(std::slice::from_ref(&c), &pos(4)).unwrap();
+    let all = Snapshot::new(&path).read_records().unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(
+        all.iter().any(|r| r.id == a.id && r.revoked_at.is_some()),
+        "the journaled revoke was lost"
+    );
+    assert_eq!(s.position().unwrap(), Some(pos(4)));
+}
