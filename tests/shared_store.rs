@@ -1079,6 +1079,14 @@ async fn write_by_hand(redis: &Redis, rec: &serde_json::Value) {
     .await;
 }
 
+/// A snapshot folded only at start and shutdown (`snapshot_interval` an hour): what the
+/// replica has seen since stays in the journal.
+fn rarely_folded(r: &Replica) {
+    let text = std::fs::read_to_string(&r.cfg).unwrap();
+    let text = text.replace("snapshot_interval = \"1s\"", "snapshot_interval = \"1h\"");
+    std::fs::write(&r.cfg, text).unwrap();
+}
+
 /// Review finding: a record this version cannot parse (a field a newer version wrote, a hand
 /// edit) failed the whole batch of changes and every full resync: every replica reconnected
 /// forever, blamed Redis, and put no later change in force, revokes included; `keys list`
@@ -1207,4 +1215,67 @@ async fn a_record_that_fails_validation_never_reaches_the_snapshot() {
     redis.spawn().await;
     let (ok, _, err) = cli(&r.cfg, &["keys", "push"]);
     assert!(ok, "{err}");
+}
+
+/// Review finding: a start read the snapshot only through a fold, which rewrites the file:
+/// on a disk that takes no new file (full, read-only) with changes still in the journal, the
+/// replica served nothing while Redis was down, and, once it answered, followed it from
+/// scratch, so a store restored from an old backup un-revoked a key it had seen revoked.
+/// The file and journal are read without writing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_disk_cannot_rewrite_serves_at_start() {
+    let mut redis = Redis::start().await;
+    let mock = start_mock().await;
+    let mut r = Replica::new(&redis, &mock, false);
+    rarely_folded(&r);
+    let (admin, admin_id) = cli_create_key(&r.cfg, "admin");
+    r.start();
+    assert!(all_answer(&[&r], &admin, 200, PROPAGATION).await);
+    let (key, id) = cli_create_key(&r.cfg, "victim");
+    assert!(all_answer(&[&r], &key, 200, PROPAGATION).await);
+    let unrevoked = stored(&redis, &id).await.to_string();
+    let admin_rec = stored(&redis, &admin_id).await.to_string();
+    let (ok, _, err) = cli(&r.cfg, &["keys", "revoke", &id]);
+    assert!(ok, "{err}");
+    assert!(all_answer(&[&r], &key, 401, PROPAGATION).await);
+    // Killed: no fold at shutdown; the revoke is in the journal alone.
+    let mut served = r.served.take().unwrap();
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    drop(served);
+    let journal = beside(&r.snapshot(), ".journal");
+    assert!(std::fs::read_to_string(&journal).unwrap().contains(&id));
+    let _locked = common::locked_dir::LockedDir::lock(r.dir.path()).unwrap();
+    redis.kill();
+    r.start();
+    assert!(
+        all_answer(&[&r], &admin, 200, PROPAGATION).await,
+        "{:?}",
+        r.served.as_ref().unwrap().logs.lock().unwrap()
+    );
+    assert!(all_answer(&[&r], &key, 401, SECOND).await);
+    let ready = send(Method::GET, &r.url("/readyz"), &[], "").await;
+    assert_eq!(ready.status, 200);
+
+    // Redis back from an old backup, the key unrevoked: it stays revoked, and the store is
+    // marked behind.
+    redis.spawn().await;
+    for cmd in [
+        vec!["HSET", "{keygate:keys}:rec", &admin_id, &admin_rec],
+        vec!["HSET", "{keygate:keys}:rec", &id, &unrevoked],
+        vec!["SET", "{keygate:keys}:epoch", "old-backup"],
+        vec!["SET", "{keygate:keys}:ver", "2"],
+    ] {
+        redis_do(&redis, &cmd).await;
+    }
+    let diverged = eventually(3 * PROPAGATION, || async {
+        let (ok, _, err) = cli(&r.cfg, &["check"]);
+        !ok && err.contains("diverged")
+    })
+    .await;
+    assert!(
+        diverged,
+        "the store that lost a revoke was not marked behind"
+    );
+    assert!(all_answer(&[&r], &key, 401, SECOND).await);
 }

@@ -160,15 +160,11 @@ async fn start(gw: &Arc<Gateway>, watch_config: bool) -> Result<Background, CliE
     if let Some(sync) = gw.key_sync.clone() {
         // Redis key store: the snapshot (journal folded in) serves at once, whether Redis
         // answers or not; the follower owns the file from then on (no file watch).
-        let (s, l) = (Arc::clone(&sync), Arc::clone(&load));
-        let _ = tokio::task::spawn_blocking(move || match s.snapshot.fold() {
-            Ok(_) if s.snapshot.path().exists() => {
+        let (s, l, g) = (Arc::clone(&sync), Arc::clone(&load), Arc::clone(gw));
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::ops::key_sync::load_snapshot(&g, &s, || {
                 l(false);
-            }
-            Ok(_) => {
-                tracing::warn!("no key snapshot on disk yet: not ready until the key store answers")
-            }
-            Err(e) => tracing::error!(error = %e, "key snapshot not loaded"),
+            })
         })
         .await;
         if !restored.swap(true, Ordering::AcqRel) {

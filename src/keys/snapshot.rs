@@ -288,10 +288,14 @@ impl Snapshot {
         replace::commit(&self.journal, tmp).map_err(err)
     }
 
-    /// Every record of the snapshot as it now is (journal folded in first). For the replica
+    /// Every record of the snapshot as it now is (journal folded in first; when the fold
+    /// cannot write, the file and journal merged in memory: `read_records`). For the replica
     /// that owns the snapshot only: another process reads it with `read_records`.
     pub fn records(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.fold()?;
+        if let Err(e) = self.fold() {
+            tracing::error!(error = %e, "key snapshot not rewritten (the journal keeps every change): read as it is, its journal merged in memory");
+            return self.read_records();
+        }
         let mut all = Vec::new();
         if let Some(text) = self.file.read_text()? {
             file::read(self.file.path(), &text, &mut |r| all.push(r))?;

@@ -1,6 +1,11 @@
-//! This replica's side of the follower: what it holds (`held`, read from its snapshot), the
-//! records from the store it can use at all (`usable`), and putting records in force in its
-//! index (`apply`).
+//! This replica's side of the follower: its snapshot put in force at start (`load_snapshot`)
+//! and what it holds (`held`), the records from the store it can use at all (`usable`), and
+//! putting records in force in its index (`apply`).
+//!
+//! Reading the snapshot needs no write: a fold that cannot rewrite the file (a full or
+//! read-only disk) must not make a readable snapshot, and the revokes in its journal, count
+//! for nothing: the replica would serve nothing while Redis is down, and follow a store that
+//! lost a revoke from scratch, un-revoking the key.
 
 use crate::gateway::Gateway;
 use crate::keys::entry::KeyId;
@@ -11,7 +16,32 @@ use crate::keys::snapshot::Seen;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-/// What the index holds, id → (rev, revoked), read from the snapshot.
+/// Puts the snapshot in force at start: the file with its journal folded in, loaded as a key
+/// file (`load_file`). When the fold cannot write, the file and journal are read as they
+/// are, merged in memory, and applied to the index.
+pub fn load_snapshot(gw: &Gateway, sync: &KeySync, load_file: impl FnOnce()) {
+    let err = match sync.snapshot.fold() {
+        Ok(_) if sync.snapshot.path().exists() => return load_file(),
+        Ok(_) => {
+            tracing::warn!("no key snapshot on disk yet: not ready until the key store answers");
+            return;
+        }
+        Err(e) => e,
+    };
+    match sync.snapshot.read_records() {
+        Ok(all) if !all.is_empty() => {
+            tracing::error!(error = %err, keys = all.len(), "key snapshot cannot be rewritten: serving it as read, its journal merged in memory");
+            apply(gw, all);
+        }
+        Ok(_) => {
+            tracing::warn!("no key snapshot on disk yet: not ready until the key store answers")
+        }
+        Err(e) => tracing::error!(error = %e, rewrite = %err, "key snapshot not loaded"),
+    }
+}
+
+/// What the index holds, id → (rev, revoked), read from the snapshot (as it is, the journal
+/// merged in memory, when it cannot be rewritten: `Snapshot::records`).
 pub fn held(sync: &KeySync) -> HashMap<KeyId, Seen> {
     match sync.snapshot.records() {
         Ok(all) => all

@@ -29,6 +29,7 @@ use crate::keys::shared::sync::KeySync;
 use crate::keys::snapshot::{wins, Position, Seen};
 use journal::Unjournaled;
 use local::held;
+pub use local::load_snapshot;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
