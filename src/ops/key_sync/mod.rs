@@ -164,6 +164,9 @@ fn follow(gw: Weak<Gateway>, sync: Arc<KeySync>) {
                 );
             }
         }
+        // The disk may take a snapshot set aside back while Redis is down, when a restart
+        // would need it most.
+        journal::restore(&mut f.unjournaled, &f.sync);
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
