@@ -26,6 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod aside;
+mod claim;
+
+pub use claim::Claim;
+
+/// The suffix of a snapshot's file and journal while they are set aside (`aside`).
+const ASIDE: &str = ".aside";
 
 /// What a replica holds of a key, for merging: its revision and whether it is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,51 +78,6 @@ struct Line {
     record: Option<KeyRecord>,
 }
 
-/// A running replica's hold on its snapshot: an exclusive lock on `<file>.owner`, released
-/// when the process ends, however it ends. The replica folds the journal into the file
-/// through a temporary file and trims the journal by what it read, so a second replica given
-/// the same `[keys] file` (a volume the pods of a Deployment share) would remove the other's
-/// temporary file or have its own removed, and trim lines the other had appended. Readers
-/// (`keys push`, `keygate check`) take no claim and write nothing there.
-#[derive(Debug)]
-pub struct Claim {
-    _lock: fs::File,
-}
-
-impl Claim {
-    /// Claims the snapshot at `file` for this process; refused (`SnapshotInUse`) while
-    /// another process holds it. `None`, with a warning, when the lock file cannot be opened
-    /// or locked (a directory this process may not write, a file system without locks): the
-    /// replica then runs unguarded, as before there was a claim; in a directory it may not
-    /// write, its journal fails too, and says so.
-    pub fn take(file: &Path) -> Result<Option<Claim>, StoreError> {
-        let lock = beside(file, ".owner");
-        let f = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(lock = %lock.display(), error = %e, "cannot open the key snapshot's lock file; running without a claim on the snapshot");
-                return Ok(None);
-            }
-        };
-        match f.try_lock() {
-            Ok(()) => Ok(Some(Claim { _lock: f })),
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::SnapshotInUse {
-                path: file.to_path_buf(),
-                lock,
-            }),
-            Err(fs::TryLockError::Error(e)) => {
-                tracing::warn!(lock = %lock.display(), error = %e, "cannot lock the key snapshot's lock file; running without a claim on the snapshot");
-                Ok(None)
-            }
-        }
-    }
-}
-
 /// The snapshot file and its journal.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -149,6 +110,11 @@ impl Snapshot {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// The file and the journal while set aside (`aside`).
+    fn aside(&self) -> (PathBuf, PathBuf) {
+        (beside(self.path(), ASIDE), beside(&self.journal, ASIDE))
     }
 
     /// Whether there is a snapshot to serve from (the file, or a journal).
@@ -214,10 +180,14 @@ impl Snapshot {
     }
 
     /// Rewrites the file with the journal folded in (streaming, atomically), then trims the
-    /// journal to the position reached and what was appended meanwhile. Returns the
-    /// position (`None`: never synced).
+    /// journal to the position reached and what was appended meanwhile (a restore cut short
+    /// is finished first: `finish_restore`). Returns the position (`None`: never synced).
     pub fn fold(&self) -> Result<Option<Position>, StoreError> {
         let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
+        self.finish_restore().map_err(|source| StoreError::Write {
+            path: self.file.path().to_path_buf(),
+            source,
+        })?;
         let journal = {
             let _guard = self.append.lock().unwrap_or_else(|e| e.into_inner());
             self.read_journal()?
@@ -256,6 +226,25 @@ impl Snapshot {
         replace::commit(self.file.path(), tmp).map_err(werr)?;
         self.trim(journal.len, journal.position.as_ref())?;
         Ok(journal.position)
+    }
+
+    /// Finishes a restore that a crash cut short between its two renames: the journal is
+    /// back, the file still set aside. A fold would otherwise make a snapshot of the journal
+    /// alone, and the start then remove the file set aside, with every other key. The
+    /// caller holds `folding`.
+    fn finish_restore(&self) -> io::Result<()> {
+        let (file, journal) = self.aside();
+        if self.path().exists() || !self.journal.exists() || !file.exists() {
+            return Ok(());
+        }
+        fs::rename(&file, self.path())?;
+        match fs::remove_file(&journal) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        replace::sync_dir(self.path())?;
+        tracing::warn!(snapshot = %self.path().display(), "finished putting back a key snapshot an earlier run stopped restoring");
+        Ok(())
     }
 
     /// The journal without its first `len` bytes (folded into the file), behind a line with

@@ -10,13 +10,9 @@ use super::{push_lines, whole_lines, Position, Snapshot};
 use crate::keys::error::StoreError;
 use crate::keys::record::KeyRecord;
 use crate::keys::replace::sync_dir;
-use crate::keys::store::beside;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// The suffix of a snapshot's file and journal while they are set aside.
-const ASIDE: &str = ".aside";
 
 /// `path` renamed to `to`; nothing to rename is no error.
 fn rename(path: &Path, to: &Path) -> io::Result<()> {
@@ -27,11 +23,6 @@ fn rename(path: &Path, to: &Path) -> io::Result<()> {
 }
 
 impl Snapshot {
-    /// The file and the journal while set aside.
-    fn aside(&self) -> (PathBuf, PathBuf) {
-        (beside(self.path(), ASIDE), beside(&self.journal, ASIDE))
-    }
-
     /// Moves the file and its journal out of a start's way (a rename needs no free space).
     pub fn set_aside(&self) -> io::Result<()> {
         let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());

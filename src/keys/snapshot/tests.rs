@@ -198,3 +198,31 @@ fn a_restore_after_a_failed_set_aside_keeps_the_journal_on_disk() {
     );
     assert_eq!(s.position().unwrap(), Some(pos(4)));
 }
+
+/// Review finding: `restore` puts the journal back, then the file; a crash between the two
+/// left the journal in place and the file set aside. The next start folded the journal alone
+/// into a new file and then removed the file set aside, with every other key. The start
+/// finishes the restore instead.
+#[test]
+fn a_restore_cut_short_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let s = Snapshot::new(&path);
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    s.fold().unwrap();
+    s.append(std::slice::from_ref(&c), &pos(3)).unwrap();
+    s.set_aside().unwrap();
+    // Half a restore: the journal is back (with what it held), the file is not.
+    let journal_aside = beside(&s.journal, ".aside");
+    fs::copy(&journal_aside, &s.journal).unwrap();
+    assert!(!path.exists());
+    // The next start: a fold, the set-aside snapshot discarded, the records read.
+    let again = Snapshot::new(&path);
+    again.fold().unwrap();
+    again.discard_aside().unwrap();
+    let ids: Vec<String> = again.records().unwrap().into_iter().map(|r| r.id).collect();
+    for k in [&a, &b, &c] {
+        assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
+    }
+}
