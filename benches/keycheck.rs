@@ -323,13 +323,13 @@ fn bench_usage(c: &mut Criterion) {
     for tokens in [16usize, 256] {
         let events = sse_stream(tokens);
         let bytes: usize = events.iter().map(Vec::len).sum();
-        let mut check = UsageScanner::default();
+        let mut check = UsageScanner::for_answer(false);
         events.iter().for_each(|e| check.feed(e));
         assert_eq!(check.tokens().map(|t| t.completion), Some(tokens as u64));
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(format!("stream_{tokens}_events/per_event_chunks"), |b| {
             b.iter(|| {
-                let mut s = UsageScanner::default();
+                let mut s = UsageScanner::for_answer(false);
                 for e in &events {
                     s.feed(black_box(e));
                 }
@@ -339,13 +339,51 @@ fn bench_usage(c: &mut Criterion) {
         let whole: Vec<u8> = events.concat();
         g.bench_function(format!("stream_{tokens}_events/one_chunk"), |b| {
             b.iter(|| {
-                let mut s = UsageScanner::default();
+                let mut s = UsageScanner::for_answer(false);
                 s.feed(black_box(&whole));
                 s.tokens()
             })
         });
     }
+    // A chat answer the size of the load harness's, usage last: the vector search every answer
+    // but the Responses API's gets, and the structured read the Responses API's get; and a
+    // Responses stream whose first event echoes the request's tools.
+    for (name, echoes) in [("chat_400B/flat", false), ("chat_400B/structured", true)] {
+        assert_eq!(scan(echoes, &[CHAT]), Some(27));
+        g.throughput(Throughput::Bytes(CHAT.len() as u64));
+        g.bench_function(name, |b| b.iter(|| scan(echoes, &[CHAT])));
+    }
+    let stream = responses_stream();
+    let lines: Vec<&[u8]> = stream.split_inclusive(|b| *b == b'\n').collect();
+    assert_eq!(scan(true, &lines), Some(40));
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("responses_stream/structured", |b| {
+        b.iter(|| scan(true, &lines))
+    });
     g.finish();
+}
+
+fn scan(echoes: bool, chunks: &[&[u8]]) -> Option<u64> {
+    let mut s = UsageScanner::for_answer(echoes);
+    for c in chunks {
+        s.feed(black_box(c));
+    }
+    s.tokens().map(|t| t.completion)
+}
+
+const CHAT: &[u8] = br#"{"id":"chatcmpl-5f1e2d3c4b5a6978","object":"chat.completion","created":1764921600,"model":"llama-3.1-8b-instruct","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today? I can answer questions, write and explain code, or summarise a text.","tool_calls":[]},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":24,"total_tokens":51,"completion_tokens":27,"prompt_tokens_details":null},"prompt_logprobs":null}"#;
+
+fn responses_stream() -> Vec<u8> {
+    let mut s = String::from(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"tools\":[{\"type\":\"function\",\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}],\"usage\":null},\"sequence_number\":0}\n\n",
+    );
+    for i in 1..=40 {
+        s.push_str(&format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\" word\",\"sequence_number\":{i}}}\n\n"
+        ));
+    }
+    s.push_str("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":31,\"output_tokens\":40,\"total_tokens\":71}},\"sequence_number\":41}\n\n");
+    s.into_bytes()
 }
 
 fn bench_usage_record(c: &mut Criterion) {

@@ -73,7 +73,8 @@
 //! | `proxy/health.rs` | an upstream's cached health-check result |
 //! | `account/mod.rs` | stage 6: the settlement, when a `RequestRecord` drops |
 //! | `account/record.rs` | `RequestRecord`, `TokenUsage` |
-//! | `account/scanner.rs` | usage read from an answer as it streams, only where upstreams report it (`scanner_tests.rs`: its unit tests) |
+//! | `account/scanner.rs` | usage read from an answer as it streams; for the Responses API, only where upstreams report it (`scanner_tests.rs`: its unit tests) |
+//! | `account/scanner/flat.rs` | the fast read of usage, for answers that echo no request structure |
 //! | `account/relayed.rs` | relayed text counted for a stream cut short |
 //! | `account/access_log.rs` | the access line (`access_log_tests.rs`: its unit tests) |
 //! | `account/answer_model.rs` | the model an upstream's answer names (usage's model when the request's was not read) |

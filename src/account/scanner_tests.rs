@@ -5,7 +5,7 @@ use crate::account::relayed::ContentCounter;
 
 #[test]
 fn plain_json_usage() {
-    let mut s = UsageScanner::default();
+    let mut s = Structured::default();
     s.feed(br#"{"choices":[{"text":"\"prompt_tokens\": 99"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#);
     assert_eq!(
         s.tokens(),
@@ -34,7 +34,7 @@ data: [DONE]
 
 "#;
     for size in [1, 2, 3, 7, 20] {
-        let mut s = UsageScanner::default();
+        let mut s = Structured::default();
         for chunk in body.chunks(size) {
             s.feed(chunk);
         }
@@ -111,7 +111,7 @@ fn content_counter_edge_cases() {
 
 #[test]
 fn no_usage() {
-    let mut s = UsageScanner::default();
+    let mut s = Structured::default();
     s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
     assert_eq!(s.tokens(), None);
 }
@@ -126,15 +126,17 @@ fn only_the_two_counts_are_taken_among_the_other_token_fields() {
 
 /// Feeds `body` in two chunks cut at every point: the counts are found wherever the cut falls.
 fn assert_at_every_cut(body: &[u8], prompt: u64, completion: u64) {
-    for cut in 1..body.len() {
-        let mut s = UsageScanner::default();
-        s.feed(&body[..cut]);
-        s.feed(&body[cut..]);
-        assert_eq!(
-            s.tokens(),
-            Some(Tokens { prompt, completion }),
-            "cut at {cut}"
-        );
+    for echoes in [true, false] {
+        for cut in 1..body.len() {
+            let mut s = UsageScanner::for_answer(echoes);
+            s.feed(&body[..cut]);
+            s.feed(&body[cut..]);
+            assert_eq!(
+                s.tokens(),
+                Some(Tokens { prompt, completion }),
+                "cut at {cut}, {s:?}"
+            );
+        }
     }
 }
 
@@ -146,7 +148,7 @@ fn the_responses_apis_input_and_output_counts_are_taken() {
 
 #[test]
 fn counts_past_any_real_request_are_not_believed_past_the_cap() {
-    let mut s = UsageScanner::default();
+    let mut s = Structured::default();
     s.feed(br#"{"usage":{"prompt_tokens":9999999999999999999,"completion_tokens":8446744073709551627}}"#);
     let t = s.tokens().unwrap();
     assert_eq!((t.prompt, t.completion), (1 << 40, 1 << 40));
@@ -156,7 +158,7 @@ fn counts_past_any_real_request_are_not_believed_past_the_cap() {
 /// Feeds `body` in two chunks cut at every point: no counts are found wherever the cut falls.
 fn assert_none_at_every_cut(body: &[u8]) {
     for cut in 1..body.len() {
-        let mut s = UsageScanner::default();
+        let mut s = Structured::default();
         s.feed(&body[..cut]);
         s.feed(&body[cut..]);
         assert_eq!(s.tokens(), None, "cut at {cut}");
@@ -182,13 +184,13 @@ fn counts_a_client_had_echoed_back_are_not_usage() {
 #[test]
 fn the_upstreams_usage_stands_whatever_a_client_echo_says_around_it() {
     // Planted counts after the real ones, in the same answer, do not replace them.
-    assert_at_every_cut(
+    assert_structured_at_every_cut(
         br#"{"usage":{"prompt_tokens":12,"completion_tokens":7},"kv_transfer_params":{"prompt_tokens":0,"completion_tokens":0,"usage":{"prompt_tokens":0}}}"#,
         12,
         7,
     );
     // A stream's planted first event and its real last one.
-    assert_at_every_cut(
+    assert_structured_at_every_cut(
         b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"tools\":[{\"parameters\":{\"input_tokens\":0,\"output_tokens\":0}}],\"usage\":null}}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"tools\":[{\"parameters\":{\"input_tokens\":0,\"output_tokens\":0}}],\"usage\":{\"input_tokens\":31,\"output_tokens\":250,\"total_tokens\":281}}}\n\n",
         31,
         250,
@@ -202,4 +204,17 @@ fn a_pretty_printed_answer_is_read_as_a_compact_one() {
         5,
         6,
     );
+}
+
+fn assert_structured_at_every_cut(body: &[u8], prompt: u64, completion: u64) {
+    for cut in 1..body.len() {
+        let mut s = Structured::default();
+        s.feed(&body[..cut]);
+        s.feed(&body[cut..]);
+        assert_eq!(
+            s.tokens(),
+            Some(Tokens { prompt, completion }),
+            "cut at {cut}"
+        );
+    }
 }

@@ -79,7 +79,7 @@ pub async fn check(u: &Upstream) -> Result<(), CheckError> {
             .await
             .map_err(|e| CheckError::Send(error_chain(&e)))?;
         let status = resp.status();
-        let body = Body::upstream(resp.into_body(), lease, check.interval, false, false);
+        let body = Body::upstream(resp.into_body(), lease, check.interval, None, false);
         // Up to 64 KiB is read so the connection goes back to the pool; more is dropped.
         let _ = http_body_util::Limited::new(body, 64 * 1024)
             .collect()

@@ -129,17 +129,18 @@ impl Body {
         inner: Incoming,
         lease: Lease,
         idle: Duration,
-        scan: bool,
+        scan: Option<UsageScanner>,
         event_stream: bool,
     ) -> Body {
+        let content = (scan.is_some() && event_stream).then(Box::default);
         Body {
             kind: Kind::Upstream(Box::pin(Relay {
                 inner,
                 lease,
                 idle: Idle::new(idle),
                 broken: None,
-                scanner: scan.then(UsageScanner::default),
-                content: (scan && event_stream).then(Box::default),
+                scanner: scan,
+                content,
                 strip: None,
                 revoke: None,
             })),

@@ -28,7 +28,7 @@ async fn answer_from(reply: &'static [u8]) -> Body {
         resp.into_body(),
         lease,
         Duration::from_secs(60),
-        true,
+        Some(crate::account::scanner::UsageScanner::for_answer(false)),
         false,
     )
 }

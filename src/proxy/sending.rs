@@ -5,8 +5,10 @@
 //! memory, which with hundreds of connections open is cold at each request. This one holds the
 //! pool's wait, the revoke watch and references, nothing twice.
 
+use crate::account::scanner::UsageScanner;
 use crate::account::{Added, RequestRecord};
 use crate::error::GatewayError;
+use crate::keys::scope::Scope;
 use crate::keys::state::KeyState;
 use crate::proxy::first_byte::HeadLate;
 use crate::proxy::headers;
@@ -106,7 +108,11 @@ where
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let config = &this.upstream.config;
-        let mut body = Body::upstream(incoming, lease, config.idle_timeout, true, event_stream);
+        // The Responses API echoes the request's tools and schemas as JSON: its usage is read
+        // where it stands, not wherever a member has its name (`account::scanner`).
+        let echoes = record.route == Scope::Responses.name();
+        let scan = Some(UsageScanner::for_answer(echoes));
+        let mut body = Body::upstream(incoming, lease, config.idle_timeout, scan, event_stream);
         body.end_on_revoke(this.state);
         record.added = Added::Measured(*this.before + (this.sent.elapsed() - upstream_latency));
         if *this.strip_usage {
