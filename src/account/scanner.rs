@@ -1,16 +1,18 @@
 //! What an upstream's answer says it used, read as it streams past without buffering it.
 //!
 //! `UsageScanner` reads it one of two ways. For the Responses API, whose answers echo what
-//! the client sent as JSON structure, `Structured` follows the answer's structure and takes `prompt_tokens` and
-//! `completion_tokens` (the Responses API's `input_tokens` and `output_tokens`) only where an
-//! upstream reports usage: in the `usage` object of the answer or of an event
-//! (`{"usage":{…}}`), or of the response an event carries (`{"response":{"usage":{…}}}`).
-//! Where they stand matters: upstreams echo what the client sent (the Responses API sends the
-//! request's `tools`, JSON schemas and all, back in `response.created`, vLLM a request's
-//! `kv_transfer_params`), so a client can put members with those names anywhere deeper, and a
-//! count found there would be believed over the estimate of a stream it then leaves. Every
-//! other answer is read by `flat::Flat`, which finds the counts wherever they are, several
-//! times faster.
+//! the client sent as JSON structure, `Structured` follows the answer's structure and takes
+//! `prompt_tokens` and `completion_tokens` (the Responses API's `input_tokens` and
+//! `output_tokens`) only where an upstream reports usage: in the `usage` object of the answer
+//! or of an event (`{"usage":{…}}`), or of the response an event carries
+//! (`{"response":{"usage":{…}}}`). Where they stand matters: the Responses API sends the
+//! request's `tools`, JSON schemas and all, back in `response.created`, so a client can put
+//! members with those names anywhere deeper, and a count found there would be believed over
+//! the estimate of a stream it then leaves. Every other answer is read by `flat::Flat`,
+//! which finds the counts wherever they are, several times faster: the chat, completions
+//! and embeddings answers of vLLM, llama.cpp, Ollama and TGI carry what the client sent only
+//! inside strings (vLLM's `kv_transfer_params` is built by its KV connector, not copied from
+//! the request; an upstream that did copy a client's object there would need `Structured`).
 //! (`relayed::ContentCounter` estimates the tokens of the text an event stream relayed, for a
 //! stream cut short.)
 

@@ -24,12 +24,17 @@ fn rename(path: &Path, to: &Path) -> io::Result<()> {
 
 impl Snapshot {
     /// Moves the file and its journal out of a start's way (a rename needs no free space).
+    /// The file first: cut short after it (a crash, or the journal's rename refused), what
+    /// is left is a journal in place and its file set aside, the state a restore cut short
+    /// leaves, which the next fold puts back together (`finish_restore`). The other order
+    /// left the file in place without its journal: a start loaded the file alone, then
+    /// deleted the journal set aside, with the changes it held.
     pub fn set_aside(&self) -> io::Result<()> {
         let _one = self.folding.lock().unwrap_or_else(|e| e.into_inner());
         let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
         let (file, journal) = self.aside();
-        rename(&self.journal, &journal)?;
         rename(self.path(), &file)?;
+        rename(&self.journal, &journal)?;
         sync_dir(self.path())
     }
 

@@ -226,3 +226,31 @@ fn a_restore_cut_short_is_finished_at_the_next_start() {
         assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
     }
 }
+
+/// A set-aside cut short between its two renames (a crash, or the second one refused) must
+/// not part the journal from its file: the start would load the file without the journal's
+/// changes, a revoke perhaps, and then delete the journal set aside. The file goes first, so
+/// what is left is the state a restore cut short leaves, which the next start finishes.
+#[test]
+fn a_set_aside_cut_short_keeps_the_journal_with_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let s = Snapshot::new(&path);
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    s.fold().unwrap();
+    s.append(std::slice::from_ref(&c), &pos(3)).unwrap();
+    // The file's rename fails: a non-empty directory holds its set-aside name.
+    let file_aside = beside(&path, ".aside");
+    fs::create_dir(&file_aside).unwrap();
+    fs::write(file_aside.join("x"), b"x").unwrap();
+    assert!(s.set_aside().is_err());
+    // The next start: a fold, the set-aside snapshot discarded, the records read.
+    let again = Snapshot::new(&path);
+    again.fold().unwrap();
+    again.discard_aside().unwrap();
+    let ids: Vec<String> = again.records().unwrap().into_iter().map(|r| r.id).collect();
+    for k in [&a, &b, &c] {
+        assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
+    }
+}
