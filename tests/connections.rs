@@ -233,6 +233,21 @@ async fn gateway_for(up: &SseUpstream, server: &str) -> TestGateway {
     .await
 }
 
+/// A streamed chat of two events with `key`: the request that must get through once the
+/// places a stuck client held are free.
+async fn two_events(g: &TestGateway, key: &str) -> Answer {
+    send(
+        Method::POST,
+        &g.url("/v1/chat/completions"),
+        &[
+            ("authorization", bearer(key).as_str()),
+            ("x-test-events", "2"),
+        ],
+        CHAT,
+    )
+    .await
+}
+
 // ------------------------------------------------------------------ the real binary
 
 /// `keygate ARGS` with its open-file limit set by `ulimit OPTS` first (the shell execs it,
@@ -809,16 +824,7 @@ async fn h2_client_with_no_receive_window_frees_upstream_and_slot_at_write_timeo
         eventually(SEC, || async { g.gw.capacity.in_use() == 0 }).await,
         "the gateway slot is still held"
     );
-    let a = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", bearer(&key).as_str()),
-            ("x-test-events", "2"),
-        ],
-        CHAT,
-    )
-    .await;
+    let a = two_events(&g, &key).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     assert!(String::from_utf8_lossy(&a.body).contains("w1 "));
     drop(resp);
@@ -875,16 +881,7 @@ async fn refusals_a_client_never_reads_hold_no_in_flight_place() {
         "unsent refusals hold {} in-flight places",
         g.gw.capacity.in_use()
     );
-    let a = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", bearer(&key).as_str()),
-            ("x-test-events", "2"),
-        ],
-        CHAT,
-    )
-    .await;
+    let a = two_events(&g, &key).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     drop(heads);
 }
@@ -917,16 +914,7 @@ async fn http1_client_that_never_reads_frees_upstream_and_slot_at_write_timeout(
         eventually(SEC, || async { g.gw.capacity.in_use() == 0 }).await,
         "the gateway slot is still held"
     );
-    let a = send(
-        Method::POST,
-        &g.url("/v1/chat/completions"),
-        &[
-            ("authorization", bearer(&key).as_str()),
-            ("x-test-events", "2"),
-        ],
-        CHAT,
-    )
-    .await;
+    let a = two_events(&g, &key).await;
     assert_eq!(a.status, 200, "{:?}", a.body);
     drop(c);
 }

@@ -251,6 +251,30 @@ async fn breaking_upstream_with(events: Vec<String>) -> std::net::SocketAddr {
     addr
 }
 
+/// Once the request has ended, the key's usage is what the breaking upstream relayed,
+/// estimated: "Hello" 1 + " wonderful" 2 + " world" 1, and the prompt at 4 bytes a token.
+async fn charged_the_three_words_relayed(
+    g: &TestGateway,
+    id: &str,
+    body_len: usize,
+) -> keygate::keys::usage::UsageSnapshot {
+    assert!(eventually(5 * SEC, || async { g.gw.capacity.in_use() == 0 }).await);
+    let usage =
+        g.gw.live()
+            .keys
+            .as_ref()
+            .unwrap()
+            .state_of(id)
+            .unwrap()
+            .usage
+            .snapshot();
+    assert_eq!(usage.completion_tokens, 4, "{usage:?}");
+    assert_eq!(usage.prompt_tokens, body_len as u64 / 4, "{usage:?}");
+    let v = serde_json::to_value(usage).unwrap();
+    assert_eq!(v["estimated_tokens"], usage.prompt_tokens + 4, "{v}");
+    usage
+}
+
 /// The Responses API's first event echoes the request's tools back: a client that names
 /// members of its tool's schema `input_tokens` and `output_tokens`, then leaves (or whose
 /// upstream breaks) before `response.completed`, is charged what was relayed, not those
@@ -296,21 +320,7 @@ data: {"type":"response.created","response":{"id":"resp_1","status":"in_progress
     assert_eq!(resp.status(), 200);
     let mut b = resp.into_body();
     while let Ok(Some(_)) = next_data(&mut b).await {}
-    assert!(eventually(5 * SEC, || async { g.gw.capacity.in_use() == 0 }).await);
-    let usage =
-        g.gw.live()
-            .keys
-            .as_ref()
-            .unwrap()
-            .state_of(&id)
-            .unwrap()
-            .usage
-            .snapshot();
-    // "Hello" 1 + " wonderful" 2 + " world" 1; the prompt at 4 bytes a token.
-    assert_eq!(usage.completion_tokens, 4, "{usage:?}");
-    assert_eq!(usage.prompt_tokens, body.len() as u64 / 4, "{usage:?}");
-    let v = serde_json::to_value(usage).unwrap();
-    assert_eq!(v["estimated_tokens"], usage.prompt_tokens + 4, "{v}");
+    charged_the_three_words_relayed(&g, &id, body.len()).await;
 }
 
 #[tokio::test]
@@ -342,21 +352,7 @@ async fn a_stream_the_upstream_breaks_is_charged_what_it_relayed() {
         }
     };
     assert!(end.is_err(), "a broken stream read as complete: {end:?}");
-    assert!(eventually(5 * SEC, || async { g.gw.capacity.in_use() == 0 }).await);
-    let usage =
-        g.gw.live()
-            .keys
-            .as_ref()
-            .unwrap()
-            .state_of(&id)
-            .unwrap()
-            .usage
-            .snapshot();
-    // "Hello" 1 + " wonderful" 2 + " world" 1; the prompt at 4 bytes a token.
-    assert_eq!(usage.completion_tokens, 4, "{usage:?}");
-    assert_eq!(usage.prompt_tokens, body.len() as u64 / 4, "{usage:?}");
-    let v = serde_json::to_value(usage).unwrap();
-    assert_eq!(v["estimated_tokens"], usage.prompt_tokens + 4, "{v}");
+    let usage = charged_the_three_words_relayed(&g, &id, body.len()).await;
     // The bucket was charged the same: the next reservation starts from 10000 - used.
     let next = start_stream(&g, &key, &body, &[]).await;
     let remaining: u64 = next.headers()["x-ratelimit-remaining-tokens"]

@@ -268,13 +268,7 @@ impl Structured {
 
     /// The counts seen, if the stream carried any.
     pub fn tokens(&self) -> Option<Tokens> {
-        if self.prompt.is_none() && self.completion.is_none() {
-            return None;
-        }
-        Some(Tokens {
-            prompt: self.prompt.unwrap_or(0),
-            completion: self.completion.unwrap_or(0),
-        })
+        flat::found(self.prompt, self.completion)
     }
 }
 

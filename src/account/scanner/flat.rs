@@ -84,14 +84,19 @@ impl Flat {
 
     /// The counts seen, if the stream carried any.
     pub fn tokens(&self) -> Option<Tokens> {
-        if self.prompt.is_none() && self.completion.is_none() {
-            return None;
-        }
-        Some(Tokens {
-            prompt: self.prompt.unwrap_or(0),
-            completion: self.completion.unwrap_or(0),
-        })
+        found(self.prompt, self.completion)
     }
+}
+
+/// The counts a scan found, if it found any (a missing one is 0). Both scanners' answer.
+pub(super) fn found(prompt: Option<u64>, completion: Option<u64>) -> Option<Tokens> {
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    Some(Tokens {
+        prompt: prompt.unwrap_or(0),
+        completion: completion.unwrap_or(0),
+    })
 }
 
 /// The number in `: N` at the start of `rest`, when it is whole (a number that runs to the

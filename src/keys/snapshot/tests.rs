@@ -18,6 +18,27 @@ fn pos(v: u64) -> Position {
     }
 }
 
+/// A snapshot in `dir` with keys `a` and `b` journaled at position 2 and folded into its file.
+fn folded_two(dir: &Path) -> (Snapshot, PathBuf, KeyRecord, KeyRecord) {
+    let path = dir.join("keys.json");
+    let s = Snapshot::new(&path);
+    let (a, b) = (key("a"), key("b"));
+    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
+    s.fold().unwrap();
+    (s, path, a, b)
+}
+
+/// The next start (a fold, the set-aside snapshot discarded, the records read) holds `keys`.
+fn next_start_holds<const N: usize>(path: &Path, keys: [&KeyRecord; N]) {
+    let again = Snapshot::new(path);
+    again.fold().unwrap();
+    again.discard_aside().unwrap();
+    let ids: Vec<String> = again.records().unwrap().into_iter().map(|r| r.id).collect();
+    for k in keys {
+        assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
+    }
+}
+
 #[test]
 fn a_revoked_key_is_never_replaced_by_an_unrevoked_one() {
     let mut rec = key("a");
@@ -80,11 +101,8 @@ fn the_journal_survives_a_crash_and_folds_into_the_file() {
 #[test]
 fn another_process_reads_the_snapshot_without_writing_it() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.json");
-    let s = Snapshot::new(&path);
-    let (a, b, c) = (key("a"), key("b"), key("c"));
-    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
-    s.fold().unwrap();
+    let (s, path, a, b) = folded_two(dir.path());
+    let c = key("c");
     let mut revoked = a.clone();
     revoked.revoked_at = Some(Timestamp::now());
     revoked.rev = 2;
@@ -179,11 +197,8 @@ fn an_invalid_record_in_the_journal_never_reaches_the_file() {
 #[test]
 fn a_restore_after_a_failed_set_aside_keeps_the_journal_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.json");
-    let s = Snapshot::new(&path);
-    let (a, b, c) = (key("a"), key("b"), key("c"));
-    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
-    s.fold().unwrap();
+    let (s, path, a, _) = folded_two(dir.path());
+    let c = key("c");
     let mut revoked = a.clone();
     revoked.revoked_at = Some(Timestamp::now());
     revoked.rev = 2;
@@ -206,25 +221,15 @@ fn a_restore_after_a_failed_set_aside_keeps_the_journal_on_disk() {
 #[test]
 fn a_restore_cut_short_is_finished_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.json");
-    let s = Snapshot::new(&path);
-    let (a, b, c) = (key("a"), key("b"), key("c"));
-    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
-    s.fold().unwrap();
+    let (s, path, a, b) = folded_two(dir.path());
+    let c = key("c");
     s.append(std::slice::from_ref(&c), &pos(3)).unwrap();
     s.set_aside().unwrap();
     // Half a restore: the journal is back (with what it held), the file is not.
     let journal_aside = beside(&s.journal, ".aside");
     fs::copy(&journal_aside, &s.journal).unwrap();
     assert!(!path.exists());
-    // The next start: a fold, the set-aside snapshot discarded, the records read.
-    let again = Snapshot::new(&path);
-    again.fold().unwrap();
-    again.discard_aside().unwrap();
-    let ids: Vec<String> = again.records().unwrap().into_iter().map(|r| r.id).collect();
-    for k in [&a, &b, &c] {
-        assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
-    }
+    next_start_holds(&path, [&a, &b, &c]);
 }
 
 /// A set-aside cut short between its two renames (a crash, or the second one refused) must
@@ -234,23 +239,13 @@ fn a_restore_cut_short_is_finished_at_the_next_start() {
 #[test]
 fn a_set_aside_cut_short_keeps_the_journal_with_its_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.json");
-    let s = Snapshot::new(&path);
-    let (a, b, c) = (key("a"), key("b"), key("c"));
-    s.append(&[a.clone(), b.clone()], &pos(2)).unwrap();
-    s.fold().unwrap();
+    let (s, path, a, b) = folded_two(dir.path());
+    let c = key("c");
     s.append(std::slice::from_ref(&c), &pos(3)).unwrap();
     // The file's rename fails: a non-empty directory holds its set-aside name.
     let file_aside = beside(&path, ".aside");
     fs::create_dir(&file_aside).unwrap();
     fs::write(file_aside.join("x"), b"x").unwrap();
     assert!(s.set_aside().is_err());
-    // The next start: a fold, the set-aside snapshot discarded, the records read.
-    let again = Snapshot::new(&path);
-    again.fold().unwrap();
-    again.discard_aside().unwrap();
-    let ids: Vec<String> = again.records().unwrap().into_iter().map(|r| r.id).collect();
-    for k in [&a, &b, &c] {
-        assert!(ids.contains(&k.id), "{} lost: {ids:?}", k.name);
-    }
+    next_start_holds(&path, [&a, &b, &c]);
 }
